@@ -1,0 +1,119 @@
+"""Every default of the project, in one commented block, and the loader that merges YAML on top.
+
+A config file (configs/*.yaml) holds only what it changes. An unknown key is an error that names
+the key, so a typo never silently falls back to a default. The resolved config is saved next to
+every output (summary.json of preprocessing, config.yaml of a training run), so any result can be
+traced to the exact settings that produced it.
+
+    cfg = load_config("configs/demo.yaml", overrides=["train.epochs=2"])
+    cfg["train"]["epochs"]  # -> 2
+"""
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+DEFAULTS = {
+    # Global seed: patient split, per-series noise, shuffling, crops, weight init. Recorded everywhere.
+    "seed": 0,
+    # The embedded demo DICOM tree (demo_data.py), used when preprocessing gets no --dicom-root.
+    "demo": {
+        "out": "data/demo_dicom",
+        "patients": 8,
+        "slices": 12,            # sagittal slices per DCE series (the real series has 20)
+        "time_points": 6,        # temporal positions per DCE series (the real series has 25)
+        "seed": 0,
+    },
+    # preprocessing.py: DICOM tree -> paired (clean, noisy) arrays + manifest.csv
+    "preprocess": {
+        "image_size": 512,       # square output side in pixels (the thesis used 512x512)
+        "dtype": "float32",      # float32 | float16 for the saved arrays
+        "series_filter": "",     # regex searched in SeriesDescription; "" keeps every MR series
+        "norm_percentiles": [0.5, 99.5],  # robust lo/hi of the clean series, mapped to 0 and 1
+        "val_fraction": 0.3,     # fraction of *patients* in the validation split (thesis: 70/30)
+    },
+    # degrade.py: how a 3T image becomes a simulated lower-field image (applied before resizing)
+    "degrade": {
+        "model": "field",        # field (Rician, SNR scaled with B0) | gaussian (the thesis)
+        "source_field_t": 3.0,   # field strength of the input scans, tesla
+        "target_field_t": 1.5,   # field strength to simulate, tesla
+        "field_exponent": 1.0,   # SNR ~ B0**exponent; near-linear in the torso at these fields
+        "snr_ratio": None,       # target/source SNR; None derives it from the fields and exponent
+        "resolution_scale": 1.0,  # <1 keeps only this central fraction of k-space per axis
+        "sigma": 0.05,           # gaussian model: noise std in normalized [0, 1] units
+    },
+    # model.py: get_model(config)
+    "model": {
+        "name": "unet",          # unet (residual U-Net, the default) | thesis_autoencoder
+        "depth": 3,              # unet: number of 2x downsamplings; input sides must divide 2**depth
+        "filters": 32,           # unet: filters at full resolution, doubled at each level
+    },
+    # main.py: training and evaluation
+    "train": {
+        "epochs": 10,
+        "batch_size": 8,
+        "learning_rate": 1e-4,   # Adam (the thesis used 1e-4)
+        "loss": "mse+mae",       # mse | mae | mse+mae (the thesis summed MSE and MAE)
+        "patch_size": None,      # None trains on whole slices; an int trains on random crops
+        "augment": False,        # random flips and 90-degree rotations of training batches
+        "steps_per_epoch": None,  # None: one pass over the training slices per epoch
+        "max_val_slices": None,  # None: validate and evaluate on every validation slice
+        "mixed_precision": False,  # mixed float16 on GPU (ignored on CPU)
+        "workers": 1,            # PyDataset workers
+        "use_multiprocessing": False,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override names a key that does not exist, or has an unusable value."""
+
+
+def _merge(base, update, prefix=""):
+    for key, value in update.items():
+        name = prefix + key
+        if key not in base:
+            raise ConfigError(f"unknown config key '{name}' (known: {', '.join(prefix + k for k in base)})")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{name}' is a section; give it a mapping, not {value!r}")
+            _merge(base[key], value, name + ".")
+        else:
+            base[key] = value
+
+
+def parse_override(text):
+    """'train.epochs=3' -> {'train': {'epochs': 3}} (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    value = yaml.safe_load(raw)
+    for part in reversed(dotted.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(path=None, overrides=()):
+    """DEFAULTS, then the YAML file at `path` (if any), then each override (dict or 'a.b=value')."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        _merge(cfg, yaml.safe_load(path.read_text()) or {})
+    for override in overrides:
+        _merge(cfg, parse_override(override) if isinstance(override, str) else override)
+    return cfg
+
+
+def config_hash(cfg, sections=None):
+    """Short stable hash of the whole config, or of only `sections` (e.g. the ones an output depends on)."""
+    part = cfg if sections is None else {s: cfg[s] for s in sections}
+    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def save_config(cfg, path):
+    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
