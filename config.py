@@ -62,6 +62,8 @@ DEFAULTS = {
         "steps_per_epoch": None,  # None: one pass over the training slices per epoch
         "max_val_slices": None,  # None: validate and evaluate on every validation slice
         "mixed_precision": False,  # mixed float16 on GPU (ignored on CPU)
+        "distribute": "auto",    # auto: MirroredStrategy when >1 GPU | mirrored: always | none
+        "cpu_devices": 1,        # split the CPU into N logical devices (tests the multi-device path)
         "workers": 1,            # PyDataset workers
         "use_multiprocessing": False,
     },

@@ -1,0 +1,293 @@
+"""Paired (noisy, clean) slices from the output of preprocessing.py, as a Keras PyDataset.
+
+preprocessing.py writes, under its --out folder,
+
+    manifest.csv                      one row per slice (columns in the order of MANIFEST_COLUMNS)
+    arrays/<series_key>_clean.npy     (n, S, S) float32 or float16, normalized so the clean series spans ~[0, 1]
+    arrays/<series_key>_noisy.npy     same shape, the simulated lower-field version of the same slices
+
+and this module turns one split of it into batches:
+
+    ds = PairedSlices("data/processed", "train", batch_size=8, shuffle=True, augment=True, patch_size=128)
+    noisy, clean = ds[0]              # each (B, 128, 128, 1) float32
+    model.fit(ds, epochs=...)         # Keras calls ds.on_epoch_end() after every epoch
+
+Memory does not depend on the dataset size: the arrays are opened with np.load(mmap_mode="r") the first time a
+batch needs them (one memmap per file, cached per process), and only the slices of the current batch are read.
+All arrays of one preprocessing run share the same side S, so slices of different series batch together.
+
+Randomness (shuffling, crops, flips) is a pure function of (seed, epoch, batch index): a batch is the same
+whichever worker thread or process computes it, and the same when the run is repeated.
+"""
+
+import argparse
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+# The columns preprocessing.py writes, in this order (see /tmp/design.md, "preprocessing.py").
+MANIFEST_COLUMNS = (
+    "patient_id", "study_uid", "series_uid", "series_description", "slice_index", "split", "clean_file",
+    "noisy_file", "norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio", "degrade_model", "rows",
+    "cols", "sop_instance_uid", "config_hash",
+)
+INT_COLUMNS = ("slice_index", "rows", "cols")
+FLOAT_COLUMNS = ("norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio")
+# Columns a dataset cannot work without; the others are carried along for evaluation and export.
+REQUIRED_COLUMNS = ("patient_id", "series_uid", "slice_index", "split", "clean_file", "noisy_file")
+
+
+def _number(text, kind):
+    """'12' -> 12, '0.5' -> 0.5, '' -> None (a field preprocessing had no value for)."""
+    text = text.strip()
+    if text == "":
+        return None
+    return int(float(text)) if kind is int else float(text)
+
+
+def read_manifest(data_dir, split=None):
+    """The rows of <data_dir>/manifest.csv as dicts, numeric fields converted (int / float, '' -> None).
+
+    split: None for every row, or a split name ("train" / "val") to keep only that split's rows.
+    Rows keep the manifest's order (series by series, slice by slice). Raises FileNotFoundError when the
+    manifest is missing and ValueError when it lacks required columns or the split has no rows.
+    """
+    path = Path(data_dir) / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: run `python preprocessing.py --out {data_dir}` first to build the paired "
+            "arrays and their manifest")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path} lacks the columns {missing}; it was not written by this preprocessing.py "
+                             "(rerun preprocessing.py)")
+        rows = []
+        for row in reader:
+            for column in INT_COLUMNS:
+                if column in row:
+                    row[column] = _number(row[column], int)
+            for column in FLOAT_COLUMNS:
+                if column in row:
+                    row[column] = _number(row[column], float)
+            rows.append(row)
+    if split is not None:
+        present = sorted({row["split"] for row in rows})
+        rows = [row for row in rows if row["split"] == split]
+        if not rows:
+            raise ValueError(f"{path} has no slices in split '{split}' (splits present: {present or 'none'}); "
+                             "check the split name or preprocess.val_fraction")
+    elif not rows:
+        raise ValueError(f"{path} has no rows; rerun preprocessing.py")
+    return rows
+
+
+def evenly_spaced(n, count):
+    """Indices of `count` items spread evenly over range(n), first and last included (all of them if count >= n)."""
+    if count is None or count >= n:
+        return np.arange(n)
+    if count < 1:
+        raise ValueError(f"max_slices must be a positive integer or None, got {count}")
+    # Spacing (n - 1) / (count - 1) >= 1, so rounding never repeats an index.
+    return np.unique(np.round(np.linspace(0, n - 1, count)).astype(int))
+
+
+class PairedSlices(keras.utils.PyDataset):
+    """One split of the preprocessed data as batches `(noisy, clean)`, each float32 (B, H, W, 1).
+
+    data_dir: the --out folder of preprocessing.py (holds manifest.csv and arrays/).
+    split: "train", "val", or None for every slice.
+    batch_size: slices per batch. len(ds) = ceil(n / batch_size): the last batch may be smaller, so every slice
+        is seen exactly once per epoch (no drop-remainder: with a few hundred slices dropping a partial batch
+        would skip a different few percent each epoch; a fully convolutional model takes any batch size).
+    shuffle: visit slices in a new order every epoch; the order is np.random.default_rng((seed, epoch))
+        .permutation(n), the epoch counter advancing in on_epoch_end(). Without shuffle the order is the
+        manifest's (series by series), and `rows` maps batch items back to patient / series / slice.
+    augment: random flips and 90-degree rotations (the 8 symmetries of the square), the same for noisy and
+        clean. Meant for training only.
+    patch_size: None for whole slices (validation, evaluation, the thesis autoencoder), or the side of random
+        square crops for training a fully convolutional model. Crops prefer tissue: `crop_candidates`
+        positions are drawn and the one with the most clean pixels above `tissue_threshold` is kept, so few
+        batches are wasted on air while crops still cover the whole body (a best-of-few, not an argmax).
+    seed: seeds shuffling, crops and augmentation together with the epoch and batch index.
+    max_slices: keep only this many slices, evenly spaced over the split (deterministic; quick evaluation).
+    **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`, passed to keras.utils.PyDataset.
+
+    Memory: the arrays are memory-mapped lazily, one np.memmap per file, cached per process (reopened after a
+    fork); a batch reads only its own slices.
+    """
+
+    def __init__(self, data_dir, split, batch_size=8, shuffle=False, augment=False, patch_size=None, seed=0,
+                 max_slices=None, tissue_threshold=0.1, crop_candidates=4, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if patch_size is not None and (not isinstance(patch_size, (int, np.integer)) or patch_size < 1):
+            raise ValueError(f"patch_size must be None (whole slices) or a positive integer, got {patch_size!r}")
+        if not isinstance(crop_candidates, (int, np.integer)) or crop_candidates < 1:
+            raise ValueError(f"crop_candidates must be a positive integer, got {crop_candidates!r}")
+        self.data_dir = Path(data_dir)
+        self.split = split
+        rows = read_manifest(self.data_dir, split)
+        self.rows = [rows[i] for i in evenly_spaced(len(rows), max_slices)]
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.augment = bool(augment)
+        self.patch_size = None if patch_size is None else int(patch_size)
+        self.seed = int(seed)
+        self.tissue_threshold = float(tissue_threshold)
+        self.crop_candidates = int(crop_candidates)
+        self.epoch = 0
+        self._arrays = {}            # path -> np.memmap, filled lazily by array()
+        self._arrays_pid = os.getpid()
+        if self.patch_size is not None:
+            side = min(self.image_shape)
+            if self.patch_size > side:
+                raise ValueError(f"patch_size {self.patch_size} is larger than the slices ({side} px); "
+                                 "use a smaller patch_size or None for whole slices")
+
+    # -- state shared with worker processes ----------------------------------------------------------------
+
+    def __getstate__(self):
+        # Pickling a memmap would copy its whole content: send only the paths, a worker reopens them.
+        state = self.__dict__.copy()
+        state["_arrays"] = {}
+        return state
+
+    def array(self, relative_path):
+        """The (n, H, W) memmap of one array file (path relative to data_dir), opened once per process."""
+        if self._arrays_pid != os.getpid():  # forked worker: start a cache of its own
+            self._arrays, self._arrays_pid = {}, os.getpid()
+        memmap = self._arrays.get(relative_path)
+        if memmap is None:
+            path = self.data_dir / relative_path
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} (listed in {self.data_dir / 'manifest.csv'}) does not exist; "
+                                        "rerun preprocessing.py")
+            memmap = np.load(path, mmap_mode="r")
+            if memmap.ndim != 3:
+                raise ValueError(f"{path} has shape {memmap.shape}; expected (slices, H, W)")
+            self._arrays[relative_path] = memmap  # a race between threads only opens a file twice
+        return memmap
+
+    @property
+    def image_shape(self):
+        """(H, W) of the whole slices (all arrays of one preprocessing run share it)."""
+        return tuple(self.array(self.rows[0]["clean_file"]).shape[1:])
+
+    # -- ordering ------------------------------------------------------------------------------------------
+
+    def __len__(self):
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def order(self, epoch=None):
+        """Row indices in visiting order for `epoch` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return np.arange(len(self.rows))
+        return np.random.default_rng((self.seed, epoch)).permutation(len(self.rows))
+
+    def batch_rows(self, index):
+        """The manifest rows of batch `index` in the current epoch, in batch order."""
+        return [self.rows[i] for i in self._batch_indices(index)]
+
+    def _batch_indices(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+        start = index * self.batch_size
+        return self.order()[start:start + self.batch_size]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    # -- batches -------------------------------------------------------------------------------------------
+
+    def __getitem__(self, index):
+        """Batch `index` as (noisy, clean), each float32 (B, H, W, 1); B = batch_size except maybe the last."""
+        rows = self.batch_rows(index)
+        # One generator per (seed, epoch, batch): the batch does not depend on which worker makes it, or when.
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        noisy_batch, clean_batch = [], []
+        for row in rows:
+            clean = self.array(row["clean_file"])[row["slice_index"]]
+            noisy = self.array(row["noisy_file"])[row["slice_index"]]
+            if clean.shape != noisy.shape:
+                raise ValueError(f"{row['clean_file']} and {row['noisy_file']} have different slice shapes "
+                                 f"{clean.shape} and {noisy.shape}; rerun preprocessing.py")
+            if self.patch_size is not None:
+                y, x = self._crop_position(clean, rng)
+                clean = clean[y:y + self.patch_size, x:x + self.patch_size]
+                noisy = noisy[y:y + self.patch_size, x:x + self.patch_size]
+            if self.augment:
+                noisy, clean = self._symmetry(noisy, clean, rng)
+            noisy_batch.append(np.asarray(noisy, dtype=np.float32))
+            clean_batch.append(np.asarray(clean, dtype=np.float32))
+        shapes = {a.shape for a in clean_batch}
+        if len(shapes) > 1:
+            raise ValueError(f"batch {index} mixes slice shapes {sorted(shapes)}; all arrays of one preprocessing "
+                             "run should share preprocess.image_size (rerun preprocessing.py into a fresh folder)")
+        return np.stack(noisy_batch)[..., None], np.stack(clean_batch)[..., None]
+
+    def _crop_position(self, clean, rng):
+        """Top-left (y, x) of a patch: the best of `crop_candidates` random positions by tissue pixel count."""
+        p = self.patch_size
+        h, w = clean.shape
+        ys = rng.integers(0, h - p + 1, size=self.crop_candidates)
+        xs = rng.integers(0, w - p + 1, size=self.crop_candidates)
+        if self.crop_candidates == 1:
+            return int(ys[0]), int(xs[0])
+        # Summed-area table of the tissue mask: each candidate's count is 4 lookups.
+        tissue = np.asarray(clean, dtype=np.float32) > self.tissue_threshold
+        table = np.zeros((h + 1, w + 1), dtype=np.int64)
+        table[1:, 1:] = tissue.cumsum(0).cumsum(1)
+        counts = table[ys + p, xs + p] - table[ys, xs + p] - table[ys + p, xs] + table[ys, xs]
+        best = int(np.argmax(counts))  # ties (e.g. all air) keep the first, still a random position
+        return int(ys[best]), int(xs[best])
+
+    @staticmethod
+    def _symmetry(noisy, clean, rng):
+        """The same random flip / 90-degree rotation of both images (only 180 degrees for non-square ones)."""
+        square = noisy.shape[0] == noisy.shape[1]
+        turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
+        flip = bool(rng.integers(2))
+        noisy, clean = np.rot90(noisy, turns), np.rot90(clean, turns)
+        if flip:
+            noisy, clean = noisy[:, ::-1], clean[:, ::-1]
+        return noisy, clean
+
+
+def describe(ds):
+    """A one-line summary of a dataset for logs."""
+    patients = sorted({row["patient_id"] for row in ds.rows})
+    series = {row["series_uid"] for row in ds.rows}
+    h, w = ds.image_shape
+    crop = f"patches {ds.patch_size}px" if ds.patch_size else f"whole slices {h}x{w}"
+    return (f"{ds.split or 'all'}: {len(ds.rows)} slices, {len(series)} series, {len(patients)} patients, "
+            f"{len(ds)} batches of {ds.batch_size}, {crop}, shuffle={ds.shuffle}, augment={ds.augment}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Summarize the paired slices of a preprocessing output and "
+                                                 "time reading a few batches.")
+    parser.add_argument("--data", default="data/processed", help="the --out folder of preprocessing.py")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--patch-size", type=int, default=None)
+    parser.add_argument("--batches", type=int, default=5, help="batches to read for the timing")
+    args = parser.parse_args()
+    dataset = PairedSlices(args.data, args.split, batch_size=args.batch_size, shuffle=True, augment=True,
+                           patch_size=args.patch_size)
+    print(describe(dataset))
+    start = time.perf_counter()
+    count = min(args.batches, len(dataset))
+    for i in range(count):
+        noisy, clean = dataset[i]
+    elapsed = time.perf_counter() - start
+    print(f"read {count} batches in {elapsed:.3f} s; last batch noisy {noisy.shape} {noisy.dtype}, "
+          f"clean range [{clean.min():.3f}, {clean.max():.3f}]")

@@ -1,0 +1,72 @@
+"""The figures every step writes: loss curve (thesis Fig. 14) and reconstruction panels (thesis Figs. 11-13).
+
+Plotting lives here so main.py, the notebook and enhance.py draw the same pictures the same way.
+Images are normalized slices (H, W) in [0, 1]-ish units; they are shown on one fixed gray scale so
+degraded, clean and reconstructed can be compared by eye.
+"""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss_curve(history_csv, out_png, title="Training and validation loss"):
+    """history.csv (Keras CSVLogger) -> loss/val_loss against epoch, as the thesis' Fig. 14."""
+    plt = _pyplot()
+    with open(history_csv) as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key, label in (("loss", "training"), ("val_loss", "validation")):
+        if rows and key in rows[0]:
+            ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_reconstructions(examples, out_png, vmax=1.0, error_vmax=0.2):
+    """One row per example: degraded | clean | reconstructed | absolute error.
+
+    examples: list of dicts with arrays "noisy", "clean", "pred" (H, W) and optional "title",
+    "noisy_metrics" and "pred_metrics" ({"psnr", "ssim"} shown under the panels).
+    """
+    plt = _pyplot()
+    n = len(examples)
+    fig, axes = plt.subplots(n, 4, figsize=(12, 3.1 * n), squeeze=False)
+    for row, ex in zip(axes, examples):
+        error = np.abs(ex["pred"] - ex["clean"])
+        panels = [
+            (ex["noisy"], "degraded", ex.get("noisy_metrics")),
+            (ex["clean"], "clean (3T)", None),
+            (ex["pred"], "reconstructed", ex.get("pred_metrics")),
+            (error, "|reconstructed - clean|", None),
+        ]
+        for ax, (img, name, m) in zip(row, panels):
+            is_error = img is error
+            ax.imshow(img, cmap="magma" if is_error else "gray", vmin=0, vmax=error_vmax if is_error else vmax)
+            label = name if m is None else f"{name}\nPSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}"
+            ax.set_title(label, fontsize=9)
+            ax.axis("off")
+        if ex.get("title"):
+            row[0].text(-0.05, 0.5, ex["title"], transform=row[0].transAxes, rotation=90,
+                        va="center", ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)

@@ -1,0 +1,229 @@
+"""The restoration networks: get_model(cfg) returns a Functional keras.Model mapping noisy -> clean slices.
+
+    cfg = load_config()                     # model.name: unet (default) | thesis_autoencoder
+    model = get_model(cfg)
+    check_input_size(cfg, 512, 512)         # raises a ValueError that says how to pad, before Keras would
+    model.predict(noisy)                    # noisy: float32 (B, H, W, 1) in normalized units (clean ~ [0, 1])
+
+Both models read and write normalized intensities (preprocessing maps the clean series' 0.5th..99.5th
+percentiles to 0..1). Outputs are float32 even under a mixed_float16 policy, so losses and metrics are computed
+in float32.
+
+- "unet" (default): a U-Net (Ronneberger et al. 2015, arXiv:1505.04597) with a global residual, as in
+  CARE (Weigert et al. 2018, doi:10.1038/s41592-018-0216-7): it predicts the correction that is added to the
+  noisy input. Fully convolutional: any H, W that are multiples of 2**depth.
+- "thesis_autoencoder": the 2021 thesis network, an 8 + 8 layer convolutional autoencoder with a fixed
+  (S, S, 1) input; kept to reproduce the thesis numbers and as a baseline.
+
+Callers must check sizes with check_input_size() (or pad, as enhance.py does): a U-Net fed a side that is not
+a multiple of 2**depth fails deep inside Keras with a concatenate shape error, which does not say what to do.
+
+CLI: python model.py [--config FILE] [--set model.name=thesis_autoencoder ...] prints the summary, the
+parameter count and the FLOPs per image_size x image_size slice, without training.
+"""
+
+import argparse
+import itertools
+import math
+
+import keras
+from keras import layers
+
+from config import load_config
+
+MODEL_NAMES = ("unet", "thesis_autoencoder")
+# Thesis encoder filters, one per Conv2D (each followed by a 2x2 max-pool); the decoder mirrors them.
+# The thesis gives 16 -> 128 over 8 layers; pairs of equal widths double every second layer.
+THESIS_FILTERS = (16, 16, 32, 32, 64, 64, 128, 128)
+
+
+def _seeded(initializer, seed):
+    """A factory of `initializer` instances with distinct, reproducible seeds, one per layer.
+
+    Seeding every layer makes get_model(cfg) build the same weights whatever the global random state.
+    """
+    counter = itertools.count()
+    return lambda: initializer(seed=seed * 10_000 + next(counter))
+
+
+def _conv_block(x, filters, name, kernel_init):
+    """Two 3x3 'same' convolutions with ReLU: (B, H, W, C) -> (B, H, W, filters)."""
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer=kernel_init(),
+                          name=f"{name}_conv{i}")(x)
+    return x
+
+
+def unet(depth=3, filters=32, seed=0):
+    """Residual U-Net: (B, H, W, 1) noisy -> (B, H, W, 1) restored, H and W multiples of 2**depth.
+
+    depth: number of 2x2 max-pool downsamplings (levels below full resolution).
+    filters: filters of the full-resolution blocks, doubled at each level (32, 64, 128, 256 for the defaults).
+
+    Choices:
+    - Blocks are two 3x3 conv + ReLU; He-normal weights (He et al. 2015) suit ReLU.
+    - Down: 2x2 max-pool. Up: 2x2 stride-2 transposed conv (linear), then concatenation with the skip.
+    - No BatchNorm: training and inference compute the same function, batch size 1 tiles behave like any
+      other batch, and tiled prediction equals whole-image prediction up to border effects.
+    - Output: a 1x1 conv to one channel, zero-initialized, added to the input. At initialization the network
+      is the identity (it starts from the noisy image, PSNR of the input) and learns only the correction.
+      The 1x1 conv and the addition run in float32 so the identity path keeps full precision under mixed
+      precision.
+    """
+    kernel_init = _seeded(keras.initializers.HeNormal, seed)
+    noisy = keras.Input((None, None, 1), name="noisy")
+    x = noisy
+    skips = []
+    for level in range(1, depth + 1):
+        x = _conv_block(x, filters * 2 ** (level - 1), f"enc{level}", kernel_init)
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+    x = _conv_block(x, filters * 2 ** depth, "bottleneck", kernel_init)
+    for level in range(depth, 0, -1):
+        width = filters * 2 ** (level - 1)
+        x = layers.Conv2DTranspose(width, 2, strides=2, kernel_initializer=kernel_init(), name=f"dec{level}_up")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level - 1]])
+        x = _conv_block(x, width, f"dec{level}", kernel_init)
+    correction = layers.Conv2D(1, 1, kernel_initializer="zeros", bias_initializer="zeros", dtype="float32",
+                               name="correction")(x)
+    restored = layers.Add(dtype="float32", name="restored")([noisy, correction])
+    return keras.Model(noisy, restored, name="unet")
+
+
+def thesis_autoencoder(image_size=512, seed=0):
+    """The 2021 thesis autoencoder: (B, S, S, 1) noisy in [0, 1] -> (B, S, S, 1) restored in (0, 1).
+
+    Encoder: 8 x (Conv2D 3x3 'same' ReLU, MaxPooling2D 2x2) with filters 16, 16, 32, 32, 64, 64, 128, 128,
+    so a 512 x 512 slice is squeezed to 2 x 2 x 128. Decoder: 8 x (UpSampling2D 2x2 nearest, Conv2D 3x3 'same')
+    with the filters mirrored, 128, 128, 64, 64, 32, 32, 16, and 1 for the 8th; ReLU after the first 7.
+    No skip connections, no normalization layers (none in the thesis).
+
+    Choices the thesis leaves open, made here:
+    - Filter sequence: the thesis states 16 -> 128 over 8 layers; pairs of equal widths are used.
+    - Output activation: sigmoid, since the thesis normalizes images to [0, 1]. Our normalization maps the
+      clean 99.5th percentile to 1, so the brightest 0.5 % of pixels (> 1) are clipped near 1 by the sigmoid;
+      that is part of reproducing the thesis. The sigmoid is a separate float32 layer ("restored") after the
+      last conv, so it runs in float32 under mixed precision.
+    - Weights: Glorot-uniform (the Keras default the thesis would have used), seeded per layer.
+    - Upsampling: nearest neighbour (the UpSampling2D default).
+    S must be a multiple of 256 = 2**8 (eight 2x poolings); the input size is fixed to S.
+    """
+    if image_size % 256 or image_size < 256:
+        raise ValueError(f"thesis_autoencoder needs preprocess.image_size to be a multiple of 256 (8 poolings by "
+                         f"2), got {image_size}; use 256 or 512 (the thesis used 512)")
+    kernel_init = _seeded(keras.initializers.GlorotUniform, seed)
+    noisy = keras.Input((image_size, image_size, 1), name="noisy")
+    x = noisy
+    for i, width in enumerate(THESIS_FILTERS, start=1):
+        x = layers.Conv2D(width, 3, padding="same", activation="relu", kernel_initializer=kernel_init(),
+                          name=f"encoder_conv{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"encoder_pool{i}")(x)
+    decoder_filters = THESIS_FILTERS[::-1][:-1] + (1,)
+    for i, width in enumerate(decoder_filters, start=1):
+        last = i == len(decoder_filters)
+        x = layers.UpSampling2D(2, name=f"decoder_up{i}")(x)
+        x = layers.Conv2D(width, 3, padding="same", activation=None if last else "relu",
+                          kernel_initializer=kernel_init(), name=f"decoder_conv{i}")(x)
+    restored = layers.Activation("sigmoid", dtype="float32", name="restored")(x)
+    return keras.Model(noisy, restored, name="thesis_autoencoder")
+
+
+def _model_name(cfg):
+    name = cfg["model"]["name"]
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model.name '{name}'; choose one of {', '.join(MODEL_NAMES)}")
+    return name
+
+
+def _unet_args(cfg):
+    depth = cfg["model"].get("depth", 3)
+    filters = cfg["model"].get("filters", 32)
+    for key, value in (("depth", depth), ("filters", filters)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"model.{key} must be a positive integer, got {value!r}")
+    return depth, filters
+
+
+def get_model(cfg):
+    """The Functional keras.Model named by cfg["model"]["name"], weights seeded by cfg["seed"]."""
+    name = _model_name(cfg)
+    seed = int(cfg.get("seed", 0))
+    if name == "unet":
+        depth, filters = _unet_args(cfg)
+        return unet(depth, filters, seed)
+    return thesis_autoencoder(int(cfg["preprocess"]["image_size"]), seed)
+
+
+def size_multiple(cfg):
+    """Input sides must be multiples of this: 2**depth for the unet, 256 for the thesis autoencoder."""
+    if _model_name(cfg) == "unet":
+        return 2 ** _unet_args(cfg)[0]
+    return 2 ** len(THESIS_FILTERS)
+
+
+def check_input_size(cfg, h, w):
+    """Raise a ValueError that says how to pad when the configured model cannot take an h x w input."""
+    name = _model_name(cfg)
+    if h < 1 or w < 1:
+        raise ValueError(f"input size {h}x{w} is empty")
+    multiple = size_multiple(cfg)
+    if name == "thesis_autoencoder":
+        size = cfg["preprocess"]["image_size"]
+        if (h, w) != (size, size):
+            raise ValueError(f"thesis_autoencoder takes exactly {size}x{size} slices (preprocess.image_size, a "
+                             f"multiple of {multiple}), got {h}x{w}; resize or pad the slices to {size}x{size}")
+    elif h % multiple or w % multiple:
+        padded = (math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple)
+        raise ValueError(f"unet with model.depth={_unet_args(cfg)[0]} cannot take a {h}x{w} input: both sides "
+                         f"must be multiples of {multiple} (2**depth); pad to {padded[0]}x{padded[1]} (e.g. "
+                         f"reflect padding) and crop the output back")
+
+
+def count_flops(model, h, w):
+    """Floating point operations of one h x w slice through `model`: 2 x multiply-adds of its convolutions.
+
+    Counts Conv2D (out_h * out_w * k_h * k_w * c_in / groups * c_out MACs) and Conv2DTranspose
+    (in_h * in_w * k_h * k_w * c_in * c_out MACs: every input pixel scatters one kernel), from the layer
+    configs and the shapes an h x w input gives. Biases, activations, pooling, upsampling, concatenation and
+    additions are left out (under 1 % for these models). A model with a flexible input is cloned onto an
+    h x w input to get those shapes; weights are not needed.
+    """
+    in_shape = model.inputs[0].shape  # (batch, H, W, C)
+    if tuple(in_shape[1:3]) != (h, w):
+        if any(fixed is not None and fixed != side for fixed, side in zip(in_shape[1:3], (h, w))):
+            raise ValueError(f"model '{model.name}' takes {in_shape[1]}x{in_shape[2]} inputs, not {h}x{w}")
+        model = keras.models.clone_model(model, input_tensors=keras.Input((h, w, in_shape[-1])))
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += count_flops(layer, *layer.inputs[0].shape[1:3])
+            continue
+        if not isinstance(layer, (layers.Conv2D, layers.Conv2DTranspose)):
+            continue
+        kh, kw = layer.kernel_size
+        c_in = layer.input.shape[-1]
+        _, out_h, out_w, c_out = layer.output.shape
+        if isinstance(layer, layers.Conv2DTranspose):
+            _, in_h, in_w, _ = layer.input.shape
+            macs = in_h * in_w * kh * kw * c_in * c_out
+        else:
+            macs = out_h * out_w * kh * kw * (c_in // layer.groups) * c_out
+        total += 2 * macs
+    return int(total)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Print the configured model's summary, parameter count and "
+                                                 "FLOPs per slice (no training).")
+    parser.add_argument("--config", default=None, help="YAML config (default: the defaults in config.py)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set model.name=thesis_autoencoder (repeatable)")
+    args = parser.parse_args()
+    config = load_config(args.config, args.set)
+    net = get_model(config)
+    net.summary()
+    side = config["preprocess"]["image_size"]
+    check_input_size(config, side, side)
+    flops = count_flops(net, side, side)
+    print(f"{net.name}: {net.count_params():,} parameters; {flops / 1e9:.2f} GFLOPs per {side}x{side} slice "
+          f"(2 x conv multiply-adds); input sides must be multiples of {size_multiple(config)}")
