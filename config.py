@@ -25,6 +25,7 @@ DEFAULTS = {
         "patients": 8,
         "slices": 12,            # sagittal slices per DCE series (the real series has 20)
         "time_points": 6,        # temporal positions per DCE series (the real series has 25)
+        "matrix": 192,           # rows = columns of the MR images (the real series: 192x192)
         "seed": 0,
     },
     # preprocessing.py: DICOM tree -> paired (clean, noisy) arrays + manifest.csv
