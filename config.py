@@ -50,16 +50,16 @@ DEFAULTS = {
     "model": {
         "name": "unet",          # unet (residual U-Net, the default) | thesis_autoencoder
         "depth": 3,              # unet: number of 2x downsamplings; input sides must divide 2**depth
-        "filters": 32,           # unet: filters at full resolution, doubled at each level
+        "filters": 16,           # unet: filters at full resolution, doubled at each level
     },
     # main.py: training and evaluation
     "train": {
         "epochs": 10,
         "batch_size": 8,
-        "learning_rate": 1e-4,   # Adam (the thesis used 1e-4)
+        "learning_rate": 1e-3,   # Adam (the thesis used 1e-4; configs/thesis.yaml sets it)
         "loss": "mse+mae",       # mse | mae | mse+mae (the thesis summed MSE and MAE)
-        "patch_size": None,      # None trains on whole slices; an int trains on random crops
-        "augment": False,        # random flips and 90-degree rotations of training batches
+        "patch_size": 128,       # int: train on random tissue crops (as CARE does); None: whole slices
+        "augment": True,         # random flips and 90-degree rotations of training batches
         "steps_per_epoch": None,  # None: one pass over the training slices per epoch
         "max_val_slices": None,  # None: validate and evaluate on every validation slice
         "mixed_precision": False,  # mixed float16 on GPU (ignored on CPU)

@@ -10,7 +10,8 @@ and this module turns one split of it into batches:
 
     ds = PairedSlices("data/processed", "train", batch_size=8, shuffle=True, augment=True, patch_size=128)
     noisy, clean = ds[0]              # each (B, 128, 128, 1) float32
-    model.fit(ds, epochs=...)         # Keras calls ds.on_epoch_end() after every epoch
+    model.fit(ds, epochs=...)         # Keras calls ds.on_epoch_end() after every epoch (Keras 3.15 also calls
+                                      # it once before the first, so training starts at pass 1: still seeded)
 
 Memory does not depend on the dataset size: the arrays are opened with np.load(mmap_mode="r") the first time a
 batch needs them (one memmap per file, cached per process), and only the slices of the current batch are read.
@@ -106,9 +107,15 @@ class PairedSlices(keras.utils.PyDataset):
     batch_size: slices per batch. len(ds) = ceil(n / batch_size): the last batch may be smaller, so every slice
         is seen exactly once per epoch (no drop-remainder: with a few hundred slices dropping a partial batch
         would skip a different few percent each epoch; a fully convolutional model takes any batch size).
-    shuffle: visit slices in a new order every epoch; the order is np.random.default_rng((seed, epoch))
-        .permutation(n), the epoch counter advancing in on_epoch_end(). Without shuffle the order is the
-        manifest's (series by series), and `rows` maps batch items back to patient / series / slice.
+    shuffle: visit slices in a new order every pass; pass p visits np.random.default_rng((seed, p))
+        .permutation(n). Without shuffle the order is the manifest's (series by series), and `rows` maps batch
+        items back to patient / series / slice (batch b holds rows[b * batch_size:(b + 1) * batch_size]).
+    steps_per_epoch: None for one pass per epoch (pass = epoch, counted by on_epoch_end()). An int makes an
+        epoch that many full batches taken from an endless stream of passes (epoch e, batch i starts at slice
+        position (e * steps_per_epoch + i) * batch_size of the stream), so short or long epochs still see every
+        slice once per pass and stay reproducible. Give it here rather than to model.fit(steps_per_epoch=...):
+        Keras then keeps one iterator across epochs and calls on_epoch_end() in the middle of a pass, which
+        would change the order mid-pass.
     augment: random flips and 90-degree rotations (the 8 symmetries of the square), the same for noisy and
         clean. Meant for training only.
     patch_size: None for whole slices (validation, evaluation, the thesis autoencoder), or the side of random
@@ -124,12 +131,16 @@ class PairedSlices(keras.utils.PyDataset):
     """
 
     def __init__(self, data_dir, split, batch_size=8, shuffle=False, augment=False, patch_size=None, seed=0,
-                 max_slices=None, tissue_threshold=0.1, crop_candidates=4, **kwargs):
+                 max_slices=None, steps_per_epoch=None, tissue_threshold=0.1, crop_candidates=4, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if patch_size is not None and (not isinstance(patch_size, (int, np.integer)) or patch_size < 1):
             raise ValueError(f"patch_size must be None (whole slices) or a positive integer, got {patch_size!r}")
+        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, (int, np.integer))
+                                            or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be None (one pass per epoch) or a positive integer, "
+                             f"got {steps_per_epoch!r}")
         if not isinstance(crop_candidates, (int, np.integer)) or crop_candidates < 1:
             raise ValueError(f"crop_candidates must be a positive integer, got {crop_candidates!r}")
         self.data_dir = Path(data_dir)
@@ -141,6 +152,7 @@ class PairedSlices(keras.utils.PyDataset):
         self.augment = bool(augment)
         self.patch_size = None if patch_size is None else int(patch_size)
         self.seed = int(seed)
+        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         self.tissue_threshold = float(tissue_threshold)
         self.crop_candidates = int(crop_candidates)
         self.epoch = 0
@@ -184,10 +196,13 @@ class PairedSlices(keras.utils.PyDataset):
     # -- ordering ------------------------------------------------------------------------------------------
 
     def __len__(self):
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
         return math.ceil(len(self.rows) / self.batch_size)
 
     def order(self, epoch=None):
-        """Row indices in visiting order for `epoch` (default: the current one)."""
+        """Row indices in visiting order for pass `epoch` (default: the current epoch; a pass is an epoch
+        unless steps_per_epoch is set)."""
         epoch = self.epoch if epoch is None else epoch
         if not self.shuffle:
             return np.arange(len(self.rows))
@@ -200,8 +215,14 @@ class PairedSlices(keras.utils.PyDataset):
     def _batch_indices(self, index):
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
-        start = index * self.batch_size
-        return self.order()[start:start + self.batch_size]
+        if self.steps_per_epoch is None:
+            start = index * self.batch_size
+            return self.order()[start:start + self.batch_size]
+        # positions in the endless stream pass 0, pass 1, ...; a batch may straddle two passes
+        start = (self.epoch * self.steps_per_epoch + index) * self.batch_size
+        passes, offsets = np.divmod(np.arange(start, start + self.batch_size), len(self.rows))
+        orders = {p: self.order(p) for p in np.unique(passes).tolist()}
+        return np.array([orders[p][o] for p, o in zip(passes.tolist(), offsets.tolist())])
 
     def on_epoch_end(self):
         self.epoch += 1
@@ -268,8 +289,10 @@ def describe(ds):
     series = {row["series_uid"] for row in ds.rows}
     h, w = ds.image_shape
     crop = f"patches {ds.patch_size}px" if ds.patch_size else f"whole slices {h}x{w}"
+    epoch = "one pass" if ds.steps_per_epoch is None else f"{ds.steps_per_epoch} steps"
     return (f"{ds.split or 'all'}: {len(ds.rows)} slices, {len(series)} series, {len(patients)} patients, "
-            f"{len(ds)} batches of {ds.batch_size}, {crop}, shuffle={ds.shuffle}, augment={ds.augment}")
+            f"{len(ds)} batches of {ds.batch_size} per epoch ({epoch}), {crop}, shuffle={ds.shuffle}, "
+            f"augment={ds.augment}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ was taken (Gudbjartsson & Patz 1995, MRM 34:910).
     noisy = rician_noise(phantom(64), sigma=0.05, rng=np.random.default_rng(0))
     out = denoise("nlm", noisy, sigma=0.05)              # Rician-corrected (default)
     out = denoise("bm3d", noisy, sigma=0.05, rician=False)  # plain Gaussian assumption
+    out = denoise("tv", noisy, sigma=0.05, reference_sigma=0.02)  # to compare with a reference that has
+                                                                  # its own Rician floor (sigma 0.02)
 
 Rician handling. Magnitude MR noise is Rician, not Gaussian: in air the magnitude is Rayleigh
 distributed with mean sigma*sqrt(pi/2) ~ 1.25 sigma (not 0), and at low SNR every pixel is biased
@@ -62,7 +64,7 @@ Parameters of each method (sigma is the Rician sigma above):
 - wavelet: skimage.restoration.denoise_wavelet, method="BayesShrink" (Chang et al. 2000), mode="soft",
   wavelet="db1", sigma=sigma, rescale_sigma=True, default number of levels. db1 (Haar, skimage's
   default) gave a lower MSE than sym8 in the same tuning runs, on the phantom and the camera image.
-- bm3d: bm3d.bm3d(noisy, sigma_psd=sigma) with the default "np" profile (Makinen et al. 2020). Slow:
+- bm3d: bm3d.bm3d(noisy, sigma_psd=sigma), default "np" profile (Dabov et al. 2007; Makinen et al. 2020). Slow:
   7-9 s per 512x512 slice on two cores.
 """
 
@@ -111,9 +113,9 @@ def rician_bias_correction(expected_magnitude, sigma):
     """
     sigma = _check_sigma(sigma)
     ratio = np.asarray(expected_magnitude, dtype=np.float64) / sigma
-    snr = np.interp(ratio, _MEAN_TABLE, _SNR_TABLE, left=0.0)
-    high = ratio > _MEAN_TABLE[-1]
-    snr[high] = np.sqrt(ratio[high] ** 2 - 1.0)
+    tabulated = np.interp(ratio, _MEAN_TABLE, _SNR_TABLE, left=0.0)
+    asymptotic = np.sqrt(np.maximum(ratio ** 2 - 1.0, 0.0))
+    snr = np.where(ratio > _MEAN_TABLE[-1], asymptotic, tabulated)
     return (snr * sigma).astype(np.float32)
 
 
@@ -133,21 +135,30 @@ def estimate_sigma(noisy):
     return float(skimage_estimate_sigma(noisy))
 
 
-def denoise(method, noisy, sigma, rician=True):
+def denoise(method, noisy, sigma, rician=True, reference_sigma=0.0):
     """Denoise one normalized slice with a classical method; float32 (H, W).
 
     method: one of METHODS ("nlm", "tv", "wavelet", "bm3d"); parameters in the module docstring.
     noisy: (H, W) magnitude slice in normalized units (0 = air, ~1 = bright tissue, not clipped).
-    sigma: Rician noise sigma in the same units (> 0); None estimates it with estimate_sigma (see
-        its caveat).
+    sigma: Rician noise sigma of `noisy` in the same units (> 0). For the "field" degradation this is
+        the total sigma of the degraded slice, sqrt(sigma_source^2 + sigma_added^2), not sigma_added
+        alone. None estimates it with estimate_sigma (see its caveat).
     rician: True runs the Gaussian denoiser and then inverts the Rician mean
         (rician_bias_correction), so air goes to ~0 instead of ~1.25 sigma; False returns the plain
         Gaussian-assumption output.
+    reference_sigma: only with rician=True. 0 (default) returns the noise-free amplitude A. A
+        positive value returns E[M] = rician_mean(A, reference_sigma), the expected magnitude of an
+        image with that noise level: pass sigma_source to match a clean 3T reference that carries
+        its own Rician floor (air ~1.25 sigma_source), as the evaluation against clean slices does.
     """
     if method not in METHODS:
         raise ValueError(f"unknown denoiser '{method}'; choose one of {', '.join(METHODS)}")
     noisy = _check_slice(noisy)
     sigma = estimate_sigma(noisy) if sigma is None else _check_sigma(sigma)
+    if reference_sigma and not rician:
+        raise ValueError("reference_sigma needs rician=True (it re-applies a Rician noise floor)")
+    if reference_sigma:
+        reference_sigma = _check_sigma(reference_sigma)
 
     if method == "nlm":
         from skimage.restoration import denoise_nl_means
@@ -169,9 +180,12 @@ def denoise(method, noisy, sigma, rician=True):
         out = bm3d.bm3d(noisy, sigma_psd=sigma)
 
     out = np.asarray(out, dtype=np.float64).reshape(noisy.shape)
-    if rician:
-        return rician_bias_correction(out, sigma)
-    return out.astype(np.float32)
+    if not rician:
+        return out.astype(np.float32)
+    amplitude = rician_bias_correction(out, sigma)
+    if reference_sigma:
+        return rician_mean(amplitude, reference_sigma).astype(np.float32)
+    return amplitude
 
 
 def _check_slice(noisy):

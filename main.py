@@ -133,7 +133,8 @@ def load_splits(cfg, data_dir):
     t = cfg["train"]
     common = dict(batch_size=t["batch_size"], seed=cfg["seed"])
     train = PairedSlices(data_dir, "train", shuffle=True, augment=t["augment"], patch_size=t["patch_size"],
-                         workers=t["workers"], use_multiprocessing=t["use_multiprocessing"], **common)
+                         steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
+                         use_multiprocessing=t["use_multiprocessing"], **common)
     val = PairedSlices(data_dir, "val", max_slices=t["max_val_slices"], **common)
     check_patient_split(train.rows, val.rows)
     return train, val
@@ -190,8 +191,9 @@ def train(cfg, data_dir, run_dir, resume=False):
         keras.callbacks.TerminateOnNaN(),
     ]
     start = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=t["epochs"],
-                        steps_per_epoch=t["steps_per_epoch"], callbacks=callbacks, verbose=2)
+    # the dataset shuffles itself (seeded per epoch); fit's own shuffling would only add noise to that
+    history = model.fit(train_ds, validation_data=val_ds, epochs=t["epochs"], shuffle=False,
+                        callbacks=callbacks, verbose=2)
     seconds = time.perf_counter() - start
 
     losses = history.history.get("loss", [])
@@ -199,8 +201,7 @@ def train(cfg, data_dir, run_dir, resume=False):
         raise FloatingPointError(
             f"training stopped: the loss became {losses[-1]} (not finite) at epoch {len(losses)}. "
             f"Lower train.learning_rate (now {t['learning_rate']}) or check the data for NaN/inf values.")
-    steps = t["steps_per_epoch"] or len(train_ds)
-    images = steps * t["batch_size"] * len(losses)
+    images = len(train_ds) * t["batch_size"] * len(losses)
     return {"seconds": round(seconds, 1), "epochs_run": len(losses),
             "images_per_s": round(images / seconds, 1) if seconds > 0 and losses else None}
 
@@ -220,8 +221,7 @@ def evaluate(model, dataset, n_examples=3):
     for b in range(len(dataset)):
         noisy, clean = dataset[b]
         pred = np.asarray(model.predict_on_batch(noisy), dtype=np.float32)
-        for j in range(len(noisy)):
-            meta = dataset.rows[b * dataset.batch_size + j]
+        for j, meta in enumerate(dataset.batch_rows(b)):
             n, c, p = noisy[j, ..., 0], clean[j, ..., 0], pred[j, ..., 0]
             mask = body_mask(c)
             m = pair_metrics(p, n, c, mask)
@@ -248,7 +248,7 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None):
 
     import figures
     from data_factory import PairedSlices
-    from metrics import format_table, summarize
+    from metrics import format_table, json_safe, summarize
 
     get_loss(cfg["train"]["loss"]), psnr_metric()  # register the custom objects before loading
     model_path = run_dir / "model.keras"
@@ -266,14 +266,14 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None):
     summary.update({"model_name": cfg["model"]["name"], "data_dir": str(data_dir),
                     "config_hash": config_hash(cfg), "eval_seconds": round(seconds, 1),
                     "eval_ms_per_slice": round(1000 * seconds / len(rows), 1), **(extra or {})})
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2))
 
     if (run_dir / "history.csv").exists():
         figures.plot_loss_curve(run_dir / "history.csv", run_dir / "loss_curve.png",
                                 title=f"{cfg['model']['name']}: loss (MSE+MAE)" if cfg["train"]["loss"] == "mse+mae"
                                 else f"{cfg['model']['name']}: loss")
     figures.plot_reconstructions(examples, run_dir / "reconstructions.png")
-    print(f"\nValidation ({summary['n_slices']} slices, {summary['n_patients']} patients, data_range 1.0):")
+    print()
     print(format_table(summary))
     print(f"\nwrote {run_dir}/: metrics.json, metrics_per_slice.csv, reconstructions.png, loss_curve.png")
     return summary

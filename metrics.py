@@ -122,9 +122,9 @@ def _check_images(pred, clean, name="prediction"):
     if min(clean.shape) < SSIM_SETTINGS["win_size"]:
         raise ValueError(f"slices {clean.shape} are smaller than the "
                          f"{SSIM_SETTINGS['win_size']}-pixel SSIM window")
-    for name, image in ((name, pred), ("clean", clean)):
+    for label, image in ((name, pred), ("clean", clean)):
         if not np.all(np.isfinite(image)):
-            raise ValueError(f"the {name} slice contains NaN or inf values")
+            raise ValueError(f"the {label} slice contains NaN or inf values")
     return pred.astype(np.float64), clean.astype(np.float64)
 
 
@@ -315,8 +315,8 @@ def summarize(rows):
         cis = {name: {m: mean_ci(table[f"{prefix}{region}_{m}"], groups=patients) for m in ("psnr", "ssim")}
                for name, prefix in outputs.items()}
         with np.errstate(invalid="ignore"):  # inf - inf for a perfect slice is NaN, dropped by mean_ci
-            cis["gain"] = {m: mean_ci(table[f"model{region}_{m}"] - table[f"noisy{region}_{m}"], groups=patients)
-                           for m in ("psnr", "ssim")}
+            gains = {m: table[f"model{region}_{m}"] - table[f"noisy{region}_{m}"] for m in ("psnr", "ssim")}
+        cis["gain"] = {m: mean_ci(gain, groups=patients) for m, gain in gains.items()}
         return cis
 
     summary = per_metric("", _mean_std)
@@ -385,6 +385,19 @@ def format_table(summary, confidence=0.95):
                              f"{_fmt(p['ci_high'], 2)}] | {_fmt(s['mean'], 3)} [{_fmt(s['ci_low'], 3)}, "
                              f"{_fmt(s['ci_high'], 3)}] |")
     return "\n".join(lines)
+
+
+def json_safe(obj):
+    """Nested dict/list with NaN and inf replaced by None, so json.dumps writes standard JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 def _read_rows(path):

@@ -129,6 +129,27 @@ def test_shuffle_is_seeded_per_epoch_and_covers_every_slice(data_dir):
     assert list(a.order(epoch=0)) == list(np.random.default_rng((7, 0)).permutation(10))
 
 
+def test_steps_per_epoch_streams_whole_passes(data_dir):
+    ds = PairedSlices(data_dir, "train", batch_size=4, shuffle=True, seed=2, steps_per_epoch=3)
+    assert len(ds) == 3
+    stream = []
+    for epoch in range(5):  # 5 epochs x 3 batches x 4 slices = 60 positions = 6 passes over 10 slices
+        for i in range(len(ds)):
+            clean = ds[i][1]
+            assert clean.shape[0] == 4  # always full batches
+            stream += [slice_id(item) for item in clean]
+        ds.on_epoch_end()
+    passes = [stream[k:k + 10] for k in range(0, 60, 10)]
+    assert all(sorted(p) == list(range(1, 11)) for p in passes)  # every slice once per pass
+    assert passes[0] != passes[1]
+    # pass p follows the same permutation as epoch p of a one-pass-per-epoch dataset
+    plain = PairedSlices(data_dir, "train", batch_size=10, shuffle=True, seed=2)
+    plain.on_epoch_end()
+    assert passes[1] == [slice_id(item) for item in plain[0][1]]
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        PairedSlices(data_dir, "train", steps_per_epoch=0)
+
+
 def test_augmentation_keeps_pairs_aligned_and_is_reproducible(data_dir):
     ds = PairedSlices(data_dir, "train", batch_size=5, shuffle=True, augment=True, seed=3)
     plain = PairedSlices(data_dir, "train", batch_size=5, shuffle=True, augment=False, seed=3)

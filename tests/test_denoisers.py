@@ -76,6 +76,18 @@ def test_mean_inversion_beats_alternatives_in_dark_tissue():
         assert abs(rician["bias_dark"]) < abs(by_variant["second_moment"]["bias_dark"])
 
 
+def test_reference_sigma_restores_a_noise_floor(noisy_phantom, plain_outputs):
+    truth, noisy = noisy_phantom
+    air = truth == 0
+    reference = denoise("nlm", noisy, SIGMA, reference_sigma=0.02)
+    amplitude = rician_bias_correction(plain_outputs["nlm"], SIGMA)
+    np.testing.assert_allclose(reference, rician_mean(amplitude, 0.02), atol=1e-5)
+    # at least the reference's air floor (E[M] is increasing in A), far below the uncorrected air
+    assert 0.02 * np.sqrt(np.pi / 2) <= reference[air].mean() < 0.6 * plain_outputs["nlm"][air].mean()
+    with pytest.raises(ValueError, match="rician=True"):
+        denoise("nlm", noisy, SIGMA, rician=False, reference_sigma=0.02)
+
+
 def test_rician_mean_matches_simulation_and_inverts():
     rng = np.random.default_rng(1)
     for amplitude in (0.0, 0.05, 0.2):

@@ -217,6 +217,17 @@ def test_summarize_accepts_csv_strings_and_rejects_missing_columns():
         summarize([{k: v for k, v in rows[0].items() if k != "model_ssim"}])
 
 
+def test_summarize_reports_inf_psnr():
+    rows = make_rows()
+    clean = disk_slice(size=32, radius=12)[0]
+    perfect = pair_metrics(clean, clean + 0.05, clean)
+    assert perfect["model_psnr"] == math.inf
+    summary = summarize(rows + [dict(perfect, patient_id="P3", series_uid="s", slice_index=0)])
+    assert summary["model"]["psnr"]["mean"] == math.inf and math.isnan(summary["model"]["psnr"]["std"])
+    assert summary["noisy_input"]["psnr"]["mean"] < math.inf
+    assert "inf" in format_table(summary)
+
+
 def test_format_table_rows():
     table = format_table(summarize(make_rows()))
     lines = table.splitlines()
