@@ -431,4 +431,4 @@ if __name__ == "__main__":
         print(format_table(result))
         if args.json:
             with open(args.json, "w") as f:
-                json.dump(result, f, indent=2)
+                json.dump(json_safe(result), f, indent=2)
