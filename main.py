@@ -298,6 +298,9 @@ def main(argv=None):
             sys.exit(f"error: {e}")
     else:
         setup_devices(cfg["train"])
+        previous = run_dir / "metrics.json"
+        if previous.is_file() and "train" in json.loads(previous.read_text()):
+            extra = {"train": json.loads(previous.read_text())["train"]}  # keep the training figures
     return evaluate_run(cfg, data_dir, run_dir, extra)
 
 

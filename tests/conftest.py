@@ -1,0 +1,50 @@
+"""Session fixtures: the real pipeline, end to end, at smoke size (configs/smoke.yaml).
+
+demo DICOM tree (demo_data.py) -> pairs (preprocessing.py) -> one short training run (main.py).
+Built once per test session in a temporary folder and shared by the tests of main.py, the notebook,
+enhance.py and benchmark.py, so every one of them runs on real files written by the real code.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def smoke_cfg():
+    from config import load_config
+
+    return load_config(ROOT / "configs" / "smoke.yaml")
+
+
+@pytest.fixture(scope="session")
+def smoke_dicom(tmp_path_factory, smoke_cfg):
+    from demo_data import ensure_demo_tree
+
+    d = smoke_cfg["demo"]
+    out = tmp_path_factory.mktemp("smoke") / "dicom"
+    return Path(ensure_demo_tree(out, patients=d["patients"], seed=d["seed"], slices=d["slices"],
+                                 time_points=d["time_points"], matrix=d["matrix"]))
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory, smoke_cfg, smoke_dicom):
+    import preprocessing
+
+    out = tmp_path_factory.mktemp("smoke_processed")
+    preprocessing.run(smoke_dicom, out, smoke_cfg, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, smoke_data):
+    import main
+
+    run_dir = tmp_path_factory.mktemp("smoke_run")
+    main.main(["--config", str(ROOT / "configs" / "smoke.yaml"), "--data", str(smoke_data),
+               "--run-dir", str(run_dir)])
+    return run_dir
