@@ -1,0 +1,1219 @@
+"""Embedded demo data: a synthetic QIN-BREAST-like DICOM tree (3T breast DCE-MRI plus PET/CT decoys).
+
+TCIA's QIN-BREAST collection (doi:10.7937/K9/TCIA.2016.21JUEBH0) holds 3T Philips Achieva breast DCE-MRI
+(sagittal 3-D spoiled gradient echo, 192 x 192 x 20 slices of 5 mm, 25 temporal positions) plus PET/CT of the
+same patients. This module writes a small tree that looks and reads like a download of it, so the pipeline
+(preprocessing -> training -> evaluation) runs and is tested without any download:
+
+    python demo_data.py --out data/demo_dicom --patients 8 --seed 0 --preview
+
+Layout, as the NBIA Data Retriever writes it ("descriptive" directory type):
+
+    <out>/QIN-BREAST/<PatientID>/<MM-DD-YYYY>-NA-<StudyDescription>-<last 5 of StudyUID>/
+          <SeriesNumber %.6f>-<SeriesDescription, only [A-Za-z0-9 .-]>-<last 5 of SeriesUID>/1-001.dcm ...
+    <out>/metadata.csv       one row per series, the Retriever's 17 columns
+    <out>/demo_params.json   parameters + summary + ground truth; its presence marks a complete tree
+
+Per patient (PatientID QIN-BREAST-01-0001, ...): 2 or 3 MR visits (baseline, after cycle 1 of neoadjuvant therapy,
+later), each a study with the DCE series `dynamic_smartTX` (some patients: `dynamic`), optionally (extras) a
+multi-flip T1-map and a DWI series; the baseline study also holds a Basic Text SR (no pixel data); one PET/CT
+study "BREAST PRONE" with `CTAC` (CT) and `PET AC 3DWB` (PT). Only the MR series are training material; the rest
+are decoys that a reader of the tree has to skip.
+
+DCE files: MR Image Storage, explicit VR little endian, uint16 with BitsStored 12, modality value =
+stored * RescaleSlope + RescaleIntercept. InstanceNumber is time-major: instance = t * slices + k + 1 for temporal
+position t (0-based) and slice k (0-based, ImagePositionPatient advancing by SliceThickness along the slice
+normal), and file 1-NNN.dcm holds instance NNN. `phantom(patient, visit, ...)[...][k, row, col]` is the ground
+truth of that slice's pixel [row, col].
+
+Images are simulated from physics, not drawn: a 3-D tissue-fraction phantom of a prone breast (skin, fat,
+fibroglandular tissue with a patient-specific density, vessels, pectoral muscle, ribs, lung/heart, an enhancing
+lesion in 3 of 4 patients), a spoiled-gradient-echo signal equation with 3T relaxation times, extended Tofts
+kinetics with a population AIF, a smooth coil sensitivity, and complex Gaussian noise before the magnitude
+(Rician in tissue, Rayleigh in air). The same seed gives byte-identical DICOM files (UIDs are '2.25.' + a
+name-based UUID of seed, sizes, patient and series); other seeds give other anatomy. A patient's content does not
+depend on how many patients are generated.
+"""
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from scipy import ndimage
+from tqdm import tqdm
+
+from config import DEFAULTS
+
+DEMO_DEFAULTS = DEFAULTS["demo"]
+GENERATOR_VERSION = 1  # bump when the output changes, so ensure_demo_tree regenerates old trees
+
+# ---------------------------------------------------------------------------------------------------------------
+# Acquisition: the QIN-BREAST DCE protocol (TCIA collection page; Li et al., Invest Radiol 2015;50:195): sagittal
+# 3-D RF-spoiled gradient echo, TR/TE/flip = 7.9 ms / 4.6 ms / 20 deg as reported for this protocol, 22 cm FOV,
+# 192 x 192, 5 mm slices, 3 frames before the injection of gadopentetate (0.1 mmol/kg). TE 4.6 ms is near the
+# second fat-water in-phase echo at 3T (~2.3 ms period), so fat and gland add instead of cancelling at boundaries.
+FIELD_STRENGTH_T = 3.0
+TR_MS, TE_MS, FLIP_DEG = 7.9, 4.6, 20.0
+FOV_MM = 220.0                 # square field of view; PixelSpacing = FOV_MM / matrix (1.146 mm at 192)
+SLICE_THICKNESS_MM = 5.0
+FRAME_INTERVAL_S = 17.49       # time between temporal positions in the real headers
+INJECTION_GAP_S = 69.45        # the one longer gap, after the last pre-contrast frame (contrast is injected)
+PRE_CONTRAST_FRAMES = 3
+BOLUS_ARRIVAL_AFTER_PRE_S = 40.0  # arrival in the breast after the last pre-contrast frame: ~75 s with 3 frames
+T1MAP_FLIPS_DEG = tuple(range(2, 21, 2))  # QIN-BREAST multi-flip T1 mapping: 10 flip angles 2..20 deg
+DWI_B_VALUES = (0.0, 500.0)    # s/mm^2
+DWI_TR_MS, DWI_TE_MS = 2500.0, 45.0
+FULL_SIZE = {"slices": 20, "time_points": 25}  # the real series
+
+# Tissues at 3T. PD: relative proton density; T1/T2* in ms; T2 in ms (DWI only); ADC in 1e-3 mm^2/s (DWI only);
+# Ktrans in 1/min, ve and vp as volume fractions (extended Tofts). Sources:
+#   fat, fibroglandular T1 423 / 1680 ms and T2 154 / 71 ms: Edden et al., JMRI 2010;32:982 (3T, inversion
+#     recovery); Rakow-Penner et al., JMRI 2006;23:87 (IDEAL, 3T) report the same ordering (367 / 1445 ms).
+#   muscle T1 1412 ms, T2 50 ms: Stanisz et al., MRM 2005;54:507 (3T).
+#   blood T1 ~1.65 s at 3T: Lu et al., MRM 2004;52:679.
+#   skin 850 ms, lesion 1500 ms (untreated breast carcinoma is between muscle and gland), rib marrow, lung, heart,
+#     T2* and PD: assumed values, chosen for plausible contrast. Lung and heart are dark: short T2* (lung) and flow
+#     (heart, no inflow enhancement modelled) in a breast-coil image.
+#   Kinetics: normal gland enhances little (background parenchymal enhancement), fat not at all; lesion values are
+#     drawn per patient, Ktrans 0.04-0.4 /min (log-uniform), the range typical of breast carcinoma.
+TISSUES = {
+    #           PD    T1    T2*   T2    ADC   Ktrans  ve    vp
+    "skin":    (0.70, 850, 20.0, 40.0, 1.0, 0.020, 0.25, 0.010),
+    "fat":     (0.90, 423, 40.0, 154., 0.05, 0.0, 0.0, 0.0),
+    "gland":   (0.75, 1680, 30.0, 71.0, 2.0, 0.006, 0.25, 0.005),
+    "vessel":  (0.90, 1650, 30.0, 150., 3.0, 0.0, 0.0, 0.0),   # blood: concentration is the AIF itself
+    "muscle":  (0.75, 1412, 25.0, 50.0, 1.4, 0.020, 0.12, 0.010),
+    "rib":     (0.55, 400, 8.0, 50.0, 0.3, 0.0, 0.0, 0.0),     # fatty marrow inside cortical bone
+    "lung":    (0.08, 1300, 1.5, 30.0, 2.0, 0.0, 0.0, 0.0),
+    "heart":   (0.20, 1650, 20.0, 50.0, 3.0, 0.0, 0.0, 0.0),
+    "lesion":  (0.85, 1500, 35.0, 80.0, 1.0, np.nan, np.nan, np.nan),  # kinetics per patient
+}
+LABELS = ("air",) + tuple(TISSUES)  # label volume values index this tuple: 0 = air
+DWI_FAT_SUPPRESSION = 0.08  # SPAIR leaves ~8 % of the fat signal in the DWI series
+
+# Contrast agent relaxivity at 3T: 4.9 /mM/s, the value this project's spec fixes (gadobutrol-like; Szomolanyi
+# et al. 2019 report 4.9-5.0 /mM/s in plasma at 3T). For gadopentetate (Magnevist) in plasma at 3T Rohrer et al.
+# (Invest Radiol 2005;40:715) give ~3.7 /mM/s; with it the lesions would enhance somewhat less.
+R1_RELAXIVITY_PER_MM_S = 4.9
+HEMATOCRIT = 0.42
+# Population AIF of Parker et al., MRM 2006;56:993 (whole blood, mM, t in minutes after arrival).
+PARKER_AIF = dict(A1=0.809, A2=0.330, T1=0.17046, T2=0.365, sigma1=0.0563, sigma2=0.132,
+                  alpha=1.050, beta=0.1685, s=38.078, tau=0.483)
+
+# Storage: uint16, 12 bits stored, modality value = stored * RESCALE_SLOPE + RESCALE_INTERCEPT (slope != 1 so a
+# reader that forgets the rescale is caught). NOISE_SIGMA is the native 3T noise, per real/imaginary channel, in
+# modality units: fat SNR ~40 and gland SNR ~10 in a pre-contrast frame, as in a 17 s/frame 3T breast DCE.
+BITS_STORED = 12
+MAX_STORED = 2 ** BITS_STORED - 1
+RESCALE_SLOPE, RESCALE_INTERCEPT = 1.25, 0.0
+NOISE_SIGMA = 20.0
+BIAS_RANGE = (0.6, 1.35)       # coil sensitivity is clipped to this range
+HEADROOM = 0.93                # the brightest possible voxel uses at most this fraction of the 12-bit range
+
+
+def _spgr(pd, r1_per_s, t2star_ms, flip_deg=FLIP_DEG, tr_ms=TR_MS, te_ms=TE_MS):
+    """Steady-state spoiled gradient echo (Ernst): S = PD sin(a) (1 - E1) / (1 - cos(a) E1) exp(-TE/T2*),
+    E1 = exp(-TR R1). Arrays broadcast; R1 in 1/s, times in ms. Relative signal: PD = 1, T1 -> 0 gives sin(a)."""
+    a = np.deg2rad(flip_deg)
+    e1 = np.exp(-tr_ms * 1e-3 * np.asarray(r1_per_s, dtype=np.float64))
+    return pd * np.sin(a) * (1 - e1) / (1 - np.cos(a) * e1) * np.exp(-te_ms / t2star_ms)
+
+
+def _signal_gain():
+    """Modality units per unit of _spgr signal, chosen so that the brightest possible voxel (T1 -> 0, the largest
+    PD exp(-TE/T2*), maximal coil sensitivity, plus 6 noise sigmas) still fits the 12-bit range with headroom:
+    no contrast dose can clip a lesion peak."""
+    brightest = max(pd * np.exp(-TE_MS / t2s) for pd, _, t2s, *_ in TISSUES.values()) * np.sin(np.deg2rad(FLIP_DEG))
+    return (HEADROOM * MAX_STORED * RESCALE_SLOPE - 6 * NOISE_SIGMA) / (brightest * BIAS_RANGE[1])
+
+
+def _dwi_gain():
+    """Same idea for the DWI series: the spin-echo signal is at most PD = 1."""
+    return (HEADROOM * MAX_STORED * RESCALE_SLOPE - 6 * NOISE_SIGMA) / BIAS_RANGE[1]
+
+
+def frame_times(time_points):
+    """Acquisition times (s) of the DCE temporal positions and the bolus arrival time (s).
+
+    The real pattern is kept for any number of frames: up to 3 pre-contrast frames 17.49 s apart, one 69.45 s gap
+    (injection), then 17.49 s apart; the bolus reaches the breast 40 s after the last pre-contrast frame (~75 s).
+    -> (times float64 (time_points,), arrival_s float, n_pre int)
+    """
+    n_pre = min(PRE_CONTRAST_FRAMES, time_points - 1)
+    pre = [k * FRAME_INTERVAL_S for k in range(n_pre)]
+    last_pre = pre[-1]
+    post = [last_pre + INJECTION_GAP_S + k * FRAME_INTERVAL_S for k in range(time_points - n_pre)]
+    return np.round(np.array(pre + post), 3), round(last_pre + BOLUS_ARRIVAL_AFTER_PRE_S, 3), n_pre
+
+
+def parker_aif(t_s, arrival_s):
+    """Plasma concentration Cp(t) in mM (Parker 2006 whole-blood AIF / (1 - hematocrit)), zero before arrival."""
+    p = PARKER_AIF
+    tm = np.maximum(np.asarray(t_s, dtype=np.float64) - arrival_s, 0.0) / 60.0
+    blood = (p["A1"] / (p["sigma1"] * np.sqrt(2 * np.pi)) * np.exp(-(tm - p["T1"]) ** 2 / (2 * p["sigma1"] ** 2))
+             + p["A2"] / (p["sigma2"] * np.sqrt(2 * np.pi)) * np.exp(-(tm - p["T2"]) ** 2 / (2 * p["sigma2"] ** 2))
+             + p["alpha"] * np.exp(-p["beta"] * tm) / (1 + np.exp(-p["s"] * (tm - p["tau"]))))
+    return np.where(np.asarray(t_s) >= arrival_s, blood, 0.0) / (1 - HEMATOCRIT)
+
+
+def tofts_concentration(times_s, arrival_s, ktrans_per_min, ve, vp, dt_s=0.25):
+    """Extended Tofts tissue concentration (mM) at times_s, split into plasma and interstitial parts:
+    Ct(t) = vp Cp(t) + Ktrans * integral Cp(tau) exp(-kep (t - tau)) dtau, kep = Ktrans / ve (Tofts et al.,
+    JMRI 1999;10:223). -> (vp * Cp at times_s, EES part at times_s), each float64 (len(times_s),)."""
+    grid = np.arange(0.0, float(np.max(times_s)) + dt_s, dt_s)
+    cp = parker_aif(grid, arrival_s)
+    if ktrans_per_min > 0:
+        kep_per_s = ktrans_per_min / ve / 60.0
+        ees = np.convolve(cp, np.exp(-kep_per_s * grid))[: len(grid)] * dt_s * (ktrans_per_min / 60.0)
+    else:
+        ees = np.zeros_like(grid)
+    return vp * np.interp(times_s, grid, cp), np.interp(times_s, grid, ees)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Anatomy. Physical coordinates of the sagittal grid, in mm: a = anterior -> posterior (image columns),
+# s = superior -> inferior (image rows), x = lateral offset of the slice from the breast centre (slices).
+
+DENSITY_CYCLE = ("scattered", "heterogeneous", "dense", "scattered", "fatty", "heterogeneous")
+
+
+def _patient_draws(seed, index):
+    """Every scalar random choice of one patient (independent of grid size), from the patient's own seed."""
+    rng = np.random.default_rng([seed, 1, index])
+    # Density classes cycle (roughly the population mix, scattered and heterogeneous most common), so that even
+    # a few patients show different breast types; the seed shifts the cycle.
+    density = DENSITY_CYCLE[(index + seed) % len(DENSITY_CYCLE)]
+    d = {
+        "density": str(density),
+        # fraction of the glandular envelope that is fibroglandular tissue, per BI-RADS-like class
+        "gland_fraction": {"fatty": 0.12, "scattered": 0.32, "heterogeneous": 0.55, "dense": 0.8}[density]
+        + rng.uniform(-0.05, 0.05),
+        "a_cw0": rng.uniform(148, 168),        # chest wall (back of the pectoral muscle) at the breast centre
+        "tilt": rng.uniform(-0.08, 0.08),      # mm of chest wall per mm of s
+        "curv": rng.uniform(4, 14),            # chest wall bends back superiorly and inferiorly
+        "muscle_mm": rng.uniform(7, 14),
+        "subcut_chest_mm": rng.uniform(6, 16),  # fat over the pectoral muscle above and below the breast
+        "s0": rng.uniform(98, 122),            # breast axis (nipple height)
+        "b_sup": rng.uniform(75, 100), "b_inf": rng.uniform(50, 72),
+        "p_sup": rng.uniform(1.15, 1.6),       # upper contour slopes gently into the chest
+        "p_inf": rng.uniform(2.0, 3.0),        # lower contour is rounded, with a fold
+        "length": rng.uniform(60, 118),        # chest wall to nipple, prone (pendulous)
+        "half_width": rng.uniform(65, 85),     # lateral half extent of the breast
+        "nipple_mm": rng.uniform(4, 8),
+        "skin_mm": rng.uniform(1.5, 2.5),
+        "subcut_mm": rng.uniform(4, 9),        # subcutaneous fat between skin and gland
+        "retro_mm": rng.uniform(4, 9),         # retromammary fat between gland and muscle
+        "rib_spacing": rng.uniform(21, 27), "rib_phase": rng.uniform(0, 1),
+        "heart_s": rng.uniform(30, 60), "heart_a": rng.uniform(45, 70),
+        "bias": rng.normal(0.0, 0.12, 6),
+        "n_vessels": int(rng.integers(3, 7)),
+        "age": int(rng.integers(32, 71)),
+        "n_visits": int(rng.integers(2, 4)),
+        "baseline": date(1990, 1, 1) + timedelta(days=int(rng.integers(0, 3650))),
+        "days": [0, int(rng.integers(14, 25)), int(rng.integers(60, 150))],
+        "petct_day": -int(rng.integers(1, 8)),
+        "study_minute": int(rng.integers(8 * 60, 16 * 60)),
+    }
+    if density == "fatty":
+        d["subcut_mm"] += 3.0  # fatty breasts: thicker subcutaneous fat
+    # Lesion in 3 of 4 patients (deterministic, so even a 3-patient tree has lesions): size, shape, kinetics and
+    # its response to therapy at the later visits (shrinkage and falling Ktrans).
+    d["lesion"] = None
+    if index % 4 != 3:
+        # baseline diameter 5-30 mm; at least 8 mm in every 4th patient, so a small tree has a clear lesion
+        diameter = rng.uniform(8, 30) if index % 4 == 0 else rng.uniform(5, 30)
+        shrink1 = rng.uniform(0.75, 1.0)
+        shrink2 = shrink1 * rng.uniform(0.4, 0.95)
+        kfall1 = rng.uniform(0.6, 1.0)
+        kfall2 = kfall1 * rng.uniform(0.5, 1.0)
+        d["lesion"] = {
+            "diameter_mm": diameter,
+            "spiculated": bool(rng.random() < 0.5),
+            "necrotic": bool(diameter > 18 and rng.random() < 0.6),
+            "ktrans_per_min": float(np.exp(rng.uniform(np.log(0.04), np.log(0.4)))),
+            "ve": rng.uniform(0.25, 0.5), "vp": rng.uniform(0.02, 0.08),
+            "size_factor": [1.0, shrink1, shrink2], "ktrans_factor": [1.0, kfall1, kfall2],
+            "axes": rng.uniform(0.7, 1.0, 2), "rotation": rng.normal(size=(3, 3)),
+            "lobes": rng.normal(0, 0.07, 4), "lobe_dirs": rng.normal(size=(4, 3)),
+            "spicule_dirs": rng.normal(size=(int(rng.integers(8, 15)), 3)),
+            "spicule_len": rng.uniform(1.4, 2.3, 15), "spicule_mm": rng.uniform(0.9, 1.6, 15),
+            "texture_seed": int(rng.integers(2 ** 31)),
+            "pick": rng.random(),
+        }
+    d["field_seed"] = int(rng.integers(2 ** 31))
+    d["dynamic_plain"] = index % 4 == 1  # a minority of patients have the series named plain "dynamic"
+    return d
+
+
+def _grid(slices, matrix):
+    """Voxel-centre coordinates in mm: x (slices, 1, 1), s (1, matrix, 1), a (1, 1, matrix); px = pixel size."""
+    px = FOV_MM / matrix
+    x = ((np.arange(slices) - (slices - 1) / 2) * SLICE_THICKNESS_MM)[:, None, None]
+    s = ((np.arange(matrix) + 0.5) * px)[None, :, None]
+    a = ((np.arange(matrix) + 0.5) * px)[None, None, :]
+    return x, s, a, px
+
+
+def _ramp(value, px):
+    """Partial-volume fraction of a voxel behind a boundary at signed distance `value` (mm, >0 inside)."""
+    return np.clip(value / px + 0.5, 0.0, 1.0)
+
+
+def _smooth_noise(rng, shape, sigma_mm, spacing_mm):
+    """Gaussian-smoothed white noise with zero mean and unit std; sigma and spacing per axis in mm."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32),
+                                    [s / p for s, p in zip(sigma_mm, spacing_mm)], mode="reflect")
+    return (field - field.mean()) / (field.std() + 1e-12)
+
+
+def _anatomy(d, slices, matrix):
+    """Visit-independent tissue fractions of one patient (everything but the lesion), float32 (slices, H, W) each."""
+    x, s, a, px = _grid(slices, matrix)
+    spacing = (SLICE_THICKNESS_MM, px, px)
+    shape = (slices, matrix, matrix)
+    rng = np.random.default_rng(d["field_seed"])
+    ds_ = s - d["s0"]
+
+    # Chest wall, pectoral muscle, body surface above/below the breast (functions of s and x).
+    a_cw = d["a_cw0"] + d["tilt"] * ds_ + d["curv"] * (ds_ / 110.0) ** 2 + 0.002 * x ** 2
+    muscle = d["muscle_mm"] * np.clip(1 + 0.6 * (-ds_) / d["b_sup"], 0.35, 1.8)  # thicker superiorly
+    a_pm = a_cw - muscle
+    a_body = a_pm - d["subcut_chest_mm"]
+
+    # Breast mound: a rounded cone from the body surface to the nipple, shorter and lower off-centre laterally.
+    lat = np.sqrt(np.clip(1 - (x / d["half_width"]) ** 2, 0, 1))
+    length = d["length"] * lat ** 0.7
+    half = np.where(ds_ < 0, d["b_sup"], d["b_inf"]) * (0.55 + 0.45 * lat)
+    t = np.clip(np.abs(ds_) / half, 0, 1)
+    p = np.where(ds_ < 0, d["p_sup"], d["p_inf"])
+    profile = (1 - t ** p) ** (1 / p)
+    nipple = d["nipple_mm"] * np.exp(-(ds_ / 4.0) ** 2) * np.exp(-(x / 6.0) ** 2)
+    a_front = a_body - length * profile - nipple
+    k = 4.0  # soft minimum: the breast blends into the chest wall over a few mm instead of a sharp corner
+    a_surf = np.minimum(a_body, a_front) - k * np.log1p(np.exp(-np.abs(a_body - a_front) / k))  # (slices, H, 1)
+
+    body = _ramp(a - a_surf, px).astype(np.float32)            # (slices, H, W)
+    inside = body >= 0.5
+    depth = np.stack([ndimage.distance_transform_edt(m, sampling=px) for m in inside]) - 0.5 * px
+    skin = (body * _ramp(d["skin_mm"] - depth, px)).astype(np.float32)
+    interior = body - skin
+
+    # Regions along a (soft boundaries): breast/subcutaneous | pectoral muscle | rib band | lung/heart.
+    rib_band = 12.0
+    w_pm, w_cw, w_deep = _ramp(a - a_pm, px), _ramp(a - a_cw, px), _ramp(a - (a_cw + rib_band), px)
+    breast_region = 1 - w_pm
+
+    # Ribs: ovals in the band behind the chest wall, cut obliquely by the sagittal plane.
+    phase = (s / d["rib_spacing"] + d["rib_phase"]) % 1.0 - 0.5
+    rib_r = np.hypot((phase * d["rib_spacing"]) / 7.0, (a - (a_cw + rib_band / 2)) / 5.0)
+    rib = _ramp((1 - rib_r) * 5.0, px)
+    heart = _ramp((1 - np.hypot((s - (d["s0"] + d["heart_s"])) / 60.0,
+                                (a - (a_cw + rib_band + d["heart_a"])) / 48.0)) * 40.0, px)
+
+    # Fibroglandular tissue: an envelope (deep to the subcutaneous fat, anterior to the retromammary fat, inside
+    # the mound) filled to the patient's density with a smoothed, thresholded random field. The field is streaky
+    # along a and sampled on coordinates that converge towards the nipple, like ducts; a coarse field gives
+    # regional density and a centrality prior keeps gland around the retroareolar axis.
+    in_mound = _ramp(a_pm - a, px) * _ramp(half * 0.97 - np.abs(ds_), px)
+    envelope = (np.clip((depth - d["subcut_mm"]) / 2.0 + 0.5, 0, 1)
+                * np.clip((a_pm - d["retro_mm"] - a) / 2.0 + 0.5, 0, 1) * in_mound)
+    fine = _smooth_noise(rng, shape, (3.0, 2.2, 4.0), spacing)
+    coarse = _smooth_noise(rng, shape, (8.0, 9.0, 9.0), spacing)
+    # converge: at column a, rows are sampled (s - s0) * scale(a) around the axis, scale >1 near the nipple
+    frac_to_nipple = np.clip((a_body - a) / np.maximum(length, 1.0), 0, 0.95)  # 0 at the base, ~1 at the nipple
+    scale = 1.0 / (1.0 - 0.75 * frac_to_nipple)
+    rows = (d["s0"] + ds_ * scale) / px - 0.5
+    kk, _, jj = np.broadcast_arrays(np.arange(slices)[:, None, None], rows, np.arange(matrix)[None, None, :])
+    rows = np.broadcast_to(rows, shape)
+    fine = ndimage.map_coordinates(fine, [kk, rows, jj], order=1, mode="mirror").reshape(shape)
+    grain = _smooth_noise(rng, shape, (1.5, 1.0, 1.2), spacing)  # lobular, ragged gland-fat borders
+    prior = 0.7 * fine + 0.8 * coarse + 0.2 * grain - 0.9 * (ds_ / half) ** 2
+    env_mask = envelope > 0.5
+    if env_mask.any():
+        threshold = np.quantile(prior[env_mask], 1 - np.clip(d["gland_fraction"], 0.02, 0.98))
+    else:
+        threshold = np.inf
+    gland_p = 1 / (1 + np.exp(-(prior - threshold) / 0.12)) * envelope
+    # Cooper's ligaments: thin septa through the subcutaneous fat (zero crossings of a smooth field).
+    septa = _smooth_noise(rng, shape, (3.0, 3.5, 3.5), spacing)
+    ligament = 0.5 * np.exp(-(septa / 0.1) ** 2) * (1 - envelope) * in_mound
+    gland_p = np.maximum(gland_p, ligament)
+
+    f = {
+        "skin": skin,
+        "fat": interior * breast_region * (1 - gland_p),
+        "gland": interior * breast_region * gland_p,
+        "muscle": interior * ((w_pm - w_cw) + (w_cw - w_deep) * (1 - rib)),
+        "rib": interior * (w_cw - w_deep) * rib,
+        "lung": interior * w_deep * (1 - heart),
+        "heart": interior * w_deep * heart,
+    }
+
+    # Vessels: a few 1.5-3 mm vessels running from the chest wall towards the nipple, wavy in s, drifting in x.
+    vessel = np.zeros(shape, np.float32)
+    for _ in range(d["n_vessels"]):
+        r = rng.uniform(1.0, 2.0)
+        s_c = d["s0"] + rng.uniform(-0.7, 0.7) * d["b_inf"] + rng.uniform(3, 8) * np.sin(
+            2 * np.pi * a / rng.uniform(40, 90) + rng.uniform(0, 2 * np.pi))
+        x_c = rng.uniform(-1, 1) * 0.6 * d["half_width"] + rng.uniform(-0.15, 0.15) * (a - d["a_cw0"])
+        over_s = np.clip(np.minimum(s + px / 2, s_c + r) - np.maximum(s - px / 2, s_c - r), 0, None) / px
+        over_x = np.clip(np.minimum(x + SLICE_THICKNESS_MM / 2, x_c + r)
+                         - np.maximum(x - SLICE_THICKNESS_MM / 2, x_c - r), 0, None) / SLICE_THICKNESS_MM
+        vessel = np.maximum(vessel, over_s * over_x)
+    vessel *= interior * breast_region * in_mound
+    keep = 1 - vessel / np.maximum(interior, 1e-6)
+    for name in ("fat", "gland"):
+        f[name] = f[name] * keep
+    f["vessel"] = vessel
+    f = {k: np.asarray(v, np.float32) for k, v in f.items()}
+
+    # Receive coil sensitivity: smooth, higher near the breast coil, falling off towards the chest.
+    c = d["bias"]
+    an, sn, xn = (a - 110.0) / 110.0, ds_ / 110.0, x / 100.0
+    log_b = (c[0] * an + c[1] * sn + c[2] * sn ** 2 + c[3] * xn + c[4] * an * sn + c[5] * an ** 2
+             - 0.5 * np.clip((a - a_cw) / 60.0, 0, 1))
+    bias = np.exp(np.broadcast_to(log_b, shape))
+    breast_mask = (f["fat"] + f["gland"]) > 0.5
+    bias = bias / (np.mean(bias[breast_mask]) if breast_mask.any() else 1.0)
+    bias = np.clip(bias, *BIAS_RANGE).astype(np.float32)
+    return f, bias, envelope, depth
+
+
+def _lesion(d, visit, slices, matrix, envelope, depth):
+    """Lesion fraction and Ktrans multiplier (mean 1 over the lesion), float32 (slices, H, W), and its record."""
+    les = d["lesion"]
+    x, s, a, px = _grid(slices, matrix)
+    # Centre: a point of the glandular envelope in the central slices, the same at every visit.
+    k_lo, k_hi = int(np.floor((slices - 1) * 0.3)), int(np.ceil((slices - 1) * 0.7))
+    deep = (envelope > 0.7) & (depth > d["subcut_mm"] + les["diameter_mm"] / 2)  # lesion stays under the fat
+    cand, offset = np.argwhere(deep[k_lo:k_hi + 1]), k_lo
+    if len(cand) == 0:
+        cand, offset = np.argwhere(envelope > 0.3), 0
+    if len(cand) == 0:  # no gland envelope on this grid (tiny matrix): the middle of the slab
+        cand, offset = np.array([[slices // 2, matrix // 2, matrix // 3]]), 0
+    kc, ic, jc = cand[int(les["pick"] * len(cand))]
+    kc += offset
+    centre = np.array([x.ravel()[kc], s.ravel()[ic], a.ravel()[jc]])
+
+    radius = les["diameter_mm"] / 2 * les["size_factor"][visit]
+    q, _ = np.linalg.qr(les["rotation"])
+    axes = np.array([1.0, *les["axes"]])
+    lobe_dirs = les["lobe_dirs"] / np.linalg.norm(les["lobe_dirs"], axis=1, keepdims=True)
+    reach = radius * (2.4 if les["spiculated"] else 1.3) + 2 * px
+
+    # Evaluate on 5 sub-positions through the 5 mm slice, so thin-slice partial volume is right.
+    sub = (np.arange(5) + 0.5) / 5 * SLICE_THICKNESS_MM - SLICE_THICKNESS_MM / 2
+    ks = np.flatnonzero(np.abs(x.ravel() - centre[0]) <= reach + SLICE_THICKNESS_MM)
+    is_ = np.flatnonzero(np.abs(s.ravel() - centre[1]) <= reach)
+    js = np.flatnonzero(np.abs(a.ravel() - centre[2]) <= reach)
+    frac = np.zeros((slices, matrix, matrix), np.float32)
+    mult = np.zeros_like(frac)
+    record = {"diameter_mm": round(2 * radius, 2), "centre_mm": [round(float(v), 2) for v in centre],
+              "centre_index": [int(kc), int(ic), int(jc)]}
+    if len(ks) == 0 or len(is_) == 0 or len(js) == 0:
+        return frac, mult, record
+    px_ = (x.ravel()[ks][:, None, None, None] + sub[None, None, None, :])
+    v = np.stack(np.broadcast_arrays(px_ - centre[0], s.ravel()[is_][None, :, None, None] - centre[1],
+                                     a.ravel()[js][None, None, :, None] - centre[2]), axis=-1)
+    norm = np.linalg.norm(v, axis=-1) + 1e-9
+    local = v @ q
+    rho = np.linalg.norm(local / axes, axis=-1)                    # ellipsoidal radius, mm
+    lobes = 1 + (((v / norm[..., None]) @ lobe_dirs.T) ** 2 - 1 / 3) @ les["lobes"]
+    surface = radius * lobes
+    core = np.clip((surface - rho) / px + 0.5, 0, 1)
+    inner = np.clip(rho / surface, 0, 1)
+    f = core
+    if les["spiculated"]:
+        dirs = les["spicule_dirs"] / np.linalg.norm(les["spicule_dirs"], axis=1, keepdims=True)
+        for j, dvec in enumerate(dirs):
+            length = radius * les["spicule_len"][j]
+            along = np.clip(v @ dvec, 0, length)
+            dist = np.linalg.norm(v - along[..., None] * dvec, axis=-1)
+            r_sp = les["spicule_mm"][j] / 2 * (1 - along / length) + 0.25
+            f = np.maximum(f, np.clip((r_sp - dist) / px + 0.5, 0, 1) * (along > 0.5 * radius))
+    # Ktrans varies inside the lesion: a rim-enhancing pattern with a poorly perfused core when necrotic, plus
+    # texture; normalized to mean 1 so the recorded Ktrans is the lesion mean.
+    tex = ndimage.gaussian_filter(np.random.default_rng(les["texture_seed"]).normal(
+        0, 0.4, (len(ks), len(is_), len(js))), (0, 1.0, 1.0))[..., None]  # ~10 % patchy perfusion
+    m = (0.3 + 0.9 * inner ** 2) if les["necrotic"] else (0.85 + 0.3 * inner)
+    m = np.clip(m * (1 + tex), 0.05, None)
+    f_vox = f.mean(axis=-1)
+    m_vox = (m * f).sum(axis=-1) / np.maximum(f.sum(axis=-1), 1e-9)
+    region = np.ix_(ks, is_, js)
+    frac[region] = f_vox
+    mult[region] = m_vox
+    mean_m = (mult * frac).sum() / max(frac.sum(), 1e-9)
+    mult /= mean_m
+    ktrans = les["ktrans_per_min"] * les["ktrans_factor"][visit]
+    record.update({"shape": "spiculated" if les["spiculated"] else "smooth", "necrotic": les["necrotic"],
+                   "ktrans_per_min": round(float(ktrans), 4), "ve": round(float(les["ve"]), 3),
+                   "vp": round(float(les["vp"]), 3), "volume_ml": round(float(frac.sum()) * px * px
+                                                                   * SLICE_THICKNESS_MM / 1000, 3)})
+    return frac, mult.astype(np.float32), record
+
+
+def _patient_index(patient):
+    if isinstance(patient, str):
+        match = re.fullmatch(r"QIN-BREAST-01-(\d{4})", patient)
+        if not match:
+            raise ValueError(f"unknown demo patient id {patient!r} (expected like QIN-BREAST-01-0001)")
+        return int(match.group(1)) - 1
+    if int(patient) < 0:
+        raise ValueError(f"patient index must be >= 0, got {patient}")
+    return int(patient)
+
+
+def patient_id(index):
+    """Demo PatientID of a 0-based patient index: 0 -> 'QIN-BREAST-01-0001'."""
+    return f"QIN-BREAST-01-{index + 1:04d}"
+
+
+def phantom(patient, visit=0, seed=DEMO_DEFAULTS["seed"], slices=DEMO_DEFAULTS["slices"], matrix=192):
+    """Ground truth of one patient's MR visit, on the grid of its DCE series.
+
+    patient: 0-based index or PatientID ('QIN-BREAST-01-0001'); visit: 0 (baseline), 1, 2.
+    Returns a dict:
+      fractions: {tissue: float32 (slices, matrix, matrix) in [0, 1]}, tissues as in TISSUES (air = 1 - sum)
+      labels:    uint8 (slices, matrix, matrix), index into LABELS (argmax of the fractions, air included)
+      bias:      float32 (slices, matrix, matrix), coil sensitivity (multiplies the signal, not the noise)
+      lesion_ktrans_multiplier: float32 (slices, matrix, matrix), Ktrans / lesion Ktrans (0 outside the lesion)
+      lesion:    dict (diameter_mm, ktrans_per_min, ve, vp, shape, centre_index, ...) or None; density: str
+    Axis 0 is slice k of the DCE series (instances t * slices + k + 1), axes 1-2 are pixel rows and columns.
+    """
+    index = _patient_index(patient)
+    d = _patient_draws(seed, index)
+    if visit not in range(d["n_visits"]):
+        raise ValueError(f"{patient_id(index)} has visits 0..{d['n_visits'] - 1} with seed {seed}, not {visit}")
+    f, bias, envelope, depth = _anatomy(d, slices, matrix)
+    lesion_mult = np.zeros_like(bias)
+    record = None
+    if d["lesion"] is not None:
+        frac, lesion_mult, record = _lesion(d, visit, slices, matrix, envelope, depth)
+        body = sum(f.values())
+        frac = np.minimum(frac, body - f["skin"])  # the lesion replaces tissue beneath the skin
+        keep = 1 - frac / np.maximum(body - f["skin"], 1e-6)
+        for name in f:
+            if name != "skin":
+                f[name] = (f[name] * keep).astype(np.float32)
+        f["lesion"] = frac.astype(np.float32)
+    else:
+        f["lesion"] = np.zeros_like(bias)
+    fractions = {name: f[name] for name in TISSUES}
+    stack = np.stack([1 - sum(fractions.values())] + list(fractions.values()))
+    return {"fractions": fractions, "labels": np.argmax(stack, axis=0).astype(np.uint8), "bias": bias,
+            "lesion_ktrans_multiplier": lesion_mult, "lesion": record, "density": d["density"]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Signal synthesis: one whole series volume at a time.
+
+def _add_noise_and_store(signal, rng):
+    """Complex Gaussian noise (sigma NOISE_SIGMA per channel) on a real signal, magnitude, to 12-bit stored values.
+    signal: float modality units, any shape -> uint16 same shape."""
+    real = signal + NOISE_SIGMA * rng.standard_normal(signal.shape, dtype=np.float32)
+    imag = NOISE_SIGMA * rng.standard_normal(signal.shape, dtype=np.float32)
+    stored = np.rint((np.hypot(real, imag) - RESCALE_INTERCEPT) / RESCALE_SLOPE)
+    if stored.max() > MAX_STORED:  # cannot happen with _signal_gain(); a changed constant would clip silently
+        raise RuntimeError(f"simulated signal exceeds {BITS_STORED} bits ({stored.max():.0f}); lower the gain")
+    return stored.astype(np.uint16)
+
+
+def dce_series(ph, times_s, arrival_s, rng):
+    """DCE series of one visit: stored uint16 (time_points, slices, H, W).
+
+    Each tissue's concentration follows the extended Tofts model with the shifted Parker AIF; R1(t) = 1/T1 +
+    r1 Ct(t); the spoiled-gradient-echo signal of each tissue is weighted by its voxel fraction; the lesion has
+    its own Ktrans/ve/vp with a per-voxel Ktrans multiplier; then coil sensitivity, noise, magnitude, storage.
+    """
+    frac = ph["fractions"]
+    shape = ph["bias"].shape
+    names = [n for n in TISSUES if n != "lesion"]
+    curves = []
+    for name in names:
+        pd, t1, t2s, _, _, ktrans, ve, vp = TISSUES[name]
+        if name == "vessel":
+            conc = parker_aif(times_s, arrival_s) * (1 - HEMATOCRIT)  # whole-blood concentration
+        else:
+            plasma, ees = tofts_concentration(times_s, arrival_s, ktrans, ve, vp)
+            conc = plasma + ees
+        curves.append(_spgr(pd, 1000.0 / t1 + R1_RELAXIVITY_PER_MM_S * conc, t2s))
+    fractions = np.stack([frac[n].ravel() for n in names])                    # (K, N)
+    signal = np.asarray(np.stack(curves, axis=1), np.float32) @ fractions     # (T, N)
+    if ph["lesion"] is not None:
+        idx = np.flatnonzero(frac["lesion"].ravel() > 0)
+        les = ph["lesion"]
+        pd, t1, t2s = TISSUES["lesion"][:3]
+        plasma, ees = tofts_concentration(times_s, arrival_s, les["ktrans_per_min"], les["ve"], les["vp"])
+        m = ph["lesion_ktrans_multiplier"].ravel()[idx]
+        r1 = 1000.0 / t1 + R1_RELAXIVITY_PER_MM_S * (plasma[:, None] + ees[:, None] * m[None, :])
+        signal[:, idx] += (_spgr(pd, r1, t2s) * frac["lesion"].ravel()[idx]).astype(np.float32)
+    signal *= ph["bias"].ravel()[None, :] * np.float32(_signal_gain())
+    return _add_noise_and_store(signal.reshape((len(times_s),) + shape), rng)
+
+
+def t1map_series(ph, rng):
+    """Multi-flip-angle series (pre-contrast): stored uint16 (len(T1MAP_FLIPS_DEG), slices, H, W)."""
+    frac, les = ph["fractions"], ph["lesion"]
+    shape = ph["bias"].shape
+    signal = np.zeros((len(T1MAP_FLIPS_DEG), int(np.prod(shape))), np.float32)
+    for name in TISSUES:
+        pd, t1, t2s = TISSUES[name][:3]
+        s_flip = np.array([_spgr(pd, 1000.0 / t1, t2s, flip) for flip in T1MAP_FLIPS_DEG], np.float32)
+        signal += s_flip[:, None] * frac[name].ravel()[None, :]
+    signal *= ph["bias"].ravel()[None, :] * np.float32(_signal_gain())
+    return _add_noise_and_store(signal.reshape((len(T1MAP_FLIPS_DEG),) + shape), rng)
+
+
+def dwi_series(ph, rng):
+    """Spin-echo EPI diffusion series with fat suppression: stored uint16 (len(DWI_B_VALUES), slices, H, W).
+    S = PD (1 - exp(-TR/T1)) exp(-TE/T2) exp(-b ADC)."""
+    frac = ph["fractions"]
+    shape = ph["bias"].shape
+    signal = np.zeros((len(DWI_B_VALUES), int(np.prod(shape))), np.float32)
+    for name, (pd, t1, _, t2, adc, *_) in TISSUES.items():
+        pd = pd * (DWI_FAT_SUPPRESSION if name in ("fat", "rib") else 1.0) * (0.1 if name == "vessel" else 1.0)
+        s_b = np.array([pd * (1 - np.exp(-DWI_TR_MS / t1)) * np.exp(-DWI_TE_MS / t2) * np.exp(-b * adc * 1e-3)
+                        for b in DWI_B_VALUES], np.float32)
+        signal += s_b[:, None] * frac[name].ravel()[None, :]
+    signal *= ph["bias"].ravel()[None, :] * np.float32(_dwi_gain())
+    return _add_noise_and_store(signal.reshape((len(DWI_B_VALUES),) + shape), rng)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DICOM writing.
+
+COLLECTION = "QIN-BREAST"
+MANUFACTURER = "SYNTHETIC (demo_data.py)"
+DATA_DESCRIPTION_URI = "https://doi.org/10.7937/K9/TCIA.2016.21JUEBH0"
+SOP_CLASSES = {  # name as NBIA's metadata.csv writes it -> UID
+    "MR Image Storage": "1.2.840.10008.5.1.4.1.1.4",
+    "CT Image Storage": "1.2.840.10008.5.1.4.1.1.2",
+    "Positron Emission Tomography Image Storage": "1.2.840.10008.5.1.4.1.1.128",
+    "Basic Text SR Storage": "1.2.840.10008.5.1.4.1.1.88.11",
+}
+METADATA_COLUMNS = ["Series UID", "Collection", "3rd Party Analysis", "Data Description URI", "Subject ID",
+                    "Study UID", "Study Description", "Study Date", "Series Description", "Manufacturer",
+                    "Modality", "SOP Class Name", "SOP Class UID", "Number of Images", "File Size",
+                    "File Location", "Download Timestamp"]
+MR_STUDY_DESCRIPTION = "BREAST^Bilateral"
+PETCT_STUDY_DESCRIPTION = "BREAST PRONE"
+# slab centre in patient coordinates (LPS, mm): the left breast, prone
+SLAB_CENTRE_X, FOV_ANTERIOR_Y, FOV_TOP_Z = 95.0, -175.0, 110.0
+
+
+def _uid(*parts):
+    """Deterministic '2.25.<int>' UID (DICOM PS3.5 B.2: a UUID as an integer) from a name-based UUID (uuid5) of
+    the parts. Not pydicom's generate_uid(prefix=None, entropy_srcs=...): with prefix None it ignores the
+    entropy sources and returns a random uuid4, so the same seed would give other UIDs."""
+    name = "|".join(["demo_data", str(GENERATOR_VERSION)] + [str(p) for p in parts])
+    return UID(f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}")
+
+
+def folder_name(text):
+    """Characters NBIA keeps in folder names (letters, digits, space, '.', '-'); empty -> 'NA'."""
+    return re.sub(r"[^A-Za-z0-9 .\-]", "", text) or "NA"
+
+
+def _tm(seconds):
+    """Seconds after midnight -> DICOM TM 'HHMMSS.ffffff'."""
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{int(h):02d}{int(m):02d}{s:09.6f}"
+
+
+def _ds_str(value, digits=6):
+    """A decimal string value that fits DICOM's 16 characters."""
+    return f"{value:.{digits}g}"
+
+
+def _base(study, series_uid, sop_class_name, modality, series_number, description, series_time_s):
+    """Series-level dataset: patient, study, series and equipment modules shared by every instance."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SOP_CLASSES[sop_class_name]
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = SOP_CLASSES[sop_class_name]
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study["date"].strftime("%Y%m%d")
+    ds.StudyTime = _tm(study["time_s"])
+    ds.SeriesTime = _tm(study["time_s"] + series_time_s)
+    ds.AccessionNumber = ""
+    ds.Modality = modality
+    ds.Manufacturer = MANUFACTURER
+    ds.InstitutionName = "Synthetic demo data"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = study["description"]
+    ds.SeriesDescription = description
+    ds.ManufacturerModelName = "Achieva-like simulation" if modality == "MR" else "PET/CT-like simulation"
+    ds.PatientName = f"SYNTHETIC^{study['patient_id']}"
+    ds.PatientID = study["patient_id"]
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "F"
+    ds.PatientAge = f"{study['age']:03d}Y"
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "Synthetic data generated by demo_data.py; no real patient"
+    ds.BodyPartExamined = "BREAST"
+    ds.StudyInstanceUID = study["uid"]
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = study["study_id"]
+    ds.SeriesNumber = series_number
+    ds.PatientPosition = "HFP"
+    return ds
+
+
+def _image_pixel_module(ds, rows, cols, bits_stored, signed):
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+
+
+def _save(ds, path):
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+    return path.stat().st_size
+
+
+def _series_dir(study_dir, series_number, description, series_uid):
+    path = study_dir / f"{series_number:.6f}-{folder_name(description)}-{series_uid[-5:]}"
+    path.mkdir(parents=True)
+    return path
+
+
+def _file_name(i, n):
+    return f"1-{i:0{max(3, len(str(n)))}d}.dcm"
+
+
+def _write_mr_series(study, study_dir, kind, stored, description, series_number, frame_s=None,
+                     per_volume=None, ph_key=""):
+    """Write an MR series whose volumes are stored[v] (slices, H, W); v is the temporal position, flip angle or
+    b-value index. Instances are volume-major (instance = v * slices + k + 1). Returns the metadata row info."""
+    n_vol, slices, rows, cols = stored.shape
+    series_uid = _uid(study["uid"], kind)
+    start_s = study["dce_start_s"] if kind.startswith("dce") else study["dce_start_s"] - 600 + 300 * (kind == "dwi")
+    ds = _base(study, series_uid, "MR Image Storage", "MR", series_number, description, start_s)
+    sdir = _series_dir(study_dir, series_number, description, series_uid)
+    px = FOV_MM / cols
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M_FFE", "M", "FFE"] if kind != "dwi" else \
+        ["ORIGINAL", "PRIMARY", "M_SE", "M", "SE"]
+    ds.ScanningSequence = "GR" if kind != "dwi" else ["SE", "EP"]
+    ds.SequenceVariant = "SP" if kind != "dwi" else "SK"
+    ds.ScanOptions = "FS" if kind == "dwi" else ""
+    ds.MRAcquisitionType = "3D" if kind != "dwi" else "2D"
+    ds.SliceThickness = _ds_str(SLICE_THICKNESS_MM)
+    ds.SpacingBetweenSlices = _ds_str(SLICE_THICKNESS_MM)
+    ds.RepetitionTime = _ds_str(TR_MS if kind != "dwi" else DWI_TR_MS)
+    ds.EchoTime = _ds_str(TE_MS if kind != "dwi" else DWI_TE_MS)
+    ds.NumberOfAverages = 1
+    ds.ImagingFrequency = "127.7"
+    ds.ImagedNucleus = "1H"
+    ds.MagneticFieldStrength = _ds_str(FIELD_STRENGTH_T)
+    ds.EchoTrainLength = 1
+    ds.PercentSampling = 100
+    ds.PercentPhaseFieldOfView = 100
+    ds.ReceiveCoilName = "MULTI COIL"
+    ds.TransmitCoilName = "B"
+    ds.FlipAngle = _ds_str(FLIP_DEG if kind != "dwi" else 90.0)
+    ds.PatientPosition = "HFP"
+    ds.ImageLaterality = "L"
+    ds.FrameOfReferenceUID = study["frame_of_reference_uid"]
+    ds.PositionReferenceIndicator = ""
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]  # sagittal: rows run anterior->posterior, columns down
+    ds.PixelSpacing = [_ds_str(px), _ds_str(px)]
+    _image_pixel_module(ds, rows, cols, BITS_STORED, signed=False)
+    ds.RescaleIntercept = _ds_str(RESCALE_INTERCEPT)
+    ds.RescaleSlope = _ds_str(RESCALE_SLOPE)
+    ds.RescaleType = "US"
+    modality_max = float(np.percentile(stored[-1], 99.5)) * RESCALE_SLOPE + RESCALE_INTERCEPT
+    ds.WindowCenter = _ds_str(round(modality_max / 2))
+    ds.WindowWidth = _ds_str(round(modality_max))
+    if kind.startswith("dce"):
+        ds.NumberOfTemporalPositions = n_vol
+        ds.TemporalResolution = _ds_str(FRAME_INTERVAL_S * 1000)
+        ds.ContrastBolusAgent = "Gd-DTPA (Magnevist)"
+        ds.ContrastBolusRoute = "IV"
+        ds.ContrastBolusVolume = "14"
+        ds.ContrastBolusStartTime = _tm(study["time_s"] + study["injection_s"])
+    ds.AcquisitionNumber = 1
+    normal = np.array([-1.0, 0.0, 0.0])  # row x column direction cosines
+    start = np.array([SLAB_CENTRE_X + (slices - 1) / 2 * SLICE_THICKNESS_MM, FOV_ANTERIOR_Y + px / 2,
+                      FOV_TOP_Z - px / 2])
+    n_files, size = n_vol * slices, 0
+    for v in range(n_vol):
+        if kind.startswith("dce"):
+            ds.TemporalPositionIdentifier = v + 1
+            ds.TriggerTime = _ds_str(frame_s[v] * 1000, 8)
+            acq = study["time_s"] + study["dce_start_s"] + frame_s[v]
+        else:
+            acq = study["time_s"] + start_s + 30 * v
+        if kind == "t1map":
+            ds.FlipAngle = _ds_str(per_volume[v])
+        if kind == "dwi":
+            ds.DiffusionBValue = float(per_volume[v])
+        ds.AcquisitionTime = ds.ContentTime = _tm(acq)
+        for k in range(slices):
+            i = v * slices + k + 1
+            position = start + k * SLICE_THICKNESS_MM * normal
+            ds.InstanceNumber = i
+            ds.SOPInstanceUID = _uid(series_uid, i)
+            ds.ImagePositionPatient = [_ds_str(c, 8) for c in position]
+            ds.SliceLocation = _ds_str(float(position @ normal), 8)
+            ds.PixelData = stored[v, k].astype("<u2").tobytes()
+            size += _save(ds, sdir / _file_name(i, n_files))
+    return {"series_uid": series_uid, "dir": sdir, "modality": "MR", "sop_class": "MR Image Storage",
+            "description": description, "files": n_files, "bytes": size}
+
+
+def _write_ct(study, study_dir, rng, n_slices=4, matrix=64):
+    """CTAC decoy: a few transverse 64x64 slices of a prone chest, HU stored as int16 - 1024, air outside the
+    reconstruction circle padded to -3024 HU (PixelPaddingValue)."""
+    series_uid = _uid(study["uid"], "ctac")
+    ds = _base(study, series_uid, "CT Image Storage", "CT", 2, "CTAC", 300)
+    sdir = _series_dir(study_dir, 2, "CTAC", series_uid)
+    px = 500.0 / matrix
+    yy, xx = (np.mgrid[:matrix, :matrix] + 0.5 - matrix / 2) * px
+    hu = np.full((matrix, matrix), -1000.0)
+    torso = (xx / 170) ** 2 + ((yy - 20) / 110) ** 2 <= 1
+    hu[torso] = -90.0                                                        # subcutaneous fat
+    hu[(xx / 155) ** 2 + ((yy - 25) / 95) ** 2 <= 1] = 40.0                  # muscle / mediastinum
+    for side in (-1, 1):
+        hu[((xx - side * 70) / 55) ** 2 + ((yy - 20) / 65) ** 2 <= 1] = -820.0  # lungs
+        hu[((xx - side * 75) / 55) ** 2 + ((yy + 95) / 45) ** 2 <= 1] = -70.0   # pendant breasts (prone: anterior)
+    hu[(xx / 18) ** 2 + ((yy - 95) / 18) ** 2 <= 1] = 500.0                  # vertebra
+    hu[((xx / 240) ** 2 + ((yy - 40) / 240) ** 2 <= 1) & (np.abs(yy - 150) < 6)] = 0.0  # table
+    outside = xx ** 2 + yy ** 2 > (matrix * px / 2) ** 2
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "CT_SOM5 SPI"]
+    ds.KVP = "120"
+    ds.SliceThickness = "5"
+    ds.ConvolutionKernel = "B31f"
+    ds.FrameOfReferenceUID = _uid(study["uid"], "for")
+    ds.PositionReferenceIndicator = ""
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [_ds_str(px), _ds_str(px)]
+    _image_pixel_module(ds, matrix, matrix, 16, signed=True)
+    ds.PixelPaddingValue = -2000
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
+    ds.WindowCenter, ds.WindowWidth = "40", "400"
+    ds.AcquisitionTime = ds.ContentTime = _tm(study["time_s"] + 300)
+    size = 0
+    for k in range(n_slices):
+        values = np.rint(hu + rng.normal(0, 12, hu.shape)) + 1024
+        values[outside] = -3024 + 1024
+        z = -40.0 - k * 5.0
+        ds.InstanceNumber = k + 1
+        ds.SOPInstanceUID = _uid(series_uid, k + 1)
+        ds.ImagePositionPatient = [_ds_str(-250 + px / 2), _ds_str(-250 + px / 2), _ds_str(z)]
+        ds.SliceLocation = _ds_str(z)
+        ds.PixelData = values.astype("<i2").tobytes()
+        size += _save(ds, sdir / _file_name(k + 1, n_slices))
+    return {"series_uid": series_uid, "dir": sdir, "modality": "CT", "sop_class": "CT Image Storage",
+            "description": "CTAC", "files": n_slices, "bytes": size, "_hu": hu}
+
+
+def _write_pet(study, study_dir, rng, hu, n_slices=4, matrix=64):
+    """PET decoy: FDG activity in Bq/ml (Units BQML) with a hot lesion, int16 with a per-slice RescaleSlope."""
+    series_uid = _uid(study["uid"], "pet")
+    description = "PET AC 3DWB"
+    ds = _base(study, series_uid, "Positron Emission Tomography Image Storage", "PT", 3, description, 600)
+    sdir = _series_dir(study_dir, 3, description, series_uid)
+    px = 500.0 / matrix
+    activity = np.where(hu > -500, 2500.0, 0.0)
+    activity[(hu > -100) & (hu < 100)] = 4000.0
+    yy, xx = (np.mgrid[:matrix, :matrix] + 0.5 - matrix / 2) * px
+    activity[((xx - 75) / 10) ** 2 + ((yy + 110) / 10) ** 2 <= 1] = 18000.0  # FDG-avid breast tumour
+    activity = ndimage.gaussian_filter(activity, 6.0 / px)  # ~6 mm PET resolution
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.SeriesType = ["WHOLE BODY", "IMAGE"]
+    ds.Units = "BQML"
+    ds.CountsSource = "EMISSION"
+    ds.CorrectedImage = ["DECY", "ATTN", "SCAT", "DTIM", "RAN", "NORM"]
+    ds.DecayCorrection = "START"
+    ds.RandomsCorrectionMethod = "DLYD"
+    ds.AttenuationCorrectionMethod = "CT-derived mu-map"
+    ds.ReconstructionMethod = "OSEM3D"
+    ds.NumberOfSlices = n_slices
+    ds.FrameReferenceTime = "0"
+    ds.ActualFrameDuration = 180000
+    ds.SliceThickness = "5"
+    isotope = Dataset()
+    isotope.Radiopharmaceutical = "Fluorodeoxyglucose"
+    isotope.RadiopharmaceuticalStartTime = _tm(study["time_s"] - 3600)
+    isotope.RadionuclideTotalDose = "370000000"
+    isotope.RadionuclideHalfLife = "6586.2"
+    isotope.RadionuclidePositronFraction = "0.97"
+    ds.RadiopharmaceuticalInformationSequence = Sequence([isotope])
+    ds.FrameOfReferenceUID = _uid(study["uid"], "for")
+    ds.PositionReferenceIndicator = ""
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [_ds_str(px), _ds_str(px)]
+    _image_pixel_module(ds, matrix, matrix, 16, signed=True)
+    ds.RescaleIntercept = "0"
+    ds.AcquisitionTime = ds.ContentTime = _tm(study["time_s"] + 600)
+    size = 0
+    for k in range(n_slices):
+        values = np.clip(activity * (1 + rng.normal(0, 0.08, activity.shape)), 0, None)
+        slope = max(values.max(), 1.0) / 32767
+        z = -40.0 - k * 5.0
+        ds.RescaleSlope = _ds_str(slope)
+        ds.ImageIndex = k + 1
+        ds.InstanceNumber = k + 1
+        ds.SOPInstanceUID = _uid(series_uid, k + 1)
+        ds.ImagePositionPatient = [_ds_str(-250 + px / 2), _ds_str(-250 + px / 2), _ds_str(z)]
+        ds.SliceLocation = _ds_str(z)
+        ds.PixelData = np.rint(values / float(ds.RescaleSlope)).clip(0, 32767).astype("<i2").tobytes()
+        size += _save(ds, sdir / _file_name(k + 1, n_slices))
+    return {"series_uid": series_uid, "dir": sdir, "modality": "PT",
+            "sop_class": "Positron Emission Tomography Image Storage", "description": description,
+            "files": n_slices, "bytes": size}
+
+
+def _write_report(study, study_dir, text):
+    """Non-image decoy: a Basic Text SR in the baseline MR study (no PixelData)."""
+    series_uid = _uid(study["uid"], "report")
+    description = "Synthetic report"
+    ds = _base(study, series_uid, "Basic Text SR Storage", "SR", 9001, description, 3600)
+    sdir = _series_dir(study_dir, 9001, description, series_uid)
+
+    def code(value, scheme, meaning):
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+        return Sequence([item])
+
+    ds.InstanceNumber = 1
+    ds.SOPInstanceUID = _uid(series_uid, 1)
+    ds.ContentTime = _tm(study["time_s"] + 3600)
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = code("18748-4", "LN", "Diagnostic imaging report")
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    finding = Dataset()
+    finding.RelationshipType = "CONTAINS"
+    finding.ValueType = "TEXT"
+    finding.ConceptNameCodeSequence = code("121071", "DCM", "Finding")
+    finding.TextValue = text
+    ds.ContentSequence = Sequence([finding])
+    size = _save(ds, sdir / _file_name(1, 1))
+    return {"series_uid": series_uid, "dir": sdir, "modality": "SR", "sop_class": "Basic Text SR Storage",
+            "description": description, "files": 1, "bytes": size}
+
+
+def _file_size_text(n_bytes):
+    """File size the way the Retriever's metadata.csv writes it ('163.31 KB', '3.62 MB')."""
+    return f"{n_bytes / 1024:.2f} KB" if n_bytes < 1024 ** 2 else f"{n_bytes / 1024 ** 2:.2f} MB"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tree.
+
+def _check_params(patients, seed, slices, time_points, matrix, extras):
+    for name, value, low in (("patients", patients, 1), ("slices", slices, 1), ("time_points", time_points, 2),
+                             ("matrix", matrix, 32)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if patients > 9999:
+        raise ValueError(f"patients must be <= 9999 (PatientIDs have 4 digits), got {patients}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return {"patients": int(patients), "seed": int(seed), "slices": int(slices), "time_points": int(time_points),
+            "matrix": int(matrix), "extras": bool(extras)}
+
+
+def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAULTS["seed"],
+                   slices=DEMO_DEFAULTS["slices"], time_points=DEMO_DEFAULTS["time_points"], matrix=192,
+                   extras=False):
+    """Write the synthetic QIN-BREAST tree into out_dir (created; must not already hold a QIN-BREAST folder).
+
+    patients: number of patients; seed: global seed (same seed -> identical files); slices, time_points, matrix:
+    DCE series size (slices x time_points images of matrix x matrix); extras: also write a multi-flip T1-map and a
+    DWI series per visit. Returns the summary dict also stored in <out>/demo_params.json (written last).
+    """
+    params = _check_params(patients, seed, slices, time_points, matrix, extras)
+    out = Path(out_dir)
+    if (out / COLLECTION).exists():
+        raise FileExistsError(f"{out / COLLECTION} exists; remove it or use ensure_demo_tree({str(out)!r})")
+    started = time.perf_counter()
+    root = out / COLLECTION
+    root.mkdir(parents=True)
+    times_s, arrival_s, n_pre = frame_times(time_points)
+    series_rows, ground_truth = [], []
+    n_studies = 0
+    tree_key = (seed, slices, time_points, matrix)
+
+    for index in tqdm(range(patients), desc="demo patients", unit="patient", disable=None):
+        d = _patient_draws(seed, index)
+        pid = patient_id(index)
+        truth = {"patient_id": pid, "density": d["density"], "visits": []}
+
+        # PET/CT staging study, a few days before the baseline MR.
+        petct = {"patient_id": pid, "age": d["age"], "date": d["baseline"] + timedelta(days=d["petct_day"]),
+                 "time_s": 60.0 * d["study_minute"], "description": PETCT_STUDY_DESCRIPTION,
+                 "uid": _uid(*tree_key, pid, "petct"), "study_id": "1"}
+        petct_dir = root / pid / (f"{petct['date']:%m-%d-%Y}-NA-{folder_name(petct['description'])}-"
+                                  f"{petct['uid'][-5:]}")
+        rng = np.random.default_rng([seed, 7, index, 0, 99])
+        ct = _write_ct(petct, petct_dir, rng)
+        pet = _write_pet(petct, petct_dir, rng, ct.pop("_hu"))
+        series_rows += [(petct, ct), (petct, pet)]
+        n_studies += 1
+
+        for visit in range(d["n_visits"]):
+            ph = phantom(index, visit, seed=seed, slices=slices, matrix=matrix)
+            study = {"patient_id": pid, "age": d["age"], "date": d["baseline"] + timedelta(days=d["days"][visit]),
+                     "time_s": 60.0 * d["study_minute"], "description": MR_STUDY_DESCRIPTION,
+                     "uid": _uid(*tree_key, pid, "mr", visit), "study_id": str(visit + 2),
+                     "dce_start_s": 900.0, "injection_s": 900.0 + times_s[n_pre - 1] + FRAME_INTERVAL_S}
+            study["frame_of_reference_uid"] = _uid(study["uid"], "for")
+            study_dir = root / pid / (f"{study['date']:%m-%d-%Y}-NA-{folder_name(study['description'])}-"
+                                      f"{study['uid'][-5:]}")
+            if extras:
+                rng = np.random.default_rng([seed, 7, index, visit, 2])
+                series_rows.append((study, _write_mr_series(
+                    study, study_dir, "t1map", t1map_series(ph, rng), "multi-flip_T1-map_smartTX", 501,
+                    per_volume=T1MAP_FLIPS_DEG)))
+                rng = np.random.default_rng([seed, 7, index, visit, 3])
+                series_rows.append((study, _write_mr_series(
+                    study, study_dir, "dwi", dwi_series(ph, rng), "DWI_b0_500", 701, per_volume=DWI_B_VALUES)))
+            rng = np.random.default_rng([seed, 7, index, visit, 1])
+            description = "dynamic" if d["dynamic_plain"] else "dynamic_smartTX"
+            dce = _write_mr_series(study, study_dir, "dce", dce_series(ph, times_s, arrival_s, rng),
+                                   description, 801, frame_s=times_s)
+            series_rows.append((study, dce))
+            if visit == 0:
+                les = ph["lesion"]
+                text = ("Synthetic demo report. " + (
+                    f"Enhancing {les['shape']} mass, {les['diameter_mm']:.0f} mm." if les else "No enhancing mass."))
+                series_rows.append((study, _write_report(study, study_dir, text)))
+            truth["visits"].append({"visit": visit, "study_uid": study["uid"], "date": f"{study['date']:%Y-%m-%d}",
+                                    "dce_series_uid": dce["series_uid"],
+                                    "dce_dir": dce["dir"].relative_to(out).as_posix(), "lesion": ph["lesion"]})
+            n_studies += 1
+        ground_truth.append(truth)
+
+    # metadata.csv, one row per series, as the NBIA Data Retriever writes it.
+    series_count, n_files, n_bytes = {}, 0, 0
+    with open(out / "metadata.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(METADATA_COLUMNS)
+        for study, row in series_rows:
+            series_count[row["modality"]] = series_count.get(row["modality"], 0) + 1
+            n_files += row["files"]
+            n_bytes += row["bytes"]
+            writer.writerow([row["series_uid"], COLLECTION, "NO", DATA_DESCRIPTION_URI, study["patient_id"],
+                             study["uid"], study["description"], f"{study['date']:%m-%d-%Y}", row["description"],
+                             MANUFACTURER, row["modality"], row["sop_class"], SOP_CLASSES[row["sop_class"]],
+                             row["files"], _file_size_text(row["bytes"]),
+                             "./" + row["dir"].relative_to(out).as_posix(),
+                             datetime.now().isoformat(timespec="milliseconds")])
+
+    summary = {
+        "patients": patients, "studies": n_studies, "series": dict(sorted(series_count.items())),
+        "files": n_files, "bytes": n_bytes, "mb": round(n_bytes / 1e6, 1),
+        "seconds": round(time.perf_counter() - started, 2),
+        "noise_sigma_modality": NOISE_SIGMA, "noise_sigma_stored": NOISE_SIGMA / RESCALE_SLOPE,
+        "rescale_slope": RESCALE_SLOPE, "rescale_intercept": RESCALE_INTERCEPT,
+        "field_strength_t": FIELD_STRENGTH_T, "frame_times_s": times_s.tolist(), "bolus_arrival_s": arrival_s,
+        "pre_contrast_frames": n_pre, "pixel_spacing_mm": FOV_MM / matrix, "slice_thickness_mm": SLICE_THICKNESS_MM,
+        "instance_order": "time-major: InstanceNumber = t * slices + k + 1",
+        "ground_truth": ground_truth,
+    }
+    record = {"version": GENERATOR_VERSION, "params": params, "summary": summary}
+    (out / "demo_params.json").write_text(json.dumps(record, indent=1, default=str))
+    return dict(summary, out_dir=str(out))
+
+
+def _read_record(out):
+    try:
+        return json.loads((Path(out) / "demo_params.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_demo_tree(out_dir=DEMO_DEFAULTS["out"], **params):
+    """The demo tree at out_dir, generated only if it is missing or was made with other parameters.
+
+    params: those of make_demo_tree (defaults filled in). Generation happens in a temporary sibling folder that
+    replaces out_dir only when complete, so an interrupted run never leaves a half tree that looks finished.
+    Refuses to replace a non-empty folder that is not a demo tree. Returns Path(out_dir).
+    """
+    unknown = set(params) - {"patients", "seed", "slices", "time_points", "matrix", "extras"}
+    if unknown:
+        raise TypeError(f"ensure_demo_tree got unknown parameters {sorted(unknown)}")
+    full = {"patients": DEMO_DEFAULTS["patients"], "seed": DEMO_DEFAULTS["seed"], "slices": DEMO_DEFAULTS["slices"],
+            "time_points": DEMO_DEFAULTS["time_points"], "matrix": 192, "extras": False}
+    full.update(params)
+    full = _check_params(**full)
+    out = Path(out_dir)
+    record = _read_record(out)
+    if record and record.get("version") == GENERATOR_VERSION and record.get("params") == full:
+        return out
+    if out.exists() and any(out.iterdir()) and record is None:
+        raise FileExistsError(f"{out} is not empty and is not a demo tree (no demo_params.json); "
+                              "choose another --out or remove it")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        make_demo_tree(tmp, **full)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preview figure.
+
+def read_dce(series_dir):
+    """A DCE series folder -> (modality values float32 (time_points, slices, H, W), times_s (time_points,)),
+    ordered by TemporalPositionIdentifier and position along the slice normal."""
+    import pydicom
+
+    frames = {}
+    for path in sorted(Path(series_dir).glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        orientation = np.array(ds.ImageOrientationPatient, float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        key = float(np.dot(np.array(ds.ImagePositionPatient, float), normal))
+        values = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        frames.setdefault(int(ds.TemporalPositionIdentifier), []).append((key, float(ds.TriggerTime) / 1000, values))
+    order = sorted(frames)
+    volume = np.stack([np.stack([v for _, _, v in sorted(frames[t], key=lambda e: e[0])]) for t in order])
+    times = np.array([frames[t][0][1] for t in order])
+    return volume, times
+
+
+def save_preview(tree_dir, path=None):
+    """Figure of the demo patient with the largest baseline lesion: slices before and after contrast (read back
+    from the DICOM files) and the mean enhancement of lesion and fat over time. Returns the PNG path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tree_dir = Path(tree_dir)
+    record = _read_record(tree_dir)
+    if record is None:
+        raise FileNotFoundError(f"{tree_dir} has no demo_params.json; generate it with demo_data.py first")
+    params = record["params"]
+    cases = [(v["visits"][0]["lesion"]["volume_ml"] if v["visits"][0]["lesion"] else -1.0, v)
+             for v in record["summary"]["ground_truth"]]
+    _, patient = max(cases, key=lambda c: c[0])
+    visit = patient["visits"][0]
+    volume, times = read_dce(tree_dir / visit["dce_dir"])
+    ph = phantom(patient["patient_id"], 0, seed=params["seed"], slices=params["slices"], matrix=params["matrix"])
+    lesion_mask = ph["fractions"]["lesion"] > 0.9
+    fat_mask = ph["fractions"]["fat"] > 0.98
+    n_pre = record["summary"]["pre_contrast_frames"]
+    slices = volume.shape[1]
+    centre = visit["lesion"]["centre_index"][0] if visit["lesion"] else slices // 2
+    shown = sorted({int(np.clip(centre + o, 0, slices - 1)) for o in (-2, 0, 2)})
+    vmax = float(np.percentile(volume, 99.7))
+
+    fig = plt.figure(figsize=(4 * len(shown) + 5, 8.2))
+    grid = fig.add_gridspec(2, len(shown) + 1, width_ratios=[1] * len(shown) + [1.3])
+    for col, k in enumerate(shown):
+        for row, (t, label) in enumerate(((0, "pre-contrast"), (len(times) - 1, "post-contrast"))):
+            ax = fig.add_subplot(grid[row, col])
+            ax.imshow(volume[t, k], cmap="gray", vmin=0, vmax=vmax)
+            ax.set_title(f"slice {k + 1}, {label} (t = {times[t]:.0f} s)", fontsize=9)
+            ax.axis("off")
+    ax = fig.add_subplot(grid[:, -1])
+    for mask, name, color in ((lesion_mask, "lesion", "tab:red"), (fat_mask, "fat", "tab:orange")):
+        if mask.any():
+            curve = np.array([frame[mask].mean() for frame in volume])
+            base = curve[:n_pre].mean()
+            ax.plot(times, 100 * (curve / base - 1), "o-", color=color, label=f"{name} ({mask.sum()} voxels)")
+    ax.axvline(record["summary"]["bolus_arrival_s"], color="gray", ls=":", label="bolus arrival")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("mean enhancement over pre-contrast (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    les = visit["lesion"]
+    title = f"{patient['patient_id']} baseline, {patient['density']} breast"
+    if les:
+        title += (f"; lesion {les['diameter_mm']:.0f} mm {les['shape']}, Ktrans {les['ktrans_per_min']:.2f}/min, "
+                  f"ve {les['ve']:.2f}")
+    fig.suptitle(f"Synthetic QIN-BREAST-like DCE (3T SPGR, sagittal): {title}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path) if path else tree_dir / "preview.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=DEMO_DEFAULTS["out"], help=f"output folder (default {DEMO_DEFAULTS['out']})")
+    parser.add_argument("--patients", type=int, default=DEMO_DEFAULTS["patients"],
+                        help=f"number of patients (default {DEMO_DEFAULTS['patients']})")
+    parser.add_argument("--seed", type=int, default=DEMO_DEFAULTS["seed"],
+                        help=f"seed; the same seed gives identical files (default {DEMO_DEFAULTS['seed']})")
+    parser.add_argument("--slices", type=int, default=None,
+                        help=f"slices per DCE series (default {DEMO_DEFAULTS['slices']})")
+    parser.add_argument("--time-points", type=int, default=None,
+                        help=f"temporal positions per DCE series (default {DEMO_DEFAULTS['time_points']})")
+    parser.add_argument("--matrix", type=int, default=192, help="image side in pixels (default 192, as QIN-BREAST)")
+    parser.add_argument("--full", action="store_true",
+                        help=f"the real series size: {FULL_SIZE['slices']} slices x {FULL_SIZE['time_points']} "
+                             "time points (~10x the default tree)")
+    parser.add_argument("--extras", action="store_true", help="also a multi-flip T1-map and a DWI series per visit")
+    parser.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
+                        help="save a preview figure (default <out>/preview.png)")
+    parser.add_argument("--force", action="store_true", help="regenerate even if a matching tree exists")
+    args = parser.parse_args(argv)
+    if args.full and (args.slices is not None or args.time_points is not None):
+        parser.error("--full sets --slices and --time-points; give one or the other")
+    size = FULL_SIZE if args.full else {
+        "slices": DEMO_DEFAULTS["slices"] if args.slices is None else args.slices,
+        "time_points": DEMO_DEFAULTS["time_points"] if args.time_points is None else args.time_points}
+    params = dict(patients=args.patients, seed=args.seed, matrix=args.matrix, extras=args.extras, **size)
+    try:
+        _check_params(**params)
+    except ValueError as err:
+        parser.error(str(err))
+
+    out = Path(args.out)
+    before = _read_record(out)
+    if args.force and before is not None:
+        shutil.rmtree(out)
+        before = None
+    ensure_demo_tree(out, **params)
+    summary = _read_record(out)["summary"]
+    reused = before is not None and before == _read_record(out)
+    series = ", ".join(f"{n} {m}" for m, n in summary["series"].items())
+    print(f"{'reused' if reused else 'wrote'} {out}: {summary['patients']} patients, {summary['studies']} studies, "
+          f"series {series}, {summary['files']} files, {summary['mb']} MB"
+          f"{', generated' if reused else ''} in {summary['seconds']} s")
+    print(f"  DCE {params['slices']} slices x {params['time_points']} time points of {params['matrix']}^2, "
+          f"3T, noise sigma {summary['noise_sigma_stored']:g} stored = {summary['noise_sigma_modality']:g} "
+          f"modality units (RescaleSlope {summary['rescale_slope']:g}), seed {params['seed']}")
+    if args.preview is not None:
+        print(f"  preview: {save_preview(out, args.preview or None)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,978 @@
+"""DICOM tree -> paired (clean, degraded) slice arrays + manifest.csv + summary.json.
+
+    python preprocessing.py [--dicom-root DIR] [--out DIR] [--config FILE] [--set KEY=VALUE] [--workers N]
+    python preprocessing.py --benchmark [--dicom-root DIR] [--workers 2]   # slices/s and peak memory
+
+Without --dicom-root the embedded demo tree is used (demo_data.ensure_demo_tree with cfg["demo"]).
+
+What happens, in order:
+1. index_tree: every file's header is read (no pixel data). MR image objects (MR, Enhanced MR, Legacy
+   Converted Enhanced MR) are grouped into series by SeriesInstanceUID; everything else (CT, PT, SEG, SR,
+   presentation states, MR spectroscopy, colour, non-DICOM, truncated or unreadable files) is skipped with a
+   counted reason. A regex on SeriesDescription (preprocess.series_filter) can narrow the series.
+2. read_series: pixels with the modality rescale (slope/intercept, per frame for enhanced objects) applied.
+3. robust_range: per-series percentiles of the clean stack map to 0 and 1. Nothing is clipped: values above
+   hi are real tissue (enhancing lesions are the brightest thing in a DCE series), and clipping would make
+   normalization impossible to undo exactly for reporting in scanner units.
+4. degrade.degrade: the simulated lower-field image, at acquisition resolution (resizing first would turn white
+   noise into correlated blobs).
+5. resize_square: pad to a square (never distort the aspect ratio), then resize to preprocess.image_size.
+6. split_patients: a seeded patient-level train/val split (a patient is never on both sides).
+7. Each series is written by one worker: arrays under temporary names, renamed when complete, then a sidecar
+   arrays/<series_key>.json with its manifest rows and the hash of the settings the arrays depend on. A re-run
+   skips series whose sidecar matches, so an interrupted run resumes; manifest.csv and summary.json are
+   assembled from the sidecars of the current index and written atomically.
+
+Slice order within a series (slice_index, the first array axis) is by
+(temporal position, position along the slice normal, InstanceNumber, file, frame): the temporal position is
+TemporalPositionIdentifier (classic MR) or TemporalPositionIndex (enhanced MR); when it is missing and several
+images share a slice position (a DCE series without the tag), the images at each position are ranked by
+AcquisitionTime (then AcquisitionNumber, InstanceNumber). So a DCE series is stored time point by time point,
+each time point as a spatially ordered stack.
+"""
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import resource
+import struct
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+from tqdm import tqdm
+
+from config import ConfigError, config_hash, load_config
+from degrade import MODELS, degrade, series_rng, snr_ratio
+
+log = logging.getLogger("preprocessing")
+
+# MR image storage SOP classes we turn into slices (PS3.4 Annex B). Enhanced MR Color, MR Spectroscopy and
+# Raw Data are MR too but carry no grayscale image and are skipped with their SOP class as the reason.
+MR_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
+}
+MANIFEST_COLUMNS = [
+    "patient_id", "study_uid", "series_uid", "series_description", "slice_index", "split", "clean_file",
+    "noisy_file", "norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio", "degrade_model", "rows",
+    "cols", "sop_instance_uid", "config_hash",
+]
+# The preprocess keys the arrays depend on (val_fraction and series_filter only change which rows are listed
+# and how they are split, so changing them does not recompute any array).
+ARRAY_PREPROCESS_KEYS = ("image_size", "dtype", "norm_percentiles")
+DTYPES = ("float32", "float16")
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}  # Pixel / Float / Double Float Pixel Data
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV"}
+_TMP_PREFIX = ".tmp-"
+
+
+class PreprocessError(Exception):
+    """A problem with the input (missing root, no usable MR image) that stops the run; the CLI prints it on
+    one line and exits with status 2."""
+
+
+class SplitError(ValueError):
+    """A train/val split in which a patient appears on both sides (refused: it would leak the patient)."""
+
+
+class SeriesReadError(Exception):
+    """A series whose pixels cannot be read as one stack; `reason` is the short counted skip reason."""
+
+    def __init__(self, reason, detail=""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class Series:
+    """One MR series, ordered as described in the module docstring.
+
+    frames: one (path, frame_index) per output slice; frame_index is None for single-frame files.
+    sop_instance_uids, slopes, intercepts, temporal_index: one per frame, same order. rows, cols: the
+    acquisition matrix. series_uid falls back to "folder:<relative folder>" when the tag is missing.
+    """
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    series_description: str
+    modality: str
+    rows: int
+    cols: int
+    frames: list
+    sop_instance_uids: list
+    slopes: list = field(default_factory=list)
+    intercepts: list = field(default_factory=list)
+    temporal_index: list = field(default_factory=list)
+    series_number: int = 0
+    field_strength_t: float = None
+    n_files: int = 0
+    notes: list = field(default_factory=list)  # fallbacks used for missing tags
+
+
+@dataclass
+class Skips:
+    """Skip counts: `files` per reason (every file seen is used or counted once here), `series` per reason."""
+
+    files: Counter = field(default_factory=Counter)
+    series: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)  # reason -> one example (path or series and message)
+
+    def add_file(self, reason, example=""):
+        self.files[reason] += 1
+        self.examples.setdefault(reason, example)
+
+    def add_series(self, reason, n_files, example=""):
+        self.series[reason] += 1
+        self.files[reason] += n_files
+        self.examples.setdefault(reason, example)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 1. Index: headers only
+# --------------------------------------------------------------------------------------------------------------
+
+def list_files(root, exclude=None):
+    """Every regular file under root in a stable (sorted) order. Hidden files and folders (".name") are not
+    looked at, nor is `exclude` (the output folder, if it lies inside the tree)."""
+    root, files = Path(root), []
+    exclude = Path(exclude).resolve() if exclude is not None else None
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and (exclude is None or Path(folder, d).resolve() != exclude))
+        files.extend(os.path.join(folder, n) for n in sorted(names) if not n.startswith("."))
+    return files
+
+
+def scan_file(path):
+    """Header record of one file (a dict, see _header_record) or a short skip reason (a str).
+
+    Reads the header with stop_before_pixels and then only the 8-12 bytes of the pixel data element header,
+    which tells whether pixel data is there and whether the file holds all of it (truncated downloads)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # per-file pydicom warnings would flood the log; reasons are counted
+            head = fp.read(132)
+            fp.seek(0)
+            # Files without the 128-byte preamble + "DICM" are read only when they start like a raw dataset
+            # (group 0x0008 or 0x0002 first, as old exports do); anything else is not DICOM.
+            raw = head[:2] in (b"\x08\x00", b"\x02\x00") and len(head) >= 8
+            if head[128:132] != b"DICM" and not raw:
+                return "not DICOM"
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=raw)
+            reason = _skip_reason(ds)
+            if reason:
+                return reason
+            reason = _pixel_status(fp, ds, size)
+            if reason:
+                return reason
+            return _header_record(path, ds)
+    except InvalidDicomError:
+        return "not DICOM"
+    except Exception:  # noqa: BLE001 - any parser failure of one file is a counted skip, never a crash
+        return "unreadable"
+
+
+def _skip_reason(ds):
+    """Short reason why this dataset is not a usable grayscale MR image, or None."""
+    meta = getattr(ds, "file_meta", None)
+    sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "") or "")
+    modality = str(ds.get("Modality", "") or "").upper()
+    if sop:
+        if sop not in MR_IMAGE_SOP_CLASSES:
+            return f"modality {modality}" if modality and modality != "MR" else f"SOP class {UID(sop).name}"
+    elif modality != "MR":
+        return f"modality {modality or 'missing'}"
+    if "Rows" not in ds or "Columns" not in ds or "BitsAllocated" not in ds:
+        # The image module is mandatory for these SOP classes: a header that stops before it was cut short.
+        return "truncated"
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return "color MR"
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip()
+    if photometric != "MONOCHROME2":
+        return f"photometric {photometric}"  # MONOCHROME1 (inverted) or palette: not seen in MR, not handled
+    return None
+
+
+def _pixel_status(fp, ds, file_size):
+    """None if the pixel data element is present and complete, else "no pixel data" or "truncated".
+    fp must stand where stop_before_pixels left it (at the pixel data tag, or at the end of the file)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return None  # the file position is meaningless in a deflated stream; the pixel read will tell
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return None
+    start = fp.tell()
+    head = fp.read(12)
+    if len(head) < 8:
+        return "no pixel data"
+    endian = "<" if little else ">"
+    if struct.unpack(endian + "HH", head[:4]) not in _PIXEL_TAGS:
+        return "no pixel data"
+    if implicit:
+        (length,), header = struct.unpack(endian + "L", head[4:8]), 8
+    elif head[4:6] in _LONG_VRS:
+        if len(head) < 12:
+            return "truncated"
+        (length,), header = struct.unpack(endian + "L", head[8:12]), 12
+    else:
+        (length,), header = struct.unpack(endian + "H", head[6:8]), 8
+    available = file_size - start - header
+    if length == 0xFFFFFFFF:  # encapsulated (compressed): at least a basic offset table item and a fragment
+        return None if available >= 16 else "truncated"
+    if length == 0:
+        return "no pixel data"
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.BitsAllocated) // 8
+    if available < length or length < expected:
+        return "truncated"
+    return None
+
+
+def _first(item, sequence, keyword):
+    """item.<sequence>[0].<keyword>, or None when any level is missing."""
+    if item is None:
+        return None
+    seq = item.get(sequence)
+    if not seq:
+        return None
+    return seq[0].get(keyword)
+
+
+def _seconds(value):
+    """DICOM TM ('HHMMSS.frac', also 'HH:MM:SS') or DT ('YYYYMMDDHHMMSS.frac&zzzz') -> seconds, or None."""
+    if value in (None, ""):
+        return None
+    text = re.split(r"[&+-]", str(value))[0].replace(":", "").strip()  # drop a UTC offset
+    try:
+        days = 0
+        if len(text.split(".")[0]) > 6:  # DT: a date in front of the time
+            days, text = datetime.strptime(text[:8], "%Y%m%d").toordinal(), text[8:]
+        hours = int(text[0:2] or 0)
+        minutes = int(text[2:4] or 0)
+        secs = float(text[4:] or 0)
+    except ValueError:
+        return None
+    return days * 86400.0 + hours * 3600.0 + minutes * 60.0 + secs
+
+
+def _position(ipp, iop, fallback=None):
+    """Position along the slice normal (mm): ImagePositionPatient . (row cosines x column cosines)."""
+    try:
+        if ipp is not None and iop is not None and len(ipp) == 3 and len(iop) == 6:
+            normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+            return float(np.dot(np.asarray(ipp, float), normal))
+    except (TypeError, ValueError):
+        pass
+    try:
+        return float(fallback) if fallback not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _number(value, default=None):
+    try:
+        return float(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _header_record(path, ds):
+    """The header fields the pipeline needs, as a small picklable dict (one frame entry per frame)."""
+    def text(keyword):
+        return str(ds.get(keyword, "") or "").strip()
+
+    record = {
+        "path": str(path), "folder": str(Path(path).parent),
+        "patient_id": text("PatientID"), "patient_name": text("PatientName"),
+        "study_uid": text("StudyInstanceUID"), "series_uid": text("SeriesInstanceUID"),
+        "series_description": text("SeriesDescription"), "series_number": int(_number(ds.get("SeriesNumber"), 0)),
+        "sop_uid": text("SOPInstanceUID") or str(getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", "")),
+        "rows": int(ds.Rows), "cols": int(ds.Columns),
+        "field_strength_t": _number(ds.get("MagneticFieldStrength")),
+        "frames": [],
+    }
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    instance = _number(ds.get("InstanceNumber"), 0.0)
+    slope0, intercept0 = _number(ds.get("RescaleSlope"), 1.0), _number(ds.get("RescaleIntercept"), 0.0)
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        # Enhanced / legacy converted MR: geometry, rescale and timing per frame, or shared by all frames.
+        shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+        for i in range(n_frames):
+            own = per_frame[i] if i < len(per_frame) else None
+
+            def lookup(sequence, keyword, own=own):
+                value = _first(own, sequence, keyword)
+                return value if value is not None else _first(shared, sequence, keyword)
+
+            slope = _number(lookup("PixelValueTransformationSequence", "RescaleSlope"), slope0)
+            intercept = _number(lookup("PixelValueTransformationSequence", "RescaleIntercept"), intercept0)
+            record["frames"].append({
+                "frame": i,
+                "temporal": _number(lookup("FrameContentSequence", "TemporalPositionIndex")),
+                "position": _position(lookup("PlanePositionSequence", "ImagePositionPatient"),
+                                      lookup("PlaneOrientationSequence", "ImageOrientationPatient")),
+                "time": _seconds(lookup("FrameContentSequence", "FrameAcquisitionDateTime")),
+                "acquisition": 0.0, "instance": instance, "slope": slope, "intercept": intercept})
+    else:
+        position = _position(ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"),
+                             ds.get("SliceLocation"))
+        for i in range(n_frames):
+            record["frames"].append({
+                "frame": i if n_frames > 1 else None,
+                "temporal": _number(ds.get("TemporalPositionIdentifier")),
+                "position": position, "time": _seconds(ds.get("AcquisitionTime")),
+                "acquisition": _number(ds.get("AcquisitionNumber"), 0.0), "instance": instance,
+                "slope": slope0, "intercept": intercept0})
+    return record
+
+
+def group_series(records, root, skips):
+    """Header records -> ordered list of Series (see the module docstring for the slice order).
+
+    Fallbacks for missing tags: patient_id = PatientID, else PatientName, else "anon-<hash of the study or
+    folder>"; series_uid = SeriesInstanceUID, else "folder:<relative folder>"; SOPInstanceUID, else
+    "file:<relative path>". Duplicate SOP instances (the same image twice) count as skipped files, and a
+    series whose images differ in size is skipped as "mismatched shapes"."""
+    root = Path(root)
+    groups = defaultdict(list)
+    for record in records:
+        relative = os.path.relpath(record["folder"], root)
+        notes = []
+        if not record["series_uid"]:
+            record["series_uid"] = f"folder:{relative}"
+            notes.append("series_uid from folder")
+        if not record["patient_id"]:
+            if record["patient_name"]:
+                record["patient_id"] = record["patient_name"]
+                notes.append("patient_id from PatientName")
+            else:
+                anchor = record["study_uid"] or relative
+                record["patient_id"] = "anon-" + hashlib.sha1(anchor.encode()).hexdigest()[:8]
+                notes.append("patient_id from study/folder")
+        if not record["sop_uid"]:
+            record["sop_uid"] = "file:" + os.path.relpath(record["path"], root)
+        record["notes"] = notes
+        groups[record["series_uid"]].append(record)
+
+    series_list = []
+    for uid, files in groups.items():
+        first = files[0]
+        frames, seen = [], set()
+        for record in files:
+            keys = [(record["sop_uid"], f["frame"]) for f in record["frames"]]
+            if any(k in seen for k in keys):
+                skips.add_file("duplicate SOP instance", record["path"])
+                continue
+            seen.update(keys)
+            frames.extend(dict(f, path=record["path"], sop_uid=record["sop_uid"], rows=record["rows"],
+                               cols=record["cols"]) for f in record["frames"])
+        n_files = len({f["path"] for f in frames})
+        if len({(f["rows"], f["cols"]) for f in frames}) > 1:
+            skips.add_series("mismatched shapes", n_files, f"series {uid}")
+            continue
+        _assign_temporal(frames)
+        frames.sort(key=lambda f: (f["t"], f["position"] if f["position"] is not None else 0.0, f["instance"],
+                                   f["path"], f["frame"] or 0))
+        series_list.append(Series(
+            patient_id=first["patient_id"], study_uid=first["study_uid"], series_uid=uid,
+            series_description=first["series_description"], modality="MR", rows=first["rows"],
+            cols=first["cols"], frames=[(f["path"], f["frame"]) for f in frames],
+            sop_instance_uids=[f["sop_uid"] for f in frames], slopes=[f["slope"] for f in frames],
+            intercepts=[f["intercept"] for f in frames], temporal_index=[f["t"] for f in frames],
+            series_number=first["series_number"],
+            field_strength_t=next((r["field_strength_t"] for r in files if r["field_strength_t"]), None),
+            n_files=n_files, notes=sorted({n for r in files for n in r["notes"]})))
+    series_list.sort(key=lambda s: (s.patient_id, s.study_uid, s.series_number, s.series_uid))
+    return series_list
+
+
+def _assign_temporal(frames):
+    """Set f["t"]: the temporal position tag when every frame has one; else, when slice positions repeat (DCE
+    without the tag), the rank by acquisition time among the frames at the same position; else 0."""
+    if all(f["temporal"] is not None for f in frames):
+        for f in frames:
+            f["t"] = f["temporal"]
+        return
+    positions = [f["position"] for f in frames]
+    if None in positions or len({round(p, 3) for p in positions}) == len(positions):
+        for f in frames:
+            f["t"] = 0
+        return
+    at_position = defaultdict(list)
+    for f in frames:
+        at_position[round(f["position"], 3)].append(f)
+    for group in at_position.values():
+        group.sort(key=lambda f: (f["time"] if f["time"] is not None else math.inf, f["acquisition"],
+                                  f["instance"], f["path"], f["frame"] or 0))
+        for rank, f in enumerate(group):
+            f["t"] = rank
+
+
+def filter_series(series_list, series_filter, skips):
+    """Keep the series whose SeriesDescription matches the regex (re.search); "" keeps all."""
+    if not series_filter:
+        return list(series_list)
+    try:
+        pattern = re.compile(series_filter)
+    except re.error as error:
+        raise ConfigError(f"preprocess.series_filter {series_filter!r} is not a valid regex: {error}") from None
+    kept = []
+    for s in series_list:
+        if pattern.search(s.series_description):
+            kept.append(s)
+        else:
+            skips.add_series("series filter", s.n_files, s.series_description)
+    return kept
+
+
+# Below this many files the headers are read in the main process, while the workers start (a spawned worker
+# needs about a second to import numpy, cv2 and pydicom; header reading costs about 1 ms per file).
+PARALLEL_INDEX_MIN_FILES = 2000
+
+
+def _scan_all(paths, pool=None, workers=1, progress=True):
+    bar = tqdm(total=len(paths), unit="file", desc="index", disable=not progress or len(paths) < 200,
+               mininterval=1.0)
+    if pool is None or len(paths) < PARALLEL_INDEX_MIN_FILES:
+        results = []
+        for path in paths:
+            results.append(scan_file(path))
+            bar.update()
+    else:
+        chunk = max(1, min(256, len(paths) // (8 * workers)))
+        results = []
+        for result in pool.map(scan_file, paths, chunksize=chunk):
+            results.append(result)
+            bar.update()
+    bar.close()
+    return results
+
+
+def _index(root, series_filter, pool=None, workers=1, exclude=None, progress=True):
+    """(series_list, Skips, files_seen): the shared body of index_tree and run."""
+    paths = list_files(root, exclude=exclude)
+    skips, records = Skips(), []
+    for path, result in zip(paths, _scan_all(paths, pool, workers, progress)):
+        if isinstance(result, str):
+            skips.add_file(result, path)
+        else:
+            records.append(result)
+    series_list = group_series(records, root, skips)
+    series_list = filter_series(series_list, series_filter, skips)
+    return series_list, skips, len(paths)
+
+
+def index_tree(root, series_filter=""):
+    """Index a DICOM tree by its headers only.
+
+    Returns (series_list, skipped, files_seen): the ordered MR series, a Counter of skipped files per reason
+    (series-level reasons such as "series filter" count the files of the series), and the number of files
+    looked at. files_seen == sum(skipped.values()) + the files of series_list."""
+    series_list, skips, files_seen = _index(root, series_filter, progress=False)
+    return series_list, skips.files, files_seen
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2-5. Pixels, normalization, geometry
+# --------------------------------------------------------------------------------------------------------------
+
+def read_series(series):
+    """float32 (n, rows, cols) in modality units: stored values * RescaleSlope + RescaleIntercept, per frame.
+
+    Each file is decoded once (all its frames), through pydicom's pixel handlers (pylibjpeg plugins for
+    JPEG 2000, JPEG-LS, JPEG lossless; RLE). Raises SeriesReadError("mismatched shapes") when a decoded image
+    does not have the series' matrix; decoder errors propagate (the caller counts them as a skipped series)."""
+    out = np.empty((len(series.frames), series.rows, series.cols), dtype=np.float32)
+    slots = defaultdict(list)
+    for k, (path, frame) in enumerate(series.frames):
+        slots[path].append((k, frame))
+    for path, items in slots.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels = pydicom.dcmread(path, force=True).pixel_array
+        if pixels.ndim == 2:
+            pixels = pixels[None]
+        if pixels.ndim != 3 or pixels.shape[1:] != (series.rows, series.cols):
+            raise SeriesReadError("mismatched shapes", f"{path} decodes to {pixels.shape}, series is "
+                                  f"{series.rows}x{series.cols}")
+        for k, frame in items:
+            out[k] = pixels[frame or 0]
+    slopes = np.asarray(series.slopes, dtype=np.float32)
+    intercepts = np.asarray(series.intercepts, dtype=np.float32)
+    if len(slopes) == len(out) and (np.any(slopes != 1) or np.any(intercepts != 0)):
+        out *= slopes[:, None, None]
+        out += intercepts[:, None, None]
+    return out
+
+
+def robust_range(stack, percentiles):
+    """(lo, hi) = the given percentiles (e.g. [0.5, 99.5]) of the whole stack; normalize as (x-lo)/(hi-lo).
+    Both are rounded to float32 so that normalizing and undoing it use exactly the recorded numbers."""
+    p_lo, p_hi = percentiles
+    if not 0 <= p_lo < p_hi <= 100:
+        raise ConfigError(f"preprocess.norm_percentiles {percentiles} must satisfy 0 <= lo < hi <= 100")
+    lo, hi = np.percentile(np.asarray(stack, dtype=np.float32), [p_lo, p_hi])
+    return float(np.float32(lo)), float(np.float32(hi))
+
+
+def pad_to_square(img, value=0.0):
+    """Pad (H, W) or (n, H, W) symmetrically (extra pixel at the bottom/right) to a square of side max(H, W).
+
+    value: what the padding holds. preprocessing pads with the normalized value of zero signal, -lo/(hi-lo):
+    outside the field of view a scanner records nothing, and un-normalizing the padding gives exactly 0."""
+    img = np.asarray(img)
+    rows, cols = img.shape[-2:]
+    side = max(rows, cols)
+    top, left = (side - rows) // 2, (side - cols) // 2
+    pad = [(0, 0)] * (img.ndim - 2) + [(top, side - rows - top), (left, side - cols - left)]
+    return np.pad(img, pad, mode="constant", constant_values=value)
+
+
+def _interpolation(src_side, dst_side):
+    # INTER_AREA averages when shrinking (no aliasing); INTER_CUBIC when enlarging (sharper than linear).
+    return cv2.INTER_AREA if dst_side < src_side else cv2.INTER_CUBIC
+
+
+def _square_slice(img, size, pad_value=0.0):
+    square = pad_to_square(np.asarray(img, dtype=np.float32), pad_value)
+    if square.shape[0] == size:
+        return square
+    return cv2.resize(square, (size, size), interpolation=_interpolation(square.shape[0], size))
+
+
+def resize_square(stack, size, pad_value=0.0):
+    """(n, H, W) -> float32 (n, size, size): pad to a square (aspect ratio kept), then resize each slice."""
+    stack = np.asarray(stack)
+    out = np.empty((stack.shape[0], size, size), dtype=np.float32)
+    for i, img in enumerate(stack):
+        out[i] = _square_slice(img, size, pad_value)
+    return out
+
+
+def unresize_square(stack, shape):
+    """Exact geometric inverse of resize_square: (n, S, S) or (S, S) -> (n, rows, cols) or (rows, cols).
+    Resizes back to the padded square side max(rows, cols), then crops the padding that pad_to_square added."""
+    rows, cols = shape
+    stack = np.asarray(stack, dtype=np.float32)
+    squeeze = stack.ndim == 2
+    if squeeze:
+        stack = stack[None]
+    side = max(rows, cols)
+    top, left = (side - rows) // 2, (side - cols) // 2
+    out = np.empty((stack.shape[0], rows, cols), dtype=np.float32)
+    for i, img in enumerate(stack):
+        if img.shape[0] != side:
+            img = cv2.resize(img, (side, side), interpolation=_interpolation(img.shape[0], side))
+        out[i] = img[top:top + rows, left:left + cols]
+    return out[0] if squeeze else out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 6. Patient split
+# --------------------------------------------------------------------------------------------------------------
+
+def split_patients(patient_ids, val_fraction, seed):
+    """patient_id -> "train" | "val". Deterministic and seeded: patients are ranked by sha256(seed, id) and
+    the first round(val_fraction * n) go to val (at least one on each side when there are >= 2 patients).
+    Ranking by hash rather than shuffling keeps the split stable when patients are added to the tree."""
+    if not 0 < float(val_fraction) < 1:
+        raise ConfigError(f"preprocess.val_fraction is {val_fraction}; it must lie strictly between 0 and 1")
+    ids = sorted({str(p) for p in patient_ids})
+    n = len(ids)
+    n_val = min(max(round(val_fraction * n), 1), n - 1) if n >= 2 else 0
+    ranked = sorted(ids, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    val = set(ranked[:n_val])
+    return {p: ("val" if p in val else "train") for p in ids}
+
+
+def check_patient_split(rows):
+    """Raise SplitError if any patient_id appears with more than one split in `rows` (dicts with
+    "patient_id" and "split"). Run on the manifest rows before they are written."""
+    splits = defaultdict(set)
+    for row in rows:
+        splits[row["patient_id"]].add(row["split"])
+    leaked = sorted(p for p, s in splits.items() if len(s) > 1)
+    if leaked:
+        raise SplitError(f"refusing to write a split with patients in more than one split: {leaked[:10]}"
+                         f"{' ...' if len(leaked) > 10 else ''}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 7. One series per worker, resumable
+# --------------------------------------------------------------------------------------------------------------
+
+def series_key(series):
+    """<sanitized patient_id>_<sha1(series_uid)[:10]>: unique per series, readable per patient."""
+    patient = re.sub(r"[^A-Za-z0-9._-]+", "-", series.patient_id).strip("-.")[:48] or "unknown"
+    return f"{patient}_{hashlib.sha1(series.series_uid.encode()).hexdigest()[:10]}"
+
+
+def arrays_hash(cfg):
+    """Hash of the settings the arrays depend on: seed, degrade, and the preprocess keys that change pixels."""
+    part = {"seed": cfg["seed"], "degrade": cfg["degrade"],
+            "preprocess": {k: cfg["preprocess"][k] for k in ARRAY_PREPROCESS_KEYS}}
+    return config_hash(part)
+
+
+def _fingerprint(series):
+    """Identity of a series' content as indexed: its images, their order and their rescale."""
+    text = json.dumps([series.rows, series.cols, series.sop_instance_uids, [f for _, f in series.frames],
+                       series.slopes, series.intercepts])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _tmp_path(path):
+    return path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{path.name}")
+
+
+def _save_square(path, stack, size, pad_value, dtype):
+    """Pad+resize `stack` slice by slice and stream the slices into an .npy under a temporary name, then
+    rename it. Memory stays at one acquisition-resolution stack whatever the output size, and no msync is
+    forced (an np.memmap flush would wait for the disk on every series)."""
+    tmp = _tmp_path(path)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": (len(stack), size, size)}
+    try:
+        with open(tmp, "wb") as fp:
+            np.lib.format.write_array_header_1_0(fp, header)
+            for img in stack:
+                fp.write(_square_slice(img, size, pad_value).astype(dtype, copy=False).tobytes())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_text_atomic(path, text):
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def process_series(series, out_dir, cfg, chash):
+    """Read, normalize, degrade, resize and write one series. Returns {"key", "status": "ok", "slices",
+    "info"} or {"key", "status": "skipped", "reason", "detail"}; never raises for bad data."""
+    key = series_key(series)
+    arrays = Path(out_dir) / "arrays"
+    pre = cfg["preprocess"]
+    try:
+        raw = read_series(series)
+    except SeriesReadError as error:
+        return {"key": key, "status": "skipped", "reason": error.reason, "detail": str(error)}
+    except Exception as error:  # noqa: BLE001 - a decoder failure skips this series only
+        return {"key": key, "status": "skipped", "reason": "pixel read failed",
+                "detail": f"{type(error).__name__}: {error}"}
+    lo, hi = robust_range(raw, pre["norm_percentiles"])
+    if not hi > lo:
+        return {"key": key, "status": "skipped", "reason": "constant image", "detail": f"lo = hi = {lo}"}
+    scale = np.float32(hi) - np.float32(lo)
+    clean = raw
+    clean -= np.float32(lo)
+    clean /= scale
+    zero = float(-np.float32(lo) / scale)  # normalized value of zero signal
+    noisy, info = degrade(clean, cfg["degrade"], series_rng(cfg["seed"], series.series_uid), zero=zero)
+    size, dtype = int(pre["image_size"]), np.dtype(pre["dtype"])
+    # The old sidecar goes first: arrays half-rewritten under new settings must never pass for the old ones.
+    (arrays / f"{key}.json").unlink(missing_ok=True)
+    _save_square(arrays / f"{key}_clean.npy", clean, size, zero, dtype)
+    _save_square(arrays / f"{key}_noisy.npy", noisy, size, zero, dtype)
+    rows = [{
+        "patient_id": series.patient_id, "study_uid": series.study_uid, "series_uid": series.series_uid,
+        "series_description": series.series_description, "slice_index": i,
+        "clean_file": f"arrays/{key}_clean.npy", "noisy_file": f"arrays/{key}_noisy.npy",
+        "norm_lo": lo, "norm_hi": hi, "sigma_source": info["sigma_source"], "sigma_added": info["sigma_added"],
+        "snr_ratio": info["snr_ratio"], "degrade_model": info["model"], "rows": series.rows, "cols": series.cols,
+        "sop_instance_uid": sop, "config_hash": chash} for i, sop in enumerate(series.sop_instance_uids)]
+    sidecar = {"series_key": key, "config_hash": chash, "fingerprint": _fingerprint(series),
+               "slices": len(rows), "info": info, "field_strength_t": series.field_strength_t,
+               "notes": series.notes, "rows": rows}
+    # Written last: its presence (with a matching hash) is what marks the series as done.
+    _write_text_atomic(arrays / f"{key}.json", json.dumps(sidecar, default=float))
+    return {"key": key, "status": "ok", "slices": len(rows), "info": info}
+
+
+def _reusable(series, arrays, chash):
+    """The sidecar of a finished series with the same settings and content, or None."""
+    key = series_key(series)
+    path = arrays / f"{key}.json"
+    if not path.is_file():
+        return None
+    try:
+        sidecar = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if sidecar.get("config_hash") != chash or sidecar.get("fingerprint") != _fingerprint(series):
+        return None
+    if not (arrays / f"{key}_clean.npy").is_file() or not (arrays / f"{key}_noisy.npy").is_file():
+        return None
+    return sidecar
+
+
+def _init_worker():
+    cv2.setNumThreads(1)  # one process per core already; cv2's own threads would only oversubscribe
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+
+
+def check_config(cfg):
+    """Raise ConfigError for preprocess/degrade values the pipeline cannot use (before any work)."""
+    pre, deg = cfg["preprocess"], cfg["degrade"]
+    if not isinstance(pre["image_size"], int) or pre["image_size"] < 8:
+        raise ConfigError(f"preprocess.image_size is {pre['image_size']!r}; give an integer >= 8 (e.g. 512)")
+    if pre["dtype"] not in DTYPES:
+        raise ConfigError(f"preprocess.dtype is {pre['dtype']!r}; choose one of {', '.join(DTYPES)}")
+    if deg["model"] not in MODELS:
+        raise ConfigError(f"degrade.model is {deg['model']!r}; choose one of {', '.join(MODELS)}")
+    if len(pre["norm_percentiles"]) != 2:
+        raise ConfigError("preprocess.norm_percentiles needs two numbers [lo, hi]")
+    robust_range(np.zeros(2, np.float32), pre["norm_percentiles"])  # validates the order
+    split_patients([], pre["val_fraction"], cfg["seed"])  # validates val_fraction
+    if deg["model"] == "field":
+        snr_ratio(deg)
+        scale = deg["resolution_scale"]
+        if scale is not None and not 0 < float(scale) <= 1:
+            raise ConfigError(f"degrade.resolution_scale is {scale}; it must lie in (0, 1]")
+
+
+def run(dicom_root, out_dir, cfg, workers=1, progress=True):
+    """The whole pipeline; returns the summary dict (also written to <out_dir>/summary.json).
+
+    workers: processes (ProcessPoolExecutor, spawn start method so that a parent that has loaded TensorFlow or
+    other threaded libraries is never forked); 1 runs everything in this process. Raises PreprocessError for a
+    missing root or a tree without usable MR images, ConfigError for unusable settings."""
+    started = time.perf_counter()
+    check_config(cfg)
+    root, out = Path(dicom_root), Path(out_dir)
+    if not root.is_dir():
+        raise PreprocessError(f"DICOM root {root} does not exist or is not a folder")
+    # pydicom logs per-file warnings and decoder tracebacks; the problems are counted and reported instead.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    pool = None
+    if workers > 1:
+        import multiprocessing
+
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker)
+        for _ in range(workers):  # start the workers now: they import while this process reads headers
+            pool.submit(os.getpid)
+    try:
+        series_list, skips, files_seen = _index(root, cfg["preprocess"]["series_filter"], pool, workers,
+                                                exclude=out, progress=progress)
+        indexed = time.perf_counter()
+        series_found = len(series_list) + sum(skips.series.values())  # before any pixel was read
+        if not series_list:
+            raise PreprocessError(f"no usable MR image under {root} ({files_seen} files seen; skipped: "
+                                  f"{_format_counts(skips.files) or 'none'})")
+        n_slices = sum(len(s.frames) for s in series_list)
+        log.info("indexed %d files in %.1f s: %d MR series, %d slices, %d patients", files_seen,
+                 indexed - started, len(series_list), n_slices, len({s.patient_id for s in series_list}))
+        arrays = out / "arrays"
+        arrays.mkdir(parents=True, exist_ok=True)
+        for stale in arrays.glob(_TMP_PREFIX + "*"):  # left by an interrupted run (one run per --out at a time)
+            stale.unlink(missing_ok=True)
+        chash = arrays_hash(cfg)
+        results, todo = {}, []
+        for s in series_list:
+            sidecar = _reusable(s, arrays, chash)
+            if sidecar is not None:
+                results[s.series_uid] = {"key": series_key(s), "status": "reused", "slices": sidecar["slices"],
+                                         "info": sidecar["info"]}
+            else:
+                todo.append(s)
+        if todo:
+            # Arrays are about to change: a manifest of an earlier run must not outlive an interrupted one.
+            (out / "manifest.csv").unlink(missing_ok=True)
+        bar = tqdm(total=sum(len(s.frames) for s in todo), unit="slice", desc="preprocess",
+                   disable=not progress or not todo, mininterval=1.0)
+        if pool is None:
+            for s in todo:
+                results[s.series_uid] = process_series(s, out, cfg, chash)
+                bar.update(len(s.frames))
+        else:
+            futures = {pool.submit(process_series, s, out, cfg, chash): s for s in todo}
+            for future in as_completed(futures):
+                s = futures[future]
+                results[s.series_uid] = future.result()
+                bar.update(len(s.frames))
+        bar.close()
+    except BaseException:  # Ctrl-C or a crash: drop queued series instead of finishing them
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            pool = None
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    processed = time.perf_counter()
+
+    used = []
+    for s in series_list:
+        result = results[s.series_uid]
+        if result["status"] == "skipped":
+            skips.add_series(result["reason"], s.n_files, f"{result['key']}: {result['detail']}")
+        else:
+            used.append(s)
+    if not used:
+        raise PreprocessError(f"no usable MR image under {root}: all {len(series_list)} MR series failed "
+                              f"({_format_counts(skips.series)})")
+    rows = []
+    for s in used:
+        sidecar = json.loads((arrays / f"{series_key(s)}.json").read_text())
+        rows.extend(sidecar["rows"])
+    split = split_patients([s.patient_id for s in used], cfg["preprocess"]["val_fraction"], cfg["seed"])
+    for row in rows:
+        row["split"] = split[row["patient_id"]]
+    check_patient_split(rows)
+    _write_manifest(out / "manifest.csv", rows)
+
+    infos = [results[s.series_uid]["info"] for s in used]
+    sigma_methods = Counter(i.get("sigma_method", "") for i in infos)
+    field_strengths = Counter(str(s.field_strength_t) for s in used)
+    summary = {
+        "dicom_root": str(root), "out_dir": str(out), "files_seen": files_seen,
+        "files_used": sum(s.n_files for s in used), "files_skipped": dict(sorted(skips.files.items())),
+        "series_found": series_found, "series_used": len(used),
+        "series_processed": sum(results[s.series_uid]["status"] == "ok" for s in used),
+        "series_reused": sum(results[s.series_uid]["status"] == "reused" for s in used),
+        "series_skipped": dict(sorted(skips.series.items())),
+        "skip_examples": {r: str(e) for r, e in sorted(skips.examples.items())},
+        "slices": len(rows),
+        "patients": {name: sum(v == name for v in split.values()) for name in ("train", "val")},
+        "slices_per_split": {name: sum(r["split"] == name for r in rows) for name in ("train", "val")},
+        "sigma_methods": dict(sigma_methods),
+        "field_strengths_t": dict(field_strengths),
+        "series_notes": dict(Counter(n for s in used for n in s.notes)),
+        "image_size": cfg["preprocess"]["image_size"], "dtype": cfg["preprocess"]["dtype"],
+        "config_hash": chash, "workers": workers,
+        "seconds_index": round(indexed - started, 3), "seconds_process": round(processed - indexed, 3),
+        "seconds": round(time.perf_counter() - started, 3),
+        "config": cfg,
+    }
+    _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    _log_skips(skips)
+    if sigma_methods.get("none"):
+        log.warning("%d series had no measurable noise: the field model added none to them (use "
+                    "degrade.model=gaussian for noise-free data)", sigma_methods["none"])
+    if cfg["degrade"]["model"] == "field":
+        off = sorted({s.field_strength_t for s in used if s.field_strength_t
+                      and abs(s.field_strength_t - float(cfg["degrade"]["source_field_t"])) > 0.25})
+        if off:
+            log.warning("some series were acquired at %s T, not degrade.source_field_t = %s T", off,
+                        cfg["degrade"]["source_field_t"])
+    return summary
+
+
+def _write_manifest(path, rows):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    text = buffer.getvalue()
+    if path.is_file() and path.read_text() == text:
+        return  # unchanged: leave the file (and its mtime) alone
+    _write_text_atomic(path, text)
+
+
+def _format_counts(counter):
+    return ", ".join(f"{reason}: {n}" for reason, n in sorted(counter.items()))
+
+
+def _log_skips(skips):
+    """One warning line per reason, with one example, instead of one line per file."""
+    for reason, n in sorted(skips.files.items()):
+        what = f"{n} file{'s' if n != 1 else ''}"
+        if skips.series.get(reason):
+            what += f" ({skips.series[reason]} series)"
+        log.warning("skipped %s: %s (e.g. %s)", what, reason, skips.examples.get(reason, ""))
+
+
+def benchmark(dicom_root, cfg, workers=1, out_dir=None):
+    """Preprocess `dicom_root` into a fresh temporary folder (inside out_dir if given, so the disk is the one
+    you will use) and report throughput and peak memory. Peak RSS is ru_maxrss of this process and of the
+    largest finished child (the workers), in MiB; it should not grow with the number of series."""
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="benchmark-", dir=out_dir) as tmp:
+        summary = run(dicom_root, Path(tmp), cfg, workers=workers, progress=False)
+    to_mib = 1 / 1024  # ru_maxrss is in KiB on Linux
+    return {
+        "slices": summary["slices"], "series": summary["series_used"], "workers": workers,
+        "image_size": cfg["preprocess"]["image_size"], "dtype": cfg["preprocess"]["dtype"],
+        "seconds": summary["seconds"], "seconds_index": summary["seconds_index"],
+        "slices_per_s": round(summary["slices"] / summary["seconds"], 1),
+        "slices_per_s_processing": round(summary["slices"] / max(summary["seconds_process"], 1e-9), 1),
+        "peak_rss_mib_self": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mib, 1),
+        "peak_rss_mib_workers": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * to_mib, 1),
+    }
+
+
+def demo_root(cfg):
+    """The embedded demo tree (generated once by demo_data.py, reused afterwards)."""
+    import demo_data  # only needed without --dicom-root
+
+    demo = cfg["demo"]
+    return demo_data.ensure_demo_tree(demo["out"], patients=demo["patients"], seed=demo["seed"],
+                                      slices=demo["slices"], time_points=demo["time_points"],
+                                      matrix=demo["matrix"])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="DICOM tree -> paired clean/degraded slice arrays + manifest.")
+    parser.add_argument("--dicom-root", help="folder with the DICOM tree (default: the embedded demo tree)")
+    parser.add_argument("--out", default="data/processed", help="output folder (default data/processed)")
+    parser.add_argument("--config", help="YAML file with the settings that differ from config.DEFAULTS")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set preprocess.image_size=256 (repeatable)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--benchmark", action="store_true",
+                        help="preprocess into a temporary folder inside --out and print slices/s and peak memory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.workers < 1:
+            raise ConfigError(f"--workers is {args.workers}; give 1 or more")
+        cfg = load_config(args.config, args.set)
+        root = Path(args.dicom_root) if args.dicom_root else demo_root(cfg)
+        if args.benchmark:
+            print(json.dumps(benchmark(root, cfg, workers=args.workers, out_dir=args.out), indent=2))
+            return
+        summary = run(root, args.out, cfg, workers=args.workers)
+    except (PreprocessError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    skipped = sum(summary["series_skipped"].values())
+    print(f"{summary['slices']} slices of {summary['series_used']} series ({summary['series_reused']} reused) "
+          f"from {summary['files_used']} of {summary['files_seen']} files; patients train "
+          f"{summary['patients']['train']} / val {summary['patients']['val']}; {skipped} series and "
+          f"{sum(summary['files_skipped'].values())} files skipped; {summary['seconds']:.1f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Tiny synthetic DICOM files for the preprocessing tests, written with pydicom into tmp_path.
+
+Images are small (tens of pixels) magnitude images: an elliptical "body" with a smooth texture in air,
+with Rician noise of a known sigma (complex Gaussian noise, then magnitude), stored as uint16.
+"""
+
+import hashlib
+import shutil
+
+import numpy as np
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import (EnhancedMRImageStorage, ExplicitVRLittleEndian,
+                         GrayscaleSoftcopyPresentationStateStorage, MRImageStorage, MRSpectroscopyStorage,
+                         PositronEmissionTomographyImageStorage, UID)
+
+# The MR_small.dcm variants bundled with pydicom 3 (no download needed), by transfer syntax.
+BUNDLED_MR = {
+    "explicit_le": "MR_small.dcm",
+    "implicit_le": "MR_small_implicit.dcm",
+    "explicit_be": "MR_small_bigendian.dcm",
+    "rle": "MR_small_RLE.dcm",
+    "jpeg2000_lossless": "MR_small_jp2klossless.dcm",
+    "jpeg_ls_lossless": "MR_small_jpeg_ls_lossless.dcm",
+}
+
+
+def bundled(name):
+    """Path of a test file shipped inside pydicom (never downloads)."""
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        raise FileNotFoundError(f"{name} is not bundled with this pydicom")
+    return path
+
+
+def uid(*parts):
+    """A deterministic 2.25.<int> UID from the given parts. (pydicom's generate_uid(prefix=None, ...) ignores
+    entropy_srcs and returns a random UUID-based UID, so it cannot be used for reproducible fixtures.)"""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()
+    return UID(f"2.25.{int(digest[:30], 16)}")
+
+
+def phantom(rows, cols, sigma=20.0, signal=1000.0, seed=0, body=0.6):
+    """A magnitude image (rows, cols) float64: textured ellipse (axes `body` of the matrix) of mean ~signal in
+    air, plus Rician noise of std `sigma` per channel."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:rows, :cols]
+    r = np.hypot((y - rows / 2) / (body * rows / 2), (x - cols / 2) / (body * cols / 2))
+    texture = 0.75 + 0.25 * np.sin(x / 3.0) * np.cos(y / 4.0)
+    clean = np.where(r < 1, signal * texture, 0.0)
+    return np.abs(clean + sigma * (rng.standard_normal(clean.shape) + 1j * rng.standard_normal(clean.shape)))
+
+
+def image_dataset(pixels, *, patient_id="P1", study_uid=None, series_uid=None, sop_uid=None, instance=1,
+                  position=0.0, description="DCE", modality="MR", sop_class=MRImageStorage, temporal=None,
+                  acquisition_time=None, slope=None, intercept=None, field_strength=3.0):
+    """A classic single-frame grayscale image Dataset (uint16 pixels, 2D), axial orientation, ready to save."""
+    pixels = np.asarray(pixels)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    sop_uid = sop_uid or uid(patient_id, series_uid, instance, temporal, position, "sop")
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.Modality = modality
+    if patient_id is not None:
+        ds.PatientID = patient_id
+        ds.PatientName = f"Test^{patient_id}"
+    ds.StudyInstanceUID = study_uid or uid(patient_id, "study")
+    if series_uid is not None:
+        ds.SeriesInstanceUID = series_uid
+    ds.SeriesDescription = description
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = instance
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [0.0, 0.0, float(position)]
+    ds.MagneticFieldStrength = field_strength
+    if temporal is not None:
+        ds.TemporalPositionIdentifier = temporal
+    if acquisition_time is not None:
+        ds.AcquisitionTime = acquisition_time
+    if slope is not None:
+        ds.RescaleSlope = slope
+        ds.RescaleIntercept = intercept or 0
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    return ds
+
+
+def write_mr_series(folder, patient_id, n_slices=4, rows=32, cols=32, seed=0, sigma=20.0, description="DCE",
+                    series_uid=None, time_points=1, temporal_tag=True, slope=None, intercept=None, body=0.6):
+    """One MR series of n_slices x time_points single-frame files in `folder`, files named in *reverse* order
+    (so a correct result proves the reader sorts by header, not by file name).
+    Returns (series_uid, stored uint16 stack (time_points * n_slices, rows, cols) in the expected order)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or uid(patient_id, description, seed, "series")
+    stack = []
+    total = n_slices * time_points
+    for t in range(time_points):
+        for z in range(n_slices):
+            k = t * n_slices + z
+            pixels = np.clip(np.round(phantom(rows, cols, sigma, seed=seed * 1000 + k, body=body)
+                                      * (1 + 0.2 * t)), 0, 65535).astype(np.uint16)
+            stack.append(pixels)
+            ds = image_dataset(pixels, patient_id=patient_id, series_uid=series_uid, instance=k + 1,
+                               position=2.5 * z, description=description,
+                               temporal=(t + 1) if temporal_tag else None,
+                               acquisition_time=f"{10 + t:02d}0000.{z:06d}", slope=slope, intercept=intercept)
+            ds.save_as(folder / f"IM{total - k:04d}.dcm", enforce_file_format=True)
+    return series_uid, np.stack(stack)
+
+
+def enhanced_mr_dataset(frames, positions, temporal, slopes, intercepts, *, patient_id="PE", series_uid=None,
+                        file_order=None):
+    """An Enhanced MR Image Storage object whose frames are stored in `file_order` (a permutation of the
+    logical frames), with per-frame position, TemporalPositionIndex and Pixel Value Transformation."""
+    frames = np.asarray(frames)
+    n = len(frames)
+    order = list(range(n)) if file_order is None else list(file_order)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    ds.SOPClassUID = EnhancedMRImageStorage
+    ds.SOPInstanceUID = uid(patient_id, "enhanced")
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.Modality = "MR"
+    ds.PatientID = patient_id
+    ds.StudyInstanceUID = uid(patient_id, "study")
+    ds.SeriesInstanceUID = series_uid or uid(patient_id, "enhanced-series")
+    ds.SeriesDescription = "enhanced"
+    ds.InstanceNumber = 1
+    ds.NumberOfFrames = n
+    shared = Dataset()
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for logical in order:
+        item = Dataset()
+        content = Dataset()
+        content.TemporalPositionIndex = int(temporal[logical])
+        content.InStackPositionNumber = logical + 1
+        item.FrameContentSequence = Sequence([content])
+        plane = Dataset()
+        plane.ImagePositionPatient = [0.0, 0.0, float(positions[logical])]
+        item.PlanePositionSequence = Sequence([plane])
+        transform = Dataset()
+        transform.RescaleSlope = slopes[logical]
+        transform.RescaleIntercept = intercepts[logical]
+        transform.RescaleType = "US"
+        item.PixelValueTransformationSequence = Sequence([transform])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.Rows, ds.Columns = frames.shape[1:]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = frames[order].astype("<u2").tobytes()
+    return ds
+
+
+def write_mixed_tree(root, seed=0):
+    """A tree with two small MR series (two patients) and one file for each thing that must be skipped.
+    Returns {"mr_slices": n, "skips": {reason: files}} with the reasons preprocessing should count."""
+    n_slices, rows, cols = 3, 24, 24
+    write_mr_series(root / "P1" / "mr", "P1", n_slices, rows, cols, seed=seed)
+    write_mr_series(root / "P2" / "mr", "P2", n_slices, rows, cols, seed=seed + 1)
+    other = root / "other"
+    other.mkdir(parents=True)
+    shutil.copy(bundled("CT_small.dcm"), other / "ct.dcm")
+    shutil.copy(bundled("test-SR.dcm"), other / "sr.dcm")
+    shutil.copy(bundled("liver_1frame.dcm"), other / "seg.dcm")
+    pixels = np.full((8, 8), 100, np.uint16)
+    image_dataset(pixels, patient_id="P3", series_uid=uid("pt"), modality="PT",
+                  sop_class=PositronEmissionTomographyImageStorage).save_as(other / "pt.dcm", enforce_file_format=True)
+    pr = image_dataset(pixels, patient_id="P3", series_uid=uid("pr"), modality="PR",
+                       sop_class=GrayscaleSoftcopyPresentationStateStorage)
+    del pr.PixelData
+    pr.save_as(other / "pr.dcm", enforce_file_format=True)
+    spectroscopy = image_dataset(pixels, patient_id="P3", series_uid=uid("mrs"), sop_class=MRSpectroscopyStorage)
+    del spectroscopy.PixelData
+    spectroscopy.save_as(other / "mrs.dcm", enforce_file_format=True)
+    no_pixels = image_dataset(pixels, patient_id="P3", series_uid=uid("nopix"))
+    del no_pixels.PixelData
+    no_pixels.save_as(other / "mr_no_pixels.dcm", enforce_file_format=True)
+    color = image_dataset(np.zeros((8, 8), np.uint16), patient_id="P3", series_uid=uid("color"))
+    color.SamplesPerPixel = 3
+    color.PhotometricInterpretation = "RGB"
+    color.PlanarConfiguration = 0
+    color.BitsAllocated, color.BitsStored, color.HighBit = 8, 8, 7
+    color.PixelData = np.zeros((8, 8, 3), np.uint8).tobytes()
+    color.save_as(other / "mr_color.dcm", enforce_file_format=True)
+    # A download cut short in the pixel data, and one cut inside the header.
+    full = image_dataset(np.full((16, 16), 500, np.uint16), patient_id="P3", series_uid=uid("trunc"))
+    full.save_as(other / "full.dcm", enforce_file_format=True)
+    data = (other / "full.dcm").read_bytes()
+    (other / "full.dcm").unlink()
+    (other / "mr_truncated_pixels.dcm").write_bytes(data[:-100])
+    (other / "mr_truncated_header.dcm").write_bytes(data[:300])
+    shutil.copy(bundled("MR_truncated.dcm"), other / "bundled_truncated.dcm")
+    (other / "notes.dcm").write_text("this is a text file with a .dcm name, not DICOM at all\n" * 5)
+    (other / "tiny.dcm").write_bytes(b"\x01\x02")
+    return {
+        "mr_slices": 2 * n_slices,
+        "mr_files": 2 * n_slices,
+        "skips": {"modality CT": 1, "modality SR": 1, "modality SEG": 1, "modality PT": 1, "modality PR": 1,
+                  "SOP class MR Spectroscopy Storage": 1, "no pixel data": 1, "color MR": 1,
+                  "truncated": 3, "not DICOM": 2},
+    }

@@ -1,0 +1,181 @@
+"""degrade.py: the 1.5T simulation, checked against the statistics it claims (Rician noise, SNR ratio,
+background sigma), on synthetic magnitude data with a known native noise level."""
+
+import math
+
+import numpy as np
+import pytest
+
+from config import ConfigError, load_config
+from degrade import degrade, estimate_background_sigma, kspace_crop, series_rng, snr_ratio
+
+
+def rician(signal, sigma, rng):
+    """Magnitude of signal + complex Gaussian noise (std sigma per channel)."""
+    return np.abs(signal + sigma * (rng.standard_normal(signal.shape) + 1j * rng.standard_normal(signal.shape)))
+
+
+def flat_phantom(n=8, size=64, body=44, signal=1.0, sigma=0.02, seed=0):
+    """(n, size, size) float32: a flat square of `signal` (side `body`) in air, with native Rician noise.
+    Returns (clean, inner) where inner is a boolean mask of the flat region away from its edges."""
+    s = np.zeros((n, size, size))
+    a = (size - body) // 2
+    s[:, a:a + body, a:a + body] = signal
+    inner = np.zeros((n, size, size), bool)
+    inner[:, a + 4:a + body - 4, a + 4:a + body - 4] = True
+    return rician(s, sigma, np.random.default_rng(seed)).astype(np.float32), inner
+
+
+def textured_phantom(shape, air_fraction, sigma, seed=0):
+    """Magnitude image(s) whose air (background) is `air_fraction` of the pixels; the body has a texture
+    between 0.3 and 1.0, so it is not a single flat level."""
+    rows, cols = shape[-2:]
+    y, x = np.mgrid[:rows, :cols]
+    r = np.hypot((y - rows / 2) / (rows / 2), (x - cols / 2) / (cols / 2))
+    body = r < np.quantile(r, 1 - air_fraction)
+    s = np.where(body, 0.3 + 0.7 * np.abs(np.sin(x / 5.0) * np.cos(y / 7.0)), 0.0)
+    return rician(np.broadcast_to(s, shape), sigma, np.random.default_rng(seed))
+
+
+def snr(stack, mask):
+    values = stack[mask]
+    return values.mean() / values.std()
+
+
+def field_cfg(**changes):
+    return load_config(overrides=[{"degrade": changes}])["degrade"]
+
+
+def test_snr_ratio_from_fields_and_override():
+    assert snr_ratio(field_cfg()) == pytest.approx(0.5)  # 1.5 T / 3 T, exponent 1
+    assert snr_ratio(field_cfg(field_exponent=0.5)) == pytest.approx(math.sqrt(0.5))
+    assert snr_ratio(field_cfg(snr_ratio=0.7)) == pytest.approx(0.7)
+    with pytest.raises(ConfigError, match="snr_ratio"):
+        snr_ratio(field_cfg(target_field_t=7.0))  # cannot simulate a higher SNR by adding noise
+    with pytest.raises(ConfigError):
+        snr_ratio(field_cfg(snr_ratio=0))
+
+
+def test_series_rng_is_reproducible_and_per_series():
+    a = series_rng(0, "1.2.3").standard_normal(5)
+    assert np.array_equal(a, series_rng(0, "1.2.3").standard_normal(5))
+    assert not np.array_equal(a, series_rng(0, "1.2.4").standard_normal(5))
+    assert not np.array_equal(a, series_rng(1, "1.2.3").standard_normal(5))
+
+
+@pytest.mark.parametrize("air_fraction", [0.2, 0.4, 0.6])
+@pytest.mark.parametrize("shape", [(64, 64), (4, 48, 80)])
+def test_background_sigma_within_15_percent(air_fraction, shape):
+    sigma = 0.03
+    image = textured_phantom(shape, air_fraction, sigma, seed=int(air_fraction * 10))
+    assert estimate_background_sigma(image) == pytest.approx(sigma, rel=0.15)
+
+
+def test_background_sigma_on_integer_dicom_values():
+    """Stored DICOM values are integers; sigma of a few units must still come out right."""
+    body = 800.0 * textured_phantom((96, 96), 0.4, sigma=0.0)  # noise-free texture, air = 0
+    for sigma in (3.0, 12.0):
+        image = np.round(rician(body, sigma, np.random.default_rng(3)))
+        assert estimate_background_sigma(image) == pytest.approx(sigma, rel=0.15)
+
+
+def test_background_sigma_is_nan_without_background():
+    assert math.isnan(estimate_background_sigma(np.zeros((64, 64))))  # masked / zero-filled air
+    assert math.isnan(estimate_background_sigma(np.ones((64, 64))))  # no air at all
+    flat_tissue = 1.0 + 0.01 * np.random.default_rng(0).standard_normal((64, 64))
+    assert math.isnan(estimate_background_sigma(flat_tissue))
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.7])
+def test_field_model_reaches_the_configured_snr_ratio(ratio):
+    clean, inner = flat_phantom(sigma=0.02)
+    noisy, info = degrade(clean, field_cfg(snr_ratio=ratio), series_rng(0, "s"))
+    assert noisy.dtype == np.float32 and noisy.shape == clean.shape
+    assert snr(noisy, inner) / snr(clean, inner) == pytest.approx(ratio, rel=0.10)
+    assert info["model"] == "field" and info["sigma_method"] == "background"
+    assert info["sigma_source"] == pytest.approx(0.02, rel=0.15)
+    assert info["sigma_added"] == pytest.approx(info["sigma_source"] * math.sqrt(1 / ratio**2 - 1), rel=1e-6)
+    # The air of the result is Rayleigh again, at the target noise level.
+    assert estimate_background_sigma(noisy) == pytest.approx(0.02 / ratio, rel=0.15)
+    assert noisy.min() >= 0  # a magnitude
+
+
+def test_field_model_default_halves_snr_from_3t_to_1_5t():
+    clean, inner = flat_phantom(sigma=0.01, seed=2)
+    noisy, info = degrade(clean, field_cfg(), series_rng(0, "default"))
+    assert info["snr_ratio"] == pytest.approx(0.5)
+    assert snr(noisy, inner) / snr(clean, inner) == pytest.approx(0.5, rel=0.10)
+
+
+def test_field_model_with_coarser_matrix_keeps_the_snr_ratio_and_blurs():
+    """Truncating k-space rings near edges (as a real coarse matrix does), so the noise is measured across
+    slices that share the same signal: pooled per-pixel std, which the deterministic ringing does not enter."""
+    clean, inner = flat_phantom(n=16, sigma=0.02, seed=4)
+    noisy, _ = degrade(clean, field_cfg(resolution_scale=0.5), series_rng(0, "lowres"))
+
+    def snr_across_slices(stack):
+        values = stack[:, inner[0]].astype(np.float64)
+        return values.mean() / np.sqrt(values.var(axis=0, ddof=1).mean())
+
+    assert snr_across_slices(noisy) / snr_across_slices(clean) == pytest.approx(0.5, rel=0.10)
+    # The edge of the square is spread over more pixels: mean edge step over rows is smaller.
+    row = noisy.mean(axis=(0, 1))
+    assert np.max(np.diff(row)) < 0.8 * np.max(np.diff(clean.mean(axis=(0, 1))))
+
+
+def test_field_model_respects_the_zero_signal_offset():
+    """Normalized data has zero signal at -lo/(hi-lo): shifting clean and zero together shifts the result."""
+    clean, _ = flat_phantom(sigma=0.02, seed=5)
+    a, _ = degrade(clean, field_cfg(), series_rng(0, "z"))
+    b, _ = degrade(clean - 0.1, field_cfg(), series_rng(0, "z"), zero=-0.1)
+    np.testing.assert_allclose(b, a - 0.1, atol=1e-5)
+
+
+def test_gaussian_model_sigma_within_5_percent():
+    clean, _ = flat_phantom(sigma=0.02, seed=6)
+    cfg = load_config(overrides=["degrade.model=gaussian", "degrade.sigma=0.05"])["degrade"]
+    noisy, info = degrade(clean, cfg, series_rng(0, "g"))
+    difference = noisy.astype(np.float64) - clean
+    assert difference.std() == pytest.approx(0.05, rel=0.05)
+    assert abs(difference.mean()) < 0.005
+    assert info["sigma_added"] == 0.05 and info["model"] == "gaussian"
+    assert info["snr_ratio"] == pytest.approx(info["sigma_source"] / math.hypot(info["sigma_source"], 0.05))
+
+
+def test_degrade_is_reproducible_per_series():
+    clean, _ = flat_phantom(n=2, sigma=0.02)
+    a, _ = degrade(clean, field_cfg(), series_rng(3, "uid-a"))
+    b, _ = degrade(clean, field_cfg(), series_rng(3, "uid-a"))
+    c, _ = degrade(clean, field_cfg(), series_rng(3, "uid-b"))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_fallbacks_without_background():
+    rng = np.random.default_rng(0)
+    all_tissue = (0.8 + 0.02 * rng.standard_normal((2, 64, 64))).astype(np.float32)  # no air in the FOV
+    _, info = degrade(all_tissue, field_cfg(), series_rng(0, "w"))
+    assert info["sigma_method"] == "wavelet"
+    assert info["sigma_source"] == pytest.approx(0.02, rel=0.25)
+    noise_free = np.zeros((2, 32, 32), np.float32)
+    noise_free[:, 8:24, 8:24] = 1.0
+    noisy, info = degrade(noise_free, field_cfg(), series_rng(0, "n"))
+    assert info["sigma_method"] == "none" and info["sigma_added"] == 0
+    np.testing.assert_allclose(noisy, noise_free, atol=1e-6)
+
+
+def test_kspace_crop():
+    image = np.random.default_rng(0).random((2, 32, 48)).astype(np.float32)
+    same, kept = kspace_crop(image, 1.0)
+    assert kept == 1.0
+    np.testing.assert_allclose(same.real, image, atol=1e-5)
+    low, kept = kspace_crop(image, 0.5)
+    assert kept == pytest.approx(0.25)
+    spectrum = np.abs(np.fft.fftshift(np.fft.fft2(low), axes=(-2, -1)))
+    keep = np.zeros((32, 48), bool)
+    keep[16 - 8:16 + 8, 24 - 12:24 + 12] = True
+    assert spectrum[:, ~keep].max() < 1e-3 * spectrum.max()
+
+
+def test_unknown_model_is_an_error():
+    with pytest.raises(ConfigError, match="degrade.model"):
+        degrade(np.zeros((1, 8, 8), np.float32), field_cfg(model="poisson"), series_rng(0, "x"))

@@ -1,0 +1,437 @@
+"""preprocessing.py on tiny DICOM trees written by tests/dicom_fixtures.py and on the MR test files bundled
+with pydicom (one per transfer syntax). Images are 24-64 pixels; the whole file runs in seconds."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import encapsulate
+from pydicom.pixels import apply_rescale
+
+import preprocessing
+from config import ConfigError, load_config
+from dicom_fixtures import (BUNDLED_MR, bundled, enhanced_mr_dataset, image_dataset, phantom, uid,
+                            write_mixed_tree, write_mr_series)
+from preprocessing import (MANIFEST_COLUMNS, SplitError, check_patient_split, index_tree, pad_to_square,
+                           read_series, resize_square, run, split_patients, unresize_square)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def small_cfg(*overrides, size=32):
+    return load_config(overrides=[f"preprocess.image_size={size}", *overrides])
+
+
+def read_manifest(out):
+    with open(out / "manifest.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def load(out, relative):
+    return np.load(out / relative, mmap_mode="r")
+
+
+def three_patient_tree(root, rows=24, cols=40, n_slices=3):
+    for i, patient in enumerate(["A1", "B2", "C3"]):
+        write_mr_series(root / patient, patient, n_slices=n_slices, rows=rows, cols=cols, seed=i)
+    return root
+
+
+# --- transfer syntaxes ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bundled_tree(tmp_path_factory):
+    """The bundled MR_small.dcm in six transfer syntaxes, each as its own patient and series."""
+    root = tmp_path_factory.mktemp("bundled")
+    for i, (syntax, name) in enumerate(BUNDLED_MR.items()):
+        ds = pydicom.dcmread(bundled(name))
+        ds.PatientID = f"TS{i}"
+        ds.SeriesInstanceUID = uid("bundled", syntax)
+        ds.SOPInstanceUID = uid("bundled", syntax, "sop")
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        (root / syntax).mkdir()
+        ds.save_as(root / syntax / "image.dcm")
+    return root
+
+
+def test_bundled_transfer_syntaxes_decode_to_the_same_pixels(bundled_tree):
+    reference_ds = pydicom.dcmread(bundled("MR_small.dcm"))
+    reference = apply_rescale(reference_ds.pixel_array, reference_ds).astype(np.float32)
+    series, skipped, seen = index_tree(bundled_tree)
+    assert seen == len(BUNDLED_MR) and not skipped
+    assert len(series) == len(BUNDLED_MR)
+    syntaxes = set()
+    for s in series:
+        path = s.frames[0][0]
+        syntaxes.add(str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID.name))
+        stack = read_series(s)
+        assert stack.shape == (1, 64, 64) and stack.dtype == np.float32
+        np.testing.assert_array_equal(stack[0], reference, err_msg=path)
+    assert len(syntaxes) == len(BUNDLED_MR)  # the copies kept their transfer syntax
+
+
+def test_bundled_transfer_syntaxes_go_through_the_pipeline(bundled_tree, tmp_path):
+    out = tmp_path / "out"
+    summary = run(bundled_tree, out, small_cfg(size=64), progress=False)
+    _, rows = read_manifest(out)
+    assert len(rows) == len(BUNDLED_MR) == summary["slices"]
+    cleans = [np.asarray(load(out, r["clean_file"])) for r in rows]
+    noisies = [np.asarray(load(out, r["noisy_file"])) for r in rows]
+    for clean in cleans[1:]:
+        np.testing.assert_array_equal(clean, cleans[0])  # same pixels, same normalization
+    assert not np.array_equal(noisies[0], noisies[1])  # noise seeded per series
+    assert summary["patients"]["train"] >= 1 and summary["patients"]["val"] >= 1
+
+
+# --- what is skipped --------------------------------------------------------------------------------------------
+
+def test_mixed_tree_only_mr_reaches_the_manifest(tmp_path):
+    expected = write_mixed_tree(tmp_path / "tree")
+    out = tmp_path / "out"
+    summary = run(tmp_path / "tree", out, small_cfg(), progress=False)
+    _, rows = read_manifest(out)
+    assert len(rows) == expected["mr_slices"]
+    assert {r["patient_id"] for r in rows} == {"P1", "P2"}
+    written = json.loads((out / "summary.json").read_text())
+    assert written["files_skipped"] == expected["skips"]
+    assert written["files_seen"] == written["files_used"] + sum(written["files_skipped"].values())
+    assert written["files_used"] == expected["mr_files"]
+    assert written["series_used"] == 2 and written["series_skipped"] == {}
+    assert written["config"]["preprocess"]["image_size"] == 32 and written["seconds"] >= 0
+    assert summary["files_skipped"] == expected["skips"]
+
+
+def test_unreadable_series_is_a_counted_skip(tmp_path):
+    root = tmp_path / "tree"
+    write_mr_series(root / "good", "G1", n_slices=2, rows=24, cols=24)
+    # A JPEG 2000 file whose fragments are not a JPEG 2000 codestream: the header is fine, decoding fails.
+    bad = pydicom.dcmread(bundled("MR_small_jp2klossless.dcm"))
+    bad.PixelData = encapsulate([b"not a jpeg 2000 codestream" * 8])
+    bad.PatientID = "B1"
+    (root / "bad").mkdir()
+    bad.save_as(root / "bad" / "image.dcm")
+    # A series whose images differ in size.
+    for i, size in enumerate([16, 16, 20]):
+        image_dataset(np.full((size, size), 100, np.uint16), patient_id="M1", series_uid=uid("mixed"),
+                      instance=i + 1, position=i).save_as(root / f"mixed{i}.dcm", enforce_file_format=True)
+    summary = run(root, tmp_path / "out", small_cfg(), progress=False)
+    assert summary["series_used"] == 1 and summary["slices"] == 2
+    assert summary["series_skipped"] == {"pixel read failed": 1, "mismatched shapes": 1}
+    assert summary["files_skipped"] == {"pixel read failed": 1, "mismatched shapes": 3}
+
+
+def test_missing_tags_use_fallbacks(tmp_path):
+    folder = tmp_path / "tree" / "anonymous"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        ds = image_dataset(np.round(phantom(24, 24, seed=i)).astype(np.uint16), patient_id=None, series_uid=None,
+                           instance=i + 1, position=i)
+        del ds.SOPInstanceUID, ds.StudyInstanceUID
+        ds.save_as(folder / f"{i}.dcm", enforce_file_format=True)
+    summary = run(tmp_path / "tree", tmp_path / "out", small_cfg(), progress=False)
+    _, rows = read_manifest(tmp_path / "out")
+    assert len(rows) == 2 and rows[0]["series_uid"] == "folder:anonymous"
+    assert rows[0]["patient_id"].startswith("anon-")
+    assert summary["series_notes"] == {"patient_id from study/folder": 1, "series_uid from folder": 1}
+
+
+def test_series_filter(tmp_path):
+    root = tmp_path / "tree"
+    write_mr_series(root / "a", "A1", n_slices=2, rows=24, cols=24, description="ax dyn DCE")
+    write_mr_series(root / "b", "A1", n_slices=3, rows=24, cols=24, description="localizer", seed=1)
+    series, skipped, _ = index_tree(root, series_filter="(?i)dce")
+    assert [s.series_description for s in series] == ["ax dyn DCE"]
+    assert skipped == {"series filter": 3}
+    with pytest.raises(ConfigError, match="series_filter"):
+        index_tree(root, series_filter="([unclosed")
+
+
+# --- order, frames, rescale ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("temporal_tag", [True, False])
+def test_dce_series_order_and_rescale(tmp_path, temporal_tag):
+    """Two time points x three slices, files named in reverse; without TemporalPositionIdentifier the
+    acquisition time orders the repeated positions. Slope/intercept are applied."""
+    _, stored = write_mr_series(tmp_path, "D1", n_slices=3, rows=24, cols=24, time_points=2,
+                                temporal_tag=temporal_tag, slope=0.5, intercept=-10)
+    (series,), _, _ = index_tree(tmp_path)
+    assert series.temporal_index == [1, 1, 1, 2, 2, 2] if temporal_tag else [0, 0, 0, 1, 1, 1]
+    np.testing.assert_allclose(read_series(series), stored * 0.5 - 10)
+
+
+def test_enhanced_multiframe_mr_yields_one_row_per_frame(tmp_path):
+    positions = [0, 5, 10, 0, 5, 10]
+    temporal = [1, 1, 1, 2, 2, 2]
+    slopes = [1.0, 2.0, 0.5, 1.0, 1.5, 3.0]
+    intercepts = [0, -5, 10, 3, 0, -1]
+    frames = np.stack([np.round(phantom(24, 32, seed=k)).astype(np.uint16) for k in range(6)])
+    file_order = [4, 0, 5, 2, 1, 3]  # frames stored out of order: the reader must sort them
+    folder = tmp_path / "tree"
+    folder.mkdir()
+    enhanced_mr_dataset(frames, positions, temporal, slopes, intercepts, file_order=file_order).save_as(
+        folder / "enhanced.dcm", enforce_file_format=True)
+    (series,), _, _ = index_tree(folder)
+    assert len(series.frames) == 6 and series.rows == 24 and series.cols == 32
+    expected = frames * np.asarray(slopes)[:, None, None] + np.asarray(intercepts)[:, None, None]
+    np.testing.assert_allclose(read_series(series), expected, rtol=1e-6)
+
+    out = tmp_path / "out"
+    run(folder, out, small_cfg(), progress=False)
+    _, rows = read_manifest(out)
+    assert [int(r["slice_index"]) for r in rows] == list(range(6))
+    assert len({r["sop_instance_uid"] for r in rows}) == 1  # one object, six frames
+    assert load(out, rows[0]["clean_file"]).shape == (6, 32, 32)
+
+
+# --- outputs: shapes, dtypes, ranges, geometry -------------------------------------------------------------------
+
+@pytest.mark.parametrize("size,dtype", [(16, "float32"), (64, "float32"), (64, "float16")])
+def test_arrays_shapes_dtypes_and_manifest(tmp_path, size, dtype):
+    root = three_patient_tree(tmp_path / "tree")
+    out = tmp_path / "out"
+    run(root, out, small_cfg(f"preprocess.dtype={dtype}", size=size), progress=False)
+    columns, rows = read_manifest(out)
+    assert columns == MANIFEST_COLUMNS
+    assert len(rows) == 9
+    for row in rows:
+        for column in ("clean_file", "noisy_file"):
+            array = load(out, row[column])
+            assert array.shape == (3, size, size) and array.dtype == np.dtype(dtype)
+            assert np.isfinite(array).all()
+        assert (int(row["rows"]), int(row["cols"])) == (24, 40)
+        assert float(row["norm_hi"]) > float(row["norm_lo"])
+        assert 0 < float(row["sigma_source"]) < 0.1 and float(row["sigma_added"]) > 0
+        assert row["degrade_model"] == "field" and float(row["snr_ratio"]) == 0.5
+
+
+def test_normalization_is_exactly_undone_and_not_clipped(tmp_path):
+    root = three_patient_tree(tmp_path / "tree")
+    out = tmp_path / "out"
+    run(root, out, small_cfg(size=40), progress=False)  # 40 = the long side: no resampling
+    (series, *_), _, _ = index_tree(root)
+    raw = read_series(series)
+    _, rows = read_manifest(out)
+    row = next(r for r in rows if r["series_uid"] == series.series_uid)
+    lo, hi = float(row["norm_lo"]), float(row["norm_hi"])
+    clean = unresize_square(np.asarray(load(out, row["clean_file"])), (24, 40))
+    np.testing.assert_allclose(clean * (hi - lo) + lo, raw, rtol=1e-5, atol=1e-3)
+    assert clean.max() > 1 and clean.min() < 0  # the tails beyond the percentiles are kept
+    assert np.percentile(clean, 99.5) == pytest.approx(1, abs=1e-5)
+    padded = np.asarray(load(out, row["clean_file"]))[:, :8]  # rows added by pad_to_square
+    noisy_padded = np.asarray(load(out, row["noisy_file"]))[:, :8]
+    assert np.all(padded == -lo / (hi - lo)) and np.all(noisy_padded == padded)  # zero signal
+
+
+def test_non_square_input_is_padded_not_stretched(tmp_path):
+    image = np.zeros((20, 40), np.float32)
+    image[6:14, 10:30] = 1.0  # 8 tall, 20 wide
+    for size in (20, 40, 80):
+        square = resize_square(image[None], size)[0]
+        ys, xs = np.nonzero(square > 0.5)
+        height, width = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+        assert width / height == pytest.approx(20 / 8, rel=0.15), size
+    assert pad_to_square(image).shape == (40, 40)
+    assert pad_to_square(image, value=-1)[0, 0] == -1
+    # Through the pipeline too: a rectangle in a 20 x 40 acquisition stays 2.5 times as wide as tall.
+    folder = tmp_path / "tree"
+    folder.mkdir()
+    pixels = np.round(np.abs(1000 * image + 5 * (np.random.default_rng(0).standard_normal((20, 40))
+                                                 + 1j * np.random.default_rng(1).standard_normal((20, 40)))))
+    image_dataset(pixels.astype(np.uint16), patient_id="R1", series_uid=uid("rect")).save_as(
+        folder / "rect.dcm", enforce_file_format=True)
+    run(folder, tmp_path / "out", small_cfg(size=80), progress=False)
+    clean = np.load(next((tmp_path / "out" / "arrays").glob("*_clean.npy")))[0]
+    ys, xs = np.nonzero(clean > 0.5)
+    assert (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1) == pytest.approx(2.5, rel=0.15)
+
+
+@pytest.mark.parametrize("shape", [(24, 40), (40, 24), (33, 33), (17, 30)])
+def test_unresize_square_is_the_geometric_inverse(shape):
+    y, x = np.mgrid[:shape[0], :shape[1]]
+    smooth = np.exp(-((y - shape[0] * 0.4) ** 2 + (x - shape[1] * 0.6) ** 2) / 60.0).astype(np.float32)
+    side = max(shape)
+    np.testing.assert_array_equal(unresize_square(resize_square(smooth[None], side), shape)[0], smooth)
+    back = unresize_square(resize_square(smooth[None], 2 * side), shape)[0]
+    assert back.shape == shape
+    np.testing.assert_allclose(back, smooth, atol=0.03)
+    assert unresize_square(resize_square(smooth[None], side // 2 + 1)[0], shape).shape == shape
+
+
+# --- split ---------------------------------------------------------------------------------------------------
+
+def test_split_patients_is_seeded_disjoint_and_never_empty():
+    patients = [f"P{i:02d}" for i in range(10)]
+    split = split_patients(patients, 0.3, seed=0)
+    assert split == split_patients(list(reversed(patients)), 0.3, seed=0)  # order of input irrelevant
+    assert sorted(split.values()).count("val") == 3
+    val_sets = {frozenset(p for p, side in split_patients(patients, 0.3, seed).items() if side == "val")
+                for seed in range(5)}
+    assert len(val_sets) > 1  # the seed matters
+    two = split_patients(["a", "b"], 0.3, seed=0)
+    assert sorted(two.values()) == ["train", "val"]
+    assert split_patients(["a", "b"], 0.9, seed=0) != {"a": "val", "b": "val"}
+    assert split_patients(["only"], 0.3, seed=0) == {"only": "train"}
+    # Adding a patient moves at most the boundary, it does not reshuffle everyone.
+    grown = split_patients(patients + ["P10"], 0.3, seed=0)
+    assert sum(grown[p] != split[p] for p in patients) <= 1
+    with pytest.raises(ConfigError, match="val_fraction"):
+        split_patients(patients, 1.0, seed=0)
+
+
+def test_check_patient_split_refuses_overlap():
+    check_patient_split([{"patient_id": "a", "split": "train"}, {"patient_id": "b", "split": "val"},
+                         {"patient_id": "a", "split": "train"}])
+    with pytest.raises(SplitError, match="'a'"):
+        check_patient_split([{"patient_id": "a", "split": "train"}, {"patient_id": "a", "split": "val"}])
+
+
+def test_manifest_split_is_by_patient_and_repeatable(tmp_path):
+    root = three_patient_tree(tmp_path / "tree")
+    run(root, tmp_path / "one", small_cfg(), progress=False)
+    run(root, tmp_path / "two", small_cfg(), progress=False)
+    _, rows = read_manifest(tmp_path / "one")
+    by_patient = {}
+    for row in rows:
+        by_patient.setdefault(row["patient_id"], set()).add(row["split"])
+    assert all(len(s) == 1 for s in by_patient.values())
+    assert {s for v in by_patient.values() for s in v} == {"train", "val"}
+    assert (tmp_path / "one" / "manifest.csv").read_text() == (tmp_path / "two" / "manifest.csv").read_text()
+
+
+# --- resume ---------------------------------------------------------------------------------------------------
+
+def snapshot(out):
+    return {p.relative_to(out): p.stat().st_mtime_ns for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "summary.json"}
+
+
+def test_rerun_writes_nothing_new(tmp_path):
+    root = three_patient_tree(tmp_path / "tree")
+    out = tmp_path / "out"
+    run(root, out, small_cfg(), progress=False)
+    before = snapshot(out)
+    summary = run(root, out, small_cfg(), progress=False)
+    assert snapshot(out) == before
+    assert summary["series_reused"] == 3 and summary["series_processed"] == 0
+    # A setting the arrays do not depend on reuses them; one they depend on recomputes them.
+    assert run(root, out, small_cfg("preprocess.val_fraction=0.5"), progress=False)["series_reused"] == 3
+    changed = run(root, out, small_cfg("degrade.snr_ratio=0.7"), progress=False)
+    assert changed["series_processed"] == 3
+    _, rows = read_manifest(out)
+    assert {r["config_hash"] for r in rows} == {changed["config_hash"]}
+
+
+def test_output_inside_the_tree_is_not_indexed(tmp_path):
+    root = three_patient_tree(tmp_path / "tree", n_slices=2)
+    first = run(root, root / "processed", small_cfg(), progress=False)
+    second = run(root, root / "processed", small_cfg(), progress=False)
+    assert first["files_seen"] == second["files_seen"] == 6 and second["files_skipped"] == {}
+
+
+def test_interrupted_run_resumes_to_the_same_arrays(tmp_path, monkeypatch):
+    root = three_patient_tree(tmp_path / "tree")
+    run(root, tmp_path / "reference", small_cfg(), progress=False)
+
+    # Interrupt the run while the second series is being written (after its clean array, before its noisy
+    # one), as Ctrl-C would.
+    calls = {"n": 0}
+    save = preprocessing._save_square
+
+    def interrupting_save(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(preprocessing, "_save_square", interrupting_save)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run(root, out, small_cfg(), progress=False)
+    assert not (out / "manifest.csv").exists()
+    assert len(list((out / "arrays").glob("*.json"))) == 1
+    monkeypatch.setattr(preprocessing, "_save_square", save)
+
+    summary = run(root, out, small_cfg(), progress=False)
+    assert summary["series_reused"] == 1 and summary["series_processed"] == 2
+    assert not list((out / "arrays").glob(".tmp-*"))
+    reference = sorted(p.name for p in (tmp_path / "reference" / "arrays").iterdir())
+    assert sorted(p.name for p in (out / "arrays").iterdir()) == reference
+    for name in reference:
+        assert (out / "arrays" / name).read_bytes() == (tmp_path / "reference" / "arrays" / name).read_bytes()
+    assert (out / "manifest.csv").read_text() == (tmp_path / "reference" / "manifest.csv").read_text()
+
+
+def test_interrupted_rerun_with_new_settings_is_not_taken_for_the_old_one(tmp_path, monkeypatch):
+    root = three_patient_tree(tmp_path / "tree")
+    out = tmp_path / "out"
+    run(root, out, small_cfg(), progress=False)
+    reference = {p.name: p.read_bytes() for p in (out / "arrays").iterdir()}
+    save = preprocessing._save_square
+    calls = {"n": 0}
+
+    def interrupting_save(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first series' clean array is rewritten with the new settings, then Ctrl-C
+            raise KeyboardInterrupt
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(preprocessing, "_save_square", interrupting_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(root, out, small_cfg("degrade.snr_ratio=0.7"), progress=False)
+    assert not (out / "manifest.csv").exists()  # the old manifest no longer describes the arrays
+    monkeypatch.setattr(preprocessing, "_save_square", save)
+    summary = run(root, out, small_cfg(), progress=False)
+    assert summary["series_processed"] == 1 and summary["series_reused"] == 2
+    assert {p.name: p.read_bytes() for p in (out / "arrays").iterdir()} == reference
+
+
+def test_worker_processes_give_identical_results(tmp_path):
+    root = three_patient_tree(tmp_path / "tree")
+    run(root, tmp_path / "one", small_cfg(), progress=False)
+    summary = run(root, tmp_path / "two", small_cfg(), workers=2, progress=False)
+    assert summary["workers"] == 2
+    for path in sorted((tmp_path / "one" / "arrays").iterdir()):
+        assert path.read_bytes() == (tmp_path / "two" / "arrays" / path.name).read_bytes()
+    assert (tmp_path / "one" / "manifest.csv").read_text() == (tmp_path / "two" / "manifest.csv").read_text()
+
+
+# --- CLI --------------------------------------------------------------------------------------------------------
+
+def cli(*args):
+    return subprocess.run([sys.executable, "preprocessing.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_nonexistent_root_exits_2_with_one_line(tmp_path):
+    result = cli("--dicom-root", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing" in lines[0] and "does not exist" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_tree_without_mr_exits_2(tmp_path):
+    root = tmp_path / "tree"
+    root.mkdir()
+    shutil.copy(bundled("CT_small.dcm"), root / "ct.dcm")
+    (root / "readme.txt").write_text("no images here")
+    result = cli("--dicom-root", str(root), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no usable MR image" in lines[0] and "modality CT: 1" in lines[0]
+
+
+def test_cli_writes_outputs(tmp_path):
+    root = three_patient_tree(tmp_path / "tree", n_slices=2)
+    result = cli("--dicom-root", str(root), "--out", str(tmp_path / "out"), "--set", "preprocess.image_size=16")
+    assert result.returncode == 0, result.stderr
+    assert "6 slices of 3 series" in result.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["slices"] == 6 and summary["config"]["preprocess"]["image_size"] == 16
