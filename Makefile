@@ -26,9 +26,14 @@ demo: venv
 	$(BIN)/python preprocessing.py --config configs/demo.yaml --out $(DEMO_DATA)
 	$(BIN)/python main.py --config configs/demo.yaml --data $(DEMO_DATA) --run-dir runs/demo
 	$(BIN)/python main.py --config configs/demo.yaml --set model.name=thesis_autoencoder --set train.patch_size=null \
+		--set train.learning_rate=1e-4 \
 		--data $(DEMO_DATA) --run-dir runs/demo_thesis
 	@echo
 	@echo "Figures and metrics: runs/demo/ (default U-Net) and runs/demo_thesis/ (thesis autoencoder, same budget)"
+
+# Baselines (BM3D, NLM, TV, wavelet) and both models on the same validation slices, plus speed and scaling.
+benchmark: venv
+	$(BIN)/python benchmark.py --run-dir runs/demo --thesis-run runs/demo_thesis --data $(DEMO_DATA) --max-slices 48
 
 clean:
 	rm -rf runs data

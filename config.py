@@ -22,9 +22,9 @@ DEFAULTS = {
     # The embedded demo DICOM tree (demo_data.py), used when preprocessing gets no --dicom-root.
     "demo": {
         "out": "data/demo_dicom",
-        "patients": 8,
-        "slices": 12,            # sagittal slices per DCE series (the real series has 20)
-        "time_points": 6,        # temporal positions per DCE series (the real series has 25)
+        "patients": 10,
+        "slices": 8,             # sagittal slices per DCE series (the real series has 20; --full gives it)
+        "time_points": 4,        # temporal positions per DCE series (the real series has 25)
         "matrix": 192,           # rows = columns of the MR images (the real series: 192x192)
         "seed": 0,
     },

@@ -1,0 +1,414 @@
+"""enhance.py: DICOM round trips (every bundled transfer syntax, multi-frame, odd and non-square matrices), tiled
+equals untiled, a real PSNR gain through DICOM with the smoke-trained model, no overwrite and no partial output,
+CLI errors.
+
+Most round trips use the untrained default U-Net: its correction layer is zero-initialized, so it is exactly the
+identity, and the written stored values must equal the input's exactly. That checks normalization, padding and
+cropping, rescale, rounding, clipping and frame order in one comparison (any shift or scale error shows).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
+
+import enhance
+import preprocessing
+from config import load_config, save_config
+from degrade import degrade, series_rng
+from dicom_fixtures import BUNDLED_MR, bundled, enhanced_mr_dataset, image_dataset, phantom, write_mr_series
+
+ROOT = Path(__file__).resolve().parents[1]
+GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+            "FrameOfReferenceUID")
+BIT_TAGS = ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+
+@pytest.fixture(scope="module")
+def identity_run(tmp_path_factory):
+    """A run dir (config.yaml + model.keras) holding the untrained smoke-size U-Net: the identity function."""
+    from model import get_model
+
+    cfg = load_config(ROOT / "configs" / "smoke.yaml")
+    run_dir = tmp_path_factory.mktemp("identity_run")
+    get_model(cfg).save(run_dir / "model.keras")
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def identity(identity_run):
+    return enhance.load_enhancer(identity_run)
+
+
+def run(model, input_path, out, **kwargs):
+    return enhance.run(model, input_path, out, progress=False, **kwargs)
+
+
+def outputs(out):
+    """{source SOPInstanceUID: output dataset} for every .dcm under out."""
+    found = {}
+    for path in sorted(Path(out).rglob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        for item in ds.SourceImageSequence:
+            found.setdefault(item.ReferencedSOPInstanceUID, ds)
+    return found
+
+
+def modality(ds):
+    """Modality values of a single-frame dataset (float64)."""
+    return ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+
+
+def check_derived(src, out, n_frames=None):
+    """The DICOM contract of one output object against its source."""
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert not out["PixelData"].is_undefined_length  # no encapsulation left
+    assert (out.Rows, out.Columns) == (src.Rows, src.Columns)
+    for keyword in GEOMETRY:
+        if keyword in src:
+            assert out[keyword].value == src[keyword].value, keyword
+    for keyword in BIT_TAGS + ("StudyInstanceUID", "PatientID", "SOPClassUID"):
+        assert out.get(keyword) == src.get(keyword), keyword
+    for keyword in ("SeriesInstanceUID", "SOPInstanceUID"):
+        assert UID(out[keyword].value).is_valid and out[keyword].value.startswith("2.25.")
+        assert out[keyword].value != src[keyword].value
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+    assert list(out.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+    original_type = src.get("ImageType")
+    if original_type is not None and len(list(original_type)) > 2:
+        assert list(out.ImageType[2:]) == list(original_type[2:])
+    assert out.SeriesDescription == str(src.get("SeriesDescription", "")) + " enhanced"
+    assert int(out.SeriesNumber) == int(src.get("SeriesNumber") or 0) + 1000
+    assert "model.keras" in out.DerivationDescription and "config hash" in out.DerivationDescription
+    refs = out.SourceImageSequence
+    assert {r.ReferencedSOPInstanceUID for r in refs} == {src.SOPInstanceUID}
+    assert all(r.ReferencedSOPClassUID == src.SOPClassUID for r in refs)
+    if n_frames:
+        assert [int(r.ReferencedFrameNumber) for r in refs] == list(range(1, n_frames + 1))
+    pixels = out.pixel_array
+    low, high = enhance.stored_range(int(out.BitsStored), int(out.PixelRepresentation) == 1)
+    assert pixels.min() >= low and pixels.max() <= high
+
+
+# --------------------------------------------------------------------------------------------------------------
+# round trips with the identity model
+
+@pytest.mark.parametrize("syntax", sorted(BUNDLED_MR))
+def test_bundled_transfer_syntaxes_round_trip(syntax, identity, tmp_path):
+    src_path = bundled(BUNDLED_MR[syntax])
+    summary = run(identity, src_path, tmp_path / "out")  # a single file as --input
+    assert summary["series_done"] == 1 and summary["slices"] == 1 and summary["series_skipped"] == {}
+    src = pydicom.dcmread(src_path)
+    (out,) = outputs(tmp_path / "out").values()
+    check_derived(src, out)
+    assert out.pixel_array.dtype == src.pixel_array.dtype.newbyteorder("=")  # int16: MR_small is signed
+    np.testing.assert_array_equal(out.pixel_array, src.pixel_array)  # identity model: the values come back exactly
+    assert "LargestImagePixelValue" not in out  # stale statistics of the input are dropped
+    assert out.WindowCenter == src.WindowCenter  # same units, same window
+
+
+def test_multiframe_enhanced_mr_round_trip(identity, tmp_path):
+    frames = np.stack([phantom(40, 36, seed=k) for k in range(3)]).clip(0, 4000).astype(np.uint16)
+    src_ds = enhanced_mr_dataset(frames, positions=[0.0, 2.5, 5.0], temporal=[1, 1, 1], slopes=[1.0, 2.0, 0.5],
+                                 intercepts=[0.0, -100.0, 10.0], file_order=[2, 0, 1])
+    src_ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    (tmp_path / "in").mkdir()
+    src_ds.save_as(tmp_path / "in" / "enhanced.dcm", enforce_file_format=True)
+    summary = run(identity, tmp_path / "in", tmp_path / "out")
+    assert summary["series_done"] == 1 and summary["slices"] == 3
+    files = list((tmp_path / "out").rglob("*.dcm"))
+    assert len(files) == 1  # multi-frame in, one multi-frame object out
+    src, out = pydicom.dcmread(tmp_path / "in" / "enhanced.dcm"), pydicom.dcmread(files[0])
+    check_derived(src, out, n_frames=3)
+    assert int(out.NumberOfFrames) == 3
+    assert out.PerFrameFunctionalGroupsSequence == src.PerFrameFunctionalGroupsSequence  # geometry, rescale, time
+    assert out.SharedFunctionalGroupsSequence == src.SharedFunctionalGroupsSequence
+    np.testing.assert_array_equal(out.pixel_array, src.pixel_array)  # stored frame order and per-frame rescale
+
+
+@pytest.mark.parametrize("rows, cols", [(70, 45), (45, 70), (33, 64), (64, 64)])
+def test_odd_and_non_square_matrices_keep_their_shape(rows, cols, identity, tmp_path):
+    _, stored = write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=rows, cols=cols, slope=1.5, intercept=-20)
+    summary = run(identity, tmp_path / "in", tmp_path / "out")
+    assert summary["series_done"] == 1
+    done = summary["series"][0]
+    assert done["size"]["method"] == "pad" and done["size"]["model_shape"] == [-(-rows // 4) * 4, -(-cols // 4) * 4]
+    found = outputs(tmp_path / "out")
+    assert len(found) == 2
+    for src_path in sorted((tmp_path / "in").glob("*.dcm")):
+        src = pydicom.dcmread(src_path)
+        out = found[src.SOPInstanceUID]
+        check_derived(src, out)
+        assert out.pixel_array.shape == (rows, cols)
+        np.testing.assert_array_equal(out.pixel_array, src.pixel_array)
+
+
+def test_thesis_autoencoder_is_resized_and_mapped_back(tmp_path):
+    from model import get_model
+
+    cfg = load_config(overrides=["model.name=thesis_autoencoder", "preprocess.image_size=256"])
+    run_dir = tmp_path / "thesis"
+    run_dir.mkdir()
+    get_model(cfg).save(run_dir / "model.keras")
+    save_config(cfg, run_dir / "config.yaml")
+    write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=70, cols=45)
+    summary = run(run_dir, tmp_path / "in", tmp_path / "out", tile=64)  # --tile does not apply to it
+    assert summary["series_done"] == 1
+    assert "resize" in summary["size_handling"]["thesis_autoencoder"]
+    assert summary["series"][0]["size"] == {"method": "resize", "tiled": False, "tile": None, "margin": 0,
+                                            "model_shape": [256, 256]}
+    for out in outputs(tmp_path / "out").values():
+        assert out.pixel_array.shape == (70, 45)
+
+
+def test_demo_tree_round_trip_with_preview(smoke_dicom, smoke_run, tmp_path):
+    patient = sorted((smoke_dicom / "QIN-BREAST").iterdir())[0]  # one patient: MR visits + PET/CT + SR decoys
+    series_list, skipped, _ = preprocessing.index_tree(patient)
+    summary = run(smoke_run, patient, tmp_path / "out", preview=True)
+    assert summary["series_done"] == len(series_list) >= 2
+    assert summary["series_skipped"] == {}
+    assert summary["files_skipped"] == dict(sorted(skipped.items()))
+    assert {"modality CT", "modality PT"} <= set(summary["files_skipped"])
+    assert summary["slices"] == sum(len(s.frames) for s in series_list)
+    assert summary["ms_per_slice"] > 0 and summary["seconds"] > 0
+    assert summary["config_hash"] and summary["model"].endswith("model.keras")
+    saved = json.loads((tmp_path / "out" / "enhance_summary.json").read_text())
+    assert saved["series_done"] == summary["series_done"]
+
+    found = outputs(tmp_path / "out")
+    assert len(found) == summary["slices"]
+    for s in series_list:
+        done = next(r for r in summary["series"] if r["source_series_uid"] == s.series_uid)
+        folder = tmp_path / "out" / done["folder"]
+        assert folder.parent.name == s.study_uid and folder.name == done["output_series_uid"]
+        assert len(list(folder.glob("*.dcm"))) == len(s.frames)
+        assert json.loads((folder / enhance.MARKER).read_text())["source_series_uid"] == s.series_uid
+        assert (tmp_path / "out" / done["preview"]).stat().st_size > 10_000
+        new_uids = set()
+        for (path, _), sop in zip(s.frames, s.sop_instance_uids):
+            src, out = pydicom.dcmread(path), found[sop]
+            check_derived(src, out)
+            new_uids.add(out.SeriesInstanceUID)
+            assert out.pixel_array.dtype == np.uint16 and out.pixel_array.max() <= 4095  # BitsStored 12
+        assert new_uids == {done["output_series_uid"]}
+    assert not list((tmp_path / "out").glob(enhance.TMP_PREFIX + "*"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tiling
+
+def random_unet(depth, seed=0):
+    """A U-Net whose every weight is random (the zero-initialized correction too, so it is not the identity)."""
+    from model import unet
+
+    model = unet(depth=depth, filters=4, seed=seed)
+    layer = model.get_layer("correction")
+    rng = np.random.default_rng(seed)
+    layer.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in layer.get_weights()])
+    cfg = load_config(overrides=[f"model.depth={depth}"])
+    return enhance.Enhancer(model=model, cfg=cfg, model_path=Path("random.keras"), config_hash="test",
+                            model_sha="test", name="unet", multiple=2**depth,
+                            margin=enhance.receptive_margin(depth))
+
+
+@pytest.mark.parametrize("depth, tile, shape", [(2, 64, (160, 144)), (3, 128, (160, 144)), (2, 64, (150, 141))])
+def test_tiled_equals_untiled(depth, tile, shape):
+    enhancer = random_unet(depth)
+    stack = np.stack([phantom(*shape, seed=k) / 1000.0 for k in range(2)]).astype(np.float32)
+    whole, info_whole = enhance.predict_stack(enhancer, stack)
+    tiled, info_tiled = enhance.predict_stack(enhancer, stack, tile=tile, force_tiling=True, batch_size=16)
+    assert not info_whole["tiled"] and info_tiled["tiled"] and info_tiled["tile"] == tile
+    assert whole.shape == tiled.shape == stack.shape
+    assert np.abs(whole - stack).max() > 0.05  # the network does change the image
+    assert np.abs(tiled - whole).max() < 1e-3
+
+
+def test_tiling_with_a_short_margin_differs():
+    """The margin is what makes tiling exact: with one pooling cell of context the seams show."""
+    enhancer = random_unet(2)
+    stack = (phantom(160, 144, seed=1) / 1000.0).astype(np.float32)[None]
+    whole, _ = enhance.predict_stack(enhancer, stack)
+    enhancer.margin = enhancer.multiple
+    tiled, _ = enhance.predict_stack(enhancer, stack, tile=64, force_tiling=True)
+    assert np.abs(tiled - whole).max() > 1e-3
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_receptive_margin_covers_the_influence_of_one_pixel(depth):
+    enhancer = random_unet(depth, seed=2)
+    size = 4 * enhancer.margin + 2**depth * 4
+    base = np.random.default_rng(0).uniform(0.2, 0.8, (1, size, size)).astype(np.float32)
+    poked = base.copy()
+    centre = size // 2
+    poked[0, centre, centre] += 1.0
+    diff = np.abs(enhance.predict_stack(enhancer, poked)[0] - enhance.predict_stack(enhancer, base)[0])[0]
+    rows, cols = np.nonzero(diff > 1e-6)
+    reach = max(np.abs(rows - centre).max(), np.abs(cols - centre).max())
+    assert 2**depth <= reach <= enhancer.margin
+
+
+def test_tile_option_is_checked(identity):
+    with pytest.raises(enhance.EnhanceError, match="multiple of 4"):
+        enhance.check_tile(66, identity.multiple, identity.margin)
+    with pytest.raises(enhance.EnhanceError, match="at least 52"):
+        enhance.check_tile(48, identity.multiple, identity.margin)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the smoke-trained model improves a degraded series, in scanner units, through DICOM
+
+def test_enhancing_a_degraded_series_raises_psnr(smoke_dicom, smoke_run, smoke_cfg, tmp_path):
+    series = preprocessing.index_tree(smoke_dicom)[0][0]
+    clean = preprocessing.read_series(series).astype(np.float64)  # modality units
+    lo, hi = preprocessing.robust_range(clean, smoke_cfg["preprocess"]["norm_percentiles"])
+    normalized = ((clean - lo) / (hi - lo)).astype(np.float32)
+    noisy, _ = degrade(normalized, smoke_cfg["degrade"], series_rng(smoke_cfg["seed"], series.series_uid),
+                       zero=-lo / (hi - lo))
+    noisy_modality = noisy.astype(np.float64) * (hi - lo) + lo
+
+    # The degraded series as DICOM: same tags, the degraded pixels, new series and instance UIDs.
+    degraded_dir = tmp_path / "degraded"
+    degraded_dir.mkdir()
+    new_series = generate_uid()
+    degraded = {}
+    for k, (path, _) in enumerate(series.frames):
+        ds = pydicom.dcmread(path)
+        stored = enhance.to_stored(noisy_modality[k:k + 1], [series.slopes[k]], [series.intercepts[k]],
+                                   int(ds.BitsStored), int(ds.BitsAllocated), False)[0]
+        ds.PixelData = stored.tobytes()
+        ds.SeriesInstanceUID = new_series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(degraded_dir / f"{k:03d}.dcm", enforce_file_format=True)
+        degraded[ds.SOPInstanceUID] = (k, modality(ds))  # what the scanner would store, quantized
+
+    summary = run(smoke_run, degraded_dir, tmp_path / "out")
+    assert summary["series_done"] == 1
+    enhanced = np.empty_like(clean)
+    for sop, out in outputs(tmp_path / "out").items():
+        enhanced[degraded[sop][0]] = modality(out)
+    noisy_read = np.stack([degraded[sop][1] for sop in sorted(degraded, key=lambda s: degraded[s][0])])
+
+    data_range = clean.max() - clean.min()
+
+    def psnr(x):
+        return 10 * np.log10(data_range**2 / np.mean((x - clean) ** 2))
+
+    psnr_noisy, psnr_enhanced = psnr(noisy_read), psnr(enhanced)
+    print(f"PSNR vs clean (modality units, data range {data_range:.0f}): degraded {psnr_noisy:.2f} dB, "
+          f"enhanced {psnr_enhanced:.2f} dB")
+    assert psnr_enhanced > psnr_noisy
+
+
+# --------------------------------------------------------------------------------------------------------------
+# existing output, failures, CLI
+
+def mtimes(folder):
+    return {p: p.stat().st_mtime_ns for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.suffix == ".dcm"}
+
+
+def test_existing_output_is_kept_unless_overwrite(identity, tmp_path):
+    write_mr_series(tmp_path / "in", "P1", n_slices=3, rows=24, cols=24)
+    out = tmp_path / "out"
+    first = run(identity, tmp_path / "in", out)
+    assert first["series_done"] == 1
+    before = mtimes(out)
+    assert len(before) == 3
+
+    second = run(identity, tmp_path / "in", out)
+    assert second["series_done"] == 0 and second["series_skipped"] == {"exists": 1}
+    assert second["series"][0]["output_series_uid"] == first["series"][0]["output_series_uid"]  # deterministic
+    assert mtimes(out) == before
+
+    third = run(identity, tmp_path / "in", out, overwrite=True)
+    assert third["series_done"] == 1 and third["series_skipped"] == {}
+    after = mtimes(out)
+    assert list(after) == list(before) and all(after[p] != before[p] for p in before)
+    assert not list(out.glob(enhance.TMP_PREFIX + "*"))
+
+
+def test_output_inside_the_input_tree_is_not_enhanced_again(identity, tmp_path):
+    write_mr_series(tmp_path / "tree" / "mr", "P1", n_slices=2, rows=24, cols=24)
+    out = tmp_path / "tree" / "enhanced"
+    assert run(identity, tmp_path / "tree", out)["series_done"] == 1
+    again = run(identity, tmp_path / "tree", out)
+    assert again["series_done"] == 0
+    assert again["series_skipped"] == {"exists": 1, "inside output folder": 1}
+
+
+def corrupt_compressed_series(folder):
+    """A JPEG-LS series whose compressed stream is garbage: the header is fine, decoding fails."""
+    folder.mkdir(parents=True)
+    ds = image_dataset(np.full((16, 16), 100, np.uint16), patient_id="BAD", series_uid="1.2.3.4.5")
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.PixelData = encapsulate([b"\xff\xd8 not a JPEG-LS stream at all " * 4])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(folder / "bad.dcm", enforce_file_format=True)
+
+
+def test_failing_series_is_counted_and_leaves_nothing(identity, tmp_path):
+    write_mr_series(tmp_path / "in" / "good", "P1", n_slices=2, rows=24, cols=24)
+    corrupt_compressed_series(tmp_path / "in" / "bad")
+    out = tmp_path / "out"
+    summary = run(identity, tmp_path / "in", out)
+    assert summary["series_done"] == 1
+    assert summary["series_skipped"] == {"pixel read failed": 1}
+    bad = next(r for r in summary["series"] if r["status"] == "skipped")
+    assert bad["source_series_uid"] == "1.2.3.4.5" and bad["detail"]
+    assert not (out / "BAD").exists()
+    assert not list(out.glob(enhance.TMP_PREFIX + "*"))
+
+
+def test_failure_while_writing_leaves_no_partial_series(identity, tmp_path, monkeypatch):
+    write_mr_series(tmp_path / "in", "P1", n_slices=3, rows=24, cols=24)
+    real_save, calls = Dataset.save_as, []
+
+    def failing_save(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full (injected)")
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dataset, "save_as", failing_save)
+    out = tmp_path / "out"
+    summary = run(identity, tmp_path / "in", out)
+    assert summary["series_done"] == 0 and summary["series_skipped"] == {"write failed": 1}
+    assert "disk full" in summary["series"][0]["detail"]
+    assert [p.name for p in out.iterdir()] == ["enhance_summary.json"]  # one file was written, then removed
+
+
+@pytest.mark.parametrize("missing", ["model", "input"])
+def test_cli_missing_model_or_input_exits_2(missing, identity_run, tmp_path):
+    write_mr_series(tmp_path / "in", "P1", n_slices=1, rows=16, cols=16)
+    args = {"model": str(identity_run), "input": str(tmp_path / "in")}
+    args[missing] = str(tmp_path / "does-not-exist")
+    result = subprocess.run([sys.executable, str(ROOT / "enhance.py"), "--model", args["model"], "--input",
+                             args["input"], "--output", str(tmp_path / "out")], capture_output=True, text=True,
+                            cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and f"--{missing}" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_enhances_a_series(identity_run, tmp_path):
+    """The command line end to end, in this process (no second TensorFlow start-up)."""
+    write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=20, cols=28)
+    summary = enhance.main(["--model", str(identity_run / "model.keras"), "--input", str(tmp_path / "in"),
+                            "--output", str(tmp_path / "out"), "--batch-size", "1", "--tile", "64",
+                            "--force-tiling", "--preview"])
+    assert summary["series_done"] == 1 and summary["tiling"]["series_tiled"] == 1
+    assert summary["series"][0]["size"]["tile"] == 64
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 1
