@@ -56,7 +56,7 @@ from tqdm import tqdm
 from config import DEFAULTS
 
 DEMO_DEFAULTS = DEFAULTS["demo"]
-GENERATOR_VERSION = 1  # bump when the output changes, so ensure_demo_tree regenerates old trees
+GENERATOR_VERSION = 2  # bump when the output changes, so ensure_demo_tree regenerates old trees
 
 # ---------------------------------------------------------------------------------------------------------------
 # Acquisition: the QIN-BREAST DCE protocol (TCIA collection page; Li et al., Invest Radiol 2015;50:195): sagittal
