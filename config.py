@@ -85,7 +85,24 @@ def _merge(base, update, prefix=""):
                 raise ConfigError(f"config key '{name}' is a section; give it a mapping, not {value!r}")
             _merge(base[key], value, name + ".")
         else:
-            base[key] = value
+            base[key] = _coerce(name, base[key], value)
+
+
+def _coerce(name, default, value):
+    """Give a numeric setting the type of its default: YAML reads `1e-4` (no dot) as a string."""
+    if isinstance(default, bool) or value is None or not isinstance(default, (int, float)):
+        return value
+    try:
+        return float(value) if isinstance(default, float) else _integer(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key '{name}' must be a number like {default!r}, not {value!r}") from None
+
+
+def _integer(value):
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(value)
+    return int(number)
 
 
 def parse_override(text):

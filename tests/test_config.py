@@ -1,0 +1,39 @@
+"""config.py: defaults + YAML + overrides, unknown keys named, numbers typed."""
+
+import pytest
+
+from config import ConfigError, DEFAULTS, config_hash, load_config
+
+
+def test_defaults_without_file():
+    assert load_config() == DEFAULTS
+
+
+def test_yaml_holds_only_differences(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\n")
+    cfg = load_config(path)
+    assert cfg["train"]["epochs"] == 3 and cfg["train"]["batch_size"] == DEFAULTS["train"]["batch_size"]
+
+
+@pytest.mark.parametrize("text, key", [("trian:\n  epochs: 3\n", "trian"), ("model:\n  nme: unet\n", "model.nme")])
+def test_unknown_key_is_named(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=key):
+        load_config(path)
+
+
+def test_overrides_are_typed_like_their_defaults():
+    cfg = load_config(overrides=["train.learning_rate=1e-4", "train.epochs=2", "train.patch_size=null"])
+    assert cfg["train"]["learning_rate"] == 1e-4 and isinstance(cfg["train"]["learning_rate"], float)
+    assert cfg["train"]["epochs"] == 2 and cfg["train"]["patch_size"] is None
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(overrides=["train.epochs=many"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(overrides=["epochs"])
+
+
+def test_hash_changes_with_settings():
+    assert config_hash(load_config()) != config_hash(load_config(overrides=["seed=1"]))
+    assert config_hash(load_config(), ["preprocess"]) == config_hash(load_config(overrides=["seed=1"]), ["preprocess"])
