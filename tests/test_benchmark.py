@@ -1,0 +1,280 @@
+"""benchmark.py on the smoke pipeline: every method, the per-patient intervals, the noise levels given to the
+classical methods, the report files, and the speed and scaling parts at tiny size."""
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import benchmark
+from config import load_config, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUESTED = ["noisy", "nlm", "tv", "wavelet", "bm3d", "thesis", "unet"]
+
+
+@pytest.fixture(scope="module")
+def thesis_run(tmp_path_factory, smoke_data):
+    """A thesis_autoencoder run dir (untrained, 256x256: the smallest size it takes), 'evaluated' on the
+    64x64 smoke data, so the benchmark has to notice that the sizes do not fit."""
+    from model import get_model
+
+    cfg = load_config(ROOT / "configs" / "smoke.yaml",
+                      ["model.name=thesis_autoencoder", "preprocess.image_size=256", "train.patch_size=null"])
+    run_dir = tmp_path_factory.mktemp("runs") / "thesis"
+    run_dir.mkdir()
+    get_model(cfg).save(run_dir / "model.keras")
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "metrics.json").write_text(json.dumps({"data_dir": str(smoke_data),
+                                                      "train": {"seconds": 1.5, "epochs_run": 1}}))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def quality(smoke_run, smoke_data, thesis_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("benchmark_quality")
+    report = benchmark.main(["--run-dir", str(smoke_run), "--data", str(smoke_data), "--thesis-run", str(thesis_run),
+                             "--parts", "quality", "--max-slices", "4", "--calibrate-slices", "0",
+                             "--methods", ",".join(REQUESTED), "--out", str(out)])
+    return report, out
+
+
+def test_every_method_gives_finite_metrics_on_the_same_slices(quality):
+    report, out = quality
+    summary = report["quality"]["summary"]
+    expected = ["noisy", "nlm", "tv", "wavelet", "bm3d", "unet"]
+    expected += [f"{m}_gauss" for m in benchmark.CLASSICAL]  # smoke data: field model, Rician
+    assert sorted(summary) == sorted(expected)
+    for method in expected:
+        s = summary[method]
+        assert s["n_slices"] == 4 and s["n_patients"] >= 1
+        for region in ("whole", "masked"):
+            for metric in ("psnr", "ssim", "mse"):
+                assert math.isfinite(s[region][metric]["mean"]), (method, region, metric)
+        assert s["ms_per_slice"] >= 0
+    with open(out / "benchmark_per_slice.csv") as f:
+        rows = list(csv.DictReader(f))
+    slices = {m: sorted((r["series_uid"], r["slice_index"]) for r in rows if r["method"] == m) for m in expected}
+    assert all(v == slices["noisy"] for v in slices.values())  # the same 4 slices for every method
+    # Run with the recorded sigma, the classical methods clearly beat their input (a wrong sigma would not)
+    for method in benchmark.CLASSICAL:
+        assert summary[method]["whole"]["psnr"]["mean"] > summary["noisy"]["whole"]["psnr"]["mean"] + 1
+        assert summary[method]["gain_vs_noisy"]["whole"]["psnr"]["mean"] > 1
+
+
+def test_thesis_model_on_data_of_another_size_is_skipped_with_a_note(quality):
+    report, out = quality
+    reason = report["quality"]["skipped"]["thesis"]
+    assert "256x256" in reason and "64x64" in reason and "not resized" in reason
+    assert "thesis" not in report["quality"]["summary"]
+    assert report["budget"]["thesis"]["train_seconds"] == 1.5  # its budget is still reported
+    md = (out / "benchmark.md").read_text()
+    assert "| thesis | skipped: thesis_autoencoder takes 256x256" in md
+
+
+def test_report_files_have_a_row_per_requested_method(quality, smoke_data):
+    report, out = quality
+    md = (out / "benchmark.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    for method in REQUESTED + [f"{m}_gauss" for m in benchmark.CLASSICAL]:
+        assert any(line.startswith(f"| {method} |") for line in table), method
+    for header in (str(smoke_data), "field model", "TensorFlow", "## Training budget", "## Quality"):
+        assert header in md
+    saved = json.loads((out / "benchmark.json").read_text())
+    assert saved["quality"]["summary"]["bm3d"]["masked"]["psnr"]["mean"] == pytest.approx(
+        report["quality"]["summary"]["bm3d"]["masked"]["psnr"]["mean"])
+    assert saved["data"]["val_slices_used"] == 4
+    png = (out / "benchmark.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def _row(method, patient, slice_index, psnr, ssim=0.5, mse=0.01):
+    return {"method": method, "patient_id": patient, "series_uid": f"s-{patient}", "slice_index": slice_index,
+            "psnr": psnr, "ssim": ssim, "mse": mse, "masked_psnr": psnr - 1, "masked_ssim": ssim,
+            "masked_mse": mse, "ms": 2.0}
+
+
+def test_aggregate_is_over_patient_means_with_a_t_interval():
+    from scipy import stats
+
+    # Patient A has two slices (10, 12 dB), patient B one (20 dB): the slice mean is 14, the patient mean 15.5.
+    rows = [_row("m", "A", 0, 10.0), _row("m", "A", 1, 12.0), _row("m", "B", 0, 20.0),
+            _row("noisy", "A", 0, 9.0), _row("noisy", "A", 1, 9.0), _row("noisy", "B", 0, 15.0)]
+    s = benchmark.aggregate(rows)["m"]
+    psnr = s["whole"]["psnr"]
+    patient_means = np.array([11.0, 20.0])
+    half = stats.t.ppf(0.975, 1) * patient_means.std(ddof=1) / math.sqrt(2)
+    assert psnr["n"] == 2 and s["n_patients"] == 2 and s["n_slices"] == 3
+    assert psnr["mean"] == pytest.approx(15.5)
+    assert psnr["slice_mean"] == pytest.approx(14.0)
+    assert psnr["ci_low"] == pytest.approx(15.5 - half) and psnr["ci_high"] == pytest.approx(15.5 + half)
+    assert half == pytest.approx(57.18, abs=0.01)  # t(0.975, 1 dof) = 12.706, std 6.364
+    assert s["masked"]["psnr"]["mean"] == pytest.approx(14.5)
+    # gain over the input, paired per slice: A (1 + 3) / 2 = 2, B 5 -> mean over patients 3.5
+    assert s["gain_vs_noisy"]["whole"]["psnr"]["mean"] == pytest.approx(3.5)
+    # one patient only: a mean but no interval
+    single = benchmark.aggregate([_row("m", "A", 0, 10.0), _row("m", "A", 1, 12.0)])["m"]["whole"]["psnr"]
+    assert single["mean"] == pytest.approx(11.0) and math.isnan(single["ci_low"])
+
+
+def test_noise_levels_follow_the_degradation_model():
+    noisy = np.zeros((64, 64), np.float32)
+    field = {"degrade_model": "field", "sigma_source": 0.03, "sigma_added": 0.04, "rows": 64, "cols": 64,
+             "norm_lo": -1.0, "norm_hi": 99.0}
+    levels = benchmark.noise_levels(field, noisy)
+    assert levels["sigma_total"] == pytest.approx(0.05) and levels["sigma_pixel"] == pytest.approx(0.05)
+    assert levels["sigma_reference"] == pytest.approx(0.03) and levels["rician"]
+    assert levels["zero"] == pytest.approx(0.01)
+    gaussian = dict(field, degrade_model="gaussian")
+    levels = benchmark.noise_levels(gaussian, noisy)
+    assert levels["sigma_total"] == pytest.approx(0.04) and not levels["rician"]
+    assert levels["sigma_reference"] == 0
+    # upsampled 48 -> 64: the pixel std of the noise drops, and the denoiser is told so
+    resized = dict(field, rows=48, cols=48)
+    gain = benchmark.resize_noise_gains(48, 48, 64)[0]
+    assert 0.7 < gain < 0.95
+    assert benchmark.noise_levels(resized, noisy)["sigma_pixel"] == pytest.approx(0.05 * gain)
+
+
+def test_estimated_sigma_is_corrected_for_the_resize():
+    """Without a recorded sigma, skimage's estimator reads upsampled noise far too low; the correction by its
+    response to resized white noise gets the acquisition sigma back."""
+    from denoisers import estimate_sigma
+    from preprocessing import resize_square
+
+    rng = np.random.default_rng(1)
+    sigma = 0.05
+    acquired = 0.5 + sigma * rng.standard_normal((1, 96, 96)).astype(np.float32)
+    noisy = resize_square(acquired, 128)[0]
+    row = {"degrade_model": "", "sigma_source": None, "sigma_added": None, "rows": 96, "cols": 96}
+    levels = benchmark.noise_levels(row, noisy)
+    assert levels["source"] == "estimated"
+    assert estimate_sigma(noisy) < 0.8 * sigma  # the raw estimate is biased low
+    assert levels["sigma_total"] == pytest.approx(sigma, rel=0.12)
+    assert levels["sigma_pixel"] == pytest.approx(float(noisy.std()), rel=0.12)
+
+
+@pytest.mark.parametrize("method", ["tv", "wavelet"])
+def test_without_resize_the_classical_run_equals_denoisers_rician_path(smoke_data, method):
+    from data_factory import PairedSlices
+    from denoisers import denoise
+
+    ds = PairedSlices(smoke_data, "val", batch_size=1, max_slices=1)
+    noisy = ds[0][0][0, ..., 0]
+    row = ds.batch_rows(0)[0]
+    levels = benchmark.noise_levels(row, noisy)
+    assert levels["sigma_pixel"] == pytest.approx(levels["sigma_total"])  # 64 -> 64: no resize
+    main, plain = benchmark.classical_denoise(method, noisy, levels)
+    zero = levels["zero"]
+    expected = denoise(method, noisy - zero, levels["sigma_total"], rician=True,
+                       reference_sigma=row["sigma_source"]) + zero
+    np.testing.assert_allclose(main, expected, atol=1e-5)
+    np.testing.assert_allclose(plain, denoise(method, noisy - zero, levels["sigma_total"], rician=False) + zero,
+                               atol=1e-5)
+
+
+def test_calibration_picks_the_best_sigma_multiplier(smoke_data):
+    scales, table, note = benchmark.calibrate(["tv"], smoke_data, 1)
+    assert note is None and set(table["tv"]) == {str(s) for s in benchmark.SIGMA_SCALES}
+    assert table["tv"][str(scales["tv"])] == max(table["tv"].values())
+    assert benchmark.calibrate(["tv"], smoke_data, 0)[0] == {"tv": 1.0}
+
+
+def test_thesis_run_is_found_next_to_the_run(tmp_path, smoke_run, thesis_run):
+    runs = tmp_path / "runs"
+    shutil.copytree(smoke_run, runs / "unet", ignore=shutil.ignore_patterns("logs", "backup"))
+    data = json.loads((smoke_run / "metrics.json").read_text())["data_dir"]
+    for name, data_dir in (("thesis_other_data", str(tmp_path / "elsewhere")), ("thesis", data)):
+        shutil.copytree(thesis_run, runs / name)
+        metrics = json.loads((runs / name / "metrics.json").read_text())
+        (runs / name / "metrics.json").write_text(json.dumps(dict(metrics, data_dir=data_dir)))
+    assert benchmark.find_thesis_run(runs / "unet", data) == runs / "thesis"
+    assert benchmark.find_thesis_run(runs / "unet", tmp_path / "no_such_data") is None
+
+
+def test_model_for_speed_rebuilds_fixed_size_models_only_when_needed(thesis_run):
+    run = benchmark.read_run(thesis_run)
+    trained = benchmark.load_model(run)
+    model, note = benchmark.model_for_speed(run, trained, 256)
+    assert model is trained and note == "trained weights"
+    model, note = benchmark.model_for_speed(run, trained, 512)
+    assert tuple(model.inputs[0].shape[1:3]) == (512, 512) and "untrained" in note
+    model, note = benchmark.model_for_speed(run, trained, 64)
+    assert model is None and "multiple of 256" in note
+
+
+def test_cli_rejects_unknown_methods_and_missing_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["--run-dir", str(tmp_path), "--methods", "noisy,foo"])
+    assert "foo" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        benchmark.main(["--run-dir", str(tmp_path / "missing"), "--parts", "quality"])
+    assert "config.yaml" in capsys.readouterr().err
+
+
+def test_speed_part_at_tiny_size_reports_positive_numbers(smoke_run, smoke_data, thesis_run, tmp_path):
+    report = benchmark.main(["--run-dir", str(smoke_run), "--data", str(smoke_data), "--thesis-run", str(thesis_run),
+                             "--parts", "speed", "--methods", "noisy,tv,bm3d,unet,thesis", "--speed-size", "64",
+                             "--speed-steps", "2", "--speed-warmup", "1", "--speed-reps", "1",
+                             "--speed-series", "2", "--scaling-series", "2", "--out", str(tmp_path)])
+    speed = report["speed"]
+    assert speed["preprocessing"]["slices_per_s"] > 0 and speed["preprocessing"]["series"] == 2
+    unet = speed["models"]["unet"]
+    for timing in unet["inference"]:
+        assert timing["ms_per_slice"] > 0 and timing["gflop_per_s"] > 0 and timing["gflops_per_slice"] > 0
+        assert timing["speedup_vs_bm3d"] > 0
+    assert [t["batch"] for t in unet["inference"]] == [1, 4]
+    training = unet["training"]
+    assert training["pipeline_images_per_s"] > 0 and training["in_memory_images_per_s"] > 0
+    assert training["pipeline_cost"] < 1
+    assert speed["classical"]["bm3d"]["ms_per_slice"] > 0 and speed["classical"]["tv"]["ms_per_slice"] > 0
+    thesis = speed["models"]["thesis"]  # 64 px: no thesis autoencoder can take it, and the report says why
+    assert "multiple of 256" in thesis["inference_skipped"] and "256x256" in thesis["training_skipped"]
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "## Speed" in md and "| inference | unet | 64² x 1 |" in md
+
+
+def test_preprocessing_child_reports_its_own_memory(smoke_dicom, smoke_cfg, tmp_path):
+    """The scaling child's peak memory is its own, not the TensorFlow parent's (Linux carries the parent's
+    resident size into the child's ru_maxrss)."""
+    from preprocessing import index_tree
+
+    series, _, _ = index_tree(smoke_dicom)
+    folder = Path(series[0].frames[0][0]).parent
+    tree = benchmark.subset_tree(smoke_dicom, [folder], tmp_path / "tree")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(smoke_cfg))
+    result = benchmark._run_child(["--_scaling-child", "preprocess", "--n", "1", "--child-root", str(tree),
+                                   "--child-out", str(tmp_path / "out"), "--child-config", str(config)])
+    assert result["series"] == 1 and result["slices"] == len(series[0].frames) and result["seconds"] > 0
+    assert 0 < result["peak_rss_mib"] < 400  # no TensorFlow in this child; the test process has it
+    assert benchmark._peak_rss_mib() > result["peak_rss_mib"]
+
+
+def test_scaling_part_with_one_size_each(smoke_run, smoke_data, tmp_path):
+    report = benchmark.main(["--run-dir", str(smoke_run), "--data", str(smoke_data), "--parts", "scaling",
+                             "--methods", "unet", "--speed-series", "1", "--scaling-series", "1",
+                             "--scaling-slices", "4", "--out", str(tmp_path)])
+    (pre,), (infer,) = report["scaling"]["preprocess"], report["scaling"]["infer"]
+    assert pre["n_series"] == 1 and pre["slices"] > 0 and pre["seconds"] > 0
+    assert infer["slices"] == 4 and infer["seconds"] > 0 and infer["image_size"] == [64, 64]
+    assert infer["peak_rss_mib"] >= infer["peak_anon_rss_mib"] > 0
+    assert "| inference | 4 slices | 4 |" in (tmp_path / "benchmark.md").read_text()
+
+
+@pytest.mark.slow
+def test_scaling_part_runs_each_size_in_a_child(smoke_run, smoke_data, tmp_path):
+    report = benchmark.main(["--run-dir", str(smoke_run), "--data", str(smoke_data), "--parts", "scaling",
+                             "--methods", "unet", "--speed-series", "1", "--scaling-series", "1,2",
+                             "--scaling-slices", "4,8", "--out", str(tmp_path)])
+    scaling = report["scaling"]
+    assert [e["n_series"] for e in scaling["preprocess"]] == [1, 2]
+    assert [e["slices"] for e in scaling["infer"]] == [4, 8]
+    for entry in scaling["preprocess"] + scaling["infer"]:
+        assert entry["seconds"] > 0 and entry["peak_rss_mib"] > 0
+    assert scaling["infer_time_per_slice_ratio"] > 0 and "preprocess_peak_rss_growth_mib" in scaling
+    assert "## Scaling" in (tmp_path / "benchmark.md").read_text()
