@@ -106,12 +106,9 @@ class EnhanceError(Exception):
     """Bad command-line input (missing model or input, unusable option); the CLI prints it on one line, exit 2."""
 
 
-class SeriesError(Exception):
-    """One series cannot be enhanced; `reason` is the short counted reason in the summary."""
-
-    def __init__(self, reason, detail=""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+# One series cannot be enhanced: the same exception preprocessing skips a series with; its `reason` is the short
+# counted reason in the summary.
+SeriesError = preprocessing.SeriesReadError
 
 
 @dataclass
@@ -554,8 +551,8 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
     try:
         try:
             raw = preprocessing.read_series(series)
-        except preprocessing.SeriesReadError as error:
-            raise SeriesError(error.reason, str(error)) from None
+        except SeriesError:
+            raise
         except Exception as error:  # noqa: BLE001 - any decoder failure skips this series only
             raise SeriesError("pixel read failed", f"{type(error).__name__}: {error}") from None
         if not np.all(np.isfinite(raw)):
