@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from config import ConfigError, config_hash, load_config, save_config
+from preprocessing import check_patient_split
 
 
 def parse_args(argv=None):
@@ -136,17 +137,12 @@ def load_splits(cfg, data_dir):
                          steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
                          use_multiprocessing=t["use_multiprocessing"], **common)
     val = PairedSlices(data_dir, "val", max_slices=t["max_val_slices"], **common)
-    check_patient_split(train.rows, val.rows)
+    # preprocessing refused to write a leaking split; the manifest may have been edited since, so check again:
+    # one patient on both sides would inflate every validation number
+    check_patient_split(train.rows + val.rows)
+    print(f"data: {len(train.rows)} training slices from {len({r['patient_id'] for r in train.rows})} patients, "
+          f"{len(val.rows)} validation slices from {len({r['patient_id'] for r in val.rows})} patients")
     return train, val
-
-
-def check_patient_split(train_rows, val_rows):
-    """Refuse to train when one patient is on both sides: that inflates every validation number."""
-    leaked = {r["patient_id"] for r in train_rows} & {r["patient_id"] for r in val_rows}
-    if leaked:
-        raise ValueError(f"patients in both train and val: {sorted(leaked)}; re-run preprocessing.py")
-    print(f"data: {len(train_rows)} training slices from {len({r['patient_id'] for r in train_rows})} patients, "
-          f"{len(val_rows)} validation slices from {len({r['patient_id'] for r in val_rows})} patients")
 
 
 # -----------------------------------------------------------------------------

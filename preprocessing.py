@@ -616,7 +616,7 @@ def check_patient_split(rows):
         splits[row["patient_id"]].add(row["split"])
     leaked = sorted(p for p, s in splits.items() if len(s) > 1)
     if leaked:
-        raise SplitError(f"refusing to write a split with patients in more than one split: {leaked[:10]}"
+        raise SplitError(f"patients in both train and val (refused, it would leak them): {leaked[:10]}"
                          f"{' ...' if len(leaked) > 10 else ''}")
 
 

@@ -62,7 +62,8 @@ def test_epochs_flag_overrides_config():
 
 def test_leaking_split_is_refused():
     with pytest.raises(ValueError, match="both train and val"):
-        main.check_patient_split([{"patient_id": "A"}, {"patient_id": "B"}], [{"patient_id": "B"}])
+        main.check_patient_split([{"patient_id": "A", "split": "train"}, {"patient_id": "B", "split": "train"},
+                                  {"patient_id": "B", "split": "val"}])
 
 
 def test_resume_continues_from_saved_epoch(smoke_run, smoke_data, tmp_path):
