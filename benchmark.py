@@ -180,13 +180,10 @@ def find_thesis_run(run_dir, data_dir):
 
 
 def load_model(run):
-    """The run's model.keras (custom loss and metric registered first, as main.evaluate_run does)."""
-    import keras
+    """The run's model.keras, loaded as main.py loads it."""
+    import main
 
-    from main import get_loss, psnr_metric
-
-    get_loss(run["cfg"]["train"]["loss"]), psnr_metric()
-    return keras.models.load_model(run["dir"] / "model.keras", compile=False)
+    return main.load_model(run["dir"] / "model.keras")
 
 
 def budget(run):
@@ -196,7 +193,8 @@ def budget(run):
             "epochs_run": done.get("epochs_run"), "steps_per_epoch": t["steps_per_epoch"],
             "batch_size": t["batch_size"], "patch_size": t["patch_size"], "augment": t["augment"],
             "learning_rate": t["learning_rate"], "loss": t["loss"], "train_seconds": done.get("seconds"),
-            "train_images_per_s": done.get("images_per_s"), "data_dir": run["metrics"].get("data_dir")}
+            "train_images_per_s_with_validation": done.get("images_per_s_with_validation"),
+            "data_dir": run["metrics"].get("data_dir")}
 
 
 def compare_budgets(budgets):
@@ -312,9 +310,9 @@ def check_noise(data_dir, n=4):
 
 def slice_scores(pred, clean, mask):
     """{"psnr", "ssim", "mse", "masked_psnr", "masked_ssim", "masked_mse"} of one slice (metrics.py)."""
-    from metrics import slice_metrics
+    from metrics import whole_and_masked
 
-    whole, masked = slice_metrics(pred, clean), slice_metrics(pred, clean, mask)
+    whole, masked = whole_and_masked(pred, clean, mask)
     scores = {m: whole[m] for m in METRICS}
     scores.update({f"masked_{m}": masked[m] for m in METRICS})
     return scores

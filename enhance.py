@@ -172,7 +172,6 @@ def load_enhancer(path):
         cfg = load_config(config_file)
     except ConfigError as error:
         raise EnhanceError(f"{config_file}: {error}") from None
-    import keras
     import tensorflow as tf
 
     import main
@@ -183,9 +182,8 @@ def load_enhancer(path):
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # already initialized (e.g. a second load in one process): keep what is set
             pass
-    main.get_loss(cfg["train"]["loss"]), main.psnr_metric()  # register the custom objects before loading
     try:
-        model = keras.models.load_model(model_path, compile=False)
+        model = main.load_model(model_path)
     except Exception as error:  # noqa: BLE001 - a truncated or foreign file: say which, in one line
         raise EnhanceError(f"cannot load {model_path}: {type(error).__name__}: {error}") from None
     name = cfg["model"]["name"]

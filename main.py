@@ -233,6 +233,15 @@ def evaluate(model, dataset, n_examples=3):
     return rows, list(best.values())
 
 
+def load_model(model_path):
+    """A model.keras written by train(), without its optimizer (compile=False). The custom loss and metric of
+    this module are registered first; enhance.py, benchmark.py and the notebook load models through here."""
+    import keras
+
+    get_loss("mse+mae"), psnr_metric()
+    return keras.models.load_model(model_path, compile=False)
+
+
 def write_csv(rows, path):
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -241,17 +250,14 @@ def write_csv(rows, path):
 
 
 def evaluate_run(cfg, data_dir, run_dir, extra=None):
-    import keras
-
     import figures
     from data_factory import PairedSlices
     from metrics import format_table, json_safe, summarize
 
-    get_loss(cfg["train"]["loss"]), psnr_metric()  # register the custom objects before loading
     model_path = run_dir / "model.keras"
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} does not exist; train first (python main.py --run-dir {run_dir})")
-    model = keras.models.load_model(model_path, compile=False)
+    model = load_model(model_path)
     val = PairedSlices(data_dir, "val", batch_size=cfg["train"]["batch_size"],
                        max_slices=cfg["train"]["max_val_slices"], seed=cfg["seed"])
 

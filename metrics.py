@@ -174,6 +174,13 @@ def slice_metrics(pred, clean, mask=None, data_range=DATA_RANGE):
     return _whole_and_masked(pred, clean, _check_mask(mask, clean.shape), data_range)[1]
 
 
+def whole_and_masked(pred, clean, mask, data_range=DATA_RANGE):
+    """(whole, masked) metric dicts of one (pred, clean) pair from a single SSIM map: what a loop over slices
+    that wants both should call (two slice_metrics calls would compute the SSIM map twice)."""
+    pred, clean = _check_images(pred, clean)
+    return _whole_and_masked(pred, clean, _check_mask(mask, clean.shape), data_range)
+
+
 def pair_metrics(pred, noisy, clean, mask=None, data_range=DATA_RANGE):
     """The 16 per-slice columns for the model output and the noisy input, each against clean.
 
