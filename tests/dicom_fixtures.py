@@ -26,6 +26,19 @@ BUNDLED_MR = {
 }
 
 
+
+def set_uint16_pixels(ds, pixels):
+    """Unsigned 16-bit grayscale pixel data (and its image pixel tags) for a (H, W) or (frames, H, W) array."""
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    return ds
+
 def bundled(name):
     """Path of a test file shipped inside pydicom (never downloads)."""
     path = get_testdata_file(name, download=False)
@@ -85,15 +98,7 @@ def image_dataset(pixels, *, patient_id="P1", study_uid=None, series_uid=None, s
     if slope is not None:
         ds.RescaleSlope = slope
         ds.RescaleIntercept = intercept or 0
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    return ds
+    return set_uint16_pixels(ds, pixels)
 
 
 def write_mr_series(folder, patient_id, n_slices=4, rows=32, cols=32, seed=0, sigma=20.0, description="DCE",
@@ -162,15 +167,7 @@ def enhanced_mr_dataset(frames, positions, temporal, slopes, intercepts, *, pati
         item.PixelValueTransformationSequence = Sequence([transform])
         per_frame.append(item)
     ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
-    ds.Rows, ds.Columns = frames.shape[1:]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = frames[order].astype("<u2").tobytes()
-    return ds
+    return set_uint16_pixels(ds, frames[order])
 
 
 def write_mixed_tree(root, seed=0):
