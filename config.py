@@ -22,11 +22,13 @@ DEFAULTS = {
     # The embedded demo DICOM tree (demo_data.py), used when preprocessing gets no --dicom-root.
     "demo": {
         "out": "data/demo_dicom",
-        "patients": 10,
+        "patients": 12,          # 12 gives train/val/test 5/2/5 patients with the default split and seed
         "slices": 8,             # sagittal slices per DCE series (the real series has 20; --full gives it)
         "time_points": 4,        # temporal positions per DCE series (the real series has 25)
         "matrix": 192,           # rows = columns of the MR images (the real series: 192x192)
         "seed": 0,
+        "texture_beta": 1.8,     # power-law exponent of the gland/fat texture (Chen 2012: 1.7-1.9, thin slices)
+        "motion_mm": 1.5,        # largest in-plane displacement between DCE frames, mm (0: no motion)
     },
     # preprocessing.py: DICOM tree -> paired (clean, noisy) arrays + manifest.csv
     "preprocess": {
@@ -34,7 +36,9 @@ DEFAULTS = {
         "dtype": "float32",      # float32 | float16 for the saved arrays
         "series_filter": "",     # regex searched in SeriesDescription; "" keeps every MR series
         "norm_percentiles": [0.5, 99.5],  # robust lo/hi of the clean series, mapped to 0 and 1
-        "val_fraction": 0.3,     # fraction of *patients* in the validation split (thesis: 70/30)
+        # fractions of *patients* in train / val / test, decided per patient by a hash threshold (stable when
+        # patients are added); the checkpoint is selected on val, the headline is reported on test
+        "split": [0.6, 0.2, 0.2],
     },
     # degrade.py: how a 3T image becomes a simulated lower-field image (applied before resizing)
     "degrade": {
@@ -51,6 +55,14 @@ DEFAULTS = {
         "name": "unet",          # unet (residual U-Net, the default) | thesis_autoencoder
         "depth": 3,              # unet: number of 2x downsamplings; input sides must divide 2**depth
         "filters": 16,           # unet: filters at full resolution, doubled at each level
+        # thesis_autoencoder: 2x2 max-pools in the encoder (each mirrored by a 2x upsampling in the decoder), spread
+        # evenly over its 8 convolutions: 8 = after every conv (the thesis text taken literally; a 512 slice is
+        # squeezed to 2x2), 4 = after every pair of convs, 2 = after every fourth. Input sides: multiples of
+        # 2**pools. The thesis' wording allows all three (README, "Reproducing the thesis").
+        "pools": 8,
+        # thesis_autoencoder: sigmoid (output in (0, 1), as the thesis' [0, 1] images) | linear (no squashing:
+        # values above 1 survive and a saturated sigmoid cannot collapse the output to 0)
+        "output_activation": "sigmoid",
     },
     # main.py: training and evaluation
     "train": {
@@ -61,7 +73,7 @@ DEFAULTS = {
         "patch_size": 128,       # int: train on random tissue crops (as CARE does); None: whole slices
         "augment": True,         # random flips and 90-degree rotations of training batches
         "steps_per_epoch": None,  # None: one pass over the training slices per epoch
-        "max_val_slices": None,  # None: validate and evaluate on every validation slice
+        "max_val_slices": None,  # None: validate (val) and evaluate (test, val) on every slice; N: N evenly spaced
         "mixed_precision": False,  # mixed float16 on GPU (ignored on CPU)
         "distribute": "auto",    # auto: MirroredStrategy when >1 GPU | mirrored: always | none
         "cpu_devices": 1,        # split the CPU into N logical devices (tests the multi-device path)

@@ -35,7 +35,7 @@ import numpy as np
 MANIFEST_COLUMNS = (
     "patient_id", "study_uid", "series_uid", "series_description", "slice_index", "split", "clean_file",
     "noisy_file", "norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio", "degrade_model", "rows",
-    "cols", "sop_instance_uid", "config_hash",
+    "cols", "sop_instance_uid", "config_hash", "truth_file",
 )
 INT_COLUMNS = ("slice_index", "rows", "cols")
 FLOAT_COLUMNS = ("norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio")
@@ -83,7 +83,7 @@ def read_manifest(data_dir, split=None):
         rows = [row for row in rows if row["split"] == split]
         if not rows:
             raise ValueError(f"{path} has no slices in split '{split}' (splits present: {present or 'none'}); "
-                             "check the split name or preprocess.val_fraction")
+                             "check the split name or preprocess.split")
     elif not rows:
         raise ValueError(f"{path} has no rows; rerun preprocessing.py")
     return rows
@@ -254,6 +254,22 @@ class PairedSlices(keras.utils.PyDataset):
             raise ValueError(f"batch {index} mixes slice shapes {sorted(shapes)}; all arrays of one preprocessing "
                              "run should share preprocess.image_size (rerun preprocessing.py into a fresh folder)")
         return np.stack(noisy_batch)[..., None], np.stack(clean_batch)[..., None]
+
+    def truth_batch(self, index):
+        """The noise-free truth of batch `index`, float32 (B, H, W, 1) like the clean batch, or None when any of
+        its slices has none (real data; only the demo generator knows the truth). Whole slices only: the truth is
+        a reference for evaluation, never a training input, so crops and augmentation are refused here."""
+        if self.patch_size is not None or self.augment:
+            raise ValueError("truth_batch is for evaluation datasets (patch_size None, augment False)")
+        rows = self.batch_rows(index)
+        if not all(row.get("truth_file") for row in rows):
+            return None
+        return np.stack([np.asarray(self.array(r["truth_file"])[r["slice_index"]], np.float32) for r in rows])[..., None]
+
+    @property
+    def has_truth(self):
+        """True when every slice of this dataset has a truth array."""
+        return all(row.get("truth_file") for row in self.rows)
 
     def _crop_position(self, clean, rng):
         """Top-left (y, x) of a patch: the best of `crop_candidates` random positions by tissue pixel count."""

@@ -56,7 +56,7 @@ from tqdm import tqdm
 from config import DEFAULTS
 
 DEMO_DEFAULTS = DEFAULTS["demo"]
-GENERATOR_VERSION = 2  # bump when the output changes, so ensure_demo_tree regenerates old trees
+GENERATOR_VERSION = 3  # bump when the output changes, so ensure_demo_tree regenerates old trees
 
 # ---------------------------------------------------------------------------------------------------------------
 # Acquisition: the QIN-BREAST DCE protocol (TCIA collection page; Li et al., Invest Radiol 2015;50:195): sagittal
@@ -119,6 +119,8 @@ MAX_STORED = 2 ** BITS_STORED - 1
 RESCALE_SLOPE, RESCALE_INTERCEPT = 1.25, 0.0
 NOISE_SIGMA = 20.0
 BIAS_RANGE = (0.6, 1.35)       # coil sensitivity is clipped to this range
+GLAND_LOGISTIC_WIDTH = 0.6   # gland fraction = logistic((texture - threshold) / width): wide, so partial volume
+FAT_TEXTURE_STD = 0.04         # fat proton density varies by ~4 % (std) with the same power-law texture
 HEADROOM = 0.93                # the brightest possible voxel uses at most this fraction of the 12-bit range
 
 
@@ -277,8 +279,56 @@ def _smooth_noise(rng, shape, sigma_mm, spacing_mm):
     return (field - field.mean()) / (field.std() + 1e-12)
 
 
-def _anatomy(d, slices, matrix):
-    """Visit-independent tissue fractions of one patient (everything but the lesion), float32 (slices, H, W) each."""
+def power_law_field(rng, shape, beta, px, slice_correlation=0.6):
+    """Gaussian random field, float32 (slices, H, W), zero mean and unit std, whose in-plane power spectrum is
+    ~ 1/f^beta (f in cycles/mm; below one cycle per field of view it is flat, so the mean stays finite).
+
+    Each slice is white noise shaped in the Fourier domain; neighbouring slices are mixed as an AR(1) chain
+    (correlation `slice_correlation`), which couples them without changing any slice's spectrum."""
+    slices, rows, cols = shape
+    fy, fx = np.fft.fftfreq(rows, d=px)[:, None], np.fft.rfftfreq(cols, d=px)[None, :]
+    f = np.maximum(np.hypot(fy, fx), 1.0 / (max(rows, cols) * px))
+    amplitude = (f ** (-beta / 2.0)).astype(np.float32)
+    out = np.empty(shape, np.float32)
+    previous = None
+    for k in range(slices):
+        white = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((rows, cols))) * amplitude, s=(rows, cols))
+        white = (white - white.mean()) / (white.std() + 1e-12)
+        previous = white if previous is None else (slice_correlation * previous
+                                                   + np.sqrt(1 - slice_correlation ** 2) * white)
+        out[k] = previous
+    return (out - out.mean()) / (out.std() + 1e-12)
+
+
+def spectrum_beta(patch, px=1.0, low=2, high=0.5):
+    """Exponent beta of a power spectrum ~ 1/f^beta, estimated from one (H, W) patch or a stack of them.
+
+    Each patch loses its mean plane (a gradient would add 1/f^2 power), is Hann-windowed, and its periodogram
+    is averaged radially in 1-frequency-bin rings; beta = -slope of log power against log f, fitted from ring
+    `low` (the lowest rings hold few samples and the window's leakage) to `high` x Nyquist (above it the pixel
+    grid's partial volume and interpolation bend the spectrum down)."""
+    patches = np.asarray(patch, np.float64)
+    patches = patches[None] if patches.ndim == 2 else patches
+    n, h, w = patches.shape
+    yy, xx = np.mgrid[:h, :w]
+    design = np.stack([np.ones(h * w), yy.ravel(), xx.ravel()], axis=1)
+    window = np.outer(np.hanning(h), np.hanning(w))
+    power = np.zeros((h, w))
+    for p in patches:
+        residual = p.ravel() - design @ np.linalg.lstsq(design, p.ravel(), rcond=None)[0]
+        power += np.abs(np.fft.fft2(residual.reshape(h, w) * window)) ** 2
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    ring = np.rint(np.hypot(fy, fx) * min(h, w)).astype(int)
+    top = int(high * min(h, w) / 2)
+    radii = np.arange(low, top + 1)
+    means = np.array([power[ring == r].mean() for r in radii])
+    slope = np.polyfit(np.log(radii / (min(h, w) * px)), np.log(means), 1)[0]
+    return float(-slope)
+
+
+def _anatomy(d, slices, matrix, texture_beta=DEMO_DEFAULTS["texture_beta"]):
+    """Visit-independent tissue fractions of one patient (everything but the lesion), float32 (slices, H, W) each,
+    and the fat's own texture (a multiplier of its proton density, mean 1)."""
     x, s, a, px = _grid(slices, matrix)
     spacing = (SLICE_THICKNESS_MM, px, px)
     shape = (slices, matrix, matrix)
@@ -322,29 +372,31 @@ def _anatomy(d, slices, matrix):
                                 (a - (a_cw + rib_band + d["heart_a"])) / 48.0)) * 40.0, px)
 
     # Fibroglandular tissue: an envelope (deep to the subcutaneous fat, anterior to the retromammary fat, inside
-    # the mound) filled to the patient's density with a smoothed, thresholded random field. The field is streaky
-    # along a and sampled on coordinates that converge towards the nipple, like ducts; a coarse field gives
-    # regional density and a centrality prior keeps gland around the retroareolar axis.
+    # the mound) filled to the patient's density by a power-law random field. Real fibroglandular tissue has an
+    # anatomic noise power spectrum ~ 1/f^beta (beta 1.7-1.9 in thin tomographic slices, ~3 in projections;
+    # Chen et al., Med Phys 2012;39:1435), which is what makes patch-based denoisers work less well on real
+    # breasts than on piecewise-smooth phantoms. The field is sampled on coordinates that converge towards the
+    # nipple, like ducts (a power law is scale-free, so the warp keeps beta), and mapped to a gland fraction by a
+    # wide logistic: continuous partial volume rather than a binary mask, whose edges would steepen the spectrum.
+    # A centrality prior keeps gland around the retroareolar axis (a smooth, low-frequency term).
     in_mound = _ramp(a_pm - a, px) * _ramp(half * 0.97 - np.abs(ds_), px)
     envelope = (np.clip((depth - d["subcut_mm"]) / 2.0 + 0.5, 0, 1)
                 * np.clip((a_pm - d["retro_mm"] - a) / 2.0 + 0.5, 0, 1) * in_mound)
-    fine = _smooth_noise(rng, shape, (3.0, 2.2, 4.0), spacing)
-    coarse = _smooth_noise(rng, shape, (8.0, 9.0, 9.0), spacing)
+    texture = power_law_field(rng, shape, texture_beta, px)
     # converge: at column a, rows are sampled (s - s0) * scale(a) around the axis, scale >1 near the nipple
     frac_to_nipple = np.clip((a_body - a) / np.maximum(length, 1.0), 0, 0.95)  # 0 at the base, ~1 at the nipple
     scale = 1.0 / (1.0 - 0.75 * frac_to_nipple)
     rows = (d["s0"] + ds_ * scale) / px - 0.5
     kk, _, jj = np.broadcast_arrays(np.arange(slices)[:, None, None], rows, np.arange(matrix)[None, None, :])
     rows = np.broadcast_to(rows, shape)
-    fine = ndimage.map_coordinates(fine, [kk, rows, jj], order=1, mode="mirror").reshape(shape)
-    grain = _smooth_noise(rng, shape, (1.5, 1.0, 1.2), spacing)  # lobular, ragged gland-fat borders
-    prior = 0.7 * fine + 0.8 * coarse + 0.2 * grain - 0.9 * (ds_ / half) ** 2
+    texture = ndimage.map_coordinates(texture, [kk, rows, jj], order=1, mode="mirror").reshape(shape)
+    prior = texture - 0.5 * (ds_ / half) ** 2
     env_mask = envelope > 0.5
     if env_mask.any():
         threshold = np.quantile(prior[env_mask], 1 - np.clip(d["gland_fraction"], 0.02, 0.98))
     else:
         threshold = np.inf
-    gland_p = 1 / (1 + np.exp(-(prior - threshold) / 0.12)) * envelope
+    gland_p = 1 / (1 + np.exp(-(prior - threshold) / GLAND_LOGISTIC_WIDTH)) * envelope
     # Cooper's ligaments: thin septa through the subcutaneous fat (zero crossings of a smooth field).
     septa = _smooth_noise(rng, shape, (3.0, 3.5, 3.5), spacing)
     ligament = 0.5 * np.exp(-(septa / 0.1) ** 2) * (1 - envelope) * in_mound
@@ -387,7 +439,9 @@ def _anatomy(d, slices, matrix):
     breast_mask = (f["fat"] + f["gland"]) > 0.5
     bias = bias / (np.mean(bias[breast_mask]) if breast_mask.any() else 1.0)
     bias = np.clip(bias, *BIAS_RANGE).astype(np.float32)
-    return f, bias, envelope, depth
+    # Fat lobules are not perfectly uniform either: a weak power-law modulation of its proton density.
+    fat_texture = (1 + FAT_TEXTURE_STD * power_law_field(rng, shape, texture_beta, px)).astype(np.float32)
+    return f, bias, envelope, depth, fat_texture
 
 
 def _lesion(d, visit, slices, matrix, envelope, depth):
@@ -479,7 +533,8 @@ def patient_id(index):
     return f"QIN-BREAST-01-{index + 1:04d}"
 
 
-def phantom(patient, visit=0, seed=DEMO_DEFAULTS["seed"], slices=DEMO_DEFAULTS["slices"], matrix=192):
+def phantom(patient, visit=0, seed=DEMO_DEFAULTS["seed"], slices=DEMO_DEFAULTS["slices"], matrix=192,
+            texture_beta=DEMO_DEFAULTS["texture_beta"]):
     """Ground truth of one patient's MR visit, on the grid of its DCE series.
 
     patient: 0-based index or PatientID ('QIN-BREAST-01-0001'); visit: 0 (baseline), 1, 2.
@@ -487,6 +542,7 @@ def phantom(patient, visit=0, seed=DEMO_DEFAULTS["seed"], slices=DEMO_DEFAULTS["
       fractions: {tissue: float32 (slices, matrix, matrix) in [0, 1]}, tissues as in TISSUES (air = 1 - sum)
       labels:    uint8 (slices, matrix, matrix), index into LABELS (argmax of the fractions, air included)
       bias:      float32 (slices, matrix, matrix), coil sensitivity (multiplies the signal, not the noise)
+      fat_texture: float32 (slices, matrix, matrix), multiplier of the fat's proton density (mean ~1)
       lesion_ktrans_multiplier: float32 (slices, matrix, matrix), Ktrans / lesion Ktrans (0 outside the lesion)
       lesion:    dict (diameter_mm, ktrans_per_min, ve, vp, shape, centre_index, ...) or None; density: str
     Axis 0 is slice k of the DCE series (instances t * slices + k + 1), axes 1-2 are pixel rows and columns.
@@ -495,7 +551,7 @@ def phantom(patient, visit=0, seed=DEMO_DEFAULTS["seed"], slices=DEMO_DEFAULTS["
     d = _patient_draws(seed, index)
     if visit not in range(d["n_visits"]):
         raise ValueError(f"{patient_id(index)} has visits 0..{d['n_visits'] - 1} with seed {seed}, not {visit}")
-    f, bias, envelope, depth = _anatomy(d, slices, matrix)
+    f, bias, envelope, depth, fat_texture = _anatomy(d, slices, matrix, texture_beta)
     lesion_mult = np.zeros_like(bias)
     record = None
     if d["lesion"] is not None:
@@ -512,6 +568,7 @@ def phantom(patient, visit=0, seed=DEMO_DEFAULTS["seed"], slices=DEMO_DEFAULTS["
     fractions = {name: f[name] for name in TISSUES}
     stack = np.stack([1 - sum(fractions.values())] + list(fractions.values()))
     return {"fractions": fractions, "labels": np.argmax(stack, axis=0).astype(np.uint8), "bias": bias,
+            "fat_texture": fat_texture, "gland_envelope": envelope.astype(np.float32),
             "lesion_ktrans_multiplier": lesion_mult, "lesion": record, "density": d["density"]}
 
 
@@ -529,12 +586,48 @@ def _add_noise_and_store(signal, rng):
     return stored.astype(np.uint16)
 
 
-def dce_series(ph, times_s, arrival_s, rng):
-    """DCE series of one visit: stored uint16 (time_points, slices, H, W).
+def _weight(ph, name):
+    """Signal weight of one tissue per voxel: its fraction, times the fat's proton-density texture for fat."""
+    return ph["fractions"][name] * ph["fat_texture"] if name == "fat" else ph["fractions"][name]
+
+
+def frame_motion(rng, n_frames, rows, cols, px, max_mm):
+    """In-plane displacement of each DCE frame relative to the first, float32 (n_frames, 2, rows, cols) in
+    pixels (row, column components), and the largest displacement of each frame in mm.
+
+    Frame 0 is the reference (zero). Every later frame gets a rigid shift (up to 0.6 max_mm, the table and the
+    patient settling, breathing transmitted through the chest wall) plus a smooth elastic field (a 20 mm
+    Gaussian-smoothed random field, scaled to at most 0.4 max_mm): the total never exceeds max_mm."""
+    fields = np.zeros((n_frames, 2, rows, cols), np.float32)
+    largest = [0.0] * n_frames
+    if max_mm <= 0:
+        return fields, largest
+    for t in range(1, n_frames):
+        angle, rigid = rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 0.6) * max_mm
+        elastic = np.stack([ndimage.gaussian_filter(rng.standard_normal((rows, cols)), 20.0 / px, mode="reflect")
+                            for _ in range(2)])
+        elastic *= rng.uniform(0.0, 0.4) * max_mm / (np.hypot(*elastic).max() + 1e-12)
+        total = elastic + (rigid * np.array([np.sin(angle), np.cos(angle)]))[:, None, None]
+        fields[t] = total / px
+        largest[t] = float(np.hypot(*total).max())
+    return fields, largest
+
+
+def _move(volume, field):
+    """volume (slices, H, W) resampled at grid + field (2, H, W) pixels, cubic spline, edges repeated."""
+    rows, cols = volume.shape[1:]
+    grid = np.mgrid[:rows, :cols].astype(np.float32) + field
+    return np.stack([ndimage.map_coordinates(img, grid, order=3, mode="nearest") for img in volume])
+
+
+def dce_series(ph, times_s, arrival_s, rng, motion=None):
+    """DCE series of one visit: (stored uint16 (time_points, slices, H, W), truth float32 same shape).
 
     Each tissue's concentration follows the extended Tofts model with the shifted Parker AIF; R1(t) = 1/T1 +
     r1 Ct(t); the spoiled-gradient-echo signal of each tissue is weighted by its voxel fraction; the lesion has
-    its own Ktrans/ve/vp with a per-voxel Ktrans multiplier; then coil sensitivity, noise, magnitude, storage.
+    its own Ktrans/ve/vp with a per-voxel Ktrans multiplier; then coil sensitivity, frame motion (`motion`: the
+    displacement fields of frame_motion, or None), noise, magnitude, storage. truth is the noise-free signal in
+    modality units, after motion: exactly what the noise was added to.
     """
     frac = ph["fractions"]
     shape = ph["bias"].shape
@@ -548,7 +641,7 @@ def dce_series(ph, times_s, arrival_s, rng):
             plasma, ees = tofts_concentration(times_s, arrival_s, ktrans, ve, vp)
             conc = plasma + ees
         curves.append(_spgr(pd, 1000.0 / t1 + R1_RELAXIVITY_PER_MM_S * conc, t2s))
-    fractions = np.stack([frac[n].ravel() for n in names])                    # (K, N)
+    fractions = np.stack([_weight(ph, n).ravel() for n in names])             # (K, N)
     signal = np.asarray(np.stack(curves, axis=1), np.float32) @ fractions     # (T, N)
     if ph["lesion"] is not None:
         idx = np.flatnonzero(frac["lesion"].ravel() > 0)
@@ -559,7 +652,13 @@ def dce_series(ph, times_s, arrival_s, rng):
         r1 = 1000.0 / t1 + R1_RELAXIVITY_PER_MM_S * (plasma[:, None] + ees[:, None] * m[None, :])
         signal[:, idx] += (_spgr(pd, r1, t2s) * frac["lesion"].ravel()[idx]).astype(np.float32)
     signal *= ph["bias"].ravel()[None, :] * np.float32(_signal_gain())
-    return _add_noise_and_store(signal.reshape((len(times_s),) + shape), rng)
+    signal = signal.reshape((len(times_s),) + shape)
+    if motion is not None:
+        for t in range(1, len(times_s)):
+            if np.any(motion[t]):
+                signal[t] = _move(signal[t], motion[t])
+        np.clip(signal, 0, None, out=signal)  # cubic splines overshoot a little at edges; signal is >= 0
+    return _add_noise_and_store(signal, rng), signal
 
 
 def t1map_series(ph, rng):
@@ -570,7 +669,7 @@ def t1map_series(ph, rng):
     for name in TISSUES:
         pd, t1, t2s = TISSUES[name][:3]
         s_flip = np.array([_spgr(pd, 1000.0 / t1, t2s, flip) for flip in T1MAP_FLIPS_DEG], np.float32)
-        signal += s_flip[:, None] * frac[name].ravel()[None, :]
+        signal += s_flip[:, None] * _weight(ph, name).ravel()[None, :]
     signal *= ph["bias"].ravel()[None, :] * np.float32(_signal_gain())
     return _add_noise_and_store(signal.reshape((len(T1MAP_FLIPS_DEG),) + shape), rng)
 
@@ -585,7 +684,7 @@ def dwi_series(ph, rng):
         pd = pd * (DWI_FAT_SUPPRESSION if name in ("fat", "rib") else 1.0) * (0.1 if name == "vessel" else 1.0)
         s_b = np.array([pd * (1 - np.exp(-DWI_TR_MS / t1)) * np.exp(-DWI_TE_MS / t2) * np.exp(-b * adc * 1e-3)
                         for b in DWI_B_VALUES], np.float32)
-        signal += s_b[:, None] * frac[name].ravel()[None, :]
+        signal += s_b[:, None] * _weight(ph, name).ravel()[None, :]
     signal *= ph["bias"].ravel()[None, :] * np.float32(_dwi_gain())
     return _add_noise_and_store(signal.reshape((len(DWI_B_VALUES),) + shape), rng)
 
@@ -607,6 +706,8 @@ METADATA_COLUMNS = ["Series UID", "Collection", "3rd Party Analysis", "Data Desc
                     "Modality", "SOP Class Name", "SOP Class UID", "Number of Images", "File Size",
                     "File Location", "Download Timestamp"]
 MR_STUDY_DESCRIPTION = "BREAST^Bilateral"
+# The noise-free truth of each DCE series, hidden sidecars in its folder (see write_truth).
+TRUTH_FILE, TRUTH_INDEX = ".demo_truth.npy", ".demo_truth.json"
 PETCT_STUDY_DESCRIPTION = "BREAST PRONE"
 # slab centre in patient coordinates (LPS, mm): the left breast, prone
 SLAB_CENTRE_X, FOV_ANTERIOR_Y, FOV_TOP_Z = 95.0, -175.0, 110.0
@@ -698,10 +799,29 @@ def _file_name(i, n):
     return f"1-{i:0{max(3, len(str(n)))}d}.dcm"
 
 
+def write_truth(series_dir, signal, sop_instance_uids):
+    """Write the noise-free truth of a series next to its files: TRUTH_FILE, float32 (n, H, W) in modality units,
+    and TRUTH_INDEX, JSON with the SOPInstanceUID of each of the n images (same order). Both names start with a
+    dot, so tools that walk a DICOM tree and skip hidden files (preprocessing.list_files) never mistake them for
+    images, and real data, which has no truth, simply lacks them. Returns the bytes written."""
+    series_dir = Path(series_dir)
+    signal = np.ascontiguousarray(signal, dtype=np.float32)
+    if len(signal) != len(sop_instance_uids):
+        raise ValueError(f"{len(signal)} truth images for {len(sop_instance_uids)} SOP instances")
+    np.save(series_dir / TRUTH_FILE, signal)
+    (series_dir / TRUTH_INDEX).write_text(json.dumps({
+        "what": "noise-free magnitude signal before noise (demo_data.py), one image per SOP instance",
+        "units": "modality (stored * RescaleSlope + RescaleIntercept)",
+        "sop_instance_uids": [str(u) for u in sop_instance_uids]}))
+    return signal.nbytes + 128
+
+
 def _write_mr_series(study, study_dir, kind, stored, description, series_number, frame_s=None,
-                     per_volume=None, ph_key=""):
+                     per_volume=None, ph_key="", truth=None):
     """Write an MR series whose volumes are stored[v] (slices, H, W); v is the temporal position, flip angle or
-    b-value index. Instances are volume-major (instance = v * slices + k + 1). Returns the metadata row info."""
+    b-value index. Instances are volume-major (instance = v * slices + k + 1). truth: None, or the noise-free
+    signal of the same shape (modality units), written as the hidden sidecar TRUTH_FILE + TRUTH_INDEX.
+    Returns the metadata row info."""
     n_vol, slices, rows, cols = stored.shape
     series_uid = _uid(study["uid"], kind)
     start_s = study["dce_start_s"] if kind.startswith("dce") else study["dce_start_s"] - 600 + 300 * (kind == "dwi")
@@ -774,6 +894,9 @@ def _write_mr_series(study, study_dir, kind, stored, description, series_number,
             ds.SliceLocation = _ds_str(float(position @ normal), 8)
             ds.PixelData = stored[v, k].astype("<u2").tobytes()
             size += _save(ds, sdir / _file_name(i, n_files))
+    if truth is not None:
+        size += write_truth(sdir, truth.reshape((n_files,) + truth.shape[2:]),
+                            [_uid(series_uid, i) for i in range(1, n_files + 1)])
     return {"series_uid": series_uid, "dir": sdir, "modality": "MR", "sop_class": "MR Image Storage",
             "description": description, "files": n_files, "bytes": size}
 
@@ -920,7 +1043,8 @@ def _file_size_text(n_bytes):
 # ---------------------------------------------------------------------------------------------------------------
 # The tree.
 
-def _check_params(patients, seed, slices, time_points, matrix, extras):
+def _check_params(patients, seed, slices, time_points, matrix, extras, texture_beta=DEMO_DEFAULTS["texture_beta"],
+                  motion_mm=DEMO_DEFAULTS["motion_mm"]):
     for name, value, low in (("patients", patients, 1), ("slices", slices, 1), ("time_points", time_points, 2),
                              ("matrix", matrix, 32)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
@@ -929,20 +1053,26 @@ def _check_params(patients, seed, slices, time_points, matrix, extras):
         raise ValueError(f"patients must be <= 9999 (PatientIDs have 4 digits), got {patients}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    for name, value, low, high in (("texture_beta", texture_beta, 0.0, 4.0), ("motion_mm", motion_mm, 0.0, 10.0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
     return {"patients": int(patients), "seed": int(seed), "slices": int(slices), "time_points": int(time_points),
-            "matrix": int(matrix), "extras": bool(extras)}
+            "matrix": int(matrix), "extras": bool(extras), "texture_beta": float(texture_beta),
+            "motion_mm": float(motion_mm)}
 
 
 def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAULTS["seed"],
                    slices=DEMO_DEFAULTS["slices"], time_points=DEMO_DEFAULTS["time_points"], matrix=192,
-                   extras=False):
+                   extras=False, texture_beta=DEMO_DEFAULTS["texture_beta"], motion_mm=DEMO_DEFAULTS["motion_mm"]):
     """Write the synthetic QIN-BREAST tree into out_dir (created; must not already hold a QIN-BREAST folder).
 
     patients: number of patients; seed: global seed (same seed -> identical files); slices, time_points, matrix:
     DCE series size (slices x time_points images of matrix x matrix); extras: also write a multi-flip T1-map and a
-    DWI series per visit. Returns the summary dict also stored in <out>/demo_params.json (written last).
+    DWI series per visit; texture_beta: exponent of the gland/fat power-law texture; motion_mm: largest in-plane
+    displacement between DCE frames (0: none). Each DCE series gets its noise-free truth as hidden sidecar files
+    (write_truth). Returns the summary dict also stored in <out>/demo_params.json (written last).
     """
-    params = _check_params(patients, seed, slices, time_points, matrix, extras)
+    params = _check_params(patients, seed, slices, time_points, matrix, extras, texture_beta, motion_mm)
     out = Path(out_dir)
     if (out / COLLECTION).exists():
         raise FileExistsError(f"{out / COLLECTION} exists; remove it or use ensure_demo_tree({str(out)!r})")
@@ -952,7 +1082,7 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
     times_s, arrival_s, n_pre = frame_times(time_points)
     series_rows, ground_truth = [], []
     n_studies = 0
-    tree_key = (seed, slices, time_points, matrix)
+    tree_key = (seed, slices, time_points, matrix, texture_beta, motion_mm)
 
     for index in tqdm(range(patients), desc="demo patients", unit="patient", disable=None):
         d = _patient_draws(seed, index)
@@ -972,7 +1102,7 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
         n_studies += 1
 
         for visit in range(d["n_visits"]):
-            ph = phantom(index, visit, seed=seed, slices=slices, matrix=matrix)
+            ph = phantom(index, visit, seed=seed, slices=slices, matrix=matrix, texture_beta=texture_beta)
             study = {"patient_id": pid, "age": d["age"], "date": d["baseline"] + timedelta(days=d["days"][visit]),
                      "time_s": 60.0 * d["study_minute"], "description": MR_STUDY_DESCRIPTION,
                      "uid": _uid(*tree_key, pid, "mr", visit), "study_id": str(visit + 2),
@@ -988,10 +1118,12 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
                 rng = np.random.default_rng([seed, 7, index, visit, 3])
                 series_rows.append((study, _write_mr_series(
                     study, study_dir, "dwi", dwi_series(ph, rng), "DWI_b0_500", 701, per_volume=DWI_B_VALUES)))
+            motion, largest_mm = frame_motion(np.random.default_rng([seed, 7, index, visit, 4]), time_points,
+                                              matrix, matrix, FOV_MM / matrix, motion_mm)
             rng = np.random.default_rng([seed, 7, index, visit, 1])
             description = "dynamic" if d["dynamic_plain"] else "dynamic_smartTX"
-            dce = _write_mr_series(study, study_dir, "dce", dce_series(ph, times_s, arrival_s, rng),
-                                   description, 801, frame_s=times_s)
+            stored, signal = dce_series(ph, times_s, arrival_s, rng, motion)
+            dce = _write_mr_series(study, study_dir, "dce", stored, description, 801, frame_s=times_s, truth=signal)
             series_rows.append((study, dce))
             if visit == 0:
                 les = ph["lesion"]
@@ -1000,7 +1132,8 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
                 series_rows.append((study, _write_report(study, study_dir, text)))
             truth["visits"].append({"visit": visit, "study_uid": study["uid"], "date": f"{study['date']:%Y-%m-%d}",
                                     "dce_series_uid": dce["series_uid"],
-                                    "dce_dir": dce["dir"].relative_to(out).as_posix(), "lesion": ph["lesion"]})
+                                    "dce_dir": dce["dir"].relative_to(out).as_posix(), "lesion": ph["lesion"],
+                                    "motion_max_mm": [round(m, 3) for m in largest_mm]})
             n_studies += 1
         ground_truth.append(truth)
 
@@ -1029,6 +1162,8 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
         "field_strength_t": FIELD_STRENGTH_T, "frame_times_s": times_s.tolist(), "bolus_arrival_s": arrival_s,
         "pre_contrast_frames": n_pre, "pixel_spacing_mm": FOV_MM / matrix, "slice_thickness_mm": SLICE_THICKNESS_MM,
         "instance_order": "time-major: InstanceNumber = t * slices + k + 1",
+        "texture_beta": texture_beta, "motion_mm": motion_mm,
+        "truth_files": f"{TRUTH_FILE} + {TRUTH_INDEX} in each DCE series folder (noise-free signal, modality units)",
         "ground_truth": ground_truth,
     }
     record = {"version": GENERATOR_VERSION, "params": params, "summary": summary}
@@ -1050,11 +1185,13 @@ def ensure_demo_tree(out_dir=DEMO_DEFAULTS["out"], **params):
     replaces out_dir only when complete, so an interrupted run never leaves a half tree that looks finished.
     Refuses to replace a non-empty folder that is not a demo tree. Returns Path(out_dir).
     """
-    unknown = set(params) - {"patients", "seed", "slices", "time_points", "matrix", "extras"}
+    unknown = set(params) - {"patients", "seed", "slices", "time_points", "matrix", "extras", "texture_beta",
+                             "motion_mm"}
     if unknown:
         raise TypeError(f"ensure_demo_tree got unknown parameters {sorted(unknown)}")
     full = {"patients": DEMO_DEFAULTS["patients"], "seed": DEMO_DEFAULTS["seed"], "slices": DEMO_DEFAULTS["slices"],
-            "time_points": DEMO_DEFAULTS["time_points"], "matrix": 192, "extras": False}
+            "time_points": DEMO_DEFAULTS["time_points"], "matrix": 192, "extras": False,
+            "texture_beta": DEMO_DEFAULTS["texture_beta"], "motion_mm": DEMO_DEFAULTS["motion_mm"]}
     full.update(params)
     full = _check_params(**full)
     out = Path(out_dir)
@@ -1181,6 +1318,11 @@ def main(argv=None):
                         help=f"the real series size: {FULL_SIZE['slices']} slices x {FULL_SIZE['time_points']} "
                              "time points (~10x the default tree)")
     parser.add_argument("--extras", action="store_true", help="also a multi-flip T1-map and a DWI series per visit")
+    parser.add_argument("--texture-beta", type=float, default=DEMO_DEFAULTS["texture_beta"],
+                        help=f"power-law exponent of the gland/fat texture (default {DEMO_DEFAULTS['texture_beta']})")
+    parser.add_argument("--motion-mm", type=float, default=DEMO_DEFAULTS["motion_mm"],
+                        help=f"largest in-plane motion between DCE frames, mm; 0 turns it off "
+                             f"(default {DEMO_DEFAULTS['motion_mm']})")
     parser.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
                         help="save a preview figure (default <out>/preview.png)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a matching tree exists")
@@ -1190,7 +1332,8 @@ def main(argv=None):
     size = FULL_SIZE if args.full else {
         "slices": DEMO_DEFAULTS["slices"] if args.slices is None else args.slices,
         "time_points": DEMO_DEFAULTS["time_points"] if args.time_points is None else args.time_points}
-    params = dict(patients=args.patients, seed=args.seed, matrix=args.matrix, extras=args.extras, **size)
+    params = dict(patients=args.patients, seed=args.seed, matrix=args.matrix, extras=args.extras,
+                  texture_beta=args.texture_beta, motion_mm=args.motion_mm, **size)
     try:
         _check_params(**params)
     except ValueError as err:

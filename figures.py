@@ -41,27 +41,31 @@ def plot_loss_curve(history_csv, out_png, title="Training and validation loss"):
 
 
 def plot_reconstructions(examples, out_png, vmax=1.0, error_vmax=0.2):
-    """One row per example: degraded | clean | reconstructed | absolute error.
+    """One row per example: degraded | clean 3T | [noise-free truth] | reconstructed | absolute error.
 
-    examples: list of dicts with arrays "noisy", "clean", "pred" (H, W) and optional "title",
-    "noisy_metrics" and "pred_metrics" ({"psnr", "ssim"} shown under the panels).
+    examples: list of dicts with arrays "noisy", "clean", "pred" (H, W), optional "truth" (H, W) and optional
+    "title", "noisy_metrics" and "pred_metrics" ({"psnr", "ssim"} shown under the panels). With a truth the
+    error panel and the metrics are against the truth (the caller computes them so), else against the 3T image.
     """
     plt = _pyplot()
     n = len(examples)
-    fig, axes = plt.subplots(n, 4, figsize=(12, 3.1 * n), squeeze=False)
+    columns = 5 if any("truth" in ex for ex in examples) else 4
+    fig, axes = plt.subplots(n, columns, figsize=(3 * columns, 3.1 * n), squeeze=False)
     for row, ex in zip(axes, examples):
-        error = np.abs(ex["pred"] - ex["clean"])
-        panels = [
-            (ex["noisy"], "degraded", ex.get("noisy_metrics")),
-            (ex["clean"], "clean (3T)", None),
-            (ex["pred"], "reconstructed", ex.get("pred_metrics")),
-            (error, "|reconstructed - clean|", None),
-        ]
-        for ax, (img, name, m) in zip(row, panels):
+        reference, name = (ex["truth"], "truth") if "truth" in ex else (ex["clean"], "clean")
+        error = np.abs(ex["pred"] - reference)
+        panels = [(ex["noisy"], "degraded", ex.get("noisy_metrics")), (ex["clean"], "clean (3T)", None)]
+        if "truth" in ex:
+            panels.append((ex["truth"], "noise-free truth", None))
+        panels += [(ex["pred"], "reconstructed", ex.get("pred_metrics")), (error, f"|reconstructed - {name}|", None)]
+        for ax, (img, label, m) in zip(row, panels):
             is_error = img is error
             ax.imshow(img, cmap="magma" if is_error else "gray", vmin=0, vmax=error_vmax if is_error else vmax)
-            label = name if m is None else f"{name}\nPSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}"
+            if m is not None:
+                label += f"\nPSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}" + (" (vs truth)" if "truth" in ex else "")
             ax.set_title(label, fontsize=9)
+            ax.axis("off")
+        for ax in row[len(panels):]:
             ax.axis("off")
         if ex.get("title"):
             row[0].text(-0.05, 0.5, ex["title"], transform=row[0].transAxes, rotation=90,

@@ -5,14 +5,22 @@
     python main.py --run-dir runs/unet --eval-only          # evaluate a trained model again
     python main.py --run-dir runs/unet --resume --epochs 20 # continue an interrupted (or finished) run
 
-A run dir receives: config.yaml (resolved), model.keras (best validation loss), history.csv,
-logs/ (TensorBoard), backup/ (state for --resume), loss_curve.png, reconstructions.png,
-metrics_per_slice.csv and metrics.json. Every model metric is reported next to the same metric
-for the degraded input, over the whole image and over the body mask, on the validation patients.
+A run dir receives: config.yaml (resolved), split.json (the patients of each split and the manifest's
+hash), model.keras (the epoch with the best body-masked validation PSNR), history.csv, logs/
+(TensorBoard), backup/ (state for --resume), loss_curve.png, reconstructions.png,
+metrics_per_slice.csv and metrics.json.
+
+Honest by construction: the checkpoint is selected on the validation patients and the numbers are
+reported on the test patients, who took no part in training or selection (metrics.json says
+"split": "test"; the validation figures sit under "val"). Every model metric is reported next to
+the same metric for the degraded input, over the whole image and over the body mask, against the
+3T image and, when the data has it (demo data), against the noise-free truth ("truth" section).
+--eval-only and --resume refuse data whose split differs from the one the run recorded.
 """
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import shutil
@@ -23,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from config import ConfigError, config_hash, load_config, save_config
-from preprocessing import check_patient_split
+from preprocessing import SPLITS, check_patient_split
 
 
 def parse_args(argv=None):
@@ -95,6 +103,10 @@ def setup_devices(train_cfg):
 # -----------------------------------------------------------------------------
 # losses and training metrics (registered so model.keras reloads with them)
 
+# What checkpoint selection maximizes (see body_validation).
+MONITOR = "val_body_psnr"
+
+
 def get_loss(name):
     import keras
     from keras import ops
@@ -127,22 +139,112 @@ def psnr_metric():
 # -----------------------------------------------------------------------------
 # data
 
+class SplitMismatch(Exception):
+    """The data's patient split differs from the one a run was trained and selected on."""
+
+
+def split_record(data_dir):
+    """{"patients": {split: sorted patient ids}, "manifest_sha256": ...} of a preprocessing output."""
+    from data_factory import read_manifest
+
+    rows = read_manifest(data_dir)
+    check_patient_split(rows)  # one patient in two splits would inflate every held-out number
+    patients = {name: sorted({r["patient_id"] for r in rows if r["split"] == name}) for name in SPLITS}
+    digest = hashlib.sha256((Path(data_dir) / "manifest.csv").read_bytes()).hexdigest()
+    return {"patients": patients, "manifest_sha256": digest}
+
+
+def check_split_record(run_dir, data_dir):
+    """Raise SplitMismatch when the run recorded another patient split than the data has now. A run without a
+    record (older than split.json) is evaluated with a printed warning; another manifest hash with the same
+    patients (arrays rebuilt, e.g. another dtype) only prints a note."""
+    path = Path(run_dir) / "split.json"
+    current = split_record(data_dir)
+    if not path.is_file():
+        print(f"warning: {path} does not exist (a run from before split records); cannot check that "
+              f"{data_dir} holds the patients this model was trained and selected on")
+        return current
+    recorded = json.loads(path.read_text())
+    changed = [name for name in SPLITS if recorded["patients"].get(name, []) != current["patients"][name]]
+    if changed:
+        details = "; ".join(
+            f"{name}: recorded {len(recorded['patients'].get(name, []))} patients, data has "
+            f"{len(current['patients'][name])}" for name in changed)
+        raise SplitMismatch(f"{data_dir} splits its patients differently from the data {run_dir} was trained and "
+                            f"selected on ({details}). Scoring it would mix training or selection patients into "
+                            "the held-out numbers; preprocess with the run's config (same seed and "
+                            "preprocess.split), or train a new run on this data.")
+    if recorded.get("manifest_sha256") != current["manifest_sha256"]:
+        print(f"note: {data_dir}/manifest.csv changed since training (same patients in every split)")
+    return current
+
+
 def load_splits(cfg, data_dir):
     """Training (crops, shuffled, augmented as configured) and validation (whole slices) datasets."""
-    from data_factory import PairedSlices
+    from data_factory import PairedSlices, read_manifest
 
     t = cfg["train"]
+    present = {r["split"] for r in read_manifest(data_dir)}
+    for name in ("train", "val"):
+        if name not in present:
+            raise ValueError(f"{data_dir} has no {name} patients (preprocess.split {cfg['preprocess']['split']}); "
+                             "training needs both: a checkpoint selected without validation patients would be "
+                             "selected on the patients it is scored on. Add patients or change preprocess.split.")
     common = dict(batch_size=t["batch_size"], seed=cfg["seed"])
     train = PairedSlices(data_dir, "train", shuffle=True, augment=t["augment"], patch_size=t["patch_size"],
                          steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
                          use_multiprocessing=t["use_multiprocessing"], **common)
     val = PairedSlices(data_dir, "val", max_slices=t["max_val_slices"], **common)
-    # preprocessing refused to write a leaking split; the manifest may have been edited since, so check again:
-    # one patient on both sides would inflate every validation number
-    check_patient_split(train.rows + val.rows)
     print(f"data: {len(train.rows)} training slices from {len({r['patient_id'] for r in train.rows})} patients, "
-          f"{len(val.rows)} validation slices from {len({r['patient_id'] for r in val.rows})} patients")
+          f"{len(val.rows)} validation slices from {len({r['patient_id'] for r in val.rows})} patients "
+          "(checkpoint selection)")
     return train, val
+
+
+def body_validation(dataset, loss_name):
+    """Keras callback that validates at the end of every epoch: val_loss (the training loss over whole slices),
+    val_psnr and val_body_psnr, the mean per-slice PSNR inside the body mask against the 3T image.
+
+    Checkpoint selection monitors val_body_psnr: a loss over whole slices is dominated by air, which every model
+    gets right, so it can prefer an epoch that is worse where the anatomy is. The 3T image is the reference
+    because it is what real data offers (the truth exists only for demo data). It must come first in the
+    callback list: it writes into the `logs` dict that ModelCheckpoint, CSVLogger and History read after it.
+    """
+    import keras
+
+    class BodyValidation(keras.callbacks.Callback):
+        masks = {}  # body mask of each validation slice, computed once
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs.update(validate(self.model, dataset, loss_name, self.masks))
+
+    return BodyValidation()
+
+
+def validate(model, dataset, loss_name, masks=None):
+    """{"val_loss", "val_psnr", "val_body_psnr"} of `model` on a whole-slice dataset. masks: a dict that caches
+    the body mask of each slice between calls (filled here)."""
+    from metrics import DATA_RANGE, body_mask
+
+    masks = {} if masks is None else masks
+    losses, psnr, body = [], [], []
+    for b in range(len(dataset)):
+        noisy, clean = dataset[b]
+        # a direct call, not predict_on_batch: under MirroredStrategy the latter returns every replica's copy
+        pred = np.asarray(model(noisy, training=False), dtype=np.float32)
+        err = (pred - clean)[..., 0].astype(np.float64)
+        for j in range(len(err)):
+            e = err[j]
+            losses.append({"mse": np.mean(e ** 2), "mae": np.mean(np.abs(e)),
+                           "mse+mae": np.mean(e ** 2) + np.mean(np.abs(e))}[loss_name])
+            psnr.append(10 * math.log10(DATA_RANGE ** 2 / max(np.mean(e ** 2), 1e-12)))
+            key = (b, j)
+            if key not in masks:
+                masks[key] = body_mask(clean[j, ..., 0])
+            if masks[key].any():
+                body.append(10 * math.log10(DATA_RANGE ** 2 / max(np.mean(e[masks[key]] ** 2), 1e-12)))
+    return {"val_loss": float(np.mean(losses)), "val_psnr": float(np.mean(psnr)),
+            "val_body_psnr": float(np.mean(body)) if body else float(np.mean(psnr))}
 
 
 # -----------------------------------------------------------------------------
@@ -162,9 +264,12 @@ def train(cfg, data_dir, run_dir, resume=False):
     if resume and not backup_dir.exists():
         print(f"--resume: no saved state in {backup_dir}, starting from epoch 1")
         resume = False
-    if not resume:
+    if resume:
+        check_split_record(run_dir, data_dir)
+    else:
         shutil.rmtree(backup_dir, ignore_errors=True)
         history_csv.unlink(missing_ok=True)
+        (run_dir / "split.json").write_text(json.dumps(split_record(data_dir), indent=1))
     save_config(cfg, run_dir / "config.yaml")
 
     t = cfg["train"]
@@ -177,19 +282,19 @@ def train(cfg, data_dir, run_dir, resume=False):
     best_so_far = None
     if resume and history_csv.exists():
         with open(history_csv) as f:
-            best_so_far = min((float(r["val_loss"]) for r in csv.DictReader(f)), default=None)
+            best_so_far = max((float(r[MONITOR]) for r in csv.DictReader(f) if r.get(MONITOR)), default=None)
     callbacks = [
+        body_validation(val_ds, t["loss"]),  # first: the callbacks below read the numbers it logs
         keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor="val_loss", save_best_only=True,
-                                        initial_value_threshold=best_so_far),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor=MONITOR, mode="max",
+                                        save_best_only=True, initial_value_threshold=best_so_far),
         keras.callbacks.CSVLogger(str(history_csv), append=resume),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False, profile_batch=0),
         keras.callbacks.TerminateOnNaN(),
     ]
     start = time.perf_counter()
     # the dataset shuffles itself (seeded per epoch); fit's own shuffling would only add noise to that
-    history = model.fit(train_ds, validation_data=val_ds, epochs=t["epochs"], shuffle=False,
-                        callbacks=callbacks, verbose=2)
+    history = model.fit(train_ds, epochs=t["epochs"], shuffle=False, callbacks=callbacks, verbose=2)
     seconds = time.perf_counter() - start
 
     losses = history.history.get("loss", [])
@@ -198,39 +303,66 @@ def train(cfg, data_dir, run_dir, resume=False):
             f"training stopped: the loss became {losses[-1]} (not finite) at epoch {len(losses)}. "
             f"Lower train.learning_rate (now {t['learning_rate']}) or check the data for NaN/inf values.")
     images = len(train_ds) * t["batch_size"] * len(losses)
+    monitored = history.history.get(MONITOR, [])
+    best = int(np.argmax(monitored)) if monitored else None
     # wall time of fit(), per-epoch validation included; benchmark.py measures training steps alone
     return {"seconds": round(seconds, 1), "epochs_run": len(losses),
-            "images_per_s_with_validation": round(images / seconds, 1) if seconds > 0 and losses else None}
+            "images_per_s_with_validation": round(images / seconds, 1) if seconds > 0 and losses else None,
+            "selection": {"monitor": MONITOR, "split": "val", "reference": "3T",
+                          "best_epoch_this_session": None if best is None else best + 1,
+                          "best_value_this_session": None if best is None else round(monitored[best], 3)}}
 
 
 # -----------------------------------------------------------------------------
 # evaluation
 
 def evaluate(model, dataset, n_examples=3):
-    """Metrics of the model output and of the degraded input, per validation slice.
+    """Metrics of the model output and of the degraded input, per slice of a whole-slice dataset.
 
-    Returns (rows, examples): one dict per slice (manifest identity + metrics.pair_metrics) and, for up
-    to `n_examples` patients, the slice with the most tissue (arrays for reconstructions.png).
+    Against two references: the 3T image (columns of metrics.pair_metrics) and, when the data has it, the
+    noise-free truth (the same columns prefixed "truth_"). Both use one body mask per slice, computed on the
+    truth when there is one (it has no noise to threshold) and on the 3T image otherwise.
+    Returns (rows, examples): one dict per slice (manifest identity + metrics) and, for up to `n_examples`
+    patients, the slice with the most tissue (arrays for reconstructions.png).
     """
     from metrics import body_mask, pair_metrics
 
     rows, best = [], {}
     for b in range(len(dataset)):
         noisy, clean = dataset[b]
+        truth = dataset.truth_batch(b)
         pred = np.asarray(model.predict_on_batch(noisy), dtype=np.float32)
         for j, meta in enumerate(dataset.batch_rows(b)):
             n, c, p = noisy[j, ..., 0], clean[j, ..., 0], pred[j, ..., 0]
-            mask = body_mask(c)
+            t = None if truth is None else truth[j, ..., 0]
+            mask = body_mask(c if t is None else t)
             m = pair_metrics(p, n, c, mask)
-            rows.append({"patient_id": meta["patient_id"], "series_uid": meta["series_uid"],
-                         "slice_index": meta["slice_index"], **m})
+            row = {"patient_id": meta["patient_id"], "series_uid": meta["series_uid"],
+                   "slice_index": meta["slice_index"], **m}
+            shown = m
+            if t is not None:
+                shown = pair_metrics(p, n, t, mask)
+                row.update({f"truth_{k}": v for k, v in shown.items()})
+            rows.append(row)
             pid, tissue = meta["patient_id"], int(mask.sum())
             if (pid in best or len(best) < n_examples) and tissue > best.get(pid, {}).get("tissue", -1):
                 best[pid] = {"tissue": tissue, "noisy": n.copy(), "clean": c.copy(), "pred": p.copy(),
                              "title": f"{pid} slice {meta['slice_index']}",
-                             "noisy_metrics": {"psnr": m["noisy_psnr"], "ssim": m["noisy_ssim"]},
-                             "pred_metrics": {"psnr": m["model_psnr"], "ssim": m["model_ssim"]}}
+                             "noisy_metrics": {"psnr": shown["noisy_psnr"], "ssim": shown["noisy_ssim"]},
+                             "pred_metrics": {"psnr": shown["model_psnr"], "ssim": shown["model_ssim"]}}
+                if t is not None:
+                    best[pid]["truth"] = t.copy()
     return rows, list(best.values())
+
+
+def summarize_both(rows):
+    """metrics.summarize of the 3T-referenced columns, plus the same under "truth" when the rows have them."""
+    from metrics import summarize
+
+    summary = summarize(rows)
+    if rows and all("truth_model_psnr" in r for r in rows):
+        summary["truth"] = summarize(rows, prefix="truth_")
+    return summary
 
 
 def load_model(model_path):
@@ -249,26 +381,41 @@ def write_csv(rows, path):
         writer.writerows(rows)
 
 
-def evaluate_run(cfg, data_dir, run_dir, extra=None):
+def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
+    """Score the run's model.keras on the test patients (on val when the data has no test patients, said so),
+    and on the validation patients separately; write metrics.json, metrics_per_slice.csv and the figures."""
     import figures
-    from data_factory import PairedSlices
-    from metrics import format_table, json_safe, summarize
+    from data_factory import PairedSlices, read_manifest
+    from metrics import format_table, json_safe
 
     model_path = run_dir / "model.keras"
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} does not exist; train first (python main.py --run-dir {run_dir})")
     model = load_model(model_path)
-    val = PairedSlices(data_dir, "val", batch_size=cfg["train"]["batch_size"],
-                       max_slices=cfg["train"]["max_val_slices"], seed=cfg["seed"])
+    present = {r["split"] for r in read_manifest(data_dir)}
+    split = "test" if "test" in present else "val"
+    if split != "test":
+        print(f"warning: {data_dir} has no test patients (preprocess.split {cfg['preprocess']['split']}); the "
+              "numbers below are VALIDATION numbers, on the patients the checkpoint was selected on")
+
+    def dataset(name):
+        return PairedSlices(data_dir, name, batch_size=cfg["train"]["batch_size"],
+                            max_slices=cfg["train"]["max_val_slices"], seed=cfg["seed"])
 
     start = time.perf_counter()
-    rows, examples = evaluate(model, val)
+    rows, examples = evaluate(model, dataset(split))
     seconds = time.perf_counter() - start
     write_csv(rows, run_dir / "metrics_per_slice.csv")
-    summary = summarize(rows)
-    summary.update({"model_name": cfg["model"]["name"], "data_dir": str(data_dir),
+    summary = summarize_both(rows)
+    summary.update({"split": split,
+                    "reference": "3T image (noisy); the 'truth' section: the noise-free signal (demo data only)",
+                    "model_name": cfg["model"]["name"], "data_dir": str(data_dir),
                     "config_hash": config_hash(cfg), "eval_seconds": round(seconds, 1),
-                    "eval_ms_per_slice": round(1000 * seconds / len(rows), 1), **(extra or {})})
+                    "eval_ms_per_slice": round(1000 * seconds / len(rows), 1)})
+    if split == "test" and "val" in present:
+        summary["val"] = summarize_both(evaluate(model, dataset("val"), n_examples=0)[0])
+    summary["patients"] = (patients or split_record(data_dir))["patients"]
+    summary.update(extra or {})
     (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2))
 
     if (run_dir / "history.csv").exists():
@@ -277,7 +424,10 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None):
                                 else f"{cfg['model']['name']}: loss")
     figures.plot_reconstructions(examples, run_dir / "reconstructions.png")
     print()
-    print(format_table(summary))
+    print(format_table(summary, split=split.capitalize(), reference="clean 3T"))
+    if "truth" in summary:
+        print()
+        print(format_table(summary["truth"], split=split.capitalize(), reference="noise-free truth"))
     print(f"\nwrote {run_dir}/: metrics.json, metrics_per_slice.csv, reconstructions.png, loss_curve.png")
     return summary
 
@@ -294,12 +444,17 @@ def main(argv=None):
         sys.exit(f"error: {data_dir}/manifest.csv not found; run `python preprocessing.py --out {data_dir}` first")
 
     extra = None
-    if not args.eval_only:
-        try:
+    try:
+        if args.eval_only:
+            check_split_record(run_dir, data_dir)
+        else:
             extra = {"train": train(cfg, data_dir, run_dir, resume=args.resume)}
-        except FloatingPointError as e:
-            sys.exit(f"error: {e}")
-    else:
+    except SplitMismatch as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (FloatingPointError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    if args.eval_only:
         setup_devices(cfg["train"])
         previous = run_dir / "metrics.json"
         if previous.is_file() and "train" in json.loads(previous.read_text()):

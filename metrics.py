@@ -280,12 +280,13 @@ def _nanmean(values):
     return float(values.mean()) if values.size else math.nan
 
 
-def summarize(rows):
+def summarize(rows, prefix=""):
     """metrics.json structure from per-slice rows.
 
     rows: iterable of dicts with patient_id (series_uid and slice_index are carried by the rows but
     not needed here) and the 16 columns of pair_metrics (numbers or numeric strings, e.g. from a
-    CSV). Returns
+    CSV), each name preceded by `prefix` ("" for the 3T reference, "truth_" for the noise-free truth:
+    main.py stores both references' columns in one row). Returns
         {"model": {m: {"mean", "std"}}, "noisy_input": {...},
          "masked": {"model": {...}, "noisy_input": {...}},
          "per_patient": {pid: {"n_slices", "model": {m: mean}, "noisy_input": {m: mean},
@@ -305,11 +306,11 @@ def summarize(rows):
     if not rows:
         raise ValueError("summarize got no rows; evaluate at least one slice")
     columns = _row_columns()
-    missing = [c for c in ["patient_id"] + columns if c not in rows[0]]
+    missing = [c for c in ["patient_id"] + [prefix + c for c in columns] if c not in rows[0]]
     if missing:
         raise ValueError(f"per-slice rows lack the columns {', '.join(missing)}; "
                          "build them with pair_metrics")
-    table = {c: np.array([float(row[c]) for row in rows], dtype=np.float64) for c in columns}
+    table = {c: np.array([float(row[prefix + c]) for row in rows], dtype=np.float64) for c in columns}
     patients = np.array([str(row["patient_id"]) for row in rows])
     outputs = {"model": "model", "noisy_input": "noisy"}  # summary name -> column prefix
 
@@ -355,16 +356,17 @@ def _fmt(value, digits, scientific=False):
     return f"{value:.{digits}e}" if scientific else f"{value:.{digits}f}"
 
 
-def format_table(summary, confidence=0.95):
+def format_table(summary, confidence=0.95, split="Test", reference="clean 3T"):
     """Markdown table in the thesis' format (its Table 1: MSE, PSNR, SSIM on the validation set).
 
     Rows: model output and noisy input, whole image and body mask, each metric as mean +- std over
     slices; then, when summary has patient_ci, the patient-level confidence intervals of PSNR and
-    SSIM and of the gain of the model over its input.
+    SSIM and of the gain of the model over its input. split and reference name what was scored
+    against what (e.g. "Test", "noise-free truth").
     """
-    lines = [f"Validation set: {summary['n_slices']} slices from {summary.get('n_patients', '?')} patients, "
+    lines = [f"{split} set: {summary['n_slices']} slices from {summary.get('n_patients', '?')} patients, "
              f"data_range {summary['data_range']}; mean ± std over slices.", "",
-             "| Image vs. clean 3T | Region | MSE | RMSE | PSNR (dB) | SSIM |",
+             f"| Image vs. {reference} | Region | MSE | RMSE | PSNR (dB) | SSIM |",
              "|---|---|---|---|---|---|"]
     labels = {"model": "Model output", "noisy_input": "Noisy input (simulated)"}
     regions = (("whole image", summary), ("body mask", summary["masked"]))
@@ -383,7 +385,7 @@ def format_table(summary, confidence=0.95):
         ci = summary["patient_ci"]
         n = ci["model"]["psnr"]["n"]
         lines += ["", f"Patient level: mean [{confidence:.0%} CI] over {n} patient means (Student t).", "",
-                  "| Image vs. clean 3T | Region | PSNR (dB) | SSIM |", "|---|---|---|---|"]
+                  f"| Image vs. {reference} | Region | PSNR (dB) | SSIM |", "|---|---|---|---|"]
         labels = dict(labels, gain="Gain (model - noisy)")
         for region, block in (("whole image", ci), ("body mask", ci["masked"])):
             for key, label in labels.items():

@@ -1,4 +1,5 @@
-"""DICOM tree -> paired (clean, degraded) slice arrays + manifest.csv + summary.json.
+"""DICOM tree -> paired (clean, degraded) slice arrays (+ the noise-free truth of demo data) + manifest.csv +
+summary.json.
 
     python preprocessing.py [--dicom-root DIR] [--out DIR] [--config FILE] [--set KEY=VALUE] [--workers N]
     python preprocessing.py --benchmark [--dicom-root DIR] [--workers 2]   # slices/s and peak memory
@@ -16,8 +17,11 @@ What happens, in order:
    normalization impossible to undo exactly for reporting in scanner units.
 4. degrade.degrade: the simulated lower-field image, at acquisition resolution (resizing first would turn white
    noise into correlated blobs).
+   The demo generator also leaves the noise-free signal it simulated next to each DCE series (read_truth); it is
+   normalized with the same lo/hi into a third array per series (`truth_file` in the manifest, empty for real
+   data), the one reference that carries no noise of its own.
 5. resize_square: pad to a square (never distort the aspect ratio), then resize to preprocess.image_size.
-6. split_patients: a seeded patient-level train/val split (a patient is never on both sides).
+6. split_patients: a seeded patient-level train/val/test split by hash threshold (a patient is in one split only).
 7. Each series is written by one worker: arrays under temporary names, renamed when complete, then a sidecar
    arrays/<series_key>.json with its manifest rows and the hash of the settings the arrays depend on. A re-run
    skips series whose sidecar matches, so an interrupted run resumes; manifest.csv and summary.json are
@@ -61,6 +65,7 @@ from tqdm import tqdm
 
 from config import ConfigError, config_hash, load_config
 from degrade import MODELS, degrade, series_rng, snr_ratio
+from demo_data import TRUTH_FILE, TRUTH_INDEX
 
 log = logging.getLogger("preprocessing")
 
@@ -74,9 +79,9 @@ MR_IMAGE_SOP_CLASSES = {
 MANIFEST_COLUMNS = [
     "patient_id", "study_uid", "series_uid", "series_description", "slice_index", "split", "clean_file",
     "noisy_file", "norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio", "degrade_model", "rows",
-    "cols", "sop_instance_uid", "config_hash",
+    "cols", "sop_instance_uid", "config_hash", "truth_file",
 ]
-# The preprocess keys the arrays depend on (val_fraction and series_filter only change which rows are listed
+# The preprocess keys the arrays depend on (split and series_filter only change which rows are listed
 # and how they are split, so changing them does not recompute any array).
 ARRAY_PREPROCESS_KEYS = ("image_size", "dtype", "norm_percentiles")
 DTYPES = ("float32", "float16")
@@ -127,6 +132,7 @@ class Series:
     field_strength_t: float = None
     n_files: int = 0
     notes: list = field(default_factory=list)  # fallbacks used for missing tags
+    truth_dir: str = None  # folder holding a noise-free truth sidecar (demo data only; see read_truth)
 
 
 @dataclass
@@ -404,7 +410,8 @@ def group_series(records, root, skips):
             intercepts=[f["intercept"] for f in frames], temporal_index=[f["t"] for f in frames],
             series_number=first["series_number"],
             field_strength_t=next((r["field_strength_t"] for r in files if r["field_strength_t"]), None),
-            n_files=n_files, notes=sorted({n for r in files for n in r["notes"]})))
+            n_files=n_files, notes=sorted({n for r in files for n in r["notes"]}),
+            truth_dir=first["folder"] if (Path(first["folder"]) / TRUTH_FILE).is_file() else None))
     series_list.sort(key=lambda s: (s.patient_id, s.study_uid, s.series_number, s.series_uid))
     return series_list
 
@@ -528,6 +535,26 @@ def read_series(series):
     return out
 
 
+def read_truth(series):
+    """The noise-free truth of a series, float32 (n, rows, cols) in modality units and in the series' slice
+    order, or None. Only the demo generator knows it: demo_data.write_truth leaves TRUTH_FILE (the images) and
+    TRUTH_INDEX (their SOPInstanceUIDs) next to the DICOM files. Real data has no such files; a sidecar that does
+    not cover every image of the series, or does not match its matrix, is ignored rather than half used."""
+    if series.truth_dir is None or any(frame is not None for _, frame in series.frames):
+        return None
+    folder = Path(series.truth_dir)
+    try:
+        uids = json.loads((folder / TRUTH_INDEX).read_text())["sop_instance_uids"]
+        images = np.load(folder / TRUTH_FILE, mmap_mode="r")
+    except (OSError, ValueError, KeyError):
+        return None
+    position = {uid: i for i, uid in enumerate(uids)}
+    if images.ndim != 3 or images.shape[1:] != (series.rows, series.cols) or len(images) != len(uids) \
+            or any(uid not in position for uid in series.sop_instance_uids):
+        return None
+    return np.asarray(images[[position[uid] for uid in series.sop_instance_uids]], dtype=np.float32)
+
+
 def robust_range(stack, percentiles):
     """(lo, hi) = the given percentiles (e.g. [0.5, 99.5]) of the whole stack; normalize as (x-lo)/(hi-lo).
     Both are rounded to float32 so that normalizing and undoing it use exactly the recorded numbers."""
@@ -594,18 +621,58 @@ def unresize_square(stack, shape):
 # 6. Patient split
 # --------------------------------------------------------------------------------------------------------------
 
-def split_patients(patient_ids, val_fraction, seed):
-    """patient_id -> "train" | "val". Deterministic and seeded: patients are ranked by sha256(seed, id) and
-    the first round(val_fraction * n) go to val (at least one on each side when there are >= 2 patients).
-    Ranking by hash rather than shuffling keeps the split stable when patients are added to the tree."""
-    if not 0 < float(val_fraction) < 1:
-        raise ConfigError(f"preprocess.val_fraction is {val_fraction}; it must lie strictly between 0 and 1")
-    ids = sorted({str(p) for p in patient_ids})
-    n = len(ids)
-    n_val = min(max(round(val_fraction * n), 1), n - 1) if n >= 2 else 0
-    ranked = sorted(ids, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
-    val = set(ranked[:n_val])
-    return {p: ("val" if p in val else "train") for p in ids}
+SPLITS = ("train", "val", "test")
+
+
+def check_split_fractions(fractions):
+    """[train, val, test] fractions of patients -> tuple of floats; ConfigError unless they are >= 0, sum to 1
+    and give training some patients."""
+    try:
+        values = tuple(float(f) for f in fractions)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6 or values[0] <= 0:
+        raise ConfigError(f"preprocess.split is {fractions!r}; give three fractions [train, val, test] >= 0 that "
+                          "sum to 1, with train > 0 (e.g. [0.6, 0.2, 0.2]; the thesis: [0.7, 0.3, 0.0])")
+    return values
+
+
+def patient_hash(patient_id, seed):
+    """sha256(seed:patient_id) mapped to [0, 1): a patient's fixed place on the split line."""
+    digest = hashlib.sha256(f"{seed}:{patient_id}".encode()).hexdigest()
+    return int(digest, 16) / 16 ** len(digest)
+
+
+def split_patients(patient_ids, fractions, seed):
+    """patient_id -> "train" | "val" | "test", by a hash threshold.
+
+    Each patient sits at patient_hash(id, seed) in [0, 1); [0, f_train) is train, [f_train, f_train + f_val)
+    val, the rest test. A patient's split depends only on its own id, the seed and the fractions: adding
+    patients never moves anyone, and moving a boundary moves only the patients between its old and new place.
+    The price is that small cohorts get only roughly the requested proportions (10 patients may give 4/1/5);
+    summary.json lists the counts and `split_warnings` says what a cohort cannot support.
+    """
+    train, val, _ = check_split_fractions(fractions)
+    out = {}
+    for p in sorted({str(p) for p in patient_ids}):
+        u = patient_hash(p, seed)
+        out[p] = "train" if u < train else "val" if u < train + val else "test"
+    return out
+
+
+def split_warnings(split, fractions):
+    """What a split cannot support, in words (empty when it has train, val and test patients as asked)."""
+    counts = {name: sum(v == name for v in split.values()) for name in SPLITS}
+    notes = []
+    if len(split) < 3:
+        notes.append(f"only {len(split)} patient(s): a train/val/test split needs at least 3; "
+                     "main.py can train and validate but cannot report held-out test numbers")
+    for name, fraction in zip(SPLITS, check_split_fractions(fractions)):
+        if fraction > 0 and counts[name] == 0:
+            consequence = {"train": "nothing to train on", "val": "no checkpoint selection: main.py refuses to "
+                           "train", "test": "main.py reports on val and says so"}[name]
+            notes.append(f"no {name} patients ({consequence}); add patients or change preprocess.split")
+    return notes
 
 
 def check_patient_split(rows):
@@ -616,7 +683,7 @@ def check_patient_split(rows):
         splits[row["patient_id"]].add(row["split"])
     leaked = sorted(p for p, s in splits.items() if len(s) > 1)
     if leaked:
-        raise SplitError(f"patients in both train and val (refused, it would leak them): {leaked[:10]}"
+        raise SplitError(f"patients in more than one split (refused, it would leak them): {leaked[:10]}"
                          f"{' ...' if len(leaked) > 10 else ''}")
 
 
@@ -640,7 +707,7 @@ def arrays_hash(cfg):
 def _fingerprint(series):
     """Identity of a series' content as indexed: its images, their order and their rescale."""
     text = json.dumps([series.rows, series.cols, series.sop_instance_uids, [f for _, f in series.frames],
-                       series.slopes, series.intercepts])
+                       series.slopes, series.intercepts, series.truth_dir is not None])
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -704,13 +771,23 @@ def process_series(series, out_dir, cfg, chash):
     (arrays / f"{key}.json").unlink(missing_ok=True)
     _save_square(arrays / f"{key}_clean.npy", clean, size, zero, dtype)
     _save_square(arrays / f"{key}_noisy.npy", noisy, size, zero, dtype)
+    del noisy
+    truth = read_truth(series)
+    truth_file = ""
+    if truth is not None:
+        # the truth takes the clean image's exact path: same lo/hi, same zero, same pad and resize
+        truth -= np.float32(lo)
+        truth /= scale
+        truth_file = f"arrays/{key}_truth.npy"
+        _save_square(arrays / f"{key}_truth.npy", truth, size, zero, dtype)
     rows = [{
         "patient_id": series.patient_id, "study_uid": series.study_uid, "series_uid": series.series_uid,
         "series_description": series.series_description, "slice_index": i,
         "clean_file": f"arrays/{key}_clean.npy", "noisy_file": f"arrays/{key}_noisy.npy",
         "norm_lo": lo, "norm_hi": hi, "sigma_source": info["sigma_source"], "sigma_added": info["sigma_added"],
         "snr_ratio": info["snr_ratio"], "degrade_model": info["model"], "rows": series.rows, "cols": series.cols,
-        "sop_instance_uid": sop, "config_hash": chash} for i, sop in enumerate(series.sop_instance_uids)]
+        "sop_instance_uid": sop, "config_hash": chash, "truth_file": truth_file}
+        for i, sop in enumerate(series.sop_instance_uids)]
     sidecar = {"series_key": key, "config_hash": chash, "fingerprint": _fingerprint(series),
                "slices": len(rows), "info": info, "field_strength_t": series.field_strength_t,
                "notes": series.notes, "rows": rows}
@@ -731,7 +808,8 @@ def _reusable(series, arrays, chash):
         return None
     if sidecar.get("config_hash") != chash or sidecar.get("fingerprint") != _fingerprint(series):
         return None
-    if not (arrays / f"{key}_clean.npy").is_file() or not (arrays / f"{key}_noisy.npy").is_file():
+    needed = [f"{key}_clean.npy", f"{key}_noisy.npy"] + [f"{key}_truth.npy"] * (series.truth_dir is not None)
+    if not all((arrays / name).is_file() for name in needed):
         return None
     return sidecar
 
@@ -753,7 +831,7 @@ def check_config(cfg):
     if len(pre["norm_percentiles"]) != 2:
         raise ConfigError("preprocess.norm_percentiles needs two numbers [lo, hi]")
     robust_range(np.zeros(2, np.float32), pre["norm_percentiles"])  # validates the order
-    split_patients([], pre["val_fraction"], cfg["seed"])  # validates val_fraction
+    check_split_fractions(pre["split"])
     if deg["model"] == "field":
         snr_ratio(deg)
         scale = deg["resolution_scale"]
@@ -846,7 +924,7 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True):
     for s in used:
         sidecar = json.loads((arrays / f"{series_key(s)}.json").read_text())
         rows.extend(sidecar["rows"])
-    split = split_patients([s.patient_id for s in used], cfg["preprocess"]["val_fraction"], cfg["seed"])
+    split = split_patients([s.patient_id for s in used], cfg["preprocess"]["split"], cfg["seed"])
     for row in rows:
         row["split"] = split[row["patient_id"]]
     check_patient_split(rows)
@@ -864,11 +942,15 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True):
         "series_skipped": dict(sorted(skips.series.items())),
         "skip_examples": {r: str(e) for r, e in sorted(skips.examples.items())},
         "slices": len(rows),
-        "patients": {name: sum(v == name for v in split.values()) for name in ("train", "val")},
-        "slices_per_split": {name: sum(r["split"] == name for r in rows) for name in ("train", "val")},
+        "patients": {name: sum(v == name for v in split.values()) for name in SPLITS},
+        "patients_per_split": {name: sorted(p for p, v in split.items() if v == name) for name in SPLITS},
+        "split_fractions": list(check_split_fractions(cfg["preprocess"]["split"])),
+        "split_warnings": split_warnings(split, cfg["preprocess"]["split"]),
+        "slices_per_split": {name: sum(r["split"] == name for r in rows) for name in SPLITS},
         "sigma_methods": dict(sigma_methods),
         "field_strengths_t": dict(field_strengths),
         "series_notes": dict(Counter(n for s in used for n in s.notes)),
+        "series_with_truth": sum(r["truth_file"] != "" for r in rows if r["slice_index"] == 0),
         "image_size": cfg["preprocess"]["image_size"], "dtype": cfg["preprocess"]["dtype"],
         "config_hash": chash, "workers": workers,
         "seconds_index": round(indexed - started, 3), "seconds_process": round(processed - indexed, 3),
@@ -877,6 +959,8 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True):
     }
     _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     _log_skips(skips)
+    for note in summary["split_warnings"]:
+        log.warning("split: %s", note)
     if sigma_methods.get("none"):
         log.warning("%d series had no measurable noise: the field model added none to them (use "
                     "degrade.model=gaussian for noise-free data)", sigma_methods["none"])
@@ -940,7 +1024,8 @@ def demo_root(cfg):
     demo = cfg["demo"]
     return demo_data.ensure_demo_tree(demo["out"], patients=demo["patients"], seed=demo["seed"],
                                       slices=demo["slices"], time_points=demo["time_points"],
-                                      matrix=demo["matrix"])
+                                      matrix=demo["matrix"], texture_beta=demo["texture_beta"],
+                                      motion_mm=demo["motion_mm"])
 
 
 def main(argv=None):
@@ -970,7 +1055,8 @@ def main(argv=None):
     skipped = sum(summary["series_skipped"].values())
     print(f"{summary['slices']} slices of {summary['series_used']} series ({summary['series_reused']} reused) "
           f"from {summary['files_used']} of {summary['files_seen']} files; patients train "
-          f"{summary['patients']['train']} / val {summary['patients']['val']}; {skipped} series and "
+          f"{summary['patients']['train']} / val {summary['patients']['val']} / test {summary['patients']['test']}; "
+          f"{skipped} series and "
           f"{sum(summary['files_skipped'].values())} files skipped; {summary['seconds']:.1f} s -> {args.out}")
 
 

@@ -266,3 +266,76 @@ def test_cli_writes_the_tree_and_the_preview(tmp_path):
     bad = subprocess.run([sys.executable, "demo_data.py", "--out", str(tmp_path / "x"), "--full", "--slices", "3"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--full" in bad.stderr
+
+
+# --- second release: truth, texture, motion ---------------------------------------------------------------------
+
+def truth_of(series_dir):
+    """(truth float32 (n, H, W) in modality units, SOPInstanceUIDs) from the hidden sidecar of a series."""
+    import json
+
+    index = json.loads((series_dir / demo_data.TRUTH_INDEX).read_text())
+    return np.load(series_dir / demo_data.TRUTH_FILE), index["sop_instance_uids"]
+
+
+def test_truth_sidecar_is_the_signal_the_noise_was_added_to(tree):
+    dce = sorted(p.parent for p in (tree[0] / "QIN-BREAST").rglob(demo_data.TRUTH_FILE))
+    assert dce and all("dynamic" in p.name for p in dce)  # DCE series only, each with its truth
+    truth, uids = truth_of(dce[0])
+    dss = {d.SOPInstanceUID: d for d in map(pydicom.dcmread, dce[0].glob("*.dcm"))}
+    assert sorted(uids) == sorted(dss) and truth.shape == (len(dss), SMALL["matrix"], SMALL["matrix"])
+    measured = np.stack([modality_values(dss[u]) for u in uids])
+    bright = truth > 15 * demo_data.NOISE_SIGMA  # Rician ~ Gaussian there: magnitude - truth is the noise
+    residual = (measured - truth)[bright]
+    assert abs(residual.mean()) < 0.1 * demo_data.NOISE_SIGMA
+    assert residual.std() == pytest.approx(demo_data.NOISE_SIGMA, rel=0.1)
+
+
+def gland_beta(texture_beta, patients=4):
+    """Pooled spectrum_beta of the largest square patches inside the gland envelope of a few demo patients."""
+    from scipy import ndimage
+
+    patches = []
+    for index in range(patients):
+        ph = demo_data.phantom(index, 0, slices=8, matrix=192, texture_beta=texture_beta)
+        envelope, gland = ph["gland_envelope"] > 0.99, ph["fractions"]["gland"]
+        for k in range(len(gland)):
+            dist = ndimage.distance_transform_cdt(envelope[k], metric="chessboard")
+            if dist.max() >= 17:
+                i, j = np.unravel_index(dist.argmax(), dist.shape)
+                patches.append(gland[k, i - 16:i + 16, j - 16:j + 16])
+    assert len(patches) >= 8
+    return demo_data.spectrum_beta(np.stack(patches), px=demo_data.FOV_MM / 192)
+
+
+@pytest.mark.parametrize("beta", [1.8, 1.2])
+def test_gland_texture_has_the_configured_power_law(beta):
+    assert gland_beta(beta) == pytest.approx(beta, abs=0.3)
+
+
+def test_spectrum_beta_of_a_known_field():
+    field = demo_data.power_law_field(np.random.default_rng(1), (6, 96, 96), 2.5, 1.0)
+    assert demo_data.spectrum_beta(field) == pytest.approx(2.5, abs=0.2)
+
+
+@pytest.mark.parametrize("motion_mm", [0.0, 1.5])
+def test_dce_frames_move_by_the_configured_motion(tmp_path, motion_mm):
+    from skimage.registration import phase_cross_correlation
+
+    params = dict(SMALL, patients=1, time_points=4, matrix=96, motion_mm=motion_mm)
+    summary = demo_data.make_demo_tree(tmp_path / "t", **params)
+    visits = summary["ground_truth"][0]["visits"]
+    truth, _ = truth_of(tmp_path / "t" / visits[0]["dce_dir"])
+    frames = truth.reshape(4, SMALL["slices"], 96, 96)  # time-major; frames 0-2 are before contrast
+    px = demo_data.FOV_MM / 96
+    for visit in visits:
+        assert max(visit["motion_max_mm"]) <= motion_mm + 1e-6
+    if motion_mm == 0:
+        assert np.array_equal(frames[0], frames[1]) and np.array_equal(frames[0], frames[2])
+        return
+    k = SMALL["slices"] // 2
+    shifts = [np.hypot(*phase_cross_correlation(frames[0, k], frames[t, k], upsample_factor=20)[0]) * px
+              for t in (1, 2)]
+    assert all(0.05 < s <= motion_mm + 0.2 for s in shifts), shifts
+    static = frames[0, k] > 0.5 * frames[0, k].max()  # the same tissue pixels, frame to frame
+    assert np.abs(frames[1, k] - frames[0, k])[static].max() > 0.01 * frames[0, k].max()

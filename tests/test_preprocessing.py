@@ -19,7 +19,8 @@ from config import ConfigError, load_config
 from dicom_fixtures import (BUNDLED_MR, bundled, enhanced_mr_dataset, image_dataset, phantom, uid,
                             write_mixed_tree, write_mr_series)
 from preprocessing import (MANIFEST_COLUMNS, SplitError, check_patient_split, index_tree, pad_to_square,
-                           read_series, resize_square, run, split_patients, unresize_square)
+                           patient_hash, read_series, resize_square, run, split_patients, split_warnings,
+                           unresize_square)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -266,23 +267,44 @@ def test_unresize_square_is_the_geometric_inverse(shape):
 
 # --- split ---------------------------------------------------------------------------------------------------
 
-def test_split_patients_is_seeded_disjoint_and_never_empty():
-    patients = [f"P{i:02d}" for i in range(10)]
-    split = split_patients(patients, 0.3, seed=0)
-    assert split == split_patients(list(reversed(patients)), 0.3, seed=0)  # order of input irrelevant
-    assert sorted(split.values()).count("val") == 3
-    val_sets = {frozenset(p for p, side in split_patients(patients, 0.3, seed).items() if side == "val")
-                for seed in range(5)}
-    assert len(val_sets) > 1  # the seed matters
-    two = split_patients(["a", "b"], 0.3, seed=0)
-    assert sorted(two.values()) == ["train", "val"]
-    assert split_patients(["a", "b"], 0.9, seed=0) != {"a": "val", "b": "val"}
-    assert split_patients(["only"], 0.3, seed=0) == {"only": "train"}
-    # Adding a patient moves at most the boundary, it does not reshuffle everyone.
-    grown = split_patients(patients + ["P10"], 0.3, seed=0)
-    assert sum(grown[p] != split[p] for p in patients) <= 1
-    with pytest.raises(ConfigError, match="val_fraction"):
-        split_patients(patients, 1.0, seed=0)
+def test_split_patients_is_seeded_and_a_pure_function_of_each_patient():
+    patients = [f"P{i:03d}" for i in range(200)]
+    split = split_patients(patients, [0.6, 0.2, 0.2], seed=0)
+    assert split == split_patients(list(reversed(patients)), [0.6, 0.2, 0.2], seed=0)  # input order irrelevant
+    counts = {name: sorted(split.values()).count(name) for name in ("train", "val", "test")}
+    assert 100 <= counts["train"] <= 140 and 25 <= counts["val"] <= 55 and 25 <= counts["test"] <= 55
+    assert split_patients(patients, [0.6, 0.2, 0.2], seed=1) != split  # the seed matters
+    for p in patients[:20]:  # each patient's split depends only on its own hash
+        assert split_patients([p], [0.6, 0.2, 0.2], seed=0)[p] == split[p]
+    with pytest.raises(ConfigError, match="preprocess.split"):
+        split_patients(patients, [0.7, 0.3, 0.3], seed=0)
+    with pytest.raises(ConfigError, match="preprocess.split"):
+        split_patients(patients, [0.0, 0.5, 0.5], seed=0)
+
+
+def test_adding_patients_never_moves_an_existing_one():
+    patients = [f"P{i:03d}" for i in range(50)]
+    before = split_patients(patients, [0.6, 0.2, 0.2], seed=3)
+    after = split_patients(patients + [f"NEW{i}" for i in range(50)], [0.6, 0.2, 0.2], seed=3)
+    assert all(after[p] == before[p] for p in patients)
+
+
+def test_moving_a_boundary_moves_only_the_patients_it_crosses():
+    patients = [f"P{i:03d}" for i in range(300)]
+    old = split_patients(patients, [0.6, 0.2, 0.2], seed=0)
+    new = split_patients(patients, [0.6, 0.3, 0.1], seed=0)  # val/test boundary 0.8 -> 0.9
+    moved = {p for p in patients if old[p] != new[p]}
+    assert moved and all(old[p] == "test" and new[p] == "val" for p in moved)
+    assert moved == {p for p in patients if 0.8 <= patient_hash(p, 0) < 0.9}
+    assert all(new[p] == "train" for p in patients if old[p] == "train")  # train is untouched
+
+
+def test_small_cohorts_are_told_what_is_possible():
+    assert any("at least 3" in n for n in split_warnings(split_patients(["a", "b"], [0.6, 0.2, 0.2], 0),
+                                                         [0.6, 0.2, 0.2]))
+    thesis = split_patients([f"P{i}" for i in range(10)], [0.7, 0.3, 0.0], seed=0)
+    assert "test" not in thesis.values()
+    assert not any("test" in n for n in split_warnings(thesis, [0.7, 0.3, 0.0]))  # no test asked, none missing
 
 
 def test_check_patient_split_refuses_overlap():
@@ -301,7 +323,7 @@ def test_manifest_split_is_by_patient_and_repeatable(tmp_path):
     for row in rows:
         by_patient.setdefault(row["patient_id"], set()).add(row["split"])
     assert all(len(s) == 1 for s in by_patient.values())
-    assert {s for v in by_patient.values() for s in v} == {"train", "val"}
+    assert {s for v in by_patient.values() for s in v} <= {"train", "val", "test"}
     assert (tmp_path / "one" / "manifest.csv").read_text() == (tmp_path / "two" / "manifest.csv").read_text()
 
 
@@ -321,7 +343,7 @@ def test_rerun_writes_nothing_new(tmp_path):
     assert snapshot(out) == before
     assert summary["series_reused"] == 3 and summary["series_processed"] == 0
     # A setting the arrays do not depend on reuses them; one they depend on recomputes them.
-    assert run(root, out, small_cfg("preprocess.val_fraction=0.5"), progress=False)["series_reused"] == 3
+    assert run(root, out, small_cfg("preprocess.split=[0.5,0.5,0.0]"), progress=False)["series_reused"] == 3
     changed = run(root, out, small_cfg("degrade.snr_ratio=0.7"), progress=False)
     assert changed["series_processed"] == 3
     _, rows = read_manifest(out)
