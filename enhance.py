@@ -30,12 +30,19 @@ What happens to each series, and why:
 3. The output is mapped back to the stored values: undo the normalization, undo the rescale of each frame,
    round, clip to the range BitsStored allows (signed or unsigned per PixelRepresentation), same integer type.
 4. Each output file is the input file's header with: new SeriesInstanceUID and SOPInstanceUIDs, SeriesNumber
-   + 1000, SeriesDescription + " enhanced", ImageType DERIVED\\SECONDARY (further values kept), a
-   DerivationDescription naming the model file, its sha256 and its config hash, and a SourceImageSequence that
-   references every source image (ReferencedFrameNumber for multi-frame objects). Study, patient, geometry
-   (ImagePositionPatient, ImageOrientationPatient, PixelSpacing, SliceThickness, FrameOfReferenceUID, per-frame
-   functional groups), bit depth tags and WindowCenter/Width are kept: the output is in the input's units.
-   Pixel data is written uncompressed, explicit VR little endian, whatever the input transfer syntax.
+   + 1000 (moved up past any number already used in the study: output_series_numbers), SeriesDescription
+   + " enhanced", ContentDate/Time and InstanceCreationDate/Time of the enhancement, a ContributingEquipmentSequence
+   item naming enhance.py, the model's sha256 and config hash. Classic MR: ImageType DERIVED\\SECONDARY (further
+   values kept), DerivationDescription, DerivationCodeSequence (CID 7203 "Smoothing") and a SourceImageSequence.
+   Enhanced and legacy converted MR (PS3.3 A.36 / A.71): ImageType and FrameType DERIVED\\PRIMARY (value 2 may
+   only be PRIMARY there), the MR Pulse Sequence attributes removed (they belong to ORIGINAL images), empty
+   Enhanced General Equipment values filled, and each frame's DerivationImageSequence naming its source frame,
+   with a SourceImageEvidenceSequence. Study, patient, geometry (ImagePositionPatient, ImageOrientationPatient,
+   PixelSpacing, SliceThickness, FrameOfReferenceUID, per-frame functional groups), SOP class, bit depth tags and
+   WindowCenter/Width are kept: the output is in the input's units. PixelPaddingValue (and
+   PixelPaddingRangeLimit) pixels are left out of the normalization, written back as padding, and no tissue
+   pixel is given a padding value. Pixel data is written uncompressed, explicit VR little endian, whatever the
+   input transfer syntax. tests/test_dciodvfy.py checks that dciodvfy finds no error the source did not have.
 
 Choices:
 - Multi-frame (enhanced MR) input gives multi-frame output: one output object per input object, frames in the
@@ -74,6 +81,7 @@ import numpy as np
 import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import correct_ambiguous_vr
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from tqdm import tqdm
@@ -94,6 +102,27 @@ TMP_PREFIX = ".tmp-enhance-"
 UID_SOURCE = "mri-enhance"  # first part of the name of every UID we derive (a namespace of our own)
 # PS3.16 CID 7202 "Source Image Purpose of Reference": what the SourceImageSequence items are for.
 PURPOSE_SOURCE_IMAGE = ("121322", "DCM", "Source image for image processing operation")
+# PS3.16 CID 7203 "Image Derivation": the closest standard code for a denoising network (CID 7203 has no
+# "denoising"; "Smoothing" is the operation a noise-reducing filter is coded as).
+DERIVATION_SMOOTHING = ("113087", "DCM", "Smoothing")
+# PS3.16 CID 7005 "Contributing Equipment Purposes of Reference": how enhance.py is named in the output.
+PURPOSE_PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
+SOFTWARE_NAME = "mri-enhance enhance.py"
+# SOP classes with functional groups, whose Image Type and Frame Type value 2 must be PRIMARY (PS3.3 C.8.16.1).
+ENHANCED_MR_CLASSES = ("1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4")
+# MR Pulse Sequence module (PS3.3 C.8.13.4): each attribute is required if Image Type Value 1 is ORIGINAL or MIXED,
+# and dciodvfy rejects them in a DERIVED object, so they go when the object becomes DERIVED. (The MR functional group
+# macros, C.8.13.5, are "Required if Frame Type Value 1 of this frame is ORIGINAL, may be present otherwise":
+# they stay, they still describe how the source frames were acquired.)
+PULSE_SEQUENCE_TAGS = (
+    "PulseSequenceName", "MRAcquisitionType", "EchoPulseSequence", "MultipleSpinEcho", "MultiPlanarExcitation",
+    "PhaseContrast", "TimeOfFlightContrast", "ArterialSpinLabelingContrast",
+    "SteadyStatePulseSequence", "EchoPlanarPulseSequence", "SaturationRecovery", "SpectrallySelectedSuppression",
+    "OversamplingPhase", "GeometryOfKSpaceTraversal", "RectilinearPhaseEncodeReordering",
+    "SegmentedKSpaceTraversal", "CoverageOfKSpace", "NumberOfKSpaceTrajectories")
+# Enhanced General Equipment module (PS3.3 C.7.5.2): Type 1 in enhanced MR objects, often empty in converted or
+# anonymized ones. Filled (only where missing or empty) with "UNKNOWN", since we cannot know the scanner's.
+ENHANCED_EQUIPMENT_TAGS = ("Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions")
 # Values derived from the pixels of the input; they would be wrong for the output, and readers need none of them.
 STALE_TAGS = ("SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries",
               "LargestPixelValueInSeries", "IconImageSequence", "InstanceCreatorUID", "ExtendedOffsetTable",
@@ -398,26 +427,31 @@ def _portable_copy(ds, swap=False):
     return out
 
 
-def _image_type(value):
-    """DERIVED\\SECONDARY followed by the original values after the first two (e.g. M\\FFE)."""
+def _image_type(value, enhanced=False):
+    """DERIVED\\SECONDARY followed by the original values after the first two (e.g. M\\FFE); DERIVED\\PRIMARY
+    for enhanced MR objects, whose value 2 may only be PRIMARY (PS3.3 C.8.16.1)."""
     if value is None:
         original = []
     elif isinstance(value, str):
         original = [value]
     else:
         original = list(value)
-    return ["DERIVED", "SECONDARY"] + [str(v) for v in original[2:]]
+    return ["DERIVED", "PRIMARY" if enhanced else "SECONDARY"] + [str(v) for v in original[2:]]
+
+
+def _functional_groups(ds):
+    """The shared item(s) and then the per-frame items of an enhanced object (empty for classic images)."""
+    return list(ds.get("SharedFunctionalGroupsSequence") or []) + list(ds.get("PerFrameFunctionalGroupsSequence")
+                                                                      or [])
 
 
 def _mark_frame_types(ds):
-    """Enhanced MR: FrameType (in MRImageFrameTypeSequence, shared or per frame) becomes DERIVED too, as its first
-    values must agree with ImageType."""
-    groups = list(ds.get("SharedFunctionalGroupsSequence") or []) + list(ds.get("PerFrameFunctionalGroupsSequence")
-                                                                        or [])
-    for group in groups:
+    """Enhanced MR: FrameType (in MRImageFrameTypeSequence, shared or per frame) becomes DERIVED\\PRIMARY too, as
+    its first values must agree with ImageType (PS3.3 C.8.16.1)."""
+    for group in _functional_groups(ds):
         for item in group.get("MRImageFrameTypeSequence") or []:
             if "FrameType" in item:
-                item.FrameType = _image_type(item.FrameType)
+                item.FrameType = _image_type(item.FrameType, enhanced=True)
 
 
 def _code_item(value, scheme, meaning):
@@ -426,50 +460,143 @@ def _code_item(value, scheme, meaning):
     return item
 
 
-def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created):
+def _source_reference(source_class, source_sop, frame_number):
+    """One item of a SourceImageSequence (Image SOP Instance Reference macro, PS3.3 C.10.5, with the purpose of
+    reference from CID 7202)."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = source_class
+    item.ReferencedSOPInstanceUID = source_sop
+    if frame_number is not None:
+        item.ReferencedFrameNumber = frame_number
+    item.PurposeOfReferenceCodeSequence = Sequence([_code_item(*PURPOSE_SOURCE_IMAGE)])
+    return item
+
+
+def _add_derivation_per_frame(ds, source_class, source_sop, frame_numbers, description):
+    """Enhanced MR: the Derivation Image functional group (PS3.3 C.7.6.16.2.6) in each frame's item: how the frame
+    was derived (DerivationCodeSequence, CID 7203) and from which source frame (SourceImageSequence). The Enhanced
+    MR IODs define no top-level SourceImageSequence; a reference there is invisible to readers of the IOD."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None or len(per_frame) != len(frame_numbers):
+        per_frame = Sequence([Dataset() for _ in frame_numbers])
+        ds.PerFrameFunctionalGroupsSequence = per_frame
+    for group in ds.get("SharedFunctionalGroupsSequence") or []:
+        if "DerivationImageSequence" in group:  # the source's own derivation is per frame from now on
+            del group.DerivationImageSequence
+    for item, number in zip(per_frame, frame_numbers):
+        derivation = Dataset()
+        derivation.DerivationDescription = description
+        derivation.DerivationCodeSequence = Sequence([_code_item(*DERIVATION_SMOOTHING)])
+        derivation.SourceImageSequence = Sequence([_source_reference(source_class, source_sop, number)])
+        item.DerivationImageSequence = Sequence([derivation])
+
+
+def _source_evidence(header, source_class, source_sop):
+    """SourceImageEvidenceSequence (MR Image and Spectroscopy Instance macro, PS3.3 C.8.13.2; required once a
+    Derivation Image functional group references a source): the source object by study, series and instance
+    (Hierarchical SOP Instance Reference macro, PS3.3 C.17.2.1)."""
+    instance = Dataset()
+    instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID = source_class, source_sop
+    series = Dataset()
+    series.SeriesInstanceUID = str(header.get("SeriesInstanceUID", ""))
+    series.ReferencedSOPSequence = Sequence([instance])
+    study = Dataset()
+    study.StudyInstanceUID = str(header.get("StudyInstanceUID", ""))
+    study.ReferencedSeriesSequence = Sequence([series])
+    return Sequence([study])
+
+
+def _complete_dimensions(ds):
+    """Multi-frame Dimension module (PS3.3 C.7.6.17): DimensionOrganizationSequence (Type 1) lists every
+    DimensionOrganizationUID the DimensionIndexSequence uses; some sources have the index but not the list."""
+    index = ds.get("DimensionIndexSequence") or []
+    uids = [str(i.DimensionOrganizationUID) for i in index if i.get("DimensionOrganizationUID")]
+    if ds.get("DimensionOrganizationSequence") or not uids:
+        return
+    organizations = []
+    for value in dict.fromkeys(uids):
+        item = Dataset()
+        item.DimensionOrganizationUID = value
+        organizations.append(item)
+    ds.DimensionOrganizationSequence = Sequence(organizations)
+
+
+def _contributing_equipment(enhancer, created):
+    """SOP Common ContributingEquipmentSequence item (PS3.3 C.12.1) naming enhance.py as processing equipment;
+    the General Equipment attributes keep describing the scanner that acquired the source."""
+    item = Dataset()
+    item.PurposeOfReferenceCodeSequence = Sequence([_code_item(*PURPOSE_PROCESSING_EQUIPMENT)])
+    item.Manufacturer = SOFTWARE_NAME
+    item.ManufacturerModelName = f"{enhancer.name} {enhancer.model_path.name}"[:64]
+    item.SoftwareVersions = f"model sha256 {enhancer.model_sha} config {enhancer.config_hash}"[:64]
+    item.ContributionDateTime = created.strftime("%Y%m%d%H%M%S")
+    item.ContributionDescription = "Denoised by a trained network; pixel values replaced, geometry kept"
+    return item
+
+
+def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number=None):
     """The output object for one input file.
 
     header: the input's dataset without pixel data (dcmread stop_before_pixels). pixels: stored values, (rows,
     cols) or (frames, rows, cols) in the cell dtype. frame_numbers: 1-based frame numbers for a multi-frame input
-    (None for a single frame). Returns a Dataset with file_meta, ready for save_as(enforce_file_format=True).
+    (None for a single frame). series_number: the output SeriesNumber (default: the source's + 1000).
+    Returns a Dataset with file_meta, ready for save_as(enforce_file_format=True).
     """
     big_endian = header.original_encoding[1] is False
     ds = _portable_copy(header, swap=big_endian)
     source_sop = str(header.get("SOPInstanceUID", ""))
     meta = getattr(header, "file_meta", None) or {}
     source_class = str(header.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", ""))
+    enhanced = source_class in ENHANCED_MR_CLASSES or "PerFrameFunctionalGroupsSequence" in header
     sop_uid = derived_uid(new_series_uid, source_sop)
     for keyword in STALE_TAGS:
         if keyword in ds:
             delattr(ds, keyword)
 
     ds.SOPInstanceUID = sop_uid
-    ds.SOPClassUID = source_class
+    ds.SOPClassUID = source_class  # same IOD as the input: viewers treat the output like the source
     ds.SeriesInstanceUID = new_series_uid
-    ds.SeriesNumber = int(header.get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET
+    ds.SeriesNumber = (int(header.get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET if series_number is None
+                       else series_number)
     description = str(header.get("SeriesDescription", "") or "")
     ds.SeriesDescription = description[:64 - len(DESCRIPTION_SUFFIX)] + DESCRIPTION_SUFFIX
-    ds.ImageType = _image_type(header.get("ImageType"))
-    _mark_frame_types(ds)
-    ds.InstanceCreationDate, ds.InstanceCreationTime = created.strftime("%Y%m%d"), created.strftime("%H%M%S")
-    ds.DerivationDescription = (
+    ds.ImageType = _image_type(header.get("ImageType"), enhanced)
+    # The pixels are new: the instance and its content date from now (PS3.3 C.12.1 and C.7.6.1 / C.7.6.16).
+    date, time_ = created.strftime("%Y%m%d"), created.strftime("%H%M%S")
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time_
+    ds.ContentDate, ds.ContentTime = date, time_
+    derivation = (
         f"Denoised by enhance.py ({enhancer.name}, model file {enhancer.model_path.name} sha256 "
         f"{enhancer.model_sha}, config hash {enhancer.config_hash}); normalization: percentiles "
         f"{list(enhancer.cfg['preprocess']['norm_percentiles'])} of the source series")[:1024]
-    references = []
-    for number in frame_numbers or [None]:
-        item = Dataset()
-        item.ReferencedSOPClassUID = source_class
-        item.ReferencedSOPInstanceUID = source_sop
-        if number is not None:
-            item.ReferencedFrameNumber = number
-        item.PurposeOfReferenceCodeSequence = Sequence([_code_item(*PURPOSE_SOURCE_IMAGE)])
-        references.append(item)
-    ds.SourceImageSequence = Sequence(references)
+    equipment = list(ds.get("ContributingEquipmentSequence") or [])
+    ds.ContributingEquipmentSequence = Sequence(equipment + [_contributing_equipment(enhancer, created)])
+    if enhanced:
+        _mark_frame_types(ds)
+        for keyword in PULSE_SEQUENCE_TAGS:
+            if keyword in ds:
+                delattr(ds, keyword)
+        for keyword in ENHANCED_EQUIPMENT_TAGS:
+            if not str(ds.get(keyword, "") or "").strip():
+                setattr(ds, keyword, "UNKNOWN")
+        _complete_dimensions(ds)
+        for keyword in ("SourceImageSequence", "DerivationDescription", "DerivationCodeSequence"):
+            if keyword in ds:  # not in the Enhanced MR IODs: the derivation is told per frame, below
+                delattr(ds, keyword)
+        _add_derivation_per_frame(ds, source_class, source_sop, frame_numbers or [1], derivation)
+        ds.SourceImageEvidenceSequence = _source_evidence(header, source_class, source_sop)
+    else:
+        # Classic MR: General Image module (PS3.3 C.7.6.1) carries the derivation and the source references.
+        ds.DerivationDescription = derivation
+        ds.DerivationCodeSequence = Sequence([_code_item(*DERIVATION_SMOOTHING)])
+        ds.SourceImageSequence = Sequence([_source_reference(source_class, source_sop, number)
+                                           for number in frame_numbers or [None]])
 
     data = np.ascontiguousarray(pixels).tobytes()
     ds.PixelData = data + (b"\0" if len(data) % 2 else b"")  # values have even length
     ds["PixelData"].VR = "OW" if pixels.dtype.itemsize > 1 else "OB"
+    # US-or-SS elements read from implicit VR input (PixelPaddingValue, ...) get their VR from PixelRepresentation.
+    correct_ambiguous_vr(ds, is_little_endian=True)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = source_class
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -497,11 +624,70 @@ def _pixel_layout(header):
     return bits_allocated, bits_stored, signed
 
 
-def write_series(series, modality, enhancer, folder, new_series_uid, created):
+def padding_range(header):
+    """(low, high, padding value): the stored values that mean "no image here" and the one written for them, or
+    None when the header declares no padding.
+
+    PixelPaddingValue (PS3.3 C.7.5.1.1.2) alone: that one value; with PixelPaddingRangeLimit (C.7.6.3.1.11) every
+    value between the two, inclusive. Both are stored values (before the rescale), US or SS as PixelRepresentation
+    says; read from implicit VR files their VR is ambiguous, so the raw bytes are decoded here when needed."""
+    signed = int(header.get("PixelRepresentation") or 0) == 1
+    values = []
+    for keyword in ("PixelPaddingValue", "PixelPaddingRangeLimit"):
+        value = header.get(keyword)
+        if isinstance(value, bytes):
+            value = int.from_bytes(value[:2], "little", signed=signed) if len(value) >= 2 else None
+        if value not in (None, "") and not isinstance(value, (list, tuple)):
+            values.append(int(value))
+    if not values:
+        return None
+    return min(values), max(values), values[0]
+
+
+def padding_mask(series, modality):
+    """Boolean (n, H, W): True where the source pixel is padding (see padding_range), or None if no file of the
+    series declares padding. modality: the source values (n, H, W) as read_series returns them."""
+    mask, headers = None, {}
+    for k, (path, _) in enumerate(series.frames):
+        if path not in headers:
+            headers[path] = padding_range(_read_header(path))
+        limits = headers[path]
+        if limits is None or series.slopes[k] == 0:
+            continue
+        stored = np.rint((modality[k].astype(np.float64) - series.intercepts[k]) / series.slopes[k])
+        if mask is None:
+            mask = np.zeros(modality.shape, dtype=bool)
+        mask[k] = (stored >= limits[0]) & (stored <= limits[1])
+    return mask
+
+
+def keep_padding(stored, mask, limits, bits_stored, signed):
+    """Stored output values with padding respected: padded pixels (mask) hold PixelPaddingValue, whatever the
+    network made of them, and a tissue pixel whose value falls in the padding range is moved to the nearest
+    value outside it, so a viewer never hides real tissue as padding (PS3.3 C.7.5.1.1.2)."""
+    low, high = stored_range(bits_stored, signed)
+    pad_low, pad_high, padding_value = limits
+    below, above = pad_low - 1, pad_high + 1
+    values = stored.astype(np.int64)
+    inside = (values >= pad_low) & (values <= pad_high)
+    if mask is not None:
+        inside &= ~mask
+    if below < low and above > high:
+        raise SeriesError("invalid padding", f"padding range {limits} covers every value BitsStored allows")
+    nearer_below = (values - pad_low < pad_high - values) if below >= low else np.zeros_like(inside)
+    use_below = nearer_below | (above > high)
+    values[inside] = np.where(use_below, below, above)[inside]
+    if mask is not None:
+        values[mask] = padding_value
+    return values.astype(stored.dtype)
+
+
+def write_series(series, modality, enhancer, folder, new_series_uid, created, padding=None, series_number=None):
     """Write one output file per input file of `series` into `folder` (which exists and is empty).
 
-    modality: enhanced values (n, H, W) in series order. Files are named 0001.dcm ... in the order of their
-    first slice in the series. Returns the number of files written."""
+    modality: enhanced values (n, H, W) in series order. padding: boolean (n, H, W) of padded source pixels
+    (padding_mask) or None. series_number: the output SeriesNumber (None: the source's + 1000). Files are named
+    0001.dcm ... in the order of their first slice in the series. Returns the number of files written."""
     files = {}
     for k, (path, frame) in enumerate(series.frames):
         files.setdefault(path, []).append((k, frame))
@@ -511,6 +697,9 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created):
         index = [k for k, _ in items]
         stored = to_stored(modality[index], [series.slopes[k] for k in index],
                            [series.intercepts[k] for k in index], bits_stored, bits_allocated, signed)
+        limits = padding_range(header)
+        if limits is not None:
+            stored = keep_padding(stored, None if padding is None else padding[index], limits, bits_stored, signed)
         n_frames = int(header.get("NumberOfFrames") or 1)
         if n_frames > 1 or items[0][1] is not None:
             order = sorted(range(len(items)), key=lambda j: items[j][1] or 0)
@@ -520,9 +709,26 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created):
             pixels, frame_numbers = stored[order], [f + 1 for f in frames]
         else:
             pixels, frame_numbers = stored[0], None
-        ds = derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created)
+        ds = derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number)
         ds.save_as(folder / f"{number:04d}.dcm", enforce_file_format=True)
     return len(files)
+
+
+def output_series_numbers(series_list):
+    """{source series_uid: output SeriesNumber}: the source's + 1000, moved up past every number already used in
+    the same study (by the series of the input tree and by outputs numbered before it), so a viewer never shows
+    two series of one study under one number."""
+    taken = {}
+    for s in series_list:
+        taken.setdefault(s.study_uid, set()).add(int(s.series_number or 0))
+    numbers = {}
+    for s in series_list:
+        number = int(s.series_number or 0) + SERIES_NUMBER_OFFSET
+        while number in taken[s.study_uid]:
+            number += 1
+        taken[s.study_uid].add(number)
+        numbers[s.series_uid] = number
+    return numbers
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -530,7 +736,7 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created):
 # --------------------------------------------------------------------------------------------------------------
 
 def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_tiling=False, max_pixels=MAX_PIXELS,
-                   overwrite=False, preview=False):
+                   overwrite=False, preview=False, series_number=None):
     """Enhance one Series into its folder under out_dir. Returns a result dict with "status": "done" or
     "skipped" (+ "reason", "detail"); never raises for bad data (a KeyboardInterrupt still stops the run)."""
     new_uid = derived_series_uid(series, enhancer)
@@ -555,11 +761,17 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
             raise SeriesError("pixel read failed", f"{type(error).__name__}: {error}") from None
         if not np.all(np.isfinite(raw)):
             raise SeriesError("pixel read failed", "non-finite values after rescale")
-        lo, hi = preprocessing.robust_range(raw, enhancer.cfg["preprocess"]["norm_percentiles"])
+        # Padded pixels (PixelPaddingValue) are not image: they take no part in the normalization, the network
+        # sees them as the darkest tissue value (lo) instead of an artificial edge, and write_series restores them.
+        padding = padding_mask(series, raw)
+        lo, hi = preprocessing.robust_range(raw if padding is None else raw[~padding],
+                                            enhancer.cfg["preprocess"]["norm_percentiles"])
         if not hi > lo:
             raise SeriesError("constant image", f"lo = hi = {lo}")
         scale = np.float32(hi) - np.float32(lo)
         normalized = (raw - np.float32(lo)) / scale
+        if padding is not None:
+            normalized[padding] = 0.0
         try:
             pred, info = predict_stack(enhancer, normalized, batch_size, tile, force_tiling, max_pixels,
                                        zero=float(-np.float32(lo) / scale))
@@ -573,7 +785,7 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            n_files = write_series(series, enhanced, enhancer, tmp, new_uid, created)
+            n_files = write_series(series, enhanced, enhancer, tmp, new_uid, created, padding, series_number)
             marker = {"source_series_uid": series.series_uid, "output_series_uid": new_uid,
                       "model": str(enhancer.model_path), "model_sha256": enhancer.model_sha,
                       "config_hash": enhancer.config_hash, "slices": len(series.frames), "files": n_files,
@@ -730,9 +942,10 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
           f"model {enhancer.name} ({enhancer.model_path}, config {enhancer.config_hash})")
     inference_before = sum(enhancer.timings)
     bar = tqdm(total=n_slices, unit="slice", desc="enhance", disable=not progress or not n_slices)
+    series_numbers = output_series_numbers(series_list)
     for s in series_list:
         results.append(enhance_series(s, enhancer, out_dir, batch_size, tile, force_tiling, max_pixels,
-                                      overwrite, preview))
+                                      overwrite, preview, series_numbers[s.series_uid]))
         bar.update(len(s.frames))
     bar.close()
 

@@ -8,10 +8,12 @@ import hashlib
 import shutil
 
 import numpy as np
+import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sequence import Sequence
-from pydicom.uid import (EnhancedMRImageStorage, ExplicitVRLittleEndian,
+from pydicom.uid import (EnhancedMRImageStorage, ExplicitVRLittleEndian, JPEGLSLossless,
                          GrayscaleSoftcopyPresentationStateStorage, MRImageStorage, MRSpectroscopyStorage,
                          PositronEmissionTomographyImageStorage, UID)
 
@@ -24,7 +26,6 @@ BUNDLED_MR = {
     "jpeg2000_lossless": "MR_small_jp2klossless.dcm",
     "jpeg_ls_lossless": "MR_small_jpeg_ls_lossless.dcm",
 }
-
 
 
 def set_uint16_pixels(ds, pixels):
@@ -218,3 +219,283 @@ def write_mixed_tree(root, seed=0):
                   "SOP class MR Spectroscopy Storage": 1, "no pixel data": 1, "color MR": 1,
                   "truncated": 3, "not DICOM": 2},
     }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Complete objects for the dciodvfy checks (tests/test_dciodvfy.py): every module a validator asks for is there,
+# so an error in the enhanced output is one the writer added, not one the fixture already had.
+
+def _code(value, scheme, meaning):
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _common_enhanced_header(ds, source, sop_class, patient_id, series_number, description):
+    """Patient, study, series, frame of reference, equipment and SOP common attributes of an enhanced MR object
+    (PS3.3 A.36.2.3 / A.36.2.4), copied from the classic `source` where it has them."""
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = uid(patient_id, sop_class, "instance")
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.InstanceCreationDate, ds.InstanceCreationTime = "20040826", "185434"
+    ds.Modality = "MR"
+    ds.PatientName, ds.PatientID = f"Test^{patient_id}", patient_id
+    ds.PatientBirthDate, ds.PatientSex = "", "F"
+    ds.StudyInstanceUID = source.StudyInstanceUID
+    ds.StudyDate, ds.StudyTime = "20040826", "185059"
+    ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "1", ""
+    ds.SeriesInstanceUID = uid(patient_id, sop_class, "series")
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = description
+    ds.FrameOfReferenceUID = source.get("FrameOfReferenceUID") or uid(patient_id, "frame of reference")
+    ds.PositionReferenceIndicator = ""
+    ds.Manufacturer, ds.ManufacturerModelName = "TOSHIBA_MEC", "MRT50H1"
+    ds.DeviceSerialNumber, ds.SoftwareVersions = "0000200", "V3.51*P25"
+    ds.InstanceNumber = 1
+    ds.ContentDate, ds.ContentTime = "20040826", "185059"
+    ds.AcquisitionContextSequence = Sequence()
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    return ds
+
+
+def _dimensions(ds, name):
+    """Multi-frame Dimension module (PS3.3 C.7.6.17): one dimension, the in-stack position of each frame."""
+    organization = uid(name, "dimension organization")
+    org = Dataset()
+    org.DimensionOrganizationUID = organization
+    ds.DimensionOrganizationSequence = Sequence([org])
+    index = Dataset()
+    index.DimensionOrganizationUID = organization
+    index.DimensionIndexPointer = 0x00209057  # In-Stack Position Number
+    index.FunctionalGroupPointer = 0x00209111  # Frame Content Sequence
+    ds.DimensionIndexSequence = Sequence([index])
+
+
+def enhanced_mr_jpegls_file(path, n_frames=3):
+    """An Enhanced MR Image Storage object (ORIGINAL\\PRIMARY, pulse sequence and MR functional groups as a
+    scanner writes them) with JPEG-LS lossless pixel data, written to `path`; returns the path.
+
+    Stands in for pydicom's emri_small_jpeg_ls_lossless.dcm, which is not bundled with pydicom (it is
+    downloaded on demand, and CI has no network). The frames are the JPEG-LS frame of the bundled
+    MR_small_jpeg_ls_lossless.dcm (64 x 64, signed 16 bit) repeated at n_frames slice positions."""
+    source = pydicom.dcmread(bundled("MR_small_jpeg_ls_lossless.dcm"))
+    frame = next(generate_frames(source.PixelData, number_of_frames=1))
+    ds = _common_enhanced_header(Dataset(), source, EnhancedMRImageStorage, "EMR", 2, "emri like")
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.PatientPosition = "HFS"
+    ds.AcquisitionNumber = 1
+    ds.AcquisitionDateTime = "20040826185059"
+    ds.AcquisitionDuration = 120.0
+    ds.ContentQualification = "PRODUCT"
+    ds.ResonantNucleus = "1H"
+    ds.KSpaceFiltering = "NONE"
+    ds.MagneticFieldStrength = 1.5
+    ds.ApplicableSafetyStandardAgency = "IEC"
+    ds.ImageComments = "synthetic, for validator tests"
+    ds.ComplexImageComponent = "MAGNITUDE"
+    ds.AcquisitionContrast = "T2"
+    ds.PixelPresentation = "MONOCHROME"
+    ds.VolumetricProperties = "VOLUME"
+    ds.VolumeBasedCalculationTechnique = "NONE"
+    # MR Pulse Sequence module (PS3.3 C.8.13.4): required while ImageType value 1 is ORIGINAL.
+    ds.PulseSequenceName = "SE"
+    ds.MRAcquisitionType = "3D"
+    ds.EchoPulseSequence = "SPIN"
+    ds.MultipleSpinEcho = "NO"
+    ds.MultiPlanarExcitation = "NO"
+    ds.PhaseContrast = "NO"
+    ds.TimeOfFlightContrast = "NO"
+    ds.SteadyStatePulseSequence = "NONE"
+    ds.EchoPlanarPulseSequence = "NO"
+    ds.SaturationRecovery = "NO"
+    ds.SpectrallySelectedSuppression = "NONE"
+    ds.OversamplingPhase = "NONE"
+    ds.GeometryOfKSpaceTraversal = "RECTILINEAR"
+    ds.RectilinearPhaseEncodeReordering = "LINEAR"
+    ds.SegmentedKSpaceTraversal = "SINGLE"
+    ds.CoverageOfKSpace = "FULL"
+    ds.NumberOfKSpaceTrajectories = 1
+    ds.NumberOfFrames = n_frames
+    _dimensions(ds, "EMR")
+
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing, measures.SliceThickness = source.PixelSpacing, source.SliceThickness
+    shared.PixelMeasuresSequence = Sequence([measures])
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = source.ImageOrientationPatient
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, 0, "US"
+    shared.PixelValueTransformationSequence = Sequence([transform])
+    voi = Dataset()
+    voi.WindowCenter, voi.WindowWidth = 600, 1600
+    shared.FrameVOILUTSequence = Sequence([voi])
+    anatomy = Dataset()
+    anatomy.FrameLaterality = "U"
+    anatomy.AnatomicRegionSequence = Sequence([_code("76752008", "SCT", "Breast")])
+    shared.FrameAnatomySequence = Sequence([anatomy])
+    timing = Dataset()
+    timing.RepetitionTime, timing.FlipAngle, timing.EchoTrainLength = 4000.0, 90.0, 1
+    timing.RFEchoTrainLength, timing.GradientEchoTrainLength = 1, 0
+    sar = Dataset()
+    sar.SpecificAbsorptionRateDefinition, sar.SpecificAbsorptionRateValue = "IEC_WHOLE_BODY", 0.5
+    timing.SpecificAbsorptionRateSequence = Sequence([sar])
+    mode = Dataset()
+    mode.OperatingModeType, mode.OperatingMode = "GRADIENT", "IEC_NORMAL"
+    timing.OperatingModeSequence = Sequence([mode])
+    shared.MRTimingAndRelatedParametersSequence = Sequence([timing])
+    fov = Dataset()
+    fov.InPlanePhaseEncodingDirection = "ROW"
+    fov.MRAcquisitionFrequencyEncodingSteps = 64
+    fov.MRAcquisitionPhaseEncodingStepsInPlane = 64
+    fov.MRAcquisitionPhaseEncodingStepsOutOfPlane = 64
+    fov.PercentSampling, fov.PercentPhaseFieldOfView = 100.0, 100.0
+    shared.MRFOVGeometrySequence = Sequence([fov])
+    echo = Dataset()
+    echo.EffectiveEchoTime = 240.0
+    shared.MREchoSequence = Sequence([echo])
+    modifier = Dataset()
+    modifier.InversionRecovery, modifier.FlowCompensation, modifier.Spoiling = "NO", "NONE", "NONE"
+    modifier.T2Preparation, modifier.SpectrallySelectedExcitation = "NO", "NONE"
+    modifier.SpatialPresaturation, modifier.PartialFourier, modifier.ParallelAcquisition = "NONE", "NO", "NO"
+    shared.MRModifierSequence = Sequence([modifier])
+    imaging = Dataset()
+    imaging.MagnetizationTransfer, imaging.BloodSignalNulling, imaging.Tagging = "NONE", "NO", "NONE"
+    imaging.TransmitterFrequency, imaging.PixelBandwidth = 63.924339, 130.0
+    shared.MRImagingModifierSequence = Sequence([imaging])
+    receive = Dataset()
+    receive.ReceiveCoilName, receive.ReceiveCoilType = "BREAST", "MULTICOIL"
+    receive.ReceiveCoilManufacturerName, receive.QuadratureReceiveCoil = "TOSHIBA_MEC", "NO"
+    element = Dataset()
+    element.MultiCoilElementName, element.MultiCoilElementUsed = "1", "YES"
+    receive.MultiCoilDefinitionSequence = Sequence([element])
+    shared.MRReceiveCoilSequence = Sequence([receive])
+    transmit = Dataset()
+    transmit.TransmitCoilName, transmit.TransmitCoilType = "BODY", "BODY"
+    transmit.TransmitCoilManufacturerName = "TOSHIBA_MEC"
+    shared.MRTransmitCoilSequence = Sequence([transmit])
+    averages = Dataset()
+    averages.NumberOfAverages = 1.0
+    shared.MRAveragesSequence = Sequence([averages])
+    diffusion = Dataset()
+    diffusion.DiffusionBValue, diffusion.DiffusionDirectionality = 0.0, "NONE"
+    shared.MRDiffusionSequence = Sequence([diffusion])
+    saturation = Dataset()
+    saturation.SpatialPresaturation = "NONE"
+    frame_type = Dataset()
+    frame_type.FrameType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    frame_type.PixelPresentation, frame_type.VolumetricProperties = "MONOCHROME", "VOLUME"
+    frame_type.VolumeBasedCalculationTechnique = "NONE"
+    frame_type.ComplexImageComponent, frame_type.AcquisitionContrast = "MAGNITUDE", "T2"
+    shared.MRImageFrameTypeSequence = Sequence([frame_type])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+
+    per_frame = []
+    for k in range(n_frames):
+        item = Dataset()
+        content = Dataset()
+        content.FrameAcquisitionNumber = 1
+        content.FrameReferenceDateTime = content.FrameAcquisitionDateTime = "20040826185059"
+        content.FrameAcquisitionDuration = 120.0
+        content.StackID, content.InStackPositionNumber = "1", k + 1
+        content.DimensionIndexValues = [k + 1]
+        item.FrameContentSequence = Sequence([content])
+        plane = Dataset()
+        position = [float(v) for v in source.ImagePositionPatient]
+        plane.ImagePositionPatient = position[:2] + [position[2] + k * float(source.SliceThickness)]
+        item.PlanePositionSequence = Sequence([plane])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+
+    for keyword in ("SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
+                    "BitsStored", "HighBit", "PixelRepresentation"):
+        setattr(ds, keyword, source[keyword].value)
+    ds.PixelData = encapsulate([frame] * n_frames)
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def legacy_converted_mr_file(path, classic_paths):
+    """A Legacy Converted Enhanced MR Image object (PS3.3 A.71.3) built from single-frame classic MR files (as
+    a PACS converts them): one frame per file, the classic attributes that vary per file in each frame's
+    Unassigned Per-Frame Converted Attributes, and each frame naming its source file in a
+    ConversionSourceAttributesSequence (PS3.3 C.7.6.16.2.25). Uncompressed; returns the path."""
+    sources = sorted((pydicom.dcmread(p) for p in classic_paths), key=lambda d: float(d.ImagePositionPatient[2]))
+    first = sources[0]
+    ds = _common_enhanced_header(Dataset(), first, UID("1.2.840.10008.5.1.4.1.1.4.4"), first.PatientID, 7,
+                                 "legacy converted")
+    ds.PatientName, ds.PatientID = first.PatientName, first.PatientID
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.PixelPresentation, ds.VolumetricProperties, ds.VolumeBasedCalculationTechnique = "MONOCHROME", "VOLUME", "NONE"
+    ds.Laterality = "L"
+    ds.NumberOfFrames = len(sources)
+    ds.ContentQualification = "PRODUCT"
+    _dimensions(ds, "legacy")
+
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [0.7, 0.7], 2.5
+    shared.PixelMeasuresSequence = Sequence([measures])
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = first.ImageOrientationPatient
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, 0, "US"
+    shared.PixelValueTransformationSequence = Sequence([transform])
+    frame_type = Dataset()
+    frame_type.FrameType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    frame_type.PixelPresentation, frame_type.VolumetricProperties = "MONOCHROME", "VOLUME"
+    frame_type.VolumeBasedCalculationTechnique = "NONE"
+    shared.MRImageFrameTypeSequence = Sequence([frame_type])
+    unassigned = Dataset()
+    unassigned.MagneticFieldStrength = first.MagneticFieldStrength
+    shared.UnassignedSharedConvertedAttributesSequence = Sequence([unassigned])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for k, src in enumerate(sources):
+        item = Dataset()
+        content = Dataset()
+        content.StackID, content.InStackPositionNumber = "1", k + 1
+        content.DimensionIndexValues = [k + 1]
+        item.FrameContentSequence = Sequence([content])
+        plane = Dataset()
+        plane.ImagePositionPatient = src.ImagePositionPatient
+        item.PlanePositionSequence = Sequence([plane])
+        reference = Dataset()
+        reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = src.SOPClassUID, src.SOPInstanceUID
+        item.ConversionSourceAttributesSequence = Sequence([reference])
+        frame_unassigned = Dataset()
+        frame_unassigned.InstanceNumber = src.InstanceNumber
+        item.UnassignedPerFrameConvertedAttributesSequence = Sequence([frame_unassigned])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    set_uint16_pixels(ds, np.stack([s.pixel_array for s in sources]))
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def padded_mr_file(path, padding=-2000, border=6):
+    """MR_small.dcm (signed 16 bit) with a `border`-pixel frame of PixelPaddingValue `padding` around the
+    image, as scanners pad a reconstruction to a larger matrix (PS3.3 C.7.5.1.1.2); returns the path."""
+    ds = pydicom.dcmread(bundled("MR_small.dcm"))
+    pixels = ds.pixel_array.copy()
+    pixels[:border], pixels[-border:], pixels[:, :border], pixels[:, -border:] = padding, padding, padding, padding
+    ds.PixelData = pixels.astype("<i2").tobytes()
+    ds.add_new(0x00280120, "SS", padding)  # PixelPaddingValue: SS, as PixelRepresentation is 1
+    ds.SOPInstanceUID = uid("padded", ds.SOPInstanceUID)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SeriesInstanceUID = uid("padded", ds.SeriesInstanceUID)
+    for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+        del ds[keyword]
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -24,7 +24,8 @@ import enhance
 import preprocessing
 from config import load_config, save_config
 from degrade import degrade, series_rng
-from dicom_fixtures import BUNDLED_MR, bundled, enhanced_mr_dataset, image_dataset, phantom, write_mr_series
+from dicom_fixtures import (BUNDLED_MR, bundled, enhanced_mr_dataset, enhanced_mr_jpegls_file, image_dataset,
+                            padded_mr_file, phantom, write_mr_series)
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
@@ -56,12 +57,21 @@ def run(model, input_path, out, **kwargs):
     return enhance.run(model, input_path, out, progress=False, **kwargs)
 
 
+def source_references(ds):
+    """(derivation items, source image references) of an output: the top-level ones of a classic image, those in
+    each frame's DerivationImageSequence of an enhanced MR object (PS3.3 C.7.6.16.2.6)."""
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        return [ds], list(ds.SourceImageSequence)
+    derivations = [d for group in ds.PerFrameFunctionalGroupsSequence for d in group.DerivationImageSequence]
+    return derivations, [r for d in derivations for r in d.SourceImageSequence]
+
+
 def outputs(out):
     """{source SOPInstanceUID: output dataset} for every .dcm under out."""
     found = {}
     for path in sorted(Path(out).rglob("*.dcm")):
         ds = pydicom.dcmread(path)
-        for item in ds.SourceImageSequence:
+        for item in source_references(ds)[1]:
             found.setdefault(item.ReferencedSOPInstanceUID, ds)
     return found
 
@@ -85,16 +95,23 @@ def check_derived(src, out, n_frames=None):
         assert UID(out[keyword].value).is_valid and out[keyword].value.startswith("2.25.")
         assert out[keyword].value != src[keyword].value
     assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
-    assert list(out.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+    enhanced = "PerFrameFunctionalGroupsSequence" in src
+    # Enhanced MR allows only PRIMARY as value 2 (PS3.3 C.8.16.1); classic MR says SECONDARY for derived pixels.
+    assert list(out.ImageType[:2]) == ["DERIVED", "PRIMARY" if enhanced else "SECONDARY"]
     original_type = src.get("ImageType")
     if original_type is not None and len(list(original_type)) > 2:
         assert list(out.ImageType[2:]) == list(original_type[2:])
     assert out.SeriesDescription == str(src.get("SeriesDescription", "")) + " enhanced"
     assert int(out.SeriesNumber) == int(src.get("SeriesNumber") or 0) + 1000
-    assert "model.keras" in out.DerivationDescription and "config hash" in out.DerivationDescription
-    refs = out.SourceImageSequence
+    derivations, refs = source_references(out)
+    for item in derivations:
+        assert "model.keras" in item.DerivationDescription and "config hash" in item.DerivationDescription
+        assert item.DerivationCodeSequence[0].CodeValue == enhance.DERIVATION_SMOOTHING[0]  # CID 7203
     assert {r.ReferencedSOPInstanceUID for r in refs} == {src.SOPInstanceUID}
     assert all(r.ReferencedSOPClassUID == src.SOPClassUID for r in refs)
+    assert all(r.PurposeOfReferenceCodeSequence[0].CodeValue == "121322" for r in refs)  # CID 7202
+    assert out.ContentDate == out.InstanceCreationDate and out.ContentTime == out.InstanceCreationTime
+    assert out.ContributingEquipmentSequence[-1].Manufacturer == enhance.SOFTWARE_NAME
     if n_frames:
         assert [int(r.ReferencedFrameNumber) for r in refs] == list(range(1, n_frames + 1))
     pixels = out.pixel_array
@@ -133,8 +150,11 @@ def test_multiframe_enhanced_mr_round_trip(identity, tmp_path):
     src, out = pydicom.dcmread(tmp_path / "in" / "enhanced.dcm"), pydicom.dcmread(files[0])
     check_derived(src, out, n_frames=3)
     assert int(out.NumberOfFrames) == 3
+    for group in out.PerFrameFunctionalGroupsSequence:  # each frame names its source frame; the rest is kept
+        del group.DerivationImageSequence
     assert out.PerFrameFunctionalGroupsSequence == src.PerFrameFunctionalGroupsSequence  # geometry, rescale, time
     assert out.SharedFunctionalGroupsSequence == src.SharedFunctionalGroupsSequence
+    assert "SourceImageSequence" not in out  # not part of the Enhanced MR IOD
     np.testing.assert_array_equal(out.pixel_array, src.pixel_array)  # stored frame order and per-frame rescale
 
 
@@ -412,3 +432,74 @@ def test_cli_enhances_a_series(identity_run, tmp_path):
     assert summary["series_done"] == 1 and summary["tiling"]["series_tiled"] == 1
     assert summary["series"][0]["size"]["tile"] == 64
     assert len(list((tmp_path / "out").rglob("*.png"))) == 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# what a derived object must say (PS3.3); tests/test_dciodvfy.py checks the same outputs with dciodvfy
+
+def test_enhanced_mr_output_follows_the_enhanced_mr_rules(identity, tmp_path):
+    (tmp_path / "in").mkdir()
+    src_path = enhanced_mr_jpegls_file(tmp_path / "in" / "emr.dcm")
+    src = pydicom.dcmread(src_path)
+    # What some sources lack and the output must have anyway: Enhanced General Equipment values (C.7.5.2) and the
+    # list of dimension organizations (C.7.6.17).
+    src.DeviceSerialNumber = ""
+    del src.DimensionOrganizationSequence
+    src.save_as(src_path, enforce_file_format=True)
+    assert run(identity, src_path, tmp_path / "out")["series_done"] == 1
+    (out,) = outputs(tmp_path / "out").values()
+    check_derived(src, out, n_frames=int(src.NumberOfFrames))
+    assert out.SOPClassUID == src.SOPClassUID and out.file_meta.MediaStorageSOPClassUID == src.SOPClassUID
+    frame_types = [i.FrameType for g in out.SharedFunctionalGroupsSequence for i in g.MRImageFrameTypeSequence]
+    assert frame_types and all(list(t[:2]) == ["DERIVED", "PRIMARY"] for t in frame_types)
+    assert not [k for k in enhance.PULSE_SEQUENCE_TAGS if k in out]  # only for ORIGINAL/MIXED (C.8.13.4)
+    assert all(str(out.get(k) or "").strip() for k in enhance.ENHANCED_EQUIPMENT_TAGS)
+    assert out.DeviceSerialNumber == "UNKNOWN" and out.Manufacturer == src.Manufacturer
+    assert [i.DimensionOrganizationUID for i in out.DimensionOrganizationSequence] == \
+        [src.DimensionIndexSequence[0].DimensionOrganizationUID]
+    evidence = out.SourceImageEvidenceSequence[0]
+    assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    np.testing.assert_array_equal(out.pixel_array, src.pixel_array)  # JPEG-LS in, uncompressed out, same values
+
+
+def test_series_number_does_not_collide_with_the_study(identity, tmp_path):
+    """The study already holds series 1 and 1001 (e.g. an earlier enhanced series): series 1 becomes 1002."""
+    write_mr_series(tmp_path / "in" / "a", "P1", n_slices=1, rows=16, cols=16, description="DCE")
+    write_mr_series(tmp_path / "in" / "b", "P1", n_slices=1, rows=16, cols=16, description="other", seed=1)
+    for path in (tmp_path / "in" / "b").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.SeriesNumber = 1001
+        ds.save_as(path, enforce_file_format=True)
+    summary = run(identity, tmp_path / "in", tmp_path / "out")
+    assert summary["series_done"] == 2
+    numbers = {ds.SeriesDescription: int(ds.SeriesNumber) for ds in outputs(tmp_path / "out").values()}
+    assert numbers == {"DCE enhanced": 1002, "other enhanced": 2001}
+
+
+def test_padding_stays_padding_and_tissue_never_becomes_padding(tmp_path):
+    """A network that changes every pixel (random weights): padded pixels still hold PixelPaddingValue, no tissue
+    pixel takes a value in the padding range, and the padding does not enter the normalization."""
+    src_path = padded_mr_file(tmp_path / "padded.dcm", padding=-2000, border=6)
+    src = pydicom.dcmread(src_path)
+    enhancer = random_unet(2)
+    summary = run(enhancer, src_path, tmp_path / "out")
+    assert summary["series_done"] == 1
+    (out,) = outputs(tmp_path / "out").values()
+    padded = src.pixel_array == -2000
+    assert padded.sum() > 0 and int(out.PixelPaddingValue) == -2000
+    assert np.all(out.pixel_array[padded] == -2000)
+    assert np.all(out.pixel_array[~padded] != -2000)
+    assert np.abs(out.pixel_array[~padded].astype(float) - src.pixel_array[~padded]).max() > 0  # it did change
+    tissue = src.pixel_array[~padded]
+    assert summary["series"][0]["norm_lo"] == pytest.approx(float(np.percentile(tissue.astype(np.float32), 0.5)))
+    assert out.WindowCenter == src.WindowCenter and out.WindowWidth == src.WindowWidth  # same units, same window
+
+
+def test_keep_padding_with_a_range_limit():
+    """PixelPaddingValue 0 with PixelPaddingRangeLimit 10 (PS3.3 C.7.6.3.1.11): 0..10 is padding."""
+    stored = np.array([[[0, 5, 10, 11, 200]]], dtype=np.uint16)
+    mask = np.array([[[True, False, False, False, False]]])
+    out = enhance.keep_padding(stored, mask, (0, 10, 0), 12, False)
+    assert out.tolist() == [[[0, 11, 11, 11, 200]]] and out.dtype == np.uint16
+    signed = enhance.keep_padding(np.array([[-2048, -2047, 5]], np.int16), None, (-2048, -2047, -2048), 12, True)
+    assert signed.tolist() == [[-2046, -2046, 5]]

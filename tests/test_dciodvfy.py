@@ -1,0 +1,117 @@
+"""enhance.py's output against dciodvfy (dicom3tools, the reference DICOM validator): for every kind of input the
+walker accepts, enhancing must add no error that the source does not already have.
+
+dciodvfy checks each object against its IOD in PS3.3 (modules, conditions, enumerated values). The comparison is
+by message, source against output, so an error the input already carries (a vendor's quirk) is not held against
+the writer. Outside CI, a machine without dciodvfy skips these tests with the reason; in CI (CI=true) a missing
+dciodvfy is a failure, as .ci/run installs it (Debian package dicom3tools).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+import enhance
+from config import load_config, save_config
+from dicom_fixtures import (bundled, enhanced_mr_jpegls_file, legacy_converted_mr_file, padded_mr_file,
+                            write_mr_series)
+
+ROOT = Path(__file__).resolve().parents[1]
+DCIODVFY = shutil.which("dciodvfy")
+
+
+@pytest.fixture(scope="module")
+def dciodvfy():
+    if DCIODVFY is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("dciodvfy is not installed, and CI must run these checks: .ci/run installs it with "
+                        "`apt-get install -y dicom3tools` when it runs as root")
+        pytest.skip("dciodvfy not found on PATH: install the Debian package dicom3tools "
+                    "(`apt-get install dicom3tools`) to validate enhance.py's DICOM output")
+    return DCIODVFY
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory):
+    """The untrained smoke-size U-Net (the identity): header conformance does not depend on the weights."""
+    from model import get_model
+
+    cfg = load_config(ROOT / "configs" / "smoke.yaml")
+    run_dir = tmp_path_factory.mktemp("dciodvfy_model")
+    get_model(cfg).save(run_dir / "model.keras")
+    save_config(cfg, run_dir / "config.yaml")
+    return enhance.load_enhancer(run_dir)
+
+
+def errors(dciodvfy, path):
+    """The set of dciodvfy's error messages for one file, normalized: whitespace collapsed, UIDs and the file
+    name replaced by placeholders (a derived object has new UIDs; the message is what matters)."""
+    result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=120)
+    found = set()
+    for line in (result.stdout + result.stderr).splitlines():
+        if not line.startswith("Error"):
+            continue
+        line = line.replace(str(path), "<file>")
+        line = re.sub(r"\b\d+(\.\d+){3,}\b", "<uid>", line)
+        found.add(" ".join(line.split()))
+    return found
+
+
+def _copy(name):
+    def make(folder):
+        shutil.copy(bundled(name), folder / "source.dcm")
+    return make
+
+
+def _enhanced_jpegls(folder):
+    enhanced_mr_jpegls_file(folder / "source.dcm")
+
+
+def _emri_small(folder):
+    # pydicom's own Enhanced MR test file (JPEG-LS); fetched on demand by pydicom, so only used when cached.
+    path = get_testdata_file("emri_small_jpeg_ls_lossless.dcm", download=False)
+    if path is None:
+        pytest.skip("emri_small_jpeg_ls_lossless.dcm is not in pydicom's local cache (no download in tests); "
+                    "enhanced_mr_jpegls covers the same kind of input")
+    shutil.copy(path, folder / "source.dcm")
+
+
+def _legacy_converted(folder):
+    classic = folder.parent / "classic"
+    write_mr_series(classic, "PL", n_slices=3, rows=24, cols=24)
+    legacy_converted_mr_file(folder / "source.dcm", sorted(classic.glob("*.dcm")))
+
+
+def _padded(folder):
+    padded_mr_file(folder / "source.dcm")
+
+
+INPUT_KINDS = {
+    "classic_mr": _copy("MR_small.dcm"),
+    "classic_mr_jpeg2000": _copy("MR_small_jp2klossless.dcm"),
+    "classic_mr_implicit_vr": _copy("MR_small_implicit.dcm"),
+    "enhanced_mr_jpegls": _enhanced_jpegls,
+    "emri_small_jpegls": _emri_small,
+    "legacy_converted_enhanced_mr": _legacy_converted,
+    "padded_mr": _padded,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INPUT_KINDS))
+def test_enhancing_adds_no_dciodvfy_error(kind, dciodvfy, identity, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    INPUT_KINDS[kind](folder)
+    source = folder / "source.dcm"
+    summary = enhance.run(identity, source, tmp_path / "out", progress=False)
+    assert summary["series_done"] == 1, summary["series"]
+    (output,) = sorted((tmp_path / "out").rglob("*.dcm"))
+    before, after = errors(dciodvfy, source), errors(dciodvfy, output)
+    new = sorted(after - before)
+    print(f"{kind}: dciodvfy errors source {len(before)}, enhanced {len(after)}, new {len(new)}")
+    assert not new, f"enhancing {kind} added dciodvfy errors:\n" + "\n".join(new)
