@@ -38,7 +38,7 @@ def thesis_run(tmp_path_factory, smoke_data):
 def quality(smoke_run, smoke_data, thesis_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark_quality")
     report = benchmark.main(["--run-dir", str(smoke_run), "--data", str(smoke_data), "--thesis-run", str(thesis_run),
-                             "--parts", "quality", "--max-slices", "4", "--calibrate-slices", "0",
+                             "--parts", "quality", "--max-slices", "4", "--calibrate-slices", "10",
                              "--methods", ",".join(REQUESTED), "--out", str(out)])
     return report, out
 
@@ -87,7 +87,17 @@ def test_report_files_have_a_row_per_requested_method(quality, smoke_data):
     saved = json.loads((out / "benchmark.json").read_text())
     assert saved["quality"]["summary"]["bm3d"]["masked"]["psnr"]["mean"] == pytest.approx(
         report["quality"]["summary"]["bm3d"]["masked"]["psnr"]["mean"])
-    assert saved["data"]["val_slices_used"] == 4
+    assert saved["data"]["eval_slices_used"] == 4 and saved["data"]["split"] == "test" and saved["data"]["truth"]
+    assert "### truth reference" in md and "### 3T reference" in md
+    head = saved["headline"]
+    assert head["reference"] == "truth" and head["split"] == "test" and head["region"] == "body"
+    assert head["methods"]["unet"]["default"] and head["methods"]["unet"]["kind"] == "model"
+    assert head["methods"]["noisy"]["kind"] == "input" and head["methods"]["bm3d"]["kind"] == "classical"
+    assert head["methods"]["bm3d"]["psnr"] == pytest.approx(
+        saved["quality"]["summary"]["bm3d"]["truth_masked"]["psnr"]["mean"])
+    calibration = saved["quality"]["calibration_record"]
+    assert calibration["reference"] == "truth" and calibration["split"] == "train"
+    assert set(calibration["chosen"]) == set(benchmark.CLASSICAL)
     png = (out / "benchmark.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -163,24 +173,40 @@ def test_without_resize_the_classical_run_equals_denoisers_rician_path(smoke_dat
     from data_factory import PairedSlices
     from denoisers import denoise
 
-    ds = PairedSlices(smoke_data, "val", batch_size=1, max_slices=1)
+    ds = PairedSlices(smoke_data, "test", batch_size=1, max_slices=1)
     noisy = ds[0][0][0, ..., 0]
     row = ds.batch_rows(0)[0]
     levels = benchmark.noise_levels(row, noisy)
     assert levels["sigma_pixel"] == pytest.approx(levels["sigma_total"])  # 64 -> 64: no resize
-    main, plain = benchmark.classical_denoise(method, noisy, levels)
+    main, plain, amplitude = benchmark.classical_denoise(method, noisy, levels)
     zero = levels["zero"]
     expected = denoise(method, noisy - zero, levels["sigma_total"], rician=True,
                        reference_sigma=row["sigma_source"]) + zero
     np.testing.assert_allclose(main, expected, atol=1e-5)
     np.testing.assert_allclose(plain, denoise(method, noisy - zero, levels["sigma_total"], rician=False) + zero,
                                atol=1e-5)
+    # the amplitude estimate (scored against the truth) is the Rician inversion without the 3T floor
+    np.testing.assert_allclose(amplitude, denoise(method, noisy - zero, levels["sigma_total"], rician=True) + zero,
+                               atol=1e-5)
 
 
-def test_calibration_picks_the_best_sigma_multiplier(smoke_data):
-    scales, table, note = benchmark.calibrate(["tv"], smoke_data, 1)
+def test_calibration_picks_the_best_sigma_multiplier_on_random_tissue_slices(smoke_data):
+    from data_factory import read_manifest
+    from metrics import body_mask
+
+    scales, table, note, record = benchmark.calibrate(["tv"], smoke_data, 10, seed=0)
     assert note is None and set(table["tv"]) == {str(s) for s in benchmark.SIGMA_SCALES}
     assert table["tv"][str(scales["tv"])] == max(table["tv"].values())
+    assert record["n_slices"] == 10 and record["reference"] == "truth" and record["chosen"]["tv"]["sigma_scale"] == \
+        scales["tv"]
+    train = {(r["series_uid"], r["slice_index"]) for r in read_manifest(smoke_data, "train")}
+    picked = [(s["series_uid"], s["slice_index"]) for s in record["slices"]]
+    assert set(picked) <= train and len(set(picked)) == 10
+    in_order = [(r["series_uid"], r["slice_index"]) for r in read_manifest(smoke_data, "train")]
+    assert picked != in_order[:10]  # drawn at random, not the first (edge) slices
+    for row, _, _, truth, mask in benchmark.tissue_slices(smoke_data, "train", 10, seed=0):
+        assert np.array_equal(mask, body_mask(truth)) and mask.mean() >= 0.1
+    assert benchmark.calibrate(["tv"], smoke_data, 10, seed=0)[3]["slices"] == record["slices"]  # seeded
     assert benchmark.calibrate(["tv"], smoke_data, 0)[0] == {"tv": 1.0}
 
 
