@@ -35,6 +35,12 @@ DEFAULTS = {
         "image_size": 512,       # square output side in pixels (the thesis used 512x512)
         "dtype": "float32",      # float32 | float16 for the saved arrays
         "series_filter": "",     # regex searched in SeriesDescription; "" keeps every MR series
+        # Only magnitude anatomy is degraded, trained on and enhanced: phase/real/imaginary images, parametric maps,
+        # localizers, subtractions and projections (MIP) are skipped with a counted reason (preprocessing.py, "Which
+        # MR images are magnitude anatomy", says how each is recognized). Name kinds here to keep them deliberately,
+        # e.g. ["localizer"]. Choices: phase, real, imaginary, parametric_map, localizer, subtraction, projection.
+        # enhance.py applies the run's value too; its own output is always skipped.
+        "include_kinds": [],
         "norm_percentiles": [0.5, 99.5],  # robust lo/hi of the clean series, mapped to 0 and 1
         # fractions of *patients* in train / val / test, decided per patient by a hash threshold (stable when
         # patients are added); the checkpoint is selected on val, the headline is reported on test

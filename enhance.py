@@ -7,7 +7,11 @@
 --model is a run dir of main.py (or its model.keras); the config.yaml saved next to model.keras decides the
 normalization (preprocess.norm_percentiles) and, for the thesis autoencoder, the input size, so no training
 setting is repeated here. --input is one DICOM file, a series folder or a whole tree: it is indexed with
-preprocessing.index_tree, MR image series are enhanced, everything else is skipped with a counted reason.
+preprocessing.index under the run's own preprocess.series_filter and preprocess.include_kinds, so exactly the
+series preprocessing would have used are enhanced: magnitude MR images. Everything else is skipped with a counted
+reason: non-MR objects, phase / real / imaginary images, parametric maps, localizers, subtractions, projections
+(preprocessing.image_kinds), series the filter leaves out, and every object enhance.py wrote itself
+(preprocessing.written_by_enhance), so a tree that holds earlier outputs is never enhanced twice.
 
 Output layout (--output DIR):
 
@@ -32,8 +36,10 @@ What happens to each series, and why:
 4. Each output file is the input file's header with: new SeriesInstanceUID and SOPInstanceUIDs, SeriesNumber
    + 1000 (moved up past any number already used in the study: output_series_numbers), SeriesDescription
    + " enhanced", ContentDate/Time and InstanceCreationDate/Time of the enhancement, a ContributingEquipmentSequence
-   item naming enhance.py, the model's sha256 and config hash. Classic MR: ImageType DERIVED\\SECONDARY (further
-   values kept), DerivationDescription, DerivationCodeSequence (CID 7203 "Smoothing") and a SourceImageSequence.
+   item naming enhance.py, the model's sha256 and config hash, and a private block (creator "mri-enhance", group
+   0071) that marks the object as enhance.py's output for any later indexing (preprocessing.written_by_enhance).
+   Classic MR: ImageType DERIVED\\SECONDARY (further values kept), DerivationDescription, DerivationCodeSequence
+   (CID 7203 "Smoothing") and a SourceImageSequence.
    Enhanced and legacy converted MR (PS3.3 A.36 / A.71): ImageType and FrameType DERIVED\\PRIMARY (value 2 may
    only be PRIMARY there), the MR Pulse Sequence attributes removed (they belong to ORIGINAL images), empty
    Enhanced General Equipment values filled, and each frame's DerivationImageSequence naming its source frame,
@@ -107,7 +113,7 @@ PURPOSE_SOURCE_IMAGE = ("121322", "DCM", "Source image for image processing oper
 DERIVATION_SMOOTHING = ("113087", "DCM", "Smoothing")
 # PS3.16 CID 7005 "Contributing Equipment Purposes of Reference": how enhance.py is named in the output.
 PURPOSE_PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
-SOFTWARE_NAME = "mri-enhance enhance.py"
+SOFTWARE_NAME = preprocessing.ENHANCE_SOFTWARE_NAME  # preprocessing.written_by_enhance recognizes it
 # SOP classes with functional groups, whose Image Type and Frame Type value 2 must be PRIMARY (PS3.3 C.8.16.1).
 ENHANCED_MR_CLASSES = ("1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4")
 # MR Pulse Sequence module (PS3.3 C.8.13.4): each attribute is required if Image Type Value 1 is ORIGINAL or MIXED,
@@ -534,6 +540,14 @@ def _contributing_equipment(enhancer, created):
     return item
 
 
+def _mark_own_output(ds, enhancer):
+    """A private block (PS3.5 7.8.1) saying that enhance.py wrote this object, so that preprocessing and a later
+    enhance.py skip it (preprocessing.written_by_enhance); free of the standard attributes an anonymizer rewrites."""
+    block = ds.private_block(preprocessing.ENHANCE_PRIVATE_GROUP, preprocessing.ENHANCE_PRIVATE_CREATOR, create=True)
+    block.add_new(0x01, "LO", "enhance.py output")
+    block.add_new(0x02, "LO", f"model sha256 {enhancer.model_sha} config {enhancer.config_hash}"[:64])
+
+
 def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number=None):
     """The output object for one input file.
 
@@ -566,11 +580,12 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time_
     ds.ContentDate, ds.ContentTime = date, time_
     derivation = (
-        f"Denoised by enhance.py ({enhancer.name}, model file {enhancer.model_path.name} sha256 "
+        f"{preprocessing.ENHANCE_DERIVATION_PREFIX} ({enhancer.name}, model file {enhancer.model_path.name} sha256 "
         f"{enhancer.model_sha}, config hash {enhancer.config_hash}); normalization: percentiles "
         f"{list(enhancer.cfg['preprocess']['norm_percentiles'])} of the source series")[:1024]
     equipment = list(ds.get("ContributingEquipmentSequence") or [])
     ds.ContributingEquipmentSequence = Sequence(equipment + [_contributing_equipment(enhancer, created)])
+    _mark_own_output(ds, enhancer)
     if enhanced:
         _mark_frame_types(ds)
         for keyword in PULSE_SEQUENCE_TAGS:
@@ -862,20 +877,25 @@ def save_preview(original, enhanced, path, title=""):
 # The run
 # --------------------------------------------------------------------------------------------------------------
 
-def collect_series(input_path, out_dir=None):
-    """(series_list, file_skips Counter, files_seen, series_skips list) for a DICOM file, a folder or a tree.
+def collect_series(input_path, out_dir=None, series_filter="", include_kinds=()):
+    """(series_list, Skips, files_seen, series_skips list) for a DICOM file, a folder or a tree.
 
-    Series with files inside out_dir (the output folder placed inside the input tree) are left out, so a second
-    run never enhances its own output."""
+    The same rule as preprocessing (preprocessing.index): series_filter and include_kinds are the run's
+    preprocess settings; files enhance.py wrote are skipped as preprocessing.ENHANCE_OUTPUT_REASON. Skips holds the
+    file counts and the series left out while indexing (series filter, mixed planes, mismatched shapes); series
+    with files inside out_dir that are not our output (the output folder placed inside the input tree) are in the
+    series_skips list, so a second run never enhances anything in its own output folder."""
     input_path = Path(input_path)
+    include_kinds = preprocessing.check_include_kinds(include_kinds)
     if input_path.is_file():
         skips = preprocessing.Skips()
-        record = preprocessing.scan_file(input_path)
+        record = preprocessing.scan_file(input_path, include_kinds)
         if isinstance(record, str):
             skips.add_file(record, str(input_path))
-            return [], skips.files, 1, []
-        return preprocessing.group_series([record], input_path.parent, skips), skips.files, 1, []
-    series_list, file_skips, files_seen = preprocessing.index_tree(input_path)
+            return [], skips, 1, []
+        series_list = preprocessing.group_series([record], input_path.parent, skips, include_kinds)
+        return preprocessing.filter_series(series_list, series_filter, skips), skips, 1, []
+    series_list, skips, files_seen = preprocessing.index(input_path, series_filter, include_kinds)
     kept, skipped = [], []
     out = Path(out_dir).resolve() if out_dir is not None else None
     for s in series_list:
@@ -885,7 +905,7 @@ def collect_series(input_path, out_dir=None):
                             "reason": "inside output folder", "detail": "series lies inside --output"})
         else:
             kept.append(s)
-    return kept, file_skips, files_seen, skipped
+    return kept, skips, files_seen, skipped
 
 
 def _remove_stale_tmp(out_dir):
@@ -936,7 +956,13 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(out_dir)
 
-    series_list, file_skips, files_seen, results = collect_series(input_path, out_dir)
+    pre = enhancer.cfg["preprocess"]
+    try:
+        series_list, skips, files_seen, results = collect_series(input_path, out_dir, pre["series_filter"],
+                                                                 pre["include_kinds"])
+    except ConfigError as error:
+        raise EnhanceError(f"{enhancer.model_path.parent / 'config.yaml'}: {error}") from None
+    file_skips = skips.files
     n_slices = sum(len(s.frames) for s in series_list)
     print(f"enhance: {len(series_list)} MR series ({n_slices} slices) in {files_seen} files under {input_path}; "
           f"model {enhancer.name} ({enhancer.model_path}, config {enhancer.config_hash})")
@@ -962,9 +988,11 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
                    "margin_px": enhancer.margin, "forced": bool(force_tiling), "max_pixels": max_pixels,
                    "series_tiled": sum(bool(r["size"]["tiled"]) for r in done)}
         if enhancer.name == "unet" else "not applicable: fixed S x S input, resized",
+        "series_filter": pre["series_filter"], "include_kinds": list(pre["include_kinds"]),
         "files_seen": files_seen, "files_skipped": dict(sorted(file_skips.items())),
-        "series_done": len(done), "series_skipped": dict(sorted(Counter(r["reason"] for r in results
-                                                                         if r["status"] == "skipped").items())),
+        # series left out while indexing (series filter, mixed planes, ...) and series that failed or exist
+        "series_done": len(done), "series_skipped": dict(sorted((skips.series + Counter(
+            r["reason"] for r in results if r["status"] == "skipped")).items())),
         "slices": slices, "seconds": round(seconds, 3), "inference_seconds": round(inference, 3),
         "ms_per_slice": round(1000 * inference / slices, 2) if slices else None,
         "ms_per_slice_total": round(1000 * seconds / slices, 2) if slices else None,

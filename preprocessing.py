@@ -10,7 +10,10 @@ What happens, in order:
 1. index_tree: every file's header is read (no pixel data). MR image objects (MR, Enhanced MR, Legacy
    Converted Enhanced MR) are grouped into series by SeriesInstanceUID; everything else (CT, PT, SEG, SR,
    presentation states, MR spectroscopy, colour, non-DICOM, truncated or unreadable files) is skipped with a
-   counted reason. A regex on SeriesDescription (preprocess.series_filter) can narrow the series.
+   counted reason. So is every MR image that is not magnitude anatomy (image_kinds: phase, real and imaginary
+   images, parametric maps, localizers, subtractions, projections) unless preprocess.include_kinds names its kind,
+   and every object enhance.py wrote (written_by_enhance). A regex on SeriesDescription (preprocess.series_filter)
+   can narrow the series.
 2. read_series: pixels with the modality rescale (slope/intercept, per frame for enhanced objects) applied.
 3. robust_range: per-series percentiles of the clean stack map to 0 and 1. Nothing is clipped: values above
    hi are real tissue (enhancing lesions are the brightest thing in a DCE series), and clipping would make
@@ -54,6 +57,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -88,6 +92,72 @@ DTYPES = ("float32", "float16")
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}  # Pixel / Float / Double Float Pixel Data
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV"}
 _TMP_PREFIX = ".tmp-"
+
+# --- Which MR images are magnitude anatomy ----------------------------------------------------------------------
+# Degradation draws Rician noise, which only a magnitude image has (it rectifies the negative values of a phase,
+# real or imaginary image), and the network learns to restore anatomy, not a computed map or a projection. An MR
+# image of another kind is skipped with its kind's reason unless preprocess.include_kinds names the kind. DERIVED
+# says nothing about the pixels: DERIVED\PRIMARY\M, MPR reformats, DERIVED\SECONDARY\OTHER and trace-weighted
+# DWI (Siemens TRACEW) are magnitude images and are kept.
+IMAGE_KINDS = ("phase", "real", "imaginary", "parametric_map", "localizer", "subtraction", "projection")
+KIND_REASONS = {"phase": "phase image", "real": "real image", "imaginary": "imaginary image",
+                "parametric_map": "parametric map", "localizer": "localizer", "subtraction": "subtraction",
+                "projection": "projection (MIP)"}
+# A series whose images lie in different planes (a three-plane localizer / survey in one series) cannot be one
+# stack; counted separately from an image marked LOCALIZER, as it is recognized by geometry, not by a tag.
+MIXED_PLANES_REASON = "localizer (image orientations differ)"
+ORIENTATION_TOLERANCE = 0.01  # largest difference of direction cosines within one plane (~0.6 degrees)
+# Values of ImageType (0008,0008) from value 3 on and of FrameType (0008,9007), normalized by _type_token (upper
+# case; spaces, "_" and "-" dropped; "*" spelled STAR). Sources: PS3.3 C.8.3.1.1.1 (MR Image Type value 3: PHASE
+# MAP, T1 MAP, T2 MAP, DENSITY MAP, DIFFUSION MAP, VELOCITY MAP, PHASE SUBTRACT, MODULUS SUBTRACT, PROJECTION IMAGE;
+# MPR, IMAGE ADDITION and OTHER are kept); C.8.16.1.3/C.8.16.1.4 and C.8.13.1.1.1 (Enhanced MR value 3 flavor
+# LOCALIZER, MAX_IP, MIN_IP, METABOLITE_MAP; value 4 derived pixel contrast ADC, DIFFUSION_ANISO, DIFFUSION_ATTNTD,
+# T1_MAP, T2_MAP, T2_STAR_MAP, SNR_MAP, TTP, MTT, RCBF, RCBV, T_TEST, Z_SCORE, SUBTRACTION, MAXIMUM, MINIMUM, ...;
+# RESAMPLED, ADDITION, MEAN, DIFFUSION are kept); Siemens (M / P / REAL / IMAGINARY at value 3, ADC, EADC, FA,
+# TTEST, SUB, MIP_SAG / MIP_COR / MIP_TRA, MNIP); Philips (value 3 PHASE MAP, value 4 M / P / R / I, as in
+# ORIGINAL\PRIMARY\PHASE MAP\P\FFE); dcm2niix (phase, real, imaginary from ImageType).
+_TYPE_VALUE_KINDS = {
+    **dict.fromkeys(("P", "PHASE", "PHASEMAP", "PHASESUBTRACT"), "phase"),
+    **dict.fromkeys(("R", "REAL"), "real"),
+    **dict.fromkeys(("I", "IMAGINARY"), "imaginary"),
+    **dict.fromkeys((
+        "ADC", "EADC", "FA", "FRACTIONALANISOTROPY", "DIFFUSIONANISO", "DIFFUSIONATTNTD", "DIFFUSIONMAP",
+        "T1MAP", "T2MAP", "T2STARMAP", "R1MAP", "R2MAP", "R2STARMAP", "DENSITYMAP", "PROTONDENSITYMAP", "PDMAP",
+        "VELOCITYMAP", "METABOLITEMAP", "SNRMAP", "RHO", "RCOEFFICIENT", "SCM", "TCURVE", "NEI", "TTP", "MTT",
+        "RCBF", "RCBV", "CBF", "CBV", "TTEST", "ZSCORE", "STDDEVIATION", "DIVISION"), "parametric_map"),
+    **dict.fromkeys(("LOCALIZER", "LOCALISER", "SURVEY", "SCOUT"), "localizer"),
+    **dict.fromkeys(("SUB", "SUBTRACT", "SUBTRACTED", "SUBTRACTION", "MODULUSSUBTRACT"), "subtraction"),
+    **dict.fromkeys(("MIP", "MAXIP", "MINIP", "MNIP", "MPRMIP", "PROJECTIONIMAGE", "MAXIMUM", "MINIMUM",
+                     "VOLUMERENDER", "SURFACERENDER"), "projection"),
+}
+_PROJECTION_PREFIXES = ("MIP", "MINIP", "MNIP")  # Siemens MIP_SAG, MIP_COR, MIP_TRA, MNIP_...
+# ComplexImageComponent (0008,9208), PS3.3 C.8.13.3.1.1 (top level of enhanced objects or per frame in the MR Image
+# Frame Type functional group). MAGNITUDE is kept; MIXED sends the check to the frames.
+_COMPLEX_KINDS = {"PHASE": "phase", "REAL": "real", "IMAGINARY": "imaginary"}
+# VolumeBasedCalculationTechnique (0008,9207), PS3.3 C.8.16.2.1.3: MPR / CURVED_MPR / NONE are kept.
+_PROJECTION_TECHNIQUES = {"MAX_IP", "MIN_IP", "VOLUME_RENDER", "SURFACE_RENDER"}
+# GE private (0043,xx2F) of GEMS_PARM_01, "Image Type (real, imaginary, phase, magnitude)": 0 magnitude, 1 phase,
+# 2 real, 3 imaginary (pydicom's private dictionary; GE marks complex components here, not in ImageType).
+_GE_CREATOR, _GE_COMPLEX = "GEMS_PARM_01", {1: "phase", 2: "real", 3: "imaginary"}
+# Philips private (2005,xx11) of "Philips MR Imaging DD 001", the PAR/REC image_type_mr code, which classic Philips
+# objects also give as ImageType value 4 (ORIGINAL\PRIMARY\M_FFE\M\FFE). Codes M, W, IP, OP, F, T0, ANATOMIC,
+# DERIVED are magnitude images and kept; the BreVE breast DCE maps (MAXRELENH ... AREACURV) are parametric.
+_PHILIPS_CREATOR = "Philips MR Imaging DD 001"
+_PHILIPS_KINDS = {
+    "P": "phase", "R": "real", "CR": "real", "I": "imaginary",
+    **dict.fromkeys(("T1", "T2", "RHO", "ADC", "EADC", "FA", "RCBV", "RCBF", "MTT", "TTP", "DELAY", "MAXRELENH",
+                     "RELENH", "MAXENH", "WASHIN", "WASHOUT", "BREVENH", "AREACURV", "T_TEST", "STD_DEVIATION",
+                     "T2_STAR", "R2", "R2_STAR"), "parametric_map"),
+}
+# What enhance.py writes into every object (enhance.derived_dataset), so that no run indexes its own output as a
+# source: a private block (PS3.5 7.8.1) under this creator, a ContributingEquipmentSequence item with this
+# Manufacturer, and a DerivationDescription (top level, or per frame for enhanced MR) that starts with this text.
+# Any one of them is enough (anonymizers often drop private blocks).
+ENHANCE_PRIVATE_CREATOR = "mri-enhance"
+ENHANCE_PRIVATE_GROUP = 0x0071
+ENHANCE_SOFTWARE_NAME = "mri-enhance enhance.py"
+ENHANCE_DERIVATION_PREFIX = "Denoised by enhance.py"
+ENHANCE_OUTPUT_REASON = "output of enhance.py"
 
 
 class PreprocessError(Exception):
@@ -169,11 +239,12 @@ def list_files(root, exclude=None):
     return files
 
 
-def scan_file(path):
+def scan_file(path, include_kinds=()):
     """Header record of one file (a dict, see _header_record) or a short skip reason (a str).
 
     Reads the header with stop_before_pixels and then only the 8-12 bytes of the pixel data element header,
-    which tells whether pixel data is there and whether the file holds all of it (truncated downloads)."""
+    which tells whether pixel data is there and whether the file holds all of it (truncated downloads).
+    include_kinds: IMAGE_KINDS to keep although they are not magnitude anatomy (preprocess.include_kinds)."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fp, warnings.catch_warnings():
@@ -186,7 +257,7 @@ def scan_file(path):
             if head[128:132] != b"DICM" and not raw:
                 return "not DICOM"
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=raw)
-            reason = _skip_reason(ds)
+            reason = _skip_reason(ds) or _kind_reason(ds, include_kinds)
             if reason:
                 return reason
             reason = _pixel_status(fp, ds, size)
@@ -217,6 +288,148 @@ def _skip_reason(ds):
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip()
     if photometric != "MONOCHROME2":
         return f"photometric {photometric}"  # MONOCHROME1 (inverted) or palette: not seen in MR, not handled
+    return None
+
+
+def check_include_kinds(include_kinds):
+    """The tuple of kinds in preprocess.include_kinds; ConfigError for a name that is not in IMAGE_KINDS."""
+    if include_kinds is None:
+        return ()
+    if isinstance(include_kinds, str):
+        include_kinds = [include_kinds]
+    unknown = [k for k in include_kinds if k not in IMAGE_KINDS]
+    if unknown:
+        raise ConfigError(f"preprocess.include_kinds names {unknown}; choose from {', '.join(IMAGE_KINDS)} "
+                          f"(enhance.py's own output cannot be included)")
+    return tuple(include_kinds)
+
+
+def _type_token(value):
+    return str(value).strip().upper().replace("*", "STAR").replace(" ", "").replace("_", "").replace("-", "")
+
+
+def _type_value_kinds(values):
+    """Kinds named by ImageType / FrameType values from value 3 on (values 1-2 say ORIGINAL/DERIVED and
+    PRIMARY/SECONDARY, nothing about the pixels)."""
+    if values is None:
+        return set()
+    values = [values] if isinstance(values, str) else list(values)
+    kinds = set()
+    for value in values[2:]:
+        token = _type_token(value)
+        kind = _TYPE_VALUE_KINDS.get(token)
+        if kind is None and token.startswith(_PROJECTION_PREFIXES):
+            kind = "projection"
+        if kind is not None:
+            kinds.add(kind)
+    return kinds
+
+
+def _description_kinds(item):
+    """Kinds told by an MR Image Description / frame type item (the dataset itself or an MRImageFrameTypeSequence
+    item): ComplexImageComponent and VolumeBasedCalculationTechnique."""
+    kinds = set()
+    component = str(item.get("ComplexImageComponent", "") or "").strip().upper()
+    if component in _COMPLEX_KINDS:
+        kinds.add(_COMPLEX_KINDS[component])
+    if str(item.get("VolumeBasedCalculationTechnique", "") or "").strip().upper() in _PROJECTION_TECHNIQUES:
+        kinds.add("projection")
+    return kinds
+
+
+def _private_value(ds, group, creator, offset):
+    """Value of a private element found by its creator (in whichever block it was given), or None. Raw bytes when
+    the element is UN (a file re-encoded without the private dictionary): the caller decodes them."""
+    try:
+        return ds.get_private_item(group, offset, creator).value
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _ge_kind(ds):
+    value = _private_value(ds, 0x0043, _GE_CREATOR, 0x2F)
+    if isinstance(value, bytes):
+        value = int.from_bytes(value[:2], "little", signed=True) if len(value) >= 2 else None
+    try:
+        return _GE_COMPLEX.get(int(value)) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _philips_kind(ds):
+    value = _private_value(ds, 0x2005, _PHILIPS_CREATOR, 0x11)
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if value is None and "PHILIPS" in str(ds.get("Manufacturer", "") or "").upper():
+        image_type = ds.get("ImageType")
+        if image_type is not None and not isinstance(image_type, str) and len(image_type) >= 5:
+            value = image_type[3]  # M_FFE\M\FFE: value 4 is the image_type_mr code
+    return _PHILIPS_KINDS.get(str(value).strip().upper()) if value is not None else None
+
+
+def image_kinds(ds):
+    """The IMAGE_KINDS a header says it holds (an empty set for magnitude anatomy).
+
+    Looks at ImageType values 3+, ComplexImageComponent and VolumeBasedCalculationTechnique (top level and, for
+    enhanced and legacy converted MR, in the MR Image Frame Type functional group of the shared item and of every
+    frame), the GE and Philips private image type codes. A multi-frame object with any frame of a kind counts as
+    that kind (its frames are written back as one object by enhance.py, so it is used or skipped as a whole)."""
+    kinds = _type_value_kinds(ds.get("ImageType")) | _description_kinds(ds)
+    for vendor_kind in (_ge_kind(ds), _philips_kind(ds)):
+        if vendor_kind is not None:
+            kinds.add(vendor_kind)
+    groups = list(ds.get("SharedFunctionalGroupsSequence") or []) + list(ds.get("PerFrameFunctionalGroupsSequence")
+                                                                         or [])
+    for group in groups:
+        for item in group.get("MRImageFrameTypeSequence") or []:
+            kinds |= _type_value_kinds(item.get("FrameType")) | _description_kinds(item)
+    return kinds
+
+
+def written_by_enhance(ds):
+    """True when enhance.py wrote this object: its private creator, its ContributingEquipmentSequence item or its
+    DerivationDescription (top level, or in a frame's Derivation Image functional group)."""
+    for tag in ds.keys():
+        if tag.is_private and 0x10 <= tag.element <= 0xFF:  # a private creator element (PS3.5 7.8.1)
+            if str(ds[tag].value).strip() == ENHANCE_PRIVATE_CREATOR:
+                return True
+    if any(str(item.get("Manufacturer", "") or "").strip() == ENHANCE_SOFTWARE_NAME
+           for item in ds.get("ContributingEquipmentSequence") or []):
+        return True
+    descriptions = [ds.get("DerivationDescription")]
+    for key in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for group in list(ds.get(key) or [])[:1]:
+            descriptions.extend(d.get("DerivationDescription") for d in group.get("DerivationImageSequence") or [])
+    return any(str(d or "").startswith(ENHANCE_DERIVATION_PREFIX) for d in descriptions)
+
+
+def _kind_reason(ds, include_kinds=()):
+    """Skip reason for an MR image that is enhance.py's output or not magnitude anatomy, or None."""
+    if written_by_enhance(ds):
+        return ENHANCE_OUTPUT_REASON
+    skipped = image_kinds(ds) - set(include_kinds)
+    for kind in IMAGE_KINDS:  # one reason per file, in this order
+        if kind in skipped:
+            return KIND_REASONS[kind]
+    return None
+
+
+def _orientations_differ(frames):
+    """True when the frames' ImageOrientationPatient differ by more than ORIENTATION_TOLERANCE (frames without
+    one are not compared)."""
+    orientations = [f["orientation"] for f in frames if f.get("orientation") is not None]
+    if len(orientations) < 2:
+        return False
+    values = np.asarray(orientations, float)
+    return bool(np.max(np.abs(values - values[0])) > ORIENTATION_TOLERANCE)
+
+
+def _orientation(iop):
+    try:
+        if iop is not None and len(iop) == 6:
+            return tuple(float(v) for v in iop)
+    except (TypeError, ValueError):
+        pass
     return None
 
 
@@ -341,27 +554,31 @@ def _header_record(path, ds):
                 "position": _position(lookup("PlanePositionSequence", "ImagePositionPatient"),
                                       lookup("PlaneOrientationSequence", "ImageOrientationPatient")),
                 "time": _seconds(lookup("FrameContentSequence", "FrameAcquisitionDateTime")),
-                "acquisition": 0.0, "instance": instance, "slope": slope, "intercept": intercept})
+                "acquisition": 0.0, "instance": instance, "slope": slope, "intercept": intercept,
+                "orientation": _orientation(lookup("PlaneOrientationSequence", "ImageOrientationPatient"))})
     else:
         position = _position(ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"),
                              ds.get("SliceLocation"))
+        orientation = _orientation(ds.get("ImageOrientationPatient"))
         for i in range(n_frames):
             record["frames"].append({
                 "frame": i if n_frames > 1 else None,
                 "temporal": _number(ds.get("TemporalPositionIdentifier")),
                 "position": position, "time": _seconds(ds.get("AcquisitionTime")),
                 "acquisition": _number(ds.get("AcquisitionNumber"), 0.0), "instance": instance,
-                "slope": slope0, "intercept": intercept0})
+                "slope": slope0, "intercept": intercept0, "orientation": orientation})
     return record
 
 
-def group_series(records, root, skips):
+def group_series(records, root, skips, include_kinds=()):
     """Header records -> ordered list of Series (see the module docstring for the slice order).
 
     Fallbacks for missing tags: patient_id = PatientID, else PatientName, else "anon-<hash of the study or
     folder>"; series_uid = SeriesInstanceUID, else "folder:<relative folder>"; SOPInstanceUID, else
     "file:<relative path>". Duplicate SOP instances (the same image twice) count as skipped files, and a
-    series whose images differ in size is skipped as "mismatched shapes"."""
+    series whose images differ in size is skipped as "mismatched shapes", one whose images lie in different
+    planes (a multi-plane localizer; dcm2niix refuses to stack these too) as MIXED_PLANES_REASON unless
+    include_kinds has "localizer"."""
     root = Path(root)
     groups = defaultdict(list)
     for record in records:
@@ -398,6 +615,9 @@ def group_series(records, root, skips):
         n_files = len({f["path"] for f in frames})
         if len({(f["rows"], f["cols"]) for f in frames}) > 1:
             skips.add_series("mismatched shapes", n_files, f"series {uid}")
+            continue
+        if "localizer" not in include_kinds and _orientations_differ(frames):
+            skips.add_series(MIXED_PLANES_REASON, n_files, f"series {uid} ({first['series_description']})")
             continue
         _assign_temporal(frames)
         frames.sort(key=lambda f: (f["t"], f["position"] if f["position"] is not None else 0.0, f["instance"],
@@ -460,45 +680,53 @@ def filter_series(series_list, series_filter, skips):
 PARALLEL_INDEX_MIN_FILES = 2000
 
 
-def _scan_all(paths, pool=None, workers=1, progress=True):
+def _scan_all(paths, pool=None, workers=1, progress=True, include_kinds=()):
     bar = tqdm(total=len(paths), unit="file", desc="index", disable=not progress or len(paths) < 200,
                mininterval=1.0)
+    scan = partial(scan_file, include_kinds=tuple(include_kinds))
     if pool is None or len(paths) < PARALLEL_INDEX_MIN_FILES:
         results = []
         for path in paths:
-            results.append(scan_file(path))
+            results.append(scan(path))
             bar.update()
     else:
         chunk = max(1, min(256, len(paths) // (8 * workers)))
         results = []
-        for result in pool.map(scan_file, paths, chunksize=chunk):
+        for result in pool.map(scan, paths, chunksize=chunk):
             results.append(result)
             bar.update()
     bar.close()
     return results
 
 
-def _index(root, series_filter, pool=None, workers=1, exclude=None, progress=True):
-    """(series_list, Skips, files_seen): the shared body of index_tree and run."""
+def _index(root, series_filter, pool=None, workers=1, exclude=None, progress=True, include_kinds=()):
+    """(series_list, Skips, files_seen): the shared body of index_tree, index and run."""
+    include_kinds = check_include_kinds(include_kinds)
     paths = list_files(root, exclude=exclude)
     skips, records = Skips(), []
-    for path, result in zip(paths, _scan_all(paths, pool, workers, progress)):
+    for path, result in zip(paths, _scan_all(paths, pool, workers, progress, include_kinds)):
         if isinstance(result, str):
             skips.add_file(result, path)
         else:
             records.append(result)
-    series_list = group_series(records, root, skips)
+    series_list = group_series(records, root, skips, include_kinds)
     series_list = filter_series(series_list, series_filter, skips)
     return series_list, skips, len(paths)
 
 
-def index_tree(root, series_filter=""):
+def index(root, series_filter="", include_kinds=(), exclude=None):
+    """index_tree with the whole Skips (per-series counts too), as enhance.py reports them."""
+    return _index(root, series_filter, exclude=exclude, progress=False, include_kinds=include_kinds)
+
+
+def index_tree(root, series_filter="", include_kinds=()):
     """Index a DICOM tree by its headers only.
 
     Returns (series_list, skipped, files_seen): the ordered MR series, a Counter of skipped files per reason
     (series-level reasons such as "series filter" count the files of the series), and the number of files
-    looked at. files_seen == sum(skipped.values()) + the files of series_list."""
-    series_list, skips, files_seen = _index(root, series_filter, progress=False)
+    looked at. files_seen == sum(skipped.values()) + the files of series_list. include_kinds: IMAGE_KINDS to keep
+    (preprocess.include_kinds)."""
+    series_list, skips, files_seen = index(root, series_filter, include_kinds)
     return series_list, skips.files, files_seen
 
 
@@ -832,6 +1060,7 @@ def check_config(cfg):
         raise ConfigError("preprocess.norm_percentiles needs two numbers [lo, hi]")
     robust_range(np.zeros(2, np.float32), pre["norm_percentiles"])  # validates the order
     check_split_fractions(pre["split"])
+    check_include_kinds(pre["include_kinds"])
     if deg["model"] == "field":
         snr_ratio(deg)
         scale = deg["resolution_scale"]
@@ -862,7 +1091,8 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True):
             pool.submit(os.getpid)
     try:
         series_list, skips, files_seen = _index(root, cfg["preprocess"]["series_filter"], pool, workers,
-                                                exclude=out, progress=progress)
+                                                exclude=out, progress=progress,
+                                                include_kinds=cfg["preprocess"]["include_kinds"])
         indexed = time.perf_counter()
         series_found = len(series_list) + sum(skips.series.values())  # before any pixel was read
         if not series_list:

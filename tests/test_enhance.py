@@ -363,9 +363,68 @@ def test_output_inside_the_input_tree_is_not_enhanced_again(identity, tmp_path):
     write_mr_series(tmp_path / "tree" / "mr", "P1", n_slices=2, rows=24, cols=24)
     out = tmp_path / "tree" / "enhanced"
     assert run(identity, tmp_path / "tree", out)["series_done"] == 1
+    # other DICOM someone put into the output folder is not enhanced either
+    write_mr_series(out / "foreign", "P2", n_slices=1, rows=24, cols=24, seed=3)
     again = run(identity, tmp_path / "tree", out)
     assert again["series_done"] == 0
     assert again["series_skipped"] == {"exists": 1, "inside output folder": 1}
+    assert again["files_skipped"][preprocessing.ENHANCE_OUTPUT_REASON] == 2  # our own files, by their marker
+
+
+def test_own_output_is_recognized_and_never_enhanced_again(identity, tmp_path):
+    """An output tree moved elsewhere (or into another input tree) is skipped file by file, by the private block,
+    and still when an anonymizer dropped that block (by ContributingEquipmentSequence / DerivationDescription)."""
+    write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=24, cols=24)
+    assert run(identity, tmp_path / "in", tmp_path / "out")["series_done"] == 1
+    files = sorted((tmp_path / "out").rglob("*.dcm"))
+    ds = pydicom.dcmread(files[0])
+    block = ds.private_block(preprocessing.ENHANCE_PRIVATE_GROUP, preprocessing.ENHANCE_PRIVATE_CREATOR)
+    assert block[0x01].value == "enhance.py output"
+    assert identity.model_sha in block[0x02].value
+    assert preprocessing.written_by_enhance(ds)
+    for keyword in ("ContributingEquipmentSequence", "DerivationDescription"):  # each marker alone is enough
+        stripped = pydicom.dcmread(files[0])
+        stripped.remove_private_tags()
+        delattr(stripped, keyword)
+        assert preprocessing.written_by_enhance(stripped), keyword
+
+    again = run(identity, tmp_path / "out", tmp_path / "out2")
+    assert again["series_done"] == 0 and again["series"] == []
+    assert again["files_skipped"][preprocessing.ENHANCE_OUTPUT_REASON] == 2
+    series, skipped, _ = preprocessing.index_tree(tmp_path / "out")  # preprocessing skips them the same way
+    assert series == [] and skipped[preprocessing.ENHANCE_OUTPUT_REASON] == 2
+
+
+def test_enhanced_mr_output_is_recognized(identity, tmp_path):
+    (tmp_path / "in").mkdir()
+    enhanced_mr_jpegls_file(tmp_path / "in" / "emr.dcm")
+    assert run(identity, tmp_path / "in", tmp_path / "out")["series_done"] == 1
+    (path,) = (tmp_path / "out").rglob("*.dcm")
+    stripped = pydicom.dcmread(path)
+    stripped.remove_private_tags()
+    del stripped.ContributingEquipmentSequence
+    assert preprocessing.written_by_enhance(stripped)  # by the per-frame DerivationDescription
+    assert preprocessing.scan_file(path) == preprocessing.ENHANCE_OUTPUT_REASON
+
+
+def test_enhance_applies_the_runs_series_filter_and_image_kinds(identity_run, tmp_path):
+    cfg = load_config(identity_run / "config.yaml", overrides=["preprocess.series_filter=(?i)dce"])
+    run_dir = tmp_path / "filtered_run"
+    run_dir.mkdir()
+    (run_dir / "model.keras").write_bytes((identity_run / "model.keras").read_bytes())
+    save_config(cfg, run_dir / "config.yaml")
+    write_mr_series(tmp_path / "in" / "dce", "P1", n_slices=2, rows=24, cols=24, description="ax DCE")
+    write_mr_series(tmp_path / "in" / "t2", "P1", n_slices=3, rows=24, cols=24, description="T2 tse", seed=1)
+    write_mr_series(tmp_path / "in" / "phase", "P1", n_slices=2, rows=24, cols=24, description="DCE phase", seed=2)
+    for path in (tmp_path / "in" / "phase").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "P", "ND"]
+        ds.save_as(path, enforce_file_format=True)
+    summary = run(run_dir, tmp_path / "in", tmp_path / "out")
+    assert summary["series_done"] == 1 and summary["series"][0]["series_description"] == "ax DCE"
+    assert summary["series_skipped"] == {"series filter": 1}
+    assert summary["files_skipped"] == {"series filter": 3, preprocessing.KIND_REASONS["phase"]: 2}
+    assert summary["series_filter"] == "(?i)dce" and summary["include_kinds"] == []
 
 
 def corrupt_compressed_series(folder):
