@@ -230,8 +230,9 @@ def validate(model, dataset, loss_name, masks=None):
     losses, psnr, body = [], [], []
     for b in range(len(dataset)):
         noisy, clean = dataset[b]
-        # a direct call, not predict_on_batch: under MirroredStrategy the latter returns every replica's copy
-        pred = np.asarray(model(noisy, training=False), dtype=np.float32)
+        pred = np.asarray(model.predict_on_batch(noisy), dtype=np.float32)  # compiled: 3x faster than a call
+        if len(pred) != len(noisy):  # under MirroredStrategy it returns every replica's copy: call directly
+            pred = np.asarray(model(noisy, training=False), dtype=np.float32)
         err = (pred - clean)[..., 0].astype(np.float64)
         for j in range(len(err)):
             e = err[j]

@@ -95,6 +95,10 @@ def test_report_files_have_a_row_per_requested_method(quality, smoke_data):
     assert head["methods"]["noisy"]["kind"] == "input" and head["methods"]["bm3d"]["kind"] == "classical"
     assert head["methods"]["bm3d"]["psnr"] == pytest.approx(
         saved["quality"]["summary"]["bm3d"]["truth_masked"]["psnr"]["mean"])
+    c = saved["quality"]["ceilings"]  # smoke data: SNR ratio 0.5, so 10 log10(4) = 6.0 dB and 10 log10(4/3) = 4.8 dB
+    assert 4.5 < c["gain_3t_vs_truth"] < 7.5 and 3.5 < c["gain_truth_vs_3t"] < 6.0
+    assert c["gain_mmse_vs_3t"] > c["gain_truth_vs_3t"] + 0.5  # the noisy reference rewards keeping some noise
+    assert "References, on the same" in md
     calibration = saved["quality"]["calibration_record"]
     assert calibration["reference"] == "truth" and calibration["split"] == "train"
     assert set(calibration["chosen"]) == set(benchmark.CLASSICAL)
