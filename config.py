@@ -32,7 +32,10 @@ DEFAULTS = {
     },
     # preprocessing.py: DICOM tree -> paired (clean, noisy) arrays + manifest.csv
     "preprocess": {
-        "image_size": 512,       # square output side in pixels (the thesis used 512x512)
+        # null: keep each series' acquisition matrix (the U-Net is fully convolutional; enhance.py applies it on that
+        # grid, so training sees the same pixels and noise). An int: pad to a square and resize to it (the thesis:
+        # 512x512; its autoencoder needs a fixed size); enhance.py then resizes in and out the same way.
+        "image_size": None,
         "dtype": "float32",      # float32 | float16 for the saved arrays
         "series_filter": "",     # regex searched in SeriesDescription; "" keeps every MR series
         # Only magnitude anatomy is degraded, trained on and enhanced: phase/real/imaginary images, parametric maps,
@@ -41,7 +44,7 @@ DEFAULTS = {
         # e.g. ["localizer"]. Choices: phase, real, imaginary, parametric_map, localizer, subtraction, projection.
         # enhance.py applies the run's value too; its own output is always skipped.
         "include_kinds": [],
-        "norm_percentiles": [0.5, 99.5],  # robust lo/hi of the clean series, mapped to 0 and 1
+        "norm_percentiles": [0.5, 99.5],  # robust lo/hi of the *degraded* series (what inference has) -> 0 and 1
         # fractions of *patients* in train / val / test, decided per patient by a hash threshold (stable when
         # patients are added); the checkpoint is selected on val, the headline is reported on test
         "split": [0.6, 0.2, 0.2],
@@ -79,6 +82,9 @@ DEFAULTS = {
         "patch_size": 128,       # int: train on random tissue crops (as CARE does); None: whole slices
         "augment": True,         # random flips and 90-degree rotations of training batches
         "steps_per_epoch": None,  # None: one pass over the training slices per epoch
+        # auto: draw new noise for every training sample (the recorded degradation) when the arrays are at the
+        # acquisition matrix; stored pairs otherwise (resized, e.g. the thesis). true: required. false: stored.
+        "fresh_noise": "auto",
         "max_val_slices": None,  # None: validate (val) and evaluate (test, val) on every slice; N: N evenly spaced
         "mixed_precision": False,  # mixed float16 on GPU (ignored on CPU)
         "distribute": "auto",    # auto: MirroredStrategy when >1 GPU | mirrored: always | none

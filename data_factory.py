@@ -3,7 +3,7 @@
 preprocessing.py writes, under its --out folder,
 
     manifest.csv                      one row per slice (columns in the order of MANIFEST_COLUMNS)
-    arrays/<series_key>_clean.npy     (n, S, S) float32 or float16, normalized so the clean series spans ~[0, 1]
+    arrays/<series_key>_clean.npy     (n, H, W) float32 or float16, normalized so the degraded series spans ~[0, 1]
     arrays/<series_key>_noisy.npy     same shape, the simulated lower-field version of the same slices
 
 and this module turns one split of it into batches:
@@ -15,7 +15,8 @@ and this module turns one split of it into batches:
 
 Memory does not depend on the dataset size: the arrays are opened with np.load(mmap_mode="r") the first time a
 batch needs them (one memmap per file, cached per process), and only the slices of the current batch are read.
-All arrays of one preprocessing run share the same side S, so slices of different series batch together.
+Arrays keep each series' acquisition matrix (preprocess.image_size null) or share one side S (resized): crops
+batch together whatever the size, whole slices of different sizes go into batches of one size each.
 
 Randomness (shuffling, crops, flips) is a pure function of (seed, epoch, batch index): a batch is the same
 whichever worker thread or process computes it, and the same when the run is repeated.
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
+
+from degrade import add_noise
 
 # The columns preprocessing.py writes, in this order (see /tmp/design.md, "preprocessing.py").
 MANIFEST_COLUMNS = (
@@ -89,6 +92,12 @@ def read_manifest(data_dir, split=None):
     return rows
 
 
+def _zero(row):
+    """Normalized value of zero signal, -lo / (hi - lo), from a manifest row (0 without a recorded range)."""
+    lo, hi = row.get("norm_lo"), row.get("norm_hi")
+    return -lo / (hi - lo) if lo is not None and hi is not None and hi > lo else 0.0
+
+
 def evenly_spaced(n, count):
     """Indices of `count` items spread evenly over range(n), first and last included (all of them if count >= n)."""
     if count is None or count >= n:
@@ -118,6 +127,10 @@ class PairedSlices(keras.utils.PyDataset):
         would change the order mid-pass.
     augment: random flips and 90-degree rotations (the 8 symmetries of the square), the same for noisy and
         clean. Meant for training only.
+    fresh_noise: draw the degraded image anew for every sample (degrade.add_noise with the series' recorded model
+        and sigma_added, from the batch's generator seeded by (seed, epoch, index)) instead of reading the stored
+        one, so the network never sees the same noise twice. Needs arrays at the acquisition matrix (noise is
+        white there; after a resize it would not be). Validation and test keep the stored, recorded draw.
     patch_size: None for whole slices (validation, evaluation, the thesis autoencoder), or the side of random
         square crops for training a fully convolutional model. Crops prefer tissue: `crop_candidates`
         positions are drawn and the one with the most clean pixels above `tissue_threshold` is kept, so few
@@ -131,7 +144,8 @@ class PairedSlices(keras.utils.PyDataset):
     """
 
     def __init__(self, data_dir, split, batch_size=8, shuffle=False, augment=False, patch_size=None, seed=0,
-                 max_slices=None, steps_per_epoch=None, tissue_threshold=0.1, crop_candidates=4, **kwargs):
+                 max_slices=None, steps_per_epoch=None, tissue_threshold=0.1, crop_candidates=4, fresh_noise=False,
+                 **kwargs):
         super().__init__(**kwargs)
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -158,11 +172,33 @@ class PairedSlices(keras.utils.PyDataset):
         self.epoch = 0
         self._arrays = {}            # path -> np.memmap, filled lazily by array()
         self._arrays_pid = os.getpid()
+        shapes = [tuple(self.array(r["clean_file"]).shape[1:]) for r in self.rows]
+        self._groups = None  # whole slices of several sizes: batches of one size each (see _batch_indices)
         if self.patch_size is not None:
-            side = min(self.image_shape)
+            side = min(min(shape) for shape in shapes)
             if self.patch_size > side:
-                raise ValueError(f"patch_size {self.patch_size} is larger than the slices ({side} px); "
+                raise ValueError(f"patch_size {self.patch_size} is larger than the smallest slices ({side} px); "
                                  "use a smaller patch_size or None for whole slices")
+        elif len(set(shapes)) > 1:
+            if self.shuffle or self.steps_per_epoch is not None:
+                raise ValueError(f"whole-slice training needs slices of one size, {self.split} has "
+                                 f"{sorted(set(shapes))}; train on crops (train.patch_size) or resize "
+                                 "(preprocess.image_size)")
+            # rows are series by series, so equal shapes come in runs; each run is cut into batches
+            self._groups, start = [], 0
+            for end in range(1, len(shapes) + 1):
+                if end == len(shapes) or shapes[end] != shapes[start] or end - start == self.batch_size:
+                    self._groups.append(np.arange(start, end))
+                    start = end
+        self.fresh_noise = bool(fresh_noise)
+        if self.fresh_noise:
+            unusable = sorted({r["clean_file"] for r, shape in zip(self.rows, shapes)
+                               if r.get("degrade_model") not in ("field", "gaussian") or r.get("sigma_added") is None
+                               or shape != (r.get("rows"), r.get("cols"))})
+            if unusable:
+                raise ValueError(f"fresh_noise needs arrays at the acquisition matrix with a recorded degradation "
+                                 f"(preprocess.image_size null); {len(unusable)} series are not, e.g. "
+                                 f"{unusable[0]}: use the stored pairs (train.fresh_noise false)")
 
     # -- state shared with worker processes ----------------------------------------------------------------
 
@@ -190,7 +226,7 @@ class PairedSlices(keras.utils.PyDataset):
 
     @property
     def image_shape(self):
-        """(H, W) of the whole slices (all arrays of one preprocessing run share it)."""
+        """(H, W) of the first slice (of every slice, unless the arrays keep several acquisition matrices)."""
         return tuple(self.array(self.rows[0]["clean_file"]).shape[1:])
 
     # -- ordering ------------------------------------------------------------------------------------------
@@ -198,6 +234,8 @@ class PairedSlices(keras.utils.PyDataset):
     def __len__(self):
         if self.steps_per_epoch is not None:
             return self.steps_per_epoch
+        if self._groups is not None:
+            return len(self._groups)
         return math.ceil(len(self.rows) / self.batch_size)
 
     def order(self, epoch=None):
@@ -215,6 +253,8 @@ class PairedSlices(keras.utils.PyDataset):
     def _batch_indices(self, index):
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+        if self._groups is not None:
+            return self._groups[index]
         if self.steps_per_epoch is None:
             start = index * self.batch_size
             return self.order()[start:start + self.batch_size]
@@ -234,17 +274,21 @@ class PairedSlices(keras.utils.PyDataset):
         rows = self.batch_rows(index)
         # One generator per (seed, epoch, batch): the batch does not depend on which worker makes it, or when.
         rng = np.random.default_rng((self.seed, self.epoch, index))
+        # fresh noise has its own stream, so crops and flips are the same with and without it
+        noise_rng = np.random.default_rng((self.seed, self.epoch, index, 1)) if self.fresh_noise else None
         noisy_batch, clean_batch = [], []
         for row in rows:
             clean = self.array(row["clean_file"])[row["slice_index"]]
-            noisy = self.array(row["noisy_file"])[row["slice_index"]]
-            if clean.shape != noisy.shape:
+            noisy = None if self.fresh_noise else self.array(row["noisy_file"])[row["slice_index"]]
+            if noisy is not None and clean.shape != noisy.shape:
                 raise ValueError(f"{row['clean_file']} and {row['noisy_file']} have different slice shapes "
                                  f"{clean.shape} and {noisy.shape}; rerun preprocessing.py")
             if self.patch_size is not None:
                 y, x = self._crop_position(clean, rng)
                 clean = clean[y:y + self.patch_size, x:x + self.patch_size]
-                noisy = noisy[y:y + self.patch_size, x:x + self.patch_size]
+                noisy = None if noisy is None else noisy[y:y + self.patch_size, x:x + self.patch_size]
+            if noisy is None:  # a new draw of the recorded degradation, from this batch's generator
+                noisy = add_noise(clean, row["degrade_model"], row["sigma_added"], noise_rng, zero=_zero(row))
             if self.augment:
                 noisy, clean = self._symmetry(noisy, clean, rng)
             noisy_batch.append(np.asarray(noisy, dtype=np.float32))

@@ -214,7 +214,7 @@ def degrade(clean, degrade_cfg, rng, zero=0.0):
         if sigma < 0:
             raise ConfigError(f"degrade.sigma is {sigma}; it must be >= 0")
         # The thesis: np.random.normal(0, sigma, shape) added to the normalized image.
-        noisy = clean + rng.normal(0.0, sigma, size=clean.shape).astype(np.float32)
+        noisy = add_noise(clean, "gaussian", sigma, rng)
         ratio = sigma_src / math.hypot(sigma_src, sigma) if sigma_src > 0 else float("nan")
         return noisy, {"model": model, "sigma_source": sigma_src, "sigma_added": sigma, "snr_ratio": ratio,
                        "sigma_method": method}
@@ -234,22 +234,36 @@ def degrade(clean, degrade_cfg, rng, zero=0.0):
     else:
         signal, sigma_remaining = magnitude, sigma_src
     sigma_add = math.sqrt(max(sigma_target**2 - sigma_remaining**2, 0.0))
-    # The clean magnitude is the real channel (its phase is unknown); complex noise, then magnitude again.
-    real = rng.standard_normal(clean.shape, dtype=np.float32)
-    real *= np.float32(sigma_add)
-    imag = rng.standard_normal(clean.shape, dtype=np.float32)
-    imag *= np.float32(sigma_add)
-    if np.iscomplexobj(signal):
-        real += signal.real
-        imag += signal.imag
-    else:
-        real += signal
-    noisy = np.hypot(real, imag, out=real)  # in place: one stack less at peak memory
-    del imag
+    noisy = add_noise(signal, "field", sigma_add, rng, zero=0.0)
     noisy += np.float32(zero)
     return noisy, {
         "model": model, "sigma_source": sigma_src, "sigma_added": sigma_add, "snr_ratio": ratio,
         "sigma_method": method}
+
+
+def add_noise(clean, model, sigma, rng, zero=0.0):
+    """One fresh noise draw of a degradation model on any stack or crop: float32, same shape as clean.
+
+    field: the clean magnitude (clean - zero) is the real channel (its phase is unknown), complex Gaussian noise of
+    std sigma is added and the magnitude taken again (Rician). gaussian (the thesis): clean + N(0, sigma).
+    degrade() draws the stored pair with it, and data_factory draws a new one per training sample (train.fresh_noise),
+    so both are the same process; noise is white, so cropping before or after drawing it makes no difference."""
+    if model == "gaussian":
+        return np.asarray(clean, np.float32) + rng.normal(0.0, sigma, size=np.shape(clean)).astype(np.float32)
+    if model != "field":
+        raise ConfigError(f"degrade model {model!r} cannot draw noise; choose one of {', '.join(MODELS)}")
+    real = rng.standard_normal(np.shape(clean), dtype=np.float32)
+    real *= np.float32(sigma)
+    imag = rng.standard_normal(np.shape(clean), dtype=np.float32)
+    imag *= np.float32(sigma)
+    if np.iscomplexobj(clean):
+        real += clean.real - np.float32(zero)
+        imag += clean.imag
+    else:
+        real += np.asarray(clean, np.float32) - np.float32(zero)
+    noisy = np.hypot(real, imag, out=real)  # in place: one stack less at peak memory
+    noisy += np.float32(zero)
+    return noisy
 
 
 def _source_sigma(magnitude):

@@ -162,12 +162,13 @@ class Enhancer:
 
     @property
     def size_handling(self):
-        if self.name == "unet":
-            return (f"native matrix: reflect-padded to a multiple of {self.multiple} (2**depth) and cropped back; "
-                    f"tiles (when used) overlap by {self.margin} px, the U-Net's receptive radius")
         size = self.cfg["preprocess"]["image_size"]
-        return (f"resized: padded to a square and resized to {size}x{size} (preprocess.image_size, the fixed input "
-                f"of the thesis autoencoder) with preprocessing.resize_square, mapped back with unresize_square")
+        if size is None:
+            return (f"native matrix, as in training (preprocess.image_size null): reflect-padded to a multiple of "
+                    f"{self.multiple} (2**depth) and cropped back; tiles (when used) overlap by {self.margin} px, "
+                    "the U-Net's receptive radius")
+        return (f"resized, as in training: padded to a square and resized to {size}x{size} (the run's "
+                f"preprocess.image_size) with preprocessing.resize_square, mapped back with unresize_square")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -240,6 +241,8 @@ def _forward(model, batch, timings=None):
     costing a retrace after the first few); on CPU it is ~1.5x faster than an eager model(x) call."""
     start = time.perf_counter()
     out = np.asarray(model.predict_on_batch(batch[..., None]), dtype=np.float32)[..., 0]
+    if len(out) != len(batch):  # a model built under MirroredStrategy returns every replica's copy: call it
+        out = np.asarray(model(batch[..., None], training=False), dtype=np.float32)[..., 0]
     if timings is not None:
         timings.append(time.perf_counter() - start)
     return out
@@ -320,37 +323,55 @@ def pad_to_multiple(stack, multiple):
     return np.pad(stack, pad, mode="reflect" if min(rows, cols) > 1 else "edge"), (top, left)
 
 
+def predict_padded(model, stack, multiple, batch_size=8, timings=None):
+    """Model output for a normalized stack at its own grid: float32 (n, H, W) -> (n, H, W). Reflect-padded to a
+    multiple of `multiple` and cropped back. main.py evaluates (and validates) through this very function, so a
+    slice enhanced here and the same slice evaluated there see the same pixels."""
+    stack = np.ascontiguousarray(stack, dtype=np.float32)
+    rows, cols = stack.shape[1:]
+    padded, (top, left) = pad_to_multiple(stack, multiple)
+    out = _forward_batched(model, np.ascontiguousarray(padded), batch_size, timings)
+    return np.ascontiguousarray(out[:, top:top + rows, left:left + cols])
+
+
 def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, max_pixels=MAX_PIXELS,
                   zero=0.0):
     """Model output for a normalized stack: float32 (n, H, W) -> float32 (n, H, W), same normalized units.
 
-    U-Net: native size (reflect-padded to a multiple of 2**depth, cropped back); tiled when the padded slice has
-    more than max_pixels pixels or force_tiling (tile side `tile`, default DEFAULT_TILE). Thesis autoencoder:
-    resize_square to S x S (padding with `zero`, the normalized value of no signal) and back.
+    On the grid the model was trained on. preprocess.image_size null (the U-Net default): the scan's own matrix,
+    reflect-padded to a multiple of 2**depth and cropped back (predict_padded); tiled when the padded slice has more
+    than max_pixels pixels or force_tiling (tile side `tile`, default DEFAULT_TILE). A run trained on resized
+    slices (preprocess.image_size S, the thesis): resize_square to S x S (padding with `zero`, the normalized value
+    of no signal), exactly as preprocessing did, and unresize_square back.
     Returns (output, info) with info = {"method", "tiled", "tile", "margin", "model_shape"}.
     """
     stack = np.ascontiguousarray(stack, dtype=np.float32)
     n, rows, cols = stack.shape
     timings = enhancer.timings
-    if enhancer.name != "unet":
-        size = int(enhancer.cfg["preprocess"]["image_size"])
+    size = enhancer.cfg["preprocess"]["image_size"]
+    if size is not None:
+        size = int(size)
         per_call = max(1, min(batch_size, max_pixels // (size * size)))
         square = preprocessing.resize_square(stack, size, pad_value=zero)
-        out = preprocessing.unresize_square(_forward_batched(enhancer.model, square, per_call, timings), (rows, cols))
-        return out, {"method": "resize", "tiled": False, "tile": None, "margin": 0, "model_shape": [size, size]}
+        out = predict_padded(enhancer.model, square, enhancer.multiple, per_call, timings)
+        return preprocessing.unresize_square(out, (rows, cols)), {
+            "method": "resize", "tiled": False, "tile": None, "margin": 0, "model_shape": [size, size]}
+    if enhancer.name != "unet":
+        raise EnhanceError(f"{enhancer.name} has a fixed input size but its run has no preprocess.image_size")
 
-    padded, (top, left) = pad_to_multiple(stack, enhancer.multiple)
+    padded, _ = pad_to_multiple(stack, enhancer.multiple)
     p_rows, p_cols = padded.shape[1:]
     tiled = force_tiling or p_rows * p_cols > max_pixels
     if tiled:
         tile = default_tile(enhancer.multiple, enhancer.margin) if tile is None else tile
         check_tile(tile, enhancer.multiple, enhancer.margin)
         per_call = max(1, min(batch_size, max_pixels // (tile * tile)))
+        top, left = (p_rows - rows) // 2, (p_cols - cols) // 2
         out = predict_tiled(enhancer.model, padded, tile, enhancer.margin, per_call, timings)
+        out = np.ascontiguousarray(out[:, top:top + rows, left:left + cols])
     else:
         per_call = max(1, min(batch_size, max_pixels // (p_rows * p_cols)))
-        out = _forward_batched(enhancer.model, padded, per_call, timings)
-    out = np.ascontiguousarray(out[:, top:top + rows, left:left + cols])
+        out = predict_padded(enhancer.model, stack, enhancer.multiple, per_call, timings)
     return out, {"method": "pad", "tiled": bool(tiled), "tile": tile if tiled else None,
                  "margin": enhancer.margin, "model_shape": [int(p_rows), int(p_cols)]}
 

@@ -191,17 +191,27 @@ def load_splits(cfg, data_dir):
                              "training needs both: a checkpoint selected without validation patients would be "
                              "selected on the patients it is scored on. Add patients or change preprocess.split.")
     common = dict(batch_size=t["batch_size"], seed=cfg["seed"])
-    train = PairedSlices(data_dir, "train", shuffle=True, augment=t["augment"], patch_size=t["patch_size"],
-                         steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
-                         use_multiprocessing=t["use_multiprocessing"], **common)
+    train_args = dict(shuffle=True, augment=t["augment"], patch_size=t["patch_size"],
+                      steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
+                      use_multiprocessing=t["use_multiprocessing"], **common)
+    fresh = t["fresh_noise"]
+    if fresh not in ("auto", True, False):
+        raise ConfigError(f"train.fresh_noise must be auto, true or false, not {fresh!r}")
+    try:
+        train = PairedSlices(data_dir, "train", fresh_noise=bool(fresh), **train_args)
+    except ValueError as e:
+        if fresh != "auto" or "fresh_noise" not in str(e):
+            raise
+        train = PairedSlices(data_dir, "train", fresh_noise=False, **train_args)
     val = PairedSlices(data_dir, "val", max_slices=t["max_val_slices"], **common)
-    print(f"data: {len(train.rows)} training slices from {len({r['patient_id'] for r in train.rows})} patients, "
+    print(f"data: {len(train.rows)} training slices from {len({r['patient_id'] for r in train.rows})} patients "
+          f"({'fresh noise every sample' if train.fresh_noise else 'stored noisy images'}), "
           f"{len(val.rows)} validation slices from {len({r['patient_id'] for r in val.rows})} patients "
           "(checkpoint selection)")
     return train, val
 
 
-def body_validation(dataset, loss_name):
+def body_validation(dataset, loss_name, multiple):
     """Keras callback that validates at the end of every epoch: val_loss (the training loss over whole slices),
     val_psnr and val_body_psnr, the mean per-slice PSNR inside the body mask against the 3T image.
 
@@ -216,23 +226,22 @@ def body_validation(dataset, loss_name):
         masks = {}  # body mask of each validation slice, computed once
 
         def on_epoch_end(self, epoch, logs=None):
-            logs.update(validate(self.model, dataset, loss_name, self.masks))
+            logs.update(validate(self.model, dataset, loss_name, multiple, self.masks))
 
     return BodyValidation()
 
 
-def validate(model, dataset, loss_name, masks=None):
-    """{"val_loss", "val_psnr", "val_body_psnr"} of `model` on a whole-slice dataset. masks: a dict that caches
-    the body mask of each slice between calls (filled here)."""
+def validate(model, dataset, loss_name, multiple, masks=None):
+    """{"val_loss", "val_psnr", "val_body_psnr"} of `model` on a whole-slice dataset, predicted as enhance.py
+    does (padded to `multiple`, model.size_multiple). masks: caches the body mask of each slice between calls."""
+    from enhance import predict_padded
     from metrics import DATA_RANGE, body_mask
 
     masks = {} if masks is None else masks
     losses, psnr, body = [], [], []
     for b in range(len(dataset)):
         noisy, clean = dataset[b]
-        pred = np.asarray(model.predict_on_batch(noisy), dtype=np.float32)  # compiled: 3x faster than a call
-        if len(pred) != len(noisy):  # under MirroredStrategy it returns every replica's copy: call directly
-            pred = np.asarray(model(noisy, training=False), dtype=np.float32)
+        pred = predict_padded(model, noisy[..., 0], multiple, len(noisy))[..., None]
         err = (pred - clean)[..., 0].astype(np.float64)
         for j in range(len(err)):
             e = err[j]
@@ -254,7 +263,7 @@ def validate(model, dataset, loss_name, masks=None):
 def train(cfg, data_dir, run_dir, resume=False):
     import keras
 
-    from model import get_model
+    from model import get_model, size_multiple
 
     strategy = setup_devices(cfg["train"])
     keras.utils.set_random_seed(cfg["seed"])
@@ -285,7 +294,7 @@ def train(cfg, data_dir, run_dir, resume=False):
         with open(history_csv) as f:
             best_so_far = max((float(r[MONITOR]) for r in csv.DictReader(f) if r.get(MONITOR)), default=None)
     callbacks = [
-        body_validation(val_ds, t["loss"]),  # first: the callbacks below read the numbers it logs
+        body_validation(val_ds, t["loss"], size_multiple(cfg)),  # first: the callbacks below read the numbers it logs
         keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor=MONITOR, mode="max",
                                         save_best_only=True, initial_value_threshold=best_so_far),
@@ -317,12 +326,36 @@ def train(cfg, data_dir, run_dir, resume=False):
 # -----------------------------------------------------------------------------
 # evaluation
 
-def evaluate(model, dataset, n_examples=3):
+def predict_slices(model, dataset, index, multiple):
+    """[(noisy, clean, truth or None, pred)] of batch `index`, one tuple of float32 (rows, cols) per slice.
+
+    The model runs on the stored grid through enhance.predict_padded (what enhance.py runs on a DICOM series). When
+    the arrays were resized (preprocess.image_size), all four are mapped back to each slice's acquisition matrix with
+    preprocessing.unresize_square, which also drops the square padding: metrics are taken on the grid the images
+    were acquired on, as enhance.py writes its output."""
+    from enhance import predict_padded
+    from preprocessing import unresize_square
+
+    noisy, clean = (a[..., 0] for a in dataset[index])
+    truth = dataset.truth_batch(index)
+    pred = predict_padded(model, noisy, multiple, len(noisy))
+    slices = []
+    for j, row in enumerate(dataset.batch_rows(index)):
+        images = (noisy[j], clean[j], None if truth is None else truth[j, ..., 0], pred[j])
+        shape = (row.get("rows"), row.get("cols"))
+        if None not in shape and noisy.shape[1:] != shape:
+            images = tuple(None if a is None else unresize_square(a, shape) for a in images)
+        slices.append(images)
+    return slices
+
+
+def evaluate(model, dataset, multiple, n_examples=3):
     """Metrics of the model output and of the degraded input, per slice of a whole-slice dataset.
 
     Against two references: the 3T image (columns of metrics.pair_metrics) and, when the data has it, the
     noise-free truth (the same columns prefixed "truth_"). Both use one body mask per slice, computed on the
-    truth when there is one (it has no noise to threshold) and on the 3T image otherwise.
+    truth when there is one (it has no noise to threshold) and on the 3T image otherwise. Slices are predicted
+    and scored as predict_slices says (enhance.py's path, acquisition grid). multiple: model.size_multiple.
     Returns (rows, examples): one dict per slice (manifest identity + metrics) and, for up to `n_examples`
     patients, the slice with the most tissue (arrays for reconstructions.png).
     """
@@ -330,12 +363,7 @@ def evaluate(model, dataset, n_examples=3):
 
     rows, best = [], {}
     for b in range(len(dataset)):
-        noisy, clean = dataset[b]
-        truth = dataset.truth_batch(b)
-        pred = np.asarray(model.predict_on_batch(noisy), dtype=np.float32)
-        for j, meta in enumerate(dataset.batch_rows(b)):
-            n, c, p = noisy[j, ..., 0], clean[j, ..., 0], pred[j, ..., 0]
-            t = None if truth is None else truth[j, ..., 0]
+        for meta, (n, c, t, p) in zip(dataset.batch_rows(b), predict_slices(model, dataset, b, multiple)):
             mask = body_mask(c if t is None else t)
             m = pair_metrics(p, n, c, mask)
             row = {"patient_id": meta["patient_id"], "series_uid": meta["series_uid"],
@@ -404,7 +432,9 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
                             max_slices=cfg["train"]["max_val_slices"], seed=cfg["seed"])
 
     start = time.perf_counter()
-    rows, examples = evaluate(model, dataset(split))
+    from model import size_multiple
+
+    rows, examples = evaluate(model, dataset(split), size_multiple(cfg))
     seconds = time.perf_counter() - start
     write_csv(rows, run_dir / "metrics_per_slice.csv")
     summary = summarize_both(rows)
@@ -414,7 +444,7 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
                     "config_hash": config_hash(cfg), "eval_seconds": round(seconds, 1),
                     "eval_ms_per_slice": round(1000 * seconds / len(rows), 1)})
     if split == "test" and "val" in present:
-        summary["val"] = summarize_both(evaluate(model, dataset("val"), n_examples=0)[0])
+        summary["val"] = summarize_both(evaluate(model, dataset("val"), size_multiple(cfg), n_examples=0)[0])
     summary["patients"] = (patients or split_record(data_dir))["patients"]
     summary.update(extra or {})
     (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2))

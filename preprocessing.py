@@ -15,15 +15,18 @@ What happens, in order:
    and every object enhance.py wrote (written_by_enhance). A regex on SeriesDescription (preprocess.series_filter)
    can narrow the series.
 2. read_series: pixels with the modality rescale (slope/intercept, per frame for enhanced objects) applied.
-3. robust_range: per-series percentiles of the clean stack map to 0 and 1. Nothing is clipped: values above
-   hi are real tissue (enhancing lesions are the brightest thing in a DCE series), and clipping would make
-   normalization impossible to undo exactly for reporting in scanner units.
+3. robust_range: per-series percentiles map to 0 and 1: those of the *degraded* series (step 4), the image that
+   inference has (enhance.py applies the same rule to its input); the clean image and the truth take the same
+   lo/hi. Nothing is clipped: values above hi are real tissue (enhancing lesions are the brightest thing in a DCE
+   series), and clipping would make normalization impossible to undo exactly for reporting in scanner units.
 4. degrade.degrade: the simulated lower-field image, at acquisition resolution (resizing first would turn white
    noise into correlated blobs).
    The demo generator also leaves the noise-free signal it simulated next to each DCE series (read_truth); it is
    normalized with the same lo/hi into a third array per series (`truth_file` in the manifest, empty for real
    data), the one reference that carries no noise of its own.
-5. resize_square: pad to a square (never distort the aspect ratio), then resize to preprocess.image_size.
+5. resize_square: with preprocess.image_size null (the default) nothing: the arrays keep each series' acquisition
+   matrix, the grid the fully convolutional U-Net is applied on in enhance.py. With a size (the thesis: 512), pad to
+   a square (never distort the aspect ratio), then resize; enhance.py then resizes in and out the same way.
 6. split_patients: a seeded patient-level train/val/test split by hash threshold (a patient is in one split only).
 7. Each series is written by one worker: arrays under temporary names, renamed when complete, then a sidecar
    arrays/<series_key>.json with its manifest rows and the hash of the settings the arrays depend on. A re-run
@@ -944,17 +947,19 @@ def _tmp_path(path):
 
 
 def _save_square(path, stack, size, pad_value, dtype):
-    """Pad+resize `stack` slice by slice and stream the slices into an .npy under a temporary name, then
-    rename it. Memory stays at one acquisition-resolution stack whatever the output size, and no msync is
-    forced (an np.memmap flush would wait for the disk on every series)."""
+    """Pad+resize `stack` slice by slice (size None: keep the acquisition matrix, no padding) and stream the slices
+    into an .npy under a temporary name, then rename it. Memory stays at one acquisition-resolution stack whatever
+    the output size, and no msync is forced (an np.memmap flush would wait for the disk on every series)."""
     tmp = _tmp_path(path)
+    shape = stack.shape[1:] if size is None else (size, size)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-              "shape": (len(stack), size, size)}
+              "shape": (len(stack),) + tuple(shape)}
     try:
         with open(tmp, "wb") as fp:
             np.lib.format.write_array_header_1_0(fp, header)
             for img in stack:
-                fp.write(_square_slice(img, size, pad_value).astype(dtype, copy=False).tobytes())
+                img = img if size is None else _square_slice(img, size, pad_value)
+                fp.write(np.ascontiguousarray(img).astype(dtype, copy=False).tobytes())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -988,13 +993,31 @@ def process_series(series, out_dir, cfg, chash):
     lo, hi = robust_range(raw, pre["norm_percentiles"])
     if not hi > lo:
         return {"key": key, "status": "skipped", "reason": "constant image", "detail": f"lo = hi = {lo}"}
+    # Degrade in the clean series' normalized units (the noise estimate and the simulation work on a [0, 1]-ish
+    # scale), then renormalize all three images with the robust range of the *degraded* series: at inference only
+    # the degraded image exists (enhance.py computes the same robust_range on its input), so the network must learn
+    # on exactly that scale. The clean image and the truth follow with the same lo/hi.
     scale = np.float32(hi) - np.float32(lo)
     clean = raw
     clean -= np.float32(lo)
     clean /= scale
-    zero = float(-np.float32(lo) / scale)  # normalized value of zero signal
+    zero = float(-np.float32(lo) / scale)
     noisy, info = degrade(clean, cfg["degrade"], series_rng(cfg["seed"], series.series_uid), zero=zero)
-    size, dtype = int(pre["image_size"]), np.dtype(pre["dtype"])
+    for stack in (clean, noisy):  # back to modality units, in place
+        stack *= scale
+        stack += np.float32(lo)
+    lo, hi = robust_range(noisy, pre["norm_percentiles"])
+    if not hi > lo:
+        return {"key": key, "status": "skipped", "reason": "constant image", "detail": f"lo = hi = {lo} (degraded)"}
+    info = dict(info, sigma_source=info["sigma_source"] * float(scale) / (hi - lo),
+                sigma_added=info["sigma_added"] * float(scale) / (hi - lo))
+    scale = np.float32(hi) - np.float32(lo)
+    for stack in (clean, noisy):
+        stack -= np.float32(lo)
+        stack /= scale
+    zero = float(-np.float32(lo) / scale)  # normalized value of zero signal
+    size = None if pre["image_size"] is None else int(pre["image_size"])
+    dtype = np.dtype(pre["dtype"])
     # The old sidecar goes first: arrays half-rewritten under new settings must never pass for the old ones.
     (arrays / f"{key}.json").unlink(missing_ok=True)
     _save_square(arrays / f"{key}_clean.npy", clean, size, zero, dtype)
@@ -1050,8 +1073,9 @@ def _init_worker():
 def check_config(cfg):
     """Raise ConfigError for preprocess/degrade values the pipeline cannot use (before any work)."""
     pre, deg = cfg["preprocess"], cfg["degrade"]
-    if not isinstance(pre["image_size"], int) or pre["image_size"] < 8:
-        raise ConfigError(f"preprocess.image_size is {pre['image_size']!r}; give an integer >= 8 (e.g. 512)")
+    if pre["image_size"] is not None and (not isinstance(pre["image_size"], int) or pre["image_size"] < 8):
+        raise ConfigError(f"preprocess.image_size is {pre['image_size']!r}; give an integer >= 8 (e.g. 512), or "
+                          "null to keep each series' acquisition matrix")
     if pre["dtype"] not in DTYPES:
         raise ConfigError(f"preprocess.dtype is {pre['dtype']!r}; choose one of {', '.join(DTYPES)}")
     if deg["model"] not in MODELS:
