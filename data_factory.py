@@ -38,9 +38,10 @@ from degrade import add_noise
 MANIFEST_COLUMNS = (
     "patient_id", "study_uid", "series_uid", "series_description", "slice_index", "split", "clean_file",
     "noisy_file", "norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio", "degrade_model", "rows",
-    "cols", "sop_instance_uid", "config_hash", "truth_file",
+    "cols", "sop_instance_uid", "config_hash", "truth_file", "time_index", "n_times", "position_index",
+    "n_positions",
 )
-INT_COLUMNS = ("slice_index", "rows", "cols")
+INT_COLUMNS = ("slice_index", "rows", "cols", "time_index", "n_times", "position_index", "n_positions")
 FLOAT_COLUMNS = ("norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio")
 # Columns a dataset cannot work without; the others are carried along for evaluation and export.
 REQUIRED_COLUMNS = ("patient_id", "series_uid", "slice_index", "split", "clean_file", "noisy_file")

@@ -86,7 +86,8 @@ MR_IMAGE_SOP_CLASSES = {
 MANIFEST_COLUMNS = [
     "patient_id", "study_uid", "series_uid", "series_description", "slice_index", "split", "clean_file",
     "noisy_file", "norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio", "degrade_model", "rows",
-    "cols", "sop_instance_uid", "config_hash", "truth_file",
+    "cols", "sop_instance_uid", "config_hash", "truth_file", "time_index", "n_times", "position_index",
+    "n_positions",
 ]
 # The preprocess keys the arrays depend on (split and series_filter only change which rows are listed
 # and how they are split, so changing them does not recompute any array).
@@ -201,6 +202,7 @@ class Series:
     slopes: list = field(default_factory=list)
     intercepts: list = field(default_factory=list)
     temporal_index: list = field(default_factory=list)
+    layout: list = field(default_factory=list)  # (time_index, position_index) per frame, see _layout
     series_number: int = 0
     field_strength_t: float = None
     n_files: int = 0
@@ -631,12 +633,33 @@ def group_series(records, root, skips, include_kinds=()):
             cols=first["cols"], frames=[(f["path"], f["frame"]) for f in frames],
             sop_instance_uids=[f["sop_uid"] for f in frames], slopes=[f["slope"] for f in frames],
             intercepts=[f["intercept"] for f in frames], temporal_index=[f["t"] for f in frames],
+            layout=_layout(frames),
             series_number=first["series_number"],
             field_strength_t=next((r["field_strength_t"] for r in files if r["field_strength_t"]), None),
             n_files=n_files, notes=sorted({n for r in files for n in r["notes"]}),
             truth_dir=first["folder"] if (Path(first["folder"]) / TRUTH_FILE).is_file() else None))
     series_list.sort(key=lambda s: (s.patient_id, s.study_uid, s.series_number, s.series_uid))
     return series_list
+
+
+def _layout(frames):
+    """(time_index, position_index) of each frame in a sorted series: the rank of its temporal position and of
+    its position along the slice normal (0.01 mm apart counts as the same), so frame (t, k) of a DCE series can
+    be found from any other frame of it. Frames without a position are numbered in order within their time
+    point. A series with one time point has time_index 0 throughout."""
+    times = sorted({f["t"] for f in frames})
+    positions = sorted({round(f["position"], 2) for f in frames if f["position"] is not None})
+    time_rank, position_rank = {t: i for i, t in enumerate(times)}, {p: i for i, p in enumerate(positions)}
+    layout, count = [], defaultdict(int)
+    for f in frames:
+        t = time_rank[f["t"]]
+        if f["position"] is None:
+            k = count[t]
+            count[t] += 1
+        else:
+            k = position_rank[round(f["position"], 2)]
+        layout.append((t, k))
+    return layout
 
 
 def _assign_temporal(frames):
@@ -938,7 +961,7 @@ def arrays_hash(cfg):
 def _fingerprint(series):
     """Identity of a series' content as indexed: its images, their order and their rescale."""
     text = json.dumps([series.rows, series.cols, series.sop_instance_uids, [f for _, f in series.frames],
-                       series.slopes, series.intercepts, series.truth_dir is not None])
+                       series.slopes, series.intercepts, series.truth_dir is not None, series.layout])
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -1031,14 +1054,17 @@ def process_series(series, out_dir, cfg, chash):
         truth /= scale
         truth_file = f"arrays/{key}_truth.npy"
         _save_square(arrays / f"{key}_truth.npy", truth, size, zero, dtype)
+    layout = series.layout or [(0, i) for i in range(len(series.sop_instance_uids))]
+    n_times, n_positions = 1 + max(t for t, _ in layout), 1 + max(k for _, k in layout)
     rows = [{
         "patient_id": series.patient_id, "study_uid": series.study_uid, "series_uid": series.series_uid,
         "series_description": series.series_description, "slice_index": i,
         "clean_file": f"arrays/{key}_clean.npy", "noisy_file": f"arrays/{key}_noisy.npy",
         "norm_lo": lo, "norm_hi": hi, "sigma_source": info["sigma_source"], "sigma_added": info["sigma_added"],
         "snr_ratio": info["snr_ratio"], "degrade_model": info["model"], "rows": series.rows, "cols": series.cols,
-        "sop_instance_uid": sop, "config_hash": chash, "truth_file": truth_file}
-        for i, sop in enumerate(series.sop_instance_uids)]
+        "sop_instance_uid": sop, "config_hash": chash, "truth_file": truth_file,
+        "time_index": t, "n_times": n_times, "position_index": k, "n_positions": n_positions}
+        for i, (sop, (t, k)) in enumerate(zip(series.sop_instance_uids, layout))]
     sidecar = {"series_key": key, "config_hash": chash, "fingerprint": _fingerprint(series),
                "slices": len(rows), "info": info, "field_strength_t": series.field_strength_t,
                "notes": series.notes, "rows": rows}
