@@ -99,6 +99,50 @@ def _zero(row):
     return -lo / (hi - lo) if lo is not None and hi is not None and hi > lo else 0.0
 
 
+def _layout_of(row):
+    """(time_index, position_index, n_times, n_positions) of a manifest row; a manifest without the layout
+    columns (older preprocessing) reads as one time point of stacked slices."""
+    if row.get("time_index") is None:
+        return 0, row["slice_index"], 1, row["slice_index"] + 1
+    return row["time_index"], row["position_index"], row["n_times"], row["n_positions"]
+
+
+def reflect(i, n):
+    """Index i reflected into range(n) without repeating the edge (-1 -> 1, n -> n - 2), as np.pad's 'reflect'."""
+    if n <= 1:
+        return 0
+    period = 2 * (n - 1)
+    i %= period
+    return i if i < n else period - i
+
+
+def context_slices(lookup, t, k, n_times, n_positions, offsets, precontrast_frames, fallback):
+    """Slice indices of a target frame (t, k)'s input channels and of its pre-contrast guide frames.
+
+    lookup: {(time_index, position_index): slice index} of one series; offsets: [(dt, dk)] of the channels, the
+    target (0, 0) first (model.context_offsets); time and slice neighbours are reflected at the ends of the
+    series (a series of one time point repeats its frame); a frame missing from the lookup (an irregular series)
+    falls back to `fallback`, the target itself. precontrast_frames N: the first N time points at position k (as
+    many as exist), averaged into the guide channel by the caller. Used by PairedSlices and by enhance.py, so
+    both assemble the same stacks."""
+    channels = [lookup.get((reflect(t + dt, n_times), reflect(k + dk, n_positions)), fallback) for dt, dk in offsets]
+    guide = [lookup.get((f, k), fallback) for f in range(min(precontrast_frames, n_times))]
+    return channels, guide
+
+
+def context_stack(images, layout, offsets, precontrast_frames):
+    """(n, H, W) normalized frames of one series -> (n, H, W, C) model inputs, by context_slices.
+    layout: (time_index, position_index) per frame (preprocessing's Series.layout)."""
+    lookup = {tk: i for i, tk in enumerate(layout)}
+    n_times, n_positions = 1 + max(t for t, _ in layout), 1 + max(k for _, k in layout)
+    out = []
+    for i, (t, k) in enumerate(layout):
+        channels, guide = context_slices(lookup, t, k, n_times, n_positions, offsets, precontrast_frames, i)
+        stack = [images[c] for c in channels] + ([np.mean([images[g] for g in guide], axis=0)] if guide else [])
+        out.append(np.stack(stack, axis=-1))
+    return np.stack(out).astype(np.float32)
+
+
 def evenly_spaced(n, count):
     """Indices of `count` items spread evenly over range(n), first and last included (all of them if count >= n)."""
     if count is None or count >= n:
@@ -146,7 +190,7 @@ class PairedSlices(keras.utils.PyDataset):
 
     def __init__(self, data_dir, split, batch_size=8, shuffle=False, augment=False, patch_size=None, seed=0,
                  max_slices=None, steps_per_epoch=None, tissue_threshold=0.1, crop_candidates=4, fresh_noise=False,
-                 **kwargs):
+                 context=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -191,6 +235,15 @@ class PairedSlices(keras.utils.PyDataset):
                 if end == len(shapes) or shapes[end] != shapes[start] or end - start == self.batch_size:
                     self._groups.append(np.arange(start, end))
                     start = end
+        self.context = ([(0, 0)], 0) if context is None else (list(context[0]), int(context[1]))
+        # (time_index, position_index) -> slice index, per series, from the whole manifest: a max_slices subset
+        # still finds the neighbours of its slices
+        series = {r["series_uid"] for r in self.rows}
+        self._lookup = {}
+        for r in read_manifest(self.data_dir):
+            if r["series_uid"] in series:
+                t, k, _, _ = _layout_of(r)
+                self._lookup.setdefault(r["series_uid"], {})[(t, k)] = r["slice_index"]
         self.fresh_noise = bool(fresh_noise)
         if self.fresh_noise:
             unusable = sorted({r["clean_file"] for r, shape in zip(self.rows, shapes)
@@ -271,7 +324,8 @@ class PairedSlices(keras.utils.PyDataset):
     # -- batches -------------------------------------------------------------------------------------------
 
     def __getitem__(self, index):
-        """Batch `index` as (noisy, clean), each float32 (B, H, W, 1); B = batch_size except maybe the last."""
+        """Batch `index` as (noisy, clean): noisy float32 (B, H, W, C) (the target slice, then its context, see
+        context_slices), clean float32 (B, H, W, 1) (the target); B = batch_size except maybe the last."""
         rows = self.batch_rows(index)
         # One generator per (seed, epoch, batch): the batch does not depend on which worker makes it, or when.
         rng = np.random.default_rng((self.seed, self.epoch, index))
@@ -279,26 +333,44 @@ class PairedSlices(keras.utils.PyDataset):
         noise_rng = np.random.default_rng((self.seed, self.epoch, index, 1)) if self.fresh_noise else None
         noisy_batch, clean_batch = [], []
         for row in rows:
-            clean = self.array(row["clean_file"])[row["slice_index"]]
-            noisy = None if self.fresh_noise else self.array(row["noisy_file"])[row["slice_index"]]
-            if noisy is not None and clean.shape != noisy.shape:
-                raise ValueError(f"{row['clean_file']} and {row['noisy_file']} have different slice shapes "
-                                 f"{clean.shape} and {noisy.shape}; rerun preprocessing.py")
+            channels, guide = self.context_of(row)
+            # every distinct frame once: a frame repeated at a series' end (reflection) is the same image at
+            # inference, so it must carry the same noise here
+            frames, which = np.unique(channels + guide, return_inverse=True)
+            clean_all = self.array(row["clean_file"])
+            clean = clean_all[row["slice_index"]]
+            window = (slice(None), slice(None))
             if self.patch_size is not None:
                 y, x = self._crop_position(clean, rng)
-                clean = clean[y:y + self.patch_size, x:x + self.patch_size]
-                noisy = None if noisy is None else noisy[y:y + self.patch_size, x:x + self.patch_size]
-            if noisy is None:  # a new draw of the recorded degradation, from this batch's generator
-                noisy = add_noise(clean, row["degrade_model"], row["sigma_added"], noise_rng, zero=_zero(row))
+                window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
+            clean = np.asarray(clean[window], dtype=np.float32)
+            if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
+                noisy = add_noise(np.asarray(clean_all[frames][(slice(None),) + window], np.float32),
+                                  row["degrade_model"], row["sigma_added"], noise_rng, zero=_zero(row))
+            else:
+                noisy = np.asarray(self.array(row["noisy_file"])[frames][(slice(None),) + window], np.float32)
+                if noisy.shape[1:] != clean.shape:
+                    raise ValueError(f"{row['clean_file']} and {row['noisy_file']} have different slice shapes; "
+                                     "rerun preprocessing.py")
+            noisy = noisy[which]
+            if guide:
+                noisy = np.concatenate([noisy[:len(channels)], noisy[len(channels):].mean(0, keepdims=True)])
+            noisy = np.moveaxis(noisy, 0, -1)  # (h, w, C)
             if self.augment:
                 noisy, clean = self._symmetry(noisy, clean, rng)
-            noisy_batch.append(np.asarray(noisy, dtype=np.float32))
-            clean_batch.append(np.asarray(clean, dtype=np.float32))
+            noisy_batch.append(np.ascontiguousarray(noisy, dtype=np.float32))
+            clean_batch.append(np.ascontiguousarray(clean, dtype=np.float32))
         shapes = {a.shape for a in clean_batch}
         if len(shapes) > 1:
             raise ValueError(f"batch {index} mixes slice shapes {sorted(shapes)}; all arrays of one preprocessing "
                              "run should share preprocess.image_size (rerun preprocessing.py into a fresh folder)")
-        return np.stack(noisy_batch)[..., None], np.stack(clean_batch)[..., None]
+        return np.stack(noisy_batch), np.stack(clean_batch)[..., None]
+
+    def context_of(self, row):
+        """(channel slice indices, guide slice indices) of a manifest row in its series' arrays."""
+        t, k, n_times, n_positions = _layout_of(row)
+        return context_slices(self._lookup[row["series_uid"]], t, k, n_times, n_positions, self.context[0],
+                              self.context[1], row["slice_index"])
 
     def truth_batch(self, index):
         """The noise-free truth of batch `index`, float32 (B, H, W, 1) like the clean batch, or None when any of

@@ -161,6 +161,13 @@ class Enhancer:
     timings: list = field(default_factory=list)  # seconds of every forward pass, for ms per slice
 
     @property
+    def context(self):
+        """(channel offsets, pre-contrast frames) the model was trained with (model.context_offsets)."""
+        from model import context_offsets
+
+        return context_offsets(self.cfg)
+
+    @property
     def size_handling(self):
         size = self.cfg["preprocess"]["image_size"]
         if size is None:
@@ -235,21 +242,22 @@ def load_enhancer(path):
 # --------------------------------------------------------------------------------------------------------------
 
 def _forward(model, batch, timings=None):
-    """One forward pass: float32 (B, h, w) -> float32 (B, h, w).
+    """One forward pass: float32 (B, h, w) or (B, h, w, C) -> float32 (B, h, w).
 
     predict_on_batch runs Keras' traced predict function (traced with reduce_retracing, so new slice sizes stop
     costing a retrace after the first few); on CPU it is ~1.5x faster than an eager model(x) call."""
     start = time.perf_counter()
-    out = np.asarray(model.predict_on_batch(batch[..., None]), dtype=np.float32)[..., 0]
+    batch = batch[..., None] if batch.ndim == 3 else batch  # (B, h, w) one channel, or (B, h, w, C) with context
+    out = np.asarray(model.predict_on_batch(batch), dtype=np.float32)[..., 0]
     if len(out) != len(batch):  # a model built under MirroredStrategy returns every replica's copy: call it
-        out = np.asarray(model(batch[..., None], training=False), dtype=np.float32)[..., 0]
+        out = np.asarray(model(batch, training=False), dtype=np.float32)[..., 0]
     if timings is not None:
         timings.append(time.perf_counter() - start)
     return out
 
 
 def _forward_batched(model, images, batch_size, timings=None):
-    out = np.empty_like(images)
+    out = np.empty(images.shape[:3], np.float32)
     for start in range(0, len(images), batch_size):
         out[start:start + batch_size] = _forward(model, images[start:start + batch_size], timings)
     return out
@@ -289,7 +297,7 @@ def check_tile(tile, multiple, margin):
 
 
 def predict_tiled(model, padded, tile, margin, batch_size=8, timings=None):
-    """U-Net output of padded (n, H, W) float32 computed tile by tile; H, W, tile, margin multiples of 2**depth.
+    """U-Net output of padded (n, H, W[, C]) float32 computed tile by tile; H, W, tile, margin multiples of 2**depth.
 
     Each tile of side `tile` is run with `margin` pixels of context around its core and only the core is kept
     (no blending). margin = receptive_margin(depth) covers the whole receptive field, so a core pixel sees
@@ -297,11 +305,11 @@ def predict_tiled(model, padded, tile, margin, batch_size=8, timings=None):
     6e-8 for depth 2 and 3; the tests require < 1e-3). Shorter margins leave seams: 2e-3 / 2e-2 / 7e-2 with
     20 / 12 / 4 px at depth 2 (random weights, normalized units).
     """
-    n, rows, cols = padded.shape
+    n, rows, cols = padded.shape[:3]
     win_r, win_c = tile_windows(rows, tile, margin), tile_windows(cols, tile, margin)
     h, w = min(tile, rows), min(tile, cols)
     places = [(i, r, c) for i in range(n) for r in win_r for c in win_c]
-    out = np.empty_like(padded)
+    out = np.empty((n, rows, cols), np.float32)
     for start in range(0, len(places), batch_size):
         chunk = places[start:start + batch_size]
         tiles = np.stack([padded[i, r0:r0 + h, c0:c0 + w] for i, (r0, _, _), (c0, _, _) in chunk])
@@ -312,23 +320,24 @@ def predict_tiled(model, padded, tile, margin, batch_size=8, timings=None):
 
 
 def pad_to_multiple(stack, multiple):
-    """Reflect-pad (n, H, W) to sides that are multiples of `multiple`; returns (padded, (top, left))."""
-    rows, cols = stack.shape[-2:]
+    """Reflect-pad (n, H, W[, C]) to sides that are multiples of `multiple`; returns (padded, (top, left))."""
+    rows, cols = stack.shape[1:3]
     extra_r, extra_c = -rows % multiple, -cols % multiple
     top, left = extra_r // 2, extra_c // 2
     if not extra_r and not extra_c:
         return stack, (0, 0)
     # Reflection continues the anatomy and noise texture across the border; zeros would be a fake edge.
-    pad = [(0, 0), (top, extra_r - top), (left, extra_c - left)]
+    pad = [(0, 0), (top, extra_r - top), (left, extra_c - left)] + [(0, 0)] * (stack.ndim - 3)
     return np.pad(stack, pad, mode="reflect" if min(rows, cols) > 1 else "edge"), (top, left)
 
 
 def predict_padded(model, stack, multiple, batch_size=8, timings=None):
-    """Model output for a normalized stack at its own grid: float32 (n, H, W) -> (n, H, W). Reflect-padded to a
+    """Model output for a normalized stack at its own grid: float32 (n, H, W) or, with context channels,
+    (n, H, W, C) -> (n, H, W). Reflect-padded to a
     multiple of `multiple` and cropped back. main.py evaluates (and validates) through this very function, so a
     slice enhanced here and the same slice evaluated there see the same pixels."""
     stack = np.ascontiguousarray(stack, dtype=np.float32)
-    rows, cols = stack.shape[1:]
+    rows, cols = stack.shape[1:3]
     padded, (top, left) = pad_to_multiple(stack, multiple)
     out = _forward_batched(model, np.ascontiguousarray(padded), batch_size, timings)
     return np.ascontiguousarray(out[:, top:top + rows, left:left + cols])
@@ -336,7 +345,8 @@ def predict_padded(model, stack, multiple, batch_size=8, timings=None):
 
 def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, max_pixels=MAX_PIXELS,
                   zero=0.0):
-    """Model output for a normalized stack: float32 (n, H, W) -> float32 (n, H, W), same normalized units.
+    """Model output for a normalized stack: float32 (n, H, W), or (n, H, W, C) with context channels (the target
+    first) -> float32 (n, H, W), same normalized units.
 
     On the grid the model was trained on. preprocess.image_size null (the U-Net default): the scan's own matrix,
     reflect-padded to a multiple of 2**depth and cropped back (predict_padded); tiled when the padded slice has more
@@ -346,13 +356,17 @@ def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, 
     Returns (output, info) with info = {"method", "tiled", "tile", "margin", "model_shape"}.
     """
     stack = np.ascontiguousarray(stack, dtype=np.float32)
-    n, rows, cols = stack.shape
+    n, rows, cols = stack.shape[:3]
     timings = enhancer.timings
     size = enhancer.cfg["preprocess"]["image_size"]
     if size is not None:
         size = int(size)
         per_call = max(1, min(batch_size, max_pixels // (size * size)))
-        square = preprocessing.resize_square(stack, size, pad_value=zero)
+        if stack.ndim == 3:
+            square = preprocessing.resize_square(stack, size, pad_value=zero)
+        else:  # context channels: each resized as preprocessing resized its frame
+            square = np.stack([preprocessing.resize_square(stack[..., c], size, pad_value=zero)
+                               for c in range(stack.shape[-1])], axis=-1)
         out = predict_padded(enhancer.model, square, enhancer.multiple, per_call, timings)
         return preprocessing.unresize_square(out, (rows, cols)), {
             "method": "resize", "tiled": False, "tile": None, "margin": 0, "model_shape": [size, size]}
@@ -360,7 +374,7 @@ def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, 
         raise EnhanceError(f"{enhancer.name} has a fixed input size but its run has no preprocess.image_size")
 
     padded, _ = pad_to_multiple(stack, enhancer.multiple)
-    p_rows, p_cols = padded.shape[1:]
+    p_rows, p_cols = padded.shape[1:3]
     tiled = force_tiling or p_rows * p_cols > max_pixels
     if tiled:
         tile = default_tile(enhancer.multiple, enhancer.margin) if tile is None else tile
@@ -808,8 +822,17 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
         normalized = (raw - np.float32(lo)) / scale
         if padding is not None:
             normalized[padding] = 0.0
+        inputs = normalized
+        offsets, precontrast = enhancer.context  # lazy import below: data_factory loads TensorFlow
+        if len(offsets) > 1 or precontrast:
+            # the same stacks PairedSlices gives the network in training: neighbouring frames of this series by
+            # its (time point, slice position) layout, reflected at the ends
+            from data_factory import context_stack
+
+            inputs = context_stack(normalized, series.layout or [(0, i) for i in range(len(normalized))],
+                                   offsets, precontrast)
         try:
-            pred, info = predict_stack(enhancer, normalized, batch_size, tile, force_tiling, max_pixels,
+            pred, info = predict_stack(enhancer, inputs, batch_size, tile, force_tiling, max_pixels,
                                        zero=float(-np.float32(lo) / scale))
         except EnhanceError:
             raise

@@ -182,6 +182,7 @@ def check_split_record(run_dir, data_dir):
 def load_splits(cfg, data_dir):
     """Training (crops, shuffled, augmented as configured) and validation (whole slices) datasets."""
     from data_factory import PairedSlices, read_manifest
+    from model import context_offsets
 
     t = cfg["train"]
     present = {r["split"] for r in read_manifest(data_dir)}
@@ -190,7 +191,7 @@ def load_splits(cfg, data_dir):
             raise ValueError(f"{data_dir} has no {name} patients (preprocess.split {cfg['preprocess']['split']}); "
                              "training needs both: a checkpoint selected without validation patients would be "
                              "selected on the patients it is scored on. Add patients or change preprocess.split.")
-    common = dict(batch_size=t["batch_size"], seed=cfg["seed"])
+    common = dict(batch_size=t["batch_size"], seed=cfg["seed"], context=context_offsets(cfg))
     train_args = dict(shuffle=True, augment=t["augment"], patch_size=t["patch_size"],
                       steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
                       use_multiprocessing=t["use_multiprocessing"], **common)
@@ -241,7 +242,7 @@ def validate(model, dataset, loss_name, multiple, masks=None):
     losses, psnr, body = [], [], []
     for b in range(len(dataset)):
         noisy, clean = dataset[b]
-        pred = predict_padded(model, noisy[..., 0], multiple, len(noisy))[..., None]
+        pred = predict_padded(model, noisy, multiple, len(noisy))[..., None]
         err = (pred - clean)[..., 0].astype(np.float64)
         for j in range(len(err)):
             e = err[j]
@@ -336,12 +337,12 @@ def predict_slices(model, dataset, index, multiple):
     from enhance import predict_padded
     from preprocessing import unresize_square
 
-    noisy, clean = (a[..., 0] for a in dataset[index])
+    noisy, clean = dataset[index]  # noisy (B, H, W, C): the target slice first, then its context
     truth = dataset.truth_batch(index)
     pred = predict_padded(model, noisy, multiple, len(noisy))
     slices = []
     for j, row in enumerate(dataset.batch_rows(index)):
-        images = (noisy[j], clean[j], None if truth is None else truth[j, ..., 0], pred[j])
+        images = (noisy[j, ..., 0], clean[j, ..., 0], None if truth is None else truth[j, ..., 0], pred[j])
         shape = (row.get("rows"), row.get("cols"))
         if None not in shape and noisy.shape[1:] != shape:
             images = tuple(None if a is None else unresize_square(a, shape) for a in images)
@@ -416,6 +417,7 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
     import figures
     from data_factory import PairedSlices, read_manifest
     from metrics import format_table, json_safe
+    from model import context_offsets
 
     model_path = run_dir / "model.keras"
     if not model_path.is_file():
@@ -428,7 +430,7 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
               "numbers below are VALIDATION numbers, on the patients the checkpoint was selected on")
 
     def dataset(name):
-        return PairedSlices(data_dir, name, batch_size=cfg["train"]["batch_size"],
+        return PairedSlices(data_dir, name, batch_size=cfg["train"]["batch_size"], context=context_offsets(cfg),
                             max_slices=cfg["train"]["max_val_slices"], seed=cfg["seed"])
 
     start = time.perf_counter()

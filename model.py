@@ -13,7 +13,9 @@ in float32.
   CARE (Weigert et al. 2018, doi:10.1038/s41592-018-0216-7): it predicts the correction that is added to the
   noisy input. Fully convolutional: any H, W that are multiples of 2**depth.
 - "thesis_autoencoder": the 2021 thesis network, an 8 + 8 layer convolutional autoencoder with a fixed
-  (S, S, 1) input; kept to reproduce the thesis numbers and as a baseline.
+  (S, S, 1) input, S a multiple of 2**model.pools; model.pools picks the reading of the thesis text (8: a pool
+  after every conv, literal; 4: after every pair; 2), model.output_activation sigmoid | linear. Kept to
+  reproduce the thesis numbers and as a baseline.
 
 Callers must check sizes with check_input_size() (or pad, as enhance.py does): a U-Net fed a side that is not
 a multiple of 2**depth fails deep inside Keras with a concatenate shape error, which does not say what to do.
@@ -35,6 +37,9 @@ MODEL_NAMES = ("unet", "thesis_autoencoder")
 # Thesis encoder filters, one per Conv2D (each followed by a 2x2 max-pool); the decoder mirrors them.
 # The thesis gives 16 -> 128 over 8 layers; pairs of equal widths double every second layer.
 THESIS_FILTERS = (16, 16, 32, 32, 64, 64, 128, 128)
+# model.pools: how many 2x2 max-pools the 8 encoder convs carry (8: after every conv, the literal text).
+THESIS_POOLS = (8, 4, 2)
+THESIS_OUTPUT_ACTIVATIONS = ("sigmoid", "linear")
 
 
 def _seeded(initializer, seed):
@@ -54,8 +59,11 @@ def _conv_block(x, filters, name, kernel_init):
     return x
 
 
-def unet(depth=3, filters=32, seed=0):
-    """Residual U-Net: (B, H, W, 1) noisy -> (B, H, W, 1) restored, H and W multiples of 2**depth.
+def unet(depth=3, filters=32, seed=0, channels=1):
+    """Residual U-Net: (B, H, W, C) noisy -> (B, H, W, 1) restored, H and W multiples of 2**depth.
+
+    channels: the target slice first, then its context (neighbouring time points and slices, a pre-contrast
+    guide; see context_offsets). The correction is added to the target channel only.
 
     depth: number of 2x2 max-pool downsamplings (levels below full resolution).
     filters: filters of the full-resolution blocks, doubled at each level (32, 64, 128, 256 for the defaults).
@@ -65,13 +73,15 @@ def unet(depth=3, filters=32, seed=0):
     - Down: 2x2 max-pool. Up: 2x2 stride-2 transposed conv (linear), then concatenation with the skip.
     - No BatchNorm: training and inference compute the same function, batch size 1 tiles behave like any
       other batch, and tiled prediction equals whole-image prediction up to border effects.
-    - Output: a 1x1 conv to one channel, zero-initialized, added to the input. At initialization the network
-      is the identity (it starts from the noisy image, PSNR of the input) and learns only the correction.
+    - Output: a 1x1 conv to one channel, zero-initialized, added to the input's target channel. At
+      initialization the network is the identity (it starts from the noisy image, PSNR of the input) and learns
+      only the correction, whatever the context.
       The 1x1 conv and the addition run in float32 so the identity path keeps full precision under mixed
       precision.
     """
     kernel_init = _seeded(keras.initializers.HeNormal, seed)
-    noisy = keras.Input((None, None, 1), name="noisy")
+    noisy = keras.Input((None, None, channels), name="noisy")
+    target = noisy if channels == 1 else noisy[..., :1]  # a serializable slicing op, not a Lambda
     x = noisy
     skips = []
     for level in range(1, depth + 1):
@@ -86,50 +96,69 @@ def unet(depth=3, filters=32, seed=0):
         x = _conv_block(x, width, f"dec{level}", kernel_init)
     correction = layers.Conv2D(1, 1, kernel_initializer="zeros", bias_initializer="zeros", dtype="float32",
                                name="correction")(x)
-    restored = layers.Add(dtype="float32", name="restored")([noisy, correction])
+    restored = layers.Add(dtype="float32", name="restored")([target, correction])
     return keras.Model(noisy, restored, name="unet")
 
 
-def thesis_autoencoder(image_size=512, seed=0):
-    """The 2021 thesis autoencoder: (B, S, S, 1) noisy in [0, 1] -> (B, S, S, 1) restored in (0, 1).
+def thesis_autoencoder(image_size=512, pools=8, output_activation="sigmoid", seed=0):
+    """The 2021 thesis autoencoder: (B, S, S, 1) noisy -> (B, S, S, 1) restored, S a multiple of 2**pools.
 
-    Encoder: 8 x (Conv2D 3x3 'same' ReLU, MaxPooling2D 2x2) with filters 16, 16, 32, 32, 64, 64, 128, 128,
-    so a 512 x 512 slice is squeezed to 2 x 2 x 128. Decoder: 8 x (UpSampling2D 2x2 nearest, Conv2D 3x3 'same')
-    with the filters mirrored, 128, 128, 64, 64, 32, 32, 16, and 1 for the 8th; ReLU after the first 7.
+    Encoder: 8 Conv2D 3x3 'same' ReLU with filters 16, 16, 32, 32, 64, 64, 128, 128 and `pools` 2x2
+    MaxPooling2D spread evenly over them (one after every 8 // pools convs). Decoder: the mirror image,
+    8 Conv2D 3x3 'same' with filters 128, 128, 64, 64, 32, 32, 16, and 1 for the 8th (ReLU after the first 7),
+    with a 2x UpSampling2D (nearest) in front of every 8 // pools convs, so the output has the input's size.
     No skip connections, no normalization layers (none in the thesis).
 
-    Choices the thesis leaves open, made here:
+    pools, the readings of the thesis text ("after each convolutional layer a pooling is applied", next to the
+    design "8+8 layers, 16 -> 128 filters, MaxPooling/UpSampling"; its figures keep anatomy):
+    - 8: a pool after every conv, the text taken literally. A 512 x 512 slice is squeezed to 2 x 2 x 128 (256:
+      1 x 1 x 128), which cannot carry anatomy: on the demo data it lands ~20 dB below its degraded input.
+    - 4: a pool after every pair of convs (one per filter width). 512 -> 32 x 32 x 128 (256: 16 x 16 x 128).
+    - 2: a pool after every fourth conv. 512 -> 128 x 128 x 128; 6x the FLOPs of pools=4.
+
+    output_activation: "sigmoid" (as the thesis, whose images are in [0, 1]) or "linear". Under our
+    normalization the clean 99.5th percentile is 1, so the sigmoid clips the brightest 0.5 % of pixels near 1;
+    its saturation is also how the literal model collapses to an all-zero output. "linear" has neither
+    problem. Either is a separate float32 layer ("restored") after the last conv, so it runs in float32 under
+    mixed precision.
+
+    Other choices the thesis leaves open, made here:
     - Filter sequence: the thesis states 16 -> 128 over 8 layers; pairs of equal widths are used.
-    - Output activation: sigmoid, since the thesis normalizes images to [0, 1]. Our normalization maps the
-      clean 99.5th percentile to 1, so the brightest 0.5 % of pixels (> 1) are clipped near 1 by the sigmoid;
-      that is part of reproducing the thesis. The sigmoid is a separate float32 layer ("restored") after the
-      last conv, so it runs in float32 under mixed precision.
     - Weights: He-normal (He et al. 2015, the standard for ReLU), seeded per layer. The Keras default,
-      Glorot-uniform, halves the signal at each of the 15 ReLU layers; on the demo data the output then sat
-      near the sigmoid's 0.5, was pushed into saturation by the (mostly air) targets within a few dozen steps
-      and collapsed to all-zero (validation PSNR stuck at 9.4 dB, at Adam 1e-4 and 1e-3 alike). He-normal
-      trains (13.7 dB after 80 steps at 1e-4 where Glorot gave 9.4), so this choice gives the thesis
-      architecture its fair chance.
+      Glorot-uniform, halves the signal at each of the 15 ReLU layers; on the demo data the literal model's
+      output then sat near the sigmoid's 0.5, was pushed into saturation by the (mostly air) targets within a
+      few dozen steps and collapsed to all-zero (validation PSNR stuck at 9.4 dB, at Adam 1e-4 and 1e-3 alike).
+      He-normal trains (13.7 dB after 80 steps at 1e-4 where Glorot gave 9.4).
     - Upsampling: nearest neighbour (the UpSampling2D default).
-    S must be a multiple of 256 = 2**8 (eight 2x poolings); the input size is fixed to S.
+    - Input: fixed S x S, as the thesis' network.
     """
-    if image_size % 256 or image_size < 256:
-        raise ValueError(f"thesis_autoencoder needs preprocess.image_size to be a multiple of 256 (8 poolings by "
-                         f"2), got {image_size}; use 256 or 512 (the thesis used 512)")
+    if pools not in THESIS_POOLS:
+        raise ValueError(f"model.pools must be one of {', '.join(map(str, THESIS_POOLS))} (pools spread evenly over "
+                         f"the 8 encoder convolutions), got {pools!r}")
+    if output_activation not in THESIS_OUTPUT_ACTIVATIONS:
+        raise ValueError(f"model.output_activation must be one of {', '.join(THESIS_OUTPUT_ACTIVATIONS)}, "
+                         f"got {output_activation!r}")
+    multiple = 2 ** pools
+    if image_size % multiple or image_size < multiple:
+        raise ValueError(f"thesis_autoencoder with model.pools={pools} needs preprocess.image_size to be a multiple "
+                         f"of {multiple} (2**pools), got {image_size}; use 256 or 512 (the thesis used 512)")
+    every = len(THESIS_FILTERS) // pools
     kernel_init = _seeded(keras.initializers.HeNormal, seed)
     noisy = keras.Input((image_size, image_size, 1), name="noisy")
     x = noisy
     for i, width in enumerate(THESIS_FILTERS, start=1):
         x = layers.Conv2D(width, 3, padding="same", activation="relu", kernel_initializer=kernel_init(),
                           name=f"encoder_conv{i}")(x)
-        x = layers.MaxPooling2D(2, name=f"encoder_pool{i}")(x)
+        if i % every == 0:
+            x = layers.MaxPooling2D(2, name=f"encoder_pool{i // every}")(x)
     decoder_filters = THESIS_FILTERS[::-1][:-1] + (1,)
     for i, width in enumerate(decoder_filters, start=1):
         last = i == len(decoder_filters)
-        x = layers.UpSampling2D(2, name=f"decoder_up{i}")(x)
+        if (i - 1) % every == 0:
+            x = layers.UpSampling2D(2, name=f"decoder_up{(i - 1) // every + 1}")(x)
         x = layers.Conv2D(width, 3, padding="same", activation=None if last else "relu",
                           kernel_initializer=kernel_init(), name=f"decoder_conv{i}")(x)
-    restored = layers.Activation("sigmoid", dtype="float32", name="restored")(x)
+    restored = layers.Activation(output_activation, dtype="float32", name="restored")(x)
     return keras.Model(noisy, restored, name="thesis_autoencoder")
 
 
@@ -149,21 +178,52 @@ def _unet_args(cfg):
     return depth, filters
 
 
+def _thesis_args(cfg):
+    pools = cfg["model"].get("pools", 8)
+    if isinstance(pools, bool) or pools not in THESIS_POOLS:
+        raise ValueError(f"model.pools must be one of {', '.join(map(str, THESIS_POOLS))}, got {pools!r}")
+    return pools, cfg["model"].get("output_activation", "sigmoid")
+
+
 def get_model(cfg):
     """The Functional keras.Model named by cfg["model"]["name"], weights seeded by cfg["seed"]."""
     name = _model_name(cfg)
     seed = int(cfg.get("seed", 0))
     if name == "unet":
         depth, filters = _unet_args(cfg)
-        return unet(depth, filters, seed)
-    return thesis_autoencoder(int(cfg["preprocess"]["image_size"]), seed)
+        return unet(depth, filters, seed, channels=context_channels(cfg))
+    return thesis_autoencoder(int(cfg["preprocess"]["image_size"]), *_thesis_args(cfg), seed=seed)
+
+
+def context_offsets(cfg):
+    """What the network sees besides the target slice, from cfg["model"]["context"]:
+    ([(dt, dk), ...] for every channel, the target (0, 0) first, then time points -1, +1, -2, +2, ... and slices
+    -1, +1, ...; precontrast_frames: 0, or N for a last channel holding the mean of the series' first N frames at
+    the target's position, the pre-contrast image a DCE series is read against)."""
+    context = cfg["model"].get("context") or {}
+    values = {key: context.get(key, 0) for key in ("time", "slices", "precontrast_frames")}
+    for key, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"model.context.{key} must be an integer >= 0, got {value!r}")
+    offsets = [(0, 0)]
+    offsets += [(sign * d, 0) for d in range(1, values["time"] + 1) for sign in (-1, 1)]
+    offsets += [(0, sign * d) for d in range(1, values["slices"] + 1) for sign in (-1, 1)]
+    return offsets, values["precontrast_frames"]
+
+
+def context_channels(cfg):
+    """Input channels of the model: 1 + 2 x time + 2 x slices (+ 1 with a pre-contrast guide)."""
+    offsets, precontrast = context_offsets(cfg)
+    if _model_name(cfg) != "unet" and (len(offsets) > 1 or precontrast):
+        raise ValueError("model.context is for the unet; the thesis autoencoder takes one slice")
+    return len(offsets) + (1 if precontrast else 0)
 
 
 def size_multiple(cfg):
-    """Input sides must be multiples of this: 2**depth for the unet, 256 for the thesis autoencoder."""
+    """Input sides must be multiples of this: 2**depth for the unet, 2**pools for the thesis autoencoder."""
     if _model_name(cfg) == "unet":
         return 2 ** _unet_args(cfg)[0]
-    return 2 ** len(THESIS_FILTERS)
+    return 2 ** _thesis_args(cfg)[0]
 
 
 def check_input_size(cfg, h, w):
@@ -174,9 +234,13 @@ def check_input_size(cfg, h, w):
     multiple = size_multiple(cfg)
     if name == "thesis_autoencoder":
         size = cfg["preprocess"]["image_size"]
+        if size % multiple:
+            raise ValueError(f"thesis_autoencoder with model.pools={_thesis_args(cfg)[0]} needs preprocess.image_size "
+                             f"to be a multiple of {multiple} (2**pools), got {size}")
         if (h, w) != (size, size):
             raise ValueError(f"thesis_autoencoder takes exactly {size}x{size} slices (preprocess.image_size, a "
-                             f"multiple of {multiple}), got {h}x{w}; resize or pad the slices to {size}x{size}")
+                             f"multiple of {multiple} = 2**model.pools), got {h}x{w}; resize or pad the slices to "
+                             f"{size}x{size}")
     elif h % multiple or w % multiple:
         padded = (math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple)
         raise ValueError(f"unet with model.depth={_unet_args(cfg)[0]} cannot take a {h}x{w} input: both sides "

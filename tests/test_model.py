@@ -37,35 +37,75 @@ def test_unet_rejects_sizes_that_do_not_divide_the_multiple():
         check_input_size(cfg4, 64, 72)
 
 
-def test_thesis_autoencoder_shape_and_size_errors():
-    cfg = config("model.name=thesis_autoencoder", "preprocess.image_size=256")
-    assert size_multiple(cfg) == 256
+def thesis(*overrides, size=256):
+    return config("model.name=thesis_autoencoder", f"preprocess.image_size={size}", *overrides)
+
+
+@pytest.mark.parametrize("pools, size", [(8, 256), (4, 64), (4, 48), (2, 64), (2, 36)])
+def test_thesis_autoencoder_shape_and_size_rule(pools, size):
+    cfg = thesis(f"model.pools={pools}", size=size)
+    assert size_multiple(cfg) == 2 ** pools
+    check_input_size(cfg, size, size)
     model = get_model(cfg)
-    assert model.input_shape == (None, 256, 256, 1)
-    out = model.predict(np.random.default_rng(0).random((1, 256, 256, 1), np.float32), verbose=0)
-    assert out.shape == (1, 256, 256, 1)
-    assert out.min() > 0 and out.max() < 1  # sigmoid output
-    for size in (64, 100):
-        with pytest.raises(ValueError, match="multiple of 256"):
-            get_model(config("model.name=thesis_autoencoder", f"preprocess.image_size={size}"))
-    with pytest.raises(ValueError, match="exactly 256x256"):
-        check_input_size(cfg, 512, 512)
+    assert model.input_shape == (None, size, size, 1)
+    out = model.predict(np.random.default_rng(0).random((1, size, size, 1), np.float32), verbose=0)
+    assert out.shape == (1, size, size, 1)
+    assert out.min() > 0 and out.max() < 1  # sigmoid output (the default)
+    with pytest.raises(ValueError, match=f"exactly {size}x{size}"):
+        check_input_size(cfg, 2 * size, 2 * size)
 
 
-def test_thesis_autoencoder_structure():
-    model = get_model(config("model.name=thesis_autoencoder", "preprocess.image_size=256"))
+@pytest.mark.parametrize("pools, bad", [(8, 64), (8, 100), (4, 40), (2, 30)])
+def test_thesis_autoencoder_rejects_sizes_off_the_rule(pools, bad):
+    with pytest.raises(ValueError, match=f"multiple of {2 ** pools}"):
+        get_model(thesis(f"model.pools={pools}", size=bad))
+    with pytest.raises(ValueError, match=f"multiple of {2 ** pools}"):
+        check_input_size(thesis(f"model.pools={pools}", size=bad), bad, bad)
+
+
+@pytest.mark.parametrize("pools, size", [(8, 256), (4, 64), (2, 32)])
+def test_thesis_autoencoder_structure(pools, size):
+    model = get_model(thesis(f"model.pools={pools}", size=size))
     kinds = [type(layer).__name__ for layer in model.layers]
-    # encoder: (Conv2D, MaxPooling2D) x 8, decoder: (UpSampling2D, Conv2D) x 8, then the float32 sigmoid
-    assert kinds == ["InputLayer"] + ["Conv2D", "MaxPooling2D"] * 8 + ["UpSampling2D", "Conv2D"] * 8 + ["Activation"]
+    every = 8 // pools
+    # encoder: (Conv2D x every, MaxPooling2D) x pools; decoder: (UpSampling2D, Conv2D x every) x pools; sigmoid
+    encoder = (["Conv2D"] * every + ["MaxPooling2D"]) * pools
+    decoder = (["UpSampling2D"] + ["Conv2D"] * every) * pools
+    assert kinds == ["InputLayer"] + encoder + decoder + ["Activation"]
+    assert kinds.count("Conv2D") == 16 and kinds.count("MaxPooling2D") == kinds.count("UpSampling2D") == pools
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    encoder, decoder = convs[:8], convs[8:]
-    assert [c.filters for c in encoder] == [16, 16, 32, 32, 64, 64, 128, 128]
-    assert [c.filters for c in decoder] == [128, 128, 64, 64, 32, 32, 16, 1]
+    assert [c.filters for c in convs[:8]] == [16, 16, 32, 32, 64, 64, 128, 128]
+    assert [c.filters for c in convs[8:]] == [128, 128, 64, 64, 32, 32, 16, 1]
     assert all(c.kernel_size == (3, 3) and c.padding == "same" for c in convs)
     assert all(c.activation.__name__ == "relu" for c in convs[:-1])
+    assert convs[-1].activation.__name__ == "linear"
     assert model.layers[-1].activation.__name__ == "sigmoid"
+    assert not any(isinstance(layer, (keras.layers.Concatenate, keras.layers.Add)) for layer in model.layers)
     bottleneck = [layer for layer in model.layers if isinstance(layer, keras.layers.MaxPooling2D)][-1]
-    assert bottleneck.output.shape == (None, 1, 1, 128)  # 256 / 2**8
+    assert bottleneck.output.shape == (None, size // 2 ** pools, size // 2 ** pools, 128)
+
+
+def test_thesis_autoencoder_linear_output_and_bad_options():
+    model = get_model(thesis("model.pools=4", "model.output_activation=linear", size=32))
+    assert model.layers[-1].activation.__name__ == "linear"
+    with pytest.raises(ValueError, match="model.output_activation must be one of sigmoid, linear"):
+        get_model(thesis("model.output_activation=tanh"))
+    with pytest.raises(ValueError, match="model.pools must be one of 8, 4, 2"):
+        get_model(thesis("model.pools=3"))
+
+
+@pytest.mark.parametrize("pools, size", [(8, 256), (4, 32), (2, 32)])
+def test_thesis_autoencoder_one_training_step_lowers_the_loss(pools, size):
+    keras.utils.set_random_seed(0)
+    model = get_model(thesis(f"model.pools={pools}", size=size))
+    yy, xx = np.mgrid[:size, :size] / size
+    clean = np.stack([np.sin(3 * xx + k) * np.cos(2 * yy) * 0.4 + 0.5 for k in range(2)])[..., None]
+    clean = clean.astype(np.float32)
+    noisy = (clean + np.random.default_rng(0).normal(0, 0.05, clean.shape)).astype(np.float32)
+    model.compile(keras.optimizers.Adam(1e-4), "mse")  # the thesis' rate (1e-3 overshoots the literal reading)
+    before = model.evaluate(noisy, clean, verbose=0)
+    model.train_on_batch(noisy, clean)
+    assert model.evaluate(noisy, clean, verbose=0) < before
 
 
 def test_unet_is_identity_at_init_and_one_training_step_lowers_the_loss():
@@ -99,7 +139,8 @@ def test_mixed_precision_output_is_float32():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         for cfg in (config("model.filters=4", "model.depth=1"),
-                    config("model.name=thesis_autoencoder", "preprocess.image_size=256")):
+                    config("model.name=thesis_autoencoder", "preprocess.image_size=256"),
+                    config("model.name=thesis_autoencoder", "model.pools=4", "preprocess.image_size=64")):
             model = get_model(cfg)
             assert model.layers[1].compute_dtype == "float16"
             assert model.outputs[0].dtype == "float32"
@@ -134,10 +175,24 @@ def test_count_flops_of_a_tiny_unet_and_scaling():
             + 64 * 9 * 8 * 4 + 64 * 9 * 4 * 4 + 64 * 4 * 1)
     assert count_flops(model, 8, 8) == 2 * macs
     assert count_flops(model, 16, 24) == 6 * count_flops(model, 8, 8)  # conv cost is linear in the area
-    thesis = get_model(config("model.name=thesis_autoencoder", "preprocess.image_size=256"))
-    assert count_flops(thesis, 256, 256) > 0
+    thesis_model = get_model(config("model.name=thesis_autoencoder", "preprocess.image_size=256"))
+    assert count_flops(thesis_model, 256, 256) > 0
     with pytest.raises(ValueError, match="takes 256x256 inputs"):
-        count_flops(thesis, 512, 512)
+        count_flops(thesis_model, 512, 512)
+    # fewer pools keep more of the work at full resolution
+    flops = [count_flops(get_model(config("model.name=thesis_autoencoder", f"model.pools={p}",
+                                          "preprocess.image_size=256")), 256, 256) for p in (8, 4, 2)]
+    assert flops[0] < flops[1] < flops[2]
+
+
+def test_cli_literal_thesis_config_shows_eight_pools_and_upsamplings(monkeypatch, capsys):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(sys, "argv", ["model.py", "--config", str(root / "configs/thesis_literal.yaml"),
+                                      "--set", "preprocess.image_size=256"])
+    runpy.run_path(str(root / "model.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert out.count("MaxPooling2D") == 8 and out.count("UpSampling2D") == 8
+    assert "multiples of 256" in out
 
 
 def test_cli_prints_summary_params_and_flops(monkeypatch, capsys):

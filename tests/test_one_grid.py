@@ -1,7 +1,9 @@
 """The model sees at inference what it saw in training: a degraded demo series written as DICOM and enhanced by
 enhance.py gives, on the same pixels and in normalized units, what main.py's evaluation gives for those slices.
 
-Both the default native grid (preprocess.image_size null) and a resized run (the thesis' path) are checked. The
+The default native grid (preprocess.image_size null), a resized run (the thesis' path) and a multi-frame context
+model (neighbouring time points and slices, a pre-contrast guide, gathered by enhance.py from the DICOM series)
+are checked. The
 first release failed this twice over: preprocessing normalized with the clean series' percentiles while enhance.py
 used its input's own, and the U-Net trained on resized slices was applied at the native matrix.
 """
@@ -17,7 +19,7 @@ import enhance
 import main
 from config import load_config
 from data_factory import PairedSlices, read_manifest
-from model import size_multiple
+from model import context_offsets, size_multiple
 
 ROOT = Path(__file__).resolve().parents[1]
 # The degraded series goes through DICOM as 16-bit integers: quantization costs at most ~2e-5 in normalized units,
@@ -60,11 +62,14 @@ def roughen(model_path, seed=0):
     model.save(model_path)
 
 
-@pytest.mark.parametrize("image_size", [None, 96])
-def test_enhance_equals_evaluation_on_the_same_slices(image_size, smoke_dicom, tmp_path):
+@pytest.mark.parametrize("image_size, context", [
+    (None, []), (96, []),
+    (None, ["model.context.time=1", "model.context.slices=1", "model.context.precontrast_frames=2"])],
+    ids=["native", "resized", "native-context"])
+def test_enhance_equals_evaluation_on_the_same_slices(image_size, context, smoke_dicom, tmp_path):
     import preprocessing
 
-    overrides = [f"preprocess.image_size={'null' if image_size is None else image_size}"]
+    overrides = [f"preprocess.image_size={'null' if image_size is None else image_size}", *context]
     cfg = load_config(ROOT / "configs" / "smoke.yaml", overrides)
     data = tmp_path / "data"
     preprocessing.run(smoke_dicom, data, cfg, progress=False)
@@ -90,7 +95,7 @@ def test_enhance_equals_evaluation_on_the_same_slices(image_size, smoke_dicom, t
 
     # main.py's evaluation path on the same slices
     model = main.load_model(run_dir / "model.keras")
-    ds = PairedSlices(data, "test", batch_size=len(rows))
+    ds = PairedSlices(data, "test", batch_size=len(rows), context=context_offsets(cfg))
     evaluated = {}
     for b in range(len(ds)):
         for meta, (_, _, _, pred) in zip(ds.batch_rows(b), main.predict_slices(model, ds, b, size_multiple(cfg))):

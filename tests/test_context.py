@@ -1,0 +1,77 @@
+"""Multi-frame context: which frames a slice's input stack holds, in which order, and that crops, flips and noise
+treat the channels as one image."""
+
+import numpy as np
+import pytest
+
+from config import load_config
+from data_factory import PairedSlices, context_slices, context_stack, read_manifest, reflect
+from model import context_channels, context_offsets, get_model
+
+LAYOUT = [(t, k) for t in range(4) for k in range(3)]  # 4 time points x 3 slice positions, time-major
+LOOKUP = {tk: i for i, tk in enumerate(LAYOUT)}
+
+
+def test_reflect_does_not_repeat_the_edge():
+    assert [reflect(i, 4) for i in range(-3, 8)] == [3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1]
+    assert reflect(5, 1) == 0 and reflect(-2, 1) == 0  # one time point: always itself
+
+
+def test_channel_order_and_reflection_at_the_ends():
+    cfg = load_config(overrides=["model.context.time=2", "model.context.slices=1",
+                                 "model.context.precontrast_frames=3"])
+    offsets, pre = context_offsets(cfg)
+    assert offsets == [(0, 0), (-1, 0), (1, 0), (-2, 0), (2, 0), (0, -1), (0, 1)] and pre == 3
+    assert context_channels(cfg) == 8 and get_model(cfg).input_shape[-1] == 8
+    channels, guide = context_slices(LOOKUP, 0, 0, 4, 3, offsets, pre, fallback=0)
+    index = {i: tk for tk, i in LOOKUP.items()}
+    # t-1 -> 1, t+1 -> 1, t-2 -> 2, t+2 -> 2 (reflected at t = 0), k-1 -> 1, k+1 -> 1 (reflected at k = 0)
+    assert [index[c] for c in channels] == [(0, 0), (1, 0), (1, 0), (2, 0), (2, 0), (0, 1), (0, 1)]
+    assert [index[g] for g in guide] == [(0, 0), (1, 0), (2, 0)]  # the first 3 frames at the same position
+    channels, _ = context_slices(LOOKUP, 3, 2, 4, 3, offsets, 0, fallback=0)
+    assert [index[c] for c in channels] == [(3, 2), (2, 2), (2, 2), (1, 2), (1, 2), (3, 1), (3, 1)]
+    with pytest.raises(ValueError, match="model.context.time"):
+        context_offsets(load_config(overrides=["model.context.time=-1"]))
+
+
+def test_context_stack_of_a_series_matches_the_lookup():
+    images = np.arange(len(LAYOUT), dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32)
+    stack = context_stack(images, LAYOUT, [(0, 0), (-1, 0), (1, 0)], 2)
+    assert stack.shape == (12, 4, 4, 4)
+    i = LOOKUP[(2, 1)]
+    assert stack[i, 0, 0].tolist() == [LOOKUP[(2, 1)], LOOKUP[(1, 1)], LOOKUP[(3, 1)],
+                                       (LOOKUP[(0, 1)] + LOOKUP[(1, 1)]) / 2]
+
+
+def test_dataset_stacks_come_from_the_slice_own_series(smoke_data):
+    offsets = [(0, 0), (-1, 0), (1, 0), (0, 1)]
+    ds = PairedSlices(smoke_data, "test", batch_size=4, context=(offsets, 2))
+    rows = read_manifest(smoke_data, "test")
+    by_key = {(r["series_uid"], r["time_index"], r["position_index"]): r for r in rows}
+    for b in range(len(ds)):
+        noisy, clean = ds[b]
+        assert noisy.shape[-1] == 5 and clean.shape[-1] == 1
+        for j, row in enumerate(ds.batch_rows(b)):
+            stored = np.load(smoke_data / row["noisy_file"], mmap_mode="r")
+            t, k, n_t, n_k = row["time_index"], row["position_index"], row["n_times"], row["n_positions"]
+            for c, (dt, dk) in enumerate(offsets):
+                neighbour = by_key[(row["series_uid"], reflect(t + dt, n_t), reflect(k + dk, n_k))]
+                assert neighbour["patient_id"] == row["patient_id"]  # nothing of another series or patient
+                np.testing.assert_array_equal(noisy[j, ..., c], stored[neighbour["slice_index"]])
+            guide = [by_key[(row["series_uid"], f, k)]["slice_index"] for f in range(2)]
+            np.testing.assert_allclose(noisy[j, ..., 4], stored[guide].mean(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("fresh_noise", [False, True])
+def test_crops_flips_and_noise_treat_the_stack_as_one_image(smoke_data, fresh_noise):
+    # two channels of the same frame: after crop, flip, rotation and noise they must still be identical
+    ds = PairedSlices(smoke_data, "train", batch_size=4, shuffle=True, augment=True, patch_size=32,
+                      fresh_noise=fresh_noise, context=([(0, 0), (0, 0), (1, 0)], 0))
+    for epoch in range(3):
+        ds.epoch = epoch
+        noisy, clean = ds[0]
+        np.testing.assert_array_equal(noisy[..., 0], noisy[..., 1])
+        assert not np.array_equal(noisy[..., 0], noisy[..., 2])  # another time point: other noise
+        # the target channel is the degraded clean target, in the same geometry
+        for j in range(len(noisy)):
+            assert np.corrcoef(noisy[j, ..., 0].ravel(), clean[j, ..., 0].ravel())[0, 1] > 0.5
