@@ -24,7 +24,7 @@ DEFAULTS = {
         "out": "data/demo_dicom",
         "patients": 12,          # 12 gives train/val/test 5/2/5 patients with the default split and seed
         "slices": 8,             # sagittal slices per DCE series (the real series has 20; --full gives it)
-        "time_points": 4,        # temporal positions per DCE series (the real series has 25)
+        "time_points": 8,        # temporal positions per DCE series (the real series has 25; 3 before contrast)
         "matrix": 192,           # rows = columns of the MR images (the real series: 192x192)
         "seed": 0,
         "texture_beta": 1.8,     # power-law exponent of the gland/fat texture (Chen 2012: 1.7-1.9, thin slices)
@@ -90,7 +90,8 @@ DEFAULTS = {
         # auto: draw new noise for every training sample (the recorded degradation) when the arrays are at the
         # acquisition matrix; stored pairs otherwise (resized, e.g. the thesis). true: required. false: stored.
         "fresh_noise": "auto",
-        "max_val_slices": None,  # None: validate (val) and evaluate (test, val) on every slice; N: N evenly spaced
+        "max_val_slices": None,  # None: validate on every validation slice; N: N evenly spaced (also for val figures)
+        "max_eval_slices": None,  # None: report on every test slice; N: N evenly spaced (quick studies only)
         "mixed_precision": False,  # mixed float16 on GPU (ignored on CPU)
         "distribute": "auto",    # auto: MirroredStrategy when >1 GPU | mirrored: always | none
         "cpu_devices": 1,        # split the CPU into N logical devices (tests the multi-device path)

@@ -430,8 +430,9 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
               "numbers below are VALIDATION numbers, on the patients the checkpoint was selected on")
 
     def dataset(name):
+        cap = cfg["train"]["max_eval_slices"] if name == split else cfg["train"]["max_val_slices"]
         return PairedSlices(data_dir, name, batch_size=cfg["train"]["batch_size"], context=context_offsets(cfg),
-                            max_slices=cfg["train"]["max_val_slices"], seed=cfg["seed"])
+                            max_slices=cap, seed=cfg["seed"])
 
     start = time.perf_counter()
     from model import size_multiple
