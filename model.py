@@ -200,6 +200,8 @@ def context_offsets(cfg):
     ([(dt, dk), ...] for every channel, the target (0, 0) first, then time points -1, +1, -2, +2, ... and slices
     -1, +1, ...; precontrast_frames: 0, or N for a last channel holding the mean of the series' first N frames at
     the target's position, the pre-contrast image a DCE series is read against)."""
+    if _model_name(cfg) != "unet":
+        return [(0, 0)], 0  # the thesis autoencoder takes one slice: model.context is the unet's
     context = cfg["model"].get("context") or {}
     values = {key: context.get(key, 0) for key in ("time", "slices", "precontrast_frames")}
     for key, value in values.items():
@@ -214,8 +216,6 @@ def context_offsets(cfg):
 def context_channels(cfg):
     """Input channels of the model: 1 + 2 x time + 2 x slices (+ 1 with a pre-contrast guide)."""
     offsets, precontrast = context_offsets(cfg)
-    if _model_name(cfg) != "unet" and (len(offsets) > 1 or precontrast):
-        raise ValueError("model.context is for the unet; the thesis autoencoder takes one slice")
     return len(offsets) + (1 if precontrast else 0)
 
 
