@@ -154,10 +154,15 @@ def test_truth_metrics_equal_3t_metrics_when_the_truth_is_the_3t_image(smoke_run
     shutil.copytree(smoke_data, data)
     for truth in (data / "arrays").glob("*_truth.npy"):
         shutil.copy(truth.with_name(truth.name.replace("_truth", "_clean")), truth)
+    from model import context_offsets
+
     model = main.load_model(smoke_run / "model.keras")
-    summary = main.summarize_both(main.evaluate(model, PairedSlices(data, "test", batch_size=4), 4)[0])
+    context = context_offsets(load_config(smoke_run / "config.yaml"))
+    summary = main.summarize_both(main.evaluate(model, PairedSlices(data, "test", batch_size=4, context=context),
+                                                4)[0])
     for key in ("model", "noisy_input", "masked", "patient_ci"):
         assert summary["truth"][key] == summary[key], key
     # and on the real truth they differ: the comparison above can fail
-    real = main.summarize_both(main.evaluate(model, PairedSlices(smoke_data, "test", batch_size=4), 4)[0])
+    real = main.summarize_both(main.evaluate(model, PairedSlices(smoke_data, "test", batch_size=4, context=context),
+                                             4)[0])
     assert real["truth"]["model"] != real["model"]
