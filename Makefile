@@ -28,11 +28,11 @@ demo: venv
 	@echo
 	@echo "Figures and metrics: runs/demo/ (default U-Net; metrics.json: test patients, against the 3T image and the truth)"
 
-# Baselines (BM3D, NLM, TV, wavelet) and the U-Net on the same test slices, against the truth and the 3T image,
-# plus speed and scaling.
+# Baselines (NLM, TV, wavelet, BM3D, and the multi-frame BM4D and MP-PCA) and the U-Net on the same test slices,
+# against the truth and the 3T image, lesion kinetics, speed and scaling. 16 slices: BM4D costs ~30 s per stack.
 benchmark: venv
-	$(BIN)/python benchmark.py --run-dir runs/demo --data $(DEMO_DATA) --max-slices 48 \
-		--methods noisy,nlm,tv,wavelet,bm3d,unet
+	$(BIN)/python benchmark.py --run-dir runs/demo --data $(DEMO_DATA) --max-slices 16 --kinetics-lesions 4 \
+		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,unet
 
 # The thesis reproduction study (README, "Reproducing the thesis"): each reading of the thesis autoencoder
 # against the thesis' Table 1 and the degraded input, Gaussian noise, 256x256, a CPU budget (~15 min on 2 cores).

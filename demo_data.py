@@ -56,7 +56,7 @@ from tqdm import tqdm
 from config import DEFAULTS
 
 DEMO_DEFAULTS = DEFAULTS["demo"]
-GENERATOR_VERSION = 3  # bump when the output changes, so ensure_demo_tree regenerates old trees
+GENERATOR_VERSION = 4  # bump when the output changes, so ensure_demo_tree regenerates old trees
 
 # ---------------------------------------------------------------------------------------------------------------
 # Acquisition: the QIN-BREAST DCE protocol (TCIA collection page; Li et al., Invest Radiol 2015;50:195): sagittal
@@ -708,6 +708,10 @@ METADATA_COLUMNS = ["Series UID", "Collection", "3rd Party Analysis", "Data Desc
 MR_STUDY_DESCRIPTION = "BREAST^Bilateral"
 # The noise-free truth of each DCE series, hidden sidecars in its folder (see write_truth).
 TRUTH_FILE, TRUTH_INDEX = ".demo_truth.npy", ".demo_truth.json"
+# Its lesion mask, one image per SOP instance like TRUTH_FILE, when the visit has a lesion (see write_truth).
+LESION_FILE = ".demo_lesion.npy"
+# A voxel belongs to the lesion mask when the lesion fills at least this fraction of it (partial-volume edge out).
+LESION_MASK_FRACTION = 0.5
 PETCT_STUDY_DESCRIPTION = "BREAST PRONE"
 # slab centre in patient coordinates (LPS, mm): the left breast, prone
 SLAB_CENTRE_X, FOV_ANTERIOR_Y, FOV_TOP_Z = 95.0, -175.0, 110.0
@@ -799,28 +803,67 @@ def _file_name(i, n):
     return f"1-{i:0{max(3, len(str(n)))}d}.dcm"
 
 
-def write_truth(series_dir, signal, sop_instance_uids):
+def lesion_curve(signal, mask, n_pre):
+    """Mean signal inside a mask per frame and its relative enhancement (S(t) - S0) / S0, S0 = the mean of the first
+    n_pre frames. signal: (T, ...) any units; mask: bool, signal.shape[1:]. -> (curve (T,), enhancement (T,)),
+    float64; None, None for an empty mask."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return None, None
+    curve = np.asarray(signal, dtype=np.float64)[:, mask].mean(axis=1)
+    base = curve[:max(int(n_pre), 1)].mean()
+    return curve, (curve - base) / base
+
+
+def write_truth(series_dir, signal, sop_instance_uids, lesion=None):
     """Write the noise-free truth of a series next to its files: TRUTH_FILE, float32 (n, H, W) in modality units,
     and TRUTH_INDEX, JSON with the SOPInstanceUID of each of the n images (same order). Both names start with a
     dot, so tools that walk a DICOM tree and skip hidden files (preprocessing.list_files) never mistake them for
-    images, and real data, which has no truth, simply lacks them. Returns the bytes written."""
+    images, and real data, which has no truth, simply lacks them. Returns the bytes written.
+
+    lesion: None, or {"mask": bool (n, H, W) in the same order as the images (the lesion's voxels: fraction >=
+    LESION_MASK_FRACTION of the phantom, frame 0's anatomy; the ROI a reader draws once and keeps for every
+    frame), "times_s": (T,) frame times, "n_pre": pre-contrast frames, "slices": images per time point}. Writes
+    LESION_FILE (uint8 (n, H, W), image i is SOP instance i of TRUTH_INDEX) and adds TRUTH_INDEX["lesion"]: the
+    noise-free mean curve inside the mask (modality units) and its relative enhancement, over the whole lesion
+    and at its central slice position (the largest cross-section), with the frame times. The benchmark's
+    kinetics check reads it by SOPInstanceUID, so preprocessing never has to carry it."""
     series_dir = Path(series_dir)
     signal = np.ascontiguousarray(signal, dtype=np.float32)
     if len(signal) != len(sop_instance_uids):
         raise ValueError(f"{len(signal)} truth images for {len(sop_instance_uids)} SOP instances")
     np.save(series_dir / TRUTH_FILE, signal)
-    (series_dir / TRUTH_INDEX).write_text(json.dumps({
-        "what": "noise-free magnitude signal before noise (demo_data.py), one image per SOP instance",
-        "units": "modality (stored * RescaleSlope + RescaleIntercept)",
-        "sop_instance_uids": [str(u) for u in sop_instance_uids]}))
-    return signal.nbytes + 128
+    index = {"what": "noise-free magnitude signal before noise (demo_data.py), one image per SOP instance",
+             "units": "modality (stored * RescaleSlope + RescaleIntercept)",
+             "sop_instance_uids": [str(u) for u in sop_instance_uids]}
+    size = signal.nbytes + 128
+    if lesion is not None and np.any(lesion["mask"]):
+        mask = np.asarray(lesion["mask"], dtype=bool)
+        if mask.shape != signal.shape:
+            raise ValueError(f"lesion mask {mask.shape} does not match the truth {signal.shape}")
+        slices = int(lesion["slices"])
+        volume, voxels = signal.reshape((-1, slices) + signal.shape[1:]), mask.reshape((-1, slices) + mask.shape[1:])
+        central = int(np.argmax(voxels[0].sum(axis=(1, 2))))
+        curve, enhancement = lesion_curve(volume, voxels[0], lesion["n_pre"])
+        central_curve, central_enhancement = lesion_curve(volume[:, central], voxels[0, central], lesion["n_pre"])
+        np.save(series_dir / LESION_FILE, mask.astype(np.uint8))
+        index["lesion"] = {
+            "mask_file": LESION_FILE, "mask_fraction": LESION_MASK_FRACTION, "voxels": int(voxels[0].sum()),
+            "frame_times_s": [float(t) for t in lesion["times_s"]], "n_pre": int(lesion["n_pre"]),
+            "central_position": central, "central_voxels": int(voxels[0, central].sum()),
+            "curve": curve.tolist(), "relative_enhancement": enhancement.tolist(),
+            "central_curve": central_curve.tolist(), "central_relative_enhancement": central_enhancement.tolist()}
+        size += mask.size
+    (series_dir / TRUTH_INDEX).write_text(json.dumps(index))
+    return size
 
 
 def _write_mr_series(study, study_dir, kind, stored, description, series_number, frame_s=None,
-                     per_volume=None, ph_key="", truth=None):
+                     per_volume=None, ph_key="", truth=None, lesion=None):
     """Write an MR series whose volumes are stored[v] (slices, H, W); v is the temporal position, flip angle or
     b-value index. Instances are volume-major (instance = v * slices + k + 1). truth: None, or the noise-free
-    signal of the same shape (modality units), written as the hidden sidecar TRUTH_FILE + TRUTH_INDEX.
+    signal of the same shape (modality units), written as the hidden sidecar TRUTH_FILE + TRUTH_INDEX; lesion: None
+    or {"fraction": (slices, H, W) lesion fraction, "times_s", "n_pre"}, its mask written beside it (write_truth).
     Returns the metadata row info."""
     n_vol, slices, rows, cols = stored.shape
     series_uid = _uid(study["uid"], kind)
@@ -895,8 +938,13 @@ def _write_mr_series(study, study_dir, kind, stored, description, series_number,
             ds.PixelData = stored[v, k].astype("<u2").tobytes()
             size += _save(ds, sdir / _file_name(i, n_files))
     if truth is not None:
+        mask = None
+        if lesion is not None:  # the same mask for every time point, volume-major like the images
+            mask = {"mask": np.broadcast_to(lesion["fraction"] >= LESION_MASK_FRACTION, truth.shape).reshape(
+                (n_files,) + truth.shape[2:]), "times_s": lesion["times_s"], "n_pre": lesion["n_pre"],
+                "slices": slices}
         size += write_truth(sdir, truth.reshape((n_files,) + truth.shape[2:]),
-                            [_uid(series_uid, i) for i in range(1, n_files + 1)])
+                            [_uid(series_uid, i) for i in range(1, n_files + 1)], lesion=mask)
     return {"series_uid": series_uid, "dir": sdir, "modality": "MR", "sop_class": "MR Image Storage",
             "description": description, "files": n_files, "bytes": size}
 
@@ -1123,7 +1171,10 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
             rng = np.random.default_rng([seed, 7, index, visit, 1])
             description = "dynamic" if d["dynamic_plain"] else "dynamic_smartTX"
             stored, signal = dce_series(ph, times_s, arrival_s, rng, motion)
-            dce = _write_mr_series(study, study_dir, "dce", stored, description, 801, frame_s=times_s, truth=signal)
+            lesion = ({"fraction": ph["fractions"]["lesion"], "times_s": times_s, "n_pre": n_pre}
+                      if ph["lesion"] is not None else None)
+            dce = _write_mr_series(study, study_dir, "dce", stored, description, 801, frame_s=times_s, truth=signal,
+                                   lesion=lesion)
             series_rows.append((study, dce))
             if visit == 0:
                 les = ph["lesion"]
@@ -1164,6 +1215,8 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
         "instance_order": "time-major: InstanceNumber = t * slices + k + 1",
         "texture_beta": texture_beta, "motion_mm": motion_mm,
         "truth_files": f"{TRUTH_FILE} + {TRUTH_INDEX} in each DCE series folder (noise-free signal, modality units)",
+        "lesion_files": f"{LESION_FILE} (mask, one image per SOP instance) + {TRUTH_INDEX}['lesion'] (noise-free "
+                        "enhancement curve inside it) in each DCE series folder with a lesion",
         "ground_truth": ground_truth,
     }
     record = {"version": GENERATOR_VERSION, "params": params, "summary": summary}

@@ -1,4 +1,6 @@
-"""Classical denoisers for the benchmark: non-local means, total variation, wavelet shrinkage and BM3D.
+"""Classical denoisers for the benchmark: non-local means, total variation, wavelet shrinkage and BM3D on one
+slice, and two multi-frame methods that also use the repeated DCE time points: BM4D over (x, y, t) and MP-PCA
+over the time axis (denoise_frames, at the end of the module's docstring).
 
 Every function works on one normalized slice (H, W) (0 = air, ~1 = bright tissue, not clipped) and
 returns float32 (H, W) on the same scale. `sigma` is always the noise level in the same normalized
@@ -66,6 +68,20 @@ Parameters of each method (sigma is the Rician sigma above):
   default) gave a lower MSE than sym8 in the same tuning runs, on the phantom and the camera image.
 - bm3d: bm3d.bm3d(noisy, sigma_psd=sigma), default "np" profile (Dabov et al. 2007; Makinen et al. 2020). Slow:
   7-9 s per 512x512 slice on two cores.
+
+Multi-frame methods (denoise_frames): the frames of one DCE slice position image the same anatomy at every time
+point with independent noise, so a denoiser that groups along time sees several noise draws of one structure.
+- bm4d: bm4d.bm4d(stack, sigma_psd=sigma) on the (H, W, T) stack of one slice position, default "np" profile
+  (Maggioni et al. 2013, IEEE TIP 22:119; Makinen et al. 2020): 3-D blocks matched across space and time,
+  collaborative hard thresholding then Wiener filtering, for white Gaussian noise of std sigma. About 4 s per
+  192x192 frame on two shared cores (a stack of 8 frames: ~33 s).
+- mppca: dipy.denoise.localpca.mppca on the (H, W, Z, T) volume of a series (its slice positions as Z, its
+  time points as the 4th axis), patch_radius (r, r, min(1, (Z-1)//2)) (Veraart et al. 2016, NeuroImage 142:394):
+  each local patch's voxels x time points matrix is reduced to the principal components above the
+  Marchenko-Pastur noise edge, with sigma estimated from the same spectrum, so no sigma is given. With T time
+  points a patch needs more than T voxels; the default r = 2 gives 75. ~25 s per 192x192x8x8 series.
+Both assume Gaussian noise, as the 2-D methods do: with rician=True the Rician mean is inverted the same way.
+bm3d and bm4d are free for non-commercial use only (their licence); the benchmark uses them, the model does not.
 """
 
 import argparse
@@ -75,6 +91,8 @@ import numpy as np
 from scipy import special
 
 METHODS = ("nlm", "tv", "wavelet", "bm3d")
+MULTIFRAME = ("bm4d", "mppca")
+MPPCA_PATCH_RADIUS = 2
 
 NLM_PATCH_SIZE = 5
 NLM_PATCH_DISTANCE = 6
@@ -185,6 +203,49 @@ def denoise(method, noisy, sigma, rician=True, reference_sigma=0.0):
     amplitude = rician_bias_correction(out, sigma)
     if reference_sigma:
         return rician_mean(amplitude, reference_sigma).astype(np.float32)
+    return amplitude
+
+
+def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0, patch_radius=MPPCA_PATCH_RADIUS):
+    """Denoise a stack of frames with a multi-frame method; float32, same shape.
+
+    method: "bm4d" or "mppca". frames: normalized magnitude images (0 = air), (T, H, W) for bm4d (one slice
+    position over time) or (T, Z, H, W) for mppca (a series: time points x slice positions; (T, H, W) is taken as
+    Z = 1). sigma: Rician sigma of every frame (bm4d's noise level; for mppca only the Rician correction uses it,
+    MP-PCA estimates the noise itself). patch_radius: mppca's in-plane patch radius. rician, reference_sigma: as in
+    denoise(). A single frame (T = 1) has no time axis to use: bm4d then runs on it as a 2-D image, mppca refuses
+    (ValueError): the benchmark falls back to a 2-D method for such series.
+    """
+    if method not in MULTIFRAME:
+        raise ValueError(f"unknown multi-frame denoiser '{method}'; choose one of {', '.join(MULTIFRAME)}")
+    frames = np.asarray(frames, dtype=np.float64)
+    if frames.ndim not in (3, 4) or min(frames.shape[-2:]) < 8 or not np.all(np.isfinite(frames)):
+        raise ValueError(f"expected finite frames shaped (T, H, W) or (T, Z, H, W) with H, W >= 8, got {frames.shape}")
+    if rician or method == "bm4d":
+        sigma = _check_sigma(sigma)
+    if reference_sigma and not rician:
+        raise ValueError("reference_sigma needs rician=True (it re-applies a Rician noise floor)")
+    if method == "bm4d":
+        if frames.ndim != 3:
+            raise ValueError(f"bm4d takes the (T, H, W) frames of one slice position, got {frames.shape}")
+        import bm4d
+
+        out = np.moveaxis(np.asarray(bm4d.bm4d(np.moveaxis(frames, 0, -1), sigma_psd=sigma)), -1, 0)
+    else:
+        volume = frames[:, None] if frames.ndim == 3 else frames            # (T, Z, H, W)
+        if volume.shape[0] < 2:
+            raise ValueError("mppca needs at least 2 time points (it denoises along the time axis)")
+        from dipy.denoise.localpca import mppca
+
+        z_radius = min(1, (volume.shape[1] - 1) // 2)
+        arr = np.transpose(volume, (2, 3, 1, 0))                            # (H, W, Z, T), dipy's layout
+        out = mppca(arr, patch_radius=np.array([patch_radius, patch_radius, z_radius]), suppress_warning=True)
+        out = np.transpose(np.asarray(out, dtype=np.float64), (3, 2, 0, 1)).reshape(frames.shape)
+    if not rician:
+        return out.astype(np.float32)
+    amplitude = rician_bias_correction(out, sigma)
+    if reference_sigma:
+        return rician_mean(amplitude, _check_sigma(reference_sigma)).astype(np.float32)
     return amplitude
 
 

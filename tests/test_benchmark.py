@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import benchmark
+import benchmark_quality
+import benchmark_speed
 from config import load_config, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +49,7 @@ def test_every_method_gives_finite_metrics_on_the_same_slices(quality):
     report, out = quality
     summary = report["quality"]["summary"]
     expected = ["noisy", "nlm", "tv", "wavelet", "bm3d", "unet"]
-    expected += [f"{m}_gauss" for m in benchmark.CLASSICAL]  # smoke data: field model, Rician
+    expected += [f"{m}_gauss" for m in benchmark_quality.CLASSICAL]  # smoke data: field model, Rician
     assert sorted(summary) == sorted(expected)
     for method in expected:
         s = summary[method]
@@ -61,7 +63,7 @@ def test_every_method_gives_finite_metrics_on_the_same_slices(quality):
     slices = {m: sorted((r["series_uid"], r["slice_index"]) for r in rows if r["method"] == m) for m in expected}
     assert all(v == slices["noisy"] for v in slices.values())  # the same 4 slices for every method
     # Run with the recorded sigma, the classical methods clearly beat their input (a wrong sigma would not)
-    for method in benchmark.CLASSICAL:
+    for method in benchmark_quality.CLASSICAL:
         assert summary[method]["whole"]["psnr"]["mean"] > summary["noisy"]["whole"]["psnr"]["mean"] + 1
         assert summary[method]["gain_vs_noisy"]["whole"]["psnr"]["mean"] > 1
 
@@ -80,7 +82,7 @@ def test_report_files_have_a_row_per_requested_method(quality, smoke_data):
     report, out = quality
     md = (out / "benchmark.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]
-    for method in REQUESTED + [f"{m}_gauss" for m in benchmark.CLASSICAL]:
+    for method in REQUESTED + [f"{m}_gauss" for m in benchmark_quality.CLASSICAL]:
         assert any(line.startswith(f"| {method} |") for line in table), method
     for header in (str(smoke_data), "field model", "TensorFlow", "## Training budget", "## Quality"):
         assert header in md
@@ -101,7 +103,7 @@ def test_report_files_have_a_row_per_requested_method(quality, smoke_data):
     assert "References, on the same" in md
     calibration = saved["quality"]["calibration_record"]
     assert calibration["reference"] == "truth" and calibration["split"] == "train"
-    assert set(calibration["chosen"]) == set(benchmark.CLASSICAL)
+    assert set(calibration["chosen"]) == set(benchmark_quality.CLASSICAL)
     png = (out / "benchmark.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -118,7 +120,7 @@ def test_aggregate_is_over_patient_means_with_a_t_interval():
     # Patient A has two slices (10, 12 dB), patient B one (20 dB): the slice mean is 14, the patient mean 15.5.
     rows = [_row("m", "A", 0, 10.0), _row("m", "A", 1, 12.0), _row("m", "B", 0, 20.0),
             _row("noisy", "A", 0, 9.0), _row("noisy", "A", 1, 9.0), _row("noisy", "B", 0, 15.0)]
-    s = benchmark.aggregate(rows)["m"]
+    s = benchmark_quality.aggregate(rows)["m"]
     psnr = s["whole"]["psnr"]
     patient_means = np.array([11.0, 20.0])
     half = stats.t.ppf(0.975, 1) * patient_means.std(ddof=1) / math.sqrt(2)
@@ -131,7 +133,7 @@ def test_aggregate_is_over_patient_means_with_a_t_interval():
     # gain over the input, paired per slice: A (1 + 3) / 2 = 2, B 5 -> mean over patients 3.5
     assert s["gain_vs_noisy"]["whole"]["psnr"]["mean"] == pytest.approx(3.5)
     # one patient only: a mean but no interval
-    single = benchmark.aggregate([_row("m", "A", 0, 10.0), _row("m", "A", 1, 12.0)])["m"]["whole"]["psnr"]
+    single = benchmark_quality.aggregate([_row("m", "A", 0, 10.0), _row("m", "A", 1, 12.0)])["m"]["whole"]["psnr"]
     assert single["mean"] == pytest.approx(11.0) and math.isnan(single["ci_low"])
 
 
@@ -139,19 +141,19 @@ def test_noise_levels_follow_the_degradation_model():
     noisy = np.zeros((64, 64), np.float32)
     field = {"degrade_model": "field", "sigma_source": 0.03, "sigma_added": 0.04, "rows": 64, "cols": 64,
              "norm_lo": -1.0, "norm_hi": 99.0}
-    levels = benchmark.noise_levels(field, noisy)
+    levels = benchmark_quality.noise_levels(field, noisy)
     assert levels["sigma_total"] == pytest.approx(0.05) and levels["sigma_pixel"] == pytest.approx(0.05)
     assert levels["sigma_reference"] == pytest.approx(0.03) and levels["rician"]
     assert levels["zero"] == pytest.approx(0.01)
     gaussian = dict(field, degrade_model="gaussian")
-    levels = benchmark.noise_levels(gaussian, noisy)
+    levels = benchmark_quality.noise_levels(gaussian, noisy)
     assert levels["sigma_total"] == pytest.approx(0.04) and not levels["rician"]
     assert levels["sigma_reference"] == 0
     # upsampled 48 -> 64: the pixel std of the noise drops, and the denoiser is told so
     resized = dict(field, rows=48, cols=48)
-    gain = benchmark.resize_noise_gains(48, 48, 64)[0]
+    gain = benchmark_quality.resize_noise_gains(48, 48, 64)[0]
     assert 0.7 < gain < 0.95
-    assert benchmark.noise_levels(resized, noisy)["sigma_pixel"] == pytest.approx(0.05 * gain)
+    assert benchmark_quality.noise_levels(resized, noisy)["sigma_pixel"] == pytest.approx(0.05 * gain)
 
 
 def test_estimated_sigma_is_corrected_for_the_resize():
@@ -165,7 +167,7 @@ def test_estimated_sigma_is_corrected_for_the_resize():
     acquired = 0.5 + sigma * rng.standard_normal((1, 96, 96)).astype(np.float32)
     noisy = resize_square(acquired, 128)[0]
     row = {"degrade_model": "", "sigma_source": None, "sigma_added": None, "rows": 96, "cols": 96}
-    levels = benchmark.noise_levels(row, noisy)
+    levels = benchmark_quality.noise_levels(row, noisy)
     assert levels["source"] == "estimated"
     assert estimate_sigma(noisy) < 0.8 * sigma  # the raw estimate is biased low
     assert levels["sigma_total"] == pytest.approx(sigma, rel=0.12)
@@ -180,9 +182,9 @@ def test_without_resize_the_classical_run_equals_denoisers_rician_path(smoke_dat
     ds = PairedSlices(smoke_data, "test", batch_size=1, max_slices=1)
     noisy = ds[0][0][0, ..., 0]
     row = ds.batch_rows(0)[0]
-    levels = benchmark.noise_levels(row, noisy)
+    levels = benchmark_quality.noise_levels(row, noisy)
     assert levels["sigma_pixel"] == pytest.approx(levels["sigma_total"])  # 64 -> 64: no resize
-    main, plain, amplitude = benchmark.classical_denoise(method, noisy, levels)
+    main, plain, amplitude = benchmark_quality.classical_denoise(method, noisy, levels)
     zero = levels["zero"]
     expected = denoise(method, noisy - zero, levels["sigma_total"], rician=True,
                        reference_sigma=row["sigma_source"]) + zero
@@ -198,8 +200,8 @@ def test_calibration_picks_the_best_sigma_multiplier_on_random_tissue_slices(smo
     from data_factory import read_manifest
     from metrics import body_mask
 
-    scales, table, note, record = benchmark.calibrate(["tv"], smoke_data, 10, seed=0)
-    assert note is None and set(table["tv"]) == {str(s) for s in benchmark.SIGMA_SCALES}
+    scales, table, note, record = benchmark_quality.calibrate(["tv"], smoke_data, 10, seed=0)
+    assert note is None and set(table["tv"]) == {str(s) for s in benchmark_quality.SIGMA_SCALES}
     assert table["tv"][str(scales["tv"])] == max(table["tv"].values())
     assert record["n_slices"] == 10 and record["reference"] == "truth" and record["chosen"]["tv"]["sigma_scale"] == \
         scales["tv"]
@@ -208,10 +210,10 @@ def test_calibration_picks_the_best_sigma_multiplier_on_random_tissue_slices(smo
     assert set(picked) <= train and len(set(picked)) == 10
     in_order = [(r["series_uid"], r["slice_index"]) for r in read_manifest(smoke_data, "train")]
     assert picked != in_order[:10]  # drawn at random, not the first (edge) slices
-    for row, _, _, truth, mask in benchmark.tissue_slices(smoke_data, "train", 10, seed=0):
+    for row, _, _, truth, mask in benchmark_quality.tissue_slices(smoke_data, "train", 10, seed=0):
         assert np.array_equal(mask, body_mask(truth)) and mask.mean() >= 0.1
-    assert benchmark.calibrate(["tv"], smoke_data, 10, seed=0)[3]["slices"] == record["slices"]  # seeded
-    assert benchmark.calibrate(["tv"], smoke_data, 0)[0] == {"tv": 1.0}
+    assert benchmark_quality.calibrate(["tv"], smoke_data, 10, seed=0)[3]["slices"] == record["slices"]  # seeded
+    assert benchmark_quality.calibrate(["tv"], smoke_data, 0)[0] == {"tv": 1.0}
 
 
 def test_thesis_run_is_found_next_to_the_run(tmp_path, smoke_run, thesis_run):
@@ -229,11 +231,11 @@ def test_thesis_run_is_found_next_to_the_run(tmp_path, smoke_run, thesis_run):
 def test_model_for_speed_rebuilds_fixed_size_models_only_when_needed(thesis_run):
     run = benchmark.read_run(thesis_run)
     trained = benchmark.load_model(run)
-    model, note = benchmark.model_for_speed(run, trained, 256)
+    model, note = benchmark_speed.model_for_speed(run, trained, 256)
     assert model is trained and note == "trained weights"
-    model, note = benchmark.model_for_speed(run, trained, 512)
+    model, note = benchmark_speed.model_for_speed(run, trained, 512)
     assert tuple(model.inputs[0].shape[1:3]) == (512, 512) and "untrained" in note
-    model, note = benchmark.model_for_speed(run, trained, 64)
+    model, note = benchmark_speed.model_for_speed(run, trained, 64)
     assert model is None and "multiple of 256" in note
 
 
@@ -275,14 +277,14 @@ def test_preprocessing_child_reports_its_own_memory(smoke_dicom, smoke_cfg, tmp_
 
     series, _, _ = index_tree(smoke_dicom)
     folder = Path(series[0].frames[0][0]).parent
-    tree = benchmark.subset_tree(smoke_dicom, [folder], tmp_path / "tree")
+    tree = benchmark_speed.subset_tree(smoke_dicom, [folder], tmp_path / "tree")
     config = tmp_path / "config.json"
     config.write_text(json.dumps(smoke_cfg))
-    result = benchmark._run_child(["--_scaling-child", "preprocess", "--n", "1", "--child-root", str(tree),
+    result = benchmark_speed._run_child(["--_scaling-child", "preprocess", "--n", "1", "--child-root", str(tree),
                                    "--child-out", str(tmp_path / "out"), "--child-config", str(config)])
     assert result["series"] == 1 and result["slices"] == len(series[0].frames) and result["seconds"] > 0
     assert 0 < result["peak_rss_mib"] < 400  # no TensorFlow in this child; the test process has it
-    assert benchmark._peak_rss_mib() > result["peak_rss_mib"]
+    assert benchmark_speed._peak_rss_mib() > result["peak_rss_mib"]
 
 
 def test_scaling_part_with_one_size_each(smoke_run, smoke_data, tmp_path):
@@ -308,3 +310,120 @@ def test_scaling_part_runs_each_size_in_a_child(smoke_run, smoke_data, tmp_path)
         assert entry["seconds"] > 0 and entry["peak_rss_mib"] > 0
     assert scaling["infer_time_per_slice_ratio"] > 0 and "preprocess_peak_rss_growth_mib" in scaling
     assert "## Scaling" in (tmp_path / "benchmark.md").read_text()
+
+
+# -----------------------------------------------------------------------------
+# multi-frame methods and the kinetics check (issue 11)
+
+@pytest.fixture(scope="module")
+def multiframe(smoke_run, smoke_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("benchmark_multiframe")
+    report = benchmark.main(["--run-dir", str(smoke_run), "--data", str(smoke_data), "--parts", "quality",
+                             "--max-slices", "3", "--calibrate-slices", "4", "--calibrate-stacks", "1",
+                             "--kinetics-lesions", "1", "--methods", "noisy,tv,bm4d,mppca,unet", "--out", str(out)])
+    return report, out
+
+
+def test_bm4d_and_mppca_give_finite_metrics_on_the_same_slices(multiframe):
+    report, out = multiframe
+    summary = report["quality"]["summary"]
+    for method in ("bm4d", "mppca", "bm4d_gauss", "mppca_gauss"):
+        s = summary[method]
+        assert s["n_slices"] == 3 and s["ms_per_slice"] > 0
+        for region in ("whole", "masked", "truth_masked"):
+            assert math.isfinite(s[region]["psnr"]["mean"]) and math.isfinite(s[region]["ssim"]["mean"])
+    # the multi-frame methods use the repeated frames: they beat their input clearly
+    for method in ("bm4d", "mppca"):
+        assert summary[method]["gain_vs_noisy"]["truth_masked"]["psnr"]["mean"] > 1
+    with open(out / "benchmark_per_slice.csv") as f:
+        rows = list(csv.DictReader(f))
+    slices = {m: sorted((r["series_uid"], r["slice_index"]) for r in rows if r["method"] == m)
+              for m in ("noisy", "bm4d", "mppca", "unet")}
+    assert slices["bm4d"] == slices["noisy"] == slices["mppca"] == slices["unet"]
+    head = report["headline"]["methods"]
+    assert head["bm4d"]["kind"] == "classical" and head["mppca"]["kind"] == "classical"
+    assert "| bm4d |" in (out / "benchmark.md").read_text()
+
+
+def test_calibration_records_the_multiframe_methods(multiframe):
+    report, _ = multiframe
+    record = report["quality"]["calibration_record"]
+    chosen = record["chosen"]
+    assert set(chosen) == {"tv", "bm4d", "mppca"}
+    assert chosen["bm4d"]["sigma_scale"] in benchmark_quality.MULTIFRAME_SCALES
+    assert chosen["mppca"]["patch_radius"] in benchmark_quality.MPPCA_RADII
+    assert record["candidates"]["mppca"] == list(benchmark_quality.MPPCA_RADII)
+    assert len(record["multiframe_stacks"]) == 1 and record["multiframe_stacks"][0]["series_uid"]
+    table = report["quality"]["calibration"]
+    assert set(table["bm4d"]) == {str(s) for s in benchmark_quality.MULTIFRAME_SCALES}
+    assert table["mppca"][str(chosen["mppca"]["patch_radius"])] == max(table["mppca"].values())
+    assert report["quality"]["sigma_scales"]["mppca"] == chosen["mppca"]["patch_radius"]
+
+
+def test_kinetics_part_reports_curve_errors_per_lesion_and_the_headline(multiframe):
+    report, out = multiframe
+    kinetics = report["kinetics"]
+    assert len(kinetics["lesions"]) == 1 and kinetics["n_lesions_total"] >= 1
+    lesion = kinetics["lesions"][0]
+    assert set(lesion["methods"]) == {"noisy", "tv", "bm4d", "mppca", "unet"}
+    assert lesion["export_max_abs_diff"] < 1e-3  # native grid: the generator's exported curve, recomputed
+    assert max(lesion["truth"]) > 0.2  # an enhancing lesion
+    for method, entry in lesion["methods"].items():
+        assert len(entry["curve"]) == len(lesion["truth"]) and math.isfinite(entry["rmse"]), method
+        assert report["headline"]["methods"][method]["peak_enhancement_error"] == pytest.approx(
+            abs(entry["peak_error"]))
+    png = (out / "benchmark_kinetics.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Kinetics" in (out / "benchmark.md").read_text()
+
+
+def test_kinetics_errors_against_a_known_curve():
+    from benchmark_kinetics import curve_errors, enhancement_curve, initial_slope
+
+    times = np.array([0.0, 15.0, 75.0, 90.0, 105.0])  # 2 pre-contrast frames, then a 60 s gap
+    truth_re = np.array([0.0, 0.0, 1.0, 1.5, 1.2])
+    frames = np.zeros((5, 8, 8), np.float32)
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 3:6] = True
+    frames[:, mask] = (200.0 * (1 + truth_re))[:, None]
+    frames[:, ~mask] = 7.0  # outside the mask: ignored
+    np.testing.assert_allclose(enhancement_curve(frames, mask, 2), truth_re, atol=1e-12)
+    # S0 is the mean of the pre-contrast frames: 90 and 110 -> S0 = 100
+    frames[0, mask], frames[1, mask] = 90.0, 110.0
+    frames[2:, mask] = np.array([200.0, 240.0, 220.0])[:, None]
+    np.testing.assert_allclose(enhancement_curve(frames, mask, 2), [-0.1, 0.1, 1.0, 1.4, 1.2], atol=1e-12)
+    assert initial_slope(truth_re, times, 2) == pytest.approx(1.0)  # +1.0 over 60 s: 1 per minute
+    errors = curve_errors([-0.1, 0.1, 1.0, 1.4, 1.2], truth_re, times, 2)
+    assert errors["rmse"] == pytest.approx(math.sqrt((0.01 + 0.01 + 0 + 0.01 + 0) / 5))
+    assert errors["peak"] == pytest.approx(1.4) and errors["peak_truth"] == pytest.approx(1.5)
+    assert errors["peak_error"] == pytest.approx(-0.1 / 1.5)
+    assert errors["slope_per_min"] == pytest.approx(0.9) and errors["slope_error"] == pytest.approx(-0.1)
+    with pytest.raises(ValueError, match="empty"):
+        enhancement_curve(frames, np.zeros((8, 8), bool), 2)
+
+
+def test_multiframe_methods_fall_back_to_2d_without_a_time_axis(smoke_data):
+    from data_factory import read_manifest
+
+    row = dict(read_manifest(smoke_data, "test")[0], n_times=1)  # as a series with one time point reads
+    stacks = benchmark_quality.Stacks(smoke_data)
+    noisy = stacks.frames(row)
+    levels = benchmark_quality.noise_levels(row, noisy)
+    for method in ("bm4d", "mppca"):
+        (main, _, amplitude), ms, fallback = stacks.denoise(method, row, levels)
+        assert fallback.startswith(benchmark_quality.FALLBACK_2D) and main.shape == noisy.shape and ms > 0
+        np.testing.assert_allclose(amplitude, benchmark_quality.classical_denoise("bm3d", noisy, levels)[2], atol=1e-5)
+
+
+def test_lesions_are_found_by_sop_instance_uid_without_preprocessing_them(smoke_data, smoke_dicom):
+    from benchmark_kinetics import find_lesions
+    from data_factory import read_manifest
+
+    lesions, note = find_lesions(smoke_data, None)
+    assert note is None and lesions
+    uids = {r["series_uid"] for r in read_manifest(smoke_data)}
+    for lesion in lesions:
+        assert lesion["series_uid"] in uids and lesion["mask"].any()
+        assert [r["time_index"] for r in lesion["rows"]] == list(range(len(lesion["times_s"])))
+        assert {r["position_index"] for r in lesion["rows"]} == {lesion["position_index"]}
+    assert not any(name.startswith("lesion") for name in read_manifest(smoke_data)[0])  # not in the manifest

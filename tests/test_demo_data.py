@@ -339,3 +339,34 @@ def test_dce_frames_move_by_the_configured_motion(tmp_path, motion_mm):
     assert all(0.05 < s <= motion_mm + 0.2 for s in shifts), shifts
     static = frames[0, k] > 0.5 * frames[0, k].max()  # the same tissue pixels, frame to frame
     assert np.abs(frames[1, k] - frames[0, k])[static].max() > 0.01 * frames[0, k].max()
+
+
+def test_lesion_mask_and_noise_free_curve_are_exported_per_sop_instance(tree):
+    """Every DCE series with a lesion carries its mask (one image per SOP instance, in TRUTH_INDEX's order) and
+    the noise-free enhancement curve inside it, computed from the truth sidecar."""
+    import json
+
+    exported = 0
+    for index_file in sorted((tree[0] / "QIN-BREAST").rglob(demo_data.TRUTH_INDEX)):
+        record = json.loads(index_file.read_text())
+        lesion = record.get("lesion")
+        if lesion is None:
+            assert not (index_file.parent / demo_data.LESION_FILE).exists()
+            continue
+        exported += 1
+        truth, uids = truth_of(index_file.parent)
+        mask = np.load(index_file.parent / lesion["mask_file"]).astype(bool)
+        assert mask.shape == truth.shape and len(uids) == len(mask)
+        times, slices = len(lesion["frame_times_s"]), SMALL["slices"]
+        assert times == SMALL["time_points"] and lesion["n_pre"] == demo_data.frame_times(times)[2]
+        volume, voxels = truth.reshape(times, slices, *truth.shape[1:]), mask.reshape(times, slices, *mask.shape[1:])
+        assert all(np.array_equal(voxels[0], v) for v in voxels)  # one ROI for every frame
+        assert lesion["voxels"] == voxels[0].sum() > 0
+        k = lesion["central_position"]
+        assert voxels[0, k].sum() == voxels[0].sum(axis=(1, 2)).max()
+        curve = volume[:, k][:, voxels[0, k]].mean(axis=1)
+        np.testing.assert_allclose(lesion["central_curve"], curve, rtol=1e-5)
+        base = curve[:lesion["n_pre"]].mean()
+        np.testing.assert_allclose(lesion["central_relative_enhancement"], (curve - base) / base, atol=1e-5)
+        assert max(lesion["relative_enhancement"]) > 0.2  # the lesion enhances
+    assert exported >= 1
