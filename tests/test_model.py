@@ -14,7 +14,8 @@ from model import check_input_size, count_flops, get_model, size_multiple
 
 
 def config(*overrides):
-    return load_config(overrides=list(overrides))
+    """DEFAULTS for a single-slice model (the default context adds channels; tests/test_context.py covers them)."""
+    return load_config(overrides=["model.context.time=0", "model.context.precontrast_frames=0", *overrides])
 
 
 @pytest.mark.parametrize("h, w", [(64, 64), (96, 64), (128, 96)])
@@ -201,6 +202,6 @@ def test_cli_prints_summary_params_and_flops(monkeypatch, capsys):
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "model.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "Total params" in out
-    model = get_model(config("model.filters=4", "model.depth=1"))
+    model = get_model(load_config(overrides=["model.filters=4", "model.depth=1"]))  # the CLI's own defaults
     assert f"{model.count_params():,} parameters" in out
     assert f"{count_flops(model, 64, 64) / 1e9:.2f} GFLOPs per 64x64 slice" in out
