@@ -244,6 +244,8 @@ class PairedSlices(keras.utils.PyDataset):
             if r["series_uid"] in series:
                 t, k, _, _ = _layout_of(r)
                 self._lookup.setdefault(r["series_uid"], {})[(t, k)] = r["slice_index"]
+        # positions per series (a manifest without layout columns cannot say it per row)
+        self._n_positions = {uid: 1 + max(k for _, k in lookup) for uid, lookup in self._lookup.items()}
         self.fresh_noise = bool(fresh_noise)
         if self.fresh_noise:
             unusable = sorted({r["clean_file"] for r, shape in zip(self.rows, shapes)
@@ -369,6 +371,8 @@ class PairedSlices(keras.utils.PyDataset):
     def context_of(self, row):
         """(channel slice indices, guide slice indices) of a manifest row in its series' arrays."""
         t, k, n_times, n_positions = _layout_of(row)
+        if row.get("time_index") is None:
+            n_positions = self._n_positions[row["series_uid"]]
         return context_slices(self._lookup[row["series_uid"]], t, k, n_times, n_positions, self.context[0],
                               self.context[1], row["slice_index"])
 

@@ -198,6 +198,13 @@ def load_splits(cfg, data_dir):
     fresh = t["fresh_noise"]
     if fresh not in ("auto", True, False):
         raise ConfigError(f"train.fresh_noise must be auto, true or false, not {fresh!r}")
+    summary = Path(data_dir) / "summary.json"
+    recorded = json.loads(summary.read_text()).get("config", {}) if summary.is_file() else {}
+    scale = (recorded.get("degrade") or {}).get("resolution_scale")
+    if scale is not None and float(scale) < 1:  # a k-space crop cannot be redrawn on a crop of the clean image
+        if fresh is True:
+            raise ConfigError(f"train.fresh_noise true needs degrade.resolution_scale 1, the data has {scale}")
+        fresh = False
     try:
         train = PairedSlices(data_dir, "train", fresh_noise=bool(fresh), **train_args)
     except ValueError as e:
@@ -344,7 +351,7 @@ def predict_slices(model, dataset, index, multiple):
     for j, row in enumerate(dataset.batch_rows(index)):
         images = (noisy[j, ..., 0], clean[j, ..., 0], None if truth is None else truth[j, ..., 0], pred[j])
         shape = (row.get("rows"), row.get("cols"))
-        if None not in shape and noisy.shape[1:] != shape:
+        if None not in shape and noisy.shape[1:3] != shape:  # noisy is (B, H, W, C)
             images = tuple(None if a is None else unresize_square(a, shape) for a in images)
         slices.append(images)
     return slices

@@ -167,3 +167,37 @@ def test_whole_slices_of_several_sizes_batch_by_size(smoke_data, tmp_path):
     assert sum(len(ds.batch_rows(b)) for b in range(len(ds))) == len(rows)
     with pytest.raises(ValueError, match="one size"):
         PairedSlices(data, "test", batch_size=4, shuffle=True)
+
+
+def test_non_square_acquisitions_are_evaluated_on_their_own_grid(smoke_run, smoke_data, tmp_path):
+    """A series acquired 64 x 48 (rows > cols) is predicted and scored at 64 x 48, not 'unresized'."""
+    import csv
+
+    from config import load_config as load
+
+    data = tmp_path / "nonsquare"
+    shutil.copytree(smoke_data, data)
+    rows = read_manifest(data, "test")
+    uid = rows[0]["series_uid"]
+    for kind in ("clean", "noisy", "truth"):
+        path = data / rows[0]["clean_file"].replace("_clean", f"_{kind}")
+        np.save(path, np.ascontiguousarray(np.load(path)[:, :, 8:56]))
+    with open(data / "manifest.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        fields, table = reader.fieldnames, list(reader)
+    for r in table:
+        if r["series_uid"] == uid:
+            r["cols"] = "48"
+    with open(data / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(table)
+    cfg = load(smoke_run / "config.yaml")
+    model = main.load_model(smoke_run / "model.keras")
+    ds = PairedSlices(data, "test", batch_size=4, context=context_offsets(cfg))
+    for b in range(len(ds)):
+        for meta, (n, c, t, p) in zip(ds.batch_rows(b), main.predict_slices(model, ds, b, size_multiple(cfg))):
+            expected = (64, 48) if meta["series_uid"] == uid else (64, 64)
+            assert n.shape == c.shape == t.shape == p.shape == expected
+            if meta["series_uid"] == uid:
+                np.testing.assert_array_equal(c, np.load(data / meta["clean_file"])[meta["slice_index"]])
