@@ -14,7 +14,7 @@ from pydicom.sequence import Sequence
 import preprocessing
 from config import ConfigError, load_config
 from dicom_fixtures import bundled, enhanced_mr_jpegls_file, uid, write_mr_series
-from preprocessing import ENHANCE_OUTPUT_REASON, KIND_REASONS, MIXED_PLANES_REASON, index_tree, scan_file
+from dicom_index import ENHANCE_OUTPUT_REASON, KIND_REASONS, MIXED_PLANES_REASON, index_tree, scan_file
 
 
 def classic(path, image_type=None, edit=None):
