@@ -48,3 +48,16 @@ def smoke_run(tmp_path_factory, smoke_data):
     main.main(["--config", str(ROOT / "configs" / "smoke.yaml"), "--data", str(smoke_data),
                "--run-dir", str(run_dir)])
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def identity_run(tmp_path_factory, smoke_cfg):
+    """A run dir (config.yaml + model.keras) holding the untrained smoke-size U-Net: the identity function
+    (its correction layer is zero-initialized), for tests of enhance.py's writing that must not depend on weights."""
+    from config import save_config
+    from model import get_model
+
+    run_dir = tmp_path_factory.mktemp("identity_run")
+    get_model(smoke_cfg).save(run_dir / "model.keras")
+    save_config(smoke_cfg, run_dir / "config.yaml")
+    return run_dir

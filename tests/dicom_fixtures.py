@@ -264,6 +264,22 @@ def _common_enhanced_header(ds, source, sop_class, patient_id, series_number, de
     return ds
 
 
+def _shared_geometry(spacing, thickness, orientation):
+    """A SharedFunctionalGroupsSequence item with pixel measures, plane orientation and an identity rescale
+    (the groups every multi-frame fixture shares)."""
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing, measures.SliceThickness = spacing, thickness
+    shared.PixelMeasuresSequence = Sequence([measures])
+    plane = Dataset()
+    plane.ImageOrientationPatient = orientation
+    shared.PlaneOrientationSequence = Sequence([plane])
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, 0, "US"
+    shared.PixelValueTransformationSequence = Sequence([transform])
+    return shared
+
+
 def _dimensions(ds, name):
     """Multi-frame Dimension module (PS3.3 C.7.6.17): one dimension, the in-stack position of each frame."""
     organization = uid(name, "dimension organization")
@@ -325,16 +341,7 @@ def enhanced_mr_jpegls_file(path, n_frames=3):
     ds.NumberOfFrames = n_frames
     _dimensions(ds, "EMR")
 
-    shared = Dataset()
-    measures = Dataset()
-    measures.PixelSpacing, measures.SliceThickness = source.PixelSpacing, source.SliceThickness
-    shared.PixelMeasuresSequence = Sequence([measures])
-    orientation = Dataset()
-    orientation.ImageOrientationPatient = source.ImageOrientationPatient
-    shared.PlaneOrientationSequence = Sequence([orientation])
-    transform = Dataset()
-    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, 0, "US"
-    shared.PixelValueTransformationSequence = Sequence([transform])
+    shared = _shared_geometry(source.PixelSpacing, source.SliceThickness, source.ImageOrientationPatient)
     voi = Dataset()
     voi.WindowCenter, voi.WindowWidth = 600, 1600
     shared.FrameVOILUTSequence = Sequence([voi])
@@ -441,16 +448,7 @@ def legacy_converted_mr_file(path, classic_paths):
     ds.ContentQualification = "PRODUCT"
     _dimensions(ds, "legacy")
 
-    shared = Dataset()
-    measures = Dataset()
-    measures.PixelSpacing, measures.SliceThickness = [0.7, 0.7], 2.5
-    shared.PixelMeasuresSequence = Sequence([measures])
-    orientation = Dataset()
-    orientation.ImageOrientationPatient = first.ImageOrientationPatient
-    shared.PlaneOrientationSequence = Sequence([orientation])
-    transform = Dataset()
-    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, 0, "US"
-    shared.PixelValueTransformationSequence = Sequence([transform])
+    shared = _shared_geometry([0.7, 0.7], 2.5, first.ImageOrientationPatient)
     frame_type = Dataset()
     frame_type.FrameType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
     frame_type.PixelPresentation, frame_type.VolumetricProperties = "MONOCHROME", "VOLUME"

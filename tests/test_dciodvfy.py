@@ -11,17 +11,14 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from pydicom.data import get_testdata_file
 
 import enhance
-from config import load_config, save_config
 from dicom_fixtures import (bundled, enhanced_mr_jpegls_file, legacy_converted_mr_file, padded_mr_file,
                             write_mr_series)
 
-ROOT = Path(__file__).resolve().parents[1]
 DCIODVFY = shutil.which("dciodvfy")
 
 
@@ -37,15 +34,9 @@ def dciodvfy():
 
 
 @pytest.fixture(scope="module")
-def identity(tmp_path_factory):
+def identity(identity_run):
     """The untrained smoke-size U-Net (the identity): header conformance does not depend on the weights."""
-    from model import get_model
-
-    cfg = load_config(ROOT / "configs" / "smoke.yaml")
-    run_dir = tmp_path_factory.mktemp("dciodvfy_model")
-    get_model(cfg).save(run_dir / "model.keras")
-    save_config(cfg, run_dir / "config.yaml")
-    return enhance.load_enhancer(run_dir)
+    return enhance.load_enhancer(identity_run)
 
 
 def errors(dciodvfy, path):

@@ -37,18 +37,6 @@ BIT_TAGS = ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation")
 # helpers
 
 @pytest.fixture(scope="module")
-def identity_run(tmp_path_factory):
-    """A run dir (config.yaml + model.keras) holding the untrained smoke-size U-Net: the identity function."""
-    from model import get_model
-
-    cfg = load_config(ROOT / "configs" / "smoke.yaml")
-    run_dir = tmp_path_factory.mktemp("identity_run")
-    get_model(cfg).save(run_dir / "model.keras")
-    save_config(cfg, run_dir / "config.yaml")
-    return run_dir
-
-
-@pytest.fixture(scope="module")
 def identity(identity_run):
     return enhance.load_enhancer(identity_run)
 
