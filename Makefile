@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO_DATA := data/processed_demo
 
-.PHONY: venv test test-all demo benchmark thesis-demo clean
+.PHONY: venv test test-all demo selfsup-demo benchmark thesis-demo clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ demo: venv
 	$(BIN)/python main.py --config configs/demo.yaml --data $(DEMO_DATA) --run-dir runs/demo
 	@echo
 	@echo "Figures and metrics: runs/demo/ (default U-Net; metrics.json: test patients, against the 3T image and the truth)"
+
+# Self-supervised training (README, "Training without a 3T scan"): noise2noise between the pre-contrast frames of
+# the demo's simulated 1.5T series, never reading a clean or truth array; scored against the truth on the test
+# patients. Shares the demo's preprocessed arrays (reused when `make demo` ran first).
+selfsup-demo: venv
+	$(BIN)/python preprocessing.py --config configs/demo.yaml --out $(DEMO_DATA)
+	$(BIN)/python main.py --config configs/selfsup.yaml --data $(DEMO_DATA) --run-dir runs/selfsup_demo
+	@echo
+	@echo "Figures and metrics: runs/selfsup_demo/ (noise2noise; metrics.json 'truth': test patients vs the noise-free truth)"
 
 # Baselines (NLM, TV, wavelet, BM3D, and the multi-frame BM4D and MP-PCA) and the U-Net on the same test slices,
 # against the truth and the 3T image, lesion kinetics, speed and scaling. 16 slices: BM4D costs ~30 s per stack.

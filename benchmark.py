@@ -102,7 +102,7 @@ from benchmark_report import data_info, machine_info, markdown, plot, quality_no
 from benchmark_speed import preprocessing_config, scaling_child, scaling_part, speed_part
 from config import ConfigError, load_config
 
-METHODS = ("noisy", "nlm", "tv", "wavelet", "bm3d", "bm4d", "mppca", "thesis", "unet")
+METHODS = ("noisy", "nlm", "tv", "wavelet", "bm3d", "bm4d", "mppca", "thesis", "unet", "noise2noise", "noise2void")
 PARTS = ("quality", "speed", "scaling")
 
 
@@ -126,7 +126,8 @@ def read_run(run_dir):
         raise BenchmarkError(f"{cfg_path}: {e}") from e
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    method = "thesis" if cfg["model"]["name"] == "thesis_autoencoder" else "unet"
+    mode = cfg["train"]["mode"]
+    method = "thesis" if cfg["model"]["name"] == "thesis_autoencoder" else "unet" if mode == "supervised" else mode
     return {"dir": run_dir, "cfg": cfg, "metrics": metrics, "method": method}
 
 
@@ -195,6 +196,9 @@ def parse_args(argv=None):
     p.add_argument("--run-dir", help="main.py run dir of the default model (config.yaml + model.keras)")
     p.add_argument("--data", help="preprocessing output (default: data_dir in the run's metrics.json)")
     p.add_argument("--thesis-run", help="run dir of the thesis autoencoder (default: a sibling run on the same data)")
+    p.add_argument("--selfsup-runs", default="",
+                   help="comma-separated run dirs of self-supervised runs (train.mode), scored as methods "
+                        "noise2noise / noise2void on the same slices")
     p.add_argument("--max-slices", type=int, default=48,
                    help="held-out (test) slices, evenly spaced, the same for every method (0: all; default 48)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
@@ -281,11 +285,19 @@ def run_benchmark(args):
             raise BenchmarkError(f"--thesis-run {thesis_dir} is a {runs['thesis']['cfg']['model']['name']} run")
         if not args.thesis_run:
             notes.append(f"thesis autoencoder found next to the run: {thesis_dir}")
+    for selfsup_dir in filter(None, args.selfsup_runs.split(",")):
+        r = read_run(selfsup_dir)
+        if r["method"] not in ("noise2noise", "noise2void"):
+            raise BenchmarkError(f"--selfsup-runs {selfsup_dir} is not a self-supervised run (train.mode "
+                                 f"{r['cfg']['train']['mode']})")
+        runs[r["method"]] = r
     for method, r in runs.items():
         recorded = r["metrics"].get("data_dir")
         if recorded and Path(recorded).resolve() != data_dir.resolve():
             notes.append(f"{method} was evaluated on {recorded}, not on {data_dir}")
-    wanted_models = [m for m in MODELS if m in args.methods or ("speed" in args.parts and m in runs)]
+    # the speed part times the supervised networks; a self-supervised U-Net runs at the same speed
+    wanted_models = [m for m in MODELS if m in args.methods
+                     or ("speed" in args.parts and m in runs and m in ("thesis", "unet"))]
     models = {m: (runs[m], load_model(runs[m])) for m in wanted_models if m in runs}
     budgets = {m: budget(r) for m, r in runs.items()}
 
@@ -327,7 +339,8 @@ def run_benchmark(args):
                              "calibration_record": calibration, "ceilings": ceilings, "notes": q_notes}
         report["kinetics"] = kinetics_part(args, quality_models, data_dir, split, scales, stacks)
     if "speed" in args.parts:
-        report["speed"] = speed_part(args, models, data_dir, preprocessing_config(run, data_dir), cache_dir,
+        supervised = {m: v for m, v in models.items() if m in ("thesis", "unet")}
+        report["speed"] = speed_part(args, supervised, data_dir, preprocessing_config(run, data_dir), cache_dir,
                                      classical, scales)
     if "scaling" in args.parts:
         report["scaling"] = scaling_part(args, run, preprocessing_config(run, data_dir), cache_dir)

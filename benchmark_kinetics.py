@@ -183,8 +183,10 @@ def method_frames(method, lesion, data_dir, models, params, stacks, arrays, spli
         shape = tuple(model.inputs[0].shape[1:3])
         if any(s is not None and s != d for s, d in zip(shape, noisy.shape[1:])):
             return None
+        from benchmark_quality import model_prediction
+
         inputs = np.concatenate([ds[where[(r["series_uid"], r["slice_index"])]][0] for r in rows])
-        return np.asarray(model.predict_on_batch(inputs), np.float32)[..., 0]
+        return model_prediction(run, model, inputs, rows, ds, arrays.setdefault((method, "sigmas"), {}))
     return None
 
 

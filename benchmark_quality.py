@@ -60,7 +60,8 @@ import numpy as np
 METRICS = ("psnr", "ssim", "mse")
 CLASSICAL = ("nlm", "tv", "wavelet", "bm3d")   # one slice at a time (denoisers.METHODS)
 MULTIFRAME = ("bm4d", "mppca")                 # stacks over time (denoisers.MULTIFRAME)
-MODELS = ("thesis", "unet")
+# the networks: the thesis autoencoder, the supervised default, and self-supervised runs (train.mode)
+MODELS = ("thesis", "unet", "noise2noise", "noise2void")
 # Multipliers of sigma_pixel tried by the calibration (module docstring, point 3).
 SIGMA_SCALES = (0.6, 0.8, 1.0, 1.25)
 MULTIFRAME_SCALES = (0.8, 1.0, 1.25)           # bm4d: fewer candidates, each a whole stack
@@ -429,6 +430,23 @@ def calibrate_multiframe(methods, data_dir, slices, reference, n_stacks):
     return found, records
 
 
+def model_prediction(run, model, inputs, rows, dataset, sigmas):
+    """A network's output for a batch of inputs (B, H, W, C) -> float32 (B, H, W), as main.py evaluates it:
+    self-supervised runs get the Rician mean inverted with the sigma of each slice's noisy series
+    (main.needs_rician_correction; sigmas caches one measurement per series)."""
+    import main
+    from degrade import series_sigma
+    from denoisers import correct_rician_mean
+
+    pred = np.asarray(model.predict_on_batch(inputs), dtype=np.float32)[..., 0]
+    for j, row in enumerate(rows):
+        if main.needs_rician_correction(run["cfg"], row.get("degrade_model")):
+            if row["noisy_file"] not in sigmas:
+                sigmas[row["noisy_file"]] = series_sigma(dataset.array(row["noisy_file"]), _zero(row))[0]
+            pred[j] = correct_rician_mean(pred[j], sigmas[row["noisy_file"]], _zero(row))
+    return pred
+
+
 def evaluate_quality(methods, models, data_dir, max_slices, params, split="test", stacks=None):
     """Per-slice scores of every method on the same held-out slices (`split`, the test patients by default).
 
@@ -477,16 +495,16 @@ def evaluate_quality(methods, models, data_dir, max_slices, params, split="test"
             ds = PairedSlices(data_dir, split, batch_size=run["cfg"]["train"]["batch_size"], max_slices=max_slices,
                               context=context_offsets(run["cfg"]))
             model.predict_on_batch(ds[0][0])  # warm-up: tracing is not inference time
+            sigmas = {}
             for b in range(len(ds)):
                 noisy, clean = ds[b]
                 truth = ds.truth_batch(b)
                 start = time.perf_counter()
-                pred = np.asarray(model.predict_on_batch(noisy), dtype=np.float32)
+                pred = model_prediction(run, model, noisy, ds.batch_rows(b), ds, sigmas)
                 ms = 1000 * (time.perf_counter() - start) / len(noisy)
                 for j, row in enumerate(ds.batch_rows(b)):
                     c, t = clean[j, ..., 0], None if truth is None else truth[j, ..., 0]
-                    record(method, row, slice_scores(pred[j, ..., 0], c, mask_of(b * ds.batch_size + j, c, t), t),
-                           ms)
+                    record(method, row, slice_scores(pred[j], c, mask_of(b * ds.batch_size + j, c, t), t), ms)
                 bar.update(len(noisy))
         else:
             for position, row, noisy, clean, truth in _slices(held_out):

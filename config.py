@@ -82,6 +82,14 @@ DEFAULTS = {
     },
     # main.py: training and evaluation
     "train": {
+        # supervised: learn the clean (3T) image from its simulated degradation. Self-supervised, from the noisy
+        # images alone (degrade.model none: a user's own 1.5T scans; never reads a clean or truth array):
+        # noise2noise: input one pre-contrast frame, target another frame of the same slice position (their noise
+        # is independent, the anatomy the same up to motion); noise2void: blind-spot pixels of the frame itself.
+        # Both learn E[magnitude]; the Rician mean is inverted on their output (denoisers.correct_rician_mean).
+        "mode": "supervised",
+        "noise2noise_frames": 3,  # noise2noise pairs frames among the first N time points (QIN-BREAST: 3 pre-contrast)
+        "mask_fraction": 0.02,    # noise2void: blind-spot pixels per patch (N2V: 0.2%; more gives more signal per step)
         "epochs": 10,
         "batch_size": 8,
         "learning_rate": 1e-3,   # Adam (the thesis used 1e-4; configs/thesis.yaml sets it)

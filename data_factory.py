@@ -32,7 +32,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from degrade import add_noise
+from degrade import NOISE_MODELS, add_noise
+
+# What a training sample's target is (train.mode in config.py; main.py documents the choice):
+# supervised: the clean (3T) image; noise2noise: another noisy frame of the same slice position (Lehtinen 2018);
+# noise2void: the noisy frame itself, at blind-spot pixels hidden from the input (Krull 2019).
+MODES = ("supervised", "noise2noise", "noise2void")
 
 # The columns preprocessing.py writes, in this order (see /tmp/design.md, "preprocessing.py").
 MANIFEST_COLUMNS = (
@@ -182,6 +187,18 @@ class PairedSlices(keras.utils.PyDataset):
         batches are wasted on air while crops still cover the whole body (a best-of-few, not an argmax).
     seed: seeds shuffling, crops and augmentation together with the epoch and batch index.
     max_slices: keep only this many slices, evenly spaced over the split (deterministic; quick evaluation).
+    mode: "supervised" (batches (noisy, clean)) or one of the self-supervised modes, which read the noisy arrays
+        only (never a clean or truth file) and give (input, target) with target float32 (B, H, W, 2): channel 0
+        the noisy target values, channel 1 the loss weight of each pixel (main.py's masked losses):
+        - "noise2noise": the split keeps the frames t < noise2noise_frames (the pre-contrast frames) of slice
+          positions that have at least two of them; the input is frame t (with its slice neighbours as context),
+          the target another of those frames at the same position of the same series, drawn per sample, so every
+          frame takes turns as input and target; weight 1 everywhere. Time context and the pre-contrast guide
+          would show the network the target's own noise, so they are refused.
+        - "noise2void": the target is the input frame itself; a fraction `mask_fraction` of its pixels is replaced
+          in the input by a random other pixel of the (2 mask_radius + 1)^2 window around it (blind_spot), and
+          only they carry weight. Time and slice neighbours keep their pixels (their noise is independent); the
+          guide is refused (it averages the target frame in).
     **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`, passed to keras.utils.PyDataset.
 
     Memory: the arrays are memory-mapped lazily, one np.memmap per file, cached per process (reopened after a
@@ -190,8 +207,10 @@ class PairedSlices(keras.utils.PyDataset):
 
     def __init__(self, data_dir, split, batch_size=8, shuffle=False, augment=False, patch_size=None, seed=0,
                  max_slices=None, steps_per_epoch=None, tissue_threshold=0.1, crop_candidates=4, fresh_noise=False,
-                 context=None, **kwargs):
+                 context=None, mode="supervised", noise2noise_frames=3, mask_fraction=0.02, mask_radius=2, **kwargs):
         super().__init__(**kwargs)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if patch_size is not None and (not isinstance(patch_size, (int, np.integer)) or patch_size < 1):
@@ -204,8 +223,42 @@ class PairedSlices(keras.utils.PyDataset):
             raise ValueError(f"crop_candidates must be a positive integer, got {crop_candidates!r}")
         self.data_dir = Path(data_dir)
         self.split = split
+        self.mode = mode
+        self.context = ([(0, 0)], 0) if context is None else (list(context[0]), int(context[1]))
+        if mode == "noise2noise" and (any(dt for dt, _ in self.context[0]) or self.context[1]):
+            raise ValueError("noise2noise cannot take time context or the pre-contrast guide (model.context time and "
+                             "precontrast_frames): they hold the target frame, whose noise the network would copy. "
+                             "Use slice context only, or noise2void")
+        if mode == "noise2void" and self.context[1]:
+            raise ValueError("noise2void cannot take the pre-contrast guide (model.context.precontrast_frames): it "
+                             "averages the target frame in, blind spots included; set it to 0")
+        self.noise2noise_frames = int(noise2noise_frames)
+        self.mask_fraction, self.mask_radius = float(mask_fraction), int(mask_radius)
+        if mode == "noise2void" and not (0 < self.mask_fraction < 1 and self.mask_radius >= 1):
+            raise ValueError(f"noise2void needs 0 < mask_fraction < 1 and mask_radius >= 1, got "
+                             f"{mask_fraction} and {mask_radius}")
         rows = read_manifest(self.data_dir, split)
+        # (time_index, position_index) -> slice index, per series, from the whole manifest: a max_slices subset
+        # still finds the neighbours of its slices
+        series = {r["series_uid"] for r in rows}
+        self._lookup = {}
+        for r in read_manifest(self.data_dir):
+            if r["series_uid"] in series:
+                t, k, _, _ = _layout_of(r)
+                self._lookup.setdefault(r["series_uid"], {})[(t, k)] = r["slice_index"]
+        # positions per series (a manifest without layout columns cannot say it per row)
+        self._n_positions = {uid: 1 + max(k for _, k in lookup) for uid, lookup in self._lookup.items()}
+        if mode == "noise2noise":
+            rows = [r for r in rows if self.partners(r)]
+            if not rows:
+                raise ValueError(f"noise2noise needs slice positions with at least 2 of the first "
+                                 f"{self.noise2noise_frames} time points (train.noise2noise_frames); split {split} "
+                                 "has none (single-frame series?): use train.mode noise2void")
         self.rows = [rows[i] for i in evenly_spaced(len(rows), max_slices)]
+        if mode == "supervised" and (shuffle or augment or patch_size is not None or steps_per_epoch is not None) \
+                and not self.has_clean:
+            raise ValueError(f"{self.data_dir} has no clean images (degrade.model none: the input is the noisy "
+                             "scan): supervised training needs pairs; use train.mode noise2noise or noise2void")
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.augment = bool(augment)
@@ -217,7 +270,7 @@ class PairedSlices(keras.utils.PyDataset):
         self.epoch = 0
         self._arrays = {}            # path -> np.memmap, filled lazily by array()
         self._arrays_pid = os.getpid()
-        shapes = [tuple(self.array(r["clean_file"]).shape[1:]) for r in self.rows]
+        shapes = [tuple(self.array(r["noisy_file"]).shape[1:]) for r in self.rows]
         self._groups = None  # whole slices of several sizes: batches of one size each (see _batch_indices)
         if self.patch_size is not None:
             side = min(min(shape) for shape in shapes)
@@ -235,21 +288,12 @@ class PairedSlices(keras.utils.PyDataset):
                 if end == len(shapes) or shapes[end] != shapes[start] or end - start == self.batch_size:
                     self._groups.append(np.arange(start, end))
                     start = end
-        self.context = ([(0, 0)], 0) if context is None else (list(context[0]), int(context[1]))
-        # (time_index, position_index) -> slice index, per series, from the whole manifest: a max_slices subset
-        # still finds the neighbours of its slices
-        series = {r["series_uid"] for r in self.rows}
-        self._lookup = {}
-        for r in read_manifest(self.data_dir):
-            if r["series_uid"] in series:
-                t, k, _, _ = _layout_of(r)
-                self._lookup.setdefault(r["series_uid"], {})[(t, k)] = r["slice_index"]
-        # positions per series (a manifest without layout columns cannot say it per row)
-        self._n_positions = {uid: 1 + max(k for _, k in lookup) for uid, lookup in self._lookup.items()}
         self.fresh_noise = bool(fresh_noise)
+        if self.fresh_noise and mode != "supervised":
+            raise ValueError(f"{mode} reads the noisy images only; fresh noise would be drawn on the clean ones")
         if self.fresh_noise:
-            unusable = sorted({r["clean_file"] for r, shape in zip(self.rows, shapes)
-                               if r.get("degrade_model") not in ("field", "gaussian") or r.get("sigma_added") is None
+            unusable = sorted({r["noisy_file"] for r, shape in zip(self.rows, shapes)
+                               if r.get("degrade_model") not in NOISE_MODELS or r.get("sigma_added") is None
                                or shape != (r.get("rows"), r.get("cols"))})
             if unusable:
                 raise ValueError(f"fresh_noise needs arrays at the acquisition matrix with a recorded degradation "
@@ -283,7 +327,12 @@ class PairedSlices(keras.utils.PyDataset):
     @property
     def image_shape(self):
         """(H, W) of the first slice (of every slice, unless the arrays keep several acquisition matrices)."""
-        return tuple(self.array(self.rows[0]["clean_file"]).shape[1:])
+        return tuple(self.array(self.rows[0]["noisy_file"]).shape[1:])
+
+    @property
+    def has_clean(self):
+        """True when every slice has a clean (3T) image; False for degrade.model none (the scan is the input)."""
+        return all(row.get("clean_file") for row in self.rows)
 
     # -- ordering ------------------------------------------------------------------------------------------
 
@@ -327,10 +376,15 @@ class PairedSlices(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         """Batch `index` as (noisy, clean): noisy float32 (B, H, W, C) (the target slice, then its context, see
-        context_slices), clean float32 (B, H, W, 1) (the target); B = batch_size except maybe the last."""
+        context_slices), clean float32 (B, H, W, 1) (the target), or None for data without clean images (evaluation
+        of degrade.model none); B = batch_size except maybe the last. Self-supervised modes: (input, target) with
+        target (B, H, W, 2), see the class docstring."""
         rows = self.batch_rows(index)
         # One generator per (seed, epoch, batch): the batch does not depend on which worker makes it, or when.
         rng = np.random.default_rng((self.seed, self.epoch, index))
+        if self.mode != "supervised":
+            pairs = [self._selfsup_sample(row, rng) for row in rows]
+            return self._stack(index, [x for x, _ in pairs], [y for _, y in pairs])
         # fresh noise has its own stream, so crops and flips are the same with and without it
         noise_rng = np.random.default_rng((self.seed, self.epoch, index, 1)) if self.fresh_noise else None
         noisy_batch, clean_batch = [], []
@@ -339,19 +393,19 @@ class PairedSlices(keras.utils.PyDataset):
             # every distinct frame once: a frame repeated at a series' end (reflection) is the same image at
             # inference, so it must carry the same noise here
             frames, which = np.unique(channels + guide, return_inverse=True)
-            clean_all = self.array(row["clean_file"])
-            clean = clean_all[row["slice_index"]]
+            has_clean = bool(row.get("clean_file"))
+            clean_all = self.array(row["clean_file"]) if has_clean else None
             window = (slice(None), slice(None))
-            if self.patch_size is not None:
-                y, x = self._crop_position(clean, rng)
+            if self.patch_size is not None:  # only training crops, and training has clean images (checked)
+                y, x = self._crop_position(clean_all[row["slice_index"]], rng)
                 window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
-            clean = np.asarray(clean[window], dtype=np.float32)
+            clean = np.asarray(clean_all[row["slice_index"]][window], np.float32) if has_clean else None
             if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
                 noisy = add_noise(np.asarray(clean_all[frames][(slice(None),) + window], np.float32),
                                   row["degrade_model"], row["sigma_added"], noise_rng, zero=_zero(row))
             else:
                 noisy = np.asarray(self.array(row["noisy_file"])[frames][(slice(None),) + window], np.float32)
-                if noisy.shape[1:] != clean.shape:
+                if has_clean and noisy.shape[1:] != clean.shape:
                     raise ValueError(f"{row['clean_file']} and {row['noisy_file']} have different slice shapes; "
                                      "rerun preprocessing.py")
             noisy = noisy[which]
@@ -361,12 +415,51 @@ class PairedSlices(keras.utils.PyDataset):
             if self.augment:
                 noisy, clean = self._symmetry(noisy, clean, rng)
             noisy_batch.append(np.ascontiguousarray(noisy, dtype=np.float32))
-            clean_batch.append(np.ascontiguousarray(clean, dtype=np.float32))
-        shapes = {a.shape for a in clean_batch}
+            clean_batch.append(None if clean is None else np.ascontiguousarray(clean, dtype=np.float32)[..., None])
+        if any(c is None for c in clean_batch):
+            return self._stack(index, noisy_batch, noisy_batch)[0], None
+        return self._stack(index, noisy_batch, clean_batch)
+
+    @staticmethod
+    def _stack(index, inputs, targets):
+        shapes = {a.shape[:2] for a in inputs}
         if len(shapes) > 1:
             raise ValueError(f"batch {index} mixes slice shapes {sorted(shapes)}; all arrays of one preprocessing "
                              "run should share preprocess.image_size (rerun preprocessing.py into a fresh folder)")
-        return np.stack(noisy_batch), np.stack(clean_batch)[..., None]
+        return np.stack(inputs), np.stack(targets)
+
+    def partners(self, row):
+        """noise2noise: slice indices of the other frames t' < noise2noise_frames at the row's slice position in its
+        series (its possible targets); [] when the row's own frame is not one of them."""
+        t, k, _, _ = _layout_of(row)
+        if t >= self.noise2noise_frames:
+            return []
+        lookup = self._lookup[row["series_uid"]]
+        return [lookup[(f, k)] for f in range(self.noise2noise_frames) if f != t and (f, k) in lookup]
+
+    def _selfsup_sample(self, row, rng):
+        """(input (h, w, C), target (h, w, 2)) of one row in a self-supervised mode; reads only noisy arrays."""
+        channels, _ = self.context_of(row)
+        noisy_all = self.array(row["noisy_file"])
+        target = row["slice_index"]
+        if self.mode == "noise2noise":
+            options = self.partners(row)
+            target = options[int(rng.integers(len(options)))]
+        window = (slice(None), slice(None))
+        if self.patch_size is not None:
+            y, x = self._crop_position(noisy_all[target], rng)
+            window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
+        frames, which = np.unique(channels, return_inverse=True)
+        inputs = np.moveaxis(np.asarray(noisy_all[frames][(slice(None),) + window], np.float32)[which], 0, -1)
+        values = np.asarray(noisy_all[target][window], np.float32)
+        weight = np.ones_like(values)
+        if self.mode == "noise2void":
+            inputs = inputs.copy()
+            inputs[..., 0], weight = blind_spot(inputs[..., 0], rng, self.mask_fraction, self.mask_radius)
+        target = np.stack([values, weight], axis=-1)
+        if self.augment:
+            inputs, target = self._symmetry(inputs, target, rng)
+        return np.ascontiguousarray(inputs, np.float32), np.ascontiguousarray(target, np.float32)
 
     def context_of(self, row):
         """(channel slice indices, guide slice indices) of a manifest row in its series' arrays."""
@@ -410,14 +503,41 @@ class PairedSlices(keras.utils.PyDataset):
 
     @staticmethod
     def _symmetry(noisy, clean, rng):
-        """The same random flip / 90-degree rotation of both images (only 180 degrees for non-square ones)."""
+        """The same random flip / 90-degree rotation of both images (only 180 degrees for non-square ones);
+        arrays (h, w) or (h, w, C), clean may be None (only noisy is turned)."""
         square = noisy.shape[0] == noisy.shape[1]
         turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
         flip = bool(rng.integers(2))
-        noisy, clean = np.rot90(noisy, turns), np.rot90(clean, turns)
+        out = [None if a is None else np.rot90(a, turns) for a in (noisy, clean)]
         if flip:
-            noisy, clean = noisy[:, ::-1], clean[:, ::-1]
-        return noisy, clean
+            out = [None if a is None else a[:, ::-1] for a in out]
+        return tuple(out)
+
+
+def blind_spot(image, rng, fraction, radius=2):
+    """Noise2Void masking of one (h, w) image: (masked copy, weight).
+
+    round(fraction * h * w) distinct pixels (at least one) are drawn uniformly; each takes the value of another
+    pixel drawn uniformly from the (2 radius + 1)^2 window around it, never itself (window positions outside the
+    image are reflected back in, as np.pad's 'reflect', so a border pixel cannot land on itself either). The values
+    come from the original image, not from pixels already replaced. weight is 1 at the masked pixels, 0 elsewhere:
+    the loss is taken there only, where the network cannot have seen the noise it is asked to predict."""
+    h, w = image.shape
+    n = max(1, int(round(fraction * h * w)))
+    picked = rng.choice(h * w, size=n, replace=False)
+    ys, xs = np.divmod(picked, w)
+    source_y, source_x = ys.copy(), xs.copy()
+    itself = np.ones(n, bool)
+    while itself.any():  # (re)draw the offsets whose source is the pixel itself (after reflection, too)
+        dy, dx = rng.integers(-radius, radius + 1, size=(2, int(itself.sum())))
+        source_y[itself] = [reflect(int(v), h) for v in ys[itself] + dy]
+        source_x[itself] = [reflect(int(v), w) for v in xs[itself] + dx]
+        itself = (source_y == ys) & (source_x == xs)
+    masked = np.array(image, dtype=np.float32, copy=True)
+    masked[ys, xs] = image[source_y, source_x]
+    weight = np.zeros((h, w), np.float32)
+    weight[ys, xs] = 1.0
+    return masked, weight
 
 
 def describe(ds):

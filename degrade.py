@@ -1,6 +1,6 @@
 """Simulate a lower-field (1.5T) MR image from a 3T one. All the physics of the project lives here.
 
-Two models, chosen by cfg["degrade"]["model"]:
+Three models, chosen by cfg["degrade"]["model"]:
 
 - "gaussian" (the 2021 thesis): noisy = clean + N(0, sigma), sigma in normalized [0, 1] units. Kept so the
   thesis numbers can be reproduced; it is not what a scanner does (it adds noise of the same level to air and
@@ -22,6 +22,10 @@ Two models, chosen by cfg["degrade"]["model"]:
   Optionally (resolution_scale < 1) only the central part of k-space is kept first, as a coarser
   lower-field matrix would acquire, zero-filled back to the same matrix so the pair stays pixel-aligned.
 
+- "none": the input series already is the noisy image (a user's own 1.5T scans, for the self-supervised modes of
+  main.py, train.mode): nothing is simulated, noisy is the input, and no clean pair exists. The native noise
+  sigma is still measured and recorded (sigma_source), as the Rician correction of self-supervised output needs it.
+
 Everything here works at acquisition resolution, before any resizing: resampling first would turn white
 noise into spatially correlated blobs that no scanner produces.
 
@@ -36,7 +40,9 @@ import numpy as np
 
 from config import ConfigError
 
-MODELS = ("field", "gaussian")
+MODELS = ("field", "gaussian", "none")
+# the models add_noise can draw again (train.fresh_noise)
+NOISE_MODELS = ("field", "gaussian")
 
 # Background selection for the Rayleigh fit: air pixels are taken as those below TRUNCATION * sigma. A Rayleigh
 # variable stays below 2 sigma with probability 1 - exp(-2) = 86%, so the cut keeps most of the air while
@@ -209,6 +215,9 @@ def degrade(clean, degrade_cfg, rng, zero=0.0):
     magnitude = clean - np.float32(zero)
     sigma_src, method = _source_sigma(magnitude)
 
+    if model == "none":  # the input is the low-field scan itself: the same array, nothing added
+        return clean, {"model": model, "sigma_source": sigma_src, "sigma_added": 0.0, "snr_ratio": 1.0,
+                       "sigma_method": method}
     if model == "gaussian":
         sigma = float(degrade_cfg["sigma"])
         if sigma < 0:
@@ -251,7 +260,7 @@ def add_noise(clean, model, sigma, rng, zero=0.0):
     if model == "gaussian":
         return np.asarray(clean, np.float32) + rng.normal(0.0, sigma, size=np.shape(clean)).astype(np.float32)
     if model != "field":
-        raise ConfigError(f"degrade model {model!r} cannot draw noise; choose one of {', '.join(MODELS)}")
+        raise ConfigError(f"degrade model {model!r} cannot draw noise; choose one of {', '.join(NOISE_MODELS)}")
     real = rng.standard_normal(np.shape(clean), dtype=np.float32)
     real *= np.float32(sigma)
     imag = rng.standard_normal(np.shape(clean), dtype=np.float32)
@@ -264,6 +273,14 @@ def add_noise(clean, model, sigma, rng, zero=0.0):
     noisy = np.hypot(real, imag, out=real)  # in place: one stack less at peak memory
     noisy += np.float32(zero)
     return noisy
+
+
+def series_sigma(stack, zero=0.0):
+    """(sigma, method) of the noise of a normalized magnitude stack (n, H, W) whose zero signal lies at `zero`:
+    the background Rayleigh estimate, else the wavelet estimate, else 0 ("none"). What degrade() records for a
+    series, and what main.py and enhance.py measure on a noisy series to undo the Rician bias of a self-supervised
+    model's output (denoisers.correct_rician_mean)."""
+    return _source_sigma(np.asarray(stack, dtype=np.float32) - np.float32(zero))
 
 
 def _source_sigma(magnitude):
@@ -299,5 +316,7 @@ if __name__ == "__main__":
             f"{d['target_field_t']} T / {d['source_field_t']} T to the power {d['field_exponent']}")
         print(f"field model: snr_ratio {r:.3f} ({origin}): "
               f"noise grows x{1 / r:.2f}, added sigma = {math.sqrt(1 / r**2 - 1):.3f} x native sigma")
-    else:
+    elif d["model"] == "gaussian":
         print(f"gaussian model (thesis): sigma {d['sigma']} in normalized units")
+    else:
+        print("none: the input series is the noisy image (self-supervised training, train.mode)")

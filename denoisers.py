@@ -137,6 +137,21 @@ def rician_bias_correction(expected_magnitude, sigma):
     return (snr * sigma).astype(np.float32)
 
 
+def correct_rician_mean(estimate, sigma, zero=0.0):
+    """The Rician mean inverted on a self-supervised model's output (main.py and enhance.py, train.mode not
+    supervised, magnitude data): float32, same shape as `estimate`.
+
+    A network trained on noisy targets (Noise2Noise, Noise2Void) learns their expectation, E[M], which in air and
+    dark tissue lies above the amplitude (up to sigma sqrt(pi/2) where there is no signal). sigma: the noise of the
+    noisy series the input came from, measured on its air background (degrade.series_sigma), in the normalized
+    units of `estimate`, whose zero signal sits at `zero`; the output is then treated as the classical methods'
+    output is. Unchanged when no sigma could be measured (nan or 0: nothing to correct with)."""
+    estimate = np.asarray(estimate, np.float32)
+    if not sigma > 0:
+        return estimate
+    return rician_bias_correction(estimate - np.float32(zero), sigma) + np.float32(zero)
+
+
 def estimate_sigma(noisy):
     """Noise sigma of one slice (H, W) from the data, in the slice's units (skimage, wavelet MAD).
 

@@ -838,6 +838,16 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
             raise
         except Exception as error:  # noqa: BLE001 - e.g. out of memory on a huge slice: report, go on
             raise SeriesError("inference failed", f"{type(error).__name__}: {error}") from None
+        zero = float(-np.float32(lo) / scale)
+        import main
+
+        if main.needs_rician_correction(enhancer.cfg, enhancer.cfg["degrade"]["model"]):
+            # a self-supervised run learned E[magnitude]: invert the Rician mean with this series' noise, measured
+            # as main.py's evaluation measures it on the same normalized series
+            from degrade import series_sigma
+            from denoisers import correct_rician_mean
+
+            pred = correct_rician_mean(pred, series_sigma(normalized, zero)[0], zero)
         enhanced = pred.astype(np.float64) * float(scale) + lo
 
         created = datetime.now()

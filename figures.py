@@ -43,7 +43,7 @@ def plot_loss_curve(history_csv, out_png, title="Training and validation loss"):
 def plot_reconstructions(examples, out_png, vmax=1.0, error_vmax=0.2):
     """One row per example: degraded | clean 3T | [noise-free truth] | reconstructed | absolute error.
 
-    examples: list of dicts with arrays "noisy", "clean", "pred" (H, W), optional "truth" (H, W) and optional
+    examples: list of dicts with arrays "noisy", "clean" (or None), "pred" (H, W), optional "truth" (H, W) and optional
     "title", "noisy_metrics" and "pred_metrics" ({"psnr", "ssim"} shown under the panels). With a truth the
     error panel and the metrics are against the truth (the caller computes them so), else against the 3T image.
     """
@@ -54,7 +54,9 @@ def plot_reconstructions(examples, out_png, vmax=1.0, error_vmax=0.2):
     for row, ex in zip(axes, examples):
         reference, name = (ex["truth"], "truth") if "truth" in ex else (ex["clean"], "clean")
         error = np.abs(ex["pred"] - reference)
-        panels = [(ex["noisy"], "degraded", ex.get("noisy_metrics")), (ex["clean"], "clean (3T)", None)]
+        panels = [(ex["noisy"], "degraded", ex.get("noisy_metrics"))]
+        if ex.get("clean") is not None:  # none for degrade.model none (the scan is the input)
+            panels.append((ex["clean"], "clean (3T)", None))
         if "truth" in ex:
             panels.append((ex["truth"], "noise-free truth", None))
         panels += [(ex["pred"], "reconstructed", ex.get("pred_metrics")), (error, f"|reconstructed - {name}|", None)]

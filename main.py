@@ -107,7 +107,41 @@ def setup_devices(train_cfg):
 MONITOR = "val_body_psnr"
 
 
-def get_loss(name):
+def training_mode(cfg):
+    """cfg["train"]["mode"], checked: supervised | noise2noise | noise2void (data_factory.MODES)."""
+    from data_factory import MODES
+
+    mode = cfg["train"]["mode"]
+    if mode not in MODES:
+        raise ConfigError(f"train.mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode != "supervised" and cfg["preprocess"]["image_size"] is not None:
+        raise ConfigError(f"train.mode {mode} needs preprocess.image_size null: resizing correlates the noise, and "
+                          "both self-supervised modes rely on noise that is independent between pixels and frames")
+    return mode
+
+
+def selection(cfg):
+    """(monitored log key, "max" | "min", what it is) of checkpoint selection for the run's train.mode.
+
+    Supervised runs maximize the body PSNR against the 3T image on the validation patients. Self-supervised runs
+    have no clean image (that is their point), so they minimize their own loss on the validation patients' noisy
+    frames: for noise2noise it estimates the error against the clean image plus the noise variance (Lehtinen 2018),
+    for noise2void the same at blind-spot pixels; either ranks checkpoints as the clean error would."""
+    if training_mode(cfg) == "supervised":
+        return MONITOR, "max", "body PSNR against the 3T image"
+    return "val_loss", "min", f"{cfg['train']['mode']} loss on the noisy validation frames (no clean image used)"
+
+
+def needs_rician_correction(cfg, degrade_model):
+    """True when a run's output estimates E[magnitude] and must have the Rician mean inverted: self-supervised
+    modes on magnitude data (degrade model field or none; the thesis' gaussian noise has no Rician bias)."""
+    return cfg["train"]["mode"] != "supervised" and degrade_model != "gaussian"
+
+
+def get_loss(name, masked=False):
+    """The training loss `name` (mse | mae | mse+mae). masked: the self-supervised form, whose y_true is (B, H, W, 2)
+    (the noisy target, then a per-pixel weight; data_factory): the weighted mean over the pixels of each sample,
+    so a noise2void batch is scored at its blind spots only."""
     import keras
     from keras import ops
 
@@ -120,7 +154,19 @@ def get_loss(name):
     losses = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "mse+mae": mse_mae}
     if name not in losses:
         raise ConfigError(f"train.loss must be one of {', '.join(losses)}, not {name!r}")
-    return losses[name]
+    if not masked:
+        return losses[name]
+    parts = {"mse": (ops.square,), "mae": (ops.abs,), "mse+mae": (ops.square, ops.abs)}[name]
+
+    @keras.saving.register_keras_serializable(package="mri_enhance")
+    def masked_loss(y_true, y_pred):
+        """Weighted per-pixel loss against a noisy target: y_true[..., 0] values, y_true[..., 1] weights."""
+        value, weight = y_true[..., :1], y_true[..., 1:2]
+        err = value - ops.cast(y_pred, value.dtype)
+        total = sum(ops.sum(weight * f(err), axis=(1, 2, 3)) for f in parts)
+        return total / ops.maximum(ops.sum(weight, axis=(1, 2, 3)), 1.0)
+
+    return masked_loss
 
 
 def psnr_metric():
@@ -191,13 +237,19 @@ def load_splits(cfg, data_dir):
             raise ValueError(f"{data_dir} has no {name} patients (preprocess.split {cfg['preprocess']['split']}); "
                              "training needs both: a checkpoint selected without validation patients would be "
                              "selected on the patients it is scored on. Add patients or change preprocess.split.")
-    common = dict(batch_size=t["batch_size"], seed=cfg["seed"], context=context_offsets(cfg))
+    mode = training_mode(cfg)
+    common = dict(batch_size=t["batch_size"], seed=cfg["seed"], context=context_offsets(cfg), mode=mode,
+                  noise2noise_frames=t["noise2noise_frames"], mask_fraction=t["mask_fraction"])
     train_args = dict(shuffle=True, augment=t["augment"], patch_size=t["patch_size"],
                       steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
                       use_multiprocessing=t["use_multiprocessing"], **common)
     fresh = t["fresh_noise"]
     if fresh not in ("auto", True, False):
         raise ConfigError(f"train.fresh_noise must be auto, true or false, not {fresh!r}")
+    if mode != "supervised":  # the noisy images are the data; a fresh draw needs the clean ones
+        if fresh is True:
+            raise ConfigError(f"train.fresh_noise true needs clean images; train.mode {mode} reads the noisy ones")
+        fresh = False
     summary = Path(data_dir) / "summary.json"
     recorded = json.loads(summary.read_text()).get("config", {}) if summary.is_file() else {}
     scale = (recorded.get("degrade") or {}).get("resolution_scale")
@@ -212,14 +264,17 @@ def load_splits(cfg, data_dir):
             raise
         train = PairedSlices(data_dir, "train", fresh_noise=False, **train_args)
     val = PairedSlices(data_dir, "val", max_slices=t["max_val_slices"], **common)
+    targets = {"supervised": "fresh noise every sample" if train.fresh_noise else "stored noisy images",
+               "noise2noise": f"noise2noise: noisy frame pairs among the first {t['noise2noise_frames']} time points",
+               "noise2void": f"noise2void: {t['mask_fraction']:.1%} blind-spot pixels"}[mode]
     print(f"data: {len(train.rows)} training slices from {len({r['patient_id'] for r in train.rows})} patients "
-          f"({'fresh noise every sample' if train.fresh_noise else 'stored noisy images'}), "
+          f"({targets}), "
           f"{len(val.rows)} validation slices from {len({r['patient_id'] for r in val.rows})} patients "
           "(checkpoint selection)")
     return train, val
 
 
-def body_validation(dataset, loss_name, multiple):
+def body_validation(dataset, loss_name, multiple, mode="supervised"):
     """Keras callback that validates at the end of every epoch: val_loss (the training loss over whole slices),
     val_psnr and val_body_psnr, the mean per-slice PSNR inside the body mask against the 3T image.
 
@@ -234,7 +289,10 @@ def body_validation(dataset, loss_name, multiple):
         masks = {}  # body mask of each validation slice, computed once
 
         def on_epoch_end(self, epoch, logs=None):
-            logs.update(validate(self.model, dataset, loss_name, multiple, self.masks))
+            if mode == "supervised":
+                logs.update(validate(self.model, dataset, loss_name, multiple, self.masks))
+            else:
+                logs.update(validate_selfsup(self.model, dataset, loss_name, multiple))
 
     return BodyValidation()
 
@@ -265,6 +323,21 @@ def validate(model, dataset, loss_name, multiple, masks=None):
             "val_body_psnr": float(np.mean(body)) if body else float(np.mean(psnr))}
 
 
+def validate_selfsup(model, dataset, loss_name, multiple):
+    """{"val_loss"}: the self-supervised loss of `model` on a whole-slice dataset of the same mode (its pairs and
+    blind spots are drawn once, from the dataset's seed, so every epoch is scored on the same ones)."""
+    from enhance import predict_padded
+
+    total, weight = 0.0, 0.0
+    for b in range(len(dataset)):
+        inputs, target = dataset[b]
+        pred = predict_padded(model, inputs, multiple, len(inputs)).astype(np.float64)
+        err, w = target[..., 0] - pred, target[..., 1]
+        per_pixel = {"mse": err ** 2, "mae": np.abs(err), "mse+mae": err ** 2 + np.abs(err)}[loss_name]
+        total, weight = total + float(np.sum(w * per_pixel)), weight + float(np.sum(w))
+    return {"val_loss": total / max(weight, 1.0)}
+
+
 # -----------------------------------------------------------------------------
 # training
 
@@ -291,20 +364,25 @@ def train(cfg, data_dir, run_dir, resume=False):
     save_config(cfg, run_dir / "config.yaml")
 
     t = cfg["train"]
+    mode = training_mode(cfg)
+    monitor, direction, monitored_what = selection(cfg)
     with strategy.scope():
         model = get_model(cfg)
-        model.compile(optimizer=keras.optimizers.Adam(t["learning_rate"]), loss=get_loss(t["loss"]),
-                      metrics=[psnr_metric()])
+        model.compile(optimizer=keras.optimizers.Adam(t["learning_rate"]),
+                      loss=get_loss(t["loss"], masked=mode != "supervised"),
+                      metrics=[psnr_metric()] if mode == "supervised" else None)
     model.summary()
 
     best_so_far = None
     if resume and history_csv.exists():
         with open(history_csv) as f:
-            best_so_far = max((float(r[MONITOR]) for r in csv.DictReader(f) if r.get(MONITOR)), default=None)
+            values = [float(r[monitor]) for r in csv.DictReader(f) if r.get(monitor)]
+        best_so_far = (max if direction == "max" else min)(values, default=None)
     callbacks = [
-        body_validation(val_ds, t["loss"], size_multiple(cfg)),  # first: the callbacks below read the numbers it logs
+        # first: the callbacks below read the numbers it logs
+        body_validation(val_ds, t["loss"], size_multiple(cfg), mode),
         keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor=MONITOR, mode="max",
+        keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor=monitor, mode=direction,
                                         save_best_only=True, initial_value_threshold=best_so_far),
         keras.callbacks.CSVLogger(str(history_csv), append=resume),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False, profile_batch=0),
@@ -321,35 +399,51 @@ def train(cfg, data_dir, run_dir, resume=False):
             f"training stopped: the loss became {losses[-1]} (not finite) at epoch {len(losses)}. "
             f"Lower train.learning_rate (now {t['learning_rate']}) or check the data for NaN/inf values.")
     images = len(train_ds) * t["batch_size"] * len(losses)
-    monitored = history.history.get(MONITOR, [])
-    best = int(np.argmax(monitored)) if monitored else None
+    monitored = history.history.get(monitor, [])
+    best = (int(np.argmax(monitored) if direction == "max" else np.argmin(monitored))) if monitored else None
     # wall time of fit(), per-epoch validation included; benchmark.py measures training steps alone
     return {"seconds": round(seconds, 1), "epochs_run": len(losses),
             "images_per_s_with_validation": round(images / seconds, 1) if seconds > 0 and losses else None,
-            "selection": {"monitor": MONITOR, "split": "val", "reference": "3T",
+            "mode": mode,
+            "selection": {"monitor": monitor, "mode": direction, "split": "val", "what": monitored_what,
+                          "reference": "3T" if mode == "supervised" else "none (noisy frames)",
                           "best_epoch_this_session": None if best is None else best + 1,
-                          "best_value_this_session": None if best is None else round(monitored[best], 3)}}
+                          "best_value_this_session": None if best is None else round(monitored[best], 6)}}
 
 
 # -----------------------------------------------------------------------------
 # evaluation
 
-def predict_slices(model, dataset, index, multiple):
-    """[(noisy, clean, truth or None, pred)] of batch `index`, one tuple of float32 (rows, cols) per slice.
+def predict_slices(model, dataset, index, multiple, rician=False, sigma_cache=None):
+    """[(noisy, clean or None, truth or None, pred)] of batch `index`, one tuple of float32 (rows, cols) per slice.
 
-    The model runs on the stored grid through enhance.predict_padded (what enhance.py runs on a DICOM series). When
+    The model runs on the stored grid through enhance.predict_padded (what enhance.py runs on a DICOM series).
+    rician (needs_rician_correction): the Rician mean is inverted with the sigma of the slice's whole noisy series
+    (denoisers.correct_rician_mean, as enhance.py does on the series it enhances); sigma_cache keeps one stack per
+    series from being measured again. When
     the arrays were resized (preprocess.image_size), all four are mapped back to each slice's acquisition matrix with
     preprocessing.unresize_square, which also drops the square padding: metrics are taken on the grid the images
     were acquired on, as enhance.py writes its output."""
     from enhance import predict_padded
     from preprocessing import unresize_square
 
+    from data_factory import _zero
+    from degrade import series_sigma
+    from denoisers import correct_rician_mean
+
+    sigma_cache = {} if sigma_cache is None else sigma_cache
     noisy, clean = dataset[index]  # noisy (B, H, W, C): the target slice first, then its context
     truth = dataset.truth_batch(index)
     pred = predict_padded(model, noisy, multiple, len(noisy))
     slices = []
     for j, row in enumerate(dataset.batch_rows(index)):
-        images = (noisy[j, ..., 0], clean[j, ..., 0], None if truth is None else truth[j, ..., 0], pred[j])
+        if rician:
+            key = row["noisy_file"]
+            if key not in sigma_cache:
+                sigma_cache[key] = series_sigma(dataset.array(key), _zero(row))[0]
+            pred[j] = correct_rician_mean(pred[j], sigma_cache[key], _zero(row))
+        images = (noisy[j, ..., 0], None if clean is None else clean[j, ..., 0],
+                  None if truth is None else truth[j, ..., 0], pred[j])
         shape = (row.get("rows"), row.get("cols"))
         if None not in shape and noisy.shape[1:3] != shape:  # noisy is (B, H, W, C)
             images = tuple(None if a is None else unresize_square(a, shape) for a in images)
@@ -357,33 +451,40 @@ def predict_slices(model, dataset, index, multiple):
     return slices
 
 
-def evaluate(model, dataset, multiple, n_examples=3):
+def evaluate(model, dataset, multiple, n_examples=3, rician=False):
     """Metrics of the model output and of the degraded input, per slice of a whole-slice dataset.
 
     Against two references: the 3T image (columns of metrics.pair_metrics) and, when the data has it, the
     noise-free truth (the same columns prefixed "truth_"). Both use one body mask per slice, computed on the
-    truth when there is one (it has no noise to threshold) and on the 3T image otherwise. Slices are predicted
-    and scored as predict_slices says (enhance.py's path, acquisition grid). multiple: model.size_multiple.
+    truth when there is one (it has no noise to threshold) and on the 3T image otherwise. Data without clean images
+    (degrade.model none) has only the truth columns, or none at all (real 1.5T data: nothing to score against).
+    Slices are predicted and scored as predict_slices says (enhance.py's path, acquisition grid; rician: the Rician
+    correction of self-supervised output). multiple: model.size_multiple.
     Returns (rows, examples): one dict per slice (manifest identity + metrics) and, for up to `n_examples`
     patients, the slice with the most tissue (arrays for reconstructions.png).
     """
     from metrics import body_mask, pair_metrics
 
-    rows, best = [], {}
+    rows, best, sigmas = [], {}, {}
     for b in range(len(dataset)):
-        for meta, (n, c, t, p) in zip(dataset.batch_rows(b), predict_slices(model, dataset, b, multiple)):
+        for meta, (n, c, t, p) in zip(dataset.batch_rows(b), predict_slices(model, dataset, b, multiple, rician,
+                                                                             sigmas)):
+            if c is None and t is None:
+                continue  # no reference for this slice
             mask = body_mask(c if t is None else t)
-            m = pair_metrics(p, n, c, mask)
             row = {"patient_id": meta["patient_id"], "series_uid": meta["series_uid"],
-                   "slice_index": meta["slice_index"], **m}
-            shown = m
+                   "slice_index": meta["slice_index"]}
+            if c is not None:
+                shown = pair_metrics(p, n, c, mask)
+                row.update(shown)
             if t is not None:
                 shown = pair_metrics(p, n, t, mask)
                 row.update({f"truth_{k}": v for k, v in shown.items()})
             rows.append(row)
             pid, tissue = meta["patient_id"], int(mask.sum())
             if (pid in best or len(best) < n_examples) and tissue > best.get(pid, {}).get("tissue", -1):
-                best[pid] = {"tissue": tissue, "noisy": n.copy(), "clean": c.copy(), "pred": p.copy(),
+                best[pid] = {"tissue": tissue, "noisy": n.copy(), "clean": None if c is None else c.copy(),
+                             "pred": p.copy(),
                              "title": f"{pid} slice {meta['slice_index']}",
                              "noisy_metrics": {"psnr": shown["noisy_psnr"], "ssim": shown["noisy_ssim"]},
                              "pred_metrics": {"psnr": shown["model_psnr"], "ssim": shown["model_ssim"]}}
@@ -396,7 +497,7 @@ def summarize_both(rows):
     """metrics.summarize of the 3T-referenced columns, plus the same under "truth" when the rows have them."""
     from metrics import summarize
 
-    summary = summarize(rows)
+    summary = summarize(rows) if rows and all("model_psnr" in r for r in rows) else {}
     if rows and all("truth_model_psnr" in r for r in rows):
         summary["truth"] = summarize(rows, prefix="truth_")
     return summary
@@ -444,17 +545,27 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
     start = time.perf_counter()
     from model import size_multiple
 
-    rows, examples = evaluate(model, dataset(split), size_multiple(cfg))
+    test = dataset(split)
+    rician = needs_rician_correction(cfg, test.rows[0].get("degrade_model"))
+    rows, examples = evaluate(model, test, size_multiple(cfg), rician=rician)
     seconds = time.perf_counter() - start
+    if not rows:
+        print(f"no reference to score against: {data_dir} has neither clean images (degrade.model none) nor a "
+              "noise-free truth (demo data only). The model is trained; apply it with enhance.py.")
+        return {}
     write_csv(rows, run_dir / "metrics_per_slice.csv")
     summary = summarize_both(rows)
     summary.update({"split": split,
-                    "reference": "3T image (noisy); the 'truth' section: the noise-free signal (demo data only)",
-                    "model_name": cfg["model"]["name"], "data_dir": str(data_dir),
+                    "reference": "3T image (noisy); the 'truth' section: the noise-free signal (demo data only)"
+                    if "model" in summary else "the noise-free truth only ('truth' section): the data has no "
+                    "clean images (degrade.model none)",
+                    "model_name": cfg["model"]["name"], "mode": cfg["train"]["mode"],
+                    "rician_correction": rician, "data_dir": str(data_dir),
                     "config_hash": config_hash(cfg), "eval_seconds": round(seconds, 1),
                     "eval_ms_per_slice": round(1000 * seconds / len(rows), 1)})
     if split == "test" and "val" in present:
-        summary["val"] = summarize_both(evaluate(model, dataset("val"), size_multiple(cfg), n_examples=0)[0])
+        summary["val"] = summarize_both(evaluate(model, dataset("val"), size_multiple(cfg), n_examples=0,
+                                                 rician=rician)[0])
     summary["patients"] = (patients or split_record(data_dir))["patients"]
     summary.update(extra or {})
     (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2))
@@ -464,8 +575,9 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
                                 title=f"{cfg['model']['name']}: loss (MSE+MAE)" if cfg["train"]["loss"] == "mse+mae"
                                 else f"{cfg['model']['name']}: loss")
     figures.plot_reconstructions(examples, run_dir / "reconstructions.png")
-    print()
-    print(format_table(summary, split=split.capitalize(), reference="clean 3T"))
+    if "model" in summary:
+        print()
+        print(format_table(summary, split=split.capitalize(), reference="clean 3T"))
     if "truth" in summary:
         print()
         print(format_table(summary["truth"], split=split.capitalize(), reference="noise-free truth"))

@@ -20,7 +20,8 @@ What happens, in order:
    lo/hi. Nothing is clipped: values above hi are real tissue (enhancing lesions are the brightest thing in a DCE
    series), and clipping would make normalization impossible to undo exactly for reporting in scanner units.
 4. degrade.degrade: the simulated lower-field image, at acquisition resolution (resizing first would turn white
-   noise into correlated blobs).
+   noise into correlated blobs). degrade.model none (a user's own 1.5T scans, for main.py's self-supervised
+   train.mode): the input is the noisy image, nothing is simulated, no clean array is written (`clean_file` empty).
    The demo generator also leaves the noise-free signal it simulated next to each DCE series (read_truth); it is
    normalized with the same lo/hi into a third array per series (`truth_file` in the manifest, empty for real
    data), the one reference that carries no noise of its own.
@@ -371,7 +372,9 @@ def process_series(series, out_dir, cfg, chash):
     clean /= scale
     zero = float(-np.float32(lo) / scale)
     noisy, info = degrade(clean, cfg["degrade"], series_rng(cfg["seed"], series.series_uid), zero=zero)
-    for stack in (clean, noisy):  # back to modality units, in place
+    # degrade.model none: the input is the noisy image and there is no clean one (noisy is clean, the same array)
+    stacks = (noisy,) if noisy is clean else (clean, noisy)
+    for stack in stacks:  # back to modality units, in place
         stack *= scale
         stack += np.float32(lo)
     lo, hi = robust_range(noisy, pre["norm_percentiles"])
@@ -380,7 +383,7 @@ def process_series(series, out_dir, cfg, chash):
     info = dict(info, sigma_source=info["sigma_source"] * float(scale) / (hi - lo),
                 sigma_added=info["sigma_added"] * float(scale) / (hi - lo))
     scale = np.float32(hi) - np.float32(lo)
-    for stack in (clean, noisy):
+    for stack in stacks:
         stack -= np.float32(lo)
         stack /= scale
     zero = float(-np.float32(lo) / scale)  # normalized value of zero signal
@@ -388,9 +391,11 @@ def process_series(series, out_dir, cfg, chash):
     dtype = np.dtype(pre["dtype"])
     # The old sidecar goes first: arrays half-rewritten under new settings must never pass for the old ones.
     (arrays / f"{key}.json").unlink(missing_ok=True)
-    _save_square(arrays / f"{key}_clean.npy", clean, size, zero, dtype)
+    clean_file = "" if noisy is clean else f"arrays/{key}_clean.npy"
+    if clean_file:
+        _save_square(arrays / f"{key}_clean.npy", clean, size, zero, dtype)
     _save_square(arrays / f"{key}_noisy.npy", noisy, size, zero, dtype)
-    del noisy
+    del noisy, clean
     truth = read_truth(series)
     truth_file = ""
     if truth is not None:
@@ -404,7 +409,7 @@ def process_series(series, out_dir, cfg, chash):
     rows = [{
         "patient_id": series.patient_id, "study_uid": series.study_uid, "series_uid": series.series_uid,
         "series_description": series.series_description, "slice_index": i,
-        "clean_file": f"arrays/{key}_clean.npy", "noisy_file": f"arrays/{key}_noisy.npy",
+        "clean_file": clean_file, "noisy_file": f"arrays/{key}_noisy.npy",
         "norm_lo": lo, "norm_hi": hi, "sigma_source": info["sigma_source"], "sigma_added": info["sigma_added"],
         "snr_ratio": info["snr_ratio"], "degrade_model": info["model"], "rows": series.rows, "cols": series.cols,
         "sop_instance_uid": sop, "config_hash": chash, "truth_file": truth_file,
@@ -430,7 +435,8 @@ def _reusable(series, arrays, chash):
         return None
     if sidecar.get("config_hash") != chash or sidecar.get("fingerprint") != _fingerprint(series):
         return None
-    needed = [f"{key}_clean.npy", f"{key}_noisy.npy"] + [f"{key}_truth.npy"] * (series.truth_dir is not None)
+    needed = ([f"{key}_clean.npy"] * (sidecar.get("info", {}).get("model") != "none") + [f"{key}_noisy.npy"]
+              + [f"{key}_truth.npy"] * (series.truth_dir is not None))
     if not all((arrays / name).is_file() for name in needed):
         return None
     return sidecar

@@ -171,7 +171,8 @@ def train_reading(args, pools, val_batches):
     model.compile(keras.optimizers.Adam(learning_rate(args.learning_rate, args.warmup_steps)),
                   get_loss(cfg["train"]["loss"]))
     train = PairedSlices(args.data, "train", batch_size=args.batch_size, shuffle=True, augment=False,
-                         patch_size=patch, seed=args.seed, steps_per_epoch=block_steps)
+                         patch_size=patch, seed=args.seed, steps_per_epoch=block_steps,
+                         crop_candidates=args.crop_candidates)
     batches = normalized_batches(train, NORMALIZERS[args.normalization])
     whole = get_model(reading_config(args, pools)) if patch else model
     history, start = [], time.time()
@@ -301,6 +302,9 @@ def parse_args(argv=None):
     p.add_argument("--output-activation", default="linear", choices=("sigmoid", "linear"))
     p.add_argument("--normalization", default="ours", choices=tuple(NORMALIZERS))
     p.add_argument("--patch-size", type=int, default=64, help="train on crops (a deviation); None: whole slices")
+    p.add_argument("--crop-candidates", type=int, default=4,
+                   help="crop positions drawn per sample, the one with most tissue kept (1: uniform crops, air as "
+                        "often as the whole-image score counts it)")
     p.add_argument("--max-val-slices", type=int, default=64, help="score an evenly spaced subset of validation (0: all)")
     p.add_argument("--monitor-slices", type=int, default=8, help="validation slices scored every --eval-every")
     p.add_argument("--seed", type=int, default=0)

@@ -3,8 +3,8 @@ enhance.py gives, on the same pixels and in normalized units, what main.py's eva
 
 The default native grid (preprocess.image_size null), a resized run (the thesis' path) and a multi-frame context
 model (neighbouring time points and slices, a pre-contrast guide, gathered by enhance.py from the DICOM series)
-are checked. The
-first release failed this twice over: preprocessing normalized with the clean series' percentiles while enhance.py
+are checked, and a self-supervised (noise2void) run, whose output both paths correct for the Rician bias with the
+sigma they measure on the series. The first release failed this twice over: preprocessing normalized with the clean series' percentiles while enhance.py
 used its input's own, and the U-Net trained on resized slices was applied at the native matrix.
 """
 
@@ -64,8 +64,9 @@ def roughen(model_path, seed=0):
 
 @pytest.mark.parametrize("image_size, context", [
     (None, []), (96, []),
-    (None, ["model.context.time=1", "model.context.slices=1", "model.context.precontrast_frames=2"])],
-    ids=["native", "resized", "native-context"])
+    (None, ["model.context.time=1", "model.context.slices=1", "model.context.precontrast_frames=2"]),
+    (None, ["train.mode=noise2void", "model.context.time=1", "model.context.precontrast_frames=0"])],
+    ids=["native", "resized", "native-context", "native-noise2void"])
 def test_enhance_equals_evaluation_on_the_same_slices(image_size, context, smoke_dicom, tmp_path):
     import preprocessing
 
@@ -98,7 +99,9 @@ def test_enhance_equals_evaluation_on_the_same_slices(image_size, context, smoke
     ds = PairedSlices(data, "test", batch_size=len(rows), context=context_offsets(cfg))
     evaluated = {}
     for b in range(len(ds)):
-        for meta, (_, _, _, pred) in zip(ds.batch_rows(b), main.predict_slices(model, ds, b, size_multiple(cfg))):
+        rician = main.needs_rician_correction(cfg, rows[0]["degrade_model"])  # self-supervised output
+        for meta, (_, _, _, pred) in zip(ds.batch_rows(b), main.predict_slices(model, ds, b, size_multiple(cfg),
+                                                                               rician)):
             evaluated[meta["sop_instance_uid"]] = pred
     lo, hi = rows[0]["norm_lo"], rows[0]["norm_hi"]
     compared = 0
@@ -108,7 +111,9 @@ def test_enhance_equals_evaluation_on_the_same_slices(image_size, context, smoke
         enhanced = ds_out.pixel_array * float(ds_out.RescaleSlope) + float(ds_out.RescaleIntercept)
         normalized = (enhanced - lo) / (hi - lo)
         assert normalized.shape == evaluated[source].shape
-        np.testing.assert_allclose(normalized, evaluated[source], atol=TOLERANCE)
+        # the Rician inverse is steep just above the noise floor (dA/dE -> inf at sigma sqrt(pi/2)): the sigma each
+        # path measures on its copy of the series (16-bit DICOM vs float arrays) moves a few air pixels by < 1e-3
+        np.testing.assert_allclose(normalized, evaluated[source], atol=1e-3 if rician else TOLERANCE)
         compared += 1
     assert compared == len(rows)
 

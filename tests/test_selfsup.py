@@ -1,0 +1,152 @@
+"""Self-supervised training (train.mode noise2noise / noise2void) and degrade.model none, on the smoke pipeline.
+
+What must hold: noise2noise pairs frames of one slice position of one series; the blind spots hide the pixel and
+the loss sees only them; training never opens a clean or truth array; each mode trains, evaluates against the
+truth and enhances a DICOM series; data with no clean image (degrade.model none) refuses supervised training.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import main
+from config import load_config
+from data_factory import PairedSlices, blind_spot, read_manifest
+from model import context_offsets
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+# what each mode may see besides the target frame: noise2noise no time neighbour (one may be its target) and
+# neither mode the pre-contrast guide (it averages the target frame in)
+CONTEXT = {"noise2noise": ["model.context.time=0", "model.context.precontrast_frames=0"],
+           "noise2void": ["model.context.precontrast_frames=0"]}
+
+
+def overrides(mode, *more):
+    return sum((["--set", o] for o in [f"train.mode={mode}", *CONTEXT[mode], *more]), [])
+
+
+def test_noise2noise_pairs_frames_of_the_same_position_and_series(smoke_data):
+    ds = PairedSlices(smoke_data, "train", batch_size=4, mode="noise2noise", noise2noise_frames=3)
+    all_rows = read_manifest(smoke_data)
+    assert ds.rows and all(r["time_index"] < 3 for r in ds.rows)
+    seen_partners = set()
+    for b in range(len(ds)):
+        inputs, target = ds[b]
+        assert inputs.shape[-1] == 1 and target.shape[-1] == 2
+        assert np.all(target[..., 1] == 1)  # every pixel is a noise2noise target
+        for j, row in enumerate(ds.batch_rows(b)):
+            noisy = np.load(smoke_data / row["noisy_file"])
+            np.testing.assert_array_equal(inputs[j, ..., 0], noisy[row["slice_index"]])
+            # the target is another frame of this series at the same slice position, t < 3
+            same = [i for i in range(len(noisy)) if np.array_equal(noisy[i], target[j, ..., 0])]
+            assert len(same) == 1 and same[0] != row["slice_index"]
+            partner = next(r for r in all_rows if r["series_uid"] == row["series_uid"]
+                           and r["slice_index"] == same[0])
+            assert partner["position_index"] == row["position_index"] and partner["time_index"] < 3
+            assert partner["patient_id"] == row["patient_id"]
+            seen_partners.add((row["slice_index"], same[0]))
+    assert len(seen_partners) > 1
+
+
+def test_noise2noise_refuses_context_that_holds_the_target(smoke_data):
+    with pytest.raises(ValueError, match="target frame"):
+        PairedSlices(smoke_data, "train", mode="noise2noise", context=([(0, 0), (-1, 0), (1, 0)], 0))
+    with pytest.raises(ValueError, match="guide"):
+        PairedSlices(smoke_data, "train", mode="noise2void", context=([(0, 0)], 2))
+
+
+def test_blind_spot_masks_the_fraction_with_a_neighbour_never_the_pixel_itself():
+    rng = np.random.default_rng(0)
+    image = np.arange(40 * 48, dtype=np.float32).reshape(40, 48)  # every value names its pixel
+    masked, weight = blind_spot(image, rng, fraction=0.05, radius=2)
+    ys, xs = np.nonzero(weight)
+    assert len(ys) == round(0.05 * 40 * 48)
+    assert np.array_equal(masked[weight == 0], image[weight == 0])  # only the blind spots change
+    for y, x in zip(ys, xs):
+        sy, sx = divmod(int(masked[y, x]), 48)
+        assert (sy, sx) != (y, x) and abs(sy - y) <= 2 and abs(sx - x) <= 2
+
+
+def test_masked_loss_sees_only_the_blind_spots():
+    loss = main.get_loss("mse+mae", masked=True)
+    rng = np.random.default_rng(1)
+    values = rng.random((2, 16, 16, 1)).astype(np.float32)
+    weight = np.zeros_like(values)
+    weight[:, 3, 5] = weight[:, 10, 2] = 1.0
+    y_true = np.concatenate([values, weight], axis=-1)
+    pred = rng.random((2, 16, 16, 1)).astype(np.float32)
+    before = np.asarray(loss(y_true, pred))
+    changed = pred.copy()
+    changed[weight == 0] += 5.0  # far off everywhere the loss must not look
+    np.testing.assert_allclose(np.asarray(loss(y_true, changed)), before, rtol=1e-6)
+    err = (values - pred)[weight == 1].reshape(2, 2)
+    np.testing.assert_allclose(before, (err ** 2 + np.abs(err)).mean(axis=1), rtol=1e-5)
+
+
+def test_noise2void_batch_hides_the_target_pixels(smoke_data):
+    ds = PairedSlices(smoke_data, "train", batch_size=2, patch_size=32, shuffle=True, augment=True,
+                      mode="noise2void", mask_fraction=0.05, context=([(0, 0), (-1, 0), (1, 0)], 0))
+    inputs, target = ds[0]
+    assert inputs.shape[-1] == 3 and target.shape == inputs.shape[:3] + (2,)
+    masked = target[..., 1] == 1
+    assert masked.sum() == 2 * round(0.05 * 32 * 32)
+    # unmasked pixels of the target channel are the target; masked ones were replaced (values are continuous)
+    np.testing.assert_array_equal(inputs[..., 0][~masked], target[..., 0][~masked])
+    assert np.mean(inputs[..., 0][masked] != target[..., 0][masked]) > 0.95
+
+
+@pytest.mark.parametrize("mode", ["noise2noise", "noise2void"])
+def test_training_never_reads_clean_or_truth(mode, smoke_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(smoke_data, data)
+    removed = [p for p in (data / "arrays").glob("*.npy") if p.name.endswith(("_clean.npy", "_truth.npy"))]
+    assert removed
+    for path in removed:
+        path.unlink()
+    cfg = load_config(SMOKE, [f"train.mode={mode}", "train.steps_per_epoch=2", *CONTEXT[mode]])
+    result = main.train(cfg, data, tmp_path / "run")
+    assert result["mode"] == mode and result["selection"]["monitor"] == "val_loss"
+    assert (tmp_path / "run" / "model.keras").is_file()
+
+
+@pytest.mark.parametrize("mode", ["noise2noise", "noise2void"])
+def test_each_mode_trains_evaluates_against_the_truth_and_enhances(mode, smoke_data, smoke_dicom, tmp_path):
+    import enhance
+
+    run_dir = tmp_path / "run"
+    main.main(["--config", SMOKE, "--data", str(smoke_data), "--run-dir", str(run_dir),
+               *overrides(mode, "train.steps_per_epoch=3")])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["mode"] == mode and metrics["rician_correction"] is True
+    assert metrics["train"]["selection"]["reference"].startswith("none")
+    assert np.isfinite(metrics["truth"]["masked"]["model"]["psnr"]["mean"])
+    series = next(p.parent for p in smoke_dicom.rglob("*.dcm"))
+    summary = enhance.run(run_dir, series, tmp_path / "enhanced", progress=False)
+    assert summary["series_done"] == 1, summary
+
+
+def test_degrade_none_writes_no_clean_and_trains_self_supervised_only(smoke_dicom, tmp_path):
+    import preprocessing
+
+    cfg = load_config(SMOKE, ["degrade.model=none"])
+    data = tmp_path / "data"
+    preprocessing.run(smoke_dicom, data, cfg, progress=False)
+    rows = read_manifest(data)
+    assert all(r["clean_file"] == "" and r["degrade_model"] == "none" and r["sigma_added"] == 0 for r in rows)
+    assert not list((data / "arrays").glob("*_clean.npy"))
+    # the noisy array is the input scan itself, normalized: the truth lies below it by the scan's own noise only
+    row = rows[0]
+    noisy, truth = np.load(data / row["noisy_file"]), np.load(data / row["truth_file"])
+    assert 0 < np.std(noisy - truth) < 3 * row["sigma_source"]
+
+    with pytest.raises(ValueError, match="no clean images"):
+        PairedSlices(data, "train", patch_size=32, shuffle=True, context=context_offsets(cfg))
+    run_dir = tmp_path / "run"
+    main.main(["--config", SMOKE, "--data", str(data), "--run-dir", str(run_dir),
+               *overrides("noise2void", "degrade.model=none")])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "model" not in metrics and "truth" in metrics  # no 3T reference exists, the truth does (demo data)
