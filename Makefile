@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO_DATA := data/processed_demo
+comma := ,
 
 .PHONY: venv test test-all demo selfsup-demo benchmark thesis-demo clean
 
@@ -39,9 +40,10 @@ selfsup-demo: venv
 
 # Baselines (NLM, TV, wavelet, BM3D, and the multi-frame BM4D and MP-PCA) and the U-Net on the same test slices,
 # against the truth and the 3T image, lesion kinetics, speed and scaling. 16 slices: BM4D costs ~30 s per stack.
+# The self-supervised run of `make selfsup-demo` joins the table when it exists.
 benchmark: venv
 	$(BIN)/python benchmark.py --run-dir runs/demo --data $(DEMO_DATA) --max-slices 16 --kinetics-lesions 4 \
-		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,unet
+		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,unet$(if $(wildcard runs/selfsup_demo/model.keras),$(comma)noise2noise --selfsup-runs runs/selfsup_demo,)
 
 # The thesis reproduction study (README, "Reproducing the thesis"): each reading of the thesis autoencoder
 # against the thesis' Table 1 and the degraded input, Gaussian noise, 256x256, a CPU budget (~15 min on 2 cores).

@@ -114,7 +114,8 @@ def test_training_never_reads_clean_or_truth(mode, smoke_data, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["noise2noise", "noise2void"])
-def test_each_mode_trains_evaluates_against_the_truth_and_enhances(mode, smoke_data, smoke_dicom, tmp_path):
+def test_each_mode_trains_evaluates_enhances_and_is_benchmarked(mode, smoke_data, smoke_dicom, smoke_run, tmp_path):
+    import benchmark
     import enhance
 
     run_dir = tmp_path / "run"
@@ -127,6 +128,11 @@ def test_each_mode_trains_evaluates_against_the_truth_and_enhances(mode, smoke_d
     series = next(p.parent for p in smoke_dicom.rglob("*.dcm"))
     summary = enhance.run(run_dir, series, tmp_path / "enhanced", progress=False)
     assert summary["series_done"] == 1, summary
+    report = benchmark.main(["--run-dir", str(smoke_run), "--data", str(smoke_data), "--selfsup-runs", str(run_dir),
+                             "--parts", "quality", "--max-slices", "4", "--methods", f"noisy,unet,{mode}",
+                             "--out", str(tmp_path / "benchmark")])
+    entry = report["headline"]["methods"][mode]
+    assert entry["kind"] == "model" and not entry["default"] and np.isfinite(entry["psnr"])
 
 
 def test_degrade_none_writes_no_clean_and_trains_self_supervised_only(smoke_dicom, tmp_path):
@@ -150,3 +156,18 @@ def test_degrade_none_writes_no_clean_and_trains_self_supervised_only(smoke_dico
                *overrides("noise2void", "degrade.model=none")])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "model" not in metrics and "truth" in metrics  # no 3T reference exists, the truth does (demo data)
+
+
+def test_noise2void_network_has_no_identity_path_to_the_centre_pixel():
+    from model import get_model
+
+    cfg = load_config(SMOKE, ["train.mode=noise2void", *CONTEXT["noise2void"]])
+    model = get_model(cfg)
+    assert "neighbour_mean" in [layer.name for layer in model.layers]
+    x = np.random.default_rng(0).random((1, 32, 32, 3)).astype(np.float32)
+    bumped = x.copy()
+    bumped[0, 10, 10, 0] += 1.0
+    # untrained, the output is the ring mean of the 8 neighbours: the centre's own value does not reach it
+    out, out_bumped = (np.asarray(model(a))[0, ..., 0] for a in (x, bumped))
+    assert out[10, 10] == pytest.approx(out_bumped[10, 10], abs=1e-6)
+    assert out[10, 11] == pytest.approx(out_bumped[10, 11] - 1 / 8, abs=1e-6)
