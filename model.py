@@ -82,9 +82,8 @@ def unet(depth=3, filters=32, seed=0, channels=1, residual=True):
     - residual False (train.mode noise2void): the correction is added to the mean of the 8 neighbours of each
       target pixel (a fixed 3x3 ring, the centre left out) instead of the pixel itself. A blind-spot network must
       never be handed its centre pixel directly: in training that pixel holds a neighbour's value, at inference
-      its own noisy value, and an identity path adds that noise back (measured: 2 dB below the degraded input
-      instead of above it). The ring starts it from a denoised (if blurred) image without that path; the
-      convolutions still see the centre, as in Noise2Void's plain U-Net.
+      its own noisy value, and an identity path adds that noise back. The ring starts it from a denoised (if
+      blurred) image without that path; the convolutions still see the centre, as in Noise2Void's plain U-Net.
     """
     kernel_init = _seeded(keras.initializers.HeNormal, seed)
     noisy = keras.Input((None, None, channels), name="noisy")
