@@ -455,7 +455,12 @@ class PairedSlices(keras.utils.PyDataset):
         weight = np.ones_like(values)
         if self.mode == "noise2void":
             inputs = inputs.copy()
-            inputs[..., 0], weight = blind_spot(inputs[..., 0], rng, self.mask_fraction, self.mask_radius)
+            masked, weight = blind_spot(inputs[..., 0], rng, self.mask_fraction, self.mask_radius)
+            # every channel that is the target frame itself (a neighbour reflected onto it in a series of one time
+            # point or position, or a missing frame's fallback) gets the same blind spots, or it would show them
+            for i, c in enumerate(channels):
+                if c == row["slice_index"]:
+                    inputs[..., i] = masked
         target = np.stack([values, weight], axis=-1)
         if self.augment:
             inputs, target = self._symmetry(inputs, target, rng)

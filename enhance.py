@@ -847,7 +847,9 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
             from degrade import series_sigma
             from denoisers import correct_rician_mean
 
-            pred = correct_rician_mean(pred, series_sigma(normalized, zero)[0], zero)
+            # padding counts as no signal (it is written back as padding), not as a spike at lo
+            measured = normalized if padding is None else np.where(padding, np.float32(zero), normalized)
+            pred = correct_rician_mean(pred, series_sigma(measured, zero)[0], zero)
         enhanced = pred.astype(np.float64) * float(scale) + lo
 
         created = datetime.now()

@@ -252,6 +252,12 @@ def load_splits(cfg, data_dir):
         fresh = False
     summary = Path(data_dir) / "summary.json"
     recorded = json.loads(summary.read_text()).get("config", {}) if summary.is_file() else {}
+    model = (recorded.get("degrade") or {}).get("model")
+    if model and model != cfg["degrade"]["model"]:
+        # the run's config.yaml records the degradation of the data it was trained on: enhance.py decides by it
+        # whether a self-supervised output gets the Rician correction, as evaluation decides by the manifest
+        print(f"note: {data_dir} was degraded with degrade.model {model}; recorded in the run's config")
+        cfg["degrade"]["model"] = model
     scale = (recorded.get("degrade") or {}).get("resolution_scale")
     if scale is not None and float(scale) < 1:  # a k-space crop cannot be redrawn on a crop of the clean image
         if fresh is True:
@@ -552,7 +558,12 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
     if not rows:
         print(f"no reference to score against: {data_dir} has neither clean images (degrade.model none) nor a "
               "noise-free truth (demo data only). The model is trained; apply it with enhance.py.")
-        return {}
+        summary = {"split": split, "reference": None, "mode": cfg["train"]["mode"], "data_dir": str(data_dir),
+                   "model_name": cfg["model"]["name"], "config_hash": config_hash(cfg), **(extra or {})}
+        (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2))
+        if (run_dir / "history.csv").exists():
+            figures.plot_loss_curve(run_dir / "history.csv", run_dir / "loss_curve.png", title=cfg["model"]["name"])
+        return summary
     write_csv(rows, run_dir / "metrics_per_slice.csv")
     summary = summarize_both(rows)
     summary.update({"split": split,

@@ -171,3 +171,16 @@ def test_noise2void_network_has_no_identity_path_to_the_centre_pixel():
     out, out_bumped = (np.asarray(model(a))[0, ..., 0] for a in (x, bumped))
     assert out[10, 10] == pytest.approx(out_bumped[10, 10], abs=1e-6)
     assert out[10, 11] == pytest.approx(out_bumped[10, 11] - 1 / 8, abs=1e-6)
+
+
+def test_noise2void_masks_every_channel_that_is_the_target_frame(tmp_path):
+    from test_data_factory import write_processed
+
+    write_processed(tmp_path)  # one time point per series: +-1 time point reflects onto the target frame itself
+    ds = PairedSlices(tmp_path, "train", batch_size=2, mode="noise2void", mask_fraction=0.05,
+                      context=([(0, 0), (-1, 0), (1, 0)], 0))
+    inputs, target = ds[0]
+    for c in (1, 2):  # the blind spots are hidden in the copies too
+        np.testing.assert_array_equal(inputs[..., c], inputs[..., 0])
+    masked = target[..., 1] == 1
+    assert np.any(inputs[..., 1][masked] != target[..., 0][masked])  # (the fixture's air is constant)
