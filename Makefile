@@ -46,7 +46,7 @@ benchmark: venv
 		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,unet$(if $(wildcard runs/selfsup_demo/model.keras),$(comma)noise2noise --selfsup-runs runs/selfsup_demo,)
 
 # The thesis reproduction study (README, "Reproducing the thesis"): each reading of the thesis autoencoder
-# against the thesis' Table 1 and the degraded input, Gaussian noise, 256x256, a CPU budget (~15 min on 2 cores).
+# against the thesis' Table 1 and the degraded input, Gaussian noise, 256x256, a CPU budget (~7 min on 2 cores).
 thesis-demo: venv
 	$(BIN)/python preprocessing.py --config configs/thesis.yaml --set preprocess.image_size=256 \
 		--out data/processed_thesis_demo

@@ -111,3 +111,14 @@ def test_study_smoke_writes_every_artifact(tiny_data, tmp_path):
     assert summary["psnr_gain_db"]["ours"] == pytest.approx(
         metrics["model"]["ours"]["psnr"]["mean"] - noisy["ours"]["psnr"]["mean"])
     assert "thesis Table 1" in (run_dir / "study.md").read_text()
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    from thesis_study import learning_rate
+
+    schedule = learning_rate(1e-3, warmup_steps=10, decay_steps=110)
+    rate = lambda step: float(schedule(step))  # noqa: E731
+    assert rate(0) == pytest.approx(1e-4) and rate(9) == pytest.approx(1e-3)
+    assert rate(60) == pytest.approx(0.5e-3, rel=1e-3)  # halfway down the half-cosine
+    assert rate(110) == pytest.approx(0.0, abs=1e-9) and rate(500) == pytest.approx(0.0, abs=1e-9)
+    assert learning_rate(1e-3, 0) == 1e-3  # no warm-up, no decay: the constant
