@@ -93,6 +93,7 @@ DEFAULTS = {
         "epochs": 10,
         "batch_size": 8,
         "learning_rate": 1e-3,   # Adam (the thesis used 1e-4; configs/thesis.yaml sets it)
+        "lr_schedule": "constant",  # constant | cosine (decays to 0 over epochs x steps; thesis_study.py --decay)
         "loss": "mse+mae",       # mse | mae | mse+mae (the thesis summed MSE and MAE)
         "patch_size": 128,       # int: train on random tissue crops (as CARE does); None: whole slices
         "augment": True,         # random flips and 90-degree rotations of training batches

@@ -372,9 +372,14 @@ def train(cfg, data_dir, run_dir, resume=False):
     t = cfg["train"]
     mode = training_mode(cfg)
     monitor, direction, monitored_what = selection(cfg)
+    if t["lr_schedule"] not in ("constant", "cosine"):
+        raise ConfigError(f"train.lr_schedule must be constant or cosine, not {t['lr_schedule']!r}")
+    rate = t["learning_rate"]
+    if t["lr_schedule"] == "cosine":  # from learning_rate down to 0 at the last step of train.epochs
+        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(1, t["epochs"] * len(train_ds)))
     with strategy.scope():
         model = get_model(cfg)
-        model.compile(optimizer=keras.optimizers.Adam(t["learning_rate"]),
+        model.compile(optimizer=keras.optimizers.Adam(rate),
                       loss=get_loss(t["loss"], masked=mode != "supervised"),
                       metrics=[psnr_metric()] if mode == "supervised" else None)
     model.summary()
