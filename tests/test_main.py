@@ -166,3 +166,12 @@ def test_truth_metrics_equal_3t_metrics_when_the_truth_is_the_3t_image(smoke_run
     real = main.summarize_both(main.evaluate(model, PairedSlices(smoke_data, "test", batch_size=4, context=context),
                                              4)[0])
     assert real["truth"]["model"] != real["model"]
+
+
+def test_cosine_schedule_trains_and_a_bad_schedule_is_named(smoke_data, tmp_path):
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", ["train.lr_schedule=cosine", "train.steps_per_epoch=2"])
+    result = main.train(cfg, smoke_data, tmp_path / "run")
+    assert result["epochs_run"] == 1 and (tmp_path / "run" / "model.keras").is_file()
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        main.train(load_config(ROOT / "configs" / "smoke.yaml", ["train.lr_schedule=step"]), smoke_data,
+                   tmp_path / "bad")
