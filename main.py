@@ -303,6 +303,11 @@ def body_validation(dataset, loss_name, multiple, mode="supervised"):
     return BodyValidation()
 
 
+def pixel_loss(err, loss_name):
+    """The training loss per pixel of an error array, in numpy (what get_loss averages): validation scores with it."""
+    return {"mse": err ** 2, "mae": np.abs(err), "mse+mae": err ** 2 + np.abs(err)}[loss_name]
+
+
 def validate(model, dataset, loss_name, multiple, masks=None):
     """{"val_loss", "val_psnr", "val_body_psnr"} of `model` on a whole-slice dataset, predicted as enhance.py
     does (padded to `multiple`, model.size_multiple). masks: caches the body mask of each slice between calls."""
@@ -317,8 +322,7 @@ def validate(model, dataset, loss_name, multiple, masks=None):
         err = (pred - clean)[..., 0].astype(np.float64)
         for j in range(len(err)):
             e = err[j]
-            losses.append({"mse": np.mean(e ** 2), "mae": np.mean(np.abs(e)),
-                           "mse+mae": np.mean(e ** 2) + np.mean(np.abs(e))}[loss_name])
+            losses.append(float(np.mean(pixel_loss(e, loss_name))))
             psnr.append(10 * math.log10(DATA_RANGE ** 2 / max(np.mean(e ** 2), 1e-12)))
             key = (b, j)
             if key not in masks:
@@ -339,8 +343,7 @@ def validate_selfsup(model, dataset, loss_name, multiple):
         inputs, target = dataset[b]
         pred = predict_padded(model, inputs, multiple, len(inputs)).astype(np.float64)
         err, w = target[..., 0] - pred, target[..., 1]
-        per_pixel = {"mse": err ** 2, "mae": np.abs(err), "mse+mae": err ** 2 + np.abs(err)}[loss_name]
-        total, weight = total + float(np.sum(w * per_pixel)), weight + float(np.sum(w))
+        total, weight = total + float(np.sum(w * pixel_loss(err, loss_name))), weight + float(np.sum(w))
     return {"val_loss": total / max(weight, 1.0)}
 
 
