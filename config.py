@@ -88,6 +88,9 @@ DEFAULTS = {
         # is independent, the anatomy the same up to motion); noise2void: blind-spot pixels of the frame itself.
         # Both learn E[magnitude]; the Rician mean is inverted on their output (denoisers.correct_rician_mean).
         "mode": "supervised",
+        # supervised target: 3t (the 3T image, as the thesis) | decorrelated (the 3T image with its noise made
+        # uncorrelated with the input's, so the network learns the noise-free image: degrade.decorrelated_target)
+        "target": "3t",
         "noise2noise_frames": 3,  # noise2noise pairs frames among the first N time points (QIN-BREAST: 3 pre-contrast)
         "mask_fraction": 0.02,    # noise2void: blind-spot pixels per patch (N2V: 0.2%; more gives more signal per step)
         "epochs": 10,

@@ -32,12 +32,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from degrade import NOISE_MODELS, add_noise
+from degrade import NOISE_MODELS, add_noise, decorrelated_target
 
 # What a training sample's target is (train.mode in config.py; main.py documents the choice):
 # supervised: the clean (3T) image; noise2noise: another noisy frame of the same slice position (Lehtinen 2018);
 # noise2void: the noisy frame itself, at blind-spot pixels hidden from the input (Krull 2019).
 MODES = ("supervised", "noise2noise", "noise2void")
+# what a supervised target is: the 3T image, or the 3T image with its noise decorrelated from the input's
+TARGETS = ("3t", "decorrelated")
 
 # The columns preprocessing.py writes, in this order (see /tmp/design.md, "preprocessing.py").
 MANIFEST_COLUMNS = (
@@ -187,6 +189,10 @@ class PairedSlices(keras.utils.PyDataset):
         batches are wasted on air while crops still cover the whole body (a best-of-few, not an argmax).
     seed: seeds shuffling, crops and augmentation together with the epoch and batch index.
     max_slices: keep only this many slices, evenly spaced over the split (deterministic; quick evaluation).
+    target: "3t" (the clean batch is the 3T image) or "decorrelated" (supervised only): the 3T image minus
+        c times the target frame's degradation noise, so that its noise is uncorrelated with the input's and the
+        network learns the noise-free image rather than the 3T image's noise (degrade.decorrelated_target).
+        Applies to the stored draw (validation) and to fresh draws (training) alike.
     mode: "supervised" (batches (noisy, clean)) or one of the self-supervised modes, which read the noisy arrays
         only (never a clean or truth file) and give (input, target) with target float32 (B, H, W, 2): channel 0
         the noisy target values, channel 1 the loss weight of each pixel (main.py's masked losses):
@@ -207,10 +213,15 @@ class PairedSlices(keras.utils.PyDataset):
 
     def __init__(self, data_dir, split, batch_size=8, shuffle=False, augment=False, patch_size=None, seed=0,
                  max_slices=None, steps_per_epoch=None, tissue_threshold=0.1, crop_candidates=4, fresh_noise=False,
-                 context=None, mode="supervised", noise2noise_frames=3, mask_fraction=0.02, mask_radius=2, **kwargs):
+                 context=None, mode="supervised", noise2noise_frames=3, mask_fraction=0.02, mask_radius=2,
+                 target="3t", **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if target not in TARGETS or (target != "3t" and mode != "supervised"):
+            raise ValueError(f"target must be one of {', '.join(TARGETS)} (decorrelated for supervised mode only), "
+                             f"got {target!r} with mode {mode}")
+        self.target = target
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if patch_size is not None and (not isinstance(patch_size, (int, np.integer)) or patch_size < 1):
@@ -288,6 +299,12 @@ class PairedSlices(keras.utils.PyDataset):
                 if end == len(shapes) or shapes[end] != shapes[start] or end - start == self.batch_size:
                     self._groups.append(np.arange(start, end))
                     start = end
+        if target == "decorrelated":
+            unusable = sorted({r["noisy_file"] for r in self.rows if r.get("degrade_model") not in NOISE_MODELS
+                               or not (r.get("sigma_added") or 0) > 0 or r.get("sigma_source") is None})
+            if unusable:
+                raise ValueError(f"a decorrelated target needs simulated noise with recorded sigmas (degrade.model "
+                                 f"field or gaussian); {len(unusable)} series have none, e.g. {unusable[0]}")
         self.fresh_noise = bool(fresh_noise)
         if self.fresh_noise and mode != "supervised":
             raise ValueError(f"{mode} reads the noisy images only; fresh noise would be drawn on the clean ones")
@@ -409,6 +426,8 @@ class PairedSlices(keras.utils.PyDataset):
                     raise ValueError(f"{row['clean_file']} and {row['noisy_file']} have different slice shapes; "
                                      "rerun preprocessing.py")
             noisy = noisy[which]
+            if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
+                clean = decorrelated_target(clean, noisy[0], row["sigma_source"], row["sigma_added"])
             if guide:
                 noisy = np.concatenate([noisy[:len(channels)], noisy[len(channels):].mean(0, keepdims=True)])
             noisy = np.moveaxis(noisy, 0, -1)  # (h, w, C)

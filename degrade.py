@@ -275,6 +275,29 @@ def add_noise(clean, model, sigma, rng, zero=0.0):
     return noisy
 
 
+def decorrelated_target(clean, noisy, sigma_source, sigma_added):
+    """A training target whose noise is uncorrelated with the degraded input's: clean - c (noisy - clean), with
+    c = sigma_source**2 / sigma_added**2 (train.target decorrelated).
+
+    The simulated input carries the 3T image's own noise n (variance sigma_source**2) plus the added noise e
+    (sigma_added**2): noisy ~ clean + e, clean = truth + n (in tissue, where the magnitude is close to its real
+    channel). A network trained to predict the 3T image learns to keep the part of n it can see in the input,
+    which is noise against the anatomy. With target = clean - c e the target's noise n - c e has covariance
+    sigma_source**2 - c sigma_added**2 = 0 with the input's n + e, so (Gaussian, hence independent) its conditional
+    mean is zero and an MSE-trained network learns E[truth | input] instead of E[3T | input]: the
+    recorrupted-to-recorrupted argument of Pang et al. (CVPR 2021) and Noisier2Noise (Moran et al., CVPR 2020),
+    applied to the pair the simulation already has. The price is a noisier target (variance
+    sigma_source**2 (1 + c)), which costs steps, not bias. noisy - clean stands for e: exact for the gaussian
+    model, the real channel of e up to e_imag**2 / (2 signal) for the field model in tissue; in air the target
+    is only pulled towards zero, where the truth is. Works for the stored draw (validation) and fresh draws alike.
+    """
+    if not sigma_added > 0:
+        raise ValueError(f"a decorrelated target needs added noise (sigma_added {sigma_added}); this series has none")
+    c = np.float32((float(sigma_source) / float(sigma_added)) ** 2)
+    clean = np.asarray(clean, np.float32)
+    return clean - c * (np.asarray(noisy, np.float32) - clean)
+
+
 def series_sigma(stack, zero=0.0):
     """(sigma, method) of the noise of a normalized magnitude stack (n, H, W) whose zero signal lies at `zero`:
     the background Rayleigh estimate, else the wavelet estimate, else 0 ("none"). What degrade() records for a

@@ -127,6 +127,10 @@ def selection(cfg):
     have no clean image (that is their point), so they minimize their own loss on the validation patients' noisy
     frames: for noise2noise it estimates the error against the clean image plus the noise variance (Lehtinen 2018),
     for noise2void the same at blind-spot pixels; either ranks checkpoints as the clean error would."""
+    if training_mode(cfg) == "supervised" and cfg["train"]["target"] == "decorrelated":
+        # its noise is independent of the input's, so the PSNR against it ranks checkpoints as the PSNR against
+        # the noise-free image would (the noise only adds a constant to the expected squared error)
+        return MONITOR, "max", "body PSNR against the decorrelated 3T target"
     if training_mode(cfg) == "supervised":
         return MONITOR, "max", "body PSNR against the 3T image"
     return "val_loss", "min", f"{cfg['train']['mode']} loss on the noisy validation frames (no clean image used)"
@@ -239,7 +243,8 @@ def load_splits(cfg, data_dir):
                              "selected on the patients it is scored on. Add patients or change preprocess.split.")
     mode = training_mode(cfg)
     common = dict(batch_size=t["batch_size"], seed=cfg["seed"], context=context_offsets(cfg), mode=mode,
-                  noise2noise_frames=t["noise2noise_frames"], mask_fraction=t["mask_fraction"])
+                  noise2noise_frames=t["noise2noise_frames"], mask_fraction=t["mask_fraction"],
+                  target=t["target"])
     train_args = dict(shuffle=True, augment=t["augment"], patch_size=t["patch_size"],
                       steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
                       use_multiprocessing=t["use_multiprocessing"], **common)
@@ -420,7 +425,8 @@ def train(cfg, data_dir, run_dir, resume=False):
             "images_per_s_with_validation": round(images / seconds, 1) if seconds > 0 and losses else None,
             "mode": mode,
             "selection": {"monitor": monitor, "mode": direction, "split": "val", "what": monitored_what,
-                          "reference": "3T" if mode == "supervised" else "none (noisy frames)",
+                          "reference": {"3t": "3T", "decorrelated": "3T, noise decorrelated from the input"}[
+                              t["target"]] if mode == "supervised" else "none (noisy frames)",
                           "best_epoch_this_session": None if best is None else best + 1,
                           "best_value_this_session": None if best is None else round(monitored[best], 6)}}
 

@@ -75,3 +75,30 @@ def test_crops_flips_and_noise_treat_the_stack_as_one_image(smoke_data, fresh_no
         # the target channel is the degraded clean target, in the same geometry
         for j in range(len(noisy)):
             assert np.corrcoef(noisy[j, ..., 0].ravel(), clean[j, ..., 0].ravel())[0, 1] > 0.5
+
+
+def test_decorrelated_target_is_built_from_the_target_frame_of_the_same_draw(smoke_data):
+    offsets = [(0, 0), (-1, 0), (1, 0)]
+    plain = PairedSlices(smoke_data, "val", batch_size=3, context=(offsets, 2))
+    decorrelated = PairedSlices(smoke_data, "val", batch_size=3, context=(offsets, 2), target="decorrelated")
+    noisy, clean = plain[0]
+    noisy_d, target = decorrelated[0]
+    np.testing.assert_array_equal(noisy, noisy_d)  # the input does not change
+    for j, row in enumerate(plain.batch_rows(0)):
+        c = (row["sigma_source"] / row["sigma_added"]) ** 2
+        expected = clean[j, ..., 0] - c * (noisy[j, ..., 0] - clean[j, ..., 0])  # channel 0: the target frame
+        np.testing.assert_allclose(target[j, ..., 0], expected, rtol=1e-5, atol=1e-6)
+    # training crops with fresh noise: the same rule on each fresh draw, flips applied to input and target alike
+    fresh = PairedSlices(smoke_data, "train", batch_size=4, patch_size=32, augment=True, fresh_noise=True, seed=5,
+                         steps_per_epoch=2, context=(offsets, 2), target="decorrelated")
+    reference = PairedSlices(smoke_data, "train", batch_size=4, patch_size=32, augment=True, fresh_noise=True,
+                             seed=5, steps_per_epoch=2, context=(offsets, 2))
+    noisy_f, target_f = fresh[1]
+    noisy_r, clean_r = reference[1]
+    np.testing.assert_array_equal(noisy_f, noisy_r)
+    for j, row in enumerate(fresh.batch_rows(1)):
+        c = (row["sigma_source"] / row["sigma_added"]) ** 2
+        np.testing.assert_allclose(target_f[j, ..., 0], clean_r[j, ..., 0] - c * (noisy_r[j, ..., 0] - clean_r[j, ..., 0]),
+                                   rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="supervised"):
+        PairedSlices(smoke_data, "train", mode="noise2void", target="decorrelated")

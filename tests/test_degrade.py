@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from config import ConfigError, load_config
-from degrade import degrade, estimate_background_sigma, kspace_crop, series_rng, snr_ratio
+from degrade import decorrelated_target, degrade, estimate_background_sigma, kspace_crop, series_rng, snr_ratio
 
 
 def rician(signal, sigma, rng):
@@ -179,3 +179,24 @@ def test_kspace_crop():
 def test_unknown_model_is_an_error():
     with pytest.raises(ConfigError, match="degrade.model"):
         degrade(np.zeros((1, 8, 8), np.float32), field_cfg(model="poisson"), series_rng(0, "x"))
+
+
+@pytest.mark.parametrize("model", ["field", "gaussian"])
+def test_decorrelated_target_noise_is_uncorrelated_with_the_input(model):
+    # The 3T image's noise reaches the degraded input, so the plain 3T target's noise is correlated with the
+    # input's (by sigma_3T / sigma_1.5T = 0.5 here); the decorrelated target's is not, at the predicted variance.
+    truth = np.zeros((16, 64, 64), np.float32)
+    truth[:, 8:56, 8:56] = 0.6
+    inner = np.zeros(truth.shape, bool)
+    inner[:, 10:54, 10:54] = True
+    clean = rician(truth, 0.02, np.random.default_rng(3)).astype(np.float32)
+    noisy, info = degrade(clean, field_cfg(model=model, sigma=0.0346), series_rng(0, model))
+    target = decorrelated_target(clean, noisy, info["sigma_source"], info["sigma_added"])
+    n_input, n_3t, n_target = (a[inner] - truth[inner] for a in (noisy, clean, target))
+    assert np.corrcoef(n_input, n_3t)[0, 1] == pytest.approx(0.5, abs=0.05)
+    assert abs(np.corrcoef(n_input, n_target)[0, 1]) < 0.03
+    c = (info["sigma_source"] / info["sigma_added"]) ** 2
+    assert n_target.std() == pytest.approx(0.02 * math.sqrt(1 + c), rel=0.05)
+    assert abs(n_target.mean()) < 0.002  # no bias in tissue
+    with pytest.raises(ValueError, match="added noise"):
+        decorrelated_target(clean, clean, 0.02, 0.0)
