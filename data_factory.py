@@ -106,6 +106,12 @@ def _zero(row):
     return -lo / (hi - lo) if lo is not None and hi is not None and hi > lo else 0.0
 
 
+def _simulated(row):
+    """True when the row's noisy image is a recorded draw of a noise model (degrade.NOISE_MODELS, sigma_added
+    known): what fresh noise redraws and what a decorrelated target subtracts."""
+    return row.get("degrade_model") in NOISE_MODELS and row.get("sigma_added") is not None
+
+
 def _layout_of(row):
     """(time_index, position_index, n_times, n_positions) of a manifest row; a manifest without the layout
     columns (older preprocessing) reads as one time point of stacked slices."""
@@ -300,8 +306,8 @@ class PairedSlices(keras.utils.PyDataset):
                     self._groups.append(np.arange(start, end))
                     start = end
         if target == "decorrelated":
-            unusable = sorted({r["noisy_file"] for r in self.rows if r.get("degrade_model") not in NOISE_MODELS
-                               or not (r.get("sigma_added") or 0) > 0 or r.get("sigma_source") is None})
+            unusable = sorted({r["noisy_file"] for r in self.rows if not _simulated(r)
+                               or not r["sigma_added"] > 0 or r.get("sigma_source") is None})
             if unusable:
                 raise ValueError(f"a decorrelated target needs simulated noise with recorded sigmas (degrade.model "
                                  f"field or gaussian); {len(unusable)} series have none, e.g. {unusable[0]}")
@@ -310,8 +316,7 @@ class PairedSlices(keras.utils.PyDataset):
             raise ValueError(f"{mode} reads the noisy images only; fresh noise would be drawn on the clean ones")
         if self.fresh_noise:
             unusable = sorted({r["noisy_file"] for r, shape in zip(self.rows, shapes)
-                               if r.get("degrade_model") not in NOISE_MODELS or r.get("sigma_added") is None
-                               or shape != (r.get("rows"), r.get("cols"))})
+                               if not _simulated(r) or shape != (r.get("rows"), r.get("cols"))})
             if unusable:
                 raise ValueError(f"fresh_noise needs arrays at the acquisition matrix with a recorded degradation "
                                  f"(preprocess.image_size null); {len(unusable)} series are not, e.g. "

@@ -121,19 +121,21 @@ def training_mode(cfg):
 
 
 def selection(cfg):
-    """(monitored log key, "max" | "min", what it is) of checkpoint selection for the run's train.mode.
+    """(monitored log key, "max" | "min", what it is, its reference) of checkpoint selection for the run's
+    train.mode and train.target.
 
     Supervised runs maximize the body PSNR against the 3T image on the validation patients. Self-supervised runs
     have no clean image (that is their point), so they minimize their own loss on the validation patients' noisy
     frames: for noise2noise it estimates the error against the clean image plus the noise variance (Lehtinen 2018),
     for noise2void the same at blind-spot pixels; either ranks checkpoints as the clean error would."""
-    if training_mode(cfg) == "supervised" and cfg["train"]["target"] == "decorrelated":
+    if training_mode(cfg) != "supervised":
+        return ("val_loss", "min", f"{cfg['train']['mode']} loss on the noisy validation frames (no clean image "
+                "used)", "none (noisy frames)")
+    if cfg["train"]["target"] == "decorrelated":
         # its noise is independent of the input's, so the PSNR against it ranks checkpoints as the PSNR against
         # the noise-free image would (the noise only adds a constant to the expected squared error)
-        return MONITOR, "max", "body PSNR against the decorrelated 3T target"
-    if training_mode(cfg) == "supervised":
-        return MONITOR, "max", "body PSNR against the 3T image"
-    return "val_loss", "min", f"{cfg['train']['mode']} loss on the noisy validation frames (no clean image used)"
+        return MONITOR, "max", "body PSNR against the decorrelated 3T target", "3T, noise decorrelated from the input"
+    return MONITOR, "max", "body PSNR against the 3T image", "3T"
 
 
 def needs_rician_correction(cfg, degrade_model):
@@ -379,7 +381,7 @@ def train(cfg, data_dir, run_dir, resume=False):
 
     t = cfg["train"]
     mode = training_mode(cfg)
-    monitor, direction, monitored_what = selection(cfg)
+    monitor, direction, monitored_what, reference = selection(cfg)
     if t["lr_schedule"] not in ("constant", "cosine"):
         raise ConfigError(f"train.lr_schedule must be constant or cosine, not {t['lr_schedule']!r}")
     rate = t["learning_rate"]
@@ -425,8 +427,7 @@ def train(cfg, data_dir, run_dir, resume=False):
             "images_per_s_with_validation": round(images / seconds, 1) if seconds > 0 and losses else None,
             "mode": mode,
             "selection": {"monitor": monitor, "mode": direction, "split": "val", "what": monitored_what,
-                          "reference": {"3t": "3T", "decorrelated": "3T, noise decorrelated from the input"}[
-                              t["target"]] if mode == "supervised" else "none (noisy frames)",
+                          "reference": reference,
                           "best_epoch_this_session": None if best is None else best + 1,
                           "best_value_this_session": None if best is None else round(monitored[best], 6)}}
 
@@ -569,36 +570,32 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
     rician = needs_rician_correction(cfg, test.rows[0].get("degrade_model"))
     rows, examples = evaluate(model, test, size_multiple(cfg), rician=rician)
     seconds = time.perf_counter() - start
-    if not rows:
+    summary = {"split": split, "model_name": cfg["model"]["name"], "mode": cfg["train"]["mode"],
+               "data_dir": str(data_dir), "config_hash": config_hash(cfg)}
+    if rows:
+        write_csv(rows, run_dir / "metrics_per_slice.csv")
+        summary.update(summarize_both(rows))
+        summary.update({"reference": "3T image (noisy); the 'truth' section: the noise-free signal (demo data only)"
+                        if "model" in summary else "the noise-free truth only ('truth' section): the data has no "
+                        "clean images (degrade.model none)",
+                        "rician_correction": rician, "eval_seconds": round(seconds, 1),
+                        "eval_ms_per_slice": round(1000 * seconds / len(rows), 1)})
+        if split == "test" and "val" in present:
+            summary["val"] = summarize_both(evaluate(model, dataset("val"), size_multiple(cfg), n_examples=0,
+                                                     rician=rician)[0])
+        summary["patients"] = (patients or split_record(data_dir))["patients"]
+    else:
+        summary["reference"] = None
         print(f"no reference to score against: {data_dir} has neither clean images (degrade.model none) nor a "
               "noise-free truth (demo data only). The model is trained; apply it with enhance.py.")
-        summary = {"split": split, "reference": None, "mode": cfg["train"]["mode"], "data_dir": str(data_dir),
-                   "model_name": cfg["model"]["name"], "config_hash": config_hash(cfg), **(extra or {})}
-        (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2))
-        if (run_dir / "history.csv").exists():
-            figures.plot_loss_curve(run_dir / "history.csv", run_dir / "loss_curve.png", title=cfg["model"]["name"])
-        return summary
-    write_csv(rows, run_dir / "metrics_per_slice.csv")
-    summary = summarize_both(rows)
-    summary.update({"split": split,
-                    "reference": "3T image (noisy); the 'truth' section: the noise-free signal (demo data only)"
-                    if "model" in summary else "the noise-free truth only ('truth' section): the data has no "
-                    "clean images (degrade.model none)",
-                    "model_name": cfg["model"]["name"], "mode": cfg["train"]["mode"],
-                    "rician_correction": rician, "data_dir": str(data_dir),
-                    "config_hash": config_hash(cfg), "eval_seconds": round(seconds, 1),
-                    "eval_ms_per_slice": round(1000 * seconds / len(rows), 1)})
-    if split == "test" and "val" in present:
-        summary["val"] = summarize_both(evaluate(model, dataset("val"), size_multiple(cfg), n_examples=0,
-                                                 rician=rician)[0])
-    summary["patients"] = (patients or split_record(data_dir))["patients"]
     summary.update(extra or {})
     (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2))
-
     if (run_dir / "history.csv").exists():
         figures.plot_loss_curve(run_dir / "history.csv", run_dir / "loss_curve.png",
                                 title=f"{cfg['model']['name']}: loss (MSE+MAE)" if cfg["train"]["loss"] == "mse+mae"
                                 else f"{cfg['model']['name']}: loss")
+    if not rows:
+        return summary
     figures.plot_reconstructions(examples, run_dir / "reconstructions.png")
     if "model" in summary:
         print()
