@@ -93,6 +93,7 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -316,6 +317,13 @@ def run_benchmark(args):
          "models: " + ", ".join(f"{m} ({r['dir']})" for m, r in runs.items()))
     classical = [m for m in args.methods if m in CLASSICAL + MULTIFRAME]
     scales = {}
+    # wall seconds of each step, so a long run says where its time went
+    seconds, clock = {}, time.perf_counter()
+
+    def lap(name):
+        nonlocal clock
+        seconds[name] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
 
     if "quality" in args.parts:
         noise = check_noise(data_dir)
@@ -323,12 +331,14 @@ def run_benchmark(args):
             _log(f"noise check: measured / predicted pixel std of the added noise = {noise['mean_ratio']:.3f}")
         scales, table, calib_note, calibration = calibrate(classical, data_dir, args.calibrate_slices,
                                                            seed=run["cfg"]["seed"], n_stacks=args.calibrate_stacks)
+        lap("calibration")
         stacks = Stacks(data_dir, scales)  # shared by quality and kinetics: each stack is denoised once
         quality_models = {m: v for m, v in models.items() if m in args.methods}
         rows, skipped = evaluate_quality(args.methods, quality_models, data_dir, max_slices, scales, split=split,
                                          stacks=stacks)
         if not rows:
             raise BenchmarkError("no method produced any result; check --methods")
+        lap("quality")
         write_per_slice(rows, out / "benchmark_per_slice.csv")
         summary = aggregate(rows)
         ceilings = reference_ceilings(data_dir, split, max_slices)
@@ -338,12 +348,16 @@ def run_benchmark(args):
                              "calibration": table, "calibration_slices": args.calibrate_slices,
                              "calibration_record": calibration, "ceilings": ceilings, "notes": q_notes}
         report["kinetics"] = kinetics_part(args, quality_models, data_dir, split, scales, stacks)
+        lap("kinetics")
     if "speed" in args.parts:
         supervised = {m: v for m, v in models.items() if m in ("thesis", "unet")}
         report["speed"] = speed_part(args, supervised, data_dir, preprocessing_config(run, data_dir), cache_dir,
                                      classical, scales)
+        lap("speed")
     if "scaling" in args.parts:
         report["scaling"] = scaling_part(args, run, preprocessing_config(run, data_dir), cache_dir)
+        lap("scaling")
+    report["seconds"] = {**seconds, "total": round(sum(seconds.values()), 1)}
 
     if "quality" in report:
         report["headline"] = headline(report, run["method"])

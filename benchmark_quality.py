@@ -170,7 +170,8 @@ class Stacks:
     """The frames of a series for the multi-frame methods, read from the memmaps by the manifest's layout.
 
     A slice (t, k) of a series is the manifest row with that time_index and position_index and the same
-    series_uid; bm4d takes the (T, H, W) frames of one position k, mppca the (T, Z, H, W) volume of the series.
+    series_uid; bm4d takes the (T, H, W) frames of one position k, mppca the (T, Z, H, W) volume of the series
+    (the slab of it that position k depends on).
     denoise() runs a method on the stack or volume of a row once and keeps the result (cache per method, series
     and position), so the slices scored from one stack cost one run."""
 
@@ -208,10 +209,11 @@ class Stacks:
     def denoise(self, method, row, levels):
         """((main, gauss, amplitude) of the row's slice, ms per frame of the stack's run, fallback or None).
 
-        bm4d: the (T, H, W) stack of the row's position with sigma = scale * sigma_pixel; mppca: the series'
-        (T, Z, H, W) volume with the calibrated patch radius. Without a stack (one time point): the 2-D
+        bm4d: the (T, H, W) stack of the row's position with sigma = scale * sigma_pixel; mppca: the (T, Z', H, W)
+        slab of the series' positions that the row's position depends on (denoisers.mppca_slab: the same output
+        there as the whole volume), with the calibrated patch radius. Without a stack (one time point): the 2-D
         FALLBACK_2D run of classical_denoise on the slice alone."""
-        from denoisers import denoise_frames
+        from denoisers import denoise_frames, mppca_slab
 
         whole = method == "mppca"
         stack_rows = self.rows_of(row, whole_series=whole)
@@ -219,7 +221,13 @@ class Stacks:
             start = time.perf_counter()
             out = classical_denoise(FALLBACK_2D, self.frames(row), levels, self.params.get(FALLBACK_2D, 1.0))
             return out, 1000 * (time.perf_counter() - start), f"{FALLBACK_2D} (no time axis)"
-        key = (method, row["series_uid"], None if whole else row["position_index"])
+        k = row["position_index"]
+        if whole:  # only the slab of positions that k depends on: the whole volume's output at k, cheaper
+            lo, hi = mppca_slab(len(stack_rows[0]), k)
+            stack_rows = [frame[lo:hi] for frame in stack_rows]
+            key, at = (method, row["series_uid"], lo, hi), (row["time_index"], k - lo)
+        else:
+            key, at = (method, row["series_uid"], k), (row["time_index"],)
         if key not in self._cache:
             noisy = self.frames(stack_rows) - levels["zero"]
             start = time.perf_counter()
@@ -232,7 +240,6 @@ class Stacks:
             ms = 1000 * (time.perf_counter() - start) / (noisy.size // np.prod(noisy.shape[-2:]))
             self._cache[key] = (rician_outputs(plain, levels), ms)
         outputs, ms = self._cache[key]
-        at = (row["time_index"], row["position_index"]) if whole else (row["time_index"],)
         return tuple(None if o is None else o[at] for o in outputs), ms, None
 
 

@@ -174,7 +174,10 @@ def markdown(report):
         f"{_num(d['sigma_added'], 4)} (normalized units, acquisition resolution).",
         f"- **Machine**: {m['platform']}, {m['cpus_usable']} of {m['cpu_count']} CPUs ({m['cpu']}), "
         f"device {m['device']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, Python {m['python']}.",
-        f"- **Run**: {report['date']}, `{report['command']}`.", ""]
+        f"- **Run**: {report['date']}, `{report['command']}`."]
+    if report.get("seconds"):
+        lines.append("- **Wall time** (s): " + ", ".join(f"{k} {v:g}" for k, v in report["seconds"].items()) + ".")
+    lines.append("")
 
     if report["budget"]:
         lines += ["## Training budget", "",

@@ -279,11 +279,12 @@ def speed_part(args, models, data_dir, prep_cfg, cache_dir, classical, params=No
 
     # MP-PCA's cost grows with the (x, y, z) voxels, not with the frames (~10 s per frame of a 512^2 x 4-frame
     # stack, ~0.4 s per frame of a 192^2 x 8 x 8 series): a per-frame figure at 512^2 would depend on the series
-    # shape, so it is left to the quality part's ms per slice (one series volume per run, divided by its frames).
+    # shape, so it is left to the quality part's ms per slice (one slab of a series per run, divided by its frames).
     timed = [m for m in classical if m != "mppca"]
     if len(timed) < len(classical):
         notes.append("mppca is not timed at this size: its cost depends on the series' (x, y, z) size, not on "
-                     "the frame; see its ms per slice in the quality table (per frame of a whole series run)")
+                     "the frame; see its ms per slice in the quality table (per frame of the series slab a scored slice "
+                     "needs, denoisers.mppca_slab)")
     result["classical"] = classical_speed(timed, data_dir, args.speed_size, args.speed_bm3d_slices, params)
     bm3d = result["classical"].get("bm3d", {}).get("ms_per_slice")
     bm4d = result["classical"].get("bm4d", {}).get("ms_per_slice")

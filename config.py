@@ -67,10 +67,11 @@ DEFAULTS = {
         # unet: what the network sees besides the target slice (model.context_offsets): neighbouring time points
         # of the same slice position (+-time, reflected at the ends of the series), neighbouring slices of the same
         # time point (+-slices), and with precontrast_frames N > 0 the mean of the first N frames at the same
-        # position as a guide (QIN-BREAST: 3 frames before contrast). All zero: a single-slice denoiser. The default,
+        # position as a guide (QIN-BREAST: 3 frames before contrast); projection true adds the target frame projected
+        # onto the principal time courses of its position (all its frames). All zero: a single-slice denoiser. The default,
         # +-1 time point and the pre-contrast guide, won the ablation on the demo test patients (README, ablation.py).
         # The thesis autoencoder ignores it (one slice in).
-        "context": {"time": 1, "slices": 0, "precontrast_frames": 3},
+        "context": {"time": 1, "slices": 0, "precontrast_frames": 3, "projection": False},
         # thesis_autoencoder: 2x2 max-pools in the encoder (each mirrored by a 2x upsampling in the decoder), spread
         # evenly over its 8 convolutions: 8 = after every conv (the thesis text taken literally; a 512 slice is
         # squeezed to 2x2), 4 = after every pair of convs, 2 = after every fourth. Input sides: multiples of

@@ -32,6 +32,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from context import context_slices, position_frames, reflect, temporal_projection
 from degrade import NOISE_MODELS, add_noise, decorrelated_target
 
 # What a training sample's target is (train.mode in config.py; main.py documents the choice):
@@ -120,42 +121,6 @@ def _layout_of(row):
     return row["time_index"], row["position_index"], row["n_times"], row["n_positions"]
 
 
-def reflect(i, n):
-    """Index i reflected into range(n) without repeating the edge (-1 -> 1, n -> n - 2), as np.pad's 'reflect'."""
-    if n <= 1:
-        return 0
-    period = 2 * (n - 1)
-    i %= period
-    return i if i < n else period - i
-
-
-def context_slices(lookup, t, k, n_times, n_positions, offsets, precontrast_frames, fallback):
-    """Slice indices of a target frame (t, k)'s input channels and of its pre-contrast guide frames.
-
-    lookup: {(time_index, position_index): slice index} of one series; offsets: [(dt, dk)] of the channels, the
-    target (0, 0) first (model.context_offsets); time and slice neighbours are reflected at the ends of the
-    series (a series of one time point repeats its frame); a frame missing from the lookup (an irregular series)
-    falls back to `fallback`, the target itself. precontrast_frames N: the first N time points at position k (as
-    many as exist), averaged into the guide channel by the caller. Used by PairedSlices and by enhance.py, so
-    both assemble the same stacks."""
-    channels = [lookup.get((reflect(t + dt, n_times), reflect(k + dk, n_positions)), fallback) for dt, dk in offsets]
-    guide = [lookup.get((f, k), fallback) for f in range(min(precontrast_frames, n_times))]
-    return channels, guide
-
-
-def context_stack(images, layout, offsets, precontrast_frames):
-    """(n, H, W) normalized frames of one series -> (n, H, W, C) model inputs, by context_slices.
-    layout: (time_index, position_index) per frame (preprocessing's Series.layout)."""
-    lookup = {tk: i for i, tk in enumerate(layout)}
-    n_times, n_positions = 1 + max(t for t, _ in layout), 1 + max(k for _, k in layout)
-    out = []
-    for i, (t, k) in enumerate(layout):
-        channels, guide = context_slices(lookup, t, k, n_times, n_positions, offsets, precontrast_frames, i)
-        stack = [images[c] for c in channels] + ([np.mean([images[g] for g in guide], axis=0)] if guide else [])
-        out.append(np.stack(stack, axis=-1))
-    return np.stack(out).astype(np.float32)
-
-
 def evenly_spaced(n, count):
     """Indices of `count` items spread evenly over range(n), first and last included (all of them if count >= n)."""
     if count is None or count >= n:
@@ -189,6 +154,10 @@ class PairedSlices(keras.utils.PyDataset):
         and sigma_added, from the batch's generator seeded by (seed, epoch, index)) instead of reading the stored
         one, so the network never sees the same noise twice. Needs arrays at the acquisition matrix (noise is
         white there; after a resize it would not be). Validation and test keep the stored, recorded draw.
+    context: (offsets, precontrast_frames[, projection]) as model.context_offsets gives it; the input stack is
+        context_slices' channels, the guide mean, then the projection channel (temporal_projection of the whole
+        slices of the target's position, drawn whole with fresh noise and cropped afterwards, so a crop holds what
+        enhance.py computes on the whole slice).
     patch_size: None for whole slices (validation, evaluation, the thesis autoencoder), or the side of random
         square crops for training a fully convolutional model. Crops prefer tissue: `crop_candidates`
         positions are drawn and the one with the most clean pixels above `tissue_threshold` is kept, so few
@@ -241,14 +210,16 @@ class PairedSlices(keras.utils.PyDataset):
         self.data_dir = Path(data_dir)
         self.split = split
         self.mode = mode
-        self.context = ([(0, 0)], 0) if context is None else (list(context[0]), int(context[1]))
-        if mode == "noise2noise" and (any(dt for dt, _ in self.context[0]) or self.context[1]):
-            raise ValueError("noise2noise cannot take time context or the pre-contrast guide (model.context time and "
-                             "precontrast_frames): they hold the target frame, whose noise the network would copy. "
-                             "Use slice context only, or noise2void")
-        if mode == "noise2void" and self.context[1]:
-            raise ValueError("noise2void cannot take the pre-contrast guide (model.context.precontrast_frames): it "
-                             "averages the target frame in, blind spots included; set it to 0")
+        context = context or ([(0, 0)], 0)
+        self.context = (list(context[0]), int(context[1]), bool(context[2]) if len(context) > 2 else False)
+        if mode == "noise2noise" and (any(dt for dt, _ in self.context[0]) or self.context[1] or self.context[2]):
+            raise ValueError("noise2noise cannot take time context, the pre-contrast guide or the projection "
+                             "(model.context time, precontrast_frames, projection): they hold the target frame, whose "
+                             "noise the network would copy. Use slice context only, or noise2void")
+        if mode == "noise2void" and (self.context[1] or self.context[2]):
+            raise ValueError("noise2void cannot take the pre-contrast guide or the projection (model.context."
+                             "precontrast_frames, projection): they mix the target frame in, blind spots included; "
+                             "set them to 0 / false")
         self.noise2noise_frames = int(noise2noise_frames)
         self.mask_fraction, self.mask_radius = float(mask_fraction), int(mask_radius)
         if mode == "noise2void" and not (0 < self.mask_fraction < 1 and self.mask_radius >= 1):
@@ -412,9 +383,10 @@ class PairedSlices(keras.utils.PyDataset):
         noisy_batch, clean_batch = [], []
         for row in rows:
             channels, guide = self.context_of(row)
+            projected = self.position_of(row) if self.context[2] else []
             # every distinct frame once: a frame repeated at a series' end (reflection) is the same image at
             # inference, so it must carry the same noise here
-            frames, which = np.unique(channels + guide, return_inverse=True)
+            frames, which = np.unique(channels + guide + projected, return_inverse=True)
             has_clean = bool(row.get("clean_file"))
             clean_all = self.array(row["clean_file"]) if has_clean else None
             window = (slice(None), slice(None))
@@ -422,19 +394,26 @@ class PairedSlices(keras.utils.PyDataset):
                 y, x = self._crop_position(clean_all[row["slice_index"]], rng)
                 window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
             clean = np.asarray(clean_all[row["slice_index"]][window], np.float32) if has_clean else None
+            # the projection is of whole slices, as enhance.py computes it: read and draw those, crop after
+            region = (slice(None), slice(None)) if projected else window
             if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
-                noisy = add_noise(np.asarray(clean_all[frames][(slice(None),) + window], np.float32),
+                noisy = add_noise(np.asarray(clean_all[frames][(slice(None),) + region], np.float32),
                                   row["degrade_model"], row["sigma_added"], noise_rng, zero=_zero(row))
             else:
-                noisy = np.asarray(self.array(row["noisy_file"])[frames][(slice(None),) + window], np.float32)
-                if has_clean and noisy.shape[1:] != clean.shape:
+                noisy = np.asarray(self.array(row["noisy_file"])[frames][(slice(None),) + region], np.float32)
+                if has_clean and self.array(row["noisy_file"]).shape[1:] != clean_all.shape[1:]:
                     raise ValueError(f"{row['clean_file']} and {row['noisy_file']} have different slice shapes; "
                                      "rerun preprocessing.py")
             noisy = noisy[which]
+            n, g = len(channels), len(guide)
+            parts = [noisy[:n]] + ([noisy[n:n + g].mean(0, keepdims=True)] if guide else [])
+            if projected:
+                parts.append(temporal_projection(noisy[n + g:])[_layout_of(row)[0]][None])
+            noisy = np.concatenate(parts)
+            if projected:  # read whole, now cropped like the target
+                noisy = noisy[(slice(None),) + window]
             if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
                 clean = decorrelated_target(clean, noisy[0], row["sigma_source"], row["sigma_added"])
-            if guide:
-                noisy = np.concatenate([noisy[:len(channels)], noisy[len(channels):].mean(0, keepdims=True)])
             noisy = np.moveaxis(noisy, 0, -1)  # (h, w, C)
             if self.augment:
                 noisy, clean = self._symmetry(noisy, clean, rng)
@@ -489,6 +468,11 @@ class PairedSlices(keras.utils.PyDataset):
         if self.augment:
             inputs, target = self._symmetry(inputs, target, rng)
         return np.ascontiguousarray(inputs, np.float32), np.ascontiguousarray(target, np.float32)
+
+    def position_of(self, row):
+        """Slice indices of every time point at the row's position (the stack of its projection channel)."""
+        t, k, n_times, _ = _layout_of(row)
+        return position_frames(self._lookup[row["series_uid"]], k, n_times, row["slice_index"])
 
     def context_of(self, row):
         """(channel slice indices, guide slice indices) of a manifest row in its series' arrays."""

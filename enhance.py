@@ -85,6 +85,7 @@ from tqdm import tqdm
 
 import preprocessing
 from config import ConfigError, config_hash, load_config
+from context import context_stack
 # Writing the output series (steps 3 and 4 above) is dicom_writer.py's job; these names are its interface here, and
 # the ones tests reach through enhance.
 from dicom_writer import (  # noqa: F401
@@ -126,7 +127,7 @@ class Enhancer:
 
     @property
     def context(self):
-        """(channel offsets, pre-contrast frames) the model was trained with (model.context_offsets)."""
+        """(channel offsets, pre-contrast frames, projection) the model was trained with (model.context_offsets)."""
         from model import context_offsets
 
         return context_offsets(self.cfg)
@@ -396,14 +397,12 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
         if padding is not None:
             normalized[padding] = 0.0
         inputs = normalized
-        offsets, precontrast = enhancer.context  # lazy import below: data_factory loads TensorFlow
-        if len(offsets) > 1 or precontrast:
+        offsets, precontrast, projection = enhancer.context
+        if len(offsets) > 1 or precontrast or projection:
             # the same stacks PairedSlices gives the network in training: neighbouring frames of this series by
             # its (time point, slice position) layout, reflected at the ends
-            from data_factory import context_stack
-
             inputs = context_stack(normalized, series.layout or [(0, i) for i in range(len(normalized))],
-                                   offsets, precontrast)
+                                   offsets, precontrast, projection)
         try:
             pred, info = predict_stack(enhancer, inputs, batch_size, tile, force_tiling, max_pixels,
                                        zero=float(-np.float32(lo) / scale))

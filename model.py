@@ -25,6 +25,7 @@ parameter count and the FLOPs per image_size x image_size slice, without trainin
 """
 
 import argparse
+import collections
 import itertools
 import math
 
@@ -209,28 +210,38 @@ def get_model(cfg):
     return thesis_autoencoder(int(cfg["preprocess"]["image_size"]), *_thesis_args(cfg), seed=seed)
 
 
+# What model.context asks the network to see (context_offsets).
+Context = collections.namedtuple("Context", "offsets precontrast_frames projection", defaults=(0, False))
+
+
 def context_offsets(cfg):
-    """What the network sees besides the target slice, from cfg["model"]["context"]:
-    ([(dt, dk), ...] for every channel, the target (0, 0) first, then time points -1, +1, -2, +2, ... and slices
-    -1, +1, ...; precontrast_frames: 0, or N for a last channel holding the mean of the series' first N frames at
-    the target's position, the pre-contrast image a DCE series is read against)."""
+    """What the network sees besides the target slice, from cfg["model"]["context"], as a Context:
+    offsets [(dt, dk), ...] for every channel, the target (0, 0) first, then time points -1, +1, -2, +2, ... and
+    slices -1, +1, ...; precontrast_frames: 0, or N for a channel holding the mean of the series' first N frames at
+    the target's position, the pre-contrast image a DCE series is read against; projection: True for a last
+    channel holding the target frame projected onto the principal time courses of its position
+    (context.temporal_projection), which brings every frame of the position into the input."""
     if _model_name(cfg) != "unet":
-        return [(0, 0)], 0  # the thesis autoencoder takes one slice: model.context is the unet's
+        return Context([(0, 0)])  # the thesis autoencoder takes one slice: model.context is the unet's
     context = cfg["model"].get("context") or {}
     values = {key: context.get(key, 0) for key in ("time", "slices", "precontrast_frames")}
     for key, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"model.context.{key} must be an integer >= 0, got {value!r}")
+    projection = context.get("projection", False)
+    if projection not in (True, False, 0, 1):
+        raise ValueError(f"model.context.projection must be true or false, got {projection!r}")
     offsets = [(0, 0)]
     offsets += [(sign * d, 0) for d in range(1, values["time"] + 1) for sign in (-1, 1)]
     offsets += [(0, sign * d) for d in range(1, values["slices"] + 1) for sign in (-1, 1)]
-    return offsets, values["precontrast_frames"]
+    return Context(offsets, values["precontrast_frames"], bool(projection))
 
 
 def context_channels(cfg):
-    """Input channels of the model: 1 + 2 x time + 2 x slices (+ 1 with a pre-contrast guide)."""
-    offsets, precontrast = context_offsets(cfg)
-    return len(offsets) + (1 if precontrast else 0)
+    """Input channels of the model: 1 + 2 x time + 2 x slices (+ 1 with a pre-contrast guide, + 1 with the
+    projection)."""
+    context = context_offsets(cfg)
+    return len(context.offsets) + (1 if context.precontrast_frames else 0) + int(context.projection)
 
 
 def size_multiple(cfg):

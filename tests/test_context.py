@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from config import load_config
-from data_factory import PairedSlices, context_slices, context_stack, read_manifest, reflect
+from context import context_slices, context_stack, reflect, temporal_projection
+from data_factory import PairedSlices, read_manifest
 from model import context_channels, context_offsets, get_model
 
 LAYOUT = [(t, k) for t in range(4) for k in range(3)]  # 4 time points x 3 slice positions, time-major
@@ -20,7 +21,7 @@ def test_reflect_does_not_repeat_the_edge():
 def test_channel_order_and_reflection_at_the_ends():
     cfg = load_config(overrides=["model.context.time=2", "model.context.slices=1",
                                  "model.context.precontrast_frames=3"])
-    offsets, pre = context_offsets(cfg)
+    offsets, pre, _ = context_offsets(cfg)
     assert offsets == [(0, 0), (-1, 0), (1, 0), (-2, 0), (2, 0), (0, -1), (0, 1)] and pre == 3
     assert context_channels(cfg) == 8 and get_model(cfg).input_shape[-1] == 8
     channels, guide = context_slices(LOOKUP, 0, 0, 4, 3, offsets, pre, fallback=0)
@@ -102,3 +103,44 @@ def test_decorrelated_target_is_built_from_the_target_frame_of_the_same_draw(smo
                                    rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="supervised"):
         PairedSlices(smoke_data, "train", mode="noise2void", target="decorrelated")
+
+
+def test_temporal_projection_keeps_the_time_courses_and_drops_noise():
+    """Three tissues with their own time course under noise: the projection keeps the courses (rank 3 of 8) and
+    removes most of the noise; a frame alone comes back unchanged."""
+    rng = np.random.default_rng(0)
+    courses = np.stack([np.ones(8), np.linspace(0, 1, 8), (np.arange(8) >= 3) * 2.0])   # flat, slow, bolus
+    labels = rng.integers(0, 3, size=(64, 64))
+    amplitude = rng.uniform(0.2, 1.0, size=(64, 64))
+    clean = np.moveaxis(courses[labels] * amplitude[..., None], -1, 0).astype(np.float32)  # (T, 64, 64)
+    noisy = clean + 0.05 * rng.standard_normal(clean.shape).astype(np.float32)
+    out = temporal_projection(noisy)
+    assert out.shape == noisy.shape and out.dtype == np.float32
+    error, before = np.mean((out - clean) ** 2), np.mean((noisy - clean) ** 2)
+    assert error < 0.5 * before                  # about 3/8 of the noise variance remains
+    bolus = labels == 2                          # the enhancement is kept, not averaged away
+    assert abs(out[5][bolus].mean() - clean[5][bolus].mean()) < 0.01
+    np.testing.assert_array_equal(temporal_projection(noisy[:1]), noisy[:1])
+
+
+def test_projection_channel_is_the_same_in_training_and_enhancement(smoke_data):
+    """The dataset's projection channel (whole slices, then cropped) equals context_stack's (enhance.py) on the
+    stored draw, and crops of a fresh draw are crops of the whole-slice projection of that draw."""
+    cfg = load_config(overrides=["model.context.projection=true", "model.context.precontrast_frames=2"])
+    context = context_offsets(cfg)
+    assert context.projection and context_channels(cfg) == 5 and get_model(cfg).input_shape[-1] == 5
+    ds = PairedSlices(smoke_data, "test", batch_size=4, context=context)
+    noisy, _ = ds[0]
+    row = ds.batch_rows(0)[0]
+    series = [r for r in read_manifest(smoke_data) if r["series_uid"] == row["series_uid"]]
+    layout = [None] * len(series)
+    for r in series:
+        layout[r["slice_index"]] = (r["time_index"], r["position_index"])
+    stored = np.load(smoke_data / row["noisy_file"])
+    stack = context_stack(stored, layout, *context)
+    np.testing.assert_allclose(noisy[0], stack[row["slice_index"]], atol=1e-6)
+    assert not np.allclose(noisy[0, ..., 4], noisy[0, ..., 0], atol=1e-3)   # not the frame itself
+    with pytest.raises(ValueError, match="projection"):
+        PairedSlices(smoke_data, "train", mode="noise2void", context=([(0, 0)], 0, True))
+    with pytest.raises(ValueError, match="model.context.projection"):
+        context_offsets(load_config(overrides=["model.context.projection=2"]))

@@ -144,6 +144,26 @@ def test_multiframe_methods_use_the_repeated_frames(method):
     np.testing.assert_allclose(out, rician_bias_correction(plain, SIGMA), atol=1e-3)
 
 
+def test_mppca_on_the_slab_of_a_position_equals_the_whole_volume_there():
+    """The benchmark denoises only mppca_slab(Z, k) to score position k: that must not change position k."""
+    rng = np.random.default_rng(3)
+    truth = np.stack([np.stack([phantom(24) * (1 + 0.1 * t + 0.05 * z) for z in range(7)]) for t in range(5)])
+    noisy = rician_noise(truth, SIGMA, rng)                                    # (T=5, Z=7, 24, 24)
+    whole = denoisers.denoise_frames("mppca", noisy, rician=False, patch_radius=1)
+    reached = set()
+    for k in range(7):
+        lo, hi = denoisers.mppca_slab(7, k)
+        assert lo <= k < hi and hi - lo >= 3
+        reached.add(hi - lo)
+        slab = denoisers.denoise_frames("mppca", noisy[:, lo:hi], rician=False, patch_radius=1)
+        np.testing.assert_allclose(slab[:, k - lo], whole[:, k], rtol=1e-5, atol=1e-6)
+    assert reached == {3, 4, 5}                                                # ends and middle: k - 2 .. k + 2
+    # one slab too thin (k +- 1 only) is not the same: the test can fail
+    thin = denoisers.denoise_frames("mppca", noisy[:, 2:5], rician=False, patch_radius=1)
+    assert np.abs(thin[:, 1] - whole[:, 3]).max() > 1e-4
+    assert denoisers.mppca_slab(2, 1) == (1, 2) and denoisers.mppca_slab(1, 0) == (0, 1)
+
+
 def test_multiframe_methods_explain_what_they_cannot_take():
     frames = rician_noise(phantom(32)[None], SIGMA, np.random.default_rng(0))
     with pytest.raises(ValueError, match="at least 2 time points"):

@@ -2,8 +2,8 @@
 enhance.py gives, on the same pixels and in normalized units, what main.py's evaluation gives for those slices.
 
 The default native grid (preprocess.image_size null), a resized run (the thesis' path) and a multi-frame context
-model (neighbouring time points and slices, a pre-contrast guide, gathered by enhance.py from the DICOM series)
-are checked, and a self-supervised (noise2void) run, whose output both paths correct for the Rician bias with the
+model (neighbouring time points and slices, a pre-contrast guide and the temporal projection, gathered by
+enhance.py from the DICOM series) are checked, and a self-supervised (noise2void) run, whose output both paths correct for the Rician bias with the
 sigma they measure on the series. The first release failed this twice over: preprocessing normalized with the clean series' percentiles while enhance.py
 used its input's own, and the U-Net trained on resized slices was applied at the native matrix.
 """
@@ -64,7 +64,8 @@ def roughen(model_path, seed=0):
 
 @pytest.mark.parametrize("image_size, context", [
     (None, []), (96, []),
-    (None, ["model.context.time=1", "model.context.slices=1", "model.context.precontrast_frames=2"]),
+    (None, ["model.context.time=1", "model.context.slices=1", "model.context.precontrast_frames=2",
+            "model.context.projection=true"]),
     (None, ["train.mode=noise2void", "model.context.time=1", "model.context.precontrast_frames=0"])],
     ids=["native", "resized", "native-context", "native-noise2void"])
 def test_enhance_equals_evaluation_on_the_same_slices(image_size, context, smoke_dicom, tmp_path):
