@@ -7,8 +7,10 @@ Each variant is a main.py run (configs/demo.yaml + its model.context + the share
 artifacts under <out>/<variant>/. The table (<out>/ablation.md and .json) lists, per variant, the body PSNR and
 SSIM against the noise-free truth on the test patients (the headline number; against the 3T image when the data
 has no truth), the gain over the degraded input (paired per slice, 95% t-interval over patient means), the
-checkpoint's validation body PSNR and the training seconds. Pick the default on the test table only as the
-issue asks: a single comparison of a handful of variants, said so in the README.
+peak-enhancement error over every test lesion (benchmark_kinetics, as make benchmark scores it; a temporal
+context can flatten the enhancement curve a DCE series is read for), the checkpoint's validation body PSNR and
+the training seconds. Pick the default on the test table only as the issue asks: a single comparison of a
+handful of variants, said so in the README.
 """
 
 import argparse

@@ -30,7 +30,8 @@ quality  Test split of --data, whole slices: PairedSlices(data, "test", max_slic
          95% Student-t interval over *patient* means (metrics.mean_ci with groups = patient ids: slices of one
          patient are not independent), the slice-level mean and std, and the gain over the degraded input,
          paired per slice and then averaged per patient. The multi-frame methods denoise the whole stack of
-         the slice's position (bm4d) or series (mppca) once and score the requested slices from it.
+         the slice's position (bm4d) or the slab of the series' positions it depends on (mppca,
+         denoisers.mppca_slab: the whole volume's output there) once and score the requested slices from it.
 kinetics (part of quality) per test lesion, the relative-enhancement curve (S(t) - S0) / S0 in the lesion ROI
          for each method against the truth's: RMSE over frames, peak-enhancement error, initial-slope error
          (benchmark_kinetics.py); benchmark_kinetics.png plots truth, degraded input, the default model and
@@ -85,8 +86,10 @@ Runtime (2 shared CPU cores, 192^2 demo slices of 8 time points). The 2-D part: 
 (3-8 s per slice depending on the load; NLM ~0.1 s, TV and wavelet < 0.05 s, the networks 0.03-0.1 s per
 slice); speed ~3 min; scaling ~1 min. The multi-frame methods cost per stack: BM4D ~33 s per 192^2 x 8-frame
 stack (~4 s per frame), and with --max-slices 48 nearly every slice is another stack (~25 min); MP-PCA ~25 s per
-192^2 x 8 x 8 series volume (~0.4 s per frame, one run per test series); the kinetics check adds one stack per
-test lesion and method. Use a smaller --max-slices, or leave bm4d out of --methods, for a quick run.
+192^2 x 8 x 8 series volume, about half that for the 5-position slab one scored slice needs (merged where
+scored positions are near); the kinetics check adds one stack per test lesion and method. Use a smaller
+--max-slices, or leave bm4d out of --methods, for a quick run. benchmark.json's "seconds" says where a run's
+time went.
 """
 
 import argparse
@@ -266,6 +269,7 @@ def run_benchmark(args):
     from data_factory import PairedSlices
     from main import setup_devices
 
+    started = time.perf_counter()
     run = read_run(args.run_dir)
     data_dir = resolve_data_dir(args, run)
     out = Path(args.out) if args.out else run["dir"] / "benchmark"
@@ -317,7 +321,7 @@ def run_benchmark(args):
          "models: " + ", ".join(f"{m} ({r['dir']})" for m, r in runs.items()))
     classical = [m for m in args.methods if m in CLASSICAL + MULTIFRAME]
     scales = {}
-    # wall seconds of each step, so a long run says where its time went
+    # wall seconds of each step (and of everything up to the report, "total"), so a run says where its time went
     seconds, clock = {}, time.perf_counter()
 
     def lap(name):
@@ -338,7 +342,6 @@ def run_benchmark(args):
                                          stacks=stacks)
         if not rows:
             raise BenchmarkError("no method produced any result; check --methods")
-        lap("quality")
         write_per_slice(rows, out / "benchmark_per_slice.csv")
         summary = aggregate(rows)
         ceilings = reference_ceilings(data_dir, split, max_slices)
@@ -347,6 +350,7 @@ def run_benchmark(args):
         report["quality"] = {"summary": summary, "skipped": skipped, "noise": noise, "sigma_scales": scales,
                              "calibration": table, "calibration_slices": args.calibrate_slices,
                              "calibration_record": calibration, "ceilings": ceilings, "notes": q_notes}
+        lap("quality")
         report["kinetics"] = kinetics_part(args, quality_models, data_dir, split, scales, stacks)
         lap("kinetics")
     if "speed" in args.parts:
@@ -357,7 +361,7 @@ def run_benchmark(args):
     if "scaling" in args.parts:
         report["scaling"] = scaling_part(args, run, preprocessing_config(run, data_dir), cache_dir)
         lap("scaling")
-    report["seconds"] = {**seconds, "total": round(sum(seconds.values()), 1)}
+    report["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 1)}
 
     if "quality" in report:
         report["headline"] = headline(report, run["method"])

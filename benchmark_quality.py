@@ -170,19 +170,44 @@ class Stacks:
     """The frames of a series for the multi-frame methods, read from the memmaps by the manifest's layout.
 
     A slice (t, k) of a series is the manifest row with that time_index and position_index and the same
-    series_uid; bm4d takes the (T, H, W) frames of one position k, mppca the (T, Z, H, W) volume of the series
-    (the slab of it that position k depends on).
-    denoise() runs a method on the stack or volume of a row once and keeps the result (cache per method, series
-    and position), so the slices scored from one stack cost one run."""
+    series_uid; bm4d takes the (T, H, W) frames of one position k, mppca the (T, Z, H, W) volume of the series,
+    or only the slab of its positions that the scored ones depend on (denoisers.mppca_slab: the same output
+    there): plan() names the rows that will be scored, and the slabs of their positions are merged where they
+    overlap, so each position is denoised once. denoise() runs a method on the stack or slab of a row once and
+    keeps the result, so the slices scored from one run cost one run."""
 
     def __init__(self, data_dir, params=None):
         from data_factory import read_manifest
 
         self.data_dir, self.params = Path(data_dir), dict(params or {})
-        self.layout, self._arrays, self._cache = {}, {}, {}
+        self.layout, self._arrays, self._cache, self._planned = {}, {}, {}, {}
         for r in read_manifest(data_dir):
             if r.get("time_index") is not None:
                 self.layout.setdefault(r["series_uid"], {})[(r["time_index"], r["position_index"])] = r
+
+    def plan(self, rows):
+        """Record the positions that will be scored, per series (mppca merges their slabs)."""
+        for r in rows:
+            if r.get("position_index") is not None:
+                self._planned.setdefault(r["series_uid"], set()).add(r["position_index"])
+
+    def slab(self, row, n_positions):
+        """(lo, hi) positions of the mppca run that serves the row: its own slab, or the merged slab of the planned
+        positions of its series where merging saves work (slabs overlapping by 2 z-radius or more: the union
+        then has no more patch centres than the two runs)."""
+        from denoisers import mppca_slab, mppca_z_radius
+
+        k = row["position_index"]
+        own = mppca_slab(n_positions, k)
+        if k not in self._planned.get(row["series_uid"], ()):
+            return own
+        merged = []
+        for a, b in sorted(mppca_slab(n_positions, p) for p in self._planned[row["series_uid"]]):
+            if merged and merged[-1][1] - a >= 2 * mppca_z_radius(n_positions):
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        return next((a, b) for a, b in merged if a <= own[0] and own[1] <= b)
 
     def array(self, relative_path):
         if relative_path not in self._arrays:
@@ -213,7 +238,7 @@ class Stacks:
         slab of the series' positions that the row's position depends on (denoisers.mppca_slab: the same output
         there as the whole volume), with the calibrated patch radius. Without a stack (one time point): the 2-D
         FALLBACK_2D run of classical_denoise on the slice alone."""
-        from denoisers import denoise_frames, mppca_slab
+        from denoisers import denoise_frames
 
         whole = method == "mppca"
         stack_rows = self.rows_of(row, whole_series=whole)
@@ -222,8 +247,8 @@ class Stacks:
             out = classical_denoise(FALLBACK_2D, self.frames(row), levels, self.params.get(FALLBACK_2D, 1.0))
             return out, 1000 * (time.perf_counter() - start), f"{FALLBACK_2D} (no time axis)"
         k = row["position_index"]
-        if whole:  # only the slab of positions that k depends on: the whole volume's output at k, cheaper
-            lo, hi = mppca_slab(len(stack_rows[0]), k)
+        if whole:  # only the positions that k (and the planned positions near it) depend on
+            lo, hi = self.slab(row, len(stack_rows[0]))
             stack_rows = [frame[lo:hi] for frame in stack_rows]
             key, at = (method, row["series_uid"], lo, hi), (row["time_index"], k - lo)
         else:
@@ -473,6 +498,7 @@ def evaluate_quality(methods, models, data_dir, max_slices, params, split="test"
 
     held_out = PairedSlices(data_dir, split, batch_size=8, max_slices=max_slices)
     stacks = stacks or Stacks(data_dir, params)
+    stacks.plan(held_out.rows)
     h, w = held_out.image_shape
     masks = {}
 

@@ -25,9 +25,11 @@ def reflect(i, n):
 
 
 # temporal_projection keeps the principal components whose eigenvalue exceeds PROJECTION_EDGE x the upper
-# Marchenko-Pastur edge of pure noise (1 + sqrt(T / N))^2 sigma^2. Chosen on the demo validation patients (1.2:
-# 29.99 dB, 1.5: 30.07, 2.0: 29.71 body PSNR of the projection alone against the truth; input 27.64): sigma^2 is
-# taken from the smallest eigenvalue, which sits below the noise level, so the edge needs the margin.
+# Marchenko-Pastur edge of pure noise (1 + sqrt(T / N))^2 sigma^2, sigma^2 from the smallest eigenvalue. The margin
+# was chosen on the demo validation patients (1.2: 29.99 dB, 1.5: 30.07, 2.0: 29.71 body PSNR of the projection
+# alone against the truth; input 27.64); the plain edge keeps 6-7 of 8 components: the noise is not the same everywhere (Rician at low signal, motion between frames), so components
+# just above the edge are mostly noise. A repeated frame (a missing frame's fallback) makes the smallest
+# eigenvalue ~0 and the projection ~the identity: no denoising, no harm.
 PROJECTION_EDGE = 1.5
 
 

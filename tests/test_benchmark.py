@@ -427,3 +427,29 @@ def test_lesions_are_found_by_sop_instance_uid_without_preprocessing_them(smoke_
         assert [r["time_index"] for r in lesion["rows"]] == list(range(len(lesion["times_s"])))
         assert {r["position_index"] for r in lesion["rows"]} == {lesion["position_index"]}
     assert not any(name.startswith("lesion") for name in read_manifest(smoke_data)[0])  # not in the manifest
+
+
+def test_mppca_slabs_score_a_position_as_the_whole_series_would(smoke_data):
+    """Stacks runs mppca on the slab of positions a scored slice depends on (merged with planned neighbours):
+    the scored slice must equal the whole-volume run's, whichever slab served it."""
+    from data_factory import read_manifest
+    from denoisers import denoise_frames
+
+    rows = [r for r in read_manifest(smoke_data, "test") if r["time_index"] == 1]
+    uid = rows[0]["series_uid"]
+    rows = sorted((r for r in rows if r["series_uid"] == uid), key=lambda r: r["position_index"])
+    stacks = benchmark_quality.Stacks(smoke_data)
+    whole = stacks.frames(stacks.rows_of(rows[0], whole_series=True))            # (T, Z, H, W)
+    levels = benchmark_quality.noise_levels(rows[0], whole[1, 0])
+    expected = denoise_frames("mppca", whole - levels["zero"], rician=False, patch_radius=2)
+    expected = benchmark_quality.rician_outputs(expected, levels)[0]
+    n = len(rows)
+    alone = stacks.denoise("mppca", rows[0], levels)[0][0]                      # its own slab, 3 of n positions
+    assert stacks.slab(rows[0], n) == (0, 3) and n > 3
+    np.testing.assert_allclose(alone, expected[1, 0], rtol=1e-5, atol=1e-6)
+    planned = benchmark_quality.Stacks(smoke_data)
+    planned.plan([rows[0], rows[-1]])
+    assert planned.slab(rows[-1], n) == (0, n)                                  # overlapping slabs merge
+    for row in (rows[0], rows[-1]):
+        np.testing.assert_allclose(planned.denoise("mppca", row, levels)[0][0],
+                                   expected[1, row["position_index"]], rtol=1e-5, atol=1e-6)

@@ -140,7 +140,10 @@ def test_projection_channel_is_the_same_in_training_and_enhancement(smoke_data):
     stack = context_stack(stored, layout, *context)
     np.testing.assert_allclose(noisy[0], stack[row["slice_index"]], atol=1e-6)
     assert not np.allclose(noisy[0, ..., 4], noisy[0, ..., 0], atol=1e-3)   # not the frame itself
-    with pytest.raises(ValueError, match="projection"):
-        PairedSlices(smoke_data, "train", mode="noise2void", context=([(0, 0)], 0, True))
+    for mode in ("noise2void", "noise2noise"):
+        with pytest.raises(ValueError, match="projection"):
+            PairedSlices(smoke_data, "train", mode=mode, context=([(0, 0)], 0, True))
+    with pytest.raises(ValueError, match="acquisition grid"):
+        context_offsets(load_config(overrides=["model.context.projection=true", "preprocess.image_size=96"]))
     with pytest.raises(ValueError, match="model.context.projection"):
         context_offsets(load_config(overrides=["model.context.projection=2"]))
