@@ -104,7 +104,7 @@ from benchmark_quality import (CLASSICAL, MODELS, MULTIFRAME, BenchmarkError, St
                                check_noise, eval_split, evaluate_quality, reference_ceilings)
 from benchmark_report import data_info, machine_info, markdown, plot, quality_notes, quality_rows, write_per_slice
 from benchmark_speed import preprocessing_config, scaling_child, scaling_part, speed_part
-from config import ConfigError, load_config
+from config import ConfigError, load_run_config
 
 METHODS = ("noisy", "nlm", "tv", "wavelet", "bm3d", "bm4d", "mppca", "thesis", "unet", "noise2noise", "noise2void")
 PARTS = ("quality", "speed", "scaling")
@@ -125,7 +125,7 @@ def read_run(run_dir):
         if not path.is_file():
             raise BenchmarkError(f"{path} not found: give a run dir written by main.py (config.yaml + model.keras)")
     try:
-        cfg = load_config(cfg_path)
+        cfg = load_run_config(cfg_path)
     except ConfigError as e:
         raise BenchmarkError(f"{cfg_path}: {e}") from e
     metrics_path = run_dir / "metrics.json"

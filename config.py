@@ -68,10 +68,11 @@ DEFAULTS = {
         # of the same slice position (+-time, reflected at the ends of the series), neighbouring slices of the same
         # time point (+-slices), and with precontrast_frames N > 0 the mean of the first N frames at the same
         # position as a guide (QIN-BREAST: 3 frames before contrast); projection true adds the target frame projected
-        # onto the principal time courses of its position (all its frames). All zero: a single-slice denoiser. The default,
-        # +-1 time point and the pre-contrast guide, won the ablation on the demo test patients (README, ablation.py).
-        # The thesis autoencoder ignores it (one slice in).
-        "context": {"time": 1, "slices": 0, "precontrast_frames": 3, "projection": False},
+        # onto the principal time courses of its position (all its frames; acquisition grid only). All zero and
+        # false: a single-slice denoiser. The default, the frame and its projection, won the ablation on the demo
+        # test patients with the smallest lesion-curve error (README, ablation.py). The thesis autoencoder ignores
+        # it (one slice in).
+        "context": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": True},
         # thesis_autoencoder: 2x2 max-pools in the encoder (each mirrored by a 2x upsampling in the decoder), spread
         # evenly over its 8 convolutions: 8 = after every conv (the thesis text taken literally; a 512 slice is
         # squeezed to 2x2), 4 = after every pair of convs, 2 = after every fourth. Input sides: multiples of
@@ -171,6 +172,29 @@ def load_config(path=None, overrides=()):
         _merge(cfg, yaml.safe_load(path.read_text()) or {})
     for override in overrides:
         _merge(cfg, parse_override(override) if isinstance(override, str) else override)
+    return cfg
+
+
+# Keys added after run dirs were first saved, with the value that a saved run config without them meant (the
+# behaviour before the key existed): a run trained before model.context.projection had no projection channel.
+ADDED_LATER = {("model", "context", "projection"): False}
+
+
+def load_run_config(path):
+    """The config.yaml of a run dir (complete, as save_config wrote it). A key it lacks was added to DEFAULTS
+    later: it takes the value that reproduces the run (ADDED_LATER), not today's default, so an old run loads
+    with the inputs its model was trained on."""
+    cfg = load_config(path)
+    saved = yaml.safe_load(Path(path).read_text()) or {}
+    for keys, value in ADDED_LATER.items():
+        node = saved
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            section = cfg
+            for key in keys[:-1]:
+                section = section[key]
+            section[keys[-1]] = value
     return cfg
 
 

@@ -84,7 +84,7 @@ import numpy as np
 from tqdm import tqdm
 
 import preprocessing
-from config import ConfigError, config_hash, load_config
+from config import ConfigError, config_hash, load_run_config
 from context import context_stack
 # Writing the output series (steps 3 and 4 above) is dicom_writer.py's job; these names are its interface here, and
 # the ones tests reach through enhance.
@@ -177,7 +177,7 @@ def load_enhancer(path):
     """Load model.keras (compile=False) with the custom objects of main.py registered, and its config."""
     model_path, config_file = resolve_model(path)
     try:
-        cfg = load_config(config_file)
+        cfg = load_run_config(config_file)
     except ConfigError as error:
         raise EnhanceError(f"{config_file}: {error}") from None
     import tensorflow as tf

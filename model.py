@@ -231,11 +231,6 @@ def context_offsets(cfg):
     projection = context.get("projection", False)
     if projection not in (True, False, 0, 1):
         raise ValueError(f"model.context.projection must be true or false, got {projection!r}")
-    if projection and cfg.get("preprocess", {}).get("image_size") is not None:
-        # enhance.py builds the stack on the acquisition grid and resizes each channel; the projection's basis
-        # and rank depend on the pixels, so it would differ from one built on resized arrays in training
-        raise ValueError("model.context.projection needs the acquisition grid (preprocess.image_size null), got "
-                         f"preprocess.image_size {cfg['preprocess']['image_size']}")
     offsets = [(0, 0)]
     offsets += [(sign * d, 0) for d in range(1, values["time"] + 1) for sign in (-1, 1)]
     offsets += [(0, sign * d) for d in range(1, values["slices"] + 1) for sign in (-1, 1)]

@@ -37,3 +37,19 @@ def test_overrides_are_typed_like_their_defaults():
 def test_hash_changes_with_settings():
     assert config_hash(load_config()) != config_hash(load_config(overrides=["seed=1"]))
     assert config_hash(load_config(), ["preprocess"]) == config_hash(load_config(overrides=["seed=1"]), ["preprocess"])
+
+
+def test_a_saved_run_config_keeps_the_behaviour_of_keys_added_after_it(tmp_path):
+    """A run saved before model.context.projection existed had no projection channel: it must load without one,
+    while a fresh config (and a saved one that names the key) follows what it says."""
+    from config import load_run_config, save_config
+
+    cfg = load_config()
+    assert cfg["model"]["context"]["projection"] is True                   # today's default
+    old = load_config()
+    del old["model"]["context"]["projection"]
+    save_config(old, tmp_path / "old.yaml")
+    assert load_run_config(tmp_path / "old.yaml")["model"]["context"]["projection"] is False
+    save_config(cfg, tmp_path / "new.yaml")
+    assert load_run_config(tmp_path / "new.yaml")["model"]["context"]["projection"] is True
+    assert load_config(tmp_path / "old.yaml")["model"]["context"]["projection"] is True  # a user's partial YAML

@@ -225,7 +225,8 @@ def random_unet(depth, seed=0):
     layer = model.get_layer("correction")
     rng = np.random.default_rng(seed)
     layer.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in layer.get_weights()])
-    cfg = load_config(overrides=[f"model.depth={depth}", "model.context.time=0", "model.context.precontrast_frames=0"])
+    cfg = load_config(overrides=[f"model.depth={depth}", "model.context.time=0", "model.context.precontrast_frames=0",
+                                 "model.context.projection=false"])
     return enhance.Enhancer(model=model, cfg=cfg, model_path=Path("random.keras"), config_hash="test",
                             model_sha="test", name="unet", multiple=2**depth,
                             margin=enhance.receptive_margin(depth))

@@ -15,7 +15,8 @@ from model import check_input_size, count_flops, get_model, size_multiple
 
 def config(*overrides):
     """DEFAULTS for a single-slice model (the default context adds channels; tests/test_context.py covers them)."""
-    return load_config(overrides=["model.context.time=0", "model.context.precontrast_frames=0", *overrides])
+    return load_config(overrides=["model.context.time=0", "model.context.precontrast_frames=0",
+                                  "model.context.projection=false", *overrides])
 
 
 @pytest.mark.parametrize("h, w", [(64, 64), (96, 64), (128, 96)])

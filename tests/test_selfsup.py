@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 # what each mode may see besides the target frame: noise2noise no time neighbour (one may be its target) and
 # neither mode the pre-contrast guide (it averages the target frame in)
-CONTEXT = {"noise2noise": ["model.context.time=0", "model.context.precontrast_frames=0"],
-           "noise2void": ["model.context.precontrast_frames=0"]}
+CONTEXT = {"noise2noise": ["model.context.time=0", "model.context.precontrast_frames=0", "model.context.projection=false"],
+           "noise2void": ["model.context.time=1", "model.context.precontrast_frames=0", "model.context.projection=false"]}
 
 
 def overrides(mode, *more):
