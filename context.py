@@ -42,8 +42,8 @@ def temporal_projection(frames):
     near the noise level sigma^2. The noise of a frame is spread over all T components, so keeping the r large
     ones keeps about r / T of its variance. Global over the slice: cheap (one T x T eigenproblem), but a time course
     that few pixels share (a small lesion) may fall under the edge, so the network gets this as one channel
-    beside the frame itself, never instead of it (model.context.projection). One frame (T = 1) is returned as
-    it is."""
+    beside the frame itself, never instead of it (model.context.projection). One frame (T = 1), or frames with
+    non-finite values, are returned as they are."""
     frames = np.asarray(frames, np.float32)
     n_times = len(frames)
     if n_times < 2:
@@ -51,7 +51,10 @@ def temporal_projection(frames):
     x = frames.reshape(n_times, -1)
     mean = x.mean(1, keepdims=True, dtype=np.float64).astype(np.float32)
     x = x - mean
-    values, vectors = np.linalg.eigh((x @ x.T).astype(np.float64) / x.shape[1])
+    covariance = (x @ x.T).astype(np.float64) / x.shape[1]
+    if not np.all(np.isfinite(covariance)):  # NaN/inf frames: left as they are for the callers' checks to report
+        return frames.copy()
+    values, vectors = np.linalg.eigh(covariance)
     ratio = math.sqrt(n_times / x.shape[1])
     noise = max(values[0], 0.0) / (1 - ratio) ** 2
     kept = vectors[:, values > PROJECTION_EDGE * noise * (1 + ratio) ** 2].astype(np.float32)

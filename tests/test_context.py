@@ -121,6 +121,9 @@ def test_temporal_projection_keeps_the_time_courses_and_drops_noise():
     bolus = labels == 2                          # the enhancement is kept, not averaged away
     assert abs(out[5][bolus].mean() - clean[5][bolus].mean()) < 0.01
     np.testing.assert_array_equal(temporal_projection(noisy[:1]), noisy[:1])
+    poisoned = noisy.copy()
+    poisoned[2, 5, 5] = np.nan                   # no LinAlgError: main.py then reports the non-finite loss
+    np.testing.assert_array_equal(temporal_projection(poisoned), poisoned)
 
 
 def test_projection_channel_is_the_same_in_training_and_enhancement(smoke_data):
