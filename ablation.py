@@ -83,6 +83,9 @@ def row(name, context, metrics):
 
 
 def markdown(rows, args):
+    from config import load_config
+    from model import context_channels
+
     lines = [f"Test patients, body mask, against the {rows[0]['reference']}; each variant {args.epochs} epochs x "
              f"{args.steps} steps of batch 16 (96 px crops, fresh noise), {rows[0]['n_slices']} test slices of "
              f"{rows[0]['n_patients']} patients; 95% t-interval over patient means.", "",
@@ -90,8 +93,7 @@ def markdown(rows, args):
              "val body PSNR (3T) | training s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["context"]
-        channels = (1 + 2 * c["time"] + 2 * c["slices"] + (1 if c["precontrast_frames"] else 0)
-                    + (1 if c.get("projection") else 0))
+        channels = context_channels(load_config(overrides=[{"model": {"context": c}}]))
         peak = r.get("peak_enhancement_error")
         lines.append(f"| {r['variant']} | {channels} | {r['body_psnr']:.2f} [{r['body_psnr_ci'][0]:.2f}, "
                      f"{r['body_psnr_ci'][1]:.2f}] | {r['body_ssim']:.3f} | {r['gain']:+.2f} [{r['gain_ci'][0]:+.2f}, "

@@ -68,7 +68,7 @@ DEFAULTS = {
         # of the same slice position (+-time, reflected at the ends of the series), neighbouring slices of the same
         # time point (+-slices), and with precontrast_frames N > 0 the mean of the first N frames at the same
         # position as a guide (QIN-BREAST: 3 frames before contrast); projection true adds the target frame projected
-        # onto the principal time courses of its position (all its frames; acquisition grid only). All zero and
+        # onto the principal time courses of its position (all its frames). All zero and
         # false: a single-slice denoiser. The default, the frame and its projection, won the ablation on the demo
         # test patients with the smallest lesion-curve error (README, ablation.py). The thesis autoencoder ignores
         # it (one slice in).
@@ -184,8 +184,10 @@ def load_run_config(path):
     """The config.yaml of a run dir (complete, as save_config wrote it). A key it lacks was added to DEFAULTS
     later: it takes the value that reproduces the run (ADDED_LATER), not today's default, so an old run loads
     with the inputs its model was trained on."""
-    cfg = load_config(path)
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
     saved = yaml.safe_load(Path(path).read_text()) or {}
+    cfg = load_config(overrides=[saved])
     for keys, value in ADDED_LATER.items():
         node = saved
         for key in keys:

@@ -10,9 +10,15 @@ Neighbours are reflected at the ends of the series and a missing frame falls bac
 series, down to a single frame, gives a stack of the same channels.
 """
 
+import collections
 import math
 
 import numpy as np
+
+# What model.context asks the network to see (model.context_offsets builds it from the config): channel offsets
+# [(dt, dk)], the target (0, 0) first; the number of pre-contrast frames averaged into a guide (0: none); whether a
+# projection channel follows.
+Context = collections.namedtuple("Context", "offsets precontrast_frames projection", defaults=(0, False))
 
 
 def reflect(i, n):

@@ -32,7 +32,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from context import context_slices, position_frames, reflect, temporal_projection
+from context import Context, context_slices, position_frames, reflect, temporal_projection
 from degrade import NOISE_MODELS, add_noise, decorrelated_target
 
 # What a training sample's target is (train.mode in config.py; main.py documents the choice):
@@ -210,13 +210,14 @@ class PairedSlices(keras.utils.PyDataset):
         self.data_dir = Path(data_dir)
         self.split = split
         self.mode = mode
-        context = context or ([(0, 0)], 0)
-        self.context = (list(context[0]), int(context[1]), bool(context[2]) if len(context) > 2 else False)
-        if mode == "noise2noise" and (any(dt for dt, _ in self.context[0]) or self.context[1] or self.context[2]):
+        context = Context(*(context or ([(0, 0)],)))
+        self.context = Context(list(context.offsets), int(context.precontrast_frames), bool(context.projection))
+        if mode == "noise2noise" and (any(dt for dt, _ in self.context.offsets) or self.context.precontrast_frames
+                                      or self.context.projection):
             raise ValueError("noise2noise cannot take time context, the pre-contrast guide or the projection "
                              "(model.context time, precontrast_frames, projection): they hold the target frame, whose "
                              "noise the network would copy. Use slice context only, or noise2void")
-        if mode == "noise2void" and (self.context[1] or self.context[2]):
+        if mode == "noise2void" and (self.context.precontrast_frames or self.context.projection):
             raise ValueError("noise2void cannot take the pre-contrast guide or the projection (model.context."
                              "precontrast_frames, projection): they mix the target frame in, blind spots included; "
                              "set them to 0 / false")
@@ -383,7 +384,7 @@ class PairedSlices(keras.utils.PyDataset):
         noisy_batch, clean_batch = [], []
         for row in rows:
             channels, guide = self.context_of(row)
-            projected = self.position_of(row) if self.context[2] else []
+            projected = self.position_of(row) if self.context.projection else []
             # every distinct frame once: a frame repeated at a series' end (reflection) is the same image at
             # inference, so it must carry the same noise here
             frames, which = np.unique(channels + guide + projected, return_inverse=True)
@@ -479,8 +480,8 @@ class PairedSlices(keras.utils.PyDataset):
         t, k, n_times, n_positions = _layout_of(row)
         if row.get("time_index") is None:
             n_positions = self._n_positions[row["series_uid"]]
-        return context_slices(self._lookup[row["series_uid"]], t, k, n_times, n_positions, self.context[0],
-                              self.context[1], row["slice_index"])
+        return context_slices(self._lookup[row["series_uid"]], t, k, n_times, n_positions,
+                              self.context.offsets, self.context.precontrast_frames, row["slice_index"])
 
     def truth_batch(self, index):
         """The noise-free truth of batch `index`, float32 (B, H, W, 1) like the clean batch, or None when any of

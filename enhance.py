@@ -309,32 +309,40 @@ def predict_padded(model, stack, multiple, batch_size=8, timings=None):
 
 
 def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, max_pixels=MAX_PIXELS,
-                  zero=0.0):
-    """Model output for a normalized stack: float32 (n, H, W), or (n, H, W, C) with context channels (the target
-    first) -> float32 (n, H, W), same normalized units.
+                  zero=0.0, layout=None):
+    """Model output for a normalized stack of frames, float32 (n, H, W) -> float32 (n, H, W), same normalized
+    units.
 
     On the grid the model was trained on. preprocess.image_size null (the U-Net default): the scan's own matrix,
     reflect-padded to a multiple of 2**depth and cropped back (predict_padded); tiled when the padded slice has more
     than max_pixels pixels or force_tiling (tile side `tile`, default DEFAULT_TILE). A run trained on resized
     slices (preprocess.image_size S, the thesis): resize_square to S x S (padding with `zero`, the normalized value
     of no signal), exactly as preprocessing did, and unresize_square back.
+    A context model (model.context) gets its input stacks built on that grid, by context.context_stack from the
+    series' (time point, slice position) `layout`, as training built them from the preprocessed arrays: after the
+    resize, so that a projection channel sees the pixels it saw in training.
     Returns (output, info) with info = {"method", "tiled", "tile", "margin", "model_shape"}.
     """
     stack = np.ascontiguousarray(stack, dtype=np.float32)
     n, rows, cols = stack.shape[:3]
+    offsets, precontrast, projection = enhancer.context
+
+    def inputs(frames):
+        if len(offsets) == 1 and not precontrast and not projection:
+            return frames
+        return context_stack(frames, layout or [(0, i) for i in range(len(frames))], offsets, precontrast,
+                             projection)
+
     timings = enhancer.timings
     size = enhancer.cfg["preprocess"]["image_size"]
     if size is not None:
         size = int(size)
         per_call = max(1, min(batch_size, max_pixels // (size * size)))
-        if stack.ndim == 3:
-            square = preprocessing.resize_square(stack, size, pad_value=zero)
-        else:  # context channels: each resized as preprocessing resized its frame
-            square = np.stack([preprocessing.resize_square(stack[..., c], size, pad_value=zero)
-                               for c in range(stack.shape[-1])], axis=-1)
+        square = inputs(preprocessing.resize_square(stack, size, pad_value=zero))
         out = predict_padded(enhancer.model, square, enhancer.multiple, per_call, timings)
         return preprocessing.unresize_square(out, (rows, cols)), {
             "method": "resize", "tiled": False, "tile": None, "margin": 0, "model_shape": [size, size]}
+    stack = inputs(stack)
     if enhancer.name != "unet":
         raise EnhanceError(f"{enhancer.name} has a fixed input size but its run has no preprocess.image_size")
 
@@ -396,16 +404,11 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
         normalized = (raw - np.float32(lo)) / scale
         if padding is not None:
             normalized[padding] = 0.0
-        inputs = normalized
-        offsets, precontrast, projection = enhancer.context
-        if len(offsets) > 1 or precontrast or projection:
-            # the same stacks PairedSlices gives the network in training: neighbouring frames of this series by
-            # its (time point, slice position) layout, reflected at the ends
-            inputs = context_stack(normalized, series.layout or [(0, i) for i in range(len(normalized))],
-                                   offsets, precontrast, projection)
         try:
-            pred, info = predict_stack(enhancer, inputs, batch_size, tile, force_tiling, max_pixels,
-                                       zero=float(-np.float32(lo) / scale))
+            # context models: the same stacks PairedSlices gives the network in training, from this series'
+            # (time point, slice position) layout
+            pred, info = predict_stack(enhancer, normalized, batch_size, tile, force_tiling, max_pixels,
+                                       zero=float(-np.float32(lo) / scale), layout=series.layout)
         except EnhanceError:
             raise
         except Exception as error:  # noqa: BLE001 - e.g. out of memory on a huge slice: report, go on

@@ -265,12 +265,6 @@ def load_splits(cfg, data_dir):
         # whether a self-supervised output gets the Rician correction, as evaluation decides by the manifest
         print(f"note: {data_dir} was degraded with degrade.model {model}; recorded in the run's config")
         cfg["degrade"]["model"] = model
-    size = (recorded.get("preprocess") or cfg["preprocess"]).get("image_size")
-    if context_offsets(cfg).projection and size is not None:
-        # enhance.py builds the input stack on the acquisition grid and resizes each channel; the projection's
-        # basis and rank depend on the pixels, so it would differ from one built on resized arrays here
-        raise ConfigError(f"model.context.projection needs arrays at the acquisition grid (preprocess.image_size "
-                          f"null); {data_dir} was resized to {size}: set model.context.projection=false")
     scale = (recorded.get("degrade") or {}).get("resolution_scale")
     if scale is not None and float(scale) < 1:  # a k-space crop cannot be redrawn on a crop of the clean image
         if fresh is True:

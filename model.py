@@ -25,7 +25,6 @@ parameter count and the FLOPs per image_size x image_size slice, without trainin
 """
 
 import argparse
-import collections
 import itertools
 import math
 
@@ -34,6 +33,7 @@ import numpy as np
 from keras import layers
 
 from config import load_config
+from context import Context
 
 MODEL_NAMES = ("unet", "thesis_autoencoder")
 # Thesis encoder filters, one per Conv2D (each followed by a 2x2 max-pool); the decoder mirrors them.
@@ -208,10 +208,6 @@ def get_model(cfg):
         residual = cfg.get("train", {}).get("mode") != "noise2void"
         return unet(depth, filters, seed, channels=context_channels(cfg), residual=residual)
     return thesis_autoencoder(int(cfg["preprocess"]["image_size"]), *_thesis_args(cfg), seed=seed)
-
-
-# What model.context asks the network to see (context_offsets).
-Context = collections.namedtuple("Context", "offsets precontrast_frames projection", defaults=(0, False))
 
 
 def context_offsets(cfg):

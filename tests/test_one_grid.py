@@ -63,7 +63,7 @@ def roughen(model_path, seed=0):
 
 
 @pytest.mark.parametrize("image_size, context", [
-    (None, []), (96, ["model.context.projection=false"]),
+    (None, []), (96, []),
     (None, ["model.context.time=1", "model.context.slices=1", "model.context.precontrast_frames=2",
             "model.context.projection=true"]),
     (None, ["train.mode=noise2void", "model.context.time=1", "model.context.precontrast_frames=0",
@@ -150,14 +150,10 @@ def main_zero(row):
 def test_fresh_noise_refuses_resized_arrays(smoke_dicom, tmp_path):
     import preprocessing
 
-    cfg = load_config(ROOT / "configs" / "smoke.yaml", ["preprocess.image_size=96", "model.context.projection=false"])
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", ["preprocess.image_size=96"])
     preprocessing.run(smoke_dicom, tmp_path / "resized", cfg, progress=False)
     with pytest.raises(ValueError, match="acquisition matrix"):
         PairedSlices(tmp_path / "resized", "train", patch_size=32, fresh_noise=True)
-    # the projection channel too: its basis depends on the pixels, and enhance.py computes it before resizing
-    with pytest.raises(ValueError, match="acquisition grid"):
-        main.load_splits(load_config(ROOT / "configs" / "smoke.yaml", ["model.context.projection=true"]),
-                         tmp_path / "resized")
 
 
 def test_whole_slices_of_several_sizes_batch_by_size(smoke_data, tmp_path):
