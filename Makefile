@@ -43,7 +43,7 @@ selfsup-demo: venv
 # The self-supervised run of `make selfsup-demo` joins the table when it exists.
 benchmark: venv
 	$(BIN)/python benchmark.py --run-dir runs/demo --data $(DEMO_DATA) --max-slices 16 --kinetics-lesions 4 \
-		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,unet$(if $(wildcard runs/selfsup_demo/model.keras),$(comma)noise2noise --selfsup-runs runs/selfsup_demo,)
+		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,tpca,unet$(if $(wildcard runs/selfsup_demo/model.keras),$(comma)noise2noise --selfsup-runs runs/selfsup_demo,)
 
 # The thesis reproduction study (README, "Reproducing the thesis"): each reading of the thesis autoencoder
 # against the thesis' Table 1 and the degraded input, Gaussian noise, 256x256, a CPU budget (~7 min on 2 cores).

@@ -2,6 +2,7 @@
 
     python ablation.py --data data/processed_demo --out runs/ablation              # every variant below
     python ablation.py --data data/processed_demo --variants 1-frame,time-1 --epochs 2
+    python ablation.py --data data/processed_demo --variants 1-frame+local --keep   # rerun one, keep the others
 
 Each variant is a main.py run (configs/demo.yaml + its model.context + the shared budget), so each has the usual
 artifacts under <out>/<variant>/. The table (<out>/ablation.md and .json) lists, per variant, the body PSNR and
@@ -21,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 # name -> model.context settings (time: +-time points, slices: +-slices, precontrast_frames: guide channel,
-# projection: the frame projected onto its position's principal time courses)
+# projection: the frame projected onto its position's principal time courses, of the whole slice ("global") or
+# of blocks around each pixel ("local"); the network then starts from the projection, see model.unet)
 VARIANTS = {
     "1-frame": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": False},
     "time-1": {"time": 1, "slices": 0, "precontrast_frames": 0, "projection": False},
@@ -29,9 +31,10 @@ VARIANTS = {
     "slices-1": {"time": 0, "slices": 1, "precontrast_frames": 0, "projection": False},
     "time-1+guide": {"time": 1, "slices": 0, "precontrast_frames": 3, "projection": False},
     "time-2+guide": {"time": 2, "slices": 0, "precontrast_frames": 3, "projection": False},
-    "1-frame+projection": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": True},
-    "time-2+projection": {"time": 2, "slices": 0, "precontrast_frames": 0, "projection": True},
-    "time-1+guide+projection": {"time": 1, "slices": 0, "precontrast_frames": 3, "projection": True},
+    "1-frame+global": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": "global"},
+    "1-frame+local": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": "local"},
+    "time-2+local": {"time": 2, "slices": 0, "precontrast_frames": 0, "projection": "local"},
+    "time-1+guide+local": {"time": 1, "slices": 0, "precontrast_frames": 3, "projection": "local"},
 }
 
 
@@ -66,7 +69,13 @@ def peak_enhancement_errors(run_dir, data_dir):
     return {m: v["peak_enhancement_error"] for m, v in result["summary"].items()}
 
 
-def row(name, context, metrics):
+def budget(args):
+    """What every variant of one table shares (a kept row must have had the same)."""
+    return {"epochs": args.epochs, "steps": args.steps, "max_val_slices": args.max_val_slices,
+            "max_eval_slices": args.max_eval_slices, "data": str(args.data)}
+
+
+def row(name, context, metrics, args):
     ref = metrics.get("truth", metrics)
     ci = ref["patient_ci"]["masked"]
     gain = ci["gain"]["psnr"]
@@ -79,7 +88,7 @@ def row(name, context, metrics):
             "train_seconds": metrics["train"]["seconds"], "n_slices": ref["n_slices"],
             "peak_enhancement_error": metrics["peak_enhancement_error"].get("unet"),
             "input_peak_enhancement_error": metrics["peak_enhancement_error"].get("noisy"),
-            "n_patients": ref["n_patients"]}
+            "n_patients": ref["n_patients"], "budget": budget(args)}
 
 
 def markdown(rows, args):
@@ -114,13 +123,23 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=30, help="training steps per epoch")
     p.add_argument("--max-val-slices", type=int, default=48)
     p.add_argument("--max-eval-slices", type=int, default=120)
+    p.add_argument("--keep", action="store_true",
+                   help="keep the rows of <out>/ablation.json for the variants not named in --variants (same settings, "
+                        "same budget: rerun only what a change touched)")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or not names:
         sys.exit(f"error: unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    rows = [row(name, VARIANTS[name], run_variant(name, VARIANTS[name], args)) for name in names]
     out = Path(args.out)
+    kept = []
+    if args.keep and (out / "ablation.json").is_file():  # rows of variants not rerun, as long as they still mean that
+        kept = [r for r in json.loads((out / "ablation.json").read_text())
+                if r["variant"] not in names and VARIANTS.get(r["variant"]) == r["context"]
+                and r.get("budget") == budget(args)]
+    fresh = {name: row(name, VARIANTS[name], run_variant(name, VARIANTS[name], args), args) for name in names}
+    by_name = {r["variant"]: r for r in kept} | fresh
+    rows = [by_name[name] for name in VARIANTS if name in by_name]
     (out / "ablation.json").write_text(json.dumps(rows, indent=1))
     text = markdown(rows, args)
     (out / "ablation.md").write_text(text + "\n")

@@ -12,7 +12,8 @@ test patients: never used for training or checkpoint selection; the validation p
 no test split, said so in the report):
 the degraded input ("noisy"), the four 2-D classical denoisers of denoisers.py (non-local means "nlm", total
 variation "tv", wavelet shrinkage "wavelet", BM3D "bm3d"), the two multi-frame ones that also use the DCE time
-points (BM4D over (x, y, t) "bm4d", MP-PCA over time "mppca"), the thesis autoencoder ("thesis") and the default
+points (BM4D over (x, y, t) "bm4d", MP-PCA over time "mppca", and "tpca", the local temporal projection the
+default U-Net gets as an input channel, run alone), the thesis autoencoder ("thesis") and the default
 model ("unet"). The parts, chosen with --parts (default all three), each in its own module:
 
 benchmark_quality.py    quality, calibration of the classical methods, the noise they are given
@@ -106,7 +107,7 @@ from benchmark_report import data_info, machine_info, markdown, plot, quality_no
 from benchmark_speed import preprocessing_config, scaling_child, scaling_part, speed_part
 from config import ConfigError, load_run_config
 
-METHODS = ("noisy", "nlm", "tv", "wavelet", "bm3d", "bm4d", "mppca", "thesis", "unet", "noise2noise", "noise2void")
+METHODS = ("noisy", "nlm", "tv", "wavelet", "bm3d", "bm4d", "mppca", "tpca", "thesis", "unet", "noise2noise", "noise2void")
 PARTS = ("quality", "speed", "scaling")
 
 

@@ -4,7 +4,8 @@
 
 The degraded input, the 2-D classical methods of denoisers.py (nlm, tv, wavelet, bm3d, one slice at a time), the
 multi-frame classical methods (bm4d over the (x, y, t) stack of the slice's position, mppca over the series'
-(x, y, z, t) volume: each stack or volume is denoised once, cached, and the requested slices are read from it)
+(x, y, z, t) volume, tpca, the default U-Net's projection channel alone, over the (x, y, t) stack: each stack or
+volume is denoised once, cached, and the requested slices are read from it)
 and the networks (main.py runs, fed the context their config asks for). Per slice: PSNR, SSIM, MSE over the
 whole image and the body mask (metrics.whole_and_masked), per method the patient-level summary (aggregate).
 
@@ -59,7 +60,7 @@ import numpy as np
 
 METRICS = ("psnr", "ssim", "mse")
 CLASSICAL = ("nlm", "tv", "wavelet", "bm3d")   # one slice at a time (denoisers.METHODS)
-MULTIFRAME = ("bm4d", "mppca")                 # stacks over time (denoisers.MULTIFRAME)
+MULTIFRAME = ("bm4d", "mppca", "tpca")         # stacks over time (denoisers.MULTIFRAME)
 # the networks: the thesis autoencoder, the supervised default, and self-supervised runs (train.mode)
 MODELS = ("thesis", "unet", "noise2noise", "noise2void")
 # Multipliers of sigma_pixel tried by the calibration (module docstring, point 3).
@@ -259,6 +260,8 @@ class Stacks:
             if whole:
                 plain = denoise_frames("mppca", noisy, rician=False,
                                        patch_radius=self.params.get("mppca", MPPCA_RADII[1]))
+            elif method == "tpca":
+                plain = denoise_frames("tpca", noisy, rician=False)
             else:
                 plain = denoise_frames("bm4d", noisy, self.params.get("bm4d", 1.0) * levels["sigma_pixel"],
                                        rician=False)
@@ -417,7 +420,8 @@ def _crop_window(mask, side):
 
 
 def calibrate_multiframe(methods, data_dir, slices, reference, n_stacks):
-    """({method: (best parameter, {str(candidate): mean body PSNR})}, [stack records]) for bm4d and mppca.
+    """({method: (best parameter, {str(candidate): mean body PSNR})}, [stack records]) for bm4d and mppca (tpca
+    has nothing to calibrate).
 
     The stacks are those of the first n_stacks calibration slices whose series has more than one time point,
     cropped in-plane to CALIBRATION_CROP^2 around the slice's body mask; every frame of the stack (bm4d) or of
@@ -433,7 +437,7 @@ def calibrate_multiframe(methods, data_dir, slices, reference, n_stacks):
         if whole is not None and len(used) < n_stacks:
             used.append((row, noisy, _crop_window(mask, CALIBRATION_CROP), whole))
     found = {}
-    for method in methods:
+    for method in (m for m in methods if m != "tpca"):  # tpca has no parameter
         candidates = MPPCA_RADII if method == "mppca" else MULTIFRAME_SCALES
         psnr = {c: [] for c in candidates}
         for row, noisy, window, whole in tqdm(used, desc=f"calibrate {method}", unit="stack", leave=False):

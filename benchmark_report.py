@@ -95,7 +95,8 @@ def quality_notes(report, noise, scales, table, calib_note, summary, skipped, cl
         multiframe = [m for m in classical if m in MULTIFRAME]
         if multiframe:
             notes.append("multi-frame methods: bm4d over the (x, y, t) stack of the slice's position, mppca over the "
-                         "series' (x, y, z, t) volume (sigma estimated by MP-PCA itself), each stack denoised once; "
+                         "series' (x, y, z, t) volume (sigma estimated by MP-PCA itself), tpca (the default U-Net's "
+                         "local temporal projection alone) over the (x, y, t) stack, each stack denoised once; "
                          "ms per slice = the stack's run divided by its frames")
             fallbacks = {}
             for r in rows:
@@ -279,7 +280,11 @@ def markdown(report):
                 lines.append(f"| training | {method} |  |  |  |  |  | skipped: {e['training_skipped']} |")
             for inf in e.get("inference", []):
                 speedup, speedup4 = inf.get("speedup_vs_bm3d"), inf.get("speedup_vs_bm4d")
-                note = e["weights"] + (f"; {speedup:.0f}x faster than BM3D" if speedup else "") + (
+                context = e.get("context")
+                note = e["weights"] + (
+                    f"; network {_ms(inf['ms_per_slice_network'])} + input stacks {_ms(context['ms_per_slice'])} "
+                    f"(context of {context['frames']} frames per position)" if context else "") + (
+                    f"; {speedup:.0f}x faster than BM3D" if speedup else "") + (
                     f", {speedup4:.0f}x faster than BM4D per frame" if speedup4 else "")
                 lines.append(f"| inference | {method} | {inf['size']}² x {inf['batch']} |  | "
                              f"{_ms(inf['ms_per_slice'])} | {inf['gflops_per_slice']:.2f} | "

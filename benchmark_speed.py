@@ -68,6 +68,27 @@ def time_inference(model, size, batch, min_reps):
             "gflops_per_slice": flops / 1e9, "gflop_per_s": flops / per_slice / 1e9}
 
 
+# A context model's inputs are built per slice position from all its time points (context.context_stack): timed
+# on as many frames as a QIN-BREAST DCE position has, since the projection's cost per frame grows with them.
+CONTEXT_SPEED_FRAMES = 25
+
+
+def time_context(cfg, size, min_reps):
+    """ms per size x size frame of building a context model's input stacks (context.context_stack on the
+    CONTEXT_SPEED_FRAMES frames of one slice position), or None for a model that takes the slice alone."""
+    from context import context_stack
+    from model import context_offsets
+
+    context = context_offsets(cfg)
+    if len(context.offsets) == 1 and not context.precontrast_frames and not context.projection:
+        return None
+    frames = np.random.default_rng(0).random((CONTEXT_SPEED_FRAMES, size, size), dtype=np.float32)
+    layout = [(t, 0) for t in range(CONTEXT_SPEED_FRAMES)]
+    seconds, reps = _median_seconds(lambda: context_stack(frames, layout, *context), min_reps)
+    return {"size": size, "frames": CONTEXT_SPEED_FRAMES, "ms_per_slice": 1000 * seconds / CONTEXT_SPEED_FRAMES,
+            "reps": reps}
+
+
 def model_for_speed(run, trained, size):
     """(model, note) able to take size x size inputs: the trained model when it can, else the same architecture
     with untrained weights (timing only). None and a reason when the architecture cannot take that size."""
@@ -232,6 +253,8 @@ def classical_speed(methods, data_dir, size, n_slices, params=None):
                 start = time.perf_counter()
                 if method == "bm4d":
                     plain = denoise_frames("bm4d", stack, params.get("bm4d", 1.0) * levels["sigma_pixel"], rician=False)
+                elif method == "tpca":
+                    plain = denoise_frames("tpca", stack, rician=False)
                 else:
                     plain = denoise_frames("mppca", stack, rician=False, patch_radius=params.get("mppca", 2))
                 rician_outputs(plain, levels)
@@ -269,6 +292,10 @@ def speed_part(args, models, data_dir, prep_cfg, cache_dir, classical, params=No
             entry["weights"] = note
             entry["inference"] = [time_inference(model, args.speed_size, b, args.speed_reps)
                                   for b in sorted({1, run["cfg"]["train"]["batch_size"]})]
+            entry["context"] = time_context(run["cfg"], args.speed_size, args.speed_reps)
+            for timing in entry["inference"]:  # what enhancing a slice costs: its inputs, then the network
+                timing["ms_per_slice_network"] = timing["ms_per_slice"]
+                timing["ms_per_slice"] += entry["context"]["ms_per_slice"] if entry["context"] else 0.0
         _log(f"speed: {method} training steps")
         try:
             entry["training"] = time_training(run, data_dir, args.speed_steps, args.speed_warmup,

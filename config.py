@@ -67,12 +67,13 @@ DEFAULTS = {
         # unet: what the network sees besides the target slice (model.context_offsets): neighbouring time points
         # of the same slice position (+-time, reflected at the ends of the series), neighbouring slices of the same
         # time point (+-slices), and with precontrast_frames N > 0 the mean of the first N frames at the same
-        # position as a guide (QIN-BREAST: 3 frames before contrast); projection true adds the target frame projected
-        # onto the principal time courses of its position (all its frames). All zero and
-        # false: a single-slice denoiser. The default, the frame and its projection, won the ablation on the demo
-        # test patients with the smallest lesion-curve error (README, ablation.py). The thesis autoencoder ignores
-        # it (one slice in).
-        "context": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": True},
+        # position as a guide (QIN-BREAST: 3 frames before contrast); projection local | global adds the target
+        # frame projected onto the principal time courses of its position (all its frames; of 8x8 blocks around
+        # each pixel, or of the whole slice; context.temporal_projection), and the network then starts from that
+        # channel (model.unet); false: none (true: global, what run configs saved before "local" meant). All zero
+        # and false: a single-slice denoiser. The default, the frame and its local projection, won the ablation on
+        # the demo test patients (README, ablation.py). The thesis autoencoder ignores it (one slice in).
+        "context": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": "local"},
         # thesis_autoencoder: 2x2 max-pools in the encoder (each mirrored by a 2x upsampling in the decoder), spread
         # evenly over its 8 convolutions: 8 = after every conv (the thesis text taken literally; a 512 slice is
         # squeezed to 2x2), 4 = after every pair of convs, 2 = after every fourth. Input sides: multiples of
@@ -176,7 +177,8 @@ def load_config(path=None, overrides=()):
 
 
 # Keys added after run dirs were first saved, with the value that a saved run config without them meant (the
-# behaviour before the key existed): a run trained before model.context.projection had no projection channel.
+# behaviour before the key existed): a run trained before model.context.projection had no projection channel
+# (and one saved with projection: true has the global kind, see model.context_offsets).
 ADDED_LATER = {("model", "context", "projection"): False}
 
 

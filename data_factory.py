@@ -156,8 +156,8 @@ class PairedSlices(keras.utils.PyDataset):
         white there; after a resize it would not be). Validation and test keep the stored, recorded draw.
     context: (offsets, precontrast_frames[, projection]) as model.context_offsets gives it; the input stack is
         context_slices' channels, the guide mean, then the projection channel (temporal_projection of the whole
-        slices of the target's position, drawn whole with fresh noise and cropped afterwards, so a crop holds what
-        enhance.py computes on the whole slice).
+        slices of the target's position, drawn whole with fresh noise and projected on the crop's window only, so
+        a crop holds what enhance.py computes on the whole slice).
     patch_size: None for whole slices (validation, evaluation, the thesis autoencoder), or the side of random
         square crops for training a fully convolutional model. Crops prefer tissue: `crop_candidates`
         positions are drawn and the one with the most clean pixels above `tissue_threshold` is kept, so few
@@ -211,7 +211,7 @@ class PairedSlices(keras.utils.PyDataset):
         self.split = split
         self.mode = mode
         context = Context(*(context or ([(0, 0)],)))
-        self.context = Context(list(context.offsets), int(context.precontrast_frames), bool(context.projection))
+        self.context = Context(list(context.offsets), int(context.precontrast_frames), context.projection or None)
         if mode == "noise2noise" and (any(dt for dt, _ in self.context.offsets) or self.context.precontrast_frames
                                       or self.context.projection):
             raise ValueError("noise2noise cannot take time context, the pre-contrast guide or the projection "
@@ -221,6 +221,7 @@ class PairedSlices(keras.utils.PyDataset):
             raise ValueError("noise2void cannot take the pre-contrast guide or the projection (model.context."
                              "precontrast_frames, projection): they mix the target frame in, blind spots included; "
                              "set them to 0 / false")
+        self._projections = {}
         self.noise2noise_frames = int(noise2noise_frames)
         self.mask_fraction, self.mask_radius = float(mask_fraction), int(mask_radius)
         if mode == "noise2void" and not (0 < self.mask_fraction < 1 and self.mask_radius >= 1):
@@ -408,11 +409,14 @@ class PairedSlices(keras.utils.PyDataset):
             noisy = noisy[which]
             n, g = len(channels), len(guide)
             parts = [noisy[:n]] + ([noisy[n:n + g].mean(0, keepdims=True)] if guide else [])
-            if projected:
-                parts.append(temporal_projection(noisy[n + g:])[_layout_of(row)[0]][None])
+            if projected:  # read whole, now cropped like the target; the projection of the window's pixels only
+                parts = [p[(slice(None),) + window] for p in parts]
+                t = _layout_of(row)[0]
+                if self.fresh_noise:
+                    parts.append(temporal_projection(noisy[n + g:], self.context.projection, window)[[t]])
+                else:  # the stored draw: one projection per position serves all its frames
+                    parts.append(self._stored_projection(row, projected, noisy[n + g:])[[t]][(slice(None),) + window])
             noisy = np.concatenate(parts)
-            if projected:  # read whole, now cropped like the target
-                noisy = noisy[(slice(None),) + window]
             if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
                 clean = decorrelated_target(clean, noisy[0], row["sigma_source"], row["sigma_added"])
             noisy = np.moveaxis(noisy, 0, -1)  # (h, w, C)
@@ -423,6 +427,15 @@ class PairedSlices(keras.utils.PyDataset):
         if any(c is None for c in clean_batch):
             return self._stack(index, noisy_batch, noisy_batch)[0], None
         return self._stack(index, noisy_batch, clean_batch)
+
+    def _stored_projection(self, row, projected, frames):
+        """temporal_projection of the stored frames of a position, kept for the other frames of the position
+        (evaluation reads them one after the other); only the current series is kept."""
+        key = (row["noisy_file"], tuple(projected))
+        if key not in self._projections:
+            self._projections = {k: v for k, v in self._projections.items() if k[0] == key[0]}
+            self._projections[key] = temporal_projection(frames, self.context.projection)
+        return self._projections[key]
 
     @staticmethod
     def _stack(index, inputs, targets):

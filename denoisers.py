@@ -83,7 +83,11 @@ point with independent noise, so a denoiser that groups along time sees several 
   Every output voxel is a weighted mean of the estimates of the patches that contain it, so position k depends
   only on positions k +- 2 z-radius (mppca_slab): denoising that slab gives position k exactly what the whole
   volume gives, at a fraction of the cost (the benchmark scores single slices that way).
-Both assume Gaussian noise, as the 2-D methods do: with rician=True the Rician mean is inverted the same way.
+- tpca: the local temporal projection the default U-Net gets as an input channel (context.temporal_projection,
+  kind "local"), on its own: the (T, H, W) frames of one slice position, 8x8 blocks every 4 px, each block's
+  time courses shrunk towards the components above the Marchenko-Pastur edge. No parameter to calibrate; ~1000x
+  cheaper than mppca. The benchmark runs it so that the network is compared with its own classical part.
+All assume Gaussian noise, as the 2-D methods do: with rician=True the Rician mean is inverted the same way.
 bm3d and bm4d are free for non-commercial use only (their licence); the benchmark uses them, the model does not.
 """
 
@@ -94,7 +98,7 @@ import numpy as np
 from scipy import special
 
 METHODS = ("nlm", "tv", "wavelet", "bm3d")
-MULTIFRAME = ("bm4d", "mppca")
+MULTIFRAME = ("bm4d", "mppca", "tpca")
 MPPCA_PATCH_RADIUS = 2
 
 NLM_PATCH_SIZE = 5
@@ -227,8 +231,8 @@ def denoise(method, noisy, sigma, rician=True, reference_sigma=0.0):
 def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0, patch_radius=MPPCA_PATCH_RADIUS):
     """Denoise a stack of frames with a multi-frame method; float32, same shape.
 
-    method: "bm4d" or "mppca". frames: normalized magnitude images (0 = air), (T, H, W) for bm4d (one slice
-    position over time) or (T, Z, H, W) for mppca (a series: time points x slice positions; (T, H, W) is taken as
+    method: "bm4d", "mppca" or "tpca". frames: normalized magnitude images (0 = air), (T, H, W) for bm4d and tpca
+    (one slice position over time) or (T, Z, H, W) for mppca (a series: time points x slice positions; (T, H, W) is taken as
     Z = 1). sigma: Rician sigma of every frame (bm4d's noise level; for mppca only the Rician correction uses it,
     MP-PCA estimates the noise itself). patch_radius: mppca's in-plane patch radius. rician, reference_sigma: as in
     denoise(). A single frame (T = 1) has no time axis to use: bm4d then runs on it as a 2-D image, mppca refuses
@@ -243,9 +247,13 @@ def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0,
         sigma = _check_sigma(sigma)
     if reference_sigma and not rician:
         raise ValueError("reference_sigma needs rician=True (it re-applies a Rician noise floor)")
-    if method == "bm4d":
-        if frames.ndim != 3:
-            raise ValueError(f"bm4d takes the (T, H, W) frames of one slice position, got {frames.shape}")
+    if method in ("bm4d", "tpca") and frames.ndim != 3:
+        raise ValueError(f"{method} takes the (T, H, W) frames of one slice position, got {frames.shape}")
+    if method == "tpca":
+        from context import temporal_projection
+
+        out = temporal_projection(frames, "local").astype(np.float64)
+    elif method == "bm4d":
         import bm4d
 
         out = np.moveaxis(np.asarray(bm4d.bm4d(np.moveaxis(frames, 0, -1), sigma_psd=sigma)), -1, 0)

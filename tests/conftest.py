@@ -52,12 +52,17 @@ def smoke_run(tmp_path_factory, smoke_data):
 
 @pytest.fixture(scope="session")
 def identity_run(tmp_path_factory, smoke_cfg):
-    """A run dir (config.yaml + model.keras) holding the untrained smoke-size U-Net: the identity function
-    (its correction layer is zero-initialized), for tests of enhance.py's writing that must not depend on weights."""
+    """A run dir (config.yaml + model.keras) holding the untrained smoke-size single-frame U-Net: the identity
+    function (its correction layer is zero-initialized and it starts from the frame; a projection context would
+    start it from the projection), for tests of enhance.py's writing that must not depend on weights."""
+    import copy
+
     from config import save_config
     from model import get_model
 
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg["model"]["context"] = {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": False}
     run_dir = tmp_path_factory.mktemp("identity_run")
-    get_model(smoke_cfg).save(run_dir / "model.keras")
-    save_config(smoke_cfg, run_dir / "config.yaml")
+    get_model(cfg).save(run_dir / "model.keras")
+    save_config(cfg, run_dir / "config.yaml")
     return run_dir

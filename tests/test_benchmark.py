@@ -259,6 +259,9 @@ def test_speed_part_at_tiny_size_reports_positive_numbers(smoke_run, smoke_data,
     for timing in unet["inference"]:
         assert timing["ms_per_slice"] > 0 and timing["gflop_per_s"] > 0 and timing["gflops_per_slice"] > 0
         assert timing["speedup_vs_bm3d"] > 0
+        # the default context's input stacks (the local projection) are part of what a slice costs
+        assert timing["ms_per_slice"] == pytest.approx(timing["ms_per_slice_network"] + unet["context"]["ms_per_slice"])
+    assert unet["context"]["frames"] == 25 and unet["context"]["ms_per_slice"] > 0
     assert [t["batch"] for t in unet["inference"]] == [1, 4]
     training = unet["training"]
     assert training["pipeline_images_per_s"] > 0 and training["in_memory_images_per_s"] > 0
@@ -320,28 +323,28 @@ def multiframe(smoke_run, smoke_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark_multiframe")
     report = benchmark.main(["--run-dir", str(smoke_run), "--data", str(smoke_data), "--parts", "quality",
                              "--max-slices", "3", "--calibrate-slices", "4", "--calibrate-stacks", "1",
-                             "--kinetics-lesions", "1", "--methods", "noisy,tv,bm4d,mppca,unet", "--out", str(out)])
+                             "--kinetics-lesions", "1", "--methods", "noisy,tv,bm4d,mppca,tpca,unet", "--out", str(out)])
     return report, out
 
 
-def test_bm4d_and_mppca_give_finite_metrics_on_the_same_slices(multiframe):
+def test_bm4d_mppca_and_tpca_give_finite_metrics_on_the_same_slices(multiframe):
     report, out = multiframe
     summary = report["quality"]["summary"]
-    for method in ("bm4d", "mppca", "bm4d_gauss", "mppca_gauss"):
+    for method in ("bm4d", "mppca", "tpca", "bm4d_gauss", "mppca_gauss", "tpca_gauss"):
         s = summary[method]
         assert s["n_slices"] == 3 and s["ms_per_slice"] > 0
         for region in ("whole", "masked", "truth_masked"):
             assert math.isfinite(s[region]["psnr"]["mean"]) and math.isfinite(s[region]["ssim"]["mean"])
     # the multi-frame methods use the repeated frames: they beat their input clearly
-    for method in ("bm4d", "mppca"):
+    for method in ("bm4d", "mppca", "tpca"):
         assert summary[method]["gain_vs_noisy"]["truth_masked"]["psnr"]["mean"] > 1
     with open(out / "benchmark_per_slice.csv") as f:
         rows = list(csv.DictReader(f))
     slices = {m: sorted((r["series_uid"], r["slice_index"]) for r in rows if r["method"] == m)
-              for m in ("noisy", "bm4d", "mppca", "unet")}
-    assert slices["bm4d"] == slices["noisy"] == slices["mppca"] == slices["unet"]
+              for m in ("noisy", "bm4d", "mppca", "tpca", "unet")}
+    assert slices["bm4d"] == slices["noisy"] == slices["mppca"] == slices["tpca"] == slices["unet"]
     head = report["headline"]["methods"]
-    assert head["bm4d"]["kind"] == "classical" and head["mppca"]["kind"] == "classical"
+    assert {head[m]["kind"] for m in ("bm4d", "mppca", "tpca")} == {"classical"}
     assert "| bm4d |" in (out / "benchmark.md").read_text()
 
 
@@ -365,7 +368,7 @@ def test_kinetics_part_reports_curve_errors_per_lesion_and_the_headline(multifra
     kinetics = report["kinetics"]
     assert len(kinetics["lesions"]) == 1 and kinetics["n_lesions_total"] >= 1
     lesion = kinetics["lesions"][0]
-    assert set(lesion["methods"]) == {"noisy", "tv", "bm4d", "mppca", "unet"}
+    assert set(lesion["methods"]) == {"noisy", "tv", "bm4d", "mppca", "tpca", "unet"}
     assert lesion["export_max_abs_diff"] < 1e-3  # native grid: the generator's exported curve, recomputed
     assert max(lesion["truth"]) > 0.2  # an enhancing lesion
     for method, entry in lesion["methods"].items():
@@ -409,7 +412,7 @@ def test_multiframe_methods_fall_back_to_2d_without_a_time_axis(smoke_data):
     stacks = benchmark_quality.Stacks(smoke_data)
     noisy = stacks.frames(row)
     levels = benchmark_quality.noise_levels(row, noisy)
-    for method in ("bm4d", "mppca"):
+    for method in ("bm4d", "mppca", "tpca"):
         (main, _, amplitude), ms, fallback = stacks.denoise(method, row, levels)
         assert fallback.startswith(benchmark_quality.FALLBACK_2D) and main.shape == noisy.shape and ms > 0
         np.testing.assert_allclose(amplitude, benchmark_quality.classical_denoise("bm3d", noisy, levels)[2], atol=1e-5)

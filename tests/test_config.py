@@ -45,11 +45,11 @@ def test_a_saved_run_config_keeps_the_behaviour_of_keys_added_after_it(tmp_path)
     from config import load_run_config, save_config
 
     cfg = load_config()
-    assert cfg["model"]["context"]["projection"] is True                   # today's default
+    assert cfg["model"]["context"]["projection"] == "local"                # today's default
     old = load_config()
     del old["model"]["context"]["projection"]
     save_config(old, tmp_path / "old.yaml")
     assert load_run_config(tmp_path / "old.yaml")["model"]["context"]["projection"] is False
     save_config(cfg, tmp_path / "new.yaml")
-    assert load_run_config(tmp_path / "new.yaml")["model"]["context"]["projection"] is True
-    assert load_config(tmp_path / "old.yaml")["model"]["context"]["projection"] is True  # a user's partial YAML
+    assert load_run_config(tmp_path / "new.yaml")["model"]["context"]["projection"] == "local"
+    assert load_config(tmp_path / "old.yaml")["model"]["context"]["projection"] == "local"  # a user's partial YAML

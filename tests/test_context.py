@@ -105,48 +105,90 @@ def test_decorrelated_target_is_built_from_the_target_frame_of_the_same_draw(smo
         PairedSlices(smoke_data, "train", mode="noise2void", target="decorrelated")
 
 
-def test_temporal_projection_keeps_the_time_courses_and_drops_noise():
-    """Three tissues with their own time course under noise: the projection keeps the courses (rank 3 of 8) and
-    removes most of the noise; a frame alone comes back unchanged."""
-    rng = np.random.default_rng(0)
-    courses = np.stack([np.ones(8), np.linspace(0, 1, 8), (np.arange(8) >= 3) * 2.0])   # flat, slow, bolus
-    labels = rng.integers(0, 3, size=(64, 64))
-    amplitude = rng.uniform(0.2, 1.0, size=(64, 64))
-    clean = np.moveaxis(courses[labels] * amplitude[..., None], -1, 0).astype(np.float32)  # (T, 64, 64)
-    noisy = clean + 0.05 * rng.standard_normal(clean.shape).astype(np.float32)
-    out = temporal_projection(noisy)
-    assert out.shape == noisy.shape and out.dtype == np.float32
-    error, before = np.mean((out - clean) ** 2), np.mean((noisy - clean) ** 2)
-    assert error < 0.5 * before                  # about 3/8 of the noise variance remains
-    bolus = labels == 2                          # the enhancement is kept, not averaged away
-    assert abs(out[5][bolus].mean() - clean[5][bolus].mean()) < 0.01
-    np.testing.assert_array_equal(temporal_projection(noisy[:1]), noisy[:1])
-    poisoned = noisy.copy()
-    poisoned[2, 5, 5] = np.nan                   # no LinAlgError: main.py then reports the non-finite loss
-    np.testing.assert_array_equal(temporal_projection(poisoned), poisoned)
-
-
-def test_projection_channel_is_the_same_in_training_and_enhancement(smoke_data):
-    """The dataset's projection channel (whole slices, then cropped) equals context_stack's (enhance.py) on the
-    stored draw, and crops of a fresh draw are crops of the whole-slice projection of that draw."""
-    cfg = load_config(overrides=["model.context.time=1", "model.context.projection=true",
-                                 "model.context.precontrast_frames=2"])
-    context = context_offsets(cfg)
-    assert context.projection and context_channels(cfg) == 5 and get_model(cfg).input_shape[-1] == 5
-    ds = PairedSlices(smoke_data, "test", batch_size=4, context=context)
-    noisy, _ = ds[0]
-    row = ds.batch_rows(0)[0]
-    series = [r for r in read_manifest(smoke_data) if r["series_uid"] == row["series_uid"]]
+def layout_of(data_dir, row):
+    """(time_index, position_index) of every slice of the row's series, by slice index (Series.layout)."""
+    series = [r for r in read_manifest(data_dir) if r["series_uid"] == row["series_uid"]]
     layout = [None] * len(series)
     for r in series:
         layout[r["slice_index"]] = (r["time_index"], r["position_index"])
-    stored = np.load(smoke_data / row["noisy_file"])
-    stack = context_stack(stored, layout, *context)
+    return layout
+
+
+def _tissues(seed=0, size=64, lesion=None):
+    """(clean, noisy) (8, size, size) frames of three tissues with their own time course (flat, slow, bolus) and
+    optionally a square lesion (side `lesion`) with a fourth, washing-out course."""
+    rng = np.random.default_rng(seed)
+    courses = np.stack([np.ones(8), np.linspace(0, 1, 8), (np.arange(8) >= 3) * 2.0,
+                        np.r_[0, 0, 0, 3, 2.5, 2, 1.6, 1.3]])
+    labels = rng.integers(0, 3, size=(size, size))
+    if lesion:
+        labels[20:20 + lesion, 30:30 + lesion] = 3
+    amplitude = rng.uniform(0.2, 1.0, size=(size, size))
+    clean = np.moveaxis(courses[labels] * amplitude[..., None], -1, 0).astype(np.float32)  # (T, size, size)
+    return clean, clean + 0.05 * rng.standard_normal(clean.shape).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("kind", ["global", "local"])
+def test_temporal_projection_keeps_the_time_courses_and_drops_noise(kind):
+    """Three tissues with their own time course under noise: the projection keeps the courses (rank 3 of 8) and
+    removes most of the noise; a frame alone comes back unchanged."""
+    clean, noisy, labels = _tissues()
+    out = temporal_projection(noisy, kind)
+    assert out.shape == noisy.shape and out.dtype == np.float32
+    error, before = np.mean((out - clean) ** 2), np.mean((noisy - clean) ** 2)
+    assert error < 0.6 * before                  # about 3/8 of the noise variance remains (more in blocks)
+    bolus = labels == 2                          # the enhancement is kept, not averaged away
+    assert abs(out[5][bolus].mean() - clean[5][bolus].mean()) < 0.01
+    np.testing.assert_array_equal(temporal_projection(noisy[:1], kind), noisy[:1])
+    poisoned = noisy.copy()
+    poisoned[2, 5, 5] = np.nan                   # no LinAlgError: main.py then reports the non-finite loss
+    np.testing.assert_array_equal(temporal_projection(poisoned, kind), poisoned)
+    with pytest.raises(ValueError, match="projection"):
+        temporal_projection(noisy, "mppca")
+
+
+def test_local_projection_keeps_a_small_lesion_and_crops_exactly():
+    """A 6 x 6 px lesion with its own time course is too few pixels for the whole slice's components: the global
+    projection bends its curve towards the other tissues, the local one (blocks of 8) keeps it. A window of the
+    local projection equals the whole projection cropped, at the edges too (training crops this way)."""
+    clean, noisy, labels = _tissues(seed=1, size=96, lesion=6)
+    lesion = labels == 3
+    errors = {kind: np.abs(temporal_projection(noisy, kind)[:, lesion].mean(1) - clean[:, lesion].mean(1)).max()
+              for kind in ("global", "local")}
+    assert errors["local"] < 0.03 < errors["global"], errors
+    whole = temporal_projection(noisy, "local")
+    for rows, cols in [(slice(13, 51), slice(0, 96)), (slice(60, 96), slice(71, 96)), (slice(0, 1), slice(5, 6))]:
+        np.testing.assert_allclose(temporal_projection(noisy, "local", (rows, cols)), whole[:, rows, cols],
+                                   atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["global", "local"])
+def test_projection_channel_is_the_same_in_training_and_enhancement(kind, smoke_data):
+    """The dataset's projection channel equals context_stack's (enhance.py) on the stored draw, for whole slices
+    and for training crops (projected on the crop's window of the whole slices)."""
+    cfg = load_config(overrides=["model.context.time=1", f"model.context.projection={kind}",
+                                 "model.context.precontrast_frames=2"])
+    context = context_offsets(cfg)
+    assert context.projection == kind and context_channels(cfg) == 5 and get_model(cfg).input_shape[-1] == 5
+    ds = PairedSlices(smoke_data, "test", batch_size=4, context=context)
+    noisy, _ = ds[0]
+    row = ds.batch_rows(0)[0]
+    stack = context_stack(np.load(smoke_data / row["noisy_file"]), layout_of(smoke_data, row), *context)
     np.testing.assert_allclose(noisy[0], stack[row["slice_index"]], atol=1e-6)
     assert not np.allclose(noisy[0, ..., 4], noisy[0, ..., 0], atol=1e-3)   # not the frame itself
+    crops = PairedSlices(smoke_data, "test", batch_size=4, context=context, patch_size=24, fresh_noise=False)
+    noisy, clean = crops[0]
+    for j, row in enumerate(crops.batch_rows(0)):
+        whole_clean = np.load(smoke_data / row["clean_file"])[row["slice_index"]]
+        y, x = next((y, x) for y in range(whole_clean.shape[0] - 23) for x in range(whole_clean.shape[1] - 23)
+                    if np.array_equal(whole_clean[y:y + 24, x:x + 24], clean[j, ..., 0]))
+        stack = context_stack(np.load(smoke_data / row["noisy_file"]), layout_of(smoke_data, row), *context)
+        np.testing.assert_allclose(noisy[j], stack[row["slice_index"], y:y + 24, x:x + 24], atol=1e-6)
     for mode in ("noise2void", "noise2noise"):
         with pytest.raises(ValueError, match="projection"):
             PairedSlices(smoke_data, "train", mode=mode, context=([(0, 0)], 0, True))
 
     with pytest.raises(ValueError, match="model.context.projection"):
         context_offsets(load_config(overrides=["model.context.projection=2"]))
+    assert context_offsets(load_config(overrides=["model.context.projection=true"])).projection == "global"
+    assert context_offsets(load_config(overrides=["model.context.projection=false"])).projection is None

@@ -168,7 +168,8 @@ def test_multiframe_methods_explain_what_they_cannot_take():
     frames = rician_noise(phantom(32)[None], SIGMA, np.random.default_rng(0))
     with pytest.raises(ValueError, match="at least 2 time points"):
         denoisers.denoise_frames("mppca", frames, SIGMA)
-    with pytest.raises(ValueError, match="one slice position"):
-        denoisers.denoise_frames("bm4d", np.stack([frames] * 2), SIGMA)
+    for method in ("bm4d", "tpca"):
+        with pytest.raises(ValueError, match="one slice position"):
+            denoisers.denoise_frames(method, np.stack([frames] * 2), SIGMA)
     with pytest.raises(ValueError, match="unknown multi-frame"):
         denoisers.denoise_frames("bm3d", frames, SIGMA)

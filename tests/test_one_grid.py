@@ -65,7 +65,7 @@ def roughen(model_path, seed=0):
 @pytest.mark.parametrize("image_size, context", [
     (None, []), (96, []),
     (None, ["model.context.time=1", "model.context.slices=1", "model.context.precontrast_frames=2",
-            "model.context.projection=true"]),
+            "model.context.projection=local"]),
     (None, ["train.mode=noise2void", "model.context.time=1", "model.context.precontrast_frames=0",
             "model.context.projection=false"])],
     ids=["native", "resized", "native-context", "native-noise2void"])
