@@ -44,11 +44,23 @@ def reflect(i, n):
 #   the projection alone scores 32.5 dB (the shrinkage factor 1.75 / 2 / 2.5 x sigma^2 instead of the edge, which
 #   is 1.83 sigma^2 for 8 frames: 32.50 / 32.49 / 32.27; keeping the components above 2 x the edge unshrunk:
 #   32.07; blocks of 12 or 16: -0.3 / -0.6 dB; stride 2: +0.26 dB at 4x the cost), against 30.06 for "global"
-#   and ~32.7 for dipy's mppca (5 x 5 x 3 patches), which costs ~500x more. Stride 4 keeps a 512^2 slice of 25
+#   and ~32.7 for dipy's mppca (5 x 5 x 3 patches), which costs ~100x more. Stride 4 keeps a 512^2 slice of 25
 #   frames at ~0.1 s per frame on 2 cores.
 # A repeated frame (a missing frame's fallback) makes the smallest eigenvalue ~0 and the projection ~the identity:
 # no denoising, no harm.
 PROJECTIONS = ("global", "local")
+
+
+def projection_kind(value):
+    """model.context.projection -> None, "global" or "local". true is "global", the only kind a run config saved
+    before "local" existed can mean; false, 0 and None are none."""
+    if value is True:
+        return "global"
+    if value in (False, None, 0):
+        return None
+    if value not in PROJECTIONS:
+        raise ValueError(f"model.context.projection must be false, {' or '.join(PROJECTIONS)}, got {value!r}")
+    return value
 PROJECTION_EDGE = 1.5
 LOCAL_BLOCK, LOCAL_STRIDE = 8, 4
 
@@ -70,6 +82,8 @@ def temporal_projection(frames, kind="local", window=None):
         raise ValueError(f"unknown projection {kind!r}; choose one of {', '.join(PROJECTIONS)}")
     frames = np.asarray(frames, np.float32)
     window = (slice(None), slice(None)) if window is None else tuple(window)
+    if frames[0].size <= len(frames):  # no more pixels than frames: no noise level to measure
+        return frames[(slice(None),) + window].copy()
     n_times = len(frames)
     x = frames.reshape(n_times, -1)
     mean = x.mean(1, keepdims=True, dtype=np.float64).astype(np.float32)
@@ -148,8 +162,9 @@ def position_frames(lookup, k, n_times, fallback):
 
 def context_stack(images, layout, offsets, precontrast_frames, projection=None):
     """(n, H, W) normalized frames of one series -> (n, H, W, C) model inputs, by context_slices (and
-    temporal_projection of that kind, one per position, for a projection channel: None, "global" or "local"). layout: (time_index, position_index) per
-    frame (preprocessing's Series.layout)."""
+    temporal_projection of that kind, one per position, for a projection channel: None, "global" or "local").
+    layout: (time_index, position_index) per frame (preprocessing's Series.layout)."""
+    projection = projection_kind(projection)
     lookup = {tk: i for i, tk in enumerate(layout)}
     n_times, n_positions = 1 + max(t for t, _ in layout), 1 + max(k for _, k in layout)
     projected = {}
@@ -160,7 +175,8 @@ def context_stack(images, layout, offsets, precontrast_frames, projection=None):
         if projection:
             frames = tuple(position_frames(lookup, k, n_times, i))
             if frames not in projected:
-                projected[frames] = temporal_projection(np.asarray(images)[list(frames)], projection)
+                projected[frames] = temporal_projection(np.asarray(images)[list(frames)],
+                                                        projection)
             stack.append(projected[frames][t])
         out.append(np.stack(stack, axis=-1))
     return np.stack(out).astype(np.float32)

@@ -32,7 +32,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from context import Context, context_slices, position_frames, reflect, temporal_projection
+from context import Context, context_slices, position_frames, projection_kind, reflect, temporal_projection
 from degrade import NOISE_MODELS, add_noise, decorrelated_target
 
 # What a training sample's target is (train.mode in config.py; main.py documents the choice):
@@ -41,6 +41,8 @@ from degrade import NOISE_MODELS, add_noise, decorrelated_target
 MODES = ("supervised", "noise2noise", "noise2void")
 # what a supervised target is: the 3T image, or the 3T image with its noise decorrelated from the input's
 TARGETS = ("3t", "decorrelated")
+# projections of the stored draw kept by PairedSlices: a QIN-BREAST series (60 x 25 frames of 512^2, 1.5 GiB) fits
+STORED_PROJECTION_BYTES = 2 ** 31
 
 # The columns preprocessing.py writes, in this order (see /tmp/design.md, "preprocessing.py").
 MANIFEST_COLUMNS = (
@@ -155,9 +157,8 @@ class PairedSlices(keras.utils.PyDataset):
         one, so the network never sees the same noise twice. Needs arrays at the acquisition matrix (noise is
         white there; after a resize it would not be). Validation and test keep the stored, recorded draw.
     context: (offsets, precontrast_frames[, projection]) as model.context_offsets gives it; the input stack is
-        context_slices' channels, the guide mean, then the projection channel (temporal_projection of the whole
-        slices of the target's position, drawn whole with fresh noise and projected on the crop's window only, so
-        a crop holds what enhance.py computes on the whole slice).
+        context_slices' channels, the guide mean, then the projection channel (of the whole slices of the position,
+        drawn whole, computed for the crop's window: a crop holds what enhance.py computes on the whole slice).
     patch_size: None for whole slices (validation, evaluation, the thesis autoencoder), or the side of random
         square crops for training a fully convolutional model. Crops prefer tissue: `crop_candidates`
         positions are drawn and the one with the most clean pixels above `tissue_threshold` is kept, so few
@@ -207,11 +208,10 @@ class PairedSlices(keras.utils.PyDataset):
                              f"got {steps_per_epoch!r}")
         if not isinstance(crop_candidates, (int, np.integer)) or crop_candidates < 1:
             raise ValueError(f"crop_candidates must be a positive integer, got {crop_candidates!r}")
-        self.data_dir = Path(data_dir)
-        self.split = split
-        self.mode = mode
+        self.data_dir, self.split, self.mode = Path(data_dir), split, mode
         context = Context(*(context or ([(0, 0)],)))
-        self.context = Context(list(context.offsets), int(context.precontrast_frames), context.projection or None)
+        self.context = Context(list(context.offsets), int(context.precontrast_frames),
+                               projection_kind(context.projection))
         if mode == "noise2noise" and (any(dt for dt, _ in self.context.offsets) or self.context.precontrast_frames
                                       or self.context.projection):
             raise ValueError("noise2noise cannot take time context, the pre-contrast guide or the projection "
@@ -386,8 +386,7 @@ class PairedSlices(keras.utils.PyDataset):
         for row in rows:
             channels, guide = self.context_of(row)
             projected = self.position_of(row) if self.context.projection else []
-            # every distinct frame once: a frame repeated at a series' end (reflection) is the same image at
-            # inference, so it must carry the same noise here
+            # every distinct frame once: a frame repeated by reflection is one image at inference, with one noise
             frames, which = np.unique(channels + guide + projected, return_inverse=True)
             has_clean = bool(row.get("clean_file"))
             clean_all = self.array(row["clean_file"]) if has_clean else None
@@ -396,8 +395,7 @@ class PairedSlices(keras.utils.PyDataset):
                 y, x = self._crop_position(clean_all[row["slice_index"]], rng)
                 window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
             clean = np.asarray(clean_all[row["slice_index"]][window], np.float32) if has_clean else None
-            # the projection is of whole slices, as enhance.py computes it: read and draw those, crop after
-            region = (slice(None), slice(None)) if projected else window
+            region = (slice(None), slice(None)) if projected else window  # a projection needs whole slices
             if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
                 noisy = add_noise(np.asarray(clean_all[frames][(slice(None),) + region], np.float32),
                                   row["degrade_model"], row["sigma_added"], noise_rng, zero=_zero(row))
@@ -411,11 +409,9 @@ class PairedSlices(keras.utils.PyDataset):
             parts = [noisy[:n]] + ([noisy[n:n + g].mean(0, keepdims=True)] if guide else [])
             if projected:  # read whole, now cropped like the target; the projection of the window's pixels only
                 parts = [p[(slice(None),) + window] for p in parts]
-                t = _layout_of(row)[0]
-                if self.fresh_noise:
-                    parts.append(temporal_projection(noisy[n + g:], self.context.projection, window)[[t]])
-                else:  # the stored draw: one projection per position serves all its frames
-                    parts.append(self._stored_projection(row, projected, noisy[n + g:])[[t]][(slice(None),) + window])
+                t, stored = _layout_of(row)[0], not self.fresh_noise and self.patch_size is None
+                parts.append(self._stored_projection(row, projected, noisy[n + g:])[[t]] if stored else
+                             temporal_projection(noisy[n + g:], self.context.projection, window)[[t]])
             noisy = np.concatenate(parts)
             if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
                 clean = decorrelated_target(clean, noisy[0], row["sigma_source"], row["sigma_added"])
@@ -429,13 +425,16 @@ class PairedSlices(keras.utils.PyDataset):
         return self._stack(index, noisy_batch, clean_batch)
 
     def _stored_projection(self, row, projected, frames):
-        """temporal_projection of the stored frames of a position, kept for the other frames of the position
-        (evaluation reads them one after the other); only the current series is kept."""
+        """The stored draw's projection of a position, kept for its other frames (up to STORED_PROJECTION_BYTES)."""
         key = (row["noisy_file"], tuple(projected))
-        if key not in self._projections:
-            self._projections = {k: v for k, v in self._projections.items() if k[0] == key[0]}
-            self._projections[key] = temporal_projection(frames, self.context.projection)
-        return self._projections[key]
+        value = self._projections.get(key)  # single dict operations (list() too): safe with threaded workers
+        if value is None:
+            value = self._projections[key] = temporal_projection(frames, self.context.projection)
+            for old in list(self._projections)[:-1]:  # oldest first
+                if sum(v.nbytes for v in list(self._projections.values())) <= STORED_PROJECTION_BYTES:
+                    break
+                self._projections.pop(old, None)
+        return value
 
     @staticmethod
     def _stack(index, inputs, targets):

@@ -85,8 +85,8 @@ point with independent noise, so a denoiser that groups along time sees several 
   volume gives, at a fraction of the cost (the benchmark scores single slices that way).
 - tpca: the local temporal projection the default U-Net gets as an input channel (context.temporal_projection,
   kind "local"), on its own: the (T, H, W) frames of one slice position, 8x8 blocks every 4 px, each block's
-  time courses shrunk towards the components above the Marchenko-Pastur edge. No parameter to calibrate; ~1000x
-  cheaper than mppca. The benchmark runs it so that the network is compared with its own classical part.
+  time courses shrunk towards the components above the Marchenko-Pastur edge. No parameter to calibrate; ~100x
+  cheaper than mppca per frame. The benchmark runs it so that the network is compared with its own classical part.
 All assume Gaussian noise, as the 2-D methods do: with rician=True the Rician mean is inverted the same way.
 bm3d and bm4d are free for non-commercial use only (their licence); the benchmark uses them, the model does not.
 """
@@ -250,6 +250,8 @@ def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0,
     if method in ("bm4d", "tpca") and frames.ndim != 3:
         raise ValueError(f"{method} takes the (T, H, W) frames of one slice position, got {frames.shape}")
     if method == "tpca":
+        if len(frames) < 2:
+            raise ValueError("tpca needs at least 2 time points (it denoises along the time axis)")
         from context import temporal_projection
 
         out = temporal_projection(frames, "local").astype(np.float64)

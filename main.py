@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from config import ConfigError, config_hash, load_config, save_config
+from config import ConfigError, config_hash, load_config, load_run_config, save_config
 from preprocessing import SPLITS, check_patient_split
 
 
@@ -55,7 +55,8 @@ def resolve_config(args):
     path = args.config
     if path is None and (args.resume or args.eval_only) and args.run_dir:
         saved = Path(args.run_dir) / "config.yaml"
-        path = saved if saved.is_file() else None
+        if saved.is_file():  # as the run was trained, keys added since included (config.ADDED_LATER)
+            return load_config(overrides=[load_run_config(saved), *overrides])
     return load_config(path, overrides)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from keras import layers
 
 from config import load_config
-from context import PROJECTIONS, Context
+from context import Context, projection_kind
 
 MODEL_NAMES = ("unet", "thesis_autoencoder")
 # Thesis encoder filters, one per Conv2D (each followed by a 2x2 max-pool); the decoder mirrors them.
@@ -213,7 +213,10 @@ def get_model(cfg):
         # a blind-spot network has no identity path (see unet)
         residual = cfg.get("train", {}).get("mode") != "noise2void"
         channels = context_channels(cfg)
-        start = channels - 1 if context_offsets(cfg).projection else 0   # the projection is the last channel
+        # from the projection, the last channel; a saved run config's `projection: true` (the global kind) was
+        # trained from the frame, so --resume must rebuild it that way
+        legacy = cfg["model"].get("context", {}).get("projection") is True
+        start = channels - 1 if context_offsets(cfg).projection and not legacy else 0
         return unet(depth, filters, seed, channels=channels, residual=residual, start=start)
     return thesis_autoencoder(int(cfg["preprocess"]["image_size"]), *_thesis_args(cfg), seed=seed)
 
@@ -233,15 +236,11 @@ def context_offsets(cfg):
     for key, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"model.context.{key} must be an integer >= 0, got {value!r}")
-    projection = context.get("projection", False)
-    if projection is True:  # what a run config saved before the local kind existed means by it
-        projection = "global"
-    if projection not in (False, None, *PROJECTIONS):
-        raise ValueError(f"model.context.projection must be false, {' or '.join(PROJECTIONS)}, got {projection!r}")
+    projection = projection_kind(context.get("projection", False))
     offsets = [(0, 0)]
     offsets += [(sign * d, 0) for d in range(1, values["time"] + 1) for sign in (-1, 1)]
     offsets += [(0, sign * d) for d in range(1, values["slices"] + 1) for sign in (-1, 1)]
-    return Context(offsets, values["precontrast_frames"], projection or None)
+    return Context(offsets, values["precontrast_frames"], projection)
 
 
 def context_channels(cfg):

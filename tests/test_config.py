@@ -53,3 +53,11 @@ def test_a_saved_run_config_keeps_the_behaviour_of_keys_added_after_it(tmp_path)
     save_config(cfg, tmp_path / "new.yaml")
     assert load_run_config(tmp_path / "new.yaml")["model"]["context"]["projection"] == "local"
     assert load_config(tmp_path / "old.yaml")["model"]["context"]["projection"] == "local"  # a user's partial YAML
+    # --resume / --eval-only without --config read the run's own config the same way, overrides on top
+    import main
+
+    (tmp_path / "run").mkdir()
+    save_config(old, tmp_path / "run" / "config.yaml")
+    args = main.parse_args(["--run-dir", str(tmp_path / "run"), "--resume", "--set", "train.epochs=3"])
+    resumed = main.resolve_config(args)
+    assert resumed["model"]["context"]["projection"] is False and resumed["train"]["epochs"] == 3

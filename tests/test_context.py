@@ -190,5 +190,11 @@ def test_projection_channel_is_the_same_in_training_and_enhancement(kind, smoke_
 
     with pytest.raises(ValueError, match="model.context.projection"):
         context_offsets(load_config(overrides=["model.context.projection=2"]))
-    assert context_offsets(load_config(overrides=["model.context.projection=true"])).projection == "global"
+    legacy = load_config(overrides=["model.context.projection=true"])   # a saved run config of the last release
+    assert context_offsets(legacy).projection == "global"
+    # the untrained network returns its start channel: the projection (the last), but the frame for `true`,
+    # as those runs were trained (--resume rebuilds them with get_model)
+    x = np.random.default_rng(0).random((1, 16, 16, 2), dtype=np.float32)
+    for cfg, start in ((legacy, 0), (load_config(overrides=["model.context.projection=global"]), 1)):
+        np.testing.assert_allclose(get_model(cfg).predict_on_batch(x)[..., 0], x[..., start], atol=1e-6)
     assert context_offsets(load_config(overrides=["model.context.projection=false"])).projection is None
