@@ -1,0 +1,33 @@
+"""ablation.py's table bookkeeping: --keep reruns only the named variants and keeps the rows that still mean the
+same thing (same context, same budget). Training itself is main.py's, tested in test_main.py; here each variant's
+run is replaced by a fixed metrics dict so the test is about which rows the table keeps."""
+
+import json
+
+import ablation
+
+
+def _metrics(psnr):
+    stat = {"mean": psnr, "ci_low": psnr - 1, "ci_high": psnr + 1}
+    masked = {"model": {"psnr": stat, "ssim": {"mean": 0.9}}, "noisy_input": {"psnr": {"mean": 27.0}},
+              "gain": {"psnr": stat}}
+    return {"truth": {"patient_ci": {"masked": masked}, "n_slices": 4, "n_patients": 2},
+            "train": {"selection": {"best_value_this_session": psnr}, "seconds": 1.0},
+            "peak_enhancement_error": {"unet": 0.01, "noisy": 0.012}}
+
+
+def test_keep_reruns_only_the_named_variants_and_drops_rows_that_changed_meaning(tmp_path, monkeypatch):
+    runs = []
+    monkeypatch.setattr(ablation, "run_variant", lambda name, context, args: runs.append(name) or _metrics(30.0))
+    out = ["--out", str(tmp_path)]
+    ablation.main([*out, "--variants", "1-frame,time-1"])
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    saved[1]["context"] = {**saved[1]["context"], "projection": True}   # a row whose settings changed since
+    (tmp_path / "ablation.json").write_text(json.dumps(saved))
+    runs.clear()
+    rows = ablation.main([*out, "--variants", "1-frame+local", "--keep"])
+    assert runs == ["1-frame+local"]
+    assert [r["variant"] for r in rows] == ["1-frame", "1-frame+local"]     # time-1 no longer means that row
+    rows = ablation.main([*out, "--variants", "1-frame+local", "--keep", "--epochs", "2"])
+    assert [r["variant"] for r in rows] == ["1-frame+local"]                 # another budget: nothing kept
+    assert rows[0]["budget"]["epochs"] == 2
