@@ -10,8 +10,8 @@ SSIM against the noise-free truth on the test patients (the headline number; aga
 has no truth), the gain over the degraded input (paired per slice, 95% t-interval over patient means), the
 peak-enhancement error over every test lesion (benchmark_kinetics, as make benchmark scores it; a temporal
 context can flatten the enhancement curve a DCE series is read for), the checkpoint's validation body PSNR and
-the training seconds. Pick the default on the test table only as the issue asks: a single comparison of a
-handful of variants, said so in the README.
+the training seconds. The README picks the default by the validation column (what a user without a test split
+would choose by) and shows the test columns beside it: a single comparison of a handful of variants.
 """
 
 import argparse

@@ -107,7 +107,8 @@ from benchmark_report import data_info, machine_info, markdown, plot, quality_no
 from benchmark_speed import preprocessing_config, scaling_child, scaling_part, speed_part
 from config import ConfigError, load_run_config
 
-METHODS = ("noisy", "nlm", "tv", "wavelet", "bm3d", "bm4d", "mppca", "tpca", "thesis", "unet", "noise2noise", "noise2void")
+METHODS = ("noisy", "nlm", "tv", "wavelet", "bm3d", "bm4d", "mppca", "tpca", "thesis", "unet", "noise2noise",
+           "noise2void")
 PARTS = ("quality", "speed", "scaling")
 
 

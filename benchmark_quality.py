@@ -67,6 +67,7 @@ MODELS = ("thesis", "unet", "noise2noise", "noise2void")
 SIGMA_SCALES = (0.6, 0.8, 1.0, 1.25)
 MULTIFRAME_SCALES = (0.8, 1.0, 1.25)           # bm4d: fewer candidates, each a whole stack
 MPPCA_RADII = (1, 2, 3)                        # mppca: in-plane patch radius
+MULTIFRAME_CANDIDATES = {"bm4d": MULTIFRAME_SCALES, "mppca": MPPCA_RADII}  # tpca has no parameter
 CALIBRATION_CROP = 96                          # side of the in-plane crop the multi-frame calibration runs on
 # Tissue for the noise check: clean magnitude above this many sigma_total, where Rician ~ Gaussian.
 TISSUE_SNR = 10.0
@@ -164,6 +165,20 @@ def rician_outputs(plain, levels):
             (amplitude + zero).astype(np.float32))
 
 
+def multiframe_denoise(method, frames, levels, param=None):
+    """(main, gauss, amplitude) of a multi-frame method on normalized frames ((T, H, W) for bm4d and tpca,
+    (T, Z, H, W) for mppca), float32, as classical_denoise for one slice. param: bm4d's multiplier of
+    sigma_pixel (default 1), mppca's patch radius (default MPPCA_RADII[1]); tpca takes none."""
+    from denoisers import denoise_frames
+
+    noisy = np.asarray(frames, np.float64) - levels["zero"]
+    if method == "bm4d":
+        plain = denoise_frames("bm4d", noisy, (1.0 if param is None else param) * levels["sigma_pixel"], rician=False)
+    else:  # mppca and tpca measure the noise themselves
+        plain = denoise_frames(method, noisy, rician=False, patch_radius=MPPCA_RADII[1] if param is None else param)
+    return rician_outputs(plain, levels)
+
+
 # -----------------------------------------------------------------------------
 # multi-frame methods: stacks from the manifest layout, each denoised once
 
@@ -235,12 +250,10 @@ class Stacks:
     def denoise(self, method, row, levels):
         """((main, gauss, amplitude) of the row's slice, ms per frame of the stack's run, fallback or None).
 
-        bm4d: the (T, H, W) stack of the row's position with sigma = scale * sigma_pixel; mppca: the (T, Z', H, W)
-        slab of the series' positions that the row's position depends on (denoisers.mppca_slab: the same output
+        bm4d and tpca: the (T, H, W) stack of the row's position (bm4d: sigma = scale * sigma_pixel); mppca: the
+        (T, Z', H, W) slab of the series' positions that the row's position depends on (denoisers.mppca_slab: the same output
         there as the whole volume), with the calibrated patch radius. Without a stack (one time point): the 2-D
         FALLBACK_2D run of classical_denoise on the slice alone."""
-        from denoisers import denoise_frames
-
         whole = method == "mppca"
         stack_rows = self.rows_of(row, whole_series=whole)
         if stack_rows is None:
@@ -255,18 +268,11 @@ class Stacks:
         else:
             key, at = (method, row["series_uid"], k), (row["time_index"],)
         if key not in self._cache:
-            noisy = self.frames(stack_rows) - levels["zero"]
+            noisy = self.frames(stack_rows)
             start = time.perf_counter()
-            if whole:
-                plain = denoise_frames("mppca", noisy, rician=False,
-                                       patch_radius=self.params.get("mppca", MPPCA_RADII[1]))
-            elif method == "tpca":
-                plain = denoise_frames("tpca", noisy, rician=False)
-            else:
-                plain = denoise_frames("bm4d", noisy, self.params.get("bm4d", 1.0) * levels["sigma_pixel"],
-                                       rician=False)
+            outputs = multiframe_denoise(method, noisy, levels, self.params.get(method))
             ms = 1000 * (time.perf_counter() - start) / (noisy.size // np.prod(noisy.shape[-2:]))
-            self._cache[key] = (rician_outputs(plain, levels), ms)
+            self._cache[key] = (outputs, ms)
         outputs, ms = self._cache[key]
         return tuple(None if o is None else o[at] for o in outputs), ms, None
 
@@ -404,8 +410,7 @@ def calibrate(methods, data_dir, n_slices, seed=0, n_stacks=2):
               "slices": [{"patient_id": r["patient_id"], "series_uid": r["series_uid"],
                           "slice_index": r["slice_index"]} for r, *_ in slices],
               "candidates": {**{m: list(SIGMA_SCALES) for m in methods if m in CLASSICAL},
-                             **({"bm4d": list(MULTIFRAME_SCALES)} if "bm4d" in methods else {}),
-                             **({"mppca": list(MPPCA_RADII)} if "mppca" in methods else {})},
+                             **{m: list(c) for m, c in MULTIFRAME_CANDIDATES.items() if m in methods}},
               "multiframe_stacks": stacks, "multiframe_crop": CALIBRATION_CROP, "chosen": chosen}
     return params, table, None, record
 
@@ -428,7 +433,6 @@ def calibrate_multiframe(methods, data_dir, slices, reference, n_stacks):
     the series volume (mppca) is scored in its own body mask against the reference."""
     from tqdm import tqdm
 
-    from denoisers import denoise_frames
     from metrics import body_mask, slice_metrics
 
     stacks, used = Stacks(data_dir), []
@@ -437,21 +441,17 @@ def calibrate_multiframe(methods, data_dir, slices, reference, n_stacks):
         if whole is not None and len(used) < n_stacks:
             used.append((row, noisy, _crop_window(mask, CALIBRATION_CROP), whole))
     found = {}
-    for method in (m for m in methods if m != "tpca"):  # tpca has no parameter
-        candidates = MPPCA_RADII if method == "mppca" else MULTIFRAME_SCALES
+    for method in (m for m in methods if m in MULTIFRAME_CANDIDATES):
+        candidates = MULTIFRAME_CANDIDATES[method]
         psnr = {c: [] for c in candidates}
         for row, noisy, window, whole in tqdm(used, desc=f"calibrate {method}", unit="stack", leave=False):
             levels = noise_levels(row, noisy)
             rows = whole if method == "mppca" else [frame[row["position_index"]] for frame in whole]
             crop = (Ellipsis,) + window
-            noisy_stack = stacks.frames(rows)[crop] - levels["zero"]
+            noisy_stack = stacks.frames(rows)[crop]
             ref = stacks.frames(rows, "truth_file" if reference == "truth" else "clean_file")[crop]
             for c in candidates:
-                if method == "mppca":
-                    plain = denoise_frames("mppca", noisy_stack, rician=False, patch_radius=c)
-                else:
-                    plain = denoise_frames("bm4d", noisy_stack, c * levels["sigma_pixel"], rician=False)
-                main_out, _, amplitude = rician_outputs(plain, levels)
+                main_out, _, amplitude = multiframe_denoise(method, noisy_stack, levels, c)
                 out = amplitude if reference == "truth" else main_out
                 flat = out.reshape((-1,) + out.shape[-2:])
                 for image, target in zip(flat, ref.reshape(flat.shape)):

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark_quality import MULTIFRAME, BenchmarkError, classical_denoise, eval_split, noise_levels, rician_outputs
+from benchmark_quality import (MULTIFRAME, BenchmarkError, classical_denoise, eval_split, multiframe_denoise,
+                               noise_levels)
 from config import ConfigError, load_config
 
 # Demo series for the speed and scaling parts: small, so that 16 series (256 slices) stay quick.
@@ -80,7 +81,7 @@ def time_context(cfg, size, min_reps):
     from model import context_offsets
 
     context = context_offsets(cfg)
-    if len(context.offsets) == 1 and not context.precontrast_frames and not context.projection:
+    if context.single_frame:
         return None
     frames = np.random.default_rng(0).random((CONTEXT_SPEED_FRAMES, size, size), dtype=np.float32)
     layout = [(t, 0) for t in range(CONTEXT_SPEED_FRAMES)]
@@ -232,7 +233,6 @@ def classical_speed(methods, data_dir, size, n_slices, params=None):
     import cv2
 
     from data_factory import PairedSlices
-    from denoisers import denoise_frames
 
     params = params or {}
     ds = PairedSlices(data_dir, eval_split(data_dir), batch_size=1, max_slices=n_slices)
@@ -248,16 +248,10 @@ def classical_speed(methods, data_dir, size, n_slices, params=None):
                 n = MULTIFRAME_SPEED_FRAMES
                 shape = (n, size, size)
                 rng = np.random.default_rng(b)
-                stack = noisy - levels["zero"] + levels["sigma_pixel"] * rng.standard_normal(shape).astype(np.float32)
+                stack = noisy + levels["sigma_pixel"] * rng.standard_normal(shape).astype(np.float32)
                 frames = int(np.prod(shape[:-2]))
                 start = time.perf_counter()
-                if method == "bm4d":
-                    plain = denoise_frames("bm4d", stack, params.get("bm4d", 1.0) * levels["sigma_pixel"], rician=False)
-                elif method == "tpca":
-                    plain = denoise_frames("tpca", stack, rician=False)
-                else:
-                    plain = denoise_frames("mppca", stack, rician=False, patch_radius=params.get("mppca", 2))
-                rician_outputs(plain, levels)
+                multiframe_denoise(method, stack, levels, params.get(method))
             else:
                 start = time.perf_counter()
                 classical_denoise(method, noisy, levels, params.get(method, 1.0))
@@ -310,8 +304,8 @@ def speed_part(args, models, data_dir, prep_cfg, cache_dir, classical, params=No
     timed = [m for m in classical if m != "mppca"]
     if len(timed) < len(classical):
         notes.append("mppca is not timed at this size: its cost depends on the series' (x, y, z) size, not on "
-                     "the frame; see its ms per slice in the quality table (per frame of the series slab a scored slice "
-                     "needs, denoisers.mppca_slab)")
+                     "the frame; see its ms per slice in the quality table (per frame of the series slab a scored "
+                     "slice needs, denoisers.mppca_slab)")
     result["classical"] = classical_speed(timed, data_dir, args.speed_size, args.speed_bm3d_slices, params)
     bm3d = result["classical"].get("bm3d", {}).get("ms_per_slice")
     bm4d = result["classical"].get("bm4d", {}).get("ms_per_slice")

@@ -18,7 +18,11 @@ import numpy as np
 # What model.context asks the network to see (model.context_offsets builds it from the config): channel offsets
 # [(dt, dk)], the target (0, 0) first; the number of pre-contrast frames averaged into a guide (0: none); the kind of
 # projection channel that follows (None: none; "global" or "local", see temporal_projection).
-Context = collections.namedtuple("Context", "offsets precontrast_frames projection", defaults=(0, None))
+class Context(collections.namedtuple("Context", "offsets precontrast_frames projection", defaults=(0, None))):
+    @property
+    def single_frame(self):
+        """True when the input is the target slice alone (no stack to build)."""
+        return len(self.offsets) == 1 and not self.precontrast_frames and not self.projection
 
 
 def reflect(i, n):
@@ -49,6 +53,8 @@ def reflect(i, n):
 # A repeated frame (a missing frame's fallback) makes the smallest eigenvalue ~0 and the projection ~the identity:
 # no denoising, no harm.
 PROJECTIONS = ("global", "local")
+PROJECTION_EDGE = 1.5
+LOCAL_BLOCK, LOCAL_STRIDE = 8, 4
 
 
 def projection_kind(value):
@@ -61,8 +67,6 @@ def projection_kind(value):
     if value not in PROJECTIONS:
         raise ValueError(f"model.context.projection must be false, {' or '.join(PROJECTIONS)}, got {value!r}")
     return value
-PROJECTION_EDGE = 1.5
-LOCAL_BLOCK, LOCAL_STRIDE = 8, 4
 
 
 def temporal_projection(frames, kind="local", window=None):
@@ -82,14 +86,14 @@ def temporal_projection(frames, kind="local", window=None):
         raise ValueError(f"unknown projection {kind!r}; choose one of {', '.join(PROJECTIONS)}")
     frames = np.asarray(frames, np.float32)
     window = (slice(None), slice(None)) if window is None else tuple(window)
-    if frames[0].size <= len(frames):  # no more pixels than frames: no noise level to measure
-        return frames[(slice(None),) + window].copy()
     n_times = len(frames)
+    if n_times < 2 or frames[0].size <= n_times:  # no time axis, or too few pixels to measure the noise
+        return frames[(slice(None),) + window].copy()
     x = frames.reshape(n_times, -1)
     mean = x.mean(1, keepdims=True, dtype=np.float64).astype(np.float32)
     x = x - mean
     covariance = (x @ x.T).astype(np.float64) / x.shape[1]
-    if n_times < 2 or not np.all(np.isfinite(covariance)):  # NaN/inf: left as they are for the callers' checks
+    if not np.all(np.isfinite(covariance)):  # NaN/inf: left as they are for the callers' checks
         return frames[(slice(None),) + window].copy()
     values, vectors = np.linalg.eigh(covariance)
     ratio = math.sqrt(n_times / x.shape[1])

@@ -14,7 +14,8 @@ and this module turns one split of it into batches:
                                       # it once before the first, so training starts at pass 1: still seeded)
 
 Memory does not depend on the dataset size: the arrays are opened with np.load(mmap_mode="r") the first time a
-batch needs them (one memmap per file, cached per process), and only the slices of the current batch are read.
+batch needs them (one memmap per file, cached per process), and only the slices of the current batch are read
+(with a projection context, every frame of their positions).
 Arrays keep each series' acquisition matrix (preprocess.image_size null) or share one side S (resized): crops
 batch together whatever the size, whole slices of different sizes go into batches of one size each.
 
@@ -41,8 +42,7 @@ from degrade import NOISE_MODELS, add_noise, decorrelated_target
 MODES = ("supervised", "noise2noise", "noise2void")
 # what a supervised target is: the 3T image, or the 3T image with its noise decorrelated from the input's
 TARGETS = ("3t", "decorrelated")
-# projections of the stored draw kept by PairedSlices: a QIN-BREAST series (60 x 25 frames of 512^2, 1.5 GiB) fits
-STORED_PROJECTION_BYTES = 2 ** 31
+STORED_PROJECTION_BYTES = 2 ** 31  # a QIN-BREAST series' projections fit (60 x 25 frames of 512^2: 1.5 GiB)
 
 # The columns preprocessing.py writes, in this order (see /tmp/design.md, "preprocessing.py").
 MANIFEST_COLUMNS = (
@@ -156,9 +156,10 @@ class PairedSlices(keras.utils.PyDataset):
         and sigma_added, from the batch's generator seeded by (seed, epoch, index)) instead of reading the stored
         one, so the network never sees the same noise twice. Needs arrays at the acquisition matrix (noise is
         white there; after a resize it would not be). Validation and test keep the stored, recorded draw.
-    context: (offsets, precontrast_frames[, projection]) as model.context_offsets gives it; the input stack is
-        context_slices' channels, the guide mean, then the projection channel (of the whole slices of the position,
-        drawn whole, computed for the crop's window: a crop holds what enhance.py computes on the whole slice).
+    context: a context.Context (model.context_offsets); the input stack is context_slices' channels, the guide
+        mean, then the projection of the position's whole slices (for a crop, of its window: what enhance.py
+        computes on the whole slice, cropped; for the stored draw, once per position, kept up to
+        STORED_PROJECTION_BYTES).
     patch_size: None for whole slices (validation, evaluation, the thesis autoencoder), or the side of random
         square crops for training a fully convolutional model. Crops prefer tissue: `crop_candidates`
         positions are drawn and the one with the most clean pixels above `tissue_threshold` is kept, so few
@@ -249,18 +250,20 @@ class PairedSlices(keras.utils.PyDataset):
                 and not self.has_clean:
             raise ValueError(f"{self.data_dir} has no clean images (degrade.model none: the input is the noisy "
                              "scan): supervised training needs pairs; use train.mode noise2noise or noise2void")
-        self.batch_size = int(batch_size)
-        self.shuffle = bool(shuffle)
-        self.augment = bool(augment)
+        self.batch_size, self.shuffle, self.augment = int(batch_size), bool(shuffle), bool(augment)
         self.patch_size = None if patch_size is None else int(patch_size)
         self.seed = int(seed)
         self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
-        self.tissue_threshold = float(tissue_threshold)
-        self.crop_candidates = int(crop_candidates)
+        self.tissue_threshold, self.crop_candidates = float(tissue_threshold), int(crop_candidates)
         self.epoch = 0
         self._arrays = {}            # path -> np.memmap, filled lazily by array()
         self._arrays_pid = os.getpid()
         shapes = [tuple(self.array(r["noisy_file"]).shape[1:]) for r in self.rows]
+        if mode == "supervised":  # once here, not per sample (the self-supervised modes never open a clean file)
+            unequal = sorted({r["clean_file"] for r, shape in zip(self.rows, shapes)
+                              if r.get("clean_file") and self.array(r["clean_file"]).shape[1:] != shape})
+            if unequal:
+                raise ValueError(f"{unequal[0]} and its noisy array have different slice shapes; rerun preprocessing.py")
         self._groups = None  # whole slices of several sizes: batches of one size each (see _batch_indices)
         if self.patch_size is not None:
             side = min(min(shape) for shape in shapes)
@@ -386,8 +389,11 @@ class PairedSlices(keras.utils.PyDataset):
         for row in rows:
             channels, guide = self.context_of(row)
             projected = self.position_of(row) if self.context.projection else []
+            # whole slices of the stored draw: one projection per position (_stored_projection); else drawn here
+            stored = bool(projected) and not self.fresh_noise and self.patch_size is None
+            drawn = [] if stored else projected
             # every distinct frame once: a frame repeated by reflection is one image at inference, with one noise
-            frames, which = np.unique(channels + guide + projected, return_inverse=True)
+            frames, which = np.unique(channels + guide + drawn, return_inverse=True)
             has_clean = bool(row.get("clean_file"))
             clean_all = self.array(row["clean_file"]) if has_clean else None
             window = (slice(None), slice(None))
@@ -395,22 +401,20 @@ class PairedSlices(keras.utils.PyDataset):
                 y, x = self._crop_position(clean_all[row["slice_index"]], rng)
                 window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
             clean = np.asarray(clean_all[row["slice_index"]][window], np.float32) if has_clean else None
-            region = (slice(None), slice(None)) if projected else window  # a projection needs whole slices
+            region = (slice(None), slice(None)) if drawn else window  # a projection needs whole slices
             if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
                 noisy = add_noise(np.asarray(clean_all[frames][(slice(None),) + region], np.float32),
                                   row["degrade_model"], row["sigma_added"], noise_rng, zero=_zero(row))
             else:
                 noisy = np.asarray(self.array(row["noisy_file"])[frames][(slice(None),) + region], np.float32)
-                if has_clean and self.array(row["noisy_file"]).shape[1:] != clean_all.shape[1:]:
-                    raise ValueError(f"{row['clean_file']} and {row['noisy_file']} have different slice shapes; "
-                                     "rerun preprocessing.py")
             noisy = noisy[which]
             n, g = len(channels), len(guide)
             parts = [noisy[:n]] + ([noisy[n:n + g].mean(0, keepdims=True)] if guide else [])
-            if projected:  # read whole, now cropped like the target; the projection of the window's pixels only
+            if drawn:  # read whole, now cropped like the target; the projection of the window's pixels only
                 parts = [p[(slice(None),) + window] for p in parts]
-                t, stored = _layout_of(row)[0], not self.fresh_noise and self.patch_size is None
-                parts.append(self._stored_projection(row, projected, noisy[n + g:])[[t]] if stored else
+            if projected:
+                t = _layout_of(row)[0]
+                parts.append(self._stored_projection(row, projected)[[t]] if stored else
                              temporal_projection(noisy[n + g:], self.context.projection, window)[[t]])
             noisy = np.concatenate(parts)
             if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
@@ -424,11 +428,12 @@ class PairedSlices(keras.utils.PyDataset):
             return self._stack(index, noisy_batch, noisy_batch)[0], None
         return self._stack(index, noisy_batch, clean_batch)
 
-    def _stored_projection(self, row, projected, frames):
-        """The stored draw's projection of a position, kept for its other frames (up to STORED_PROJECTION_BYTES)."""
+    def _stored_projection(self, row, projected):
+        """The stored draw's projection of a position's frames `projected`, kept for its other frames."""
         key = (row["noisy_file"], tuple(projected))
         value = self._projections.get(key)  # single dict operations (list() too): safe with threaded workers
         if value is None:
+            frames = np.asarray(self.array(row["noisy_file"])[projected], np.float32)
             value = self._projections[key] = temporal_projection(frames, self.context.projection)
             for old in list(self._projections)[:-1]:  # oldest first
                 if sum(v.nbytes for v in list(self._projections.values())) <= STORED_PROJECTION_BYTES:
@@ -484,7 +489,7 @@ class PairedSlices(keras.utils.PyDataset):
 
     def position_of(self, row):
         """Slice indices of every time point at the row's position (the stack of its projection channel)."""
-        t, k, n_times, _ = _layout_of(row)
+        _, k, n_times, _ = _layout_of(row)
         return position_frames(self._lookup[row["series_uid"]], k, n_times, row["slice_index"])
 
     def context_of(self, row):

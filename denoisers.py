@@ -232,11 +232,11 @@ def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0,
     """Denoise a stack of frames with a multi-frame method; float32, same shape.
 
     method: "bm4d", "mppca" or "tpca". frames: normalized magnitude images (0 = air), (T, H, W) for bm4d and tpca
-    (one slice position over time) or (T, Z, H, W) for mppca (a series: time points x slice positions; (T, H, W) is taken as
-    Z = 1). sigma: Rician sigma of every frame (bm4d's noise level; for mppca only the Rician correction uses it,
-    MP-PCA estimates the noise itself). patch_radius: mppca's in-plane patch radius. rician, reference_sigma: as in
-    denoise(). A single frame (T = 1) has no time axis to use: bm4d then runs on it as a 2-D image, mppca refuses
-    (ValueError): the benchmark falls back to a 2-D method for such series.
+    (one slice position over time) or (T, Z, H, W) for mppca (a series: time points x slice positions; (T, H, W)
+    is taken as Z = 1). sigma: Rician sigma of every frame (bm4d's noise level; for mppca and tpca only the Rician
+    correction uses it, they estimate the noise themselves). patch_radius: mppca's in-plane patch radius. rician,
+    reference_sigma: as in denoise(). A single frame (T = 1) has no time axis to use: bm4d then runs on it as a 2-D
+    image, mppca and tpca refuse (ValueError): the benchmark falls back to a 2-D method for such series.
     """
     if method not in MULTIFRAME:
         raise ValueError(f"unknown multi-frame denoiser '{method}'; choose one of {', '.join(MULTIFRAME)}")

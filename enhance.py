@@ -325,13 +325,12 @@ def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, 
     """
     stack = np.ascontiguousarray(stack, dtype=np.float32)
     n, rows, cols = stack.shape[:3]
-    offsets, precontrast, projection = enhancer.context
+    context = enhancer.context
 
     def inputs(frames):
-        if len(offsets) == 1 and not precontrast and not projection:
+        if context.single_frame:
             return frames
-        return context_stack(frames, layout or [(0, i) for i in range(len(frames))], offsets, precontrast,
-                             projection)
+        return context_stack(frames, layout or [(0, i) for i in range(len(frames))], *context)
 
     timings = enhancer.timings
     size = enhancer.cfg["preprocess"]["image_size"]

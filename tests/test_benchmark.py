@@ -323,7 +323,8 @@ def multiframe(smoke_run, smoke_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark_multiframe")
     report = benchmark.main(["--run-dir", str(smoke_run), "--data", str(smoke_data), "--parts", "quality",
                              "--max-slices", "3", "--calibrate-slices", "4", "--calibrate-stacks", "1",
-                             "--kinetics-lesions", "1", "--methods", "noisy,tv,bm4d,mppca,tpca,unet", "--out", str(out)])
+                             "--kinetics-lesions", "1", "--methods", "noisy,tv,bm4d,mppca,tpca,unet",
+                             "--out", str(out)])
     return report, out
 
 
