@@ -5,8 +5,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO_DATA := data/processed_demo
 comma := ,
+empty :=
+space := $(empty) $(empty)
 
-.PHONY: venv test test-all demo selfsup-demo benchmark thesis-demo clean
+.PHONY: venv test test-all demo selfsup-demo selfsup-n2v-demo benchmark thesis-demo clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,12 +40,21 @@ selfsup-demo: venv
 	@echo
 	@echo "Figures and metrics: runs/selfsup_demo/ (noise2noise; metrics.json 'truth': test patients vs the noise-free truth)"
 
+# The blind-spot mode on the same series and budget (noise2void: needs no repeated frames).
+selfsup-n2v-demo: venv
+	$(BIN)/python preprocessing.py --config configs/demo.yaml --out $(DEMO_DATA)
+	$(BIN)/python main.py --config configs/selfsup.yaml --set train.mode=noise2void --data $(DEMO_DATA) \
+		--run-dir runs/selfsup_n2v
+
 # Baselines (NLM, TV, wavelet, BM3D, and the multi-frame BM4D and MP-PCA) and the U-Net on the same test slices,
 # against the truth and the 3T image, lesion kinetics, speed and scaling. 16 slices: BM4D costs ~30 s per stack.
-# The self-supervised run of `make selfsup-demo` joins the table when it exists.
+# The self-supervised runs of `make selfsup-demo` and `make selfsup-n2v-demo` join the table when they exist.
+SELFSUP := $(patsubst %/model.keras,%,$(wildcard runs/selfsup_demo/model.keras runs/selfsup_n2v/model.keras))
+SELFSUP_METHODS := $(if $(filter runs/selfsup_demo,$(SELFSUP)),$(comma)noise2noise)$(if $(filter runs/selfsup_n2v,$(SELFSUP)),$(comma)noise2void)
 benchmark: venv
 	$(BIN)/python benchmark.py --run-dir runs/demo --data $(DEMO_DATA) --max-slices 16 --kinetics-lesions 4 \
-		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,tpca,unet$(if $(wildcard runs/selfsup_demo/model.keras),$(comma)noise2noise --selfsup-runs runs/selfsup_demo,)
+		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,tpca,unet$(SELFSUP_METHODS) \
+		$(if $(SELFSUP),--selfsup-runs $(subst $(space),$(comma),$(strip $(SELFSUP))))
 
 # The thesis reproduction study (README, "Reproducing the thesis"): each reading of the thesis autoencoder
 # against the thesis' Table 1 and the degraded input, Gaussian noise, 256x256, a CPU budget (~7 min on 2 cores).

@@ -96,6 +96,7 @@ DEFAULTS = {
         # uncorrelated with the input's, so the network learns the noise-free image: degrade.decorrelated_target)
         "target": "3t",
         "noise2noise_frames": 3,  # noise2noise pairs frames among the first N time points (QIN-BREAST: 3 pre-contrast)
+        "noise2noise_register": True,  # shift each noise2noise target onto its input frame (rigid, phase correlation)
         "mask_fraction": 0.02,    # noise2void: blind-spot pixels per patch (N2V: 0.2%; more gives more signal per step)
         "epochs": 10,
         "batch_size": 8,
@@ -180,7 +181,7 @@ def load_config(path=None, overrides=()):
 # Keys added after run dirs were first saved, with the value that a saved run config without them meant (the
 # behaviour before the key existed): a run trained before model.context.projection had no projection channel
 # (and one saved with projection: true has the global kind, see model.context_offsets).
-ADDED_LATER = {("model", "context", "projection"): False}
+ADDED_LATER = {("model", "context", "projection"): False, ("train", "noise2noise_register"): False}
 
 
 def load_run_config(path):

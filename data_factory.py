@@ -33,7 +33,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from context import Context, context_slices, position_frames, projection_kind, reflect, temporal_projection
+from context import Context, context_slices, position_frames, projection_kind, temporal_projection
 from degrade import NOISE_MODELS, add_noise, decorrelated_target
 
 # What a training sample's target is (train.mode in config.py; main.py documents the choice):
@@ -176,12 +176,14 @@ class PairedSlices(keras.utils.PyDataset):
         - "noise2noise": the split keeps the frames t < noise2noise_frames (the pre-contrast frames) of slice
           positions that have at least two of them; the input is frame t (with its slice neighbours as context),
           the target another of those frames at the same position of the same series, drawn per sample, so every
-          frame takes turns as input and target; weight 1 everywhere. Time context and the pre-contrast guide
-          would show the network the target's own noise, so they are refused.
+          frame takes turns as input and target; weight 1 everywhere. A projection channel projects every frame of
+          the position but the target (leave-target-out; inference projects all of them). Time context and the
+          pre-contrast guide would show the network the target's own noise, so they are refused.
         - "noise2void": the target is the input frame itself; a fraction `mask_fraction` of its pixels is replaced
-          in the input by a random other pixel of the (2 mask_radius + 1)^2 window around it (blind_spot), and
-          only they carry weight. Time and slice neighbours keep their pixels (their noise is independent); the
-          guide is refused (it averages the target frame in).
+          by a random other pixel of the (2 mask_radius + 1)^2 window around it (blind_spot) wherever the input
+          reads that frame (its channel and the projection's stack), and only they carry weight. Time and slice
+          neighbours keep their pixels (their noise is independent); the guide is refused (it averages the target
+          frame in).
     **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`, passed to keras.utils.PyDataset.
 
     Memory: the arrays are memory-mapped lazily, one np.memmap per file, cached per process (reopened after a
@@ -190,8 +192,8 @@ class PairedSlices(keras.utils.PyDataset):
 
     def __init__(self, data_dir, split, batch_size=8, shuffle=False, augment=False, patch_size=None, seed=0,
                  max_slices=None, steps_per_epoch=None, tissue_threshold=0.1, crop_candidates=4, fresh_noise=False,
-                 context=None, mode="supervised", noise2noise_frames=3, mask_fraction=0.02, mask_radius=2,
-                 target="3t", **kwargs):
+                 context=None, mode="supervised", noise2noise_frames=3, register=True, mask_fraction=0.02,
+                 mask_radius=2, target="3t", **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -213,17 +215,15 @@ class PairedSlices(keras.utils.PyDataset):
         context = Context(*(context or ([(0, 0)],)))
         self.context = Context(list(context.offsets), int(context.precontrast_frames),
                                projection_kind(context.projection))
-        if mode == "noise2noise" and (any(dt for dt, _ in self.context.offsets) or self.context.precontrast_frames
-                                      or self.context.projection):
-            raise ValueError("noise2noise cannot take time context, the pre-contrast guide or the projection "
-                             "(model.context time, precontrast_frames, projection): they hold the target frame, whose "
-                             "noise the network would copy. Use slice context only, or noise2void")
-        if mode == "noise2void" and (self.context.precontrast_frames or self.context.projection):
-            raise ValueError("noise2void cannot take the pre-contrast guide or the projection (model.context."
-                             "precontrast_frames, projection): they mix the target frame in, blind spots included; "
-                             "set them to 0 / false")
+        if mode == "noise2noise" and (any(dt for dt, _ in self.context.offsets) or self.context.precontrast_frames):
+            raise ValueError("noise2noise cannot take time context or the pre-contrast guide (model.context time, "
+                             "precontrast_frames): they hold the target frame, whose noise the network would copy. "
+                             "Use slice context and the projection (it leaves the target frame out), or noise2void")
+        if mode == "noise2void" and self.context.precontrast_frames:
+            raise ValueError("noise2void cannot take the pre-contrast guide (model.context.precontrast_frames): it "
+                             "averages the target frame in, blind spots included; set it to 0")
         self._projections = {}
-        self.noise2noise_frames = int(noise2noise_frames)
+        self.noise2noise_frames, self.register, self._shifts = int(noise2noise_frames), bool(register), {}
         self.mask_fraction, self.mask_radius = float(mask_fraction), int(mask_radius)
         if mode == "noise2void" and not (0 < self.mask_fraction < 1 and self.mask_radius >= 1):
             raise ValueError(f"noise2void needs 0 < mask_fraction < 1 and mask_radius >= 1, got "
@@ -470,22 +470,55 @@ class PairedSlices(keras.utils.PyDataset):
         if self.patch_size is not None:
             y, x = self._crop_position(noisy_all[target], rng)
             window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
-        frames, which = np.unique(channels, return_inverse=True)
-        inputs = np.moveaxis(np.asarray(noisy_all[frames][(slice(None),) + window], np.float32)[which], 0, -1)
+        # the projection's stack: every time point of the position except a noise2noise target (its noise would
+        # reach the input through the projection), read whole (the noise level comes from whole slices)
+        left_out = target if self.mode == "noise2noise" else None
+        projected = [f for f in self.position_of(row) if f != left_out] if self.context.projection else []
+        frames, which = np.unique(channels + projected, return_inverse=True)
+        region = (slice(None), slice(None)) if projected else window
+        stack = np.asarray(noisy_all[frames][(slice(None),) + region], np.float32)
         values = np.asarray(noisy_all[target][window], np.float32)
+        if target != row["slice_index"] and self.register:
+            values = self._registered(row, target)[window]
         weight = np.ones_like(values)
         if self.mode == "noise2void":
-            inputs = inputs.copy()
-            masked, weight = blind_spot(inputs[..., 0], rng, self.mask_fraction, self.mask_radius)
-            # every channel that is the target frame itself (a neighbour reflected onto it in a series of one time
-            # point or position, or a missing frame's fallback) gets the same blind spots, or it would show them
-            for i, c in enumerate(channels):
-                if c == row["slice_index"]:
-                    inputs[..., i] = masked
+            # the blind spots hide the target frame wherever it is read: its channel, the projection's stack, a
+            # neighbour reflected onto it (a series of one time point or position), a missing frame's fallback.
+            # Other frames keep their pixels: their noise is independent of the target's.
+            i = int(np.searchsorted(frames, row["slice_index"]))
+            others = [j for j, f in enumerate(frames) if f != row["slice_index"] and f in projected]
+            stack[i], weight = blind_spot(stack[i], rng, self.mask_fraction, self.mask_radius,
+                                          guide=stack[others] if others else None)
+            weight = weight[window] if projected else weight
+        stack = stack[which]
+        n = len(channels)
+        parts = [stack[:n][(slice(None),) + window] if projected else stack[:n]]
+        if projected:
+            own = projected.index(row["slice_index"])
+            parts.append(temporal_projection(stack[n:], self.context.projection, window)[[own]])
+        inputs = np.moveaxis(np.concatenate(parts), 0, -1)
         target = np.stack([values, weight], axis=-1)
         if self.augment:
             inputs, target = self._symmetry(inputs, target, rng)
         return np.ascontiguousarray(inputs, np.float32), np.ascontiguousarray(target, np.float32)
+
+    def _registered(self, row, target):
+        """Frame `target` of the row's series shifted onto the row's frame (whole slices): a noise2noise target must show the input's
+        anatomy, or the network learns the motion between them as blur (the demo's pre-contrast frames, moved by
+        up to 1.5 mm each, differ by 25 dB in truth PSNR, worse than their noise). Rigid: the shift is the peak of
+        their phase correlation to 1/10 px (skimage), cached per pair; the target is resampled with a cubic
+        spline, which keeps its noise zero-mean and independent of the input's. Elastic motion is left."""
+        from scipy import ndimage
+        from skimage.registration import phase_cross_correlation
+
+        noisy_all = self.array(row["noisy_file"])
+        key = (row["noisy_file"], row["slice_index"], target)
+        shift = self._shifts.get(key)  # a single dict operation: safe with threaded workers
+        moving = np.asarray(noisy_all[target], np.float32)
+        if shift is None:
+            reference = np.asarray(noisy_all[row["slice_index"]], np.float32)
+            shift = self._shifts[key] = phase_cross_correlation(reference, moving, upsample_factor=10)[0]
+        return ndimage.shift(moving, shift, order=3, mode="nearest")
 
     def position_of(self, row):
         """Slice indices of every time point at the row's position (the stack of its projection channel)."""
@@ -545,25 +578,59 @@ class PairedSlices(keras.utils.PyDataset):
         return tuple(out)
 
 
-def blind_spot(image, rng, fraction, radius=2):
+def _reflected(i, n):
+    """context.reflect for integer arrays: indices reflected into range(n) as np.pad's 'reflect' (n > 1)."""
+    if n <= 1:
+        return np.zeros_like(i)
+    period = 2 * (n - 1)
+    i = np.mod(i, period)
+    return np.where(i < n, i, period - i)
+
+
+def blind_spot(image, rng, fraction, radius=2, guide=None):
     """Noise2Void masking of one (h, w) image: (masked copy, weight).
 
-    round(fraction * h * w) distinct pixels (at least one) are drawn uniformly; each takes the value of another
-    pixel drawn uniformly from the (2 radius + 1)^2 window around it, never itself (window positions outside the
-    image are reflected back in, as np.pad's 'reflect', so a border pixel cannot land on itself either). The values
-    come from the original image, not from pixels already replaced. weight is 1 at the masked pixels, 0 elsewhere:
-    the loss is taken there only, where the network cannot have seen the noise it is asked to predict."""
+    round(fraction * h * w) distinct pixels (at least one) are drawn uniformly; each takes the value of a pixel
+    of the (2 radius + 1)^2 window around it that is not a blind spot itself (window positions outside the image
+    are reflected back in, as np.pad's 'reflect', so a border pixel cannot land on itself either). A blind spot
+    copied into its neighbour would show the network, a pixel away, the very noise it is asked to predict there
+    (about `fraction` of the blind spots otherwise). weight is 1 at the masked pixels, 0 elsewhere: the loss is
+    taken there only.
+
+    guide: None, or (F, h, w) other frames of the same anatomy with noise independent of the image's (the other
+    time points of a DCE position). Without it the source is drawn uniformly (Noise2Void); with it, it is the
+    window pixel whose guide values are closest (least squares) to the blind spot's: a pixel of the same tissue, so
+    the replaced value looks like the pixel's own, up to its noise, which is independent of the target (the choice
+    never reads the image). The temporal projection of a masked stack then sees an ordinary time course, where a
+    random neighbour's value would make the blind spots the only pixels whose course jumps at the target frame.
+    """
     h, w = image.shape
     n = max(1, int(round(fraction * h * w)))
     picked = rng.choice(h * w, size=n, replace=False)
     ys, xs = np.divmod(picked, w)
-    source_y, source_x = ys.copy(), xs.copy()
-    itself = np.ones(n, bool)
-    while itself.any():  # (re)draw the offsets whose source is the pixel itself (after reflection, too)
-        dy, dx = rng.integers(-radius, radius + 1, size=(2, int(itself.sum())))
-        source_y[itself] = [reflect(int(v), h) for v in ys[itself] + dy]
-        source_x[itself] = [reflect(int(v), w) for v in xs[itself] + dx]
-        itself = (source_y == ys) & (source_x == xs)
+    blind = np.zeros((h, w), bool)
+    blind[ys, xs] = True
+    if guide is not None:
+        window = np.arange(-radius, radius + 1)
+        dy, dx = (a.ravel() for a in np.meshgrid(window, window, indexing="ij"))
+        cy, cx = _reflected(ys[:, None] + dy, h), _reflected(xs[:, None] + dx, w)  # (n, candidates)
+        guide = np.asarray(guide, np.float32)
+        distance = ((guide[:, cy, cx] - guide[:, ys, xs][..., None]) ** 2).sum(0)
+        distance[blind[cy, cx]] = np.inf  # the pixel itself and every other blind spot
+        best = np.argmin(distance, axis=1)
+        source_y, source_x = cy[np.arange(n), best], cx[np.arange(n), best]
+        if np.any(blind[source_y, source_x]):  # a window of blind spots only: a random pixel instead
+            guide = None
+    if guide is None:
+        source_y, source_x = ys.copy(), xs.copy()
+        redraw = np.ones(n, bool)
+        for attempt in range(1000):  # (re)draw the offsets whose source is a blind spot (after reflection, too)
+            dy, dx = rng.integers(-radius, radius + 1, size=(2, int(redraw.sum())))
+            source_y[redraw] = _reflected(ys[redraw] + dy, h)
+            source_x[redraw] = _reflected(xs[redraw] + dx, w)
+            redraw = blind[source_y, source_x] if attempt < 100 else (source_y == ys) & (source_x == xs)
+            if not redraw.any():
+                break
     masked = np.array(image, dtype=np.float32, copy=True)
     masked[ys, xs] = image[source_y, source_x]
     weight = np.zeros((h, w), np.float32)

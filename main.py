@@ -246,7 +246,8 @@ def load_splits(cfg, data_dir):
                              "selected on the patients it is scored on. Add patients or change preprocess.split.")
     mode = training_mode(cfg)
     common = dict(batch_size=t["batch_size"], seed=cfg["seed"], context=context_offsets(cfg), mode=mode,
-                  noise2noise_frames=t["noise2noise_frames"], mask_fraction=t["mask_fraction"],
+                  noise2noise_frames=t["noise2noise_frames"], register=t["noise2noise_register"],
+                  mask_fraction=t["mask_fraction"],
                   target=t["target"])
     train_args = dict(shuffle=True, augment=t["augment"], patch_size=t["patch_size"],
                       steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
@@ -279,7 +280,8 @@ def load_splits(cfg, data_dir):
         train = PairedSlices(data_dir, "train", fresh_noise=False, **train_args)
     val = PairedSlices(data_dir, "val", max_slices=t["max_val_slices"], **common)
     targets = {"supervised": "fresh noise every sample" if train.fresh_noise else "stored noisy images",
-               "noise2noise": f"noise2noise: noisy frame pairs among the first {t['noise2noise_frames']} time points",
+               "noise2noise": f"noise2noise: noisy frame pairs among the first {t['noise2noise_frames']} time points"
+                              + (", targets registered to their inputs" if t["noise2noise_register"] else ""),
                "noise2void": f"noise2void: {t['mask_fraction']:.1%} blind-spot pixels"}[mode]
     print(f"data: {len(train.rows)} training slices from {len({r['patient_id'] for r in train.rows})} patients "
           f"({targets}), "

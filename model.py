@@ -89,6 +89,9 @@ def unet(depth=3, filters=32, seed=0, channels=1, residual=True, start=0):
       never be handed its centre pixel directly: in training that pixel holds a neighbour's value, at inference
       its own noisy value, and an identity path adds that noise back. The ring starts it from a denoised (if
       blurred) image without that path; the convolutions still see the centre, as in Noise2Void's plain U-Net.
+      With a projection channel noise2void starts from the projection instead (residual True): in training its
+      stack had the target frame's blind spots too (data_factory), so at a blind spot the projection holds a
+      neighbour's noise in place of the pixel's own, as independent of the target as the other frames' noise.
     """
     kernel_init = _seeded(keras.initializers.HeNormal, seed)
     noisy = keras.Input((None, None, channels), name="noisy")
@@ -210,13 +213,13 @@ def get_model(cfg):
     seed = int(cfg.get("seed", 0))
     if name == "unet":
         depth, filters = _unet_args(cfg)
-        # a blind-spot network has no identity path (see unet)
-        residual = cfg.get("train", {}).get("mode") != "noise2void"
         channels = context_channels(cfg)
         # from the projection, the last channel; a saved run config's `projection: true` (the global kind) was
         # trained from the frame, so --resume must rebuild it that way
         legacy = cfg["model"].get("context", {}).get("projection") is True
         start = channels - 1 if context_offsets(cfg).projection and not legacy else 0
+        # a blind-spot network has no identity path to the frame (see unet); its projection may start it
+        residual = cfg.get("train", {}).get("mode") != "noise2void" or start > 0
         return unet(depth, filters, seed, channels=channels, residual=residual, start=start)
     return thesis_autoencoder(int(cfg["preprocess"]["image_size"]), *_thesis_args(cfg), seed=seed)
 

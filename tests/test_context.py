@@ -184,9 +184,8 @@ def test_projection_channel_is_the_same_in_training_and_enhancement(kind, smoke_
                     if np.array_equal(whole_clean[y:y + 24, x:x + 24], clean[j, ..., 0]))
         stack = context_stack(np.load(smoke_data / row["noisy_file"]), layout_of(smoke_data, row), *context)
         np.testing.assert_allclose(noisy[j], stack[row["slice_index"], y:y + 24, x:x + 24], atol=1e-6)
-    for mode in ("noise2void", "noise2noise"):
-        with pytest.raises(ValueError, match="projection"):
-            PairedSlices(smoke_data, "train", mode=mode, context=([(0, 0)], 0, True))
+    for mode in ("noise2void", "noise2noise"):  # the self-supervised modes take it too (test_selfsup: how)
+        assert PairedSlices(smoke_data, "train", mode=mode, context=([(0, 0)], 0, True)).context.projection == "global"
 
     with pytest.raises(ValueError, match="model.context.projection"):
         context_offsets(load_config(overrides=["model.context.projection=2"]))

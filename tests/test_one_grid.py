@@ -67,7 +67,7 @@ def roughen(model_path, seed=0):
     (None, ["model.context.time=1", "model.context.slices=1", "model.context.precontrast_frames=2",
             "model.context.projection=local"]),
     (None, ["train.mode=noise2void", "model.context.time=1", "model.context.precontrast_frames=0",
-            "model.context.projection=false"])],
+            "model.context.projection=local"])],
     ids=["native", "resized", "native-context", "native-noise2void"])
 def test_enhance_equals_evaluation_on_the_same_slices(image_size, context, smoke_dicom, tmp_path):
     import preprocessing

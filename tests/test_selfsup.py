@@ -1,7 +1,8 @@
 """Self-supervised training (train.mode noise2noise / noise2void) and degrade.model none, on the smoke pipeline.
 
-What must hold: noise2noise pairs frames of one slice position of one series; the blind spots hide the pixel and
-the loss sees only them; training never opens a clean or truth array; each mode trains, evaluates against the
+What must hold: noise2noise pairs frames of one slice position of one series, registered, and its projection leaves
+the target out; the blind spots hide the pixel (projection included) and the loss sees only them; training never
+opens a clean or truth array; each mode trains, evaluates against the
 truth and enhances a DICOM series; data with no clean image (degrade.model none) refuses supervised training.
 """
 
@@ -20,8 +21,9 @@ from model import context_offsets
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 # what each mode may see besides the target frame: noise2noise no time neighbour (one may be its target) and
-# neither mode the pre-contrast guide (it averages the target frame in)
-CONTEXT = {"noise2noise": ["model.context.time=0", "model.context.precontrast_frames=0", "model.context.projection=false"],
+# neither mode the pre-contrast guide (it averages the target frame in). noise2noise as configs/selfsup.yaml (with
+# the projection), noise2void without it (the network without an identity path).
+CONTEXT = {"noise2noise": ["model.context.time=0", "model.context.precontrast_frames=0", "model.context.projection=local"],
            "noise2void": ["model.context.time=1", "model.context.precontrast_frames=0", "model.context.projection=false"]}
 
 
@@ -30,7 +32,8 @@ def overrides(mode, *more):
 
 
 def test_noise2noise_pairs_frames_of_the_same_position_and_series(smoke_data):
-    ds = PairedSlices(smoke_data, "train", batch_size=4, mode="noise2noise", noise2noise_frames=3)
+    # unregistered, so a target is a stored frame as it is (registration: its own test below)
+    ds = PairedSlices(smoke_data, "train", batch_size=4, mode="noise2noise", noise2noise_frames=3, register=False)
     all_rows = read_manifest(smoke_data)
     assert ds.rows and all(r["time_index"] < 3 for r in ds.rows)
     seen_partners = set()
@@ -59,16 +62,91 @@ def test_noise2noise_refuses_context_that_holds_the_target(smoke_data):
         PairedSlices(smoke_data, "train", mode="noise2void", context=([(0, 0)], 2))
 
 
-def test_blind_spot_masks_the_fraction_with_a_neighbour_never_the_pixel_itself():
+def _with_target_changed(data, row, slice_index, where, tmp_path):
+    """A copy of the processed folder `data` in which frame `slice_index` of row's series has noise added at the
+    pixels `where` (a boolean (H, W) mask): what a self-supervised input must not see."""
+    copy = tmp_path / "changed"
+    shutil.copytree(data, copy)
+    path = copy / row["noisy_file"]
+    noisy = np.load(path)
+    noisy[slice_index][where] += np.random.default_rng(5).normal(0, 0.3, int(where.sum())).astype(noisy.dtype)
+    np.save(path, noisy)
+    return copy
+
+
+def test_noise2noise_projection_leaves_the_target_frame_out(smoke_data, tmp_path):
+    from context import temporal_projection
+
+    context = ([(0, 0)], 0, "local")
+    ds = PairedSlices(smoke_data, "train", mode="noise2noise", noise2noise_frames=3, context=context)
+    row = ds.rows[0]
+    inputs, target = ds._selfsup_sample(row, np.random.default_rng(3))
+    noisy = np.load(smoke_data / row["noisy_file"])
+    partner = next(i for i in ds.partners(row) if np.array_equal(noisy[i], target[..., 0]))
+    # the projection channel is that of every frame of the position but the target, the row's own frame taken
+    stack = [f for f in ds.position_of(row) if f != partner]
+    assert len(stack) == len(ds.position_of(row)) - 1 and row["slice_index"] in stack
+    expected = temporal_projection(noisy[stack], "local")[stack.index(row["slice_index"])]
+    np.testing.assert_allclose(inputs[..., 1], expected, atol=1e-6)
+    # and changing the target frame changes the target only, never the input
+    changed = _with_target_changed(smoke_data, row, partner, np.ones(noisy.shape[1:], bool), tmp_path)
+    again = PairedSlices(changed, "train", mode="noise2noise", noise2noise_frames=3, context=context)
+    inputs2, target2 = again._selfsup_sample(row, np.random.default_rng(3))
+    np.testing.assert_array_equal(inputs2, inputs)
+    assert not np.array_equal(target2[..., 0], target[..., 0])
+
+
+def test_noise2void_input_never_sees_the_target_at_its_blind_spots(smoke_data, tmp_path):
+    context = ([(0, 0), (-1, 0), (1, 0)], 0, "local")
+    ds = PairedSlices(smoke_data, "train", mode="noise2void", mask_fraction=0.05, context=context)
+    row = next(r for r in ds.rows if 0 < r["time_index"] < r["n_times"] - 1)
+    inputs, target = ds._selfsup_sample(row, np.random.default_rng(4))
+    blind = target[..., 1] == 1
+    assert inputs.shape[-1] == 4 and blind.sum() == round(0.05 * blind.size)
+    np.testing.assert_array_equal(inputs[..., 0][~blind], target[..., 0][~blind])
+    # the target changed at its blind spots: not one input value changes, the projection's included
+    changed = _with_target_changed(smoke_data, row, row["slice_index"], blind, tmp_path)
+    again = PairedSlices(changed, "train", mode="noise2void", mask_fraction=0.05, context=context)
+    inputs2, target2 = again._selfsup_sample(row, np.random.default_rng(4))
+    np.testing.assert_array_equal(inputs2, inputs)
+    assert not np.array_equal(target2[..., 0][blind], target[..., 0][blind])
+    # training crops: blind spots drawn on the whole frame (the projection's stack), weighted inside the crop only
+    crops = PairedSlices(smoke_data, "train", mode="noise2void", mask_fraction=0.05, context=context, patch_size=32)
+    inputs, target = crops._selfsup_sample(row, np.random.default_rng(4))
+    blind = target[..., 1] == 1
+    assert inputs.shape == (32, 32, 4) and 0 < blind.sum() < 0.2 * blind.size
+    np.testing.assert_array_equal(inputs[..., 0][~blind], target[..., 0][~blind])
+
+
+def test_blind_spot_masks_the_fraction_with_a_neighbour_never_a_blind_spot():
     rng = np.random.default_rng(0)
     image = np.arange(40 * 48, dtype=np.float32).reshape(40, 48)  # every value names its pixel
-    masked, weight = blind_spot(image, rng, fraction=0.05, radius=2)
+    masked, weight = blind_spot(image, rng, fraction=0.2, radius=2)
     ys, xs = np.nonzero(weight)
-    assert len(ys) == round(0.05 * 40 * 48)
+    assert len(ys) == round(0.2 * 40 * 48)
     assert np.array_equal(masked[weight == 0], image[weight == 0])  # only the blind spots change
     for y, x in zip(ys, xs):
         sy, sx = divmod(int(masked[y, x]), 48)
         assert (sy, sx) != (y, x) and abs(sy - y) <= 2 and abs(sx - x) <= 2
+        assert weight[sy, sx] == 0  # never another blind spot: its noise would sit a pixel from its target
+
+
+def test_blind_spot_with_a_guide_takes_the_pixel_of_the_same_time_course():
+    h, w = 40, 48
+    image = np.arange(h * w, dtype=np.float32).reshape(h, w)  # every value names its pixel
+    ys, xs = np.mgrid[:h, :w]
+    # two frames in which pixels (y, 2j) and (y, 2j + 1) share their values, and no other pixel of a window does
+    guide = np.stack([1000.0 * ys + 10.0 * (xs // 2), -3.0 * ys + xs // 2]).astype(np.float32)
+    masked, weight = blind_spot(image, np.random.default_rng(2), fraction=0.1, radius=2, guide=guide)
+    partners = 0
+    for y, x in zip(*np.nonzero(weight)):
+        sy, sx = divmod(int(masked[y, x]), w)
+        assert (sy, sx) != (y, x) and weight[sy, sx] == 0 and abs(sy - y) <= 2 and abs(sx - x) <= 2
+        partner = (y, x ^ 1)
+        if weight[partner] == 0:
+            assert (sy, sx) == partner
+            partners += 1
+    assert partners > 0.8 * weight.sum()
 
 
 def test_masked_loss_sees_only_the_blind_spots():
@@ -184,3 +262,43 @@ def test_noise2void_masks_every_channel_that_is_the_target_frame(tmp_path):
         np.testing.assert_array_equal(inputs[..., c], inputs[..., 0])
     masked = target[..., 1] == 1
     assert np.any(inputs[..., 1][masked] != target[..., 0][masked])  # (the fixture's air is constant)
+
+
+def test_noise2void_with_a_projection_starts_from_it():
+    from model import get_model
+
+    cfg = load_config(SMOKE, ["train.mode=noise2void", "model.context.time=1", "model.context.precontrast_frames=0",
+                              "model.context.projection=local"])
+    model = get_model(cfg)
+    assert "neighbour_mean" not in [layer.name for layer in model.layers]
+    x = np.random.default_rng(0).random((1, 32, 32, 4)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model(x))[0, ..., 0], x[0, ..., 3], atol=1e-6)
+
+
+def test_noise2noise_target_is_registered_onto_its_input(smoke_data, tmp_path):
+    from scipy import ndimage
+
+    # two pre-contrast frames: the row's partner is the other one
+    row = PairedSlices(smoke_data, "train", mode="noise2noise", noise2noise_frames=2).rows[0]
+    data = tmp_path / "moved"
+    shutil.copytree(smoke_data, data)
+    path = data / row["noisy_file"]
+    noisy = np.load(path)
+    frame = noisy[row["slice_index"]].astype(np.float32)
+    partner, = PairedSlices(smoke_data, "train", mode="noise2noise", noise2noise_frames=2).partners(row)
+    # the partner: the input frame moved by (1.5, -2.0) px, with noise of its own
+    noisy[partner] = (ndimage.shift(frame, (1.5, -2.0), order=3, mode="nearest")
+                      + np.random.default_rng(0).normal(0, 0.01, frame.shape).astype(np.float32))
+    np.save(path, noisy)
+    inner = (slice(8, -8), slice(8, -8))
+    for register in (True, False):
+        ds = PairedSlices(data, "train", mode="noise2noise", noise2noise_frames=2, register=register)
+        _, target = ds._selfsup_sample(row, np.random.default_rng(0))
+        error = np.abs(target[..., 0] - frame)[inner].mean()
+        if register:  # the shift is found to 1/10 px and undone: what is left is the partner's own noise
+            np.testing.assert_allclose(ds._shifts[(row["noisy_file"], row["slice_index"], partner)], (-1.5, 2.0),
+                                       atol=0.15)
+            assert error < 0.02
+        else:
+            np.testing.assert_array_equal(target[..., 0], noisy[partner])
+            assert error > 0.02
