@@ -49,8 +49,8 @@ selfsup-n2v-demo: venv
 # Baselines (NLM, TV, wavelet, BM3D, and the multi-frame BM4D and MP-PCA) and the U-Net on the same test slices,
 # against the truth and the 3T image, lesion kinetics, speed and scaling. 16 slices: BM4D costs ~30 s per stack.
 # The self-supervised runs of `make selfsup-demo` and `make selfsup-n2v-demo` join the table when they exist.
-SELFSUP := $(patsubst %/model.keras,%,$(wildcard runs/selfsup_demo/model.keras runs/selfsup_n2v/model.keras))
-SELFSUP_METHODS := $(if $(filter runs/selfsup_demo,$(SELFSUP)),$(comma)noise2noise)$(if $(filter runs/selfsup_n2v,$(SELFSUP)),$(comma)noise2void)
+SELFSUP = $(patsubst %/model.keras,%,$(wildcard runs/selfsup_demo/model.keras runs/selfsup_n2v/model.keras))
+SELFSUP_METHODS = $(if $(filter runs/selfsup_demo,$(SELFSUP)),$(comma)noise2noise)$(if $(filter runs/selfsup_n2v,$(SELFSUP)),$(comma)noise2void)
 benchmark: venv
 	$(BIN)/python benchmark.py --run-dir runs/demo --data $(DEMO_DATA) --max-slices 16 --kinetics-lesions 4 \
 		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,tpca,unet$(SELFSUP_METHODS) \

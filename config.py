@@ -180,7 +180,8 @@ def load_config(path=None, overrides=()):
 
 # Keys added after run dirs were first saved, with the value that a saved run config without them meant (the
 # behaviour before the key existed): a run trained before model.context.projection had no projection channel
-# (and one saved with projection: true has the global kind, see model.context_offsets).
+# (and one saved with projection: true has the global kind, see model.context_offsets); a noise2noise run saved
+# before train.noise2noise_register was trained on unregistered targets.
 ADDED_LATER = {("model", "context", "projection"): False, ("train", "noise2noise_register"): False}
 
 

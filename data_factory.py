@@ -166,6 +166,7 @@ class PairedSlices(keras.utils.PyDataset):
         batches are wasted on air while crops still cover the whole body (a best-of-few, not an argmax).
     seed: seeds shuffling, crops and augmentation together with the epoch and batch index.
     max_slices: keep only this many slices, evenly spaced over the split (deterministic; quick evaluation).
+    register: noise2noise only: shift each target onto its input frame (train.noise2noise_register).
     target: "3t" (the clean batch is the 3T image) or "decorrelated" (supervised only): the 3T image minus
         c times the target frame's degradation noise, so that its noise is uncorrelated with the input's and the
         network learns the noise-free image rather than the 3T image's noise (degrade.decorrelated_target).
@@ -176,14 +177,18 @@ class PairedSlices(keras.utils.PyDataset):
         - "noise2noise": the split keeps the frames t < noise2noise_frames (the pre-contrast frames) of slice
           positions that have at least two of them; the input is frame t (with its slice neighbours as context),
           the target another of those frames at the same position of the same series, drawn per sample, so every
-          frame takes turns as input and target; weight 1 everywhere. A projection channel projects every frame of
-          the position but the target (leave-target-out; inference projects all of them). Time context and the
+          frame takes turns as input and target; with `register` shifted onto frame t (_registered), weight 1
+          except where the shift brings in pixels from outside the slice. A projection channel projects every frame
+          of the position but the target (leave-target-out; inference projects all T of them). Time context and the
           pre-contrast guide would show the network the target's own noise, so they are refused.
-        - "noise2void": the target is the input frame itself; a fraction `mask_fraction` of its pixels is replaced
-          by a random other pixel of the (2 mask_radius + 1)^2 window around it (blind_spot) wherever the input
-          reads that frame (its channel and the projection's stack), and only they carry weight. Time and slice
-          neighbours keep their pixels (their noise is independent); the guide is refused (it averages the target
-          frame in).
+        - "noise2void": the target is the input frame itself; a fraction `mask_fraction` (<= 0.5) of its pixels is
+          replaced (blind_spot) wherever the input reads that frame (its channel and the projection's stack), and
+          only they carry weight. The replacement is a pixel of the (2 mask_radius + 1)^2 window that is not a blind
+          spot: with a projection, the one whose course over the position's other frames is closest; without, a
+          random one. Time and slice neighbours keep their pixels (their noise is independent); the guide is
+          refused (it averages the target frame in).
+        Both draw blind spots and crops on whole slices, the crop chosen on the input frame (never on the
+        target's noise), and take a projection only on series of 3 or more time points.
     **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`, passed to keras.utils.PyDataset.
 
     Memory: the arrays are memory-mapped lazily, one np.memmap per file, cached per process (reopened after a
@@ -225,9 +230,9 @@ class PairedSlices(keras.utils.PyDataset):
         self._projections = {}
         self.noise2noise_frames, self.register, self._shifts = int(noise2noise_frames), bool(register), {}
         self.mask_fraction, self.mask_radius = float(mask_fraction), int(mask_radius)
-        if mode == "noise2void" and not (0 < self.mask_fraction < 1 and self.mask_radius >= 1):
-            raise ValueError(f"noise2void needs 0 < mask_fraction < 1 and mask_radius >= 1, got "
-                             f"{mask_fraction} and {mask_radius}")
+        if mode == "noise2void" and not (0 < self.mask_fraction <= 0.5 and self.mask_radius >= 1):
+            raise ValueError(f"noise2void needs 0 < mask_fraction <= 0.5 (every blind spot needs a pixel that is "
+                             f"not one to take its value from) and mask_radius >= 1, got {mask_fraction} and {mask_radius}")
         rows = read_manifest(self.data_dir, split)
         # (time_index, position_index) -> slice index, per series, from the whole manifest: a max_slices subset
         # still finds the neighbours of its slices
@@ -246,6 +251,12 @@ class PairedSlices(keras.utils.PyDataset):
                                  f"{self.noise2noise_frames} time points (train.noise2noise_frames); split {split} "
                                  "has none (single-frame series?): use train.mode noise2void")
         self.rows = [rows[i] for i in evenly_spaced(len(rows), max_slices)]
+        if mode != "supervised" and self.context.projection:
+            short = sorted({r["series_uid"] for r in self.rows if _layout_of(r)[2] < 3})
+            if short:  # a noise2noise stack loses its target: 2 frames would leave the frame alone
+                raise ValueError(f"{mode} with a projection (model.context.projection) needs series of 3 or more "
+                                 f"time points; {len(short)} have fewer, e.g. {short[0]}: with fewer the projection "
+                                 "is (nearly) the frame itself, noise included. Set the projection to false")
         if mode == "supervised" and (shuffle or augment or patch_size is not None or steps_per_epoch is not None) \
                 and not self.has_clean:
             raise ValueError(f"{self.data_dir} has no clean images (degrade.model none: the input is the noisy "
@@ -462,52 +473,57 @@ class PairedSlices(keras.utils.PyDataset):
         """(input (h, w, C), target (h, w, 2)) of one row in a self-supervised mode; reads only noisy arrays."""
         channels, _ = self.context_of(row)
         noisy_all = self.array(row["noisy_file"])
-        target = row["slice_index"]
+        own = target = row["slice_index"]
         if self.mode == "noise2noise":
             options = self.partners(row)
             target = options[int(rng.integers(len(options)))]
-        window = (slice(None), slice(None))
-        if self.patch_size is not None:
-            y, x = self._crop_position(noisy_all[target], rng)
-            window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
         # the projection's stack: every time point of the position except a noise2noise target (its noise would
-        # reach the input through the projection), read whole (the noise level comes from whole slices)
+        # reach the input through the projection)
         left_out = target if self.mode == "noise2noise" else None
         projected = [f for f in self.position_of(row) if f != left_out] if self.context.projection else []
         frames, which = np.unique(channels + projected, return_inverse=True)
-        region = (slice(None), slice(None)) if projected else window
-        stack = np.asarray(noisy_all[frames][(slice(None),) + region], np.float32)
-        values = np.asarray(noisy_all[target][window], np.float32)
-        if target != row["slice_index"] and self.register:
-            values = self._registered(row, target)[window]
-        weight = np.ones_like(values)
-        if self.mode == "noise2void":
+        # whole slices: blind spots and the crop are drawn on them, and the projection's noise level comes from them
+        stack = np.asarray(noisy_all[frames], np.float32)
+        i = int(np.searchsorted(frames, own))
+        if self.mode == "noise2noise":
+            values = np.asarray(noisy_all[target], np.float32)
+            weight = np.ones_like(values)
+            if self.register:
+                values, weight = self._registered(row, target)
+        else:
             # the blind spots hide the target frame wherever it is read: its channel, the projection's stack, a
             # neighbour reflected onto it (a series of one time point or position), a missing frame's fallback.
             # Other frames keep their pixels: their noise is independent of the target's.
-            i = int(np.searchsorted(frames, row["slice_index"]))
-            others = [j for j, f in enumerate(frames) if f != row["slice_index"] and f in projected]
+            values = stack[i].copy()
+            others = [j for j, f in enumerate(frames) if f != own and f in projected]
             stack[i], weight = blind_spot(stack[i], rng, self.mask_fraction, self.mask_radius,
-                                          guide=stack[others] if others else None)
-            weight = weight[window] if projected else weight
+                                          time_courses=stack[others] if others else None)
+        window = (slice(None), slice(None))
+        if self.patch_size is not None:
+            # chosen on the input frame (blind spots hidden): a tissue count on the target would read the noise
+            # the loss is taken on, and prefer crops where it is positive
+            y, x = self._crop_position(stack[i], rng)
+            window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
         stack = stack[which]
         n = len(channels)
-        parts = [stack[:n][(slice(None),) + window] if projected else stack[:n]]
+        parts = [stack[:n][(slice(None),) + window]]
         if projected:
-            own = projected.index(row["slice_index"])
-            parts.append(temporal_projection(stack[n:], self.context.projection, window)[[own]])
+            parts.append(temporal_projection(stack[n:], self.context.projection, window)[[projected.index(own)]])
         inputs = np.moveaxis(np.concatenate(parts), 0, -1)
-        target = np.stack([values, weight], axis=-1)
+        target = np.stack([values[window], weight[window]], axis=-1)
         if self.augment:
             inputs, target = self._symmetry(inputs, target, rng)
         return np.ascontiguousarray(inputs, np.float32), np.ascontiguousarray(target, np.float32)
 
     def _registered(self, row, target):
-        """Frame `target` of the row's series shifted onto the row's frame (whole slices): a noise2noise target must show the input's
-        anatomy, or the network learns the motion between them as blur (the demo's pre-contrast frames, moved by
-        up to 1.5 mm each, differ by 25 dB in truth PSNR, worse than their noise). Rigid: the shift is the peak of
-        their phase correlation to 1/10 px (skimage), cached per pair; the target is resampled with a cubic
-        spline, which keeps its noise zero-mean and independent of the input's. Elastic motion is left."""
+        """(frame `target` of the row's series shifted onto the row's frame, weight), whole slices.
+
+        A noise2noise target must show the input's anatomy, or the network learns the motion between them as blur:
+        the demo's pre-contrast frames, each moved by up to 1.5 mm, differ by 23.6 dB in truth PSNR, worse than
+        their noise; registered, by 34.0 dB. Rigid: the shift is the peak of their phase correlation to 1/10 px
+        (skimage), cached per pair. The target is resampled with a cubic spline, which keeps its noise zero-mean
+        and independent of the input's (and smooths a sub-pixel shift's signal slightly); pixels that come from
+        outside the slice get weight 0. Elastic motion is left."""
         from scipy import ndimage
         from skimage.registration import phase_cross_correlation
 
@@ -518,7 +534,8 @@ class PairedSlices(keras.utils.PyDataset):
         if shift is None:
             reference = np.asarray(noisy_all[row["slice_index"]], np.float32)
             shift = self._shifts[key] = phase_cross_correlation(reference, moving, upsample_factor=10)[0]
-        return ndimage.shift(moving, shift, order=3, mode="nearest")
+        inside = ndimage.shift(np.ones_like(moving), shift, order=1, mode="constant", cval=0.0) > 0.999
+        return ndimage.shift(moving, shift, order=3, mode="nearest"), inside.astype(np.float32)
 
     def position_of(self, row):
         """Slice indices of every time point at the row's position (the stack of its projection channel)."""
@@ -587,7 +604,7 @@ def _reflected(i, n):
     return np.where(i < n, i, period - i)
 
 
-def blind_spot(image, rng, fraction, radius=2, guide=None):
+def blind_spot(image, rng, fraction, radius=2, time_courses=None):
     """Noise2Void masking of one (h, w) image: (masked copy, weight).
 
     round(fraction * h * w) distinct pixels (at least one) are drawn uniformly; each takes the value of a pixel
@@ -595,14 +612,16 @@ def blind_spot(image, rng, fraction, radius=2, guide=None):
     are reflected back in, as np.pad's 'reflect', so a border pixel cannot land on itself either). A blind spot
     copied into its neighbour would show the network, a pixel away, the very noise it is asked to predict there
     (about `fraction` of the blind spots otherwise). weight is 1 at the masked pixels, 0 elsewhere: the loss is
-    taken there only.
+    taken there only. ValueError when a blind spot has no such pixel (an image of one pixel; fraction near 1).
 
-    guide: None, or (F, h, w) other frames of the same anatomy with noise independent of the image's (the other
-    time points of a DCE position). Without it the source is drawn uniformly (Noise2Void); with it, it is the
-    window pixel whose guide values are closest (least squares) to the blind spot's: a pixel of the same tissue, so
-    the replaced value looks like the pixel's own, up to its noise, which is independent of the target (the choice
-    never reads the image). The temporal projection of a masked stack then sees an ordinary time course, where a
-    random neighbour's value would make the blind spots the only pixels whose course jumps at the target frame.
+    time_courses: None, or (F, h, w) other frames of the same anatomy with noise independent of the image's (the
+    other time points of a DCE position). Without them the source is drawn uniformly (Noise2Void); with them, it
+    is the window pixel whose values there are closest (least squares) to the blind spot's: a pixel of the same
+    tissue, so the replaced value looks like the pixel's own up to its noise, which is independent of the target
+    (the choice never reads the image). The temporal projection of a masked stack then sees an ordinary time
+    course, where a random neighbour's value would make the blind spots the only pixels whose course jumps at the
+    target frame. (Noise correlated between neighbouring pixels, as after scanner-side interpolation, would leak
+    through either choice, more through this one.)
     """
     h, w = image.shape
     n = max(1, int(round(fraction * h * w)))
@@ -610,27 +629,28 @@ def blind_spot(image, rng, fraction, radius=2, guide=None):
     ys, xs = np.divmod(picked, w)
     blind = np.zeros((h, w), bool)
     blind[ys, xs] = True
-    if guide is not None:
+    source_y, source_x = ys.copy(), xs.copy()
+    if time_courses is not None:
         window = np.arange(-radius, radius + 1)
         dy, dx = (a.ravel() for a in np.meshgrid(window, window, indexing="ij"))
         cy, cx = _reflected(ys[:, None] + dy, h), _reflected(xs[:, None] + dx, w)  # (n, candidates)
-        guide = np.asarray(guide, np.float32)
-        distance = ((guide[:, cy, cx] - guide[:, ys, xs][..., None]) ** 2).sum(0)
+        courses = np.asarray(time_courses, np.float32)
+        distance = ((courses[:, cy, cx] - courses[:, ys, xs][..., None]) ** 2).sum(0)
         distance[blind[cy, cx]] = np.inf  # the pixel itself and every other blind spot
         best = np.argmin(distance, axis=1)
         source_y, source_x = cy[np.arange(n), best], cx[np.arange(n), best]
-        if np.any(blind[source_y, source_x]):  # a window of blind spots only: a random pixel instead
-            guide = None
-    if guide is None:
-        source_y, source_x = ys.copy(), xs.copy()
-        redraw = np.ones(n, bool)
-        for attempt in range(1000):  # (re)draw the offsets whose source is a blind spot (after reflection, too)
-            dy, dx = rng.integers(-radius, radius + 1, size=(2, int(redraw.sum())))
-            source_y[redraw] = _reflected(ys[redraw] + dy, h)
-            source_x[redraw] = _reflected(xs[redraw] + dx, w)
-            redraw = blind[source_y, source_x] if attempt < 100 else (source_y == ys) & (source_x == xs)
-            if not redraw.any():
-                break
+    # drawn uniformly: every blind spot without time courses, and those whose window holds only blind spots
+    redraw = blind[source_y, source_x]
+    for _ in range(100):
+        if not redraw.any():
+            break
+        dy, dx = rng.integers(-radius, radius + 1, size=(2, int(redraw.sum())))
+        source_y[redraw] = _reflected(ys[redraw] + dy, h)
+        source_x[redraw] = _reflected(xs[redraw] + dx, w)
+        redraw = blind[source_y, source_x]
+    if redraw.any():
+        raise ValueError(f"{int(redraw.sum())} blind spots found no pixel of their {2 * radius + 1}^2 window that "
+                         f"is not a blind spot ({h}x{w} image, mask_fraction {fraction}): lower mask_fraction")
     masked = np.array(image, dtype=np.float32, copy=True)
     masked[ys, xs] = image[source_y, source_x]
     weight = np.zeros((h, w), np.float32)

@@ -91,7 +91,11 @@ def unet(depth=3, filters=32, seed=0, channels=1, residual=True, start=0):
       blurred) image without that path; the convolutions still see the centre, as in Noise2Void's plain U-Net.
       With a projection channel noise2void starts from the projection instead (residual True): in training its
       stack had the target frame's blind spots too (data_factory), so at a blind spot the projection holds a
-      neighbour's noise in place of the pixel's own, as independent of the target as the other frames' noise.
+      same-tissue neighbour's noise in place of the pixel's own. At inference it passes on the pixel's own noise
+      with the projector's weight on the frame (about r / T for r kept components of T frames), which the network
+      treats as it learned to treat the neighbour's. The ring mean of the projection, the blind alternative,
+      scored 22.98 dB on 48 demo test slices against 31.61 for the projection: the demo's tissue varies too much
+      from pixel to pixel for a neighbour mean. Needs 3 or more frames (PairedSlices refuses fewer).
     """
     kernel_init = _seeded(keras.initializers.HeNormal, seed)
     noisy = keras.Input((None, None, channels), name="noisy")

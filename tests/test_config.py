@@ -48,8 +48,10 @@ def test_a_saved_run_config_keeps_the_behaviour_of_keys_added_after_it(tmp_path)
     assert cfg["model"]["context"]["projection"] == "local"                # today's default
     old = load_config()
     del old["model"]["context"]["projection"]
+    del old["train"]["noise2noise_register"]
     save_config(old, tmp_path / "old.yaml")
     assert load_run_config(tmp_path / "old.yaml")["model"]["context"]["projection"] is False
+    assert load_run_config(tmp_path / "old.yaml")["train"]["noise2noise_register"] is False  # trained unregistered
     save_config(cfg, tmp_path / "new.yaml")
     assert load_run_config(tmp_path / "new.yaml")["model"]["context"]["projection"] == "local"
     assert load_config(tmp_path / "old.yaml")["model"]["context"]["projection"] == "local"  # a user's partial YAML

@@ -78,7 +78,8 @@ def test_noise2noise_projection_leaves_the_target_frame_out(smoke_data, tmp_path
     from context import temporal_projection
 
     context = ([(0, 0)], 0, "local")
-    ds = PairedSlices(smoke_data, "train", mode="noise2noise", noise2noise_frames=3, context=context)
+    # unregistered, so the target is the stored partner frame as it is
+    ds = PairedSlices(smoke_data, "train", mode="noise2noise", noise2noise_frames=3, context=context, register=False)
     row = ds.rows[0]
     inputs, target = ds._selfsup_sample(row, np.random.default_rng(3))
     noisy = np.load(smoke_data / row["noisy_file"])
@@ -90,7 +91,7 @@ def test_noise2noise_projection_leaves_the_target_frame_out(smoke_data, tmp_path
     np.testing.assert_allclose(inputs[..., 1], expected, atol=1e-6)
     # and changing the target frame changes the target only, never the input
     changed = _with_target_changed(smoke_data, row, partner, np.ones(noisy.shape[1:], bool), tmp_path)
-    again = PairedSlices(changed, "train", mode="noise2noise", noise2noise_frames=3, context=context)
+    again = PairedSlices(changed, "train", mode="noise2noise", noise2noise_frames=3, context=context, register=False)
     inputs2, target2 = again._selfsup_sample(row, np.random.default_rng(3))
     np.testing.assert_array_equal(inputs2, inputs)
     assert not np.array_equal(target2[..., 0], target[..., 0])
@@ -118,6 +119,18 @@ def test_noise2void_input_never_sees_the_target_at_its_blind_spots(smoke_data, t
     np.testing.assert_array_equal(inputs[..., 0][~blind], target[..., 0][~blind])
 
 
+def test_blind_spots_without_a_source_and_short_projections_are_refused(smoke_data, tmp_path):
+    from test_data_factory import write_processed
+
+    with pytest.raises(ValueError, match="no pixel"):
+        blind_spot(np.zeros((1, 1), np.float32), np.random.default_rng(0), 0.5)
+    with pytest.raises(ValueError, match="mask_fraction"):
+        PairedSlices(smoke_data, "train", mode="noise2void", mask_fraction=0.6)
+    write_processed(tmp_path)  # one time point per series: the projection would be the frame, noise included
+    with pytest.raises(ValueError, match="3 or more time points"):
+        PairedSlices(tmp_path, "train", mode="noise2void", context=([(0, 0)], 0, "local"))
+
+
 def test_blind_spot_masks_the_fraction_with_a_neighbour_never_a_blind_spot():
     rng = np.random.default_rng(0)
     image = np.arange(40 * 48, dtype=np.float32).reshape(40, 48)  # every value names its pixel
@@ -131,13 +144,13 @@ def test_blind_spot_masks_the_fraction_with_a_neighbour_never_a_blind_spot():
         assert weight[sy, sx] == 0  # never another blind spot: its noise would sit a pixel from its target
 
 
-def test_blind_spot_with_a_guide_takes_the_pixel_of_the_same_time_course():
+def test_blind_spot_with_time_courses_takes_the_pixel_of_the_same_course():
     h, w = 40, 48
     image = np.arange(h * w, dtype=np.float32).reshape(h, w)  # every value names its pixel
     ys, xs = np.mgrid[:h, :w]
     # two frames in which pixels (y, 2j) and (y, 2j + 1) share their values, and no other pixel of a window does
-    guide = np.stack([1000.0 * ys + 10.0 * (xs // 2), -3.0 * ys + xs // 2]).astype(np.float32)
-    masked, weight = blind_spot(image, np.random.default_rng(2), fraction=0.1, radius=2, guide=guide)
+    courses = np.stack([1000.0 * ys + 10.0 * (xs // 2), -3.0 * ys + xs // 2]).astype(np.float32)
+    masked, weight = blind_spot(image, np.random.default_rng(2), fraction=0.1, radius=2, time_courses=courses)
     partners = 0
     for y, x in zip(*np.nonzero(weight)):
         sy, sx = divmod(int(masked[y, x]), w)
@@ -171,7 +184,7 @@ def test_noise2void_batch_hides_the_target_pixels(smoke_data):
     inputs, target = ds[0]
     assert inputs.shape[-1] == 3 and target.shape == inputs.shape[:3] + (2,)
     masked = target[..., 1] == 1
-    assert masked.sum() == 2 * round(0.05 * 32 * 32)
+    assert 0.5 < masked.sum() / (0.05 * 2 * 32 * 32) < 1.5  # drawn on the whole 64^2 frame, then cropped
     # unmasked pixels of the target channel are the target; masked ones were replaced (values are continuous)
     np.testing.assert_array_equal(inputs[..., 0][~masked], target[..., 0][~masked])
     assert np.mean(inputs[..., 0][masked] != target[..., 0][masked]) > 0.95
@@ -299,6 +312,9 @@ def test_noise2noise_target_is_registered_onto_its_input(smoke_data, tmp_path):
             np.testing.assert_allclose(ds._shifts[(row["noisy_file"], row["slice_index"], partner)], (-1.5, 2.0),
                                        atol=0.15)
             assert error < 0.02
+            # pixels shifted in from outside the slice carry no weight: the last row, the first two columns
+            assert np.all(target[-1, :, 1] == 0) and np.all(target[:, :2, 1] == 0)
+            assert target[..., 1].mean() > 0.9
         else:
             np.testing.assert_array_equal(target[..., 0], noisy[partner])
             assert error > 0.02
