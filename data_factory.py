@@ -232,7 +232,8 @@ class PairedSlices(keras.utils.PyDataset):
         self.mask_fraction, self.mask_radius = float(mask_fraction), int(mask_radius)
         if mode == "noise2void" and not (0 < self.mask_fraction <= 0.5 and self.mask_radius >= 1):
             raise ValueError(f"noise2void needs 0 < mask_fraction <= 0.5 (every blind spot needs a pixel that is "
-                             f"not one to take its value from) and mask_radius >= 1, got {mask_fraction} and {mask_radius}")
+                             f"not one to take its value from) and mask_radius >= 1, got {mask_fraction} and "
+                             f"{mask_radius}")
         rows = read_manifest(self.data_dir, split)
         # (time_index, position_index) -> slice index, per series, from the whole manifest: a max_slices subset
         # still finds the neighbours of its slices
