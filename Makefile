@@ -50,10 +50,9 @@ selfsup-n2v-demo: venv
 # against the truth and the 3T image, lesion kinetics, speed and scaling. 16 slices: BM4D costs ~30 s per stack.
 # The self-supervised runs of `make selfsup-demo` and `make selfsup-n2v-demo` join the table when they exist.
 SELFSUP = $(patsubst %/model.keras,%,$(wildcard runs/selfsup_demo/model.keras runs/selfsup_n2v/model.keras))
-SELFSUP_METHODS = $(if $(filter runs/selfsup_demo,$(SELFSUP)),$(comma)noise2noise)$(if $(filter runs/selfsup_n2v,$(SELFSUP)),$(comma)noise2void)
 benchmark: venv
 	$(BIN)/python benchmark.py --run-dir runs/demo --data $(DEMO_DATA) --max-slices 16 --kinetics-lesions 4 \
-		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,tpca,unet$(SELFSUP_METHODS) \
+		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,tpca,unet \
 		$(if $(SELFSUP),--selfsup-runs $(subst $(space),$(comma),$(strip $(SELFSUP))))
 
 # The thesis reproduction study (README, "Reproducing the thesis"): each reading of the thesis autoencoder

@@ -204,7 +204,7 @@ def parse_args(argv=None):
     p.add_argument("--thesis-run", help="run dir of the thesis autoencoder (default: a sibling run on the same data)")
     p.add_argument("--selfsup-runs", default="",
                    help="comma-separated run dirs of self-supervised runs (train.mode), scored as methods "
-                        "noise2noise / noise2void on the same slices")
+                        "noise2noise / noise2void on the same slices (added to --methods)")
     p.add_argument("--max-slices", type=int, default=48,
                    help="held-out (test) slices, evenly spaced, the same for every method (0: all; default 48)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
@@ -298,6 +298,8 @@ def run_benchmark(args):
             raise BenchmarkError(f"--selfsup-runs {selfsup_dir} is not a self-supervised run (train.mode "
                                  f"{r['cfg']['train']['mode']})")
         runs[r["method"]] = r
+        if r["method"] not in args.methods:  # a run named is a run scored
+            args.methods.append(r["method"])
     for method, r in runs.items():
         recorded = r["metrics"].get("data_dir")
         if recorded and Path(recorded).resolve() != data_dir.resolve():

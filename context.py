@@ -26,12 +26,13 @@ class Context(collections.namedtuple("Context", "offsets precontrast_frames proj
 
 
 def reflect(i, n):
-    """Index i reflected into range(n) without repeating the edge (-1 -> 1, n -> n - 2), as np.pad's 'reflect'."""
+    """Index i reflected into range(n) without repeating the edge (-1 -> 1, n -> n - 2), as np.pad's 'reflect';
+    an int for an int, elementwise for an integer array."""
     if n <= 1:
-        return 0
-    period = 2 * (n - 1)
-    i %= period
-    return i if i < n else period - i
+        return i * 0
+    i = i % (2 * (n - 1))
+    beyond = i - (n - 1)
+    return i - 2 * beyond * (beyond > 0)
 
 
 # The projection comes in two kinds (model.context.projection). Both measure the noise sigma^2 from the smallest

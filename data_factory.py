@@ -33,7 +33,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from context import Context, context_slices, position_frames, projection_kind, temporal_projection
+from context import Context, context_slices, position_frames, projection_kind, reflect, temporal_projection
 from degrade import NOISE_MODELS, add_noise, decorrelated_target
 
 # What a training sample's target is (train.mode in config.py; main.py documents the choice):
@@ -447,10 +447,11 @@ class PairedSlices(keras.utils.PyDataset):
         if value is None:
             frames = np.asarray(self.array(row["noisy_file"])[projected], np.float32)
             value = self._projections[key] = temporal_projection(frames, self.context.projection)
+            total = sum(v.nbytes for v in list(self._projections.values()))
             for old in list(self._projections)[:-1]:  # oldest first
-                if sum(v.nbytes for v in list(self._projections.values())) <= STORED_PROJECTION_BYTES:
+                if total <= STORED_PROJECTION_BYTES:
                     break
-                self._projections.pop(old, None)
+                total -= getattr(self._projections.pop(old, None), "nbytes", 0)
         return value
 
     @staticmethod
@@ -489,8 +490,8 @@ class PairedSlices(keras.utils.PyDataset):
         if self.mode == "noise2noise":
             values = np.asarray(noisy_all[target], np.float32)
             weight = np.ones_like(values)
-            if self.register:
-                values, weight = self._registered(row, target)
+            if self.register:  # frame i of the stack is the input frame itself (noise2noise masks nothing)
+                values, weight = self._registered((row["noisy_file"], own, target), stack[i], values)
         else:
             # the blind spots hide the target frame wherever it is read: its channel, the projection's stack, a
             # neighbour reflected onto it (a series of one time point or position), a missing frame's fallback.
@@ -516,27 +517,25 @@ class PairedSlices(keras.utils.PyDataset):
             inputs, target = self._symmetry(inputs, target, rng)
         return np.ascontiguousarray(inputs, np.float32), np.ascontiguousarray(target, np.float32)
 
-    def _registered(self, row, target):
-        """(frame `target` of the row's series shifted onto the row's frame, weight), whole slices.
+    def _registered(self, key, reference, moving):
+        """(frame `moving` shifted onto frame `reference`, weight), whole slices; key names the pair for the cache.
 
         A noise2noise target must show the input's anatomy, or the network learns the motion between them as blur:
         the demo's pre-contrast frames, each moved by up to 1.5 mm, differ by 23.6 dB in truth PSNR, worse than
         their noise; registered, by 34.0 dB. Rigid: the shift is the peak of their phase correlation to 1/10 px
         (skimage), cached per pair. The target is resampled with a cubic spline, which keeps its noise zero-mean
-        and independent of the input's (and smooths a sub-pixel shift's signal slightly); pixels that come from
+        and independent of the input's (and smooths a sub-pixel shift's signal slightly); pixels whose source lies
         outside the slice get weight 0. Elastic motion is left."""
         from scipy import ndimage
         from skimage.registration import phase_cross_correlation
 
-        noisy_all = self.array(row["noisy_file"])
-        key = (row["noisy_file"], row["slice_index"], target)
         shift = self._shifts.get(key)  # a single dict operation: safe with threaded workers
-        moving = np.asarray(noisy_all[target], np.float32)
         if shift is None:
-            reference = np.asarray(noisy_all[row["slice_index"]], np.float32)
             shift = self._shifts[key] = phase_cross_correlation(reference, moving, upsample_factor=10)[0]
-        inside = ndimage.shift(np.ones_like(moving), shift, order=1, mode="constant", cval=0.0) > 0.999
-        return ndimage.shift(moving, shift, order=3, mode="nearest"), inside.astype(np.float32)
+        # output pixel y reads moving at y - shift: inside the slice along both axes, or no weight
+        inside = [(0 <= y) & (y <= n - 1) for y, n in ((np.arange(n) - d, n) for d, n in zip(shift, moving.shape))]
+        weight = (inside[0][:, None] & inside[1][None, :]).astype(np.float32)
+        return ndimage.shift(moving, shift, order=3, mode="nearest"), weight
 
     def position_of(self, row):
         """Slice indices of every time point at the row's position (the stack of its projection channel)."""
@@ -596,15 +595,6 @@ class PairedSlices(keras.utils.PyDataset):
         return tuple(out)
 
 
-def _reflected(i, n):
-    """context.reflect for integer arrays: indices reflected into range(n) as np.pad's 'reflect' (n > 1)."""
-    if n <= 1:
-        return np.zeros_like(i)
-    period = 2 * (n - 1)
-    i = np.mod(i, period)
-    return np.where(i < n, i, period - i)
-
-
 def blind_spot(image, rng, fraction, radius=2, time_courses=None):
     """Noise2Void masking of one (h, w) image: (masked copy, weight).
 
@@ -634,7 +624,7 @@ def blind_spot(image, rng, fraction, radius=2, time_courses=None):
     if time_courses is not None:
         window = np.arange(-radius, radius + 1)
         dy, dx = (a.ravel() for a in np.meshgrid(window, window, indexing="ij"))
-        cy, cx = _reflected(ys[:, None] + dy, h), _reflected(xs[:, None] + dx, w)  # (n, candidates)
+        cy, cx = reflect(ys[:, None] + dy, h), reflect(xs[:, None] + dx, w)  # (n, candidates)
         courses = np.asarray(time_courses, np.float32)
         distance = ((courses[:, cy, cx] - courses[:, ys, xs][..., None]) ** 2).sum(0)
         distance[blind[cy, cx]] = np.inf  # the pixel itself and every other blind spot
@@ -646,8 +636,8 @@ def blind_spot(image, rng, fraction, radius=2, time_courses=None):
         if not redraw.any():
             break
         dy, dx = rng.integers(-radius, radius + 1, size=(2, int(redraw.sum())))
-        source_y[redraw] = _reflected(ys[redraw] + dy, h)
-        source_x[redraw] = _reflected(xs[redraw] + dx, w)
+        source_y[redraw] = reflect(ys[redraw] + dy, h)
+        source_x[redraw] = reflect(xs[redraw] + dx, w)
         redraw = blind[source_y, source_x]
     if redraw.any():
         raise ValueError(f"{int(redraw.sum())} blind spots found no pixel of their {2 * radius + 1}^2 window that "
