@@ -21,8 +21,10 @@ benchmark_kinetics.py   the lesion enhancement curves (with quality, on data who
 benchmark_speed.py      speed and scaling
 benchmark_report.py     benchmark.md, benchmark.png, the per-slice CSV
 
-quality  Test split of --data, whole slices: PairedSlices(data, "test", max_slices=N) (N evenly spaced
-         slices, the same for every method). Per slice and method: PSNR, SSIM and MSE over the whole image and
+quality  Test split of --data, whole slices: PairedSlices(data, "test", max_slices=N, times_per_position=K), the
+         same for every method: N / K slice positions evenly spaced over the test series, K time points of
+         each (data_factory.spread_slices; K = --times-per-position, default 2, because BM4D and MP-PCA denoise
+         a position's whole stack in one run: the same N slices at half the runs). Per slice and method: PSNR, SSIM and MSE over the whole image and
          over the body mask, against the 3T image and, when the data has one (demo data), against the
          noise-free truth: the headline reference (metrics.whole_and_masked; metrics.body_mask of the truth, or
          of the 3T image without one), and the time the
@@ -86,7 +88,7 @@ speed and scaling parts between runs.
 Runtime (2 shared CPU cores, 192^2 demo slices of 8 time points). The 2-D part: quality ~5 min, nearly all BM3D
 (3-8 s per slice depending on the load; NLM ~0.1 s, TV and wavelet < 0.05 s, the networks 0.03-0.1 s per
 slice); speed ~3 min; scaling ~1 min. The multi-frame methods cost per stack: BM4D ~33 s per 192^2 x 8-frame
-stack (~4 s per frame), and with --max-slices 48 nearly every slice is another stack (~25 min); MP-PCA ~25 s per
+stack (~4 s per frame), and with --max-slices 48 (24 positions x 2 time points) 24 stacks (~13 min); MP-PCA ~25 s per
 192^2 x 8 x 8 series volume, about half that for the 5-position slab one scored slice needs (merged where
 scored positions are near); the kinetics check adds one stack per test lesion and method. Use a smaller
 --max-slices, or leave bm4d out of --methods, for a quick run. benchmark.json's "seconds" says where a run's
@@ -207,6 +209,9 @@ def parse_args(argv=None):
                         "noise2noise / noise2void on the same slices (added to --methods)")
     p.add_argument("--max-slices", type=int, default=48,
                    help="held-out (test) slices, evenly spaced, the same for every method (0: all; default 48)")
+    p.add_argument("--times-per-position", type=int, default=2,
+                   help="time points scored per slice position (default 2): --max-slices / this many positions, "
+                        "so each BM4D stack and MP-PCA slab denoised serves this many scored slices")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--out", help="output folder (default <run-dir>/benchmark)")
@@ -250,7 +255,7 @@ def parse_args(argv=None):
     for name in ("max_slices", "calibrate_slices", "calibrate_stacks", "kinetics_lesions"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
-    for name in ("speed_size", "speed_steps", "speed_rounds", "speed_reps", "speed_bm3d_slices", "speed_series",
+    for name in ("times_per_position", "speed_size", "speed_steps", "speed_rounds", "speed_reps", "speed_bm3d_slices", "speed_series",
                  "workers"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -314,7 +319,8 @@ def run_benchmark(args):
     if split != "test":
         notes.append(f"{data_dir} has no test patients: every number is on the validation patients, on which the "
                      "networks' checkpoints were selected")
-    held_out = PairedSlices(data_dir, split, batch_size=1, max_slices=max_slices)
+    held_out = PairedSlices(data_dir, split, batch_size=1, max_slices=max_slices,
+                            times_per_position=args.times_per_position)
     report = {"date": datetime.now().isoformat(timespec="seconds"),
               "command": args.command, "methods": args.methods, "parts": args.parts,
               "machine": machine_info(), "data": data_info(data_dir, held_out.rows, held_out.image_shape, split),
@@ -343,12 +349,12 @@ def run_benchmark(args):
         stacks = Stacks(data_dir, scales)  # shared by quality and kinetics: each stack is denoised once
         quality_models = {m: v for m, v in models.items() if m in args.methods}
         rows, skipped = evaluate_quality(args.methods, quality_models, data_dir, max_slices, scales, split=split,
-                                         stacks=stacks)
+                                         stacks=stacks, times_per_position=args.times_per_position)
         if not rows:
             raise BenchmarkError("no method produced any result; check --methods")
         write_per_slice(rows, out / "benchmark_per_slice.csv")
         summary = aggregate(rows)
-        ceilings = reference_ceilings(data_dir, split, max_slices)
+        ceilings = reference_ceilings(data_dir, split, max_slices, args.times_per_position)
         q_notes = quality_notes(report, noise, scales, table, calib_note, summary, skipped, classical,
                                 args.calibrate_slices, rows)
         report["quality"] = {"summary": summary, "skipped": skipped, "noise": noise, "sigma_scales": scales,

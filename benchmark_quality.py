@@ -483,8 +483,9 @@ def model_prediction(run, model, inputs, rows, dataset, sigmas):
     return pred
 
 
-def evaluate_quality(methods, models, data_dir, max_slices, params, split="test", stacks=None):
-    """Per-slice scores of every method on the same held-out slices (`split`, the test patients by default).
+def evaluate_quality(methods, models, data_dir, max_slices, params, split="test", stacks=None, times_per_position=1):
+    """Per-slice scores of every method on the same held-out slices (`split`, the test patients by default):
+    max_slices of them, as that many / times_per_position slice positions (data_factory.spread_slices).
 
     methods: names from METHODS, in table order; models: {"unet" | "thesis": (run, keras model)}, each fed the
     context its config asks for (model.context_offsets); params: {classical method: sigma multiplier (mppca: patch
@@ -500,7 +501,8 @@ def evaluate_quality(methods, models, data_dir, max_slices, params, split="test"
     from metrics import body_mask
     from model import context_offsets
 
-    held_out = PairedSlices(data_dir, split, batch_size=8, max_slices=max_slices)
+    held_out = PairedSlices(data_dir, split, batch_size=8, max_slices=max_slices,
+                            times_per_position=times_per_position)
     stacks = stacks or Stacks(data_dir, params)
     stacks.plan(held_out.rows)
     h, w = held_out.image_shape
@@ -530,7 +532,7 @@ def evaluate_quality(methods, models, data_dir, max_slices, params, split="test"
         bar = tqdm(total=len(held_out.rows), desc=f"{method:8s}", unit="slice")
         if method in MODELS:
             ds = PairedSlices(data_dir, split, batch_size=run["cfg"]["train"]["batch_size"], max_slices=max_slices,
-                              context=context_offsets(run["cfg"]))
+                              times_per_position=times_per_position, context=context_offsets(run["cfg"]))
             model.predict_on_batch(ds[0][0])  # warm-up: tracing is not inference time
             sigmas = {}
             for b in range(len(ds)):
@@ -570,7 +572,7 @@ def evaluate_quality(methods, models, data_dir, max_slices, params, split="test"
     return rows, skipped
 
 
-def reference_ceilings(data_dir, split, max_slices):
+def reference_ceilings(data_dir, split, max_slices, times_per_position=1):
     """What the two references allow, measured on the held-out slices (body mask, mean over slices, dB).
 
     The 3T image x = S + n_src carries noise of its own (variance s2 = sigma_src^2); the degraded input
@@ -583,7 +585,7 @@ def reference_ceilings(data_dir, split, max_slices):
     from data_factory import PairedSlices
     from metrics import body_mask, slice_metrics
 
-    ds = PairedSlices(data_dir, split, batch_size=1, max_slices=max_slices)
+    ds = PairedSlices(data_dir, split, batch_size=1, max_slices=max_slices, times_per_position=times_per_position)
     if not ds.has_truth:
         return {}
     cols = {k: [] for k in ("input_vs_truth", "3t_vs_truth", "input_vs_3t", "truth_vs_3t", "mmse_vs_3t")}

@@ -133,6 +133,31 @@ def evenly_spaced(n, count):
     return np.unique(np.round(np.linspace(0, n - 1, count)).astype(int))
 
 
+def spread_slices(rows, count, times_per_position=1):
+    """Indices of at most `count` of the manifest rows, sorted: count / times_per_position slice positions evenly
+    spaced over the rows' (series, position) pairs, each at times_per_position of its time points, spread over
+    its time axis and starting at time j for the j-th position, so that the positions together cover every
+    time point. A multi-frame method denoises a position's whole (x, y, t) stack in one run (BM4D): 2 time
+    points per position halve its runs for the same number of scored slices. times_per_position 1, or series
+    of one time point: evenly_spaced over the rows."""
+    if times_per_position <= 1 or count is None or count >= len(rows):
+        return evenly_spaced(len(rows), count)
+    frames = {}  # (series, position) -> {time index: row index}, in manifest order
+    for i, r in enumerate(rows):
+        t, k, _, _ = _layout_of(r)
+        frames.setdefault((r["series_uid"], k), {})[t] = i
+    positions = list(frames.values())
+    if max(len(p) for p in positions) < 2:
+        return evenly_spaced(len(rows), count)
+    picked = []
+    for j, p in enumerate(evenly_spaced(len(positions), math.ceil(count / times_per_position))):
+        times = sorted(positions[p])
+        n = len(times)
+        picked += [positions[p][times[(j + round(i * n / times_per_position)) % n]]
+                   for i in range(min(times_per_position, n))]
+    return np.array(sorted(picked[:count]))
+
+
 class PairedSlices(keras.utils.PyDataset):
     """One split of the preprocessed data as batches `(noisy, clean)`, each float32 (B, H, W, 1).
 
@@ -165,7 +190,9 @@ class PairedSlices(keras.utils.PyDataset):
         positions are drawn and the one with the most clean pixels above `tissue_threshold` is kept, so few
         batches are wasted on air while crops still cover the whole body (a best-of-few, not an argmax).
     seed: seeds shuffling, crops and augmentation together with the epoch and batch index.
-    max_slices: keep only this many slices, evenly spaced over the split (deterministic; quick evaluation).
+    max_slices: keep only this many slices, evenly spaced over the split (deterministic; quick evaluation);
+        with times_per_position > 1, as that many time points of fewer slice positions (spread_slices: the
+        benchmark's multi-frame methods then score several slices per stack they denoise).
     register: noise2noise only: shift each target onto its input frame (train.noise2noise_register).
     target: "3t" (the clean batch is the 3T image) or "decorrelated" (supervised only): the 3T image minus
         c times the target frame's degradation noise, so that its noise is uncorrelated with the input's and the
@@ -198,7 +225,7 @@ class PairedSlices(keras.utils.PyDataset):
     def __init__(self, data_dir, split, batch_size=8, shuffle=False, augment=False, patch_size=None, seed=0,
                  max_slices=None, steps_per_epoch=None, tissue_threshold=0.1, crop_candidates=4, fresh_noise=False,
                  context=None, mode="supervised", noise2noise_frames=3, register=True, mask_fraction=0.02,
-                 mask_radius=2, target="3t", **kwargs):
+                 mask_radius=2, target="3t", times_per_position=1, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -251,7 +278,7 @@ class PairedSlices(keras.utils.PyDataset):
                 raise ValueError(f"noise2noise needs slice positions with at least 2 of the first "
                                  f"{self.noise2noise_frames} time points (train.noise2noise_frames); split {split} "
                                  "has none (single-frame series?): use train.mode noise2void")
-        self.rows = [rows[i] for i in evenly_spaced(len(rows), max_slices)]
+        self.rows = [rows[i] for i in spread_slices(rows, max_slices, times_per_position)]
         if mode != "supervised" and self.context.projection:
             short = sorted({r["series_uid"] for r in self.rows if _layout_of(r)[2] < 3})
             if short:  # a noise2noise stack loses its target: 2 frames would leave the frame alone

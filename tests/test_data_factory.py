@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from data_factory import MANIFEST_COLUMNS, PairedSlices, evenly_spaced, read_manifest
+from data_factory import MANIFEST_COLUMNS, PairedSlices, evenly_spaced, read_manifest, spread_slices
 
 NOISY_OFFSET = 0.25  # noisy = clean + offset, so any misalignment of an augmented pair changes the difference
 
@@ -205,6 +205,26 @@ def test_max_slices_is_an_even_deterministic_subset(data_dir):
     full = read_manifest(data_dir, "val")
     assert ds.rows == [full[i] for i in (0, 3, 6, 9)]
     assert len(ds) == 2
+
+
+def test_spread_slices_takes_time_points_of_fewer_positions():
+    # 3 series of 4 time points x 5 positions, rows in manifest order (time-major within a series)
+    rows = [{"series_uid": f"S{s}", "time_index": t, "position_index": k, "n_times": 4, "n_positions": 5,
+             "slice_index": 5 * t + k} for s in range(3) for t in range(4) for k in range(5)]
+    picked = spread_slices(rows, 8, times_per_position=2)
+    assert list(picked) == sorted(picked) and len(set(picked)) == 8
+    keys = [(rows[i]["series_uid"], rows[i]["position_index"]) for i in picked]
+    assert len(set(keys)) == 4 and all(keys.count(k) == 2 for k in set(keys))
+    # each position at 2 time points half the time axis apart, the j-th position starting at time j
+    times = {}
+    for i in picked:
+        times.setdefault((rows[i]["series_uid"], rows[i]["position_index"]), []).append(rows[i]["time_index"])
+    assert sorted(sorted(t) for t in times.values()) == [[0, 2], [0, 2], [1, 3], [1, 3]]
+    assert len(spread_slices(rows, 7, times_per_position=2)) == 7
+    # one time point per position (or times_per_position 1): plain evenly spaced rows
+    single = [{"series_uid": "S", "slice_index": i} for i in range(10)]
+    assert list(spread_slices(single, 4, times_per_position=2)) == list(evenly_spaced(10, 4))
+    assert list(spread_slices(rows, 8)) == list(evenly_spaced(len(rows), 8))
 
 
 def test_threaded_workers_give_the_same_batches(data_dir):
