@@ -63,6 +63,10 @@ KIND_REASONS = {"phase": "phase image", "real": "real image", "imaginary": "imag
 # A series whose images lie in different planes (a three-plane localizer / survey in one series) cannot be one
 # stack; counted separately from an image marked LOCALIZER, as it is recognized by geometry, not by a tag.
 MIXED_PLANES_REASON = "localizer (image orientations differ)"
+# Several images at one slice position and time point (water and fat of a Dixon dynamic, the echoes of a multi-echo
+# series, a temporal tag that does not tell the dynamics apart and equal acquisition times): no (time, position)
+# layout tells them apart, so a context model would read one as the other's neighbour.
+REPEATED_POSITION_REASON = "repeated slice position at one time point"
 ORIENTATION_TOLERANCE = 0.01  # largest difference of direction cosines within one plane (~0.6 degrees)
 # Values of ImageType (0008,0008) from value 3 on and of FrameType (0008,9007), normalized by _type_token (upper
 # case; spaces, "_" and "-" dropped; "*" spelled STAR). Sources: PS3.3 C.8.3.1.1.1 (MR Image Type value 3: PHASE
@@ -437,17 +441,21 @@ def _seconds(value):
 
 
 def _position(ipp, iop, fallback=None):
-    """Position along the slice normal (mm): ImagePositionPatient . (row cosines x column cosines)."""
+    """Position along the slice normal (mm): ImagePositionPatient . (row cosines x column cosines), else the
+    fallback (SliceLocation); None when neither is a finite number ("NaN" parses, and never equals itself)."""
+    value = None
     try:
         if ipp is not None and iop is not None and len(ipp) == 3 and len(iop) == 6:
             normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
-            return float(np.dot(np.asarray(ipp, float), normal))
+            value = float(np.dot(np.asarray(ipp, float), normal))
     except (TypeError, ValueError):
         pass
-    try:
-        return float(fallback) if fallback not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
+    if value is None or not math.isfinite(value):
+        try:
+            value = float(fallback) if fallback not in (None, "") else None
+        except (TypeError, ValueError):
+            value = None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _number(value, default=None):
@@ -559,7 +567,9 @@ def group_series(records, root, skips, include_kinds=()):
         if "localizer" not in include_kinds and _orientations_differ(frames):
             skips.add_series(MIXED_PLANES_REASON, n_files, f"series {uid} ({first['series_description']})")
             continue
-        _assign_temporal(frames)
+        if not _assign_temporal(frames):
+            skips.add_series(REPEATED_POSITION_REASON, n_files, f"series {uid} ({first['series_description']})")
+            continue
         frames.sort(key=lambda f: (f["t"], f["position"] if f["position"] is not None else 0.0, f["instance"],
                                    f["path"], f["frame"] or 0))
         series_list.append(Series(
@@ -598,25 +608,33 @@ def _layout(frames):
 
 
 def _assign_temporal(frames):
-    """Set f["t"]: the temporal position tag when every frame has one; else, when slice positions repeat (DCE
-    without the tag), the rank by acquisition time among the frames at the same position; else 0."""
+    """Set f["t"]: the temporal position tag when every frame has one and it tells the images at each position
+    apart; else, when slice positions repeat (DCE without the tag, or with one that never changes), the rank by
+    acquisition time among the frames at the same position; else 0. False (nothing to lay out) when two frames
+    at one position share their acquisition time: images of one dynamic, not two time points
+    (REPEATED_POSITION_REASON)."""
+    positions = [f["position"] for f in frames]
     if all(f["temporal"] is not None for f in frames):
         for f in frames:
             f["t"] = f["temporal"]
-        return
-    positions = [f["position"] for f in frames]
-    if None in positions or len({round(p, 3) for p in positions}) == len(positions):
+        if None in positions or len({(f["t"], round(f["position"], 3)) for f in frames}) == len(frames):
+            return True
+    elif None in positions or len({round(p, 3) for p in positions}) == len(positions):
         for f in frames:
             f["t"] = 0
-        return
+        return True
     at_position = defaultdict(list)
     for f in frames:
         at_position[round(f["position"], 3)].append(f)
     for group in at_position.values():
+        times = [f["time"] for f in group if f["time"] is not None]
+        if len(set(times)) < len(times):
+            return False
         group.sort(key=lambda f: (f["time"] if f["time"] is not None else math.inf, f["acquisition"],
                                   f["instance"], f["path"], f["frame"] or 0))
         for rank, f in enumerate(group):
             f["t"] = rank
+    return True
 
 
 def filter_series(series_list, series_filter, skips):

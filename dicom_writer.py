@@ -58,6 +58,10 @@ PULSE_SEQUENCE_TAGS = (
 # anonymized ones. Filled (only where missing or empty) with "UNKNOWN", since we cannot know the scanner's.
 ENHANCED_EQUIPMENT_TAGS = ("Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions")
 # Values derived from the pixels of the input; they would be wrong for the output, and readers need none of them.
+# Transfer syntaxes whose encoding always loses information (JPEG DCT processes, PS3.5 A.4.1): an output decoded
+# from one keeps the mark (PS3.3 C.7.6.1.1.5: once lossy compressed, LossyImageCompression "01" for good). The
+# syntaxes that may be lossy or lossless (JPEG-LS near-lossless, JPEG 2000) do not say which from the syntax alone.
+LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1"}
 STALE_TAGS = ("SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries",
               "LargestPixelValueInSeries", "IconImageSequence", "InstanceCreatorUID", "ExtendedOffsetTable",
               "ExtendedOffsetTableLengths", "PixelDataProviderURL")
@@ -257,24 +261,34 @@ def _mark_own_output(ds, enhancer):
     block.add_new(0x02, "LO", f"model sha256 {enhancer.model_sha} config {enhancer.config_hash}"[:64])
 
 
-def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number=None):
+def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number=None,
+                    source_key="", study_uid=None):
     """The output object for one input file.
 
     header: the input's dataset without pixel data (dcmread stop_before_pixels). pixels: stored values, (rows,
     cols) or (frames, rows, cols) in the cell dtype. frame_numbers: 1-based frame numbers for a multi-frame input
     (None for a single frame). series_number: the output SeriesNumber (default: the source's + 1000).
-    Returns a Dataset with file_meta, ready for save_as(enforce_file_format=True).
+    source_key: what names the input file when it has no SOPInstanceUID, in its dataset or its file meta (the
+    index's fallback), so that every output file gets its own UID. study_uid: the StudyInstanceUID written when
+    the input has none (Type 1). Returns a Dataset with file_meta, ready for save_as(enforce_file_format=True).
     """
     big_endian = header.original_encoding[1] is False
     ds = _portable_copy(header, swap=big_endian)
-    source_sop = str(header.get("SOPInstanceUID", ""))
     meta = getattr(header, "file_meta", None) or {}
+    source_sop = str(header.get("SOPInstanceUID", "") or meta.get("MediaStorageSOPInstanceUID", ""))
     source_class = str(header.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", ""))
     enhanced = source_class in ENHANCED_MR_CLASSES or "PerFrameFunctionalGroupsSequence" in header
-    sop_uid = derived_uid(new_series_uid, source_sop)
+    sop_uid = derived_uid(new_series_uid, source_sop or source_key)
     for keyword in STALE_TAGS:
         if keyword in ds:
             delattr(ds, keyword)
+    if not str(ds.get("StudyInstanceUID", "") or "") and study_uid:
+        ds.StudyInstanceUID = study_uid
+    lossy_method = LOSSY_SYNTAXES.get(str(meta.get("TransferSyntaxUID", "")))
+    if lossy_method and str(ds.get("LossyImageCompression", "")) != "01":
+        ds.LossyImageCompression = "01"
+        if not ds.get("LossyImageCompressionMethod"):
+            ds.LossyImageCompressionMethod = lossy_method
 
     ds.SOPInstanceUID = sop_uid
     ds.SOPClassUID = source_class  # same IOD as the input: viewers treat the output like the source
@@ -313,8 +327,9 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
         # Classic MR: General Image module (PS3.3 C.7.6.1) carries the derivation and the source references.
         ds.DerivationDescription = derivation
         ds.DerivationCodeSequence = Sequence([_code_item(*DERIVATION_SMOOTHING)])
-        ds.SourceImageSequence = Sequence([_source_reference(source_class, source_sop, number)
-                                           for number in frame_numbers or [None]])
+        if source_sop:  # an input without a UID cannot be referenced (Type 1 in the reference macro)
+            ds.SourceImageSequence = Sequence([_source_reference(source_class, source_sop, number)
+                                               for number in frame_numbers or [None]])
 
     data = np.ascontiguousarray(pixels).tobytes()
     ds.PixelData = data + (b"\0" if len(data) % 2 else b"")  # values have even length
@@ -433,7 +448,9 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
             pixels, frame_numbers = stored[order], [f + 1 for f in frames]
         else:
             pixels, frame_numbers = stored[0], None
-        ds = derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number)
+        ds = derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number,
+                             source_key=series.sop_instance_uids[index[0]],
+                             study_uid=derived_uid("study", series.study_uid or series.patient_id))
         ds.save_as(folder / f"{number:04d}.dcm", enforce_file_format=True)
     return len(files)
 

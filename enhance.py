@@ -390,15 +390,11 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
             raise
         except Exception as error:  # noqa: BLE001 - any decoder failure skips this series only
             raise SeriesError("pixel read failed", f"{type(error).__name__}: {error}") from None
-        if not np.all(np.isfinite(raw)):
-            raise SeriesError("pixel read failed", "non-finite values after rescale")
         # Padded pixels (PixelPaddingValue) are not image: they take no part in the normalization, the network
-        # sees them as the darkest tissue value (lo) instead of an artificial edge, and write_series restores them.
+        # sees them as the darkest tissue value (lo) instead of an artificial edge, as in training
+        # (preprocessing.image_range), and write_series restores them.
         padding = padding_mask(series, raw)
-        lo, hi = preprocessing.robust_range(raw if padding is None else raw[~padding],
-                                            enhancer.cfg["preprocess"]["norm_percentiles"])
-        if not hi > lo:
-            raise SeriesError("constant image", f"lo = hi = {lo}")
+        lo, hi = preprocessing.image_range(raw, padding, enhancer.cfg["preprocess"]["norm_percentiles"])
         scale = np.float32(hi) - np.float32(lo)
         normalized = (raw - np.float32(lo)) / scale
         if padding is not None:
@@ -446,9 +442,13 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
         except Exception as error:  # noqa: BLE001 - an unwritable header, a full disk: skip, leave nothing
             raise SeriesError("write failed", f"{type(error).__name__}: {error}") from None
         shutil.rmtree(old, ignore_errors=True)
-    except SeriesError as error:
+    except EnhanceError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a SeriesError, or an unforeseen failure: this series only, counted
         if old.exists() and not final.exists():
             os.replace(old, final)  # the new series failed after the old one was moved away: put it back
+        if not isinstance(error, SeriesError):
+            error = SeriesError("enhance failed", f"{type(error).__name__}: {error}")
         return dict(result, status="skipped", reason=error.reason, detail=str(error))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -111,7 +111,8 @@ def read_series(series):
 
     Each file is decoded once (all its frames), through pydicom's pixel handlers (pylibjpeg plugins for
     JPEG 2000, JPEG-LS, JPEG lossless; RLE). Raises SeriesReadError("mismatched shapes") when a decoded image
-    does not have the series' matrix; decoder errors propagate (the caller counts them as a skipped series)."""
+    does not have the series' matrix, ("pixel read failed") when a rescale gives values that are not finite;
+    decoder errors propagate (the caller counts them as a skipped series)."""
     out = np.empty((len(series.frames), series.rows, series.cols), dtype=np.float32)
     slots = defaultdict(list)
     for k, (path, frame) in enumerate(series.frames):
@@ -132,6 +133,8 @@ def read_series(series):
     if len(slopes) == len(out) and (np.any(slopes != 1) or np.any(intercepts != 0)):
         out *= slopes[:, None, None]
         out += intercepts[:, None, None]
+    if not np.all(np.isfinite(out)):  # e.g. RescaleSlope "NaN", which pydicom parses
+        raise SeriesReadError("pixel read failed", "non-finite values after rescale")
     return out
 
 
@@ -163,6 +166,20 @@ def robust_range(stack, percentiles):
         raise ConfigError(f"preprocess.norm_percentiles {percentiles} must satisfy 0 <= lo < hi <= 100")
     lo, hi = np.percentile(np.asarray(stack, dtype=np.float32), [p_lo, p_hi])
     return float(np.float32(lo)), float(np.float32(hi))
+
+
+def image_range(stack, padding, percentiles, what=""):
+    """robust_range of the pixels that are image: padded pixels (padding: dicom_writer.padding_mask's boolean
+    mask of PixelPaddingValue pixels, or None) take no part, here and in enhance.py, which then give them the
+    normalized value 0. Raises SeriesReadError("constant image") when no pixel is left or all are one value;
+    `what` ends its detail."""
+    image = stack if padding is None else stack[~padding]
+    if image.size == 0:
+        raise SeriesReadError("constant image", f"every pixel is padding (PixelPaddingValue){what}")
+    lo, hi = robust_range(image, percentiles)
+    if not hi > lo:
+        raise SeriesReadError("constant image", f"lo = hi = {lo}{what}")
+    return lo, hi
 
 
 def pad_to_square(img, value=0.0):
@@ -352,16 +369,17 @@ def process_series(series, out_dir, cfg, chash):
     key = series_key(series)
     arrays = Path(out_dir) / "arrays"
     pre = cfg["preprocess"]
+    from dicom_writer import padding_mask  # dicom_writer imports this module
+
     try:
         raw = read_series(series)
+        padding = padding_mask(series, raw)
+        lo, hi = image_range(raw, padding, pre["norm_percentiles"])
     except SeriesReadError as error:
         return {"key": key, "status": "skipped", "reason": error.reason, "detail": str(error)}
     except Exception as error:  # noqa: BLE001 - a decoder failure skips this series only
         return {"key": key, "status": "skipped", "reason": "pixel read failed",
                 "detail": f"{type(error).__name__}: {error}"}
-    lo, hi = robust_range(raw, pre["norm_percentiles"])
-    if not hi > lo:
-        return {"key": key, "status": "skipped", "reason": "constant image", "detail": f"lo = hi = {lo}"}
     # Degrade in the clean series' normalized units (the noise estimate and the simulation work on a [0, 1]-ish
     # scale), then renormalize all three images with the robust range of the *degraded* series: at inference only
     # the degraded image exists (enhance.py computes the same robust_range on its input), so the network must learn
@@ -371,21 +389,26 @@ def process_series(series, out_dir, cfg, chash):
     clean -= np.float32(lo)
     clean /= scale
     zero = float(-np.float32(lo) / scale)
+    if padding is not None:  # no signal there: the simulation gives it the noise of air
+        clean[padding] = zero
     noisy, info = degrade(clean, cfg["degrade"], series_rng(cfg["seed"], series.series_uid), zero=zero)
     # degrade.model none: the input is the noisy image and there is no clean one (noisy is clean, the same array)
     stacks = (noisy,) if noisy is clean else (clean, noisy)
     for stack in stacks:  # back to modality units, in place
         stack *= scale
         stack += np.float32(lo)
-    lo, hi = robust_range(noisy, pre["norm_percentiles"])
-    if not hi > lo:
-        return {"key": key, "status": "skipped", "reason": "constant image", "detail": f"lo = hi = {lo} (degraded)"}
+    try:
+        lo, hi = image_range(noisy, padding, pre["norm_percentiles"], " (degraded)")
+    except SeriesReadError as error:
+        return {"key": key, "status": "skipped", "reason": error.reason, "detail": str(error)}
     info = dict(info, sigma_source=info["sigma_source"] * float(scale) / (hi - lo),
                 sigma_added=info["sigma_added"] * float(scale) / (hi - lo))
     scale = np.float32(hi) - np.float32(lo)
     for stack in stacks:
         stack -= np.float32(lo)
         stack /= scale
+        if padding is not None:  # what enhance.py feeds the network there (the pixels are written back as padding)
+            stack[padding] = 0.0
     zero = float(-np.float32(lo) / scale)  # normalized value of zero signal
     size = None if pre["image_size"] is None else int(pre["image_size"])
     dtype = np.dtype(pre["dtype"])
@@ -402,6 +425,8 @@ def process_series(series, out_dir, cfg, chash):
         # the truth takes the clean image's exact path: same lo/hi, same zero, same pad and resize
         truth -= np.float32(lo)
         truth /= scale
+        if padding is not None:
+            truth[padding] = 0.0
         truth_file = f"arrays/{key}_truth.npy"
         _save_square(arrays / f"{key}_truth.npy", truth, size, zero, dtype)
     layout = series.layout or [(0, i) for i in range(len(series.sop_instance_uids))]

@@ -25,7 +25,7 @@ import preprocessing
 from config import load_config, save_config
 from degrade import degrade, series_rng
 from dicom_fixtures import (BUNDLED_MR, bundled, enhanced_mr_dataset, enhanced_mr_jpegls_file, image_dataset,
-                            padded_mr_file, phantom, write_mr_series)
+                            padded_mr_file, phantom, uid, write_mr_series)
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
@@ -522,6 +522,61 @@ def test_series_number_does_not_collide_with_the_study(identity, tmp_path):
     assert summary["series_done"] == 2
     numbers = {ds.SeriesDescription: int(ds.SeriesNumber) for ds in outputs(tmp_path / "out").values()}
     assert numbers == {"DCE enhanced": 1002, "other enhanced": 2001}
+
+
+def test_unforeseen_failures_are_counted_per_series(identity, tmp_path, monkeypatch):
+    """A series that is all padding, and a failure nobody foresaw (here a header read raising KeyError): each
+    skips its own series with a reason; the run goes on and the good series is written."""
+    write_mr_series(tmp_path / "in" / "good", "P1", n_slices=2, rows=24, cols=24)
+    blank = pydicom.dcmread(padded_mr_file(tmp_path / "blank.dcm", padding=-2000, border=32))
+    (tmp_path / "in" / "blank").mkdir()
+    blank.save_as(tmp_path / "in" / "blank" / "blank.dcm", enforce_file_format=True)
+    summary = run(identity, tmp_path / "in", tmp_path / "out")
+    assert summary["series_done"] == 1 and summary["series_skipped"] == {"constant image": 1}
+    assert "every pixel is padding" in next(r["detail"] for r in summary["series"] if r["status"] == "skipped")
+
+    def broken(series, raw):
+        raise KeyError("a tag nobody expected")
+
+    monkeypatch.setattr(enhance, "padding_mask", broken)
+    summary = run(identity, tmp_path / "in" / "good", tmp_path / "out2")
+    assert summary["series_done"] == 0 and summary["series_skipped"] == {"enhance failed": 1}
+    assert not list((tmp_path / "out2").glob(enhance.TMP_PREFIX + "*"))
+
+
+def test_inputs_without_uids_or_with_lossy_history(identity, tmp_path):
+    """Inputs without SOPInstanceUID and StudyInstanceUID (in the dataset or the file meta) still give one UID per
+    output file and a study; a JPEG baseline (lossy) input is marked LossyImageCompression 01 (PS3.3 C.7.6.1.1.5)."""
+    from io import BytesIO
+
+    from PIL import Image
+    from pydicom.uid import JPEGBaseline8Bit
+
+    (tmp_path / "anon").mkdir()
+    for i in range(3):
+        ds = image_dataset(np.round(phantom(24, 24, seed=i)).astype(np.uint16), patient_id="A1",
+                           series_uid=uid("anon"), instance=i + 1, position=i)
+        del ds.SOPInstanceUID, ds.StudyInstanceUID, ds.file_meta.MediaStorageSOPInstanceUID
+        ds.save_as(tmp_path / "anon" / f"{i}.dcm", enforce_file_format=False)
+    summary = run(identity, tmp_path / "anon", tmp_path / "out")
+    written = [pydicom.dcmread(p) for p in sorted((tmp_path / "out").rglob("*.dcm"))]
+    assert summary["series_done"] == 1 and len({ds.SOPInstanceUID for ds in written}) == 3
+    assert len({ds.StudyInstanceUID for ds in written}) == 1 and written[0].StudyInstanceUID
+
+    pixels = np.clip(phantom(24, 24, signal=200.0) / 2, 0, 255).astype(np.uint8)
+    stream = BytesIO()
+    Image.fromarray(pixels).save(stream, format="JPEG", quality=90)
+    ds = image_dataset(pixels.astype(np.uint16), patient_id="J1", series_uid=uid("jpeg"))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([stream.getvalue()])
+    ds["PixelData"].VR = "OB"
+    (tmp_path / "jpeg").mkdir()
+    ds.save_as(tmp_path / "jpeg" / "j.dcm", enforce_file_format=True)
+    summary = run(identity, tmp_path / "jpeg", tmp_path / "out_jpeg")
+    (out,) = outputs(tmp_path / "out_jpeg").values()
+    assert summary["series_done"] == 1 and out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert out.LossyImageCompression == "01" and out.LossyImageCompressionMethod == "ISO_10918_1"
 
 
 def test_padding_stays_padding_and_tissue_never_becomes_padding(tmp_path):

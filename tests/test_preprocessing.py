@@ -16,8 +16,9 @@ from pydicom.pixels import apply_rescale
 
 import preprocessing
 from config import ConfigError, load_config
-from dicom_fixtures import (BUNDLED_MR, bundled, enhanced_mr_dataset, image_dataset, phantom, uid,
+from dicom_fixtures import (BUNDLED_MR, bundled, enhanced_mr_dataset, image_dataset, padded_mr_file, phantom, uid,
                             write_mixed_tree, write_mr_series)
+from dicom_index import REPEATED_POSITION_REASON
 from preprocessing import (MANIFEST_COLUMNS, SplitError, check_patient_split, index_tree, pad_to_square,
                            patient_hash, read_series, resize_square, run, split_patients, split_warnings,
                            unresize_square)
@@ -144,6 +145,50 @@ def test_missing_tags_use_fallbacks(tmp_path):
     assert len(rows) == 2 and rows[0]["series_uid"] == "folder:anonymous"
     assert rows[0]["patient_id"].startswith("anon-")
     assert summary["series_notes"] == {"patient_id from study/folder": 1, "series_uid from folder": 1}
+
+
+def test_layouts_that_cannot_be_told_apart_are_skipped_not_fatal(tmp_path):
+    """Indexing a tree with a NaN slice position, a Dixon-like series (water and fat images at every position and
+    time point, one acquisition time), a DCE whose temporal tag never changes, and a rescale to NaN: one bad
+    series never stops the run, each is laid out or skipped with its reason."""
+    root = tmp_path / "tree"
+    kinds = {"nan": [(0, z, "100000", "W") for z in range(3)],
+             "dixon": [(t, z, f"1{t}0000", kind) for t in (1, 2) for z in range(3) for kind in "WF"],
+             "constant": [(1, z, f"1{t}0000", "W") for t in (1, 2) for z in range(3)]}
+    for name, images in kinds.items():
+        (root / name).mkdir(parents=True)
+        for n, (t, z, time, kind) in enumerate(images):
+            ds = image_dataset(np.full((16, 16), 400 if kind == "W" else 40, np.uint16) + n, patient_id="L1",
+                               series_uid=uid(name), instance=n + 1, position=2.5 * z, temporal=t or None,
+                               acquisition_time=time, slope=float("nan") if name == "nan" and n == 0 else 1.0)
+            if name == "nan":
+                ds.ImagePositionPatient = ["NaN", "NaN", "NaN"]
+            ds.save_as(root / name / f"{n}.dcm", enforce_file_format=True)
+    series, skipped, _ = index_tree(root)
+    assert skipped == {REPEATED_POSITION_REASON: 12}  # the Dixon images
+    layouts = {s.series_uid: s.layout for s in series}
+    assert layouts[uid("constant")] == [(t, k) for t in range(2) for k in range(3)]  # by acquisition time
+    assert layouts[uid("nan")] == [(0, 0), (0, 1), (0, 2)]  # no position: numbered in order
+    summary = run(root, tmp_path / "out", small_cfg(), progress=False)
+    assert summary["series_used"] == 1
+    assert summary["series_skipped"] == {REPEATED_POSITION_REASON: 1, "pixel read failed": 1}
+    assert "non-finite values after rescale" in json.dumps(summary)
+
+
+def test_padding_is_no_image_in_training_as_in_enhance(tmp_path):
+    """PixelPaddingValue pixels take no part in the normalization and reach the network as 0 in both arrays, as
+    enhance.py gives them (test_enhance's padding test): stored -2000 would otherwise become a bright Rician border
+    in the degraded input and raise norm_hi."""
+    (tmp_path / "tree").mkdir()
+    src = pydicom.dcmread(padded_mr_file(tmp_path / "tree" / "padded.dcm", padding=-2000, border=6))
+    padded = src.pixel_array == -2000
+    run(tmp_path / "tree", tmp_path / "out", small_cfg("preprocess.image_size=null"), progress=False)
+    _, rows = read_manifest(tmp_path / "out")
+    for column in ("clean_file", "noisy_file"):
+        array = load(tmp_path / "out", rows[0][column])
+        assert padded.sum() > 0 and np.all(array[0][padded] == 0)
+    tissue = np.percentile(src.pixel_array[~padded].astype(np.float32), 99.5)
+    assert float(rows[0]["norm_hi"]) == pytest.approx(tissue, rel=0.1)  # 1.35x with the padding counted
 
 
 def test_series_filter(tmp_path):
