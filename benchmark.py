@@ -24,11 +24,11 @@ benchmark_report.py     benchmark.md, benchmark.png, the per-slice CSV
 quality  Test split of --data, whole slices: PairedSlices(data, "test", max_slices=N, times_per_position=K), the
          same for every method: N / K slice positions evenly spaced over the test series, K time points of
          each (data_factory.spread_slices; K = --times-per-position, default 2, because BM4D and MP-PCA denoise
-         a position's whole stack in one run: the same N slices at half the runs). Per slice and method: PSNR, SSIM and MSE over the whole image and
-         over the body mask, against the 3T image and, when the data has one (demo data), against the
-         noise-free truth: the headline reference (metrics.whole_and_masked; metrics.body_mask of the truth, or
-         of the 3T image without one), and the time the
-         method took (ms per slice; the networks per batch of the run's batch_size divided by its size, after
+         a position's whole stack in one run: the same N slices at half the runs). Per slice and method: PSNR,
+         SSIM and MSE over the whole image and over the body mask, against the 3T image and, when the data has
+         one (demo data), against the noise-free truth: the headline reference (metrics.whole_and_masked;
+         metrics.body_mask of the truth, or of the 3T image without one), and the time the method took (ms per
+         slice; the networks per batch of the run's batch_size divided by its size, after
          one warm-up batch; the classical methods one slice at a time, mostly on one core). Summary: mean and
          95% Student-t interval over *patient* means (metrics.mean_ci with groups = patient ids: slices of one
          patient are not independent), the slice-level mean and std, and the gain over the degraded input,
@@ -255,8 +255,8 @@ def parse_args(argv=None):
     for name in ("max_slices", "calibrate_slices", "calibrate_stacks", "kinetics_lesions"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
-    for name in ("times_per_position", "speed_size", "speed_steps", "speed_rounds", "speed_reps", "speed_bm3d_slices", "speed_series",
-                 "workers"):
+    for name in ("times_per_position", "speed_size", "speed_steps", "speed_rounds", "speed_reps",
+                 "speed_bm3d_slices", "speed_series", "workers"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.speed_warmup < 1:

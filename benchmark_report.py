@@ -60,6 +60,7 @@ def data_info(data_dir, eval_rows, image_shape, split):
             "acquisition_matrix": sorted({f"{r['rows']}x{r['cols']}" for r in eval_rows if r.get("rows")}),
             "eval_slices_used": len(eval_rows), "eval_slices_total": len(split_all),
             "eval_patients": len({r["patient_id"] for r in eval_rows}),
+            "eval_positions": len({(r["series_uid"], r.get("position_index", r["slice_index"])) for r in eval_rows}),
             "truth": all(r.get("truth_file") for r in eval_rows),
             "train_slices": sum(r["split"] == "train" for r in every),
             "degrade_model": sorted({r.get("degrade_model") or "unknown" for r in eval_rows}),
@@ -168,8 +169,10 @@ def markdown(report):
         degradation = f"{', '.join(d['degrade_model'])} model (additive Gaussian, the thesis)"
     lines = [
         "# Benchmark: restoring simulated 1.5T from 3T breast MRI", "",
-        f"- **Data**: `{d['data_dir']}`, {d['split']} split: {d['eval_slices_used']} of {d['eval_slices_total']} slices "
-        f"(evenly spaced) from {d['eval_patients']} patient(s), {d['image_size'][0]}x{d['image_size'][1]} "
+        f"- **Data**: `{d['data_dir']}`, {d['split']} split: {d['eval_slices_used']} of {d['eval_slices_total']} "
+        f"slices ({d.get('eval_positions', '?')} slice positions evenly spaced, each at "
+        f"{d['eval_slices_used'] / max(d.get('eval_positions') or 1, 1):g} time point(s)) from "
+        f"{d['eval_patients']} patient(s), {d['image_size'][0]}x{d['image_size'][1]} "
         f"(acquired {', '.join(d['acquisition_matrix']) or '?'}); {d['train_slices']} training slices.",
         f"- **Degradation**: {degradation}; mean sigma_source {_num(d['sigma_source'], 4)}, sigma_added "
         f"{_num(d['sigma_added'], 4)} (normalized units, acquisition resolution).",
