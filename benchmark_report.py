@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ def data_info(data_dir, eval_rows, image_shape, split):
 
     every = read_manifest(data_dir)
     split_all = [r for r in every if r["split"] == split]
+    positions = Counter((r["series_uid"], r.get("position_index", r["slice_index"])) for r in eval_rows)
 
     def mean_of(key):
         values = [r[key] for r in eval_rows if r.get(key) is not None]
@@ -60,7 +62,7 @@ def data_info(data_dir, eval_rows, image_shape, split):
             "acquisition_matrix": sorted({f"{r['rows']}x{r['cols']}" for r in eval_rows if r.get("rows")}),
             "eval_slices_used": len(eval_rows), "eval_slices_total": len(split_all),
             "eval_patients": len({r["patient_id"] for r in eval_rows}),
-            "eval_positions": len({(r["series_uid"], r.get("position_index", r["slice_index"])) for r in eval_rows}),
+            "eval_positions": len(positions), "eval_times_per_position": max(positions.values(), default=0),
             "truth": all(r.get("truth_file") for r in eval_rows),
             "train_slices": sum(r["split"] == "train" for r in every),
             "degrade_model": sorted({r.get("degrade_model") or "unknown" for r in eval_rows}),
@@ -170,8 +172,8 @@ def markdown(report):
     lines = [
         "# Benchmark: restoring simulated 1.5T from 3T breast MRI", "",
         f"- **Data**: `{d['data_dir']}`, {d['split']} split: {d['eval_slices_used']} of {d['eval_slices_total']} "
-        f"slices ({d.get('eval_positions', '?')} slice positions evenly spaced, each at "
-        f"{d['eval_slices_used'] / max(d.get('eval_positions') or 1, 1):g} time point(s)) from "
+        f"slices ({d.get('eval_positions', '?')} slice positions evenly spaced, each at up to "
+        f"{d.get('eval_times_per_position', '?')} time point(s)) from "
         f"{d['eval_patients']} patient(s), {d['image_size'][0]}x{d['image_size'][1]} "
         f"(acquired {', '.join(d['acquisition_matrix']) or '?'}); {d['train_slices']} training slices.",
         f"- **Degradation**: {degradation}; mean sigma_source {_num(d['sigma_source'], 4)}, sigma_added "

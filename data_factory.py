@@ -134,12 +134,13 @@ def evenly_spaced(n, count):
 
 
 def spread_slices(rows, count, times_per_position=1):
-    """Indices of at most `count` of the manifest rows, sorted: count / times_per_position slice positions evenly
-    spaced over the rows' (series, position) pairs, each at times_per_position of its time points, spread over
-    its time axis and starting at time j for the j-th position, so that the positions together cover every
-    time point. A multi-frame method denoises a position's whole (x, y, t) stack in one run (BM4D): 2 time
-    points per position halve its runs for the same number of scored slices. times_per_position 1, or series
-    of one time point: evenly_spaced over the rows."""
+    """Indices of `count` of the manifest rows (all of them if count >= len(rows)), sorted, each once:
+    count / times_per_position slice positions evenly spaced over the rows' (series, position) pairs, each at
+    times_per_position of its time points (all it has, if fewer), spread over its time axis and starting at
+    time j for the j-th position, so that the positions together cover every time point; where positions have
+    too few time points to make up `count`, evenly spaced rows of the rest fill in. A multi-frame method
+    denoises a position's whole (x, y, t) stack in one run (BM4D): 2 time points per position halve its runs for
+    the same number of scored slices. times_per_position 1, or series of one time point: evenly_spaced."""
     if times_per_position <= 1 or count is None or count >= len(rows):
         return evenly_spaced(len(rows), count)
     frames = {}  # (series, position) -> {time index: row index}, in manifest order
@@ -152,10 +153,13 @@ def spread_slices(rows, count, times_per_position=1):
     picked = []
     for j, p in enumerate(evenly_spaced(len(positions), math.ceil(count / times_per_position))):
         times = sorted(positions[p])
-        n = len(times)
-        picked += [positions[p][times[(j + round(i * n / times_per_position)) % n]]
-                   for i in range(min(times_per_position, n))]
-    return np.array(sorted(picked[:count]))
+        n, m = len(times), min(times_per_position, len(times))  # n / m >= 1 apart: never one time twice
+        picked += [positions[p][times[(j + round(i * n / m)) % n]] for i in range(m)]
+    picked = picked[:count]
+    if len(picked) < count:
+        rest = sorted(set(range(len(rows))) - set(picked))
+        picked += [rest[i] for i in evenly_spaced(len(rest), count - len(picked))]
+    return np.array(sorted(picked))
 
 
 class PairedSlices(keras.utils.PyDataset):

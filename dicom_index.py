@@ -593,7 +593,7 @@ def _layout(frames):
     be found from any other frame of it. Frames without a position are numbered in order within their time
     point. A series with one time point has time_index 0 throughout."""
     times = sorted({f["t"] for f in frames})
-    positions = sorted({round(f["position"], 2) for f in frames if f["position"] is not None})
+    positions = sorted({_position_key(f["position"]) for f in frames if f["position"] is not None})
     time_rank, position_rank = {t: i for i, t in enumerate(times)}, {p: i for i, p in enumerate(positions)}
     layout, count = [], defaultdict(int)
     for f in frames:
@@ -602,32 +602,38 @@ def _layout(frames):
             k = count[t]
             count[t] += 1
         else:
-            k = position_rank[round(f["position"], 2)]
+            k = position_rank[_position_key(f["position"])]
         layout.append((t, k))
     return layout
+
+
+def _position_key(position):
+    """Slice positions 0.01 mm apart or closer are one position (rounding of exported coordinates)."""
+    return round(position, 2)
 
 
 def _assign_temporal(frames):
     """Set f["t"]: the temporal position tag when every frame has one and it tells the images at each position
     apart; else, when slice positions repeat (DCE without the tag, or with one that never changes), the rank by
     acquisition time among the frames at the same position; else 0. False (nothing to lay out) when two frames
-    at one position share their acquisition time: images of one dynamic, not two time points
-    (REPEATED_POSITION_REASON)."""
+    at one position share their acquisition time and number: images of one dynamic (water and fat, echoes), not
+    two time points (REPEATED_POSITION_REASON); dynamics with dummy, equal times are told apart by their
+    AcquisitionNumber."""
     positions = [f["position"] for f in frames]
     if all(f["temporal"] is not None for f in frames):
         for f in frames:
             f["t"] = f["temporal"]
-        if None in positions or len({(f["t"], round(f["position"], 3)) for f in frames}) == len(frames):
+        if None in positions or len({(f["t"], _position_key(f["position"])) for f in frames}) == len(frames):
             return True
-    elif None in positions or len({round(p, 3) for p in positions}) == len(positions):
+    elif None in positions or len({_position_key(p) for p in positions}) == len(positions):
         for f in frames:
             f["t"] = 0
         return True
     at_position = defaultdict(list)
     for f in frames:
-        at_position[round(f["position"], 3)].append(f)
+        at_position[_position_key(f["position"])].append(f)
     for group in at_position.values():
-        times = [f["time"] for f in group if f["time"] is not None]
+        times = [(f["time"], f["acquisition"]) for f in group if f["time"] is not None]
         if len(set(times)) < len(times):
             return False
         group.sort(key=lambda f: (f["time"] if f["time"] is not None else math.inf, f["acquisition"],

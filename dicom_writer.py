@@ -57,11 +57,11 @@ PULSE_SEQUENCE_TAGS = (
 # Enhanced General Equipment module (PS3.3 C.7.5.2): Type 1 in enhanced MR objects, often empty in converted or
 # anonymized ones. Filled (only where missing or empty) with "UNKNOWN", since we cannot know the scanner's.
 ENHANCED_EQUIPMENT_TAGS = ("Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions")
-# Values derived from the pixels of the input; they would be wrong for the output, and readers need none of them.
 # Transfer syntaxes whose encoding always loses information (JPEG DCT processes, PS3.5 A.4.1): an output decoded
 # from one keeps the mark (PS3.3 C.7.6.1.1.5: once lossy compressed, LossyImageCompression "01" for good). The
 # syntaxes that may be lossy or lossless (JPEG-LS near-lossless, JPEG 2000) do not say which from the syntax alone.
 LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1"}
+# Values derived from the pixels of the input; they would be wrong for the output, and readers need none of them.
 STALE_TAGS = ("SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries",
               "LargestPixelValueInSeries", "IconImageSequence", "InstanceCreatorUID", "ExtendedOffsetTable",
               "ExtendedOffsetTableLengths", "PixelDataProviderURL")
@@ -206,7 +206,9 @@ def _add_derivation_per_frame(ds, source_class, source_sop, frame_numbers, descr
         derivation = Dataset()
         derivation.DerivationDescription = description
         derivation.DerivationCodeSequence = Sequence([_code_item(*DERIVATION_SMOOTHING)])
-        derivation.SourceImageSequence = Sequence([_source_reference(source_class, source_sop, number)])
+        # Type 2: empty when the source has no UID to reference
+        derivation.SourceImageSequence = Sequence([_source_reference(source_class, source_sop, number)]
+                                                  if source_sop else [])
         item.DerivationImageSequence = Sequence([derivation])
 
 
@@ -284,8 +286,10 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
             delattr(ds, keyword)
     if not str(ds.get("StudyInstanceUID", "") or "") and study_uid:
         ds.StudyInstanceUID = study_uid
+    # Classic MR only (General Image module, Type 3): in Enhanced MR the attribute is Type 1 with a ratio this
+    # header cannot give, and a valid enhanced source already carries all three, copied as they are.
     lossy_method = LOSSY_SYNTAXES.get(str(meta.get("TransferSyntaxUID", "")))
-    if lossy_method and str(ds.get("LossyImageCompression", "")) != "01":
+    if lossy_method and not enhanced and str(ds.get("LossyImageCompression", "")) != "01":
         ds.LossyImageCompression = "01"
         if not ds.get("LossyImageCompressionMethod"):
             ds.LossyImageCompressionMethod = lossy_method
@@ -322,7 +326,8 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
             if keyword in ds:  # not in the Enhanced MR IODs: the derivation is told per frame, below
                 delattr(ds, keyword)
         _add_derivation_per_frame(ds, source_class, source_sop, frame_numbers or [1], derivation)
-        ds.SourceImageEvidenceSequence = _source_evidence(header, source_class, source_sop)
+        if source_sop:  # required only once a frame references a source
+            ds.SourceImageEvidenceSequence = _source_evidence(header, source_class, source_sop)
     else:
         # Classic MR: General Image module (PS3.3 C.7.6.1) carries the derivation and the source references.
         ds.DerivationDescription = derivation
@@ -450,7 +455,7 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
             pixels, frame_numbers = stored[0], None
         ds = derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number,
                              source_key=series.sop_instance_uids[index[0]],
-                             study_uid=derived_uid("study", series.study_uid or series.patient_id))
+                             study_uid=series.study_uid or derived_uid("study", series.patient_id))
         ds.save_as(folder / f"{number:04d}.dcm", enforce_file_format=True)
     return len(files)
 

@@ -75,6 +75,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -109,6 +110,8 @@ class EnhanceError(Exception):
 # One series cannot be enhanced: the same exception preprocessing skips a series with; its `reason` is the short
 # counted reason in the summary.
 SeriesError = preprocessing.SeriesReadError
+# An exception no check foresaw: its series is skipped and counted, the run goes on, and it exits with status 1.
+UNFORESEEN_REASON = "enhance failed"
 
 
 @dataclass
@@ -447,8 +450,10 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
     except Exception as error:  # noqa: BLE001 - a SeriesError, or an unforeseen failure: this series only, counted
         if old.exists() and not final.exists():
             os.replace(old, final)  # the new series failed after the old one was moved away: put it back
-        if not isinstance(error, SeriesError):
-            error = SeriesError("enhance failed", f"{type(error).__name__}: {error}")
+        if not isinstance(error, SeriesError):  # where it happened, for the bug report
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            error = SeriesError(UNFORESEEN_REASON, f"{type(error).__name__}: {error} "
+                                                   f"({Path(where.filename).name}:{where.lineno})")
         return dict(result, status="skipped", reason=error.reason, detail=str(error))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -661,12 +666,18 @@ def main(argv=None):
             raise EnhanceError(f"--input {args.input} does not exist")
         if args.max_pixels < 1:
             raise EnhanceError(f"--max-pixels {args.max_pixels}: give a positive number")
-        return run(args.model, args.input, args.output, batch_size=args.batch_size, preview=args.preview,
-                   overwrite=args.overwrite, tile=args.tile, force_tiling=args.force_tiling,
-                   max_pixels=args.max_pixels)
+        summary = run(args.model, args.input, args.output, batch_size=args.batch_size, preview=args.preview,
+                      overwrite=args.overwrite, tile=args.tile, force_tiling=args.force_tiling,
+                      max_pixels=args.max_pixels)
     except EnhanceError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    failed = summary["series_skipped"].get(UNFORESEEN_REASON, 0)
+    if failed:  # the other series are written, but a bug must not pass for a clean run (exit status 1)
+        print(f"error: {failed} series failed in a way enhance.py does not foresee ({UNFORESEEN_REASON}); "
+              "the exception of each is in enhance_summary.json", file=sys.stderr)
+        sys.exit(1)
+    return summary
 
 
 if __name__ == "__main__":

@@ -221,6 +221,10 @@ def test_spread_slices_takes_time_points_of_fewer_positions():
         times.setdefault((rows[i]["series_uid"], rows[i]["position_index"]), []).append(rows[i]["time_index"])
     assert sorted(sorted(t) for t in times.values()) == [[0, 2], [0, 2], [1, 3], [1, 3]]
     assert len(spread_slices(rows, 7, times_per_position=2)) == 7
+    # more time points asked than a position has, or too few positions: each slice once, and still `count`
+    picked = spread_slices(rows, 12, times_per_position=6)
+    assert len(picked) == len(set(picked)) == 12
+    assert len(spread_slices(rows[:20], 16, times_per_position=8)) == 16  # one series: 5 positions x 4 times
     # one time point per position (or times_per_position 1): plain evenly spaced rows
     single = [{"series_uid": "S", "slice_index": i} for i in range(10)]
     assert list(spread_slices(single, 4, times_per_position=2)) == list(evenly_spaced(10, 4))

@@ -524,7 +524,7 @@ def test_series_number_does_not_collide_with_the_study(identity, tmp_path):
     assert numbers == {"DCE enhanced": 1002, "other enhanced": 2001}
 
 
-def test_unforeseen_failures_are_counted_per_series(identity, tmp_path, monkeypatch):
+def test_unforeseen_failures_are_counted_per_series(identity, identity_run, tmp_path, monkeypatch):
     """A series that is all padding, and a failure nobody foresaw (here a header read raising KeyError): each
     skips its own series with a reason; the run goes on and the good series is written."""
     write_mr_series(tmp_path / "in" / "good", "P1", n_slices=2, rows=24, cols=24)
@@ -540,7 +540,12 @@ def test_unforeseen_failures_are_counted_per_series(identity, tmp_path, monkeypa
 
     monkeypatch.setattr(enhance, "padding_mask", broken)
     summary = run(identity, tmp_path / "in" / "good", tmp_path / "out2")
-    assert summary["series_done"] == 0 and summary["series_skipped"] == {"enhance failed": 1}
+    assert summary["series_done"] == 0 and summary["series_skipped"] == {enhance.UNFORESEEN_REASON: 1}
+    assert "KeyError" in summary["series"][0]["detail"] and ".py:" in summary["series"][0]["detail"]
+    with pytest.raises(SystemExit) as exit_:  # the command line does not pass a bug off as a clean run
+        enhance.main(["--model", str(identity_run), "--input", str(tmp_path / "in" / "good"),
+                      "--output", str(tmp_path / "out3")])
+    assert exit_.value.code == 1
     assert not list((tmp_path / "out2").glob(enhance.TMP_PREFIX + "*"))
 
 

@@ -152,15 +152,19 @@ def test_layouts_that_cannot_be_told_apart_are_skipped_not_fatal(tmp_path):
     time point, one acquisition time), a DCE whose temporal tag never changes, and a rescale to NaN: one bad
     series never stops the run, each is laid out or skipped with its reason."""
     root = tmp_path / "tree"
-    kinds = {"nan": [(0, z, "100000", "W") for z in range(3)],
-             "dixon": [(t, z, f"1{t}0000", kind) for t in (1, 2) for z in range(3) for kind in "WF"],
-             "constant": [(1, z, f"1{t}0000", "W") for t in (1, 2) for z in range(3)]}
+    # (temporal tag, position mm, acquisition time, acquisition number, image kind); positions 0.002 mm apart
+    # are one position
+    kinds = {"nan": [(0, 2.5 * z, "100000", 1, "W") for z in range(3)],
+             "dixon": [(t, 2.5 * z, f"1{t}0000", t, kind) for t in (1, 2) for z in range(3) for kind in "WF"],
+             "constant": [(1, 2.5 * z + 0.001 * t, f"1{t}0000", 1, "W") for t in (1, 2) for z in range(3)],
+             "dummy_times": [(0, 2.5 * z, "100000", t, "W") for t in (1, 2) for z in range(3)]}
     for name, images in kinds.items():
         (root / name).mkdir(parents=True)
-        for n, (t, z, time, kind) in enumerate(images):
+        for n, (t, z, time, number, kind) in enumerate(images):
             ds = image_dataset(np.full((16, 16), 400 if kind == "W" else 40, np.uint16) + n, patient_id="L1",
-                               series_uid=uid(name), instance=n + 1, position=2.5 * z, temporal=t or None,
+                               series_uid=uid(name), instance=n + 1, position=z, temporal=t or None,
                                acquisition_time=time, slope=float("nan") if name == "nan" and n == 0 else 1.0)
+            ds.AcquisitionNumber = number
             if name == "nan":
                 ds.ImagePositionPatient = ["NaN", "NaN", "NaN"]
             ds.save_as(root / name / f"{n}.dcm", enforce_file_format=True)
@@ -168,9 +172,10 @@ def test_layouts_that_cannot_be_told_apart_are_skipped_not_fatal(tmp_path):
     assert skipped == {REPEATED_POSITION_REASON: 12}  # the Dixon images
     layouts = {s.series_uid: s.layout for s in series}
     assert layouts[uid("constant")] == [(t, k) for t in range(2) for k in range(3)]  # by acquisition time
+    assert layouts[uid("dummy_times")] == [(t, k) for t in range(2) for k in range(3)]  # by acquisition number
     assert layouts[uid("nan")] == [(0, 0), (0, 1), (0, 2)]  # no position: numbered in order
     summary = run(root, tmp_path / "out", small_cfg(), progress=False)
-    assert summary["series_used"] == 1
+    assert summary["series_used"] == 2
     assert summary["series_skipped"] == {REPEATED_POSITION_REASON: 1, "pixel read failed": 1}
     assert "non-finite values after rescale" in json.dumps(summary)
 
