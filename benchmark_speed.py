@@ -57,14 +57,16 @@ def _median_seconds(fn, min_reps, min_seconds=1.0, max_reps=50):
 
 
 def time_inference(model, size, batch, min_reps):
-    """ms per size x size slice at this batch size, after 2 warm-up calls; with FLOPs and GFLOP/s."""
+    """ms per size x size slice at this batch size, after 2 warm-up calls, over at least min_reps slices' worth
+    of timed calls (and at least 2: a batch of 16 at 512^2 takes ~6 s a call on 2 cores); with FLOPs and
+    GFLOP/s."""
     from model import count_flops
 
     channels = model.inputs[0].shape[-1] or 1  # a context model takes the target slice and its context
     x = np.random.default_rng(0).random((batch, size, size, channels), dtype=np.float32)
     for _ in range(2):
         model.predict_on_batch(x)
-    seconds, reps = _median_seconds(lambda: model.predict_on_batch(x), min_reps)
+    seconds, reps = _median_seconds(lambda: model.predict_on_batch(x), max(2, math.ceil(min_reps / batch)))
     per_slice = seconds / batch
     flops = count_flops(model, size, size)
     return {"size": size, "batch": batch, "ms_per_slice": 1000 * per_slice, "reps": reps,

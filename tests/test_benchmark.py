@@ -201,7 +201,8 @@ def test_calibration_picks_the_best_sigma_multiplier_on_random_tissue_slices(smo
     from metrics import body_mask
 
     scales, table, note, record = benchmark_quality.calibrate(["tv"], smoke_data, 10, seed=0)
-    assert note is None and set(table["tv"]) == {str(s) for s in benchmark_quality.SIGMA_SCALES}
+    assert note is None and "1.0" in table["tv"]
+    assert set(table["tv"]) <= {str(s) for s in benchmark_quality.SIGMA_SCALES}
     assert table["tv"][str(scales["tv"])] == max(table["tv"].values())
     assert record["n_slices"] == 10 and record["reference"] == "truth" and record["chosen"]["tv"]["sigma_scale"] == \
         scales["tv"]
@@ -214,6 +215,22 @@ def test_calibration_picks_the_best_sigma_multiplier_on_random_tissue_slices(smo
         assert np.array_equal(mask, body_mask(truth)) and mask.mean() >= 0.1
     assert benchmark_quality.calibrate(["tv"], smoke_data, 10, seed=0)[3]["slices"] == record["slices"]  # seeded
     assert benchmark_quality.calibrate(["tv"], smoke_data, 0)[0] == {"tv": 1.0}
+
+
+def test_climb_finds_the_grid_maximum_without_the_runs_past_the_peak():
+    grid = (0.6, 0.8, 1.0, 1.25)
+    tried = []
+
+    def score(peak):
+        def f(x):
+            tried.append(x)
+            return -abs(x - peak)
+        return f
+
+    best, scores = benchmark_quality.climb(grid, 2, score(1.0))
+    assert best == 1.0 and 0.6 not in scores and tried == [1.0, 0.8, 1.25]  # 0.6 lies past the peak
+    best, scores = benchmark_quality.climb(grid, 2, score(0.5))
+    assert best == 0.6 and set(scores) == set(grid)                        # a maximum at the edge is reached
 
 
 def test_thesis_run_is_found_next_to_the_run(tmp_path, smoke_run, thesis_run):
