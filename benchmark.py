@@ -400,7 +400,7 @@ def run_benchmark(args):
 def kinetics_part(args, models, data_dir, split, params, stacks):
     """The lesion enhancement curves of every requested method (benchmark_kinetics), or a note why there are none."""
     from benchmark_kinetics import find_lesions, lesion_kinetics
-    from data_factory import evenly_spaced
+    from manifest import evenly_spaced
 
     lesions, note = find_lesions(data_dir, split)
     if note:

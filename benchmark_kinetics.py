@@ -197,7 +197,7 @@ def lesion_kinetics(methods, models, data_dir, lesions, params, stacks, split="t
     export_max_abs_diff, methods: {method: {curve, rmse, peak_error, slope_error, ...}}}], "summary": {method:
     {n_lesions, rmse, peak_enhancement_error (mean |peak_error|), slope_error (mean |slope_error|),
     peak_error_signed (mean)}}}."""
-    from benchmark_quality import _zero
+    from manifest import _zero
 
     arrays, out = {}, []
     for lesion in lesions:

@@ -59,6 +59,8 @@ from pathlib import Path
 
 import numpy as np
 
+from manifest import _zero
+
 METRICS = ("psnr", "ssim", "mse")
 CLASSICAL = ("nlm", "tv", "wavelet", "bm3d")   # one slice at a time (denoisers.METHODS)
 MULTIFRAME = ("bm4d", "mppca", "tpca")         # stacks over time (denoisers.MULTIFRAME)
@@ -99,12 +101,6 @@ def resize_noise_gains(rows, cols, size):
     std_gain = float(resized.std() / noise.std())
     estimator_gain = float(np.mean([estimate_sigma(r.astype(np.float64)) for r in resized]) / noise.std())
     return std_gain, estimator_gain
-
-
-def _zero(row):
-    """Normalized value of zero signal, -lo / (hi - lo) (0 when the manifest lacks the range)."""
-    lo, hi = row.get("norm_lo"), row.get("norm_hi")
-    return -lo / (hi - lo) if lo is not None and hi is not None and hi > lo else 0.0
 
 
 def noise_levels(row, noisy):

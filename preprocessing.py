@@ -67,15 +67,13 @@ from dicom_index import (  # noqa: F401 - step 1; the names other modules and te
     ENHANCE_SOFTWARE_NAME, IMAGE_KINDS, KIND_REASONS, MR_IMAGE_SOP_CLASSES, TRUTH_FILE, Series, Skips,
     check_include_kinds, filter_series, group_series, image_kinds, index, index_tree, list_files, scan_file,
     scan_tree, written_by_enhance)
+from grid import pad_to_square, resize_square, square_slice, unresize_square  # noqa: F401 - step 5
+from manifest import MANIFEST_COLUMNS
+from splits import (  # noqa: F401 - step 6
+    SPLITS, SplitError, check_patient_split, check_split_fractions, patient_hash, split_patients, split_warnings)
 
 log = logging.getLogger("preprocessing")
 
-MANIFEST_COLUMNS = [
-    "patient_id", "study_uid", "series_uid", "series_description", "slice_index", "split", "clean_file",
-    "noisy_file", "norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio", "degrade_model", "rows",
-    "cols", "sop_instance_uid", "config_hash", "truth_file", "time_index", "n_times", "position_index",
-    "n_positions",
-]
 # The preprocess keys the arrays depend on (split and series_filter only change which rows are listed
 # and how they are split, so changing them does not recompute any array).
 ARRAY_PREPROCESS_KEYS = ("image_size", "dtype", "norm_percentiles")
@@ -86,10 +84,6 @@ _TMP_PREFIX = ".tmp-"
 class PreprocessError(Exception):
     """A problem with the input (missing root, no usable MR image) that stops the run; the CLI prints it on
     one line and exits with status 2."""
-
-
-class SplitError(ValueError):
-    """A train/val split in which a patient appears on both sides (refused: it would leak the patient)."""
 
 
 class SeriesReadError(Exception):
@@ -182,128 +176,6 @@ def image_range(stack, padding, percentiles, what=""):
     return lo, hi
 
 
-def pad_to_square(img, value=0.0):
-    """Pad (H, W) or (n, H, W) symmetrically (extra pixel at the bottom/right) to a square of side max(H, W).
-
-    value: what the padding holds. preprocessing pads with the normalized value of zero signal, -lo/(hi-lo):
-    outside the field of view a scanner records nothing, and un-normalizing the padding gives exactly 0."""
-    img = np.asarray(img)
-    rows, cols = img.shape[-2:]
-    side = max(rows, cols)
-    top, left = (side - rows) // 2, (side - cols) // 2
-    pad = [(0, 0)] * (img.ndim - 2) + [(top, side - rows - top), (left, side - cols - left)]
-    return np.pad(img, pad, mode="constant", constant_values=value)
-
-
-def _interpolation(src_side, dst_side):
-    # INTER_AREA averages when shrinking (no aliasing); INTER_CUBIC when enlarging (sharper than linear).
-    return cv2.INTER_AREA if dst_side < src_side else cv2.INTER_CUBIC
-
-
-def _square_slice(img, size, pad_value=0.0):
-    square = pad_to_square(np.asarray(img, dtype=np.float32), pad_value)
-    if square.shape[0] == size:
-        return square
-    return cv2.resize(square, (size, size), interpolation=_interpolation(square.shape[0], size))
-
-
-def resize_square(stack, size, pad_value=0.0):
-    """(n, H, W) -> float32 (n, size, size): pad to a square (aspect ratio kept), then resize each slice."""
-    stack = np.asarray(stack)
-    out = np.empty((stack.shape[0], size, size), dtype=np.float32)
-    for i, img in enumerate(stack):
-        out[i] = _square_slice(img, size, pad_value)
-    return out
-
-
-def unresize_square(stack, shape):
-    """Exact geometric inverse of resize_square: (n, S, S) or (S, S) -> (n, rows, cols) or (rows, cols).
-    Resizes back to the padded square side max(rows, cols), then crops the padding that pad_to_square added."""
-    rows, cols = shape
-    stack = np.asarray(stack, dtype=np.float32)
-    squeeze = stack.ndim == 2
-    if squeeze:
-        stack = stack[None]
-    side = max(rows, cols)
-    top, left = (side - rows) // 2, (side - cols) // 2
-    out = np.empty((stack.shape[0], rows, cols), dtype=np.float32)
-    for i, img in enumerate(stack):
-        if img.shape[0] != side:
-            img = cv2.resize(img, (side, side), interpolation=_interpolation(img.shape[0], side))
-        out[i] = img[top:top + rows, left:left + cols]
-    return out[0] if squeeze else out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# 6. Patient split
-# --------------------------------------------------------------------------------------------------------------
-
-SPLITS = ("train", "val", "test")
-
-
-def check_split_fractions(fractions):
-    """[train, val, test] fractions of patients -> tuple of floats; ConfigError unless they are >= 0, sum to 1
-    and give training some patients."""
-    try:
-        values = tuple(float(f) for f in fractions)
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6 or values[0] <= 0:
-        raise ConfigError(f"preprocess.split is {fractions!r}; give three fractions [train, val, test] >= 0 that "
-                          "sum to 1, with train > 0 (e.g. [0.6, 0.2, 0.2]; the thesis: [0.7, 0.3, 0.0])")
-    return values
-
-
-def patient_hash(patient_id, seed):
-    """sha256(seed:patient_id) mapped to [0, 1): a patient's fixed place on the split line."""
-    digest = hashlib.sha256(f"{seed}:{patient_id}".encode()).hexdigest()
-    return int(digest, 16) / 16 ** len(digest)
-
-
-def split_patients(patient_ids, fractions, seed):
-    """patient_id -> "train" | "val" | "test", by a hash threshold.
-
-    Each patient sits at patient_hash(id, seed) in [0, 1); [0, f_train) is train, [f_train, f_train + f_val)
-    val, the rest test. A patient's split depends only on its own id, the seed and the fractions: adding
-    patients never moves anyone, and moving a boundary moves only the patients between its old and new place.
-    The price is that small cohorts get only roughly the requested proportions (10 patients may give 4/1/5);
-    summary.json lists the counts and `split_warnings` says what a cohort cannot support.
-    """
-    train, val, _ = check_split_fractions(fractions)
-    out = {}
-    for p in sorted({str(p) for p in patient_ids}):
-        u = patient_hash(p, seed)
-        out[p] = "train" if u < train else "val" if u < train + val else "test"
-    return out
-
-
-def split_warnings(split, fractions):
-    """What a split cannot support, in words (empty when it has train, val and test patients as asked)."""
-    counts = {name: sum(v == name for v in split.values()) for name in SPLITS}
-    notes = []
-    if len(split) < 3:
-        notes.append(f"only {len(split)} patient(s): a train/val/test split needs at least 3; "
-                     "main.py can train and validate but cannot report held-out test numbers")
-    for name, fraction in zip(SPLITS, check_split_fractions(fractions)):
-        if fraction > 0 and counts[name] == 0:
-            consequence = {"train": "nothing to train on", "val": "no checkpoint selection: main.py refuses to "
-                           "train", "test": "main.py reports on val and says so"}[name]
-            notes.append(f"no {name} patients ({consequence}); add patients or change preprocess.split")
-    return notes
-
-
-def check_patient_split(rows):
-    """Raise SplitError if any patient_id appears with more than one split in `rows` (dicts with
-    "patient_id" and "split"). Run on the manifest rows before they are written."""
-    splits = defaultdict(set)
-    for row in rows:
-        splits[row["patient_id"]].add(row["split"])
-    leaked = sorted(p for p, s in splits.items() if len(s) > 1)
-    if leaked:
-        raise SplitError(f"patients in more than one split (refused, it would leak them): {leaked[:10]}"
-                         f"{' ...' if len(leaked) > 10 else ''}")
-
-
 # --------------------------------------------------------------------------------------------------------------
 # 7. One series per worker, resumable
 # --------------------------------------------------------------------------------------------------------------
@@ -344,7 +216,7 @@ def _save_square(path, stack, size, pad_value, dtype):
         with open(tmp, "wb") as fp:
             np.lib.format.write_array_header_1_0(fp, header)
             for img in stack:
-                img = img if size is None else _square_slice(img, size, pad_value)
+                img = img if size is None else square_slice(img, size, pad_value)
                 fp.write(np.ascontiguousarray(img).astype(dtype, copy=False).tobytes())
         os.replace(tmp, path)
     finally:
