@@ -89,6 +89,7 @@ class Series:
     n_files: int = 0
     notes: list = field(default_factory=list)  # fallbacks used for missing tags
     truth_dir: str = None  # folder holding a noise-free truth sidecar (demo data only; see read_truth)
+    padded: bool = True  # some file declares PixelPaddingValue (dicom_writer.padding_mask reads them only then)
 
 
 @dataclass
@@ -296,6 +297,7 @@ def _header_record(path, ds):
         "sop_uid": text("SOPInstanceUID") or str(getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", "")),
         "rows": int(ds.Rows), "cols": int(ds.Columns),
         "field_strength_t": _number(ds.get("MagneticFieldStrength")),
+        "padded": "PixelPaddingValue" in ds,
         "frames": [],
     }
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -399,6 +401,7 @@ def group_series(records, root, skips, include_kinds=()):
             layout=_layout(frames),
             series_number=first["series_number"],
             field_strength_t=next((r["field_strength_t"] for r in files if r["field_strength_t"]), None),
+            padded=any(r["padded"] for r in files),
             n_files=n_files, notes=sorted({n for r in files for n in r["notes"]}),
             truth_dir=first["folder"] if (Path(first["folder"]) / TRUTH_FILE).is_file() else None))
     series_list.sort(key=lambda s: (s.patient_id, s.study_uid, s.series_number, s.series_uid))

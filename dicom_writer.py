@@ -390,7 +390,10 @@ def padding_range(header):
 
 def padding_mask(series, modality):
     """Boolean (n, H, W): True where the source pixel is padding (see padding_range), or None if no file of the
-    series declares padding. modality: the source values (n, H, W) as read_series returns them."""
+    series declares padding. modality: the source values (n, H, W) as read_series returns them. The index saw
+    every header: a series none of whose files declares padding costs no second read."""
+    if not series.padded:
+        return None
     mask, headers = None, {}
     for k, (path, _) in enumerate(series.frames):
         if path not in headers:

@@ -194,9 +194,11 @@ def arrays_hash(cfg):
 
 
 def _fingerprint(series):
-    """Identity of a series' content as indexed: its images, their order and their rescale."""
+    """Identity of a series' content as indexed: its images, their order, their rescale and whether it declares
+    padding (its pixels then leave the normalization: arrays written before that rule are redone)."""
     text = json.dumps([series.rows, series.cols, series.sop_instance_uids, [f for _, f in series.frames],
-                       series.slopes, series.intercepts, series.truth_dir is not None, series.layout])
+                       series.slopes, series.intercepts, series.truth_dir is not None, series.layout,
+                       series.padded])
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
