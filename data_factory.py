@@ -32,7 +32,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from context import Context, context_slices, position_frames, projection_kind, reflect, temporal_projection
+from context import (Context, context_slices, position_frames, projection_kind, reflect, register_shifts,
+                     shift_frames, temporal_projection)
 from degrade import add_noise, decorrelated_target
 from manifest import _layout_of, _simulated, _zero, read_manifest, spread_slices
 
@@ -140,7 +141,7 @@ class PairedSlices(keras.utils.PyDataset):
         if mode == "noise2void" and self.context.precontrast_frames:
             raise ValueError("noise2void cannot take the pre-contrast guide (model.context.precontrast_frames): it "
                              "averages the target frame in, blind spots included; set it to 0")
-        self._projections = {}
+        self._projections, self._position_shifts = {}, {}
         self.noise2noise_frames, self.register, self._shifts = int(noise2noise_frames), bool(register), {}
         self.mask_fraction, self.mask_radius = float(mask_fraction), int(mask_radius)
         if mode == "noise2void" and not (0 < self.mask_fraction <= 0.5 and self.mask_radius >= 1):
@@ -340,7 +341,8 @@ class PairedSlices(keras.utils.PyDataset):
             if projected:
                 t = _layout_of(row)[0]
                 parts.append(self._stored_projection(row, projected)[[t]] if stored else
-                             temporal_projection(noisy[n + g:], self.context.projection, window)[[t]])
+                             temporal_projection(noisy[n + g:], self.context.projection, window,
+                                                 self._stored_shifts(row, projected), which=[t]))
             noisy = np.concatenate(parts)
             if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
                 clean = decorrelated_target(clean, noisy[0], row["sigma_source"], row["sigma_added"])
@@ -366,6 +368,19 @@ class PairedSlices(keras.utils.PyDataset):
                     break
                 total -= getattr(self._projections.pop(old, None), "nbytes", 0)
         return value
+
+    def _stored_shifts(self, row, projected):
+        """The registration of the stored draw's frames `projected` (context.register_shifts), for a registered
+        projection of a new draw of them: the motion is the anatomy's, and estimating it again on every sample's
+        noise would cost as much as the projection of a crop. None for the other kinds."""
+        if self.context.projection != "registered":
+            return None
+        key = (row["noisy_file"], tuple(projected))
+        shifts = self._position_shifts.get(key)  # a single dict operation: safe with threaded workers
+        if shifts is None:
+            shifts = self._position_shifts[key] = register_shifts(np.asarray(self.array(row["noisy_file"])[projected],
+                                                                    np.float32))
+        return shifts
 
     @staticmethod
     def _stack(index, inputs, targets):
@@ -423,7 +438,8 @@ class PairedSlices(keras.utils.PyDataset):
         n = len(channels)
         parts = [stack[:n][(slice(None),) + window]]
         if projected:
-            parts.append(temporal_projection(stack[n:], self.context.projection, window)[[projected.index(own)]])
+            parts.append(temporal_projection(stack[n:], self.context.projection, window,
+                                             which=[projected.index(own)]))
         inputs = np.moveaxis(np.concatenate(parts), 0, -1)
         target = np.stack([values[window], weight[window]], axis=-1)
         if self.augment:
@@ -435,20 +451,17 @@ class PairedSlices(keras.utils.PyDataset):
 
         A noise2noise target must show the input's anatomy, or the network learns the motion between them as blur:
         the demo's pre-contrast frames, each moved by up to 1.5 mm, differ by 23.6 dB in truth PSNR, worse than
-        their noise; registered, by 34.0 dB. Rigid: the shift is the peak of their phase correlation to 1/10 px
-        (skimage), cached per pair. The target is resampled with a cubic spline, which keeps its noise zero-mean
-        and independent of the input's (and smooths a sub-pixel shift's signal slightly); pixels whose source lies
-        outside the slice get weight 0. Elastic motion is left."""
-        from scipy import ndimage
-        from skimage.registration import phase_cross_correlation
-
+        their noise; registered, by 34.0 dB. Rigid, the registration the projection gets (context.register_shifts,
+        cached per pair; context.shift_frames, a Fourier shift, which keeps the target's noise zero-mean and
+        independent of the input's); pixels whose source lies outside the slice get weight 0. Elastic motion is
+        left."""
         shift = self._shifts.get(key)  # a single dict operation: safe with threaded workers
         if shift is None:
-            shift = self._shifts[key] = phase_cross_correlation(reference, moving, upsample_factor=10)[0]
+            shift = self._shifts[key] = register_shifts(np.stack([reference, moving]))[1]
         # output pixel y reads moving at y - shift: inside the slice along both axes, or no weight
         inside = [(0 <= y) & (y <= n - 1) for y, n in ((np.arange(n) - d, n) for d, n in zip(shift, moving.shape))]
         weight = (inside[0][:, None] & inside[1][None, :]).astype(np.float32)
-        return ndimage.shift(moving, shift, order=3, mode="nearest"), weight
+        return shift_frames(moving[None], shift)[0], weight
 
     def position_of(self, row):
         """Slice indices of every time point at the row's position (the stack of its projection channel)."""

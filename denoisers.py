@@ -84,9 +84,13 @@ point with independent noise, so a denoiser that groups along time sees several 
   only on positions k +- 2 z-radius (mppca_slab): denoising that slab gives position k exactly what the whole
   volume gives, at a fraction of the cost (the benchmark scores single slices that way).
 - tpca: the local temporal projection the default U-Net gets as an input channel (context.temporal_projection,
-  kind "local"), on its own: the (T, H, W) frames of one slice position, 8x8 blocks every 4 px, each block's
-  time courses shrunk towards the components above the Marchenko-Pastur edge. No parameter to calibrate; ~100x
-  cheaper than mppca per frame. The benchmark runs it so that the network is compared with its own classical part.
+  kind "local", or "registered" with register=True), on its own: the (T, H, W) frames of one slice position, 8x8
+  blocks every 4 px, each block's time courses shrunk towards the components above the Marchenko-Pastur edge. No
+  parameter to calibrate; ~100x cheaper than mppca per frame. The benchmark runs it so that the network is
+  compared with its own classical part.
+register=True moves every frame onto the first at its slice position first (rigid, in-plane:
+context.register_shifts and shift_frames) and the output back: the registration the default U-Net's projection
+gets, given to every multi-frame method so that all of them read the same motion-corrected time courses.
 All assume Gaussian noise, as the 2-D methods do: with rician=True the Rician mean is inverted the same way.
 bm3d and bm4d are free for non-commercial use only (their licence); the benchmark uses them, the model does not.
 """
@@ -228,14 +232,15 @@ def denoise(method, noisy, sigma, rician=True, reference_sigma=0.0):
     return amplitude
 
 
-def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0, patch_radius=MPPCA_PATCH_RADIUS):
+def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0, patch_radius=MPPCA_PATCH_RADIUS,
+                   register=False):
     """Denoise a stack of frames with a multi-frame method; float32, same shape.
 
     method: "bm4d", "mppca" or "tpca". frames: normalized magnitude images (0 = air), (T, H, W) for bm4d and tpca
     (one slice position over time) or (T, Z, H, W) for mppca (a series: time points x slice positions; (T, H, W)
     is taken as Z = 1). sigma: Rician sigma of every frame (bm4d's noise level; for mppca and tpca only the Rician
     correction uses it, they estimate the noise themselves). patch_radius: mppca's in-plane patch radius. rician,
-    reference_sigma: as in denoise(). A single frame (T = 1) has no time axis to use: bm4d then runs on it as a 2-D
+    reference_sigma: as in denoise(). register: motion-correct each slice position's frames first (see above). A single frame (T = 1) has no time axis to use: bm4d then runs on it as a 2-D
     image, mppca and tpca refuse (ValueError): the benchmark falls back to a 2-D method for such series.
     """
     if method not in MULTIFRAME:
@@ -254,27 +259,43 @@ def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0,
             raise ValueError("tpca needs at least 2 time points (it denoises along the time axis)")
         from context import temporal_projection
 
-        out = temporal_projection(frames, "local").astype(np.float64)
+        out = temporal_projection(frames, "registered" if register else "local").astype(np.float64)
     elif method == "bm4d":
         import bm4d
 
-        out = np.moveaxis(np.asarray(bm4d.bm4d(np.moveaxis(frames, 0, -1), sigma_psd=sigma)), -1, 0)
+        out = _registered(lambda f: np.moveaxis(np.asarray(bm4d.bm4d(np.moveaxis(f, 0, -1), sigma_psd=sigma)), -1, 0),
+                          frames, register)
     else:
         volume = frames[:, None] if frames.ndim == 3 else frames            # (T, Z, H, W)
         if volume.shape[0] < 2:
             raise ValueError("mppca needs at least 2 time points (it denoises along the time axis)")
         from dipy.denoise.localpca import mppca
 
-        z_radius = mppca_z_radius(volume.shape[1])
-        arr = np.transpose(volume, (2, 3, 1, 0))                            # (H, W, Z, T), dipy's layout
-        out = mppca(arr, patch_radius=np.array([patch_radius, patch_radius, z_radius]), suppress_warning=True)
-        out = np.transpose(np.asarray(out, dtype=np.float64), (3, 2, 0, 1)).reshape(frames.shape)
+        radius = np.array([patch_radius, patch_radius, mppca_z_radius(volume.shape[1])])
+        out = _registered(lambda v: np.transpose(  # dipy's layout is (H, W, Z, T)
+            mppca(np.transpose(v, (2, 3, 1, 0)), patch_radius=radius, suppress_warning=True), (3, 2, 0, 1)),
+            volume, register)
+        out = np.asarray(out, dtype=np.float64).reshape(frames.shape)
     if not rician:
         return out.astype(np.float32)
     amplitude = rician_bias_correction(out, sigma)
     if reference_sigma:
         return rician_mean(amplitude, _check_sigma(reference_sigma)).astype(np.float32)
     return amplitude
+
+
+def _registered(run, frames, register):
+    """run(frames) for (T, H, W) or (T, Z, H, W) frames; with register, on the frames of each slice position moved
+    onto its first frame (context.register_shifts), the output moved back onto each frame's grid."""
+    if not register:
+        return run(frames)
+    from context import register_shifts, shift_frames
+
+    volume = frames[:, None] if frames.ndim == 3 else frames
+    shifts = [register_shifts(volume[:, z]) for z in range(volume.shape[1])]
+    moved = np.stack([shift_frames(volume[:, z], s) for z, s in enumerate(shifts)], axis=1).astype(frames.dtype)
+    out = np.asarray(run(moved.reshape(frames.shape))).reshape(volume.shape)
+    return np.stack([shift_frames(out[:, z], -s) for z, s in enumerate(shifts)], axis=1).reshape(frames.shape)
 
 
 def mppca_z_radius(n_positions):

@@ -128,7 +128,7 @@ def _tissues(seed=0, size=64, lesion=None):
     return clean, clean + 0.05 * rng.standard_normal(clean.shape).astype(np.float32), labels
 
 
-@pytest.mark.parametrize("kind", ["global", "local"])
+@pytest.mark.parametrize("kind", ["global", "local", "registered"])
 def test_temporal_projection_keeps_the_time_courses_and_drops_noise(kind):
     """Three tissues with their own time course under noise: the projection keeps the courses (rank 3 of 8) and
     removes most of the noise; a frame alone comes back unchanged."""
@@ -162,7 +162,42 @@ def test_local_projection_keeps_a_small_lesion_and_crops_exactly():
                                    atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["global", "local"])
+def test_registered_projection_undoes_frame_motion():
+    """Frames moved by known sub-pixel shifts: register_shifts finds them, shift_frames moves a frame there and
+    back (up to the ringing of what crossed the edges), a shift past REGISTER_MAX_SHIFT counts as failed, and the registered
+    projection is closer to the moving truth than the local one (whose blocks see the motion as extra time
+    courses), on each frame's own grid."""
+    from scipy import ndimage
+
+    from context import REGISTER_MAX_SHIFT, register_shifts, shift_frames
+
+    rng = np.random.default_rng(3)
+    texture = ndimage.gaussian_filter(rng.random((96, 96)), 1.5).astype(np.float32)
+    texture = (texture - texture.min()) / np.ptp(texture)
+    texture[:12], texture[-12:], texture[:, :12], texture[:, -12:] = 0, 0, 0, 0   # anatomy inside air, as a scan
+    courses = np.linspace(1.0, 1.6, 8, dtype=np.float32)
+    truth_shifts = np.array([[0, 0]] + [rng.uniform(-1.5, 1.5, 2) for _ in range(7)], np.float32)
+    still = courses[:, None, None] * texture
+    clean = shift_frames(still, -truth_shifts)            # frame t shows the anatomy moved by -shift[t]
+    noisy = clean + 0.05 * rng.standard_normal(clean.shape).astype(np.float32)
+    found = register_shifts(noisy)
+    np.testing.assert_allclose(found, truth_shifts, atol=0.1)  # 0.1 px
+    inner = (slice(None), slice(12, -12), slice(12, -12))
+    there_and_back = shift_frames(shift_frames(noisy, found), -found)
+    assert np.sqrt(np.mean((there_and_back - noisy)[inner] ** 2)) < 0.1 * 0.05    # 10% of the noise's sd
+    far = np.stack([texture, np.roll(texture, 3 * int(REGISTER_MAX_SHIFT), axis=1)])
+    assert not np.any(register_shifts(far))              # a jump that large is no motion: left at 0
+    errors = {kind: np.mean((temporal_projection(noisy, kind)[inner] - clean[inner]) ** 2)
+              for kind in ("local", "registered")}
+    assert errors["registered"] < 0.6 * errors["local"], errors
+    # a window (training crops) and a subset of frames equal the whole projection's, at the edges too
+    whole = temporal_projection(noisy, "registered")
+    for window in [(slice(30, 70), slice(0, 40)), (slice(90, 96), slice(60, 96))]:
+        np.testing.assert_allclose(temporal_projection(noisy, "registered", window, found, which=[5, 2]),
+                                   whole[[5, 2]][(slice(None),) + window], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["global", "local", "registered"])
 def test_projection_channel_is_the_same_in_training_and_enhancement(kind, smoke_data):
     """The dataset's projection channel equals context_stack's (enhance.py) on the stored draw, for whole slices
     and for training crops (projected on the crop's window of the whole slices)."""
