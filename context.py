@@ -68,7 +68,7 @@ LOCAL_BLOCK, LOCAL_STRIDE = 8, 4
 # REGISTER_MAX_SHIFT px is taken as a failed registration (a frame whose contrast changed too much) and left at 0;
 # REGISTER_PAD px of reflection keep the Fourier shift from wrapping one edge onto the other.
 REGISTER_UPSAMPLE, REGISTER_MAX_SHIFT, REGISTER_PAD = 20, 10.0, 8
-REGISTER_MARGIN = 16  # px (+ the largest shift) around a window of the registered projection, projected with it
+REGISTER_MARGIN = 10  # px (+ the largest shift) around a window of the registered projection, projected with it
 
 
 def projection_kind(value):
@@ -154,8 +154,10 @@ def register_shifts(frames, upsample=REGISTER_UPSAMPLE, max_shift=REGISTER_MAX_S
     from scipy import fft
     from skimage.registration import phase_cross_correlation
 
-    spectra = fft.fft2(np.asarray(frames, np.float32))
     shifts = np.zeros((len(frames), 2), np.float32)
+    if not np.all(np.isfinite(frames)):  # nothing to register; the callers report non-finite values
+        return shifts
+    spectra = fft.fft2(np.asarray(frames, np.float32))
     for t in range(1, len(frames)):
         shift = phase_cross_correlation(spectra[0], spectra[t], space="fourier", upsample_factor=upsample,
                                       normalization=None)[0]

@@ -462,7 +462,8 @@ def test_mppca_slabs_score_a_position_as_the_whole_series_would(smoke_data):
     stacks = benchmark_quality.Stacks(smoke_data)
     whole = stacks.frames(stacks.rows_of(rows[0], whole_series=True))            # (T, Z, H, W)
     levels = benchmark_quality.noise_levels(rows[0], whole[1, 0])
-    expected = denoise_frames("mppca", whole - levels["zero"], rician=False, patch_radius=2)
+    expected = denoise_frames("mppca", whole - levels["zero"], rician=False, patch_radius=2,
+                              register=benchmark_quality.REGISTER)
     expected = benchmark_quality.rician_outputs(expected, levels)[0]
     n = len(rows)
     alone = stacks.denoise("mppca", rows[0], levels)[0][0]                      # its own slab, 3 of n positions
