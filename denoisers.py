@@ -286,7 +286,8 @@ def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0,
 
 def _registered(run, frames, register):
     """run(frames) for (T, H, W) or (T, Z, H, W) frames; with register, on the frames of each slice position moved
-    onto its first frame (context.register_shifts), the output moved back onto each frame's grid."""
+    onto its first frame (context.register_shifts), the output moved back onto each frame's grid: a Fourier shift
+    there and a spline shift back, as the registered projection does (context.shift_frames)."""
     if not register:
         return run(frames)
     from context import register_shifts, shift_frames
@@ -295,7 +296,8 @@ def _registered(run, frames, register):
     shifts = [register_shifts(volume[:, z]) for z in range(volume.shape[1])]
     moved = np.stack([shift_frames(volume[:, z], s) for z, s in enumerate(shifts)], axis=1).astype(frames.dtype)
     out = np.asarray(run(moved.reshape(frames.shape))).reshape(volume.shape)
-    return np.stack([shift_frames(out[:, z], -s) for z, s in enumerate(shifts)], axis=1).reshape(frames.shape)
+    return np.stack([shift_frames(out[:, z], -s, spline=True) for z, s in enumerate(shifts)],
+                    axis=1).reshape(frames.shape)
 
 
 def mppca_z_radius(n_positions):
