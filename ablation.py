@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent
 
 # name -> model.context settings (time: +-time points, slices: +-slices, precontrast_frames: guide channel,
 # projection: the frame projected onto its position's principal time courses, of the whole slice ("global") or
-# of blocks around each pixel ("local"); the network then starts from the projection, see model.unet)
+# of blocks around each pixel ("local"), or "local" after moving the frames onto the first ("registered", the
+# default); the network then starts from the projection, see model.unet)
 VARIANTS = {
     "1-frame": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": False},
     "time-1": {"time": 1, "slices": 0, "precontrast_frames": 0, "projection": False},
@@ -33,6 +34,7 @@ VARIANTS = {
     "time-2+guide": {"time": 2, "slices": 0, "precontrast_frames": 3, "projection": False},
     "1-frame+global": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": "global"},
     "1-frame+local": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": "local"},
+    "1-frame+registered": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": "registered"},
     "time-2+local": {"time": 2, "slices": 0, "precontrast_frames": 0, "projection": "local"},
     "time-1+guide+local": {"time": 1, "slices": 0, "precontrast_frames": 3, "projection": "local"},
 }
