@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark_quality import CALIBRATION_CROP, FALLBACK_2D, MULTIFRAME
+from benchmark_quality import CALIBRATION_CROP, FALLBACK_2D, MULTIFRAME, REGISTER
 
 
 # -----------------------------------------------------------------------------
@@ -99,8 +99,10 @@ def quality_notes(report, noise, scales, table, calib_note, summary, skipped, cl
         if multiframe:
             notes.append("multi-frame methods: bm4d over the (x, y, t) stack of the slice's position, mppca over the "
                          "series' (x, y, z, t) volume (sigma estimated by MP-PCA itself), tpca (the default U-Net's "
-                         "local temporal projection alone) over the (x, y, t) stack, each stack denoised once; "
-                         "ms per slice = the stack's run divided by its frames")
+                         "temporal projection alone) over the (x, y, t) stack, each stack denoised once"
+                         + ("; every frame registered onto the first of its slice position (rigid, in-plane) and "
+                            "the output moved back, as the default U-Net's projection does" if REGISTER else "")
+                         + "; ms per slice = the stack's run divided by its frames")
             fallbacks = {}
             for r in rows:
                 if r.get("fallback") and r["method"] in multiframe:
