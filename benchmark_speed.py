@@ -87,7 +87,14 @@ def time_context(cfg, size, min_reps):
     context = context_offsets(cfg)
     if context.single_frame:
         return None
-    frames = np.random.default_rng(0).random((CONTEXT_SPEED_FRAMES, size, size), dtype=np.float32)
+    # one random image moved by a different sub-pixel shift per frame: a registered projection then does all its
+    # work (frames of pure noise register to no shift, and would skip moving the frames)
+    from context import shift_frames
+
+    rng = np.random.default_rng(0)
+    moves = np.concatenate([[[0, 0]], rng.uniform(-1.5, 1.5, (CONTEXT_SPEED_FRAMES - 1, 2))]).astype(np.float32)
+    frames = shift_frames(np.repeat(rng.random((1, size, size), dtype=np.float32), CONTEXT_SPEED_FRAMES, 0), moves)
+    frames += 0.05 * rng.standard_normal(frames.shape, dtype=np.float32)
     layout = [(t, 0) for t in range(CONTEXT_SPEED_FRAMES)]
     seconds, reps = _median_seconds(lambda: context_stack(frames, layout, *context), min_reps)
     return {"size": size, "frames": CONTEXT_SPEED_FRAMES, "ms_per_slice": 1000 * seconds / CONTEXT_SPEED_FRAMES,
