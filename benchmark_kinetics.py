@@ -22,7 +22,7 @@ LESION_FILE, the lesion mask as one uint8 image per SOP instance (same order as 
 sop_instance_uids), and TRUTH_INDEX["lesion"]: the frame times, n_pre and the noise-free curve. Preprocessing
 does not carry any of it: find_lesions reads the tree recorded in the data's summary.json ("dicom_root"; a
 relative path is taken from the working directory, then from this repo), and maps the mask to each manifest
-row by its sop_instance_uid; masks of another grid are resized like the images (preprocessing.resize_square,
+row by its sop_instance_uid; masks of another grid are resized like the images (grid.resize_square,
 then > 0.5). The ROI is the lesion's largest cross-section (the slice position with the most mask pixels),
 drawn once and kept for every frame, as a reader draws it; so each method denoises one (x, y, t) stack per
 lesion. The truth curve is computed from the preprocessed truth frames in the same ROI (so every curve shares
@@ -100,7 +100,7 @@ def find_lesions(data_dir, split):
     per time point), "mask" (H, W) bool on the data's grid, "times_s", "n_pre", "voxels", "export" (the
     generator's central RE curve, for the check)}. note: why there are none, or None."""
     from data_factory import read_manifest
-    from preprocessing import resize_square
+    from grid import resize_square
 
     root = dicom_root(data_dir)
     if root is None:

@@ -23,7 +23,7 @@ Noise level given to the classical methods (they are run at their best, not hand
    256^2 or 512^2). Interpolation averages neighbouring noise samples: the noise becomes spatially correlated
    and its pixel std drops (x0.86 for 192 -> 256). A denoiser tuned for white noise of std sigma is given the
    std it actually sees, sigma_pixel = g * sigma, where g is the std of unit white noise after the same
-   preprocessing.resize_square (simulated, seeded; g = 1 without resizing). benchmark.json "noise" checks this
+   grid.resize_square (simulated, seeded; g = 1 without resizing). benchmark.json "noise" checks this
    against the data: the std of (noisy - clean) in tissue (> 10 sigma_total; there the magnitude noise is close
    to Gaussian and noisy - clean is the added noise alone) divided by g * sigma_added; ~1 on the demo data.
    The Rician inversion uses the unscaled sigma_total: interpolation weights sum to 1, so local means, and
@@ -90,14 +90,14 @@ class BenchmarkError(Exception):
 
 @functools.lru_cache(maxsize=None)
 def resize_noise_gains(rows, cols, size):
-    """(std_gain, estimator_gain) of unit white noise through preprocessing.resize_square to size x size.
+    """(std_gain, estimator_gain) of unit white noise through grid.resize_square to size x size.
 
     std_gain: pixel std after resizing (1.0 when the square side equals size). estimator_gain: what
     skimage's estimate_sigma reads on that resized noise. Seeded; four 2-D samples of the padded square side.
     """
     from skimage.restoration import estimate_sigma
 
-    from preprocessing import resize_square
+    from grid import resize_square
 
     side = max(int(rows), int(cols))
     noise = np.random.default_rng(0).standard_normal((4, side, side)).astype(np.float32)

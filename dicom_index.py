@@ -38,10 +38,7 @@ from tqdm import tqdm
 
 from config import ConfigError
 from demo_data import TRUTH_FILE
-from mr_kinds import (  # noqa: F401 - the image-kind rules; their names are reached through this module too
-    ENHANCE_DERIVATION_PREFIX, ENHANCE_OUTPUT_REASON, ENHANCE_PRIVATE_CREATOR, ENHANCE_PRIVATE_GROUP,
-    ENHANCE_SOFTWARE_NAME, IMAGE_KINDS, KIND_REASONS, _kind_reason, check_include_kinds, image_kinds,
-    written_by_enhance)
+from mr_kinds import _kind_reason, check_include_kinds
 
 # MR image storage SOP classes we turn into slices (PS3.4 Annex B). Enhanced MR Color, MR Spectroscopy and
 # Raw Data are MR too but carry no grayscale image and are skipped with their SOP class as the reason.

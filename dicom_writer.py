@@ -27,6 +27,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 import preprocessing
+from mr_kinds import (ENHANCE_DERIVATION_PREFIX, ENHANCE_PRIVATE_CREATOR, ENHANCE_PRIVATE_GROUP,
+                      ENHANCE_SOFTWARE_NAME)
 
 # One series cannot be written: the exception preprocessing skips a series with; `reason` is the counted reason.
 SeriesError = preprocessing.SeriesReadError
@@ -41,7 +43,7 @@ PURPOSE_SOURCE_IMAGE = ("121322", "DCM", "Source image for image processing oper
 DERIVATION_SMOOTHING = ("113087", "DCM", "Smoothing")
 # PS3.16 CID 7005 "Contributing Equipment Purposes of Reference": how enhance.py is named in the output.
 PURPOSE_PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
-SOFTWARE_NAME = preprocessing.ENHANCE_SOFTWARE_NAME  # preprocessing.written_by_enhance recognizes it
+SOFTWARE_NAME = ENHANCE_SOFTWARE_NAME  # mr_kinds.written_by_enhance recognizes it
 # SOP classes with functional groups, whose Image Type and Frame Type value 2 must be PRIMARY (PS3.3 C.8.16.1).
 ENHANCED_MR_CLASSES = ("1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4")
 # MR Pulse Sequence module (PS3.3 C.8.13.4): each attribute is required if Image Type Value 1 is ORIGINAL or MIXED,
@@ -257,8 +259,8 @@ def _contributing_equipment(enhancer, created):
 
 def _mark_own_output(ds, enhancer):
     """A private block (PS3.5 7.8.1) saying that enhance.py wrote this object, so that preprocessing and a later
-    enhance.py skip it (preprocessing.written_by_enhance); free of the standard attributes an anonymizer rewrites."""
-    block = ds.private_block(preprocessing.ENHANCE_PRIVATE_GROUP, preprocessing.ENHANCE_PRIVATE_CREATOR, create=True)
+    enhance.py skip it (mr_kinds.written_by_enhance); free of the standard attributes an anonymizer rewrites."""
+    block = ds.private_block(ENHANCE_PRIVATE_GROUP, ENHANCE_PRIVATE_CREATOR, create=True)
     block.add_new(0x01, "LO", "enhance.py output")
     block.add_new(0x02, "LO", f"model sha256 {enhancer.model_sha} config {enhancer.config_hash}"[:64])
 
@@ -307,7 +309,7 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time_
     ds.ContentDate, ds.ContentTime = date, time_
     derivation = (
-        f"{preprocessing.ENHANCE_DERIVATION_PREFIX} ({enhancer.name}, model file {enhancer.model_path.name} sha256 "
+        f"{ENHANCE_DERIVATION_PREFIX} ({enhancer.name}, model file {enhancer.model_path.name} sha256 "
         f"{enhancer.model_sha}, config hash {enhancer.config_hash}); normalization: percentiles "
         f"{list(enhancer.cfg['preprocess']['norm_percentiles'])} of the source series")[:1024]
     equipment = list(ds.get("ContributingEquipmentSequence") or [])

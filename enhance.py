@@ -10,8 +10,8 @@ setting is repeated here. --input is one DICOM file, a series folder or a whole 
 preprocessing.index under the run's own preprocess.series_filter and preprocess.include_kinds, so exactly the
 series preprocessing would have used are enhanced: magnitude MR images. Everything else is skipped with a counted
 reason: non-MR objects, phase / real / imaginary images, parametric maps, localizers, subtractions, projections
-(preprocessing.image_kinds), series the filter leaves out, and every object enhance.py wrote itself
-(preprocessing.written_by_enhance), so a tree that holds earlier outputs is never enhanced twice.
+(mr_kinds.image_kinds), series the filter leaves out, and every object enhance.py wrote itself
+(mr_kinds.written_by_enhance), so a tree that holds earlier outputs is never enhanced twice.
 
 Output layout (--output DIR):
 
@@ -26,7 +26,7 @@ What happens to each series, and why:
 2. Size. The U-Net is fully convolutional: the stack is reflect-padded to a multiple of 2**depth and the output
    cropped back, so a 192x192 or 70x45 scan is enhanced at its own matrix (no resampling, no interpolation blur).
    The thesis autoencoder only takes S x S (S = preprocess.image_size): slices are padded to a square and resized
-   with preprocessing.resize_square, and the output is mapped back with unresize_square, as in training.
+   with grid.resize_square, and the output is mapped back with unresize_square, as in training.
    Slices whose padded size exceeds a pixel budget (MAX_PIXELS, --max-pixels; or all, with --force-tiling) go
    through the network in tiles of --tile pixels whose centres are kept; the overlap on each side is the U-Net's
    receptive radius (receptive_margin: 24 px at depth 2, 56 px at depth 3), so tiled output equals whole-image
@@ -37,7 +37,7 @@ What happens to each series, and why:
    + 1000 (moved up past any number already used in the study: output_series_numbers), SeriesDescription
    + " enhanced", ContentDate/Time and InstanceCreationDate/Time of the enhancement, a ContributingEquipmentSequence
    item naming enhance.py, the model's sha256 and config hash, and a private block (creator "mri-enhance", group
-   0071) that marks the object as enhance.py's output for any later indexing (preprocessing.written_by_enhance).
+   0071) that marks the object as enhance.py's output for any later indexing (mr_kinds.written_by_enhance).
    Classic MR: ImageType DERIVED\\SECONDARY (further values kept), DerivationDescription, DerivationCodeSequence
    (CID 7203 "Smoothing") and a SourceImageSequence.
    Enhanced and legacy converted MR (PS3.3 A.36 / A.71): ImageType and FrameType DERIVED\\PRIMARY (value 2 may
@@ -87,6 +87,8 @@ from tqdm import tqdm
 import preprocessing
 from config import ConfigError, config_hash, load_run_config
 from context import context_stack
+from grid import resize_square, unresize_square
+from mr_kinds import check_include_kinds
 # Writing the output series (steps 3 and 4 above) is dicom_writer.py's job; these names are its interface here, and
 # the ones tests reach through enhance.
 from dicom_writer import (  # noqa: F401
@@ -143,7 +145,7 @@ class Enhancer:
                     f"{self.multiple} (2**depth) and cropped back; tiles (when used) overlap by {self.margin} px, "
                     "the U-Net's receptive radius")
         return (f"resized, as in training: padded to a square and resized to {size}x{size} (the run's "
-                f"preprocess.image_size) with preprocessing.resize_square, mapped back with unresize_square")
+                f"preprocess.image_size) with grid.resize_square, mapped back with unresize_square")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -340,9 +342,9 @@ def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, 
     if size is not None:
         size = int(size)
         per_call = max(1, min(batch_size, max_pixels // (size * size)))
-        square = inputs(preprocessing.resize_square(stack, size, pad_value=zero))
+        square = inputs(resize_square(stack, size, pad_value=zero))
         out = predict_padded(enhancer.model, square, enhancer.multiple, per_call, timings)
-        return preprocessing.unresize_square(out, (rows, cols)), {
+        return unresize_square(out, (rows, cols)), {
             "method": "resize", "tiled": False, "tile": None, "margin": 0, "model_shape": [size, size]}
     stack = inputs(stack)
     if enhancer.name != "unet":
@@ -516,12 +518,12 @@ def collect_series(input_path, out_dir=None, series_filter="", include_kinds=())
     """(series_list, Skips, files_seen, series_skips list) for a DICOM file, a folder or a tree.
 
     The same rule as preprocessing (preprocessing.index): series_filter and include_kinds are the run's
-    preprocess settings; files enhance.py wrote are skipped as preprocessing.ENHANCE_OUTPUT_REASON. Skips holds the
+    preprocess settings; files enhance.py wrote are skipped as mr_kinds.ENHANCE_OUTPUT_REASON. Skips holds the
     file counts and the series left out while indexing (series filter, mixed planes, mismatched shapes); series
     with files inside out_dir that are not our output (the output folder placed inside the input tree) are in the
     series_skips list, so a second run never enhances anything in its own output folder."""
     input_path = Path(input_path)
-    include_kinds = preprocessing.check_include_kinds(include_kinds)
+    include_kinds = check_include_kinds(include_kinds)
     if input_path.is_file():
         skips = preprocessing.Skips()
         record = preprocessing.scan_file(input_path, include_kinds)

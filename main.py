@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from config import ConfigError, config_hash, load_config, load_run_config, save_config
-from preprocessing import SPLITS, check_patient_split
+from splits import SPLITS, check_patient_split
 
 
 def parse_args(argv=None):
@@ -446,10 +446,10 @@ def predict_slices(model, dataset, index, multiple, rician=False, sigma_cache=No
     (denoisers.correct_rician_mean, as enhance.py does on the series it enhances); sigma_cache keeps one stack per
     series from being measured again. When
     the arrays were resized (preprocess.image_size), all four are mapped back to each slice's acquisition matrix with
-    preprocessing.unresize_square, which also drops the square padding: metrics are taken on the grid the images
+    grid.unresize_square, which also drops the square padding: metrics are taken on the grid the images
     were acquired on, as enhance.py writes its output."""
     from enhance import predict_padded
-    from preprocessing import unresize_square
+    from grid import unresize_square
 
     from data_factory import _zero
     from degrade import series_sigma

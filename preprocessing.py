@@ -63,14 +63,12 @@ from config import ConfigError, config_hash, load_config
 from degrade import MODELS, degrade, series_rng, snr_ratio
 from demo_data import TRUTH_INDEX
 from dicom_index import (  # noqa: F401 - step 1; the names other modules and tests reach through preprocessing
-    ENHANCE_DERIVATION_PREFIX, ENHANCE_OUTPUT_REASON, ENHANCE_PRIVATE_CREATOR, ENHANCE_PRIVATE_GROUP,
-    ENHANCE_SOFTWARE_NAME, IMAGE_KINDS, KIND_REASONS, MR_IMAGE_SOP_CLASSES, TRUTH_FILE, Series, Skips,
-    check_include_kinds, filter_series, group_series, image_kinds, index, index_tree, list_files, scan_file,
-    scan_tree, written_by_enhance)
-from grid import pad_to_square, resize_square, square_slice, unresize_square  # noqa: F401 - step 5
+    MR_IMAGE_SOP_CLASSES, TRUTH_FILE, Series, Skips, filter_series, group_series, index, index_tree, list_files,
+    scan_file, scan_tree)
+from grid import square_slice
+from mr_kinds import check_include_kinds
 from manifest import MANIFEST_COLUMNS
-from splits import (  # noqa: F401 - step 6
-    SPLITS, SplitError, check_patient_split, check_split_fractions, patient_hash, split_patients, split_warnings)
+from splits import SPLITS, check_patient_split, check_split_fractions, split_patients, split_warnings
 
 log = logging.getLogger("preprocessing")
 

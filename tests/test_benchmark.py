@@ -160,7 +160,7 @@ def test_estimated_sigma_is_corrected_for_the_resize():
     """Without a recorded sigma, skimage's estimator reads upsampled noise far too low; the correction by its
     response to resized white noise gets the acquisition sigma back."""
     from denoisers import estimate_sigma
-    from preprocessing import resize_square
+    from grid import resize_square
 
     rng = np.random.default_rng(1)
     sigma = 0.05

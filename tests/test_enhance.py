@@ -21,6 +21,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
 
 import enhance
+import mr_kinds
 import preprocessing
 from config import load_config, save_config
 from degrade import degrade, series_rng
@@ -357,7 +358,7 @@ def test_output_inside_the_input_tree_is_not_enhanced_again(identity, tmp_path):
     again = run(identity, tmp_path / "tree", out)
     assert again["series_done"] == 0
     assert again["series_skipped"] == {"exists": 1, "inside output folder": 1}
-    assert again["files_skipped"][preprocessing.ENHANCE_OUTPUT_REASON] == 2  # our own files, by their marker
+    assert again["files_skipped"][mr_kinds.ENHANCE_OUTPUT_REASON] == 2  # our own files, by their marker
 
 
 def test_own_output_is_recognized_and_never_enhanced_again(identity, tmp_path):
@@ -367,21 +368,21 @@ def test_own_output_is_recognized_and_never_enhanced_again(identity, tmp_path):
     assert run(identity, tmp_path / "in", tmp_path / "out")["series_done"] == 1
     files = sorted((tmp_path / "out").rglob("*.dcm"))
     ds = pydicom.dcmread(files[0])
-    block = ds.private_block(preprocessing.ENHANCE_PRIVATE_GROUP, preprocessing.ENHANCE_PRIVATE_CREATOR)
+    block = ds.private_block(mr_kinds.ENHANCE_PRIVATE_GROUP, mr_kinds.ENHANCE_PRIVATE_CREATOR)
     assert block[0x01].value == "enhance.py output"
     assert identity.model_sha in block[0x02].value
-    assert preprocessing.written_by_enhance(ds)
+    assert mr_kinds.written_by_enhance(ds)
     for keyword in ("ContributingEquipmentSequence", "DerivationDescription"):  # each marker alone is enough
         stripped = pydicom.dcmread(files[0])
         stripped.remove_private_tags()
         delattr(stripped, keyword)
-        assert preprocessing.written_by_enhance(stripped), keyword
+        assert mr_kinds.written_by_enhance(stripped), keyword
 
     again = run(identity, tmp_path / "out", tmp_path / "out2")
     assert again["series_done"] == 0 and again["series"] == []
-    assert again["files_skipped"][preprocessing.ENHANCE_OUTPUT_REASON] == 2
+    assert again["files_skipped"][mr_kinds.ENHANCE_OUTPUT_REASON] == 2
     series, skipped, _ = preprocessing.index_tree(tmp_path / "out")  # preprocessing skips them the same way
-    assert series == [] and skipped[preprocessing.ENHANCE_OUTPUT_REASON] == 2
+    assert series == [] and skipped[mr_kinds.ENHANCE_OUTPUT_REASON] == 2
 
 
 def test_enhanced_mr_output_is_recognized(identity, tmp_path):
@@ -392,8 +393,8 @@ def test_enhanced_mr_output_is_recognized(identity, tmp_path):
     stripped = pydicom.dcmread(path)
     stripped.remove_private_tags()
     del stripped.ContributingEquipmentSequence
-    assert preprocessing.written_by_enhance(stripped)  # by the per-frame DerivationDescription
-    assert preprocessing.scan_file(path) == preprocessing.ENHANCE_OUTPUT_REASON
+    assert mr_kinds.written_by_enhance(stripped)  # by the per-frame DerivationDescription
+    assert preprocessing.scan_file(path) == mr_kinds.ENHANCE_OUTPUT_REASON
 
 
 def test_enhance_applies_the_runs_series_filter_and_image_kinds(identity_run, tmp_path):
@@ -412,7 +413,7 @@ def test_enhance_applies_the_runs_series_filter_and_image_kinds(identity_run, tm
     summary = run(run_dir, tmp_path / "in", tmp_path / "out")
     assert summary["series_done"] == 1 and summary["series"][0]["series_description"] == "ax DCE"
     assert summary["series_skipped"] == {"series filter": 1}
-    assert summary["files_skipped"] == {"series filter": 3, preprocessing.KIND_REASONS["phase"]: 2}
+    assert summary["files_skipped"] == {"series filter": 3, mr_kinds.KIND_REASONS["phase"]: 2}
     assert summary["series_filter"] == "(?i)dce" and summary["include_kinds"] == []
 
 

@@ -11,10 +11,12 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+import mr_kinds
 import preprocessing
 from config import ConfigError, load_config
 from dicom_fixtures import bundled, enhanced_mr_jpegls_file, uid, write_mr_series
-from dicom_index import ENHANCE_OUTPUT_REASON, KIND_REASONS, MIXED_PLANES_REASON, index_tree, scan_file
+from dicom_index import MIXED_PLANES_REASON, index_tree, scan_file
+from mr_kinds import ENHANCE_OUTPUT_REASON, KIND_REASONS
 
 
 def classic(path, image_type=None, edit=None):
@@ -218,26 +220,26 @@ def test_written_by_enhance_recognizes_each_marker():
         ds.DerivationDescription = "Motion corrected by the scanner"
         return ds
 
-    assert not preprocessing.written_by_enhance(plain())
+    assert not mr_kinds.written_by_enhance(plain())
     marked = plain()
-    marked.private_block(preprocessing.ENHANCE_PRIVATE_GROUP, preprocessing.ENHANCE_PRIVATE_CREATOR,
+    marked.private_block(mr_kinds.ENHANCE_PRIVATE_GROUP, mr_kinds.ENHANCE_PRIVATE_CREATOR,
                          create=True).add_new(0x01, "LO", "enhance.py output")
-    assert preprocessing.written_by_enhance(marked)
+    assert mr_kinds.written_by_enhance(marked)
     equipment = plain()
     item = Dataset()
-    item.Manufacturer = preprocessing.ENHANCE_SOFTWARE_NAME
+    item.Manufacturer = mr_kinds.ENHANCE_SOFTWARE_NAME
     equipment.ContributingEquipmentSequence = Sequence([item])
-    assert preprocessing.written_by_enhance(equipment)
+    assert mr_kinds.written_by_enhance(equipment)
     classic_derivation = plain()
-    classic_derivation.DerivationDescription = preprocessing.ENHANCE_DERIVATION_PREFIX + " (unet, ...)"
-    assert preprocessing.written_by_enhance(classic_derivation)
+    classic_derivation.DerivationDescription = mr_kinds.ENHANCE_DERIVATION_PREFIX + " (unet, ...)"
+    assert mr_kinds.written_by_enhance(classic_derivation)
     per_frame = plain()
     derivation = Dataset()
-    derivation.DerivationDescription = preprocessing.ENHANCE_DERIVATION_PREFIX + " (unet, ...)"
+    derivation.DerivationDescription = mr_kinds.ENHANCE_DERIVATION_PREFIX + " (unet, ...)"
     group = Dataset()
     group.DerivationImageSequence = Sequence([derivation])
     per_frame.PerFrameFunctionalGroupsSequence = Sequence([group])
-    assert preprocessing.written_by_enhance(per_frame)
+    assert mr_kinds.written_by_enhance(per_frame)
 
 
 def test_preprocessing_counts_each_kind_and_include_kinds_uses_it(tmp_path):
@@ -265,4 +267,4 @@ def test_preprocessing_counts_each_kind_and_include_kinds_uses_it(tmp_path):
 
 def test_enhance_output_reason_is_distinct():
     assert ENHANCE_OUTPUT_REASON not in KIND_REASONS.values()
-    assert "enhance" not in preprocessing.IMAGE_KINDS  # never includable
+    assert "enhance" not in mr_kinds.IMAGE_KINDS  # never includable

@@ -19,9 +19,9 @@ from config import ConfigError, load_config
 from dicom_fixtures import (BUNDLED_MR, bundled, enhanced_mr_dataset, image_dataset, padded_mr_file, phantom, uid,
                             write_mixed_tree, write_mr_series)
 from dicom_index import REPEATED_POSITION_REASON
-from preprocessing import (MANIFEST_COLUMNS, SplitError, check_patient_split, index_tree, pad_to_square,
-                           patient_hash, read_series, resize_square, run, split_patients, split_warnings,
-                           unresize_square)
+from grid import pad_to_square, resize_square, unresize_square
+from preprocessing import MANIFEST_COLUMNS, index_tree, read_series, run
+from splits import SplitError, check_patient_split, patient_hash, split_patients, split_warnings
 
 REPO = Path(__file__).resolve().parent.parent
 
