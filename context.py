@@ -63,7 +63,7 @@ def reflect(i, n):
 # no denoising, no harm.
 PROJECTIONS = ("global", "local", "registered")
 PROJECTION_EDGE = 1.5
-LOCAL_BLOCK, LOCAL_STRIDE = 8, 4
+LOCAL_BLOCK, LOCAL_STRIDE = 8, 4  # the block a multiple of the stride (_local_projection adds whole tilings)
 # Rigid in-plane registration: phase correlation to 1 / REGISTER_UPSAMPLE px; a shift larger than
 # REGISTER_MAX_SHIFT px is taken as a failed registration (a frame whose contrast changed too much) and left at 0;
 # REGISTER_PAD px of reflection keep the Fourier shift from wrapping one edge onto the other.
@@ -195,8 +195,9 @@ def shift_frames(frames, shifts, spline=False, pad=REGISTER_PAD):
     from scipy import fft
 
     pad = max(0, min(pad, min(frames.shape[1:]) - 2))
-    # odd sides: no Nyquist frequency, whose phase a real output cannot carry (the shift would not be undone)
-    padded = np.pad(frames, ((0, 0), (pad, pad + 1 - frames.shape[1] % 2), (pad, pad + 1 - frames.shape[2] % 2)),
+    # odd sides: no Nyquist frequency, whose phase a real output cannot carry (the shift would not be undone); of
+    # only the factors 3, 5, 7 as well, for speed (192 + 2 x 18 + 1 = 229 is prime: 38 ms for 8 frames, 243: 7 ms)
+    padded = np.pad(frames, [(0, 0)] + [(pad, _odd_fast_length(n + 2 * pad) - n - pad) for n in frames.shape[1:]],
                     mode="reflect")
     h, w = padded.shape[1:]
     # the phase ramp is separable: one exponential per axis and frame, their outer product
@@ -204,6 +205,19 @@ def shift_frames(frames, shifts, spline=False, pad=REGISTER_PAD):
             * np.exp(-2j * np.pi * shifts[:, 1, None] * np.fft.rfftfreq(w)).astype(np.complex64)[:, None, :])
     moved = fft.irfft2(fft.rfft2(padded) * ramp, s=(h, w))
     return np.ascontiguousarray(moved[:, pad:pad + frames.shape[1], pad:pad + frames.shape[2]], dtype=np.float32)
+
+
+def _odd_fast_length(n):
+    """The smallest odd number >= n whose only prime factors are 3, 5 and 7 (a fast FFT length)."""
+    m = n + 1 - n % 2
+    while True:
+        k = m
+        for p in (3, 5, 7):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 2
 
 
 def _block_range(window, size, block, stride):
@@ -236,11 +250,16 @@ def _local_projection(frames, noise, window):
     projected = projected.reshape(n_times, by, bx, block, block)
     weight = (1.0 / (1.0 + kept.sum(1))).reshape(by, bx).astype(np.float32)
     out, total = np.zeros(part.shape, np.float32), np.zeros(part.shape[1:], np.float32)
-    for dy in range(block):
-        for dx in range(block):
-            at = (slice(dy, dy + by * stride, stride), slice(dx, dx + bx * stride, stride))
-            out[(slice(None),) + at] += projected[:, :, :, dy, dx] * weight
-            total[at] += weight
+    # every (block / stride)-th block along both axes tiles the image without overlap: add each such tiling at once
+    step = block // stride
+    for oy in range(step):
+        for ox in range(step):
+            w = weight[oy::step, ox::step]
+            tiles = projected[:, oy::step, ox::step] * w[None, :, :, None, None]
+            t, ny, nx = tiles.shape[:3]
+            at = (slice(oy * stride, oy * stride + ny * block), slice(ox * stride, ox * stride + nx * block))
+            out[(slice(None),) + at] += tiles.transpose(0, 1, 3, 2, 4).reshape(t, ny * block, nx * block)
+            total[at] += np.repeat(np.repeat(w, block, 0), block, 1)
     out /= total
     rows, cols = (w.indices(n) for w, n in zip(window, (height, width)))
     return out[:, rows[0] - y0 * stride:rows[1] - y0 * stride, cols[0] - x0 * stride:cols[1] - x0 * stride]

@@ -136,6 +136,8 @@ def selection(cfg):
         # its noise is independent of the input's, so the PSNR against it ranks checkpoints as the PSNR against
         # the noise-free image would (the noise only adds a constant to the expected squared error)
         return MONITOR, "max", "body PSNR against the decorrelated 3T target", "3T, noise decorrelated from the input"
+    if cfg["train"]["target"] == "projected":
+        return MONITOR, "max", "body PSNR against the 3T image's temporal projection", "3T, temporally projected"
     return MONITOR, "max", "body PSNR against the 3T image", "3T"
 
 
@@ -248,7 +250,7 @@ def load_splits(cfg, data_dir):
     common = dict(batch_size=t["batch_size"], seed=cfg["seed"], context=context_offsets(cfg), mode=mode,
                   noise2noise_frames=t["noise2noise_frames"], register=t["noise2noise_register"],
                   mask_fraction=t["mask_fraction"],
-                  target=t["target"])
+                  target=t["target"] if mode == "supervised" else "3t")  # a self-supervised target is its mode's
     train_args = dict(shuffle=True, augment=t["augment"], patch_size=t["patch_size"],
                       steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
                       use_multiprocessing=t["use_multiprocessing"], **common)

@@ -105,6 +105,35 @@ def test_decorrelated_target_is_built_from_the_target_frame_of_the_same_draw(smo
         PairedSlices(smoke_data, "train", mode="noise2void", target="decorrelated")
 
 
+def test_projected_target_is_the_3t_frames_own_registered_projection(smoke_data):
+    # validation (whole slices): the target frame of the registered projection of its position's 3T frames; the
+    # input does not change
+    plain = PairedSlices(smoke_data, "val", batch_size=3, context=([(0, 0)], 0, "registered"))
+    projected = PairedSlices(smoke_data, "val", batch_size=3, context=([(0, 0)], 0, "registered"), target="projected")
+    noisy, clean = plain[0]
+    noisy_p, target = projected[0]
+    np.testing.assert_array_equal(noisy, noisy_p)
+    for j, row in enumerate(plain.batch_rows(0)):
+        frames = np.load(smoke_data / row["clean_file"])[projected.position_of(row)]
+        assert row["n_times"] >= 3 and len(frames) == row["n_times"]
+        expected = temporal_projection(frames, "registered")[row["time_index"]]
+        np.testing.assert_allclose(target[j, ..., 0], expected, atol=1e-6)
+        assert np.mean((target[j, ..., 0] - clean[j, ..., 0]) ** 2) > 0  # not the 3T image
+    # training crops with fresh noise: the whole slice's projection, cropped where the 3T crop was taken
+    args = dict(batch_size=4, patch_size=32, fresh_noise=True, seed=3, steps_per_epoch=2,
+                context=([(0, 0)], 0, "registered"), shuffle=True)
+    noisy_r, clean_r = PairedSlices(smoke_data, "train", **args)[1]
+    fresh = PairedSlices(smoke_data, "train", target="projected", **args)
+    noisy_f, target_f = fresh[1]
+    np.testing.assert_array_equal(noisy_f, noisy_r)
+    for j, row in enumerate(fresh.batch_rows(1)):
+        slices = np.load(smoke_data / row["clean_file"])
+        windows = np.lib.stride_tricks.sliding_window_view(slices[row["slice_index"]], (32, 32))
+        (y,), (x,) = np.nonzero(np.all(windows == clean_r[j, ..., 0], axis=(2, 3)))
+        whole = temporal_projection(slices[fresh.position_of(row)], "registered")[row["time_index"]]
+        np.testing.assert_allclose(target_f[j, ..., 0], whole[y:y + 32, x:x + 32], atol=1e-6)
+
+
 def layout_of(data_dir, row):
     """(time_index, position_index) of every slice of the row's series, by slice index (Series.layout)."""
     series = [r for r in read_manifest(data_dir) if r["series_uid"] == row["series_uid"]]
