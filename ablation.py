@@ -47,7 +47,8 @@ def run_variant(name, context, args):
     run_dir = Path(args.out) / name
     overrides = [f"model.context.{key}={value}" for key, value in context.items()]
     overrides += [f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}",
-                  f"train.max_val_slices={args.max_val_slices}", f"train.max_eval_slices={args.max_eval_slices}"]
+                  f"train.max_val_slices={args.max_val_slices}", f"train.max_eval_slices={args.max_eval_slices}",
+                  f"train.target={args.target}"]
     argv = ["--config", str(ROOT / "configs" / "demo.yaml"), "--data", args.data, "--run-dir", str(run_dir)]
     for override in overrides:
         argv += ["--set", override]
@@ -74,7 +75,7 @@ def peak_enhancement_errors(run_dir, data_dir):
 def budget(args):
     """What every variant of one table shares (a kept row must have had the same)."""
     return {"epochs": args.epochs, "steps": args.steps, "max_val_slices": args.max_val_slices,
-            "max_eval_slices": args.max_eval_slices, "data": str(args.data)}
+            "max_eval_slices": args.max_eval_slices, "data": str(args.data), "target": args.target}
 
 
 def row(name, context, metrics, args):
@@ -117,6 +118,9 @@ def markdown(rows, args):
 
 
 def main(argv=None):
+    from config import DEFAULTS
+    from data_factory import TARGETS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="data/processed_demo")
     p.add_argument("--out", default="runs/ablation")
@@ -125,6 +129,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=30, help="training steps per epoch")
     p.add_argument("--max-val-slices", type=int, default=48)
     p.add_argument("--max-eval-slices", type=int, default=120)
+    p.add_argument("--target", default=DEFAULTS["train"]["target"], choices=TARGETS,
+                   help="train.target of every variant (rows kept by --keep must have had the same)")
     p.add_argument("--keep", action="store_true",
                    help="keep the rows of <out>/ablation.json for the variants not named in --variants (same settings, "
                         "same budget: rerun only what a change touched)")

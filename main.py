@@ -294,11 +294,12 @@ def load_splits(cfg, data_dir):
 
 def body_validation(dataset, loss_name, multiple, mode="supervised"):
     """Keras callback that validates at the end of every epoch: val_loss (the training loss over whole slices),
-    val_psnr and val_body_psnr, the mean per-slice PSNR inside the body mask against the 3T image.
+    val_psnr and val_body_psnr, the mean per-slice PSNR inside the body mask against the training target (the 3T
+    image, or its projection or decorrelation: train.target, selection()).
 
     Checkpoint selection monitors val_body_psnr: a loss over whole slices is dominated by air, which every model
-    gets right, so it can prefer an epoch that is worse where the anatomy is. The 3T image is the reference
-    because it is what real data offers (the truth exists only for demo data). It must come first in the
+    gets right, so it can prefer an epoch that is worse where the anatomy is. The 3T image is the reference's
+    source because it is what real data offers (the truth exists only for demo data). It must come first in the
     callback list: it writes into the `logs` dict that ModelCheckpoint, CSVLogger and History read after it.
     """
     import keras

@@ -31,3 +31,6 @@ def test_keep_reruns_only_the_named_variants_and_drops_rows_that_changed_meaning
     rows = ablation.main([*out, "--variants", "1-frame+local", "--keep", "--epochs", "2"])
     assert [r["variant"] for r in rows] == ["1-frame+local"]                 # another budget: nothing kept
     assert rows[0]["budget"]["epochs"] == 2
+    rows = ablation.main([*out, "--variants", "1-frame", "--keep", "--epochs", "2", "--target", "3t"])
+    assert [r["variant"] for r in rows] == ["1-frame"]                       # another target: nothing kept
+    assert rows[0]["budget"]["target"] == "3t"

@@ -134,6 +134,18 @@ def test_projected_target_is_the_3t_frames_own_registered_projection(smoke_data)
         np.testing.assert_allclose(target_f[j, ..., 0], whole[y:y + 32, x:x + 32], atol=1e-6)
 
 
+@pytest.mark.parametrize("shift", [(0.37, -1.21), (2.5, 0.0), (-3.9, 4.2)])
+def test_the_separable_spline_shift_is_scipys_quintic_shift(shift):
+    from scipy import ndimage
+
+    from context import _spline_shift
+
+    image = ndimage.gaussian_filter(np.random.default_rng(1).random((37, 53)), 1.5).astype(np.float32)
+    expected = ndimage.shift(image, shift, order=5, mode="mirror")
+    np.testing.assert_allclose(_spline_shift(image, shift), expected, atol=1e-6)
+    assert np.abs(expected - image).max() > 0.01  # the shift moved something
+
+
 def layout_of(data_dir, row):
     """(time_index, position_index) of every slice of the row's series, by slice index (Series.layout)."""
     series = [r for r in read_manifest(data_dir) if r["series_uid"] == row["series_uid"]]
