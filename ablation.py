@@ -102,7 +102,7 @@ def markdown(rows, args):
              f"{args.steps} steps of batch 16 (96 px crops, fresh noise), {rows[0]['n_slices']} test slices of "
              f"{rows[0]['n_patients']} patients; 95% t-interval over patient means.", "",
              "| context | channels | body PSNR (dB) | body SSIM | gain over input (dB) | peak enhancement error | "
-             "val body PSNR (3T) | training s |", "|---|---|---|---|---|---|---|---|"]
+             f"val body PSNR (target {args.target}) | training s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["context"]
         channels = context_channels(load_config(overrides=[{"model": {"context": c}}]))
@@ -144,7 +144,7 @@ def main(argv=None):
     if args.keep and (out / "ablation.json").is_file():  # rows of variants not rerun, as long as they still mean that
         kept = [r for r in json.loads((out / "ablation.json").read_text())
                 if r["variant"] not in names and VARIANTS.get(r["variant"]) == r["context"]
-                and r.get("budget") == budget(args)]
+                and {"target": "3t", **r.get("budget", {})} == budget(args)]  # rows from before --target: 3t
     fresh = {name: row(name, VARIANTS[name], run_variant(name, VARIANTS[name], args), args) for name in names}
     by_name = {r["variant"]: r for r in kept} | fresh
     rows = [by_name[name] for name in VARIANTS if name in by_name]

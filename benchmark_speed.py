@@ -142,22 +142,19 @@ def time_training(run, data_dir, steps, warmup, rounds=2):
     batches from each feed, alternately, `rounds` times; images/s counts the steps after the warm-up from
     batch-end timestamps (tracing and iterator start-up excluded) and keeps each feed's best round, so a
     burst of load from other processes on a shared machine does not decide the comparison.
-    read_ms_per_batch: PairedSlices.__getitem__ alone (memmap reads, crops, flips), timed while preloading.
+    read_ms_per_batch: PairedSlices.__getitem__ alone (memmap reads, fresh noise, input stacks, targets, crops,
+    flips), timed while preloading.
     """
     import keras
 
-    from data_factory import PairedSlices
-    from main import get_loss, psnr_metric
-    from model import check_input_size, context_offsets, get_model
+    from main import get_loss, load_splits, psnr_metric, training_mode
+    from model import check_input_size, get_model
 
     cfg, t = run["cfg"], run["cfg"]["train"]
     total = warmup + steps
 
-    def dataset():
-        return PairedSlices(data_dir, "train", batch_size=t["batch_size"], shuffle=True, augment=t["augment"],
-                            patch_size=t["patch_size"], steps_per_epoch=total, seed=cfg["seed"],
-                            workers=t["workers"], use_multiprocessing=t["use_multiprocessing"],
-                            context=context_offsets(cfg))
+    def dataset():  # the training split as main.py feeds it (its target, fresh noise and context)
+        return load_splits({**cfg, "train": {**t, "steps_per_epoch": total}}, data_dir)[0]
 
     def images_per_s(fit):
         clock = _batch_clock()
@@ -175,8 +172,9 @@ def time_training(run, data_dir, steps, warmup, rounds=2):
 
     keras.utils.set_random_seed(cfg["seed"])
     model = get_model(cfg)
-    model.compile(optimizer=keras.optimizers.Adam(t["learning_rate"]), loss=get_loss(t["loss"]),
-                  metrics=[psnr_metric()])
+    supervised = training_mode(cfg) == "supervised"  # compiled as main.py compiles it
+    model.compile(optimizer=keras.optimizers.Adam(t["learning_rate"]), loss=get_loss(t["loss"], masked=not supervised),
+                  metrics=[psnr_metric()] if supervised else None)
     from_disk, in_memory = [], []
     for _ in range(rounds):
         from_disk.append(images_per_s(lambda clock: model.fit(pipeline, epochs=1, shuffle=False, verbose=0,

@@ -180,10 +180,11 @@ def shift_frames(frames, shifts, spline=False, pad=REGISTER_PAD):
     A Fourier shift by default: it keeps each frame's noise spectrum, which the projection's noise estimate and
     Marchenko-Pastur edge rely on, and shifting back undoes it up to the ringing of what crossed the edges (RMS <
     10% of the noise 12 px inside the edge, tested); reflected by `pad` px so nothing wraps around. spline: a
-    quintic spline instead (scipy.ndimage), local to within 1e-6 past a few px, so a window of the output needs
-    only a margin of the input; it smooths a sub-pixel shift's high frequencies slightly. The registered
-    projection moves the frames with the first and its output back with the second: on the 16 benchmark slices
-    33.97 dB, against 33.61 Fourier both ways, 33.84 spline both ways, 33.29 cubic spline both ways."""
+    quintic spline instead (_spline_shift: scipy.ndimage.shift's values, separable), local to within 1e-6 past a
+    few px, so a window of the output needs only a margin of the input; it smooths a sub-pixel shift's high
+    frequencies slightly. The registered projection moves the frames with the first and its output back with the
+    second: on the 16 benchmark slices 33.97 dB, against 33.61 Fourier both ways, 33.84 spline both ways, 33.29
+    cubic spline both ways."""
     frames, shifts = np.asarray(frames, np.float32), np.asarray(shifts, np.float32).reshape(-1, 2)
     if not np.any(shifts):
         return frames.copy()
@@ -208,7 +209,7 @@ def _spline_shift(frame, shift):
     """(H, W) frame moved by shift (rows, cols) px with a quintic B-spline, mirrored at the edges, float32: what
     scipy.ndimage.shift(frame, shift, order=5, mode="mirror") returns (to float32 round-off, tested), one axis at
     a time. A translation moves every pixel by the same fraction, so along each axis the spline's 6 weights are
-    the same everywhere: 6 shifted adds instead of ndimage's 36-point 2-D kernel per pixel (512^2: 18 ms, not 83)."""
+    the same everywhere: 6 shifted adds instead of ndimage's 36-point 2-D kernel per pixel (512^2: 21 ms, not 83)."""
     from scipy import ndimage
 
     out = np.asarray(frame, np.float64)
@@ -277,15 +278,19 @@ def _local_projection(frames, noise, window):
     weight = (1.0 / (1.0 + kept.sum(1))).reshape(by, bx).astype(np.float32)
     out, total = np.zeros(part.shape, np.float32), np.zeros(part.shape[1:], np.float32)
     # every (block / stride)-th block along both axes tiles the image without overlap: add each such tiling at once
+    if block % stride:
+        raise ValueError(f"the local projection's block ({block} px) must be a multiple of its stride ({stride} px)")
     step = block // stride
     for oy in range(step):
         for ox in range(step):
-            w = weight[oy::step, ox::step]
-            tiles = projected[:, oy::step, ox::step] * w[None, :, :, None, None]
-            t, ny, nx = tiles.shape[:3]
-            at = (slice(oy * stride, oy * stride + ny * block), slice(ox * stride, ox * stride + nx * block))
-            out[(slice(None),) + at] += tiles.transpose(0, 1, 3, 2, 4).reshape(t, ny * block, nx * block)
-            total[at] += np.repeat(np.repeat(w, block, 0), block, 1)
+            tile_weight = weight[oy::step, ox::step]
+            tiles = projected[:, oy::step, ox::step] * tile_weight[None, :, :, None, None]
+            tile_rows, tile_cols = tiles.shape[1:3]
+            at = (slice(oy * stride, oy * stride + tile_rows * block),
+                  slice(ox * stride, ox * stride + tile_cols * block))
+            out[(slice(None),) + at] += tiles.transpose(0, 1, 3, 2, 4).reshape(n_times, tile_rows * block,
+                                                                                tile_cols * block)
+            total[at] += np.repeat(np.repeat(tile_weight, block, 0), block, 1)
     out /= total
     rows, cols = (w.indices(n) for w, n in zip(window, (height, width)))
     return out[:, rows[0] - y0 * stride:rows[1] - y0 * stride, cols[0] - x0 * stride:cols[1] - x0 * stride]

@@ -45,7 +45,12 @@ MODES = ("supervised", "noise2noise", "noise2void")
 # what a supervised target is: the 3T image, the 3T image with its noise decorrelated from the input's, or the
 # 3T image's own registered temporal projection (the position's 3T frames projected together: ~5 dB less noise)
 TARGETS = ("3t", "decorrelated", "projected")
-STORED_PROJECTION_BYTES = 2 ** 31  # a QIN-BREAST series' projections fit (60 x 25 frames of 512^2: 1.5 GiB)
+# kept projections per array kind (the stored draw's, the 3T image's): a QIN-BREAST series' fit (60 x 25 frames of
+# 512^2: 1.5 GiB), so whole-slice validation, which visits a series time point by time point, projects each
+# position once
+STORED_PROJECTION_BYTES = 2 ** 31
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
 
 def keep_freed_memory():
     """Let glibc keep freed memory for reuse (a no-op elsewhere): the threshold for returning freed heap memory to
@@ -59,8 +64,8 @@ def keep_freed_memory():
     creation."""
     mallopt = _mallopt()
     if mallopt is not None:
-        mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD
+        mallopt(M_TRIM_THRESHOLD, 1 << 30)
+        mallopt(M_MMAP_THRESHOLD, 1 << 25)
 
 
 @functools.cache
@@ -245,6 +250,11 @@ class PairedSlices(keras.utils.PyDataset):
             if unusable:
                 raise ValueError(f"a decorrelated target needs simulated noise with recorded sigmas (degrade.model "
                                  f"field or gaussian); {len(unusable)} series have none, e.g. {unusable[0]}")
+        # the 3T projections of the whole split, kept once per position, if they fit (the demo's: 50 MB);
+        # otherwise training crops project their own window (the whole-slice projection, cropped: tested)
+        self._clean_projections_fit = target == "projected" and sum(
+            4 * math.prod(self.array(f).shape) for f in {r["clean_file"] for r in self.rows if r.get("clean_file")}
+        ) <= STORED_PROJECTION_BYTES
         self.fresh_noise = bool(fresh_noise)
         if self.fresh_noise and mode != "supervised":
             raise ValueError(f"{mode} reads the noisy images only; fresh noise would be drawn on the clean ones")
@@ -361,8 +371,14 @@ class PairedSlices(keras.utils.PyDataset):
                 window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
             clean = np.asarray(clean_all[row["slice_index"]][window], np.float32) if has_clean else None
             position = self.position_of(row) if self.target == "projected" and has_clean else []
-            if len(position) >= 3:  # the 3T frame's own projection: computed once per position, then cropped
-                clean = self._stored_projection(row, position, "clean_file", "registered")[_layout_of(row)[0]][window]
+            if len(position) >= 3:  # the 3T frame's own projection
+                t = _layout_of(row)[0]
+                if self.patch_size is None or self._clean_projections_fit:  # once per position, then cropped
+                    clean = self._stored_projection(row, position, "clean_file", "registered")[t][window]
+                else:  # a training set too large to keep: the crop's window, as the input's (equal, tested)
+                    clean = temporal_projection(np.asarray(clean_all[position], np.float32), "registered", window,
+                                                self._stored_shifts(row, position, "clean_file", "registered"),
+                                                which=[t])[0]
             region = (slice(None), slice(None)) if drawn else window  # a projection needs whole slices
             if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
                 noisy = add_noise(np.asarray(clean_all[frames][(slice(None),) + region], np.float32),
@@ -395,28 +411,30 @@ class PairedSlices(keras.utils.PyDataset):
         """The stored draw's (or, array "clean_file", the 3T image's) projection of a position's frames
         `projected`, of the context's kind unless `kind` is given, kept for its other frames."""
         kind = kind or self.context.projection
-        key = (row[array], tuple(projected), kind)
+        key = (array, row[array], tuple(projected), kind)
         value = self._projections.get(key)  # single dict operations (list() too): safe with threaded workers
         if value is None:
             frames = np.asarray(self.array(row[array])[projected], np.float32)
             value = self._projections[key] = temporal_projection(frames, kind)
-            total = sum(v.nbytes for v in list(self._projections.values()))
-            for old in list(self._projections)[:-1]:  # oldest first
+            same = [k for k in list(self._projections) if k[0] == array]  # each array kind has its own budget
+            total = sum(getattr(self._projections.get(k), "nbytes", 0) for k in same)
+            for old in same[:-1]:  # oldest first
                 if total <= STORED_PROJECTION_BYTES:
                     break
                 total -= getattr(self._projections.pop(old, None), "nbytes", 0)
         return value
 
-    def _stored_shifts(self, row, projected):
-        """The registration of the stored draw's frames `projected` (context.register_shifts), for a registered
-        projection of a new draw of them: the motion is the anatomy's, and estimating it again on every sample's
-        noise would cost as much as the projection of a crop. None for the other kinds."""
-        if self.context.projection != "registered":
+    def _stored_shifts(self, row, projected, array="noisy_file", kind=None):
+        """The registration of the stored draw's (or, array "clean_file", the 3T image's) frames `projected`
+        (context.register_shifts), for a registered projection of a new draw of them or of a window: the motion is
+        the anatomy's, and estimating it again on every sample would cost as much as the projection of a crop. None
+        for the other kinds (the context's unless `kind` is given)."""
+        if (kind or self.context.projection) != "registered":
             return None
-        key = (row["noisy_file"], tuple(projected))
+        key = (row[array], tuple(projected))
         shifts = self._position_shifts.get(key)  # a single dict operation: safe with threaded workers
         if shifts is None:
-            shifts = self._position_shifts[key] = register_shifts(np.asarray(self.array(row["noisy_file"])[projected],
+            shifts = self._position_shifts[key] = register_shifts(np.asarray(self.array(row[array])[projected],
                                                                     np.float32))
         return shifts
 

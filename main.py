@@ -125,7 +125,8 @@ def selection(cfg):
     """(monitored log key, "max" | "min", what it is, its reference) of checkpoint selection for the run's
     train.mode and train.target.
 
-    Supervised runs maximize the body PSNR against the 3T image on the validation patients. Self-supervised runs
+    Supervised runs maximize the body PSNR against their training target (train.target: the 3T image, its
+    projection or its decorrelation) on the validation patients. Self-supervised runs
     have no clean image (that is their point), so they minimize their own loss on the validation patients' noisy
     frames: for noise2noise it estimates the error against the clean image plus the noise variance (Lehtinen 2018),
     for noise2void the same at blind-spot pixels; either ranks checkpoints as the clean error would."""
@@ -236,10 +237,12 @@ def check_split_record(run_dir, data_dir):
 
 def load_splits(cfg, data_dir):
     """Training (crops, shuffled, augmented as configured) and validation (whole slices) datasets."""
-    from data_factory import PairedSlices, read_manifest
+    from data_factory import TARGETS, PairedSlices, read_manifest
     from model import context_offsets
 
     t = cfg["train"]
+    if t["target"] not in TARGETS:
+        raise ConfigError(f"train.target must be one of {', '.join(TARGETS)}, not {t['target']!r}")
     present = {r["split"] for r in read_manifest(data_dir)}
     for name in ("train", "val"):
         if name not in present:

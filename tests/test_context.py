@@ -132,6 +132,40 @@ def test_projected_target_is_the_3t_frames_own_registered_projection(smoke_data)
         (y,), (x,) = np.nonzero(np.all(windows == clean_r[j, ..., 0], axis=(2, 3)))
         whole = temporal_projection(slices[fresh.position_of(row)], "registered")[row["time_index"]]
         np.testing.assert_allclose(target_f[j, ..., 0], whole[y:y + 32, x:x + 32], atol=1e-6)
+    # a training set whose 3T projections do not fit in memory: each crop projects its window, to the same target
+    windowed = PairedSlices(smoke_data, "train", target="projected", **args)
+    windowed._clean_projections_fit = False
+    np.testing.assert_allclose(windowed[1][1], target_f, atol=1e-5)
+    assert not windowed._projections  # nothing kept
+    # fewer than 3 time points at a position: the 3T image
+    short = PairedSlices(smoke_data, "train", target="projected", **{**args, "context": ([(0, 0)], 0)})
+    short.position_of = lambda row: [row["slice_index"]] * 2
+    np.testing.assert_array_equal(short[1][1], clean_r)
+
+
+def test_local_projection_averages_every_block_as_a_direct_loop_does():
+    import math
+
+    from context import LOCAL_BLOCK as B, LOCAL_STRIDE as S, _local_projection
+
+    frames = np.random.default_rng(2).random((5, 21, 26)).astype(np.float32)
+    noise = 0.01
+    ny, nx = (-(-(n - B) // S) + 1 for n in frames.shape[1:])
+    padded = np.pad(frames, ((0, 0), (0, (ny - 1) * S + B - 21), (0, (nx - 1) * S + B - 26)), mode="reflect")
+    out, total = np.zeros(padded.shape), np.zeros(padded.shape[1:])
+    for by in range(ny):  # one block at a time: its temporal PCA, shrunk, weighted by 1 / (1 + components kept)
+        for bx in range(nx):
+            at = (slice(by * S, by * S + B), slice(bx * S, bx * S + B))
+            x = padded[(slice(None),) + at].reshape(5, -1).astype(np.float64)
+            mean = x.mean(1, keepdims=True)
+            values, vectors = np.linalg.eigh((x - mean) @ (x - mean).T / x.shape[1])
+            gain = np.clip(1 - noise * (1 + math.sqrt(5 / x.shape[1])) ** 2 / np.maximum(values, 1e-30), 0, 1)
+            weight = 1 / (1 + (gain > 0).sum())
+            out[(slice(None),) + at] += weight * ((vectors * gain) @ vectors.T @ (x - mean) + mean).reshape(5, B, B)
+            total[at] += weight
+    expected = (out / total)[:, :21, :26]
+    whole = (slice(None), slice(None))
+    np.testing.assert_allclose(_local_projection(frames, noise, whole), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("shift", [(0.37, -1.21), (2.5, 0.0), (-3.9, 4.2)])
