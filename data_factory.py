@@ -357,7 +357,8 @@ class PairedSlices(keras.utils.PyDataset):
         noisy_batch, clean_batch = [], []
         for row in rows:
             channels, guide = self.context_of(row)
-            projected = self.position_of(row) if self.context.projection else []
+            position = self.position_of(row)
+            projected = position if self.context.projection else []
             # whole slices of the stored draw: one projection per position (_stored_projection); else drawn here
             stored = bool(projected) and not self.fresh_noise and self.patch_size is None
             drawn = [] if stored else projected
@@ -369,16 +370,14 @@ class PairedSlices(keras.utils.PyDataset):
             if self.patch_size is not None:  # only training crops, and training has clean images (checked)
                 y, x = self._crop_position(clean_all[row["slice_index"]], rng)
                 window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
-            clean = np.asarray(clean_all[row["slice_index"]][window], np.float32) if has_clean else None
-            position = self.position_of(row) if self.target == "projected" and has_clean else []
-            if len(position) >= 3:  # the 3T frame's own projection
-                t = _layout_of(row)[0]
-                if self.patch_size is None or self._clean_projections_fit:  # once per position, then cropped
-                    clean = self._stored_projection(row, position, "clean_file", "registered")[t][window]
-                else:  # a training set too large to keep: the crop's window, as the input's (equal, tested)
-                    clean = temporal_projection(np.asarray(clean_all[position], np.float32), "registered", window,
-                                                self._stored_shifts(row, position, "clean_file", "registered"),
-                                                which=[t])[0]
+            clean = None
+            if has_clean and self.target == "projected" and len(position) >= 3:  # the 3T frame's own projection
+                # kept once per position; a training set too large to keep projects each crop's window
+                kept = self.patch_size is None or self._clean_projections_fit
+                clean = self._projection_at(row, position, window, "clean_file", "registered",
+                                            None if kept else np.asarray(clean_all[position], np.float32))[0]
+            elif has_clean:
+                clean = np.asarray(clean_all[row["slice_index"]][window], np.float32)
             region = (slice(None), slice(None)) if drawn else window  # a projection needs whole slices
             if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
                 noisy = add_noise(np.asarray(clean_all[frames][(slice(None),) + region], np.float32),
@@ -391,10 +390,8 @@ class PairedSlices(keras.utils.PyDataset):
             if drawn:  # read whole, now cropped like the target; the projection of the window's pixels only
                 parts = [p[(slice(None),) + window] for p in parts]
             if projected:
-                t = _layout_of(row)[0]
-                parts.append(self._stored_projection(row, projected)[[t]] if stored else
-                             temporal_projection(noisy[n + g:], self.context.projection, window,
-                                                 self._stored_shifts(row, projected), which=[t]))
+                parts.append(self._projection_at(row, projected, window, "noisy_file", self.context.projection,
+                                                 None if stored else noisy[n + g:]))
             noisy = np.concatenate(parts)
             if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
                 clean = decorrelated_target(clean, noisy[0], row["sigma_source"], row["sigma_added"])
@@ -407,16 +404,26 @@ class PairedSlices(keras.utils.PyDataset):
             return self._stack(index, noisy_batch, noisy_batch)[0], None
         return self._stack(index, noisy_batch, clean_batch)
 
-    def _stored_projection(self, row, projected, array="noisy_file", kind=None):
-        """The stored draw's (or, array "clean_file", the 3T image's) projection of a position's frames
-        `projected`, of the context's kind unless `kind` is given, kept for its other frames."""
-        kind = kind or self.context.projection
+    def _projection_at(self, row, position, window, array, kind, frames=None):
+        """(1, h, w): the row's frame of the projection (of `kind`) of its position's frames, on `window`. Without
+        `frames`, the kept whole-slice projection of `array` (the stored draw's "noisy_file", the 3T image's
+        "clean_file"), cropped; with them (a fresh draw, or frames too many to keep), their projection of the window
+        alone, registered with the stored `array`'s shifts (equal to the whole projection cropped, tested)."""
+        t = [_layout_of(row)[0]]
+        if frames is None:
+            return self._stored_projection(row, position, array, kind)[t][(slice(None),) + tuple(window)]
+        shifts = self._stored_shifts(row, position, array) if kind == "registered" else None
+        return temporal_projection(frames, kind, window, shifts, which=t)
+
+    def _stored_projection(self, row, projected, array, kind):
+        """The projection (of `kind`) of a position's frames `projected` of `array`, kept for its other frames;
+        each array has its own STORED_PROJECTION_BYTES, oldest out first."""
         key = (array, row[array], tuple(projected), kind)
         value = self._projections.get(key)  # single dict operations (list() too): safe with threaded workers
         if value is None:
             frames = np.asarray(self.array(row[array])[projected], np.float32)
             value = self._projections[key] = temporal_projection(frames, kind)
-            same = [k for k in list(self._projections) if k[0] == array]  # each array kind has its own budget
+            same = [k for k in list(self._projections) if k[0] == array]
             total = sum(getattr(self._projections.get(k), "nbytes", 0) for k in same)
             for old in same[:-1]:  # oldest first
                 if total <= STORED_PROJECTION_BYTES:
@@ -424,13 +431,10 @@ class PairedSlices(keras.utils.PyDataset):
                 total -= getattr(self._projections.pop(old, None), "nbytes", 0)
         return value
 
-    def _stored_shifts(self, row, projected, array="noisy_file", kind=None):
-        """The registration of the stored draw's (or, array "clean_file", the 3T image's) frames `projected`
-        (context.register_shifts), for a registered projection of a new draw of them or of a window: the motion is
-        the anatomy's, and estimating it again on every sample would cost as much as the projection of a crop. None
-        for the other kinds (the context's unless `kind` is given)."""
-        if (kind or self.context.projection) != "registered":
-            return None
+    def _stored_shifts(self, row, projected, array):
+        """The registration of a position's frames `projected` of `array` (context.register_shifts), for a
+        registered projection of a new draw of them or of a window: the motion is the anatomy's, and estimating it
+        again on every sample would cost as much as the projection of a crop."""
         key = (row[array], tuple(projected))
         shifts = self._position_shifts.get(key)  # a single dict operation: safe with threaded workers
         if shifts is None:
