@@ -166,19 +166,20 @@ def rician_outputs(plain, levels):
             (amplitude + zero).astype(np.float32))
 
 
-def multiframe_denoise(method, frames, levels, param=None):
+def multiframe_denoise(method, frames, levels, param=None, window=None):
     """(main, gauss, amplitude) of a multi-frame method on normalized frames ((T, H, W) for bm4d and tpca,
     (T, Z, H, W) for mppca), float32, as classical_denoise for one slice. param: bm4d's multiplier of
-    sigma_pixel (default 1), mppca's patch radius (default MPPCA_RADII[1]); tpca takes none."""
+    sigma_pixel (default 1), mppca's patch radius (default MPPCA_RADII[1]); tpca takes none. window: the
+    (rows, cols) part of the frames to denoise and return (denoisers.denoise_frames)."""
     from denoisers import denoise_frames
 
     noisy = np.asarray(frames, np.float64) - levels["zero"]
     if method == "bm4d":
         plain = denoise_frames("bm4d", noisy, (1.0 if param is None else param) * levels["sigma_pixel"], rician=False,
-                               register=REGISTER)
+                               register=REGISTER, window=window)
     else:  # mppca and tpca measure the noise themselves
         plain = denoise_frames(method, noisy, rician=False, patch_radius=MPPCA_RADII[1] if param is None else param,
-                               register=REGISTER)
+                               register=REGISTER, window=window)
     return rician_outputs(plain, levels)
 
 
@@ -250,18 +251,23 @@ class Stacks:
             return np.asarray(self.array(rows[key])[rows["slice_index"]], dtype=np.float32)
         return np.stack([self.frames(r, key) for r in rows])
 
-    def denoise(self, method, row, levels):
-        """((main, gauss, amplitude) of the row's slice, ms per frame of the stack's run, fallback or None).
+    def denoise(self, method, row, levels, window=None):
+        """((main, gauss, amplitude) of the row's slice, ms per frame of the stack's run, fallback or None);
+        window: (rows, cols) slices: that part of the slice only, the method run on that part of the stack
+        (multiframe_denoise).
 
         bm4d and tpca: the (T, H, W) stack of the row's position (bm4d: sigma = scale * sigma_pixel); mppca: the
         (T, Z', H, W) slab of the series' positions that the row's position depends on (denoisers.mppca_slab: the same output
         there as the whole volume), with the calibrated patch radius. Without a stack (one time point): the 2-D
         FALLBACK_2D run of classical_denoise on the slice alone."""
         whole = method == "mppca"
+        window = (slice(None), slice(None)) if window is None else tuple(window)
+        at = (Ellipsis,) + window
         stack_rows = self.rows_of(row, whole_series=whole)
         if stack_rows is None:
             start = time.perf_counter()
             out = classical_denoise(FALLBACK_2D, self.frames(row), levels, self.params.get(FALLBACK_2D, 1.0))
+            out = tuple(None if o is None else o[at] for o in out)
             return out, 1000 * (time.perf_counter() - start), f"{FALLBACK_2D} (no time axis)"
         k = row["position_index"]
         if whole:  # only the positions that k (and the planned positions near it) depend on
@@ -270,10 +276,11 @@ class Stacks:
             key, at = (method, row["series_uid"], lo, hi), (row["time_index"], k - lo)
         else:
             key, at = (method, row["series_uid"], k), (row["time_index"],)
+        key += tuple((w.start, w.stop, w.step) for w in window)
         if key not in self._cache:
             noisy = self.frames(stack_rows)
             start = time.perf_counter()
-            outputs = multiframe_denoise(method, noisy, levels, self.params.get(method))
+            outputs = multiframe_denoise(method, noisy, levels, self.params.get(method), window)
             ms = 1000 * (time.perf_counter() - start) / (noisy.size // np.prod(noisy.shape[-2:]))
             self._cache[key] = (outputs, ms)
         outputs, ms = self._cache[key]

@@ -233,15 +233,20 @@ def denoise(method, noisy, sigma, rician=True, reference_sigma=0.0):
 
 
 def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0, patch_radius=MPPCA_PATCH_RADIUS,
-                   register=False):
+                   register=False, window=None):
     """Denoise a stack of frames with a multi-frame method; float32, same shape.
 
     method: "bm4d", "mppca" or "tpca". frames: normalized magnitude images (0 = air), (T, H, W) for bm4d and tpca
     (one slice position over time) or (T, Z, H, W) for mppca (a series: time points x slice positions; (T, H, W)
     is taken as Z = 1). sigma: Rician sigma of every frame (bm4d's noise level; for mppca and tpca only the Rician
     correction uses it, they estimate the noise themselves). patch_radius: mppca's in-plane patch radius. rician,
-    reference_sigma: as in denoise(). register: motion-correct each slice position's frames first (see above). A single frame (T = 1) has no time axis to use: bm4d then runs on it as a 2-D
-    image, mppca and tpca refuse (ValueError): the benchmark falls back to a 2-D method for such series.
+    reference_sigma: as in denoise(). register: motion-correct each slice position's frames first (see above).
+    window: (rows, cols) slices: only that part of the output, (..., h, w); bm4d and mppca then run on the window
+    of the (registered) frames alone, which is all their output there depends on once the window reaches a
+    margin past their patches and searches (benchmark_kinetics: a lesion's ROI), tpca on the whole slice's
+    noise estimate (context.temporal_projection's window). A single frame (T = 1) has no time axis to use: bm4d
+    then runs on it as a 2-D image, mppca and tpca refuse (ValueError): the benchmark falls back to a 2-D method
+    for such series.
     """
     if method not in MULTIFRAME:
         raise ValueError(f"unknown multi-frame denoiser '{method}'; choose one of {', '.join(MULTIFRAME)}")
@@ -259,12 +264,12 @@ def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0,
             raise ValueError("tpca needs at least 2 time points (it denoises along the time axis)")
         from context import temporal_projection
 
-        out = temporal_projection(frames, "registered" if register else "local").astype(np.float64)
+        out = temporal_projection(frames, "registered" if register else "local", window).astype(np.float64)
     elif method == "bm4d":
         import bm4d
 
         out = _registered(lambda f: np.moveaxis(np.asarray(bm4d.bm4d(np.moveaxis(f, 0, -1), sigma_psd=sigma)), -1, 0),
-                          frames, register)
+                          frames, register, window)
     else:
         volume = frames[:, None] if frames.ndim == 3 else frames            # (T, Z, H, W)
         if volume.shape[0] < 2:
@@ -274,8 +279,8 @@ def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0,
         radius = np.array([patch_radius, patch_radius, mppca_z_radius(volume.shape[1])])
         out = _registered(lambda v: np.transpose(  # dipy's layout is (H, W, Z, T)
             mppca(np.transpose(v, (2, 3, 1, 0)), patch_radius=radius, suppress_warning=True), (3, 2, 0, 1)),
-            volume, register)
-        out = np.asarray(out, dtype=np.float64).reshape(frames.shape)
+            volume, register, window)
+        out = np.asarray(out, dtype=np.float64).reshape(frames.shape[:-2] + out.shape[-2:])
     if not rician:
         return out.astype(np.float32)
     amplitude = rician_bias_correction(out, sigma)
@@ -284,20 +289,24 @@ def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0,
     return amplitude
 
 
-def _registered(run, frames, register):
+def _registered(run, frames, register, window=None):
     """run(frames) for (T, H, W) or (T, Z, H, W) frames; with register, on the frames of each slice position moved
     onto its first frame (context.register_shifts), the output moved back onto each frame's grid: a Fourier shift
-    there and a spline shift back, as the registered projection does (context.shift_frames)."""
+    there and a spline shift back, as the registered projection does (context.shift_frames). window: run on that
+    (rows, cols) part of the frames only, registered on the whole slices (a crop would pull the phase correlation
+    towards zero shift, see register_shifts); returns that part."""
+    at = (Ellipsis,) + ((slice(None), slice(None)) if window is None else tuple(window))
     if not register:
-        return run(frames)
+        return run(frames[at])
     from context import register_shifts, shift_frames
 
     volume = frames[:, None] if frames.ndim == 3 else frames
     shifts = [register_shifts(volume[:, z]) for z in range(volume.shape[1])]
     moved = np.stack([shift_frames(volume[:, z], s) for z, s in enumerate(shifts)], axis=1).astype(frames.dtype)
-    out = np.asarray(run(moved.reshape(frames.shape))).reshape(volume.shape)
+    part = moved[at]
+    out = np.asarray(run(part.reshape(frames.shape[:-2] + part.shape[-2:]))).reshape(part.shape)
     return np.stack([shift_frames(out[:, z], -s, spline=True) for z, s in enumerate(shifts)],
-                    axis=1).reshape(frames.shape)
+                    axis=1).reshape(frames.shape[:-2] + part.shape[-2:])
 
 
 def mppca_z_radius(n_positions):
