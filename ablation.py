@@ -73,9 +73,14 @@ def peak_enhancement_errors(run_dir, data_dir):
 
 
 def budget(args):
-    """What every variant of one table shares (a kept row must have had the same)."""
+    """What every variant of one table shares (a kept row must have had the same), the U-Net's width included
+    (configs/demo.yaml's model.filters)."""
+    from config import load_config
+
+    filters = load_config(ROOT / "configs" / "demo.yaml")["model"]["filters"]
     return {"epochs": args.epochs, "steps": args.steps, "max_val_slices": args.max_val_slices,
-            "max_eval_slices": args.max_eval_slices, "data": str(args.data), "target": args.target}
+            "max_eval_slices": args.max_eval_slices, "data": str(args.data), "target": args.target,
+            "filters": filters}
 
 
 def row(name, context, metrics, args):
@@ -144,7 +149,8 @@ def main(argv=None):
     if args.keep and (out / "ablation.json").is_file():  # rows of variants not rerun, as long as they still mean that
         kept = [r for r in json.loads((out / "ablation.json").read_text())
                 if r["variant"] not in names and VARIANTS.get(r["variant"]) == r["context"]
-                and {"target": "3t", **r.get("budget", {})} == budget(args)]  # rows from before --target: 3t
+                # rows from before --target and before the demo's width was recorded: 3t, 16 filters
+                and {"target": "3t", "filters": 16, **r.get("budget", {})} == budget(args)]
     fresh = {name: row(name, VARIANTS[name], run_variant(name, VARIANTS[name], args), args) for name in names}
     by_name = {r["variant"]: r for r in kept} | fresh
     rows = [by_name[name] for name in VARIANTS if name in by_name]

@@ -34,3 +34,10 @@ def test_keep_reruns_only_the_named_variants_and_drops_rows_that_changed_meaning
     rows = ablation.main([*out, "--variants", "1-frame", "--keep", "--epochs", "2", "--target", "3t"])
     assert [r["variant"] for r in rows] == ["1-frame"]                       # another target: nothing kept
     assert rows[0]["budget"]["target"] == "3t"
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    for r in saved:
+        del r["budget"]["filters"]  # as a row written before the width was recorded reads
+    (tmp_path / "ablation.json").write_text(json.dumps(saved))
+    rows = ablation.main([*out, "--variants", "time-1", "--keep", "--epochs", "2", "--target", "3t"])
+    assert [r["variant"] for r in rows] == ["time-1"]                        # it was 16 filters wide, the demo 8
+    assert rows[0]["budget"]["filters"] == 8
