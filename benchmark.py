@@ -4,7 +4,8 @@
     python benchmark.py --run-dir runs/demo --parts quality --methods noisy,bm3d,unet
     python benchmark.py --run-dir runs/demo --thesis-run runs/demo_thesis --parts speed,scaling
 
-Noise level, Rician correction and calibration of the classical methods: benchmark_quality.py's docstring.
+Noise level and Rician correction of the classical methods: benchmark_quality.py's docstring; their calibration:
+benchmark_calibration.py's.
 
 The 2021 thesis reported its autoencoder alone, without even the degraded input to compare with. This script
 puts every restoration a researcher could already run next to each other, on the same held-out slices (the
@@ -16,7 +17,8 @@ points (BM4D over (x, y, t) "bm4d", MP-PCA over time "mppca", and "tpca", the lo
 default U-Net gets as an input channel, run alone), the thesis autoencoder ("thesis") and the default
 model ("unet"). The parts, chosen with --parts (default all three), each in its own module:
 
-benchmark_quality.py    quality, calibration of the classical methods, the noise they are given
+benchmark_quality.py    quality, the noise the classical methods are given
+benchmark_calibration.py  the classical methods' parameters, chosen on training slices
 benchmark_kinetics.py   the lesion enhancement curves (with quality, on data whose DICOM tree has lesion masks)
 benchmark_speed.py      speed and scaling
 benchmark_report.py     benchmark.md, benchmark.png, the per-slice CSV
@@ -103,8 +105,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from benchmark_quality import (CLASSICAL, MODELS, MULTIFRAME, BenchmarkError, Stacks, aggregate, calibrate,
-                               check_noise, eval_split, evaluate_quality, reference_ceilings)
+from benchmark_calibration import calibrate
+from benchmark_quality import (CLASSICAL, MODELS, MULTIFRAME, BenchmarkError, Stacks, aggregate, check_noise,
+                               eval_split, evaluate_quality, reference_ceilings)
 from benchmark_report import data_info, machine_info, markdown, plot, quality_notes, quality_rows, write_per_slice
 from benchmark_speed import preprocessing_config, scaling_child, scaling_part, speed_part
 from config import ConfigError, load_run_config

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark_quality import CALIBRATION_CROP, FALLBACK_2D, MULTIFRAME, REGISTER
+from benchmark_calibration import CALIBRATION_CROP
+from benchmark_quality import FALLBACK_2D, MULTIFRAME, REGISTER
 
 
 # -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import benchmark
+import benchmark_calibration
 import benchmark_quality
 import benchmark_speed
 from config import load_config, save_config
@@ -200,9 +201,9 @@ def test_calibration_picks_the_best_sigma_multiplier_on_random_tissue_slices(smo
     from data_factory import read_manifest
     from metrics import body_mask
 
-    scales, table, note, record = benchmark_quality.calibrate(["tv"], smoke_data, 10, seed=0)
+    scales, table, note, record = benchmark_calibration.calibrate(["tv"], smoke_data, 10, seed=0)
     assert note is None and "1.0" in table["tv"]
-    assert set(table["tv"]) <= {str(s) for s in benchmark_quality.SIGMA_SCALES}
+    assert set(table["tv"]) <= {str(s) for s in benchmark_calibration.SIGMA_SCALES}
     assert table["tv"][str(scales["tv"])] == max(table["tv"].values())
     assert record["n_slices"] == 10 and record["reference"] == "truth" and record["chosen"]["tv"]["sigma_scale"] == \
         scales["tv"]
@@ -211,10 +212,10 @@ def test_calibration_picks_the_best_sigma_multiplier_on_random_tissue_slices(smo
     assert set(picked) <= train and len(set(picked)) == 10
     in_order = [(r["series_uid"], r["slice_index"]) for r in read_manifest(smoke_data, "train")]
     assert picked != in_order[:10]  # drawn at random, not the first (edge) slices
-    for row, _, _, truth, mask in benchmark_quality.tissue_slices(smoke_data, "train", 10, seed=0):
+    for row, _, _, truth, mask in benchmark_calibration.tissue_slices(smoke_data, "train", 10, seed=0):
         assert np.array_equal(mask, body_mask(truth)) and mask.mean() >= 0.1
-    assert benchmark_quality.calibrate(["tv"], smoke_data, 10, seed=0)[3]["slices"] == record["slices"]  # seeded
-    assert benchmark_quality.calibrate(["tv"], smoke_data, 0)[0] == {"tv": 1.0}
+    assert benchmark_calibration.calibrate(["tv"], smoke_data, 10, seed=0)[3]["slices"] == record["slices"]  # seeded
+    assert benchmark_calibration.calibrate(["tv"], smoke_data, 0)[0] == {"tv": 1.0}
 
 
 def test_climb_finds_the_grid_maximum_without_the_runs_past_the_peak():
@@ -227,9 +228,9 @@ def test_climb_finds_the_grid_maximum_without_the_runs_past_the_peak():
             return -abs(x - peak)
         return f
 
-    best, scores = benchmark_quality.climb(grid, 2, score(1.0))
+    best, scores = benchmark_calibration.climb(grid, 2, score(1.0))
     assert best == 1.0 and 0.6 not in scores and tried == [1.0, 0.8, 1.25]  # 0.6 lies past the peak
-    best, scores = benchmark_quality.climb(grid, 2, score(0.5))
+    best, scores = benchmark_calibration.climb(grid, 2, score(0.5))
     assert best == 0.6 and set(scores) == set(grid)                        # a maximum at the edge is reached
 
 
@@ -371,12 +372,12 @@ def test_calibration_records_the_multiframe_methods(multiframe):
     record = report["quality"]["calibration_record"]
     chosen = record["chosen"]
     assert set(chosen) == {"tv", "bm4d", "mppca"}
-    assert chosen["bm4d"]["sigma_scale"] in benchmark_quality.MULTIFRAME_SCALES
+    assert chosen["bm4d"]["sigma_scale"] in benchmark_calibration.MULTIFRAME_SCALES
     assert chosen["mppca"]["patch_radius"] in benchmark_quality.MPPCA_RADII
     assert record["candidates"]["mppca"] == list(benchmark_quality.MPPCA_RADII)
     assert len(record["multiframe_stacks"]) == 1 and record["multiframe_stacks"][0]["series_uid"]
     table = report["quality"]["calibration"]
-    assert set(table["bm4d"]) == {str(s) for s in benchmark_quality.MULTIFRAME_SCALES}
+    assert set(table["bm4d"]) == {str(s) for s in benchmark_calibration.MULTIFRAME_SCALES}
     assert table["mppca"][str(chosen["mppca"]["patch_radius"])] == max(table["mppca"].values())
     assert report["quality"]["sigma_scales"]["mppca"] == chosen["mppca"]["patch_radius"]
 
