@@ -1,0 +1,14 @@
+"""headroom.py: the ceiling estimators run on a tiny split and rank as they must."""
+
+import math
+
+import headroom
+
+
+def test_headroom_estimators_on_a_tiny_split(smoke_data):
+    result = headroom.headroom(smoke_data, "test", bm3d_every=4)
+    assert {"input", "projection", "oracle basis", "linear", "projection + BM3D"} <= set(result)
+    assert all(math.isfinite(v["psnr"]) and v["frames"] > 0 for v in result.values())
+    # knowing the truth's time courses can only help a block projection; every estimator beats the input
+    assert result["oracle basis"]["psnr"] > result["projection"]["psnr"] > result["input"]["psnr"]
+    assert result["linear"]["psnr"] > result["input"]["psnr"]
