@@ -105,7 +105,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from benchmark_calibration import calibrate
+from benchmark_calibration import CALIBRATION_CROP, calibrate
 from benchmark_quality import (CLASSICAL, MODELS, MULTIFRAME, BenchmarkError, Stacks, aggregate, check_noise,
                                eval_split, evaluate_quality, reference_ceilings)
 from benchmark_report import data_info, machine_info, markdown, plot, quality_notes, quality_rows, write_per_slice
@@ -222,8 +222,8 @@ def parse_args(argv=None):
                    help="random training slices with tissue used to pick each classical method's sigma multiplier "
                         "(0: off; default 12)")
     p.add_argument("--calibrate-stacks", type=int, default=2,
-                   help="training stacks (series volumes for mppca) that calibrate the multi-frame methods, cropped "
-                        "to 96x96 (default 2)")
+                   help="training stacks (series volumes for mppca) that calibrate the multi-frame methods, each "
+                        f"registered whole and denoised on a {CALIBRATION_CROP}^2 window (default 2)")
     p.add_argument("--kinetics-lesions", type=int, default=0,
                    help="test lesions in the kinetics check, evenly spaced (0: all; default 0)")
     p.add_argument("--speed-size", type=int, default=512, help="side of the slices timed in the speed part")

@@ -27,7 +27,7 @@ from benchmark_quality import (CLASSICAL, MPPCA_RADII, MULTIFRAME, Stacks, class
 SIGMA_SCALES = (0.6, 0.8, 1.0, 1.25)
 MULTIFRAME_SCALES = (0.8, 1.0, 1.25)           # bm4d: fewer candidates, each a whole stack
 MULTIFRAME_CANDIDATES = {"bm4d": MULTIFRAME_SCALES, "mppca": MPPCA_RADII}  # tpca has no parameter
-CALIBRATION_CROP = 96                          # side of the in-plane crop the multi-frame calibration runs on
+CALIBRATION_CROP = 96                          # side of the in-plane window the multi-frame calibration scores
 
 
 def tissue_slices(data_dir, split, n, seed, min_body_fraction=0.1):
@@ -72,7 +72,7 @@ def calibrate(methods, data_dir, n_slices, seed=0, n_stacks=2):
     against the headline reference (the truth when the data has one, else the 3T image): the 2-D methods' sigma
     multiplier (SIGMA_SCALES, climbed from 1.0: the table lists the multipliers tried) on n_slices slices;
     bm4d's multiplier (MULTIFRAME_SCALES) and mppca's patch radius (MPPCA_RADII) on the stacks / volumes of the
-    first n_stacks of those slices, cropped (calibrate_multiframe).
+    first n_stacks of those slices, on a window (calibrate_multiframe).
 
     Returns ({method: parameter}, {method: {str(candidate): mean body PSNR}}, note or None, record): record names
     the slices, the reference and the chosen parameters (for benchmark.json). n_slices 0: the defaults (1.0,

@@ -37,11 +37,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 # The multi-frame classical methods run on the lesion's bounding box and this margin only (px of the data's grid),
-# a fraction of the slice (about a quarter of a 192^2 demo slice; bm4d's run 4x faster). mppca's and tpca's curves
+# a fraction of the slice (about a quarter of a 192^2 demo slice; bm4d runs 3x faster). mppca's and tpca's curves
 # are the whole slices' (local patches; tpca keeps the whole slice's noise estimate; tested). bm4d's move by up
 # to 0.003 in RE (0.1% of the peak; mean peak error over 3 demo test lesions 0.50% instead of 0.45%; a 56 px
 # margin: 0.47%): a few of its matches and aggregation weights reach farther.
-KINETICS_MARGIN = 32
 KINETICS_MARGIN = 32
 
 

@@ -237,8 +237,8 @@ class Stacks:
 
     def denoise(self, method, row, levels, window=None):
         """((main, gauss, amplitude) of the row's slice, ms per frame of the stack's run, fallback or None);
-        window: (rows, cols) slices: that part of the slice only, the method run on that part of the stack
-        (multiframe_denoise).
+        window: (rows, cols) slices: that part of the slice only, the multi-frame method run on that part of the
+        stack (multiframe_denoise; the 2-D fallback on the whole slice, cropped).
 
         bm4d and tpca: the (T, H, W) stack of the row's position (bm4d: sigma = scale * sigma_pixel); mppca: the
         (T, Z', H, W) slab of the series' positions that the row's position depends on (denoisers.mppca_slab: the same output
@@ -246,12 +246,11 @@ class Stacks:
         FALLBACK_2D run of classical_denoise on the slice alone."""
         whole = method == "mppca"
         window = (slice(None), slice(None)) if window is None else tuple(window)
-        at = (Ellipsis,) + window
         stack_rows = self.rows_of(row, whole_series=whole)
         if stack_rows is None:
             start = time.perf_counter()
             out = classical_denoise(FALLBACK_2D, self.frames(row), levels, self.params.get(FALLBACK_2D, 1.0))
-            out = tuple(None if o is None else o[at] for o in out)
+            out = tuple(None if o is None else o[(Ellipsis,) + window] for o in out)
             return out, 1000 * (time.perf_counter() - start), f"{FALLBACK_2D} (no time axis)"
         k = row["position_index"]
         if whole:  # only the positions that k (and the planned positions near it) depend on

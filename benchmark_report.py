@@ -93,7 +93,8 @@ def quality_notes(report, noise, scales, table, calib_note, summary, skipped, cl
             reference = "the noise-free truth" if report["data"].get("truth") else "the 3T image"
             notes.append(f"parameter per method, best body PSNR against {reference} on {n_calibration} "
                          "random training slices with tissue (multi-frame methods: the stacks of the first of them, "
-                         f"cropped to {CALIBRATION_CROP}²; seeded; listed in benchmark.json): "
+                         f"a {CALIBRATION_CROP}² window, registered on the whole slices; seeded; listed in "
+                         "benchmark.json): "
                          + ", ".join(f"{m} {'patch radius' if m == 'mppca' else 'sigma x'} {s:g}"
                                      for m, s in scales.items() if m in table))
         multiframe = [m for m in classical if m in MULTIFRAME]

@@ -234,17 +234,18 @@ def denoise(method, noisy, sigma, rician=True, reference_sigma=0.0):
 
 def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0, patch_radius=MPPCA_PATCH_RADIUS,
                    register=False, window=None):
-    """Denoise a stack of frames with a multi-frame method; float32, same shape.
+    """Denoise a stack of frames with a multi-frame method; float32, the frames' shape (the window's, given one).
 
     method: "bm4d", "mppca" or "tpca". frames: normalized magnitude images (0 = air), (T, H, W) for bm4d and tpca
     (one slice position over time) or (T, Z, H, W) for mppca (a series: time points x slice positions; (T, H, W)
     is taken as Z = 1). sigma: Rician sigma of every frame (bm4d's noise level; for mppca and tpca only the Rician
     correction uses it, they estimate the noise themselves). patch_radius: mppca's in-plane patch radius. rician,
     reference_sigma: as in denoise(). register: motion-correct each slice position's frames first (see above).
-    window: (rows, cols) slices: only that part of the output, (..., h, w); bm4d and mppca then run on the window
-    of the (registered) frames alone, which is all their output there depends on once the window reaches a
-    margin past their patches and searches (benchmark_kinetics: a lesion's ROI), tpca on the whole slice's
-    noise estimate (context.temporal_projection's window). A single frame (T = 1) has no time axis to use: bm4d
+    window: (rows, cols) slices (step 1, at least 8 x 8 px): only that part of the output, (..., h, w); bm4d and
+    mppca then run on the window of the (registered) frames and a margin (_registered) alone, which is all their
+    output there depends on once the window reaches past their patches and searches (benchmark_kinetics: a
+    lesion's ROI and a margin), tpca on the whole slice's noise estimate (context.temporal_projection's window).
+    A single frame (T = 1) has no time axis to use: bm4d
     then runs on it as a 2-D image, mppca and tpca refuse (ValueError): the benchmark falls back to a 2-D method
     for such series.
     """
@@ -253,6 +254,15 @@ def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0,
     frames = np.asarray(frames, dtype=np.float64)
     if frames.ndim not in (3, 4) or min(frames.shape[-2:]) < 8 or not np.all(np.isfinite(frames)):
         raise ValueError(f"expected finite frames shaped (T, H, W) or (T, Z, H, W) with H, W >= 8, got {frames.shape}")
+    if window is not None:
+        window = tuple(window)
+        if len(window) != 2 or any(not isinstance(w, slice) or w.step not in (None, 1) for w in window):
+            raise ValueError(f"window must be two slices (rows, cols) with step 1, e.g. (slice(40, 120), slice(10, "
+                             f"90)), got {window!r}")
+        kept = [len(range(*w.indices(n))) for w, n in zip(window, frames.shape[-2:])]
+        if min(kept) < 8:
+            raise ValueError(f"window {window} keeps {kept[0]} x {kept[1]} px of the {frames.shape[-2]} x "
+                             f"{frames.shape[-1]} frames; give one of at least 8 x 8 px inside them")
     if rician or method == "bm4d":
         sigma = _check_sigma(sigma)
     if reference_sigma and not rician:
@@ -292,21 +302,27 @@ def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0,
 def _registered(run, frames, register, window=None):
     """run(frames) for (T, H, W) or (T, Z, H, W) frames; with register, on the frames of each slice position moved
     onto its first frame (context.register_shifts), the output moved back onto each frame's grid: a Fourier shift
-    there and a spline shift back, as the registered projection does (context.shift_frames). window: run on that
-    (rows, cols) part of the frames only, registered on the whole slices (a crop would pull the phase correlation
-    towards zero shift, see register_shifts); returns that part."""
-    at = (Ellipsis,) + ((slice(None), slice(None)) if window is None else tuple(window))
+    there and a spline shift back, as the registered projection does (context.shift_frames). window: that
+    (rows, cols) part of the output only, run on the part of the frames within REGISTER_MARGIN px plus the
+    largest shift of it (the spline that moves the output back reads no mirrored edge inside the window, as in
+    context._registered_projection), registered on the whole slices (a crop would pull the phase correlation
+    towards zero shift, see register_shifts)."""
+    window = (slice(None), slice(None)) if window is None else tuple(window)
     if not register:
-        return run(frames[at])
-    from context import register_shifts, shift_frames
+        return run(frames[(Ellipsis,) + window])
+    from context import REGISTER_MARGIN, register_shifts, shift_frames
 
     volume = frames[:, None] if frames.ndim == 3 else frames
     shifts = [register_shifts(volume[:, z]) for z in range(volume.shape[1])]
     moved = np.stack([shift_frames(volume[:, z], s) for z, s in enumerate(shifts)], axis=1).astype(frames.dtype)
-    part = moved[at]
+    margin = REGISTER_MARGIN + int(np.ceil(np.abs(np.asarray(shifts)).max()))
+    bounds = [w.indices(n)[:2] for w, n in zip(window, frames.shape[-2:])]
+    region = tuple(slice(max(0, lo - margin), min(n, hi + margin)) for (lo, hi), n in zip(bounds, frames.shape[-2:]))
+    part = moved[(Ellipsis,) + region]
     out = np.asarray(run(part.reshape(frames.shape[:-2] + part.shape[-2:]))).reshape(part.shape)
-    return np.stack([shift_frames(out[:, z], -s, spline=True) for z, s in enumerate(shifts)],
-                    axis=1).reshape(frames.shape[:-2] + part.shape[-2:])
+    back = np.stack([shift_frames(out[:, z], -s, spline=True) for z, s in enumerate(shifts)], axis=1)
+    inner = tuple(slice(lo - r.start, hi - r.start) for (lo, hi), r in zip(bounds, region))
+    return back[(Ellipsis,) + inner].reshape(frames.shape[:-2] + tuple(hi - lo for lo, hi in bounds))
 
 
 def mppca_z_radius(n_positions):

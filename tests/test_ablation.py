@@ -5,6 +5,7 @@ run is replaced by a fixed metrics dict so the test is about which rows the tabl
 import json
 
 import ablation
+from config import load_config
 
 
 def _metrics(psnr):
@@ -39,5 +40,7 @@ def test_keep_reruns_only_the_named_variants_and_drops_rows_that_changed_meaning
         del r["budget"]["filters"]  # as a row written before the width was recorded reads
     (tmp_path / "ablation.json").write_text(json.dumps(saved))
     rows = ablation.main([*out, "--variants", "time-1", "--keep", "--epochs", "2", "--target", "3t"])
-    assert [r["variant"] for r in rows] == ["time-1"]                        # it was 16 filters wide, the demo 8
-    assert rows[0]["budget"]["filters"] == 8
+    demo_filters = load_config(ablation.ROOT / "configs" / "demo.yaml")["model"]["filters"]
+    assert rows[0]["budget"]["filters"] == demo_filters
+    # a row without the width was trained 16 wide: kept only while the demo's U-Net still is
+    assert [r["variant"] for r in rows] == (["1-frame", "time-1"] if demo_filters == 16 else ["time-1"])

@@ -188,3 +188,8 @@ def test_multiframe_methods_explain_what_they_cannot_take():
             denoisers.denoise_frames(method, np.stack([frames] * 2), SIGMA)
     with pytest.raises(ValueError, match="unknown multi-frame"):
         denoisers.denoise_frames("bm3d", frames, SIGMA)
+    stack = np.concatenate([frames] * 3)
+    with pytest.raises(ValueError, match="at least 8 x 8"):
+        denoisers.denoise_frames("tpca", stack, SIGMA, window=(slice(0, 4), slice(None)))
+    with pytest.raises(ValueError, match="two slices"):
+        denoisers.denoise_frames("tpca", stack, SIGMA, window=(slice(0, 16, 2), slice(None)))
