@@ -147,10 +147,11 @@ def main(argv=None):
     out = Path(args.out)
     kept = []
     if args.keep and (out / "ablation.json").is_file():  # rows of variants not rerun, as long as they still mean that
+        shared = budget(args)
         kept = [r for r in json.loads((out / "ablation.json").read_text())
                 if r["variant"] not in names and VARIANTS.get(r["variant"]) == r["context"]
                 # rows from before --target and before the demo's width was recorded: 3t, 16 filters
-                and {"target": "3t", "filters": 16, **r.get("budget", {})} == budget(args)]
+                and {"target": "3t", "filters": 16, **r.get("budget", {})} == shared]
     fresh = {name: row(name, VARIANTS[name], run_variant(name, VARIANTS[name], args), args) for name in names}
     by_name = {r["variant"]: r for r in kept} | fresh
     rows = [by_name[name] for name in VARIANTS if name in by_name]

@@ -132,16 +132,23 @@ def _projection(frames, kind, window):
 
 
 def _registered_projection(frames, shifts, window, which):
-    """The "registered" kind: the frames moved onto the first (Fourier shift), projected ("local") on the window and
-    REGISTER_MARGIN px plus the largest shift around it, the frames `which` moved back there (spline, local: the margin keeps the region's
-    edges out of the window) and cropped to the window."""
-    window = (slice(None), slice(None)) if window is None else tuple(window)
-    bounds = [w.indices(n)[:2] for w, n in zip(window, frames.shape[1:])]
-    margin = REGISTER_MARGIN + int(np.ceil(np.abs(shifts).max()))  # a pixel moved back reads |shift| px away
-    region = tuple(slice(max(0, lo - margin), min(n, hi + margin)) for (lo, hi), n in zip(bounds, frames.shape[1:]))
+    """The "registered" kind: the frames moved onto the first (Fourier shift), projected ("local") on the window's
+    registered_region, the frames `which` moved back there (spline) and cropped to the window."""
+    region, inner = registered_region(window, frames.shape[1:], shifts)
     moved = _projection(shift_frames(frames, shifts), "local", region)[which]
-    inner = tuple(slice(lo - r.start, hi - r.start) for (lo, hi), r in zip(bounds, region))
     return shift_frames(moved, -shifts[which], spline=True)[(slice(None),) + inner]
+
+
+def registered_region(window, shape, shifts):
+    """(region, inner): the (rows, cols) part of (H, W) = shape frames that a `window` of an output computed on
+    frames moved by `shifts` and moved back with the spline needs (the window and REGISTER_MARGIN px plus the
+    largest shift around it, inside the frames: a pixel moved back reads |shift| px away, and the margin keeps the
+    spline's mirrored edges out of the window), and where the window lies in that region. window None: all."""
+    window = (slice(None), slice(None)) if window is None else tuple(window)
+    bounds = [w.indices(n)[:2] for w, n in zip(window, shape)]
+    margin = REGISTER_MARGIN + int(np.ceil(np.abs(np.asarray(shifts, np.float32)).max(initial=0)))
+    region = tuple(slice(max(0, lo - margin), min(n, hi + margin)) for (lo, hi), n in zip(bounds, shape))
+    return region, tuple(slice(lo - r.start, hi - r.start) for (lo, hi), r in zip(bounds, region))
 
 
 def register_shifts(frames, upsample=REGISTER_UPSAMPLE, max_shift=REGISTER_MAX_SHIFT):

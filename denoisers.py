@@ -303,26 +303,22 @@ def _registered(run, frames, register, window=None):
     """run(frames) for (T, H, W) or (T, Z, H, W) frames; with register, on the frames of each slice position moved
     onto its first frame (context.register_shifts), the output moved back onto each frame's grid: a Fourier shift
     there and a spline shift back, as the registered projection does (context.shift_frames). window: that
-    (rows, cols) part of the output only, run on the part of the frames within REGISTER_MARGIN px plus the
-    largest shift of it (the spline that moves the output back reads no mirrored edge inside the window, as in
-    context._registered_projection), registered on the whole slices (a crop would pull the phase correlation
-    towards zero shift, see register_shifts)."""
-    window = (slice(None), slice(None)) if window is None else tuple(window)
+    (rows, cols) part of the output only, run on its context.registered_region (the window and a margin, as the
+    registered projection), registered on the whole slices (a crop would pull the phase correlation towards zero
+    shift, see register_shifts)."""
     if not register:
-        return run(frames[(Ellipsis,) + window])
-    from context import REGISTER_MARGIN, register_shifts, shift_frames
+        return run(frames if window is None else frames[(Ellipsis,) + tuple(window)])
+    from context import register_shifts, registered_region, shift_frames
 
     volume = frames[:, None] if frames.ndim == 3 else frames
     shifts = [register_shifts(volume[:, z]) for z in range(volume.shape[1])]
     moved = np.stack([shift_frames(volume[:, z], s) for z, s in enumerate(shifts)], axis=1).astype(frames.dtype)
-    margin = REGISTER_MARGIN + int(np.ceil(np.abs(np.asarray(shifts)).max()))
-    bounds = [w.indices(n)[:2] for w, n in zip(window, frames.shape[-2:])]
-    region = tuple(slice(max(0, lo - margin), min(n, hi + margin)) for (lo, hi), n in zip(bounds, frames.shape[-2:]))
+    region, inner = registered_region(window, frames.shape[-2:], shifts)
     part = moved[(Ellipsis,) + region]
     out = np.asarray(run(part.reshape(frames.shape[:-2] + part.shape[-2:]))).reshape(part.shape)
-    back = np.stack([shift_frames(out[:, z], -s, spline=True) for z, s in enumerate(shifts)], axis=1)
-    inner = tuple(slice(lo - r.start, hi - r.start) for (lo, hi), r in zip(bounds, region))
-    return back[(Ellipsis,) + inner].reshape(frames.shape[:-2] + tuple(hi - lo for lo, hi in bounds))
+    back = np.stack([shift_frames(out[:, z], -s, spline=True) for z, s in enumerate(shifts)], axis=1)[
+        (Ellipsis,) + inner]
+    return back.reshape(frames.shape[:-2] + back.shape[-2:])
 
 
 def mppca_z_radius(n_positions):

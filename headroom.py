@@ -41,18 +41,16 @@ SEED, SAMPLES = 0, 3000  # the linear filter's fit: random body pixels per train
 
 
 def positions(data_dir, split):
-    """Yield (noisy, truth) float32 (T, H, W) of every DCE slice position of the split (3 or more time points)."""
-    series = {}
-    for r in read_manifest(data_dir, split):
-        if r.get("time_index") is not None and r["n_times"] >= 3 and r.get("truth_file"):
-            series.setdefault(r["series_uid"], []).append(r)
-    for rows in series.values():
-        index = {(r["time_index"], r["position_index"]): r["slice_index"] for r in rows}
-        noisy, truth = (np.load(Path(data_dir) / rows[0][key], mmap_mode="r") for key in ("noisy_file", "truth_file"))
-        for k in range(rows[0]["n_positions"]):
-            at = [index.get((t, k)) for t in range(rows[0]["n_times"])]
-            if None not in at:
-                yield np.asarray(noisy[at], np.float32), np.asarray(truth[at], np.float32)
+    """Yield (noisy, truth) float32 (T, H, W) of every DCE slice position of the split (3 or more time points),
+    as the benchmark reads a position's stack (benchmark_quality.Stacks)."""
+    from benchmark_quality import Stacks
+
+    stacks = Stacks(data_dir)
+    for row in read_manifest(data_dir, split):
+        if row.get("time_index") == 0 and (row.get("n_times") or 1) >= 3 and row.get("truth_file"):
+            rows = stacks.rows_of(row)
+            if rows is not None:
+                yield stacks.frames(rows), stacks.frames(rows, "truth_file")
 
 
 def _starts(size):
