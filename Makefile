@@ -31,7 +31,7 @@ demo: venv
 	@echo
 	@echo "Figures and metrics: runs/demo/ (default U-Net; metrics.json: test patients, against the 3T image and the truth)"
 
-# Self-supervised training (README, "Training without a 3T scan"): noise2noise between the pre-contrast frames of
+# Self-supervised training (docs/selfsupervised.md): noise2noise between the pre-contrast frames of
 # the demo's simulated 1.5T series, never reading a clean or truth array; scored against the truth on the test
 # patients. Shares the demo's preprocessed arrays (reused when `make demo` ran first).
 selfsup-demo: venv
@@ -56,12 +56,12 @@ benchmark: venv
 		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,tpca,unet \
 		$(if $(SELFSUP),--selfsup-runs $(subst $(space),$(comma),$(strip $(SELFSUP))))
 
-# The thesis reproduction study (README, "Reproducing the thesis"): each reading of the thesis autoencoder
+# The thesis reproduction study (docs/thesis.md): each reading of the thesis autoencoder
 # against the thesis' Table 1 and the degraded input, Gaussian noise, 256x256, a CPU budget (~7 min on 2 cores).
 thesis-demo: venv
 	$(BIN)/python preprocessing.py --config configs/thesis.yaml --set preprocess.image_size=256 \
 		--out data/processed_thesis_demo
-	$(BIN)/python thesis_study.py --data data/processed_thesis_demo --run-dir runs/thesis_demo
+	$(BIN)/python -m breastmri.studies.thesis --data data/processed_thesis_demo --run-dir runs/thesis_demo
 
 clean:
 	rm -rf runs data

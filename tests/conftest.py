@@ -16,14 +16,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @pytest.fixture(scope="session")
 def smoke_cfg():
-    from config import load_config
+    from breastmri.config import load_config
 
     return load_config(ROOT / "configs" / "smoke.yaml")
 
 
 @pytest.fixture(scope="session")
 def smoke_dicom(tmp_path_factory, smoke_cfg):
-    from demo_data import ensure_demo_tree
+    from breastmri.simulate.demo_tree import ensure_demo_tree
 
     d = smoke_cfg["demo"]
     out = tmp_path_factory.mktemp("smoke") / "dicom"
@@ -33,10 +33,10 @@ def smoke_dicom(tmp_path_factory, smoke_cfg):
 
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory, smoke_cfg, smoke_dicom):
-    import preprocessing
+    from breastmri.data import preprocess
 
     out = tmp_path_factory.mktemp("smoke_processed")
-    preprocessing.run(smoke_dicom, out, smoke_cfg, workers=1, progress=False)
+    preprocess.run(smoke_dicom, out, smoke_cfg, workers=1, progress=False)
     return out
 
 
@@ -57,8 +57,8 @@ def identity_run(tmp_path_factory, smoke_cfg):
     start it from the projection), for tests of enhance.py's writing that must not depend on weights."""
     import copy
 
-    from config import save_config
-    from model import get_model
+    from breastmri.config import save_config
+    from breastmri.restore.networks import get_model
 
     cfg = copy.deepcopy(smoke_cfg)
     cfg["model"]["context"] = {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": False}

@@ -13,9 +13,16 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sequence import Sequence
-from pydicom.uid import (EnhancedMRImageStorage, ExplicitVRLittleEndian, JPEGLSLossless,
-                         GrayscaleSoftcopyPresentationStateStorage, MRImageStorage, MRSpectroscopyStorage,
-                         PositronEmissionTomographyImageStorage, UID)
+from pydicom.uid import (
+    UID,
+    EnhancedMRImageStorage,
+    ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
+    JPEGLSLossless,
+    MRImageStorage,
+    MRSpectroscopyStorage,
+    PositronEmissionTomographyImageStorage,
+)
 
 # The MR_small.dcm variants bundled with pydicom 3 (no download needed), by transfer syntax.
 BUNDLED_MR = {

@@ -1,11 +1,11 @@
-"""ablation.py's table bookkeeping: --keep reruns only the named variants and keeps the rows that still mean the
+"""breastmri/studies/ablation.py's table bookkeeping: --keep reruns only the named variants and keeps the rows that still mean the
 same thing (same context, same budget). Training itself is main.py's, tested in test_main.py; here each variant's
 run is replaced by a fixed metrics dict so the test is about which rows the table keeps."""
 
 import json
 
-import ablation
-from config import load_config
+from breastmri.config import load_config
+from breastmri.studies import ablation
 
 
 def _metrics(psnr):
@@ -13,7 +13,7 @@ def _metrics(psnr):
     masked = {"model": {"psnr": stat, "ssim": {"mean": 0.9}}, "noisy_input": {"psnr": {"mean": 27.0}},
               "gain": {"psnr": stat}}
     return {"truth": {"patient_ci": {"masked": masked}, "n_slices": 4, "n_patients": 2},
-            "train": {"selection": {"best_value_this_session": psnr}, "seconds": 1.0},
+            "train": {"selection": {"best_value": psnr}, "seconds": 1.0},
             "peak_enhancement_error": {"unet": 0.01, "noisy": 0.012}}
 
 

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 
 import benchmark
-import benchmark_calibration
-import benchmark_quality
-import benchmark_speed
-from config import load_config, save_config
+from breastmri.config import load_config, save_config
+from breastmri.evaluate import (
+    benchmark_calibration,
+    benchmark_quality,
+    benchmark_runs,
+    benchmark_speed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUESTED = ["noisy", "nlm", "tv", "wavelet", "bm3d", "thesis", "unet"]
@@ -24,7 +27,7 @@ REQUESTED = ["noisy", "nlm", "tv", "wavelet", "bm3d", "thesis", "unet"]
 def thesis_run(tmp_path_factory, smoke_data):
     """A thesis_autoencoder run dir (untrained, 256x256: the smallest size it takes), 'evaluated' on the
     64x64 smoke data, so the benchmark has to notice that the sizes do not fit."""
-    from model import get_model
+    from breastmri.restore.networks import get_model
 
     cfg = load_config(ROOT / "configs" / "smoke.yaml",
                       ["model.name=thesis_autoencoder", "preprocess.image_size=256", "train.patch_size=null"])
@@ -160,8 +163,8 @@ def test_noise_levels_follow_the_degradation_model():
 def test_estimated_sigma_is_corrected_for_the_resize():
     """Without a recorded sigma, skimage's estimator reads upsampled noise far too low; the correction by its
     response to resized white noise gets the acquisition sigma back."""
-    from denoisers import estimate_sigma
-    from grid import resize_square
+    from breastmri.data.grid import resize_square
+    from breastmri.restore.denoisers import estimate_sigma
 
     rng = np.random.default_rng(1)
     sigma = 0.05
@@ -177,8 +180,8 @@ def test_estimated_sigma_is_corrected_for_the_resize():
 
 @pytest.mark.parametrize("method", ["tv", "wavelet"])
 def test_without_resize_the_classical_run_equals_denoisers_rician_path(smoke_data, method):
-    from data_factory import PairedSlices
-    from denoisers import denoise
+    from breastmri.data.paired import PairedSlices
+    from breastmri.restore.denoisers import denoise
 
     ds = PairedSlices(smoke_data, "test", batch_size=1, max_slices=1)
     noisy = ds[0][0][0, ..., 0]
@@ -198,8 +201,8 @@ def test_without_resize_the_classical_run_equals_denoisers_rician_path(smoke_dat
 
 
 def test_calibration_picks_the_best_sigma_multiplier_on_random_tissue_slices(smoke_data):
-    from data_factory import read_manifest
-    from metrics import body_mask
+    from breastmri.data.manifest import read_manifest
+    from breastmri.metrics import body_mask
 
     scales, table, note, record = benchmark_calibration.calibrate(["tv"], smoke_data, 10, seed=0)
     assert note is None and "1.0" in table["tv"]
@@ -242,13 +245,13 @@ def test_thesis_run_is_found_next_to_the_run(tmp_path, smoke_run, thesis_run):
         shutil.copytree(thesis_run, runs / name)
         metrics = json.loads((runs / name / "metrics.json").read_text())
         (runs / name / "metrics.json").write_text(json.dumps(dict(metrics, data_dir=data_dir)))
-    assert benchmark.find_thesis_run(runs / "unet", data) == runs / "thesis"
-    assert benchmark.find_thesis_run(runs / "unet", tmp_path / "no_such_data") is None
+    assert benchmark_runs.find_thesis_run(runs / "unet", data) == runs / "thesis"
+    assert benchmark_runs.find_thesis_run(runs / "unet", tmp_path / "no_such_data") is None
 
 
 def test_model_for_speed_rebuilds_fixed_size_models_only_when_needed(thesis_run):
-    run = benchmark.read_run(thesis_run)
-    trained = benchmark.load_model(run)
+    run = benchmark_runs.read_run(thesis_run)
+    trained = benchmark_runs.load_model(run)
     model, note = benchmark_speed.model_for_speed(run, trained, 256)
     assert model is trained and note == "trained weights"
     model, note = benchmark_speed.model_for_speed(run, trained, 512)
@@ -294,7 +297,7 @@ def test_speed_part_at_tiny_size_reports_positive_numbers(smoke_run, smoke_data,
 def test_preprocessing_child_reports_its_own_memory(smoke_dicom, smoke_cfg, tmp_path):
     """The scaling child's peak memory is its own, not the TensorFlow parent's (Linux carries the parent's
     resident size into the child's ru_maxrss)."""
-    from preprocessing import index_tree
+    from breastmri.dicom.index import index_tree
 
     series, _, _ = index_tree(smoke_dicom)
     folder = Path(series[0].frames[0][0]).parent
@@ -334,7 +337,7 @@ def test_scaling_part_runs_each_size_in_a_child(smoke_run, smoke_data, tmp_path)
 
 
 # -----------------------------------------------------------------------------
-# multi-frame methods and the kinetics check (issue 11)
+# multi-frame methods and the kinetics check
 
 @pytest.fixture(scope="module")
 def multiframe(smoke_run, smoke_data, tmp_path_factory):
@@ -400,7 +403,11 @@ def test_kinetics_part_reports_curve_errors_per_lesion_and_the_headline(multifra
 
 
 def test_kinetics_errors_against_a_known_curve():
-    from benchmark_kinetics import curve_errors, enhancement_curve, initial_slope
+    from breastmri.evaluate.benchmark_kinetics import (
+        curve_errors,
+        enhancement_curve,
+        initial_slope,
+    )
 
     times = np.array([0.0, 15.0, 75.0, 90.0, 105.0])  # 2 pre-contrast frames, then a 60 s gap
     truth_re = np.array([0.0, 0.0, 1.0, 1.5, 1.2])
@@ -425,7 +432,7 @@ def test_kinetics_errors_against_a_known_curve():
 
 
 def test_multiframe_methods_fall_back_to_2d_without_a_time_axis(smoke_data):
-    from data_factory import read_manifest
+    from breastmri.data.manifest import read_manifest
 
     row = dict(read_manifest(smoke_data, "test")[0], n_times=1)  # as a series with one time point reads
     stacks = benchmark_quality.Stacks(smoke_data)
@@ -438,8 +445,8 @@ def test_multiframe_methods_fall_back_to_2d_without_a_time_axis(smoke_data):
 
 
 def test_lesions_are_found_by_sop_instance_uid_without_preprocessing_them(smoke_data, smoke_dicom):
-    from benchmark_kinetics import find_lesions
-    from data_factory import read_manifest
+    from breastmri.data.manifest import read_manifest
+    from breastmri.evaluate.benchmark_kinetics import find_lesions
 
     lesions, note = find_lesions(smoke_data, None)
     assert note is None and lesions
@@ -457,8 +464,8 @@ def test_lesions_are_found_by_sop_instance_uid_without_preprocessing_them(smoke_
 def test_mppca_slabs_score_a_position_as_the_whole_series_would(smoke_data):
     """Stacks runs mppca on the slab of positions a scored slice depends on (merged with planned neighbours):
     the scored slice must equal the whole-volume run's, whichever slab served it."""
-    from data_factory import read_manifest
-    from denoisers import denoise_frames
+    from breastmri.data.manifest import read_manifest
+    from breastmri.restore.denoisers import denoise_frames
 
     rows = [r for r in read_manifest(smoke_data, "test") if r["time_index"] == 1]
     uid = rows[0]["series_uid"]
@@ -486,7 +493,7 @@ def test_multiframe_methods_on_a_window_give_the_whole_slices_output_there(smoke
     mppca's and tpca's output away from the window's edges is the whole slice's; bm4d's differs by a fraction of
     the noise (some matches reach farther) and not on average (what an ROI mean sees). The window is a quarter of
     the slice, as a lesion's is of a demo slice."""
-    from data_factory import read_manifest
+    from breastmri.data.manifest import read_manifest
 
     row = next(r for r in read_manifest(smoke_data, "test") if r["time_index"] == 2)
     stacks = benchmark_quality.Stacks(smoke_data)

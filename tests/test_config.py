@@ -1,8 +1,8 @@
-"""config.py: defaults + YAML + overrides, unknown keys named, numbers typed."""
+"""breastmri/config.py: defaults + YAML + overrides, unknown keys named, numbers typed."""
 
 import pytest
 
-from config import ConfigError, DEFAULTS, config_hash, load_config
+from breastmri.config import DEFAULTS, ConfigError, config_hash, load_config
 
 
 def test_defaults_without_file():
@@ -42,7 +42,7 @@ def test_hash_changes_with_settings():
 def test_a_saved_run_config_keeps_the_behaviour_of_keys_added_after_it(tmp_path):
     """A run saved before model.context.projection existed had no projection channel: it must load without one,
     while a fresh config (and a saved one that names the key) follows what it says."""
-    from config import load_run_config, save_config
+    from breastmri.config import load_run_config, save_config
 
     cfg = load_config()
     assert cfg["model"]["context"]["projection"] == "registered"           # today's default

@@ -4,10 +4,16 @@ treat the channels as one image."""
 import numpy as np
 import pytest
 
-from config import load_config
-from context import context_slices, context_stack, reflect, temporal_projection
-from data_factory import PairedSlices, read_manifest
-from model import context_channels, context_offsets, get_model
+from breastmri.config import load_config
+from breastmri.data.context import (
+    context_slices,
+    context_stack,
+    reflect,
+    temporal_projection,
+)
+from breastmri.data.manifest import read_manifest
+from breastmri.data.paired import PairedSlices
+from breastmri.restore.networks import context_channels, context_offsets, get_model
 
 LAYOUT = [(t, k) for t in range(4) for k in range(3)]  # 4 time points x 3 slice positions, time-major
 LOOKUP = {tk: i for i, tk in enumerate(LAYOUT)}
@@ -146,7 +152,9 @@ def test_projected_target_is_the_3t_frames_own_registered_projection(smoke_data)
 def test_local_projection_averages_every_block_as_a_direct_loop_does():
     import math
 
-    from context import LOCAL_BLOCK as B, LOCAL_STRIDE as S, _local_projection
+    from breastmri.data.context import LOCAL_BLOCK as B
+    from breastmri.data.context import LOCAL_STRIDE as S
+    from breastmri.data.context import _local_projection
 
     frames = np.random.default_rng(2).random((5, 21, 26)).astype(np.float32)
     noise = 0.01
@@ -172,7 +180,7 @@ def test_local_projection_averages_every_block_as_a_direct_loop_does():
 def test_the_separable_spline_shift_is_scipys_quintic_shift(shift):
     from scipy import ndimage
 
-    from context import _spline_shift
+    from breastmri.data.context import _spline_shift
 
     image = ndimage.gaussian_filter(np.random.default_rng(1).random((37, 53)), 1.5).astype(np.float32)
     expected = ndimage.shift(image, shift, order=5, mode="mirror")
@@ -244,7 +252,7 @@ def test_registered_projection_undoes_frame_motion():
     courses), on each frame's own grid."""
     from scipy import ndimage
 
-    from context import REGISTER_MAX_SHIFT, register_shifts, shift_frames
+    from breastmri.data.context import REGISTER_MAX_SHIFT, register_shifts, shift_frames
 
     rng = np.random.default_rng(3)
     texture = ndimage.gaussian_filter(rng.random((96, 96)), 1.5).astype(np.float32)

@@ -10,8 +10,13 @@ import keras
 import numpy as np
 import pytest
 
-from data_factory import PairedSlices
-from manifest import MANIFEST_COLUMNS, evenly_spaced, read_manifest, spread_slices
+from breastmri.data.manifest import (
+    MANIFEST_COLUMNS,
+    evenly_spaced,
+    read_manifest,
+    spread_slices,
+)
+from breastmri.data.paired import PairedSlices
 
 NOISY_OFFSET = 0.25  # noisy = clean + offset, so any misalignment of an augmented pair changes the difference
 

@@ -13,11 +13,17 @@ import shutil
 import subprocess
 
 import pytest
+from dicom_fixtures import (
+    bundled,
+    enhanced_mr_jpegls_file,
+    legacy_converted_mr_file,
+    padded_mr_file,
+    write_mr_series,
+)
 from pydicom.data import get_testdata_file
 
-import enhance
-from dicom_fixtures import (bundled, enhanced_mr_jpegls_file, legacy_converted_mr_file, padded_mr_file,
-                            write_mr_series)
+from breastmri.enhance import pipeline
+from breastmri.enhance.enhancer import load_enhancer
 
 DCIODVFY = shutil.which("dciodvfy")
 
@@ -36,7 +42,7 @@ def dciodvfy():
 @pytest.fixture(scope="module")
 def identity(identity_run):
     """The untrained smoke-size U-Net (the identity): header conformance does not depend on the weights."""
-    return enhance.load_enhancer(identity_run)
+    return load_enhancer(identity_run)
 
 
 def errors(dciodvfy, path):
@@ -99,7 +105,7 @@ def test_enhancing_adds_no_dciodvfy_error(kind, dciodvfy, identity, tmp_path):
     folder.mkdir()
     INPUT_KINDS[kind](folder)
     source = folder / "source.dcm"
-    summary = enhance.run(identity, source, tmp_path / "out", progress=False)
+    summary = pipeline.run(identity, source, tmp_path / "out", progress=False)
     assert summary["series_done"] == 1, summary["series"]
     (output,) = sorted((tmp_path / "out").rglob("*.dcm"))
     before, after = errors(dciodvfy, source), errors(dciodvfy, output)

@@ -1,4 +1,4 @@
-"""degrade.py: the 1.5T simulation, checked against the statistics it claims (Rician noise, SNR ratio,
+"""breastmri/simulate/degrade.py: the 1.5T simulation, checked against the statistics it claims (Rician noise, SNR ratio,
 background sigma), on synthetic magnitude data with a known native noise level."""
 
 import math
@@ -6,8 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from config import ConfigError, load_config
-from degrade import decorrelated_target, degrade, estimate_background_sigma, kspace_crop, series_rng, snr_ratio
+from breastmri.config import ConfigError, load_config
+from breastmri.simulate.degrade import (
+    decorrelated_target,
+    degrade,
+    estimate_background_sigma,
+    kspace_crop,
+    series_rng,
+    snr_ratio,
+)
 
 
 def rician(signal, sigma, rng):

@@ -12,8 +12,8 @@ import numpy as np
 import pydicom
 import pytest
 
-import demo_data
-from config import DEFAULTS
+from breastmri.config import DEFAULTS
+from breastmri.simulate import demo_dicom, demo_tree, phantom, protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(patients=3, seed=0, slices=4, time_points=6, matrix=64)
@@ -27,7 +27,7 @@ RETRIEVER_COLUMNS = ["Series UID", "Collection", "3rd Party Analysis", "Data Des
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "tree"
-    summary = demo_data.make_demo_tree(out, extras=True, **SMALL)
+    summary = demo_tree.make_demo_tree(out, extras=True, **SMALL)
     return out, summary
 
 
@@ -162,7 +162,7 @@ def test_lesion_enhances_while_fat_stays_flat(tree):
         if visit["lesion"] is None:
             continue
         volume, _ = dce_volume(out / visit["dce_dir"], SMALL["slices"])
-        truth = demo_data.phantom(patient["patient_id"], 0, seed=SMALL["seed"], slices=SMALL["slices"],
+        truth = phantom.phantom(patient["patient_id"], 0, seed=SMALL["seed"], slices=SMALL["slices"],
                                   matrix=SMALL["matrix"])
         lesion = truth["fractions"]["lesion"] > 0.9
         fat = truth["fractions"]["fat"] > 0.98
@@ -179,7 +179,7 @@ def test_native_noise_sigma_from_the_air_background(tree):
     out, summary = tree
     patient = summary["ground_truth"][0]
     volume, _ = dce_volume(out / patient["visits"][0]["dce_dir"], SMALL["slices"])
-    truth = demo_data.phantom(patient["patient_id"], 0, seed=SMALL["seed"], slices=SMALL["slices"],
+    truth = phantom.phantom(patient["patient_id"], 0, seed=SMALL["seed"], slices=SMALL["slices"],
                               matrix=SMALL["matrix"])
     air = truth["labels"] == 0
     air &= sum(truth["fractions"].values()) == 0  # no tissue at all: pure Rayleigh noise
@@ -194,16 +194,16 @@ def test_native_noise_sigma_from_the_air_background(tree):
 def test_same_seed_gives_identical_pixels_and_other_seeds_other_anatomy(tree, tmp_path):
     out, _ = tree
     again = tmp_path / "again"
-    demo_data.make_demo_tree(again, **dict(SMALL, patients=1), extras=True)
+    demo_tree.make_demo_tree(again, **dict(SMALL, patients=1), extras=True)
     first = sorted((again / "QIN-BREAST").rglob("*.dcm"))
     assert first
     for path in first:  # same UIDs, headers and pixel data: the files are byte-identical
         assert path.read_bytes() == (out / path.relative_to(again)).read_bytes()
 
     other = tmp_path / "other"
-    demo_data.make_demo_tree(other, **dict(SMALL, patients=1, seed=1))
-    a = demo_data.phantom(0, 0, seed=0, slices=SMALL["slices"], matrix=SMALL["matrix"])["labels"]
-    b = demo_data.phantom(0, 0, seed=1, slices=SMALL["slices"], matrix=SMALL["matrix"])["labels"]
+    demo_tree.make_demo_tree(other, **dict(SMALL, patients=1, seed=1))
+    a = phantom.phantom(0, 0, seed=0, slices=SMALL["slices"], matrix=SMALL["matrix"])["labels"]
+    b = phantom.phantom(0, 0, seed=1, slices=SMALL["slices"], matrix=SMALL["matrix"])["labels"]
     assert np.mean(a != b) > 0.05
     dce = lambda root: sorted((root / "QIN-BREAST").glob("*/*/801.000000-*/1-001.dcm"))[0]
     assert not np.array_equal(pydicom.dcmread(dce(out)).pixel_array, pydicom.dcmread(dce(other)).pixel_array)
@@ -212,15 +212,15 @@ def test_same_seed_gives_identical_pixels_and_other_seeds_other_anatomy(tree, tm
 def test_ensure_demo_tree_reuses_and_regenerates(tmp_path):
     tiny = dict(patients=1, seed=0, slices=2, time_points=2, matrix=32)
     out = tmp_path / "demo_dicom"
-    assert demo_data.ensure_demo_tree(out, **tiny) == out
+    assert demo_tree.ensure_demo_tree(out, **tiny) == out
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert len(stamps) > 5
-    demo_data.ensure_demo_tree(out, **tiny)
+    demo_tree.ensure_demo_tree(out, **tiny)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_dicom"]  # no temporary folders left
 
-    demo_data.ensure_demo_tree(out, **dict(tiny, seed=1))
-    record = demo_data._read_record(out)
+    demo_tree.ensure_demo_tree(out, **dict(tiny, seed=1))
+    record = demo_tree._read_record(out)
     assert record["params"]["seed"] == 1
     assert {p.relative_to(out) for p in out.rglob("*.dcm")}.isdisjoint({p.relative_to(out) for p in stamps})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_dicom"]
@@ -229,29 +229,29 @@ def test_ensure_demo_tree_reuses_and_regenerates(tmp_path):
     foreign.mkdir()
     (foreign / "keep.txt").write_text("not a demo tree")
     with pytest.raises(FileExistsError, match="not a demo tree"):
-        demo_data.ensure_demo_tree(foreign, **tiny)
+        demo_tree.ensure_demo_tree(foreign, **tiny)
     assert (foreign / "keep.txt").exists()
 
 
 def test_invalid_parameters_are_explained(tmp_path):
     with pytest.raises(ValueError, match="patients"):
-        demo_data.make_demo_tree(tmp_path / "a", patients=0)
+        demo_tree.make_demo_tree(tmp_path / "a", patients=0)
     with pytest.raises(ValueError, match="time_points"):
-        demo_data.make_demo_tree(tmp_path / "b", time_points=1)
+        demo_tree.make_demo_tree(tmp_path / "b", time_points=1)
     with pytest.raises(TypeError, match="unknown"):
-        demo_data.ensure_demo_tree(tmp_path / "c", slice=3)
+        demo_tree.ensure_demo_tree(tmp_path / "c", slice=3)
 
 
 def test_timing_pattern_and_defaults():
-    times, arrival, n_pre = demo_data.frame_times(25)
+    times, arrival, n_pre = protocol.frame_times(25)
     assert n_pre == 3 and len(times) == 25 and 70 < arrival < 80
     assert np.allclose(np.diff(times), [17.49, 17.49, 69.45] + [17.49] * 21)
-    assert np.allclose(demo_data.frame_times(6)[0], times[:6])
-    assert np.allclose(demo_data.frame_times(2)[0], [0.0, 69.45])
-    params = inspect.signature(demo_data.make_demo_tree).parameters
+    assert np.allclose(protocol.frame_times(6)[0], times[:6])
+    assert np.allclose(protocol.frame_times(2)[0], [0.0, 69.45])
+    params = inspect.signature(demo_tree.make_demo_tree).parameters
     for key in ("patients", "seed", "slices", "time_points"):
         assert params[key].default == DEFAULTS["demo"][key]
-    assert inspect.signature(demo_data.ensure_demo_tree).parameters["out_dir"].default == DEFAULTS["demo"]["out"]
+    assert inspect.signature(demo_tree.ensure_demo_tree).parameters["out_dir"].default == DEFAULTS["demo"]["out"]
 
 
 def test_cli_writes_the_tree_and_the_preview(tmp_path):
@@ -274,21 +274,21 @@ def truth_of(series_dir):
     """(truth float32 (n, H, W) in modality units, SOPInstanceUIDs) from the hidden sidecar of a series."""
     import json
 
-    index = json.loads((series_dir / demo_data.TRUTH_INDEX).read_text())
-    return np.load(series_dir / demo_data.TRUTH_FILE), index["sop_instance_uids"]
+    index = json.loads((series_dir / demo_dicom.TRUTH_INDEX).read_text())
+    return np.load(series_dir / demo_dicom.TRUTH_FILE), index["sop_instance_uids"]
 
 
 def test_truth_sidecar_is_the_signal_the_noise_was_added_to(tree):
-    dce = sorted(p.parent for p in (tree[0] / "QIN-BREAST").rglob(demo_data.TRUTH_FILE))
+    dce = sorted(p.parent for p in (tree[0] / "QIN-BREAST").rglob(demo_dicom.TRUTH_FILE))
     assert dce and all("dynamic" in p.name for p in dce)  # DCE series only, each with its truth
     truth, uids = truth_of(dce[0])
     dss = {d.SOPInstanceUID: d for d in map(pydicom.dcmread, dce[0].glob("*.dcm"))}
     assert sorted(uids) == sorted(dss) and truth.shape == (len(dss), SMALL["matrix"], SMALL["matrix"])
     measured = np.stack([modality_values(dss[u]) for u in uids])
-    bright = truth > 15 * demo_data.NOISE_SIGMA  # Rician ~ Gaussian there: magnitude - truth is the noise
+    bright = truth > 15 * phantom.NOISE_SIGMA  # Rician ~ Gaussian there: magnitude - truth is the noise
     residual = (measured - truth)[bright]
-    assert abs(residual.mean()) < 0.1 * demo_data.NOISE_SIGMA
-    assert residual.std() == pytest.approx(demo_data.NOISE_SIGMA, rel=0.1)
+    assert abs(residual.mean()) < 0.1 * phantom.NOISE_SIGMA
+    assert residual.std() == pytest.approx(phantom.NOISE_SIGMA, rel=0.1)
 
 
 def gland_beta(texture_beta, patients=4):
@@ -297,7 +297,7 @@ def gland_beta(texture_beta, patients=4):
 
     patches = []
     for index in range(patients):
-        ph = demo_data.phantom(index, 0, slices=8, matrix=192, texture_beta=texture_beta)
+        ph = phantom.phantom(index, 0, slices=8, matrix=192, texture_beta=texture_beta)
         envelope, gland = ph["gland_envelope"] > 0.99, ph["fractions"]["gland"]
         for k in range(len(gland)):
             dist = ndimage.distance_transform_cdt(envelope[k], metric="chessboard")
@@ -305,7 +305,7 @@ def gland_beta(texture_beta, patients=4):
                 i, j = np.unravel_index(dist.argmax(), dist.shape)
                 patches.append(gland[k, i - 16:i + 16, j - 16:j + 16])
     assert len(patches) >= 8
-    return demo_data.spectrum_beta(np.stack(patches), px=demo_data.FOV_MM / 192)
+    return phantom.spectrum_beta(np.stack(patches), px=protocol.FOV_MM / 192)
 
 
 @pytest.mark.parametrize("beta", [1.8, 1.2])
@@ -314,8 +314,8 @@ def test_gland_texture_has_the_configured_power_law(beta):
 
 
 def test_spectrum_beta_of_a_known_field():
-    field = demo_data.power_law_field(np.random.default_rng(1), (6, 96, 96), 2.5, 1.0)
-    assert demo_data.spectrum_beta(field) == pytest.approx(2.5, abs=0.2)
+    field = phantom.power_law_field(np.random.default_rng(1), (6, 96, 96), 2.5, 1.0)
+    assert phantom.spectrum_beta(field) == pytest.approx(2.5, abs=0.2)
 
 
 @pytest.mark.parametrize("motion_mm", [0.0, 1.5])
@@ -323,11 +323,11 @@ def test_dce_frames_move_by_the_configured_motion(tmp_path, motion_mm):
     from skimage.registration import phase_cross_correlation
 
     params = dict(SMALL, patients=1, time_points=4, matrix=96, motion_mm=motion_mm)
-    summary = demo_data.make_demo_tree(tmp_path / "t", **params)
+    summary = demo_tree.make_demo_tree(tmp_path / "t", **params)
     visits = summary["ground_truth"][0]["visits"]
     truth, _ = truth_of(tmp_path / "t" / visits[0]["dce_dir"])
     frames = truth.reshape(4, SMALL["slices"], 96, 96)  # time-major; frames 0-2 are before contrast
-    px = demo_data.FOV_MM / 96
+    px = protocol.FOV_MM / 96
     for visit in visits:
         assert max(visit["motion_max_mm"]) <= motion_mm + 1e-6
     if motion_mm == 0:
@@ -347,18 +347,18 @@ def test_lesion_mask_and_noise_free_curve_are_exported_per_sop_instance(tree):
     import json
 
     exported = 0
-    for index_file in sorted((tree[0] / "QIN-BREAST").rglob(demo_data.TRUTH_INDEX)):
+    for index_file in sorted((tree[0] / "QIN-BREAST").rglob(demo_dicom.TRUTH_INDEX)):
         record = json.loads(index_file.read_text())
         lesion = record.get("lesion")
         if lesion is None:
-            assert not (index_file.parent / demo_data.LESION_FILE).exists()
+            assert not (index_file.parent / demo_dicom.LESION_FILE).exists()
             continue
         exported += 1
         truth, uids = truth_of(index_file.parent)
         mask = np.load(index_file.parent / lesion["mask_file"]).astype(bool)
         assert mask.shape == truth.shape and len(uids) == len(mask)
         times, slices = len(lesion["frame_times_s"]), SMALL["slices"]
-        assert times == SMALL["time_points"] and lesion["n_pre"] == demo_data.frame_times(times)[2]
+        assert times == SMALL["time_points"] and lesion["n_pre"] == protocol.frame_times(times)[2]
         volume, voxels = truth.reshape(times, slices, *truth.shape[1:]), mask.reshape(times, slices, *mask.shape[1:])
         assert all(np.array_equal(voxels[0], v) for v in voxels)  # one ROI for every frame
         assert lesion["voxels"] == voxels[0].sum() > 0

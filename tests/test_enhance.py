@@ -16,17 +16,29 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_fixtures import (
+    BUNDLED_MR,
+    bundled,
+    enhanced_mr_dataset,
+    enhanced_mr_jpegls_file,
+    image_dataset,
+    padded_mr_file,
+    phantom,
+    uid,
+    write_mr_series,
+)
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
 
 import enhance
-import mr_kinds
-import preprocessing
-from config import load_config, save_config
-from degrade import degrade, series_rng
-from dicom_fixtures import (BUNDLED_MR, bundled, enhanced_mr_dataset, enhanced_mr_jpegls_file, image_dataset,
-                            padded_mr_file, phantom, uid, write_mr_series)
+from breastmri.config import load_config, save_config
+from breastmri.data import preprocess
+from breastmri.dicom import index, kinds, pixels, writer
+from breastmri.enhance import pipeline
+from breastmri.enhance.enhancer import Enhancer, load_enhancer, predict_stack
+from breastmri.restore import predict
+from breastmri.simulate.degrade import degrade, series_rng
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
@@ -39,11 +51,11 @@ BIT_TAGS = ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation")
 
 @pytest.fixture(scope="module")
 def identity(identity_run):
-    return enhance.load_enhancer(identity_run)
+    return load_enhancer(identity_run)
 
 
 def run(model, input_path, out, **kwargs):
-    return enhance.run(model, input_path, out, progress=False, **kwargs)
+    return pipeline.run(model, input_path, out, progress=False, **kwargs)
 
 
 def source_references(ds):
@@ -95,16 +107,16 @@ def check_derived(src, out, n_frames=None):
     derivations, refs = source_references(out)
     for item in derivations:
         assert "model.keras" in item.DerivationDescription and "config hash" in item.DerivationDescription
-        assert item.DerivationCodeSequence[0].CodeValue == enhance.DERIVATION_SMOOTHING[0]  # CID 7203
+        assert item.DerivationCodeSequence[0].CodeValue == writer.DERIVATION_SMOOTHING[0]  # CID 7203
     assert {r.ReferencedSOPInstanceUID for r in refs} == {src.SOPInstanceUID}
     assert all(r.ReferencedSOPClassUID == src.SOPClassUID for r in refs)
     assert all(r.PurposeOfReferenceCodeSequence[0].CodeValue == "121322" for r in refs)  # CID 7202
     assert out.ContentDate == out.InstanceCreationDate and out.ContentTime == out.InstanceCreationTime
-    assert out.ContributingEquipmentSequence[-1].Manufacturer == enhance.SOFTWARE_NAME
+    assert out.ContributingEquipmentSequence[-1].Manufacturer == writer.SOFTWARE_NAME
     if n_frames:
         assert [int(r.ReferencedFrameNumber) for r in refs] == list(range(1, n_frames + 1))
     pixels = out.pixel_array
-    low, high = enhance.stored_range(int(out.BitsStored), int(out.PixelRepresentation) == 1)
+    low, high = writer.stored_range(int(out.BitsStored), int(out.PixelRepresentation) == 1)
     assert pixels.min() >= low and pixels.max() <= high
 
 
@@ -165,7 +177,7 @@ def test_odd_and_non_square_matrices_keep_their_shape(rows, cols, identity, tmp_
 
 
 def test_thesis_autoencoder_is_resized_and_mapped_back(tmp_path):
-    from model import get_model
+    from breastmri.restore.networks import get_model
 
     cfg = load_config(overrides=["model.name=thesis_autoencoder", "preprocess.image_size=256"])
     run_dir = tmp_path / "thesis"
@@ -184,7 +196,7 @@ def test_thesis_autoencoder_is_resized_and_mapped_back(tmp_path):
 
 def test_demo_tree_round_trip_with_preview(smoke_dicom, smoke_run, tmp_path):
     patient = sorted((smoke_dicom / "QIN-BREAST").iterdir())[0]  # one patient: MR visits + PET/CT + SR decoys
-    series_list, skipped, _ = preprocessing.index_tree(patient)
+    series_list, skipped, _ = index.index_tree(patient)
     summary = run(smoke_run, patient, tmp_path / "out", preview=True)
     assert summary["series_done"] == len(series_list) >= 2
     assert summary["series_skipped"] == {}
@@ -203,7 +215,7 @@ def test_demo_tree_round_trip_with_preview(smoke_dicom, smoke_run, tmp_path):
         folder = tmp_path / "out" / done["folder"]
         assert folder.parent.name == s.study_uid and folder.name == done["output_series_uid"]
         assert len(list(folder.glob("*.dcm"))) == len(s.frames)
-        assert json.loads((folder / enhance.MARKER).read_text())["source_series_uid"] == s.series_uid
+        assert json.loads((folder / pipeline.MARKER).read_text())["source_series_uid"] == s.series_uid
         assert (tmp_path / "out" / done["preview"]).stat().st_size > 10_000
         new_uids = set()
         for (path, _), sop in zip(s.frames, s.sop_instance_uids):
@@ -212,7 +224,7 @@ def test_demo_tree_round_trip_with_preview(smoke_dicom, smoke_run, tmp_path):
             new_uids.add(out.SeriesInstanceUID)
             assert out.pixel_array.dtype == np.uint16 and out.pixel_array.max() <= 4095  # BitsStored 12
         assert new_uids == {done["output_series_uid"]}
-    assert not list((tmp_path / "out").glob(enhance.TMP_PREFIX + "*"))
+    assert not list((tmp_path / "out").glob(pipeline.TMP_PREFIX + "*"))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -220,7 +232,7 @@ def test_demo_tree_round_trip_with_preview(smoke_dicom, smoke_run, tmp_path):
 
 def random_unet(depth, seed=0):
     """A U-Net whose every weight is random (the zero-initialized correction too, so it is not the identity)."""
-    from model import unet
+    from breastmri.restore.networks import unet
 
     model = unet(depth=depth, filters=4, seed=seed)
     layer = model.get_layer("correction")
@@ -228,17 +240,17 @@ def random_unet(depth, seed=0):
     layer.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in layer.get_weights()])
     cfg = load_config(overrides=[f"model.depth={depth}", "model.context.time=0", "model.context.precontrast_frames=0",
                                  "model.context.projection=false"])
-    return enhance.Enhancer(model=model, cfg=cfg, model_path=Path("random.keras"), config_hash="test",
+    return Enhancer(model=model, cfg=cfg, model_path=Path("random.keras"), config_hash="test",
                             model_sha="test", name="unet", multiple=2**depth,
-                            margin=enhance.receptive_margin(depth))
+                            margin=predict.receptive_margin(depth))
 
 
 @pytest.mark.parametrize("depth, tile, shape", [(2, 64, (160, 144)), (3, 128, (160, 144)), (2, 64, (150, 141))])
 def test_tiled_equals_untiled(depth, tile, shape):
     enhancer = random_unet(depth)
     stack = np.stack([phantom(*shape, seed=k) / 1000.0 for k in range(2)]).astype(np.float32)
-    whole, info_whole = enhance.predict_stack(enhancer, stack)
-    tiled, info_tiled = enhance.predict_stack(enhancer, stack, tile=tile, force_tiling=True, batch_size=16)
+    whole, info_whole = predict_stack(enhancer, stack)
+    tiled, info_tiled = predict_stack(enhancer, stack, tile=tile, force_tiling=True, batch_size=16)
     assert not info_whole["tiled"] and info_tiled["tiled"] and info_tiled["tile"] == tile
     assert whole.shape == tiled.shape == stack.shape
     assert np.abs(whole - stack).max() > 0.05  # the network does change the image
@@ -249,9 +261,9 @@ def test_tiling_with_a_short_margin_differs():
     """The margin is what makes tiling exact: with one pooling cell of context the seams show."""
     enhancer = random_unet(2)
     stack = (phantom(160, 144, seed=1) / 1000.0).astype(np.float32)[None]
-    whole, _ = enhance.predict_stack(enhancer, stack)
+    whole, _ = predict_stack(enhancer, stack)
     enhancer.margin = enhancer.multiple
-    tiled, _ = enhance.predict_stack(enhancer, stack, tile=64, force_tiling=True)
+    tiled, _ = predict_stack(enhancer, stack, tile=64, force_tiling=True)
     assert np.abs(tiled - whole).max() > 1e-3
 
 
@@ -263,26 +275,26 @@ def test_receptive_margin_covers_the_influence_of_one_pixel(depth):
     poked = base.copy()
     centre = size // 2
     poked[0, centre, centre] += 1.0
-    diff = np.abs(enhance.predict_stack(enhancer, poked)[0] - enhance.predict_stack(enhancer, base)[0])[0]
+    diff = np.abs(predict_stack(enhancer, poked)[0] - predict_stack(enhancer, base)[0])[0]
     rows, cols = np.nonzero(diff > 1e-6)
     reach = max(np.abs(rows - centre).max(), np.abs(cols - centre).max())
     assert 2**depth <= reach <= enhancer.margin
 
 
 def test_tile_option_is_checked(identity):
-    with pytest.raises(enhance.EnhanceError, match="multiple of 4"):
-        enhance.check_tile(66, identity.multiple, identity.margin)
-    with pytest.raises(enhance.EnhanceError, match="at least 52"):
-        enhance.check_tile(48, identity.multiple, identity.margin)
+    with pytest.raises(predict.EnhanceError, match="multiple of 4"):
+        predict.check_tile(66, identity.multiple, identity.margin)
+    with pytest.raises(predict.EnhanceError, match="at least 52"):
+        predict.check_tile(48, identity.multiple, identity.margin)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # the smoke-trained model improves a degraded series, in scanner units, through DICOM
 
 def test_enhancing_a_degraded_series_raises_psnr(smoke_dicom, smoke_run, smoke_cfg, tmp_path):
-    series = preprocessing.index_tree(smoke_dicom)[0][0]
-    clean = preprocessing.read_series(series).astype(np.float64)  # modality units
-    lo, hi = preprocessing.robust_range(clean, smoke_cfg["preprocess"]["norm_percentiles"])
+    series = index.index_tree(smoke_dicom)[0][0]
+    clean = pixels.read_series(series).astype(np.float64)  # modality units
+    lo, hi = preprocess.robust_range(clean, smoke_cfg["preprocess"]["norm_percentiles"])
     normalized = ((clean - lo) / (hi - lo)).astype(np.float32)
     noisy, _ = degrade(normalized, smoke_cfg["degrade"], series_rng(smoke_cfg["seed"], series.series_uid),
                        zero=-lo / (hi - lo))
@@ -295,7 +307,7 @@ def test_enhancing_a_degraded_series_raises_psnr(smoke_dicom, smoke_run, smoke_c
     degraded = {}
     for k, (path, _) in enumerate(series.frames):
         ds = pydicom.dcmread(path)
-        stored = enhance.to_stored(noisy_modality[k:k + 1], [series.slopes[k]], [series.intercepts[k]],
+        stored = writer.to_stored(noisy_modality[k:k + 1], [series.slopes[k]], [series.intercepts[k]],
                                    int(ds.BitsStored), int(ds.BitsAllocated), False)[0]
         ds.PixelData = stored.tobytes()
         ds.SeriesInstanceUID = new_series
@@ -346,7 +358,7 @@ def test_existing_output_is_kept_unless_overwrite(identity, tmp_path):
     assert third["series_done"] == 1 and third["series_skipped"] == {}
     after = mtimes(out)
     assert list(after) == list(before) and all(after[p] != before[p] for p in before)
-    assert not list(out.glob(enhance.TMP_PREFIX + "*"))
+    assert not list(out.glob(pipeline.TMP_PREFIX + "*"))
 
 
 def test_output_inside_the_input_tree_is_not_enhanced_again(identity, tmp_path):
@@ -358,7 +370,7 @@ def test_output_inside_the_input_tree_is_not_enhanced_again(identity, tmp_path):
     again = run(identity, tmp_path / "tree", out)
     assert again["series_done"] == 0
     assert again["series_skipped"] == {"exists": 1, "inside output folder": 1}
-    assert again["files_skipped"][mr_kinds.ENHANCE_OUTPUT_REASON] == 2  # our own files, by their marker
+    assert again["files_skipped"][kinds.ENHANCE_OUTPUT_REASON] == 2  # our own files, by their marker
 
 
 def test_own_output_is_recognized_and_never_enhanced_again(identity, tmp_path):
@@ -368,21 +380,21 @@ def test_own_output_is_recognized_and_never_enhanced_again(identity, tmp_path):
     assert run(identity, tmp_path / "in", tmp_path / "out")["series_done"] == 1
     files = sorted((tmp_path / "out").rglob("*.dcm"))
     ds = pydicom.dcmread(files[0])
-    block = ds.private_block(mr_kinds.ENHANCE_PRIVATE_GROUP, mr_kinds.ENHANCE_PRIVATE_CREATOR)
+    block = ds.private_block(kinds.ENHANCE_PRIVATE_GROUP, kinds.ENHANCE_PRIVATE_CREATOR)
     assert block[0x01].value == "enhance.py output"
     assert identity.model_sha in block[0x02].value
-    assert mr_kinds.written_by_enhance(ds)
+    assert kinds.written_by_enhance(ds)
     for keyword in ("ContributingEquipmentSequence", "DerivationDescription"):  # each marker alone is enough
         stripped = pydicom.dcmread(files[0])
         stripped.remove_private_tags()
         delattr(stripped, keyword)
-        assert mr_kinds.written_by_enhance(stripped), keyword
+        assert kinds.written_by_enhance(stripped), keyword
 
     again = run(identity, tmp_path / "out", tmp_path / "out2")
     assert again["series_done"] == 0 and again["series"] == []
-    assert again["files_skipped"][mr_kinds.ENHANCE_OUTPUT_REASON] == 2
-    series, skipped, _ = preprocessing.index_tree(tmp_path / "out")  # preprocessing skips them the same way
-    assert series == [] and skipped[mr_kinds.ENHANCE_OUTPUT_REASON] == 2
+    assert again["files_skipped"][kinds.ENHANCE_OUTPUT_REASON] == 2
+    series, skipped, _ = index.index_tree(tmp_path / "out")  # preprocessing skips them the same way
+    assert series == [] and skipped[kinds.ENHANCE_OUTPUT_REASON] == 2
 
 
 def test_enhanced_mr_output_is_recognized(identity, tmp_path):
@@ -393,8 +405,8 @@ def test_enhanced_mr_output_is_recognized(identity, tmp_path):
     stripped = pydicom.dcmread(path)
     stripped.remove_private_tags()
     del stripped.ContributingEquipmentSequence
-    assert mr_kinds.written_by_enhance(stripped)  # by the per-frame DerivationDescription
-    assert preprocessing.scan_file(path) == mr_kinds.ENHANCE_OUTPUT_REASON
+    assert kinds.written_by_enhance(stripped)  # by the per-frame DerivationDescription
+    assert index.scan_file(path) == kinds.ENHANCE_OUTPUT_REASON
 
 
 def test_enhance_applies_the_runs_series_filter_and_image_kinds(identity_run, tmp_path):
@@ -413,7 +425,7 @@ def test_enhance_applies_the_runs_series_filter_and_image_kinds(identity_run, tm
     summary = run(run_dir, tmp_path / "in", tmp_path / "out")
     assert summary["series_done"] == 1 and summary["series"][0]["series_description"] == "ax DCE"
     assert summary["series_skipped"] == {"series filter": 1}
-    assert summary["files_skipped"] == {"series filter": 3, mr_kinds.KIND_REASONS["phase"]: 2}
+    assert summary["files_skipped"] == {"series filter": 3, kinds.KIND_REASONS["phase"]: 2}
     assert summary["series_filter"] == "(?i)dce" and summary["include_kinds"] == []
 
 
@@ -437,7 +449,7 @@ def test_failing_series_is_counted_and_leaves_nothing(identity, tmp_path):
     bad = next(r for r in summary["series"] if r["status"] == "skipped")
     assert bad["source_series_uid"] == "1.2.3.4.5" and bad["detail"]
     assert not (out / "BAD").exists()
-    assert not list(out.glob(enhance.TMP_PREFIX + "*"))
+    assert not list(out.glob(pipeline.TMP_PREFIX + "*"))
 
 
 def test_failure_while_writing_leaves_no_partial_series(identity, tmp_path, monkeypatch):
@@ -501,8 +513,8 @@ def test_enhanced_mr_output_follows_the_enhanced_mr_rules(identity, tmp_path):
     assert out.SOPClassUID == src.SOPClassUID and out.file_meta.MediaStorageSOPClassUID == src.SOPClassUID
     frame_types = [i.FrameType for g in out.SharedFunctionalGroupsSequence for i in g.MRImageFrameTypeSequence]
     assert frame_types and all(list(t[:2]) == ["DERIVED", "PRIMARY"] for t in frame_types)
-    assert not [k for k in enhance.PULSE_SEQUENCE_TAGS if k in out]  # only for ORIGINAL/MIXED (C.8.13.4)
-    assert all(str(out.get(k) or "").strip() for k in enhance.ENHANCED_EQUIPMENT_TAGS)
+    assert not [k for k in writer.PULSE_SEQUENCE_TAGS if k in out]  # only for ORIGINAL/MIXED (C.8.13.4)
+    assert all(str(out.get(k) or "").strip() for k in writer.ENHANCED_EQUIPMENT_TAGS)
     assert out.DeviceSerialNumber == "UNKNOWN" and out.Manufacturer == src.Manufacturer
     assert [i.DimensionOrganizationUID for i in out.DimensionOrganizationSequence] == \
         [src.DimensionIndexSequence[0].DimensionOrganizationUID]
@@ -539,15 +551,15 @@ def test_unforeseen_failures_are_counted_per_series(identity, identity_run, tmp_
     def broken(series, raw):
         raise KeyError("a tag nobody expected")
 
-    monkeypatch.setattr(enhance, "padding_mask", broken)
+    monkeypatch.setattr(pipeline, "padding_mask", broken)
     summary = run(identity, tmp_path / "in" / "good", tmp_path / "out2")
-    assert summary["series_done"] == 0 and summary["series_skipped"] == {enhance.UNFORESEEN_REASON: 1}
+    assert summary["series_done"] == 0 and summary["series_skipped"] == {pipeline.UNFORESEEN_REASON: 1}
     assert "KeyError" in summary["series"][0]["detail"] and ".py:" in summary["series"][0]["detail"]
     with pytest.raises(SystemExit) as exit_:  # the command line does not pass a bug off as a clean run
         enhance.main(["--model", str(identity_run), "--input", str(tmp_path / "in" / "good"),
                       "--output", str(tmp_path / "out3")])
     assert exit_.value.code == 1
-    assert not list((tmp_path / "out2").glob(enhance.TMP_PREFIX + "*"))
+    assert not list((tmp_path / "out2").glob(pipeline.TMP_PREFIX + "*"))
 
 
 def test_inputs_without_uids_or_with_lossy_history(identity, tmp_path):
@@ -608,7 +620,7 @@ def test_keep_padding_with_a_range_limit():
     """PixelPaddingValue 0 with PixelPaddingRangeLimit 10 (PS3.3 C.7.6.3.1.11): 0..10 is padding."""
     stored = np.array([[[0, 5, 10, 11, 200]]], dtype=np.uint16)
     mask = np.array([[[True, False, False, False, False]]])
-    out = enhance.keep_padding(stored, mask, (0, 10, 0), 12, False)
+    out = writer.keep_padding(stored, mask, (0, 10, 0), 12, False)
     assert out.tolist() == [[[0, 11, 11, 11, 200]]] and out.dtype == np.uint16
-    signed = enhance.keep_padding(np.array([[-2048, -2047, 5]], np.int16), None, (-2048, -2047, -2048), 12, True)
+    signed = writer.keep_padding(np.array([[-2048, -2047, 5]], np.int16), None, (-2048, -2047, -2048), 12, True)
     assert signed.tolist() == [[-2046, -2046, 5]]

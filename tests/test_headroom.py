@@ -1,8 +1,8 @@
-"""headroom.py: the ceiling estimators run on a tiny split and rank as they must."""
+"""breastmri/studies/headroom.py: the ceiling estimators run on a tiny split and rank as they must."""
 
 import math
 
-import headroom
+from breastmri.studies import headroom
 
 
 def test_headroom_estimators_on_a_tiny_split(smoke_data):

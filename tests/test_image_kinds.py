@@ -8,15 +8,15 @@ changed. enhance.py's side (its own output, the run's series_filter) is in tests
 
 import pydicom
 import pytest
+from dicom_fixtures import bundled, enhanced_mr_jpegls_file, uid, write_mr_series
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-import mr_kinds
-import preprocessing
-from config import ConfigError, load_config
-from dicom_fixtures import bundled, enhanced_mr_jpegls_file, uid, write_mr_series
-from dicom_index import MIXED_PLANES_REASON, index_tree, scan_file
-from mr_kinds import ENHANCE_OUTPUT_REASON, KIND_REASONS
+from breastmri.config import ConfigError, load_config
+from breastmri.data import preprocess
+from breastmri.dicom import kinds
+from breastmri.dicom.index import MIXED_PLANES_REASON, index_tree, scan_file
+from breastmri.dicom.kinds import ENHANCE_OUTPUT_REASON, KIND_REASONS
 
 
 def classic(path, image_type=None, edit=None):
@@ -191,7 +191,7 @@ def test_include_kinds_is_checked():
     assert load_config(overrides=["preprocess.include_kinds=[localizer]"])["preprocess"]["include_kinds"] == \
         ["localizer"]
     with pytest.raises(ConfigError, match="include_kinds.*phase, real"):
-        preprocessing.check_config(load_config(overrides=["preprocess.include_kinds=[localiser]"]))
+        preprocess.check_config(load_config(overrides=["preprocess.include_kinds=[localiser]"]))
     with pytest.raises(ConfigError, match="include_kinds"):
         index_tree(".", include_kinds=["own output"])
 
@@ -220,26 +220,26 @@ def test_written_by_enhance_recognizes_each_marker():
         ds.DerivationDescription = "Motion corrected by the scanner"
         return ds
 
-    assert not mr_kinds.written_by_enhance(plain())
+    assert not kinds.written_by_enhance(plain())
     marked = plain()
-    marked.private_block(mr_kinds.ENHANCE_PRIVATE_GROUP, mr_kinds.ENHANCE_PRIVATE_CREATOR,
+    marked.private_block(kinds.ENHANCE_PRIVATE_GROUP, kinds.ENHANCE_PRIVATE_CREATOR,
                          create=True).add_new(0x01, "LO", "enhance.py output")
-    assert mr_kinds.written_by_enhance(marked)
+    assert kinds.written_by_enhance(marked)
     equipment = plain()
     item = Dataset()
-    item.Manufacturer = mr_kinds.ENHANCE_SOFTWARE_NAME
+    item.Manufacturer = kinds.ENHANCE_SOFTWARE_NAME
     equipment.ContributingEquipmentSequence = Sequence([item])
-    assert mr_kinds.written_by_enhance(equipment)
+    assert kinds.written_by_enhance(equipment)
     classic_derivation = plain()
-    classic_derivation.DerivationDescription = mr_kinds.ENHANCE_DERIVATION_PREFIX + " (unet, ...)"
-    assert mr_kinds.written_by_enhance(classic_derivation)
+    classic_derivation.DerivationDescription = kinds.ENHANCE_DERIVATION_PREFIX + " (unet, ...)"
+    assert kinds.written_by_enhance(classic_derivation)
     per_frame = plain()
     derivation = Dataset()
-    derivation.DerivationDescription = mr_kinds.ENHANCE_DERIVATION_PREFIX + " (unet, ...)"
+    derivation.DerivationDescription = kinds.ENHANCE_DERIVATION_PREFIX + " (unet, ...)"
     group = Dataset()
     group.DerivationImageSequence = Sequence([derivation])
     per_frame.PerFrameFunctionalGroupsSequence = Sequence([group])
-    assert mr_kinds.written_by_enhance(per_frame)
+    assert kinds.written_by_enhance(per_frame)
 
 
 def test_preprocessing_counts_each_kind_and_include_kinds_uses_it(tmp_path):
@@ -254,17 +254,17 @@ def test_preprocessing_counts_each_kind_and_include_kinds_uses_it(tmp_path):
     classic(kinds / "mip.dcm", "DERIVED\\PRIMARY\\MIP_TRA\\ND")
     classic(kinds / "kept.dcm", "DERIVED\\PRIMARY\\M")
     cfg = load_config(overrides=["preprocess.image_size=32"])
-    summary = preprocessing.run(root, tmp_path / "out", cfg, progress=False)
+    summary = preprocess.run(root, tmp_path / "out", cfg, progress=False)
     assert summary["series_used"] == 3  # P1, P2 and the DERIVED\PRIMARY\M file
     assert summary["files_skipped"] == {PHASE: 1, MAP: 1, LOCALIZER: 1, SUBTRACTION: 1, PROJECTION: 1}
     assert summary["files_used"] + sum(summary["files_skipped"].values()) == summary["files_seen"]
 
     cfg = load_config(overrides=["preprocess.image_size=32", "preprocess.include_kinds=[localizer, subtraction]"])
-    summary = preprocessing.run(root, tmp_path / "out2", cfg, progress=False)
+    summary = preprocess.run(root, tmp_path / "out2", cfg, progress=False)
     assert summary["series_used"] == 5
     assert summary["files_skipped"] == {PHASE: 1, MAP: 1, PROJECTION: 1}
 
 
 def test_enhance_output_reason_is_distinct():
     assert ENHANCE_OUTPUT_REASON not in KIND_REASONS.values()
-    assert "enhance" not in mr_kinds.IMAGE_KINDS  # never includable
+    assert "enhance" not in kinds.IMAGE_KINDS  # never includable

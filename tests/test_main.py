@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 import main
-from config import ConfigError, load_config
+from breastmri.config import ConfigError, load_config
+from breastmri.data import splits
+from breastmri.evaluate import evaluation
+from breastmri.restore import losses, training
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -95,7 +98,7 @@ def test_epochs_flag_overrides_config():
 
 def test_leaking_split_is_refused():
     with pytest.raises(ValueError, match="more than one split"):
-        main.check_patient_split([{"patient_id": "A", "split": "train"}, {"patient_id": "B", "split": "train"},
+        splits.check_patient_split([{"patient_id": "A", "split": "train"}, {"patient_id": "B", "split": "train"},
                                   {"patient_id": "B", "split": "val"}])
 
 
@@ -148,30 +151,30 @@ def test_missing_data_gives_clear_error(tmp_path):
 
 
 def test_truth_metrics_equal_3t_metrics_when_the_truth_is_the_3t_image(smoke_run, smoke_data, tmp_path):
-    from data_factory import PairedSlices
+    from breastmri.data.paired import PairedSlices
 
     data = tmp_path / "truth_is_3t"
     shutil.copytree(smoke_data, data)
     for truth in (data / "arrays").glob("*_truth.npy"):
         shutil.copy(truth.with_name(truth.name.replace("_truth", "_clean")), truth)
-    from model import context_offsets
+    from breastmri.restore.networks import context_offsets
 
-    model = main.load_model(smoke_run / "model.keras")
+    model = losses.load_model(smoke_run / "model.keras")
     context = context_offsets(load_config(smoke_run / "config.yaml"))
-    summary = main.summarize_both(main.evaluate(model, PairedSlices(data, "test", batch_size=4, context=context),
+    summary = evaluation.summarize_both(evaluation.evaluate(model, PairedSlices(data, "test", batch_size=4, context=context),
                                                 4)[0])
     for key in ("model", "noisy_input", "masked", "patient_ci"):
         assert summary["truth"][key] == summary[key], key
     # and on the real truth they differ: the comparison above can fail
-    real = main.summarize_both(main.evaluate(model, PairedSlices(smoke_data, "test", batch_size=4, context=context),
+    real = evaluation.summarize_both(evaluation.evaluate(model, PairedSlices(smoke_data, "test", batch_size=4, context=context),
                                              4)[0])
     assert real["truth"]["model"] != real["model"]
 
 
 def test_cosine_schedule_trains_and_a_bad_schedule_is_named(smoke_data, tmp_path):
     cfg = load_config(ROOT / "configs" / "smoke.yaml", ["train.lr_schedule=cosine", "train.steps_per_epoch=2"])
-    result = main.train(cfg, smoke_data, tmp_path / "run")
+    result = training.train(cfg, smoke_data, tmp_path / "run")
     assert result["epochs_run"] == 1 and (tmp_path / "run" / "model.keras").is_file()
     with pytest.raises(ConfigError, match="lr_schedule"):
-        main.train(load_config(ROOT / "configs" / "smoke.yaml", ["train.lr_schedule=step"]), smoke_data,
+        training.train(load_config(ROOT / "configs" / "smoke.yaml", ["train.lr_schedule=step"]), smoke_data,
                    tmp_path / "bad")

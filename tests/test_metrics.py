@@ -3,11 +3,24 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
-from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import (
+    mean_squared_error,
+    peak_signal_noise_ratio,
+    structural_similarity,
+)
 
-import metrics
-from metrics import (DATA_RANGE, body_mask, format_table, mean_ci, pair_metrics, slice_metrics, summarize,
-                     thesis_mse, thesis_psnr)
+from breastmri import metrics
+from breastmri.metrics import (
+    DATA_RANGE,
+    body_mask,
+    format_table,
+    mean_ci,
+    pair_metrics,
+    slice_metrics,
+    summarize,
+    thesis_mse,
+    thesis_psnr,
+)
 
 
 def rician(amplitude, sigma, rng):

@@ -9,8 +9,13 @@ import keras
 import numpy as np
 import pytest
 
-from config import load_config
-from model import check_input_size, count_flops, get_model, size_multiple
+from breastmri.config import load_config
+from breastmri.restore.networks import (
+    check_input_size,
+    count_flops,
+    get_model,
+    size_multiple,
+)
 
 
 def config(*overrides):

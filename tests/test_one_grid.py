@@ -16,11 +16,14 @@ import numpy as np
 import pydicom
 import pytest
 
-import enhance
 import main
-from config import load_config
-from data_factory import PairedSlices, read_manifest
-from model import context_offsets, size_multiple
+from breastmri.config import load_config
+from breastmri.data.manifest import read_manifest
+from breastmri.data.paired import PairedSlices
+from breastmri.enhance import pipeline
+from breastmri.evaluate import evaluation
+from breastmri.restore import losses, training
+from breastmri.restore.networks import context_offsets, size_multiple
 
 ROOT = Path(__file__).resolve().parents[1]
 # The degraded series goes through DICOM as 16-bit integers: quantization costs at most ~2e-5 in normalized units,
@@ -55,7 +58,7 @@ def roughen(model_path, seed=0):
     """Give a trained model random, clearly non-identity weights (saved in place). A one-epoch smoke model is
     nearly the identity, which gives the same output in any normalization and on any grid, so it could not show
     a mismatch; a random nonlinear network with biases shows every difference in scale, offset or grid."""
-    model = main.load_model(model_path)
+    model = losses.load_model(model_path)
     rng = np.random.default_rng(seed)
     # 0.75 x He-scaled kernels (fan-in = all but the last axis): a correction of ~0.2, inside the stored range
     model.set_weights([rng.normal(0, 0.75 * np.sqrt(2 / max(w[..., 0].size, 1)) if w.ndim > 1 else 0.02, w.shape)
@@ -72,12 +75,12 @@ def roughen(model_path, seed=0):
     (None, ["train.mode=noise2void", "model.context.precontrast_frames=0", "model.context.projection=local"])],
     ids=["native", "resized", "native-context", "native-noise2void", "native-noise2void-projection"])
 def test_enhance_equals_evaluation_on_the_same_slices(image_size, context, smoke_dicom, tmp_path):
-    import preprocessing
+    from breastmri.data import preprocess
 
     overrides = [f"preprocess.image_size={'null' if image_size is None else image_size}", *context]
     cfg = load_config(ROOT / "configs" / "smoke.yaml", overrides)
     data = tmp_path / "data"
-    preprocessing.run(smoke_dicom, data, cfg, progress=False)
+    preprocess.run(smoke_dicom, data, cfg, progress=False)
     run_dir = tmp_path / "run"
     main.main(["--config", str(ROOT / "configs" / "smoke.yaml"), *sum((["--set", o] for o in overrides), []),
                "--data", str(data), "--run-dir", str(run_dir)])
@@ -86,25 +89,25 @@ def test_enhance_equals_evaluation_on_the_same_slices(image_size, context, smoke
     native = data
     if image_size is not None:  # the same seed and series give the same degradation at the acquisition matrix
         native = tmp_path / "native"
-        preprocessing.run(smoke_dicom, native, load_config(ROOT / "configs" / "smoke.yaml"), progress=False)
+        preprocess.run(smoke_dicom, native, load_config(ROOT / "configs" / "smoke.yaml"), progress=False)
     series_uid = read_manifest(data, "test")[0]["series_uid"]
     degraded_dicom(native, series_uid, smoke_dicom, tmp_path / "degraded")
     rows = [r for r in read_manifest(data) if r["series_uid"] == series_uid]
     assert (rows[0]["norm_lo"], rows[0]["norm_hi"]) == tuple(
         next((r["norm_lo"], r["norm_hi"]) for r in read_manifest(native) if r["series_uid"] == series_uid))
     out = tmp_path / "enhanced"
-    summary = enhance.run(run_dir, tmp_path / "degraded", out, progress=False)
+    summary = pipeline.run(run_dir, tmp_path / "degraded", out, progress=False)
     assert summary["series_done"] == 1, summary
     if image_size is not None:
         assert "resized, as in training" in str(summary), summary
 
     # main.py's evaluation path on the same slices
-    model = main.load_model(run_dir / "model.keras")
+    model = losses.load_model(run_dir / "model.keras")
     ds = PairedSlices(data, "test", batch_size=len(rows), context=context_offsets(cfg))
     evaluated = {}
     for b in range(len(ds)):
-        rician = main.needs_rician_correction(cfg, rows[0]["degrade_model"])  # self-supervised output
-        for meta, (_, _, _, pred) in zip(ds.batch_rows(b), main.predict_slices(model, ds, b, size_multiple(cfg),
+        rician = training.needs_rician_correction(cfg, rows[0]["degrade_model"])  # self-supervised output
+        for meta, (_, _, _, pred) in zip(ds.batch_rows(b), evaluation.predict_slices(model, ds, b, size_multiple(cfg),
                                                                                rician)):
             evaluated[meta["sop_instance_uid"]] = pred
     lo, hi = rows[0]["norm_lo"], rows[0]["norm_hi"]
@@ -155,10 +158,10 @@ def main_zero(row):
 
 
 def test_fresh_noise_refuses_resized_arrays(smoke_dicom, tmp_path):
-    import preprocessing
+    from breastmri.data import preprocess
 
     cfg = load_config(ROOT / "configs" / "smoke.yaml", ["preprocess.image_size=96"])
-    preprocessing.run(smoke_dicom, tmp_path / "resized", cfg, progress=False)
+    preprocess.run(smoke_dicom, tmp_path / "resized", cfg, progress=False)
     with pytest.raises(ValueError, match="acquisition matrix"):
         PairedSlices(tmp_path / "resized", "train", patch_size=32, fresh_noise=True)
 
@@ -187,7 +190,7 @@ def test_non_square_acquisitions_are_evaluated_on_their_own_grid(smoke_run, smok
     """A series acquired 64 x 48 (rows > cols) is predicted and scored at 64 x 48, not 'unresized'."""
     import csv
 
-    from config import load_config as load
+    from breastmri.config import load_config as load
 
     data = tmp_path / "nonsquare"
     shutil.copytree(smoke_data, data)
@@ -207,10 +210,10 @@ def test_non_square_acquisitions_are_evaluated_on_their_own_grid(smoke_run, smok
         writer.writeheader()
         writer.writerows(table)
     cfg = load(smoke_run / "config.yaml")
-    model = main.load_model(smoke_run / "model.keras")
+    model = losses.load_model(smoke_run / "model.keras")
     ds = PairedSlices(data, "test", batch_size=4, context=context_offsets(cfg))
     for b in range(len(ds)):
-        for meta, (n, c, t, p) in zip(ds.batch_rows(b), main.predict_slices(model, ds, b, size_multiple(cfg))):
+        for meta, (n, c, t, p) in zip(ds.batch_rows(b), evaluation.predict_slices(model, ds, b, size_multiple(cfg))):
             expected = (64, 48) if meta["series_uid"] == uid else (64, 64)
             assert n.shape == c.shape == t.shape == p.shape == expected
             if meta["series_uid"] == uid:

@@ -11,17 +11,34 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_fixtures import (
+    BUNDLED_MR,
+    bundled,
+    enhanced_mr_dataset,
+    image_dataset,
+    padded_mr_file,
+    phantom,
+    uid,
+    write_mixed_tree,
+    write_mr_series,
+)
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_rescale
 
-import preprocessing
-from config import ConfigError, load_config
-from dicom_fixtures import (BUNDLED_MR, bundled, enhanced_mr_dataset, image_dataset, padded_mr_file, phantom, uid,
-                            write_mixed_tree, write_mr_series)
-from dicom_index import REPEATED_POSITION_REASON
-from grid import pad_to_square, resize_square, unresize_square
-from preprocessing import MANIFEST_COLUMNS, index_tree, read_series, run
-from splits import SplitError, check_patient_split, patient_hash, split_patients, split_warnings
+from breastmri.config import ConfigError, load_config
+from breastmri.data import preprocess
+from breastmri.data.grid import pad_to_square, resize_square, unresize_square
+from breastmri.data.manifest import MANIFEST_COLUMNS
+from breastmri.data.preprocess import run
+from breastmri.data.splits import (
+    SplitError,
+    check_patient_split,
+    patient_hash,
+    split_patients,
+    split_warnings,
+)
+from breastmri.dicom.index import REPEATED_POSITION_REASON, index_tree
+from breastmri.dicom.pixels import read_series
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -420,7 +437,7 @@ def test_interrupted_run_resumes_to_the_same_arrays(tmp_path, monkeypatch):
     # Interrupt the run while the second series is being written (after its clean array, before its noisy
     # one), as Ctrl-C would.
     calls = {"n": 0}
-    save = preprocessing._save_square
+    save = preprocess._save_square
 
     def interrupting_save(*args, **kwargs):
         calls["n"] += 1
@@ -428,13 +445,13 @@ def test_interrupted_run_resumes_to_the_same_arrays(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return save(*args, **kwargs)
 
-    monkeypatch.setattr(preprocessing, "_save_square", interrupting_save)
+    monkeypatch.setattr(preprocess, "_save_square", interrupting_save)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         run(root, out, small_cfg(), progress=False)
     assert not (out / "manifest.csv").exists()
     assert len(list((out / "arrays").glob("*.json"))) == 1
-    monkeypatch.setattr(preprocessing, "_save_square", save)
+    monkeypatch.setattr(preprocess, "_save_square", save)
 
     summary = run(root, out, small_cfg(), progress=False)
     assert summary["series_reused"] == 1 and summary["series_processed"] == 2
@@ -451,7 +468,7 @@ def test_interrupted_rerun_with_new_settings_is_not_taken_for_the_old_one(tmp_pa
     out = tmp_path / "out"
     run(root, out, small_cfg(), progress=False)
     reference = {p.name: p.read_bytes() for p in (out / "arrays").iterdir()}
-    save = preprocessing._save_square
+    save = preprocess._save_square
     calls = {"n": 0}
 
     def interrupting_save(*args, **kwargs):
@@ -460,11 +477,11 @@ def test_interrupted_rerun_with_new_settings_is_not_taken_for_the_old_one(tmp_pa
             raise KeyboardInterrupt
         return save(*args, **kwargs)
 
-    monkeypatch.setattr(preprocessing, "_save_square", interrupting_save)
+    monkeypatch.setattr(preprocess, "_save_square", interrupting_save)
     with pytest.raises(KeyboardInterrupt):
         run(root, out, small_cfg("degrade.snr_ratio=0.7"), progress=False)
     assert not (out / "manifest.csv").exists()  # the old manifest no longer describes the arrays
-    monkeypatch.setattr(preprocessing, "_save_square", save)
+    monkeypatch.setattr(preprocess, "_save_square", save)
     summary = run(root, out, small_cfg(), progress=False)
     assert summary["series_processed"] == 1 and summary["series_reused"] == 2
     assert {p.name: p.read_bytes() for p in (out / "arrays").iterdir()} == reference

@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 
 import main
-from config import load_config
-from data_factory import PairedSlices, blind_spot, read_manifest
-from model import context_offsets
+from breastmri.config import load_config
+from breastmri.data.manifest import read_manifest
+from breastmri.data.paired import PairedSlices
+from breastmri.data.selfsup import blind_spot
+from breastmri.restore import losses, training
+from breastmri.restore.networks import context_offsets
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -75,7 +78,7 @@ def _with_target_changed(data, row, slice_index, where, tmp_path):
 
 
 def test_noise2noise_projection_leaves_the_target_frame_out(smoke_data, tmp_path):
-    from context import temporal_projection
+    from breastmri.data.context import temporal_projection
 
     context = ([(0, 0)], 0, "local")
     # unregistered, so the target is the stored partner frame as it is
@@ -163,7 +166,7 @@ def test_blind_spot_with_time_courses_takes_the_pixel_of_the_same_course():
 
 
 def test_masked_loss_sees_only_the_blind_spots():
-    loss = main.get_loss("mse+mae", masked=True)
+    loss = losses.get_loss("mse+mae", masked=True)
     rng = np.random.default_rng(1)
     values = rng.random((2, 16, 16, 1)).astype(np.float32)
     weight = np.zeros_like(values)
@@ -199,7 +202,7 @@ def test_training_never_reads_clean_or_truth(mode, smoke_data, tmp_path):
     for path in removed:
         path.unlink()
     cfg = load_config(SMOKE, [f"train.mode={mode}", "train.steps_per_epoch=2", *CONTEXT[mode]])
-    result = main.train(cfg, data, tmp_path / "run")
+    result = training.train(cfg, data, tmp_path / "run")
     assert result["mode"] == mode and result["selection"]["monitor"] == "val_loss"
     assert (tmp_path / "run" / "model.keras").is_file()
 
@@ -207,7 +210,7 @@ def test_training_never_reads_clean_or_truth(mode, smoke_data, tmp_path):
 @pytest.mark.parametrize("mode", ["noise2noise", "noise2void"])
 def test_each_mode_trains_evaluates_enhances_and_is_benchmarked(mode, smoke_data, smoke_dicom, smoke_run, tmp_path):
     import benchmark
-    import enhance
+    from breastmri.enhance import pipeline
 
     run_dir = tmp_path / "run"
     main.main(["--config", SMOKE, "--data", str(smoke_data), "--run-dir", str(run_dir),
@@ -217,7 +220,7 @@ def test_each_mode_trains_evaluates_enhances_and_is_benchmarked(mode, smoke_data
     assert metrics["train"]["selection"]["reference"].startswith("none")
     assert np.isfinite(metrics["truth"]["masked"]["model"]["psnr"]["mean"])
     series = next(p.parent for p in smoke_dicom.rglob("*.dcm"))
-    summary = enhance.run(run_dir, series, tmp_path / "enhanced", progress=False)
+    summary = pipeline.run(run_dir, series, tmp_path / "enhanced", progress=False)
     assert summary["series_done"] == 1, summary
     report = benchmark.main(["--run-dir", str(smoke_run), "--data", str(smoke_data), "--selfsup-runs", str(run_dir),
                              "--parts", "quality", "--max-slices", "4", "--methods", "noisy,unet",  # + the run's
@@ -227,11 +230,11 @@ def test_each_mode_trains_evaluates_enhances_and_is_benchmarked(mode, smoke_data
 
 
 def test_degrade_none_writes_no_clean_and_trains_self_supervised_only(smoke_dicom, tmp_path):
-    import preprocessing
+    from breastmri.data import preprocess
 
     cfg = load_config(SMOKE, ["degrade.model=none"])
     data = tmp_path / "data"
-    preprocessing.run(smoke_dicom, data, cfg, progress=False)
+    preprocess.run(smoke_dicom, data, cfg, progress=False)
     rows = read_manifest(data)
     assert all(r["clean_file"] == "" and r["degrade_model"] == "none" and r["sigma_added"] == 0 for r in rows)
     assert not list((data / "arrays").glob("*_clean.npy"))
@@ -250,7 +253,7 @@ def test_degrade_none_writes_no_clean_and_trains_self_supervised_only(smoke_dico
 
 
 def test_noise2void_network_has_no_identity_path_to_the_centre_pixel():
-    from model import get_model
+    from breastmri.restore.networks import get_model
 
     cfg = load_config(SMOKE, ["train.mode=noise2void", *CONTEXT["noise2void"]])
     model = get_model(cfg)
@@ -278,7 +281,7 @@ def test_noise2void_masks_every_channel_that_is_the_target_frame(tmp_path):
 
 
 def test_noise2void_with_a_projection_starts_from_it():
-    from model import get_model
+    from breastmri.restore.networks import get_model
 
     cfg = load_config(SMOKE, ["train.mode=noise2void", "model.context.time=1", "model.context.precontrast_frames=0",
                               "model.context.projection=local"])

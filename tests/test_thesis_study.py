@@ -1,4 +1,4 @@
-"""thesis_study.py: the thesis' min-max normalizer (normalizes, inverts exactly) and a tiny end-to-end study."""
+"""breastmri/studies/thesis.py: the thesis' min-max normalizer (normalizes, inverts exactly) and a tiny end-to-end study."""
 
 import csv
 import json
@@ -6,7 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from thesis_study import NORMALIZERS, MinMaxNormalizer, normalized_batches, parse_args, run_study
+from breastmri.studies.thesis import (
+    NORMALIZERS,
+    MinMaxNormalizer,
+    normalized_batches,
+    parse_args,
+    run_study,
+)
 
 
 def batch(seed=0, shape=(3, 16, 16, 1)):
@@ -114,7 +120,7 @@ def test_study_smoke_writes_every_artifact(tiny_data, tmp_path):
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
-    from thesis_study import learning_rate
+    from breastmri.studies.thesis import learning_rate
 
     schedule = learning_rate(1e-3, warmup_steps=10, decay_steps=110)
     rate = lambda step: float(schedule(step))  # noqa: E731

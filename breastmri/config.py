@@ -1,0 +1,220 @@
+"""Every default of the project, in one commented block, and the loader that merges YAML on top.
+
+A config file (configs/*.yaml) holds only what it changes. An unknown key is an error that names
+the key, so a typo never silently falls back to a default. The resolved config is saved next to
+every output (summary.json of preprocessing, config.yaml of a training run), so any result can be
+traced to the exact settings that produced it.
+
+    cfg = load_config("configs/demo.yaml", overrides=["train.epochs=2"])
+    cfg["train"]["epochs"]  # -> 2
+"""
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+DEFAULTS = {
+    # Global seed: patient split, per-series noise, shuffling, crops, weight init. Recorded everywhere.
+    "seed": 0,
+    # The embedded demo DICOM tree (demo_data.py), used when preprocessing gets no --dicom-root.
+    "demo": {
+        "out": "data/demo_dicom",
+        "patients": 12,          # 12 gives train/val/test 5/2/5 patients with the default split and seed
+        "slices": 8,             # sagittal slices per DCE series (the real series has 20; --full gives it)
+        "time_points": 8,        # temporal positions per DCE series (the real series has 25; 3 before contrast)
+        "matrix": 192,           # rows = columns of the MR images (the real series: 192x192)
+        "seed": 0,
+        "texture_beta": 1.8,     # power-law exponent of the gland/fat texture (Chen 2012: 1.7-1.9, thin slices)
+        "motion_mm": 1.5,        # largest in-plane displacement between DCE frames, mm (0: no motion)
+    },
+    # preprocessing.py: DICOM tree -> paired (clean, noisy) arrays + manifest.csv
+    "preprocess": {
+        # null: keep each series' acquisition matrix (the U-Net is fully convolutional; enhance.py applies it on that
+        # grid, so training sees the same pixels and noise). An int: pad to a square and resize to it (the thesis:
+        # 512x512; its autoencoder needs a fixed size); enhance.py then resizes in and out the same way.
+        "image_size": None,
+        "dtype": "float32",      # float32 | float16 for the saved arrays
+        "series_filter": "",     # regex searched in SeriesDescription; "" keeps every MR series
+        # Only magnitude anatomy is degraded, trained on and enhanced: phase/real/imaginary images, parametric maps,
+        # localizers, subtractions and projections (MIP) are skipped with a counted reason (preprocessing.py, "Which
+        # MR images are magnitude anatomy", says how each is recognized). Name kinds here to keep them deliberately,
+        # e.g. ["localizer"]. Choices: phase, real, imaginary, parametric_map, localizer, subtraction, projection.
+        # enhance.py applies the run's value too; its own output is always skipped.
+        "include_kinds": [],
+        "norm_percentiles": [0.5, 99.5],  # robust lo/hi of the *degraded* series (what inference has) -> 0 and 1
+        # fractions of *patients* in train / val / test, decided per patient by a hash threshold (stable when
+        # patients are added); the checkpoint is selected on val, the headline is reported on test
+        "split": [0.6, 0.2, 0.2],
+    },
+    # breastmri/simulate/degrade.py: how a 3T image becomes a simulated lower-field image (applied before resizing)
+    "degrade": {
+        "model": "field",        # field (Rician, SNR scaled with B0) | gaussian (the thesis)
+        "source_field_t": 3.0,   # field strength of the input scans, tesla
+        "target_field_t": 1.5,   # field strength to simulate, tesla
+        "field_exponent": 1.0,   # SNR ~ B0**exponent; near-linear in the torso at these fields
+        "snr_ratio": None,       # target/source SNR; None derives it from the fields and exponent
+        "resolution_scale": 1.0,  # <1 keeps only this central fraction of k-space per axis
+        "sigma": 0.05,           # gaussian model: noise std in normalized [0, 1] units
+    },
+    # model.py: get_model(config)
+    "model": {
+        "name": "unet",          # unet (residual U-Net, the default) | thesis_autoencoder
+        "depth": 3,              # unet: number of 2x downsamplings; input sides must divide 2**depth
+        "filters": 16,           # unet: filters at full resolution, doubled at each level
+        # unet: what the network sees besides the target slice (model.context_offsets): neighbouring time points
+        # of the same slice position (+-time, reflected at the ends of the series), neighbouring slices of the same
+        # time point (+-slices), and with precontrast_frames N > 0 the mean of the first N frames at the same
+        # position as a guide (QIN-BREAST: 3 frames before contrast); projection registered | local | global adds
+        # the target frame projected onto the principal time courses of its position (all its frames; of 8x8
+        # blocks around each pixel, registered: after moving the frames onto the first, or of the whole slice;
+        # context.temporal_projection), and the network then starts from that channel (model.unet); false: none
+        # (true: global starting from the frame, what run configs saved before "local" meant). All zero and false:
+        # a single-slice denoiser. The frame and its local projection had the best validation PSNR of the
+        # ablation and is within 0.07 dB of the best test PSNR (docs/results.md, breastmri/studies/ablation.py); registering the frames
+        # first (the default) added 2 dB to the projection on the demo's moving frames. The thesis autoencoder
+        # ignores it (one slice in).
+        "context": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": "registered"},
+        # thesis_autoencoder: 2x2 max-pools in the encoder (each mirrored by a 2x upsampling in the decoder), spread
+        # evenly over its 8 convolutions: 8 = after every conv (the thesis text taken literally; a 512 slice is
+        # squeezed to 2x2), 4 = after every pair of convs, 2 = after every fourth. Input sides: multiples of
+        # 2**pools. The thesis' wording allows all three (docs/thesis.md).
+        "pools": 8,
+        # thesis_autoencoder: sigmoid (output in (0, 1), as the thesis' [0, 1] images) | linear (no squashing:
+        # values above 1 survive and a saturated sigmoid cannot collapse the output to 0)
+        "output_activation": "sigmoid",
+    },
+    # main.py: training and evaluation
+    "train": {
+        # supervised: learn the clean (3T) image from its simulated degradation. Self-supervised, from the noisy
+        # images alone (degrade.model none: a user's own 1.5T scans; never reads a clean or truth array):
+        # noise2noise: input one pre-contrast frame, target another frame of the same slice position (their noise
+        # is independent, the anatomy the same up to motion); noise2void: blind-spot pixels of the frame itself.
+        # Both learn E[magnitude]; the Rician mean is inverted on their output (denoisers.correct_rician_mean).
+        "mode": "supervised",
+        # supervised target: projected (the default: the 3T frame of the registered temporal projection of its
+        # position's 3T frames, 39.1 dB against the truth on the demo's validation patients where the 3T frame has
+        # 33.9: a target with a fraction of the 3T image's noise; series of fewer than 3 time points keep the 3T
+        # image) | 3t (the 3T image, as the thesis) | decorrelated (the 3T image with its noise made uncorrelated with
+        # the input's: degrade.decorrelated_target). data_factory.PairedSlices; self-supervised modes ignore it.
+        "target": "projected",
+        "noise2noise_frames": 3,  # noise2noise pairs frames among the first N time points (QIN-BREAST: 3 pre-contrast)
+        "noise2noise_register": True,  # shift each noise2noise target onto its input frame (rigid, phase correlation)
+        "mask_fraction": 0.02,    # noise2void: blind-spot pixels per patch (N2V: 0.2%; more gives more signal per step)
+        "epochs": 10,
+        "batch_size": 8,
+        "learning_rate": 1e-3,   # Adam (the thesis used 1e-4; configs/thesis.yaml sets it)
+        "lr_schedule": "constant",  # constant | cosine (decays to 0 over epochs x steps; breastmri/studies/thesis.py --decay)
+        "loss": "mse+mae",       # mse | mae | mse+mae (the thesis summed MSE and MAE)
+        "patch_size": 128,       # int: train on random tissue crops (as CARE does); None: whole slices
+        "augment": True,         # random flips and 90-degree rotations of training batches
+        "steps_per_epoch": None,  # None: one pass over the training slices per epoch
+        # auto: draw new noise for every training sample (the recorded degradation) when the arrays are at the
+        # acquisition matrix; stored pairs otherwise (resized, e.g. the thesis). true: required. false: stored.
+        "fresh_noise": "auto",
+        "max_val_slices": None,  # None: validate on every validation slice; N: N evenly spaced (also for val figures)
+        "max_eval_slices": None,  # None: report on every test slice; N: N evenly spaced (quick studies only)
+        "mixed_precision": False,  # mixed float16 on GPU (ignored on CPU)
+        "distribute": "auto",    # auto: MirroredStrategy when >1 GPU | mirrored: always | none
+        "cpu_devices": 1,        # split the CPU into N logical devices (tests the multi-device path)
+        "workers": 1,            # PyDataset workers
+        "use_multiprocessing": False,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override names a key that does not exist, or has an unusable value."""
+
+
+def _merge(base, update, prefix=""):
+    for key, value in update.items():
+        name = prefix + key
+        if key not in base:
+            raise ConfigError(f"unknown config key '{name}' (known: {', '.join(prefix + k for k in base)})")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{name}' is a section; give it a mapping, not {value!r}")
+            _merge(base[key], value, name + ".")
+        else:
+            base[key] = _coerce(name, base[key], value)
+
+
+def _coerce(name, default, value):
+    """Give a numeric setting the type of its default: YAML reads `1e-4` (no dot) as a string."""
+    if isinstance(default, bool) or value is None or not isinstance(default, (int, float)):
+        return value
+    try:
+        return float(value) if isinstance(default, float) else _integer(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key '{name}' must be a number like {default!r}, not {value!r}") from None
+
+
+def _integer(value):
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(value)
+    return int(number)
+
+
+def parse_override(text):
+    """'train.epochs=3' -> {'train': {'epochs': 3}} (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    value = yaml.safe_load(raw)
+    for part in reversed(dotted.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(path=None, overrides=()):
+    """DEFAULTS, then the YAML file at `path` (if any), then each override (dict or 'a.b=value')."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        _merge(cfg, yaml.safe_load(path.read_text()) or {})
+    for override in overrides:
+        _merge(cfg, parse_override(override) if isinstance(override, str) else override)
+    return cfg
+
+
+# Keys added after run dirs were first saved, with the value that a saved run config without them meant (the
+# behaviour before the key existed): a run trained before model.context.projection had no projection channel
+# (and one saved with projection: true has the global kind, see model.context_offsets); a noise2noise run saved
+# before train.noise2noise_register was trained on unregistered targets.
+ADDED_LATER = {("model", "context", "projection"): False, ("train", "noise2noise_register"): False}
+
+
+def load_run_config(path):
+    """The config.yaml of a run dir (complete, as save_config wrote it). A key it lacks was added to DEFAULTS
+    later: it takes the value that reproduces the run (ADDED_LATER), not today's default, so an old run loads
+    with the inputs its model was trained on."""
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    saved = yaml.safe_load(Path(path).read_text()) or {}
+    cfg = load_config(overrides=[saved])
+    for keys, value in ADDED_LATER.items():
+        node = saved
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            section = cfg
+            for key in keys[:-1]:
+                section = section[key]
+            section[keys[-1]] = value
+    return cfg
+
+
+def config_hash(cfg, sections=None):
+    """Short stable hash of the whole config, or of only `sections` (e.g. the ones an output depends on)."""
+    part = cfg if sections is None else {s: cfg[s] for s in sections}
+    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def save_config(cfg, path):
+    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -1,0 +1,498 @@
+"""Paired (noisy, clean) slices from the output of preprocessing.py, as a Keras PyDataset.
+
+preprocessing.py writes, under its --out folder,
+
+    manifest.csv                      one row per slice (columns in the order of MANIFEST_COLUMNS)
+    arrays/<series_key>_clean.npy     (n, H, W) float32 or float16, normalized so the degraded series spans ~[0, 1]
+    arrays/<series_key>_noisy.npy     same shape, the simulated lower-field version of the same slices
+
+and this module turns one split of it into batches:
+
+    ds = PairedSlices("data/processed", "train", batch_size=8, shuffle=True, augment=True, patch_size=128)
+    noisy, clean = ds[0]              # each (B, 128, 128, 1) float32
+    model.fit(ds, epochs=...)         # Keras calls ds.on_epoch_end() after every epoch (Keras 3.15 also calls
+                                      # it once before the first, so training starts at pass 1: still seeded)
+
+Memory does not depend on the dataset size: the arrays are opened with np.load(mmap_mode="r") the first time a
+batch needs them (one memmap per file, cached per process), and only the slices of the current batch are read
+(with a projection context, every frame of their positions).
+Arrays keep each series' acquisition matrix (preprocess.image_size null) or share one side S (resized): crops
+batch together whatever the size, whole slices of different sizes go into batches of one size each.
+
+Randomness (shuffling, crops, flips) is a pure function of (seed, epoch, batch index): a batch is the same
+whichever worker thread or process computes it, and the same when the run is repeated.
+"""
+
+import math
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from breastmri.data.context import (
+    Context,
+    context_slices,
+    position_frames,
+    projection_kind,
+    register_shifts,
+    temporal_projection,
+)
+from breastmri.data.manifest import _layout_of, _simulated, _zero, read_manifest, spread_slices
+from breastmri.data.selfsup import selfsup_sample
+from breastmri.runtime import keep_freed_memory
+from breastmri.simulate.degrade import add_noise, decorrelated_target
+
+# What a training sample's target is (train.mode in breastmri/config.py; main.py documents the choice):
+# supervised: the clean (3T) image; noise2noise: another noisy frame of the same slice position (Lehtinen 2018);
+# noise2void: the noisy frame itself, at blind-spot pixels hidden from the input (Krull 2019).
+MODES = ("supervised", "noise2noise", "noise2void")
+# what a supervised target is: the 3T image, the 3T image with its noise decorrelated from the input's, or the
+# 3T image's own registered temporal projection (the position's 3T frames projected together: ~5 dB less noise)
+TARGETS = ("3t", "decorrelated", "projected")
+# kept projections per array kind (the stored draw's, the 3T image's): a QIN-BREAST series' fit (60 x 25 frames of
+# 512^2: 1.5 GiB), so whole-slice validation, which visits a series time point by time point, projects each
+# position once
+STORED_PROJECTION_BYTES = 2 ** 31
+
+
+class PairedSlices(keras.utils.PyDataset):
+    """One split of the preprocessed data as batches `(noisy, clean)`, each float32 (B, H, W, 1).
+
+    data_dir: the --out folder of preprocessing.py (holds manifest.csv and arrays/).
+    split: "train", "val", or None for every slice.
+    batch_size: slices per batch. len(ds) = ceil(n / batch_size): the last batch may be smaller, so every slice
+        is seen exactly once per epoch (no drop-remainder: with a few hundred slices dropping a partial batch
+        would skip a different few percent each epoch; a fully convolutional model takes any batch size).
+    shuffle: visit slices in a new order every pass; pass p visits np.random.default_rng((seed, p))
+        .permutation(n). Without shuffle the order is the manifest's (series by series), and `rows` maps batch
+        items back to patient / series / slice (batch b holds rows[b * batch_size:(b + 1) * batch_size]).
+    steps_per_epoch: None for one pass per epoch (pass = epoch, counted by on_epoch_end()). An int makes an
+        epoch that many full batches taken from an endless stream of passes (epoch e, batch i starts at slice
+        position (e * steps_per_epoch + i) * batch_size of the stream), so short or long epochs still see every
+        slice once per pass and stay reproducible. Give it here rather than to model.fit(steps_per_epoch=...):
+        Keras then keeps one iterator across epochs and calls on_epoch_end() in the middle of a pass, which
+        would change the order mid-pass.
+    augment: random flips and 90-degree rotations (the 8 symmetries of the square), the same for noisy and
+        clean. Meant for training only.
+    fresh_noise: draw the degraded image anew for every sample (degrade.add_noise with the series' recorded model
+        and sigma_added, from the batch's generator seeded by (seed, epoch, index)) instead of reading the stored
+        one, so the network never sees the same noise twice. Needs arrays at the acquisition matrix (noise is
+        white there; after a resize it would not be). Validation and test keep the stored, recorded draw.
+    context: a context.Context (model.context_offsets); the input stack is context_slices' channels, the guide
+        mean, then the projection of the position's whole slices (for a crop, of its window: what enhance.py
+        computes on the whole slice, cropped; for the stored draw, once per position, kept up to
+        STORED_PROJECTION_BYTES).
+    patch_size: None for whole slices (validation, evaluation, the thesis autoencoder), or the side of random
+        square crops for training a fully convolutional model. Crops prefer tissue: `crop_candidates`
+        positions are drawn and the one with the most clean pixels above `tissue_threshold` is kept, so few
+        batches are wasted on air while crops still cover the whole body (a best-of-few, not an argmax).
+    seed: seeds shuffling, crops and augmentation together with the epoch and batch index.
+    max_slices: keep only this many slices, evenly spaced over the split (deterministic; quick evaluation);
+        with times_per_position > 1, as that many time points of fewer slice positions (spread_slices: the
+        benchmark's multi-frame methods then score several slices per stack they denoise).
+    register: noise2noise only: shift each target onto its input frame (train.noise2noise_register).
+    target: "3t" (the clean batch is the 3T image) or "decorrelated" (supervised only): the 3T image minus
+        c times the target frame's degradation noise, so that its noise is uncorrelated with the input's and the
+        network learns the noise-free image rather than the 3T image's noise (degrade.decorrelated_target).
+        "projected" (supervised only): the target frame of the registered temporal projection of every 3T frame
+        of its position (context.temporal_projection, once per position, kept like the stored draw's), so the
+        target carries a fraction of the 3T image's noise; series of fewer than 3 time points keep the 3T image.
+        Both apply to the stored draw (validation) and to fresh draws (training) alike.
+    mode: "supervised" (batches (noisy, clean)) or one of the self-supervised modes, which read the noisy arrays
+        only (never a clean or truth file) and give (input, target) with target float32 (B, H, W, 2): channel 0
+        the noisy target values, channel 1 the loss weight of each pixel (main.py's masked losses):
+        - "noise2noise": the split keeps the frames t < noise2noise_frames (the pre-contrast frames) of slice
+          positions that have at least two of them; the input is frame t (with its slice neighbours as context),
+          the target another of those frames at the same position of the same series, drawn per sample, so every
+          frame takes turns as input and target; with `register` shifted onto frame t (_registered), weight 1
+          except where the shift brings in pixels from outside the slice. A projection channel projects every frame
+          of the position but the target (leave-target-out; inference projects all T of them). Time context and the
+          pre-contrast guide would show the network the target's own noise, so they are refused.
+        - "noise2void": the target is the input frame itself; a fraction `mask_fraction` (<= 0.5) of its pixels is
+          replaced (blind_spot) wherever the input reads that frame (its channel and the projection's stack), and
+          only they carry weight. The replacement is a pixel of the (2 mask_radius + 1)^2 window that is not a blind
+          spot: with a projection, the one whose course over the position's other frames is closest; without, a
+          random one. Time and slice neighbours keep their pixels (their noise is independent); the guide is
+          refused (it averages the target frame in).
+        Both draw blind spots and crops on whole slices, the crop chosen on the input frame (never on the
+        target's noise), and take a projection only on series of 3 or more time points.
+    **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`, passed to keras.utils.PyDataset.
+
+    Memory: the arrays are memory-mapped lazily, one np.memmap per file, cached per process (reopened after a
+    fork); a batch reads only its own slices.
+    """
+
+    def __init__(self, data_dir, split, batch_size=8, shuffle=False, augment=False, patch_size=None, seed=0,
+                 max_slices=None, steps_per_epoch=None, tissue_threshold=0.1, crop_candidates=4, fresh_noise=False,
+                 context=None, mode="supervised", noise2noise_frames=3, register=True, mask_fraction=0.02,
+                 mask_radius=2, target="3t", times_per_position=1, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if target not in TARGETS or (target != "3t" and mode != "supervised"):
+            raise ValueError(f"target must be one of {', '.join(TARGETS)} (3t only for self-supervised modes), "
+                             f"got {target!r} with mode {mode}")
+        self.target = target
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if patch_size is not None and (not isinstance(patch_size, (int, np.integer)) or patch_size < 1):
+            raise ValueError(f"patch_size must be None (whole slices) or a positive integer, got {patch_size!r}")
+        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, (int, np.integer))
+                                            or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be None (one pass per epoch) or a positive integer, "
+                             f"got {steps_per_epoch!r}")
+        if not isinstance(crop_candidates, (int, np.integer)) or crop_candidates < 1:
+            raise ValueError(f"crop_candidates must be a positive integer, got {crop_candidates!r}")
+        self.data_dir, self.split, self.mode = Path(data_dir), split, mode
+        context = Context(*(context or ([(0, 0)],)))
+        self.context = Context(list(context.offsets), int(context.precontrast_frames),
+                               projection_kind(context.projection))
+        if mode == "noise2noise" and (any(dt for dt, _ in self.context.offsets) or self.context.precontrast_frames):
+            raise ValueError("noise2noise cannot take time context or the pre-contrast guide (model.context time, "
+                             "precontrast_frames): they hold the target frame, whose noise the network would copy. "
+                             "Use slice context and the projection (it leaves the target frame out), or noise2void")
+        if mode == "noise2void" and self.context.precontrast_frames:
+            raise ValueError("noise2void cannot take the pre-contrast guide (model.context.precontrast_frames): it "
+                             "averages the target frame in, blind spots included; set it to 0")
+        self._projections, self._position_shifts = {}, {}
+        self.noise2noise_frames, self.register, self._shifts = int(noise2noise_frames), bool(register), {}
+        self.mask_fraction, self.mask_radius = float(mask_fraction), int(mask_radius)
+        if mode == "noise2void" and not (0 < self.mask_fraction <= 0.5 and self.mask_radius >= 1):
+            raise ValueError(f"noise2void needs 0 < mask_fraction <= 0.5 (every blind spot needs a pixel that is "
+                             f"not one to take its value from) and mask_radius >= 1, got {mask_fraction} and "
+                             f"{mask_radius}")
+        rows = read_manifest(self.data_dir, split)
+        # (time_index, position_index) -> slice index, per series, from the whole manifest: a max_slices subset
+        # still finds the neighbours of its slices
+        series = {r["series_uid"] for r in rows}
+        self._lookup = {}
+        for r in read_manifest(self.data_dir):
+            if r["series_uid"] in series:
+                t, k, _, _ = _layout_of(r)
+                self._lookup.setdefault(r["series_uid"], {})[(t, k)] = r["slice_index"]
+        # positions per series (a manifest without layout columns cannot say it per row)
+        self._n_positions = {uid: 1 + max(k for _, k in lookup) for uid, lookup in self._lookup.items()}
+        if mode == "noise2noise":
+            rows = [r for r in rows if self.partners(r)]
+            if not rows:
+                raise ValueError(f"noise2noise needs slice positions with at least 2 of the first "
+                                 f"{self.noise2noise_frames} time points (train.noise2noise_frames); split {split} "
+                                 "has none (single-frame series?): use train.mode noise2void")
+        self.rows = [rows[i] for i in spread_slices(rows, max_slices, times_per_position)]
+        if mode != "supervised" and self.context.projection:
+            short = sorted({r["series_uid"] for r in self.rows if _layout_of(r)[2] < 3})
+            if short:  # a noise2noise stack loses its target: 2 frames would leave the frame alone
+                raise ValueError(f"{mode} with a projection (model.context.projection) needs series of 3 or more "
+                                 f"time points; {len(short)} have fewer, e.g. {short[0]}: with fewer the projection "
+                                 "is (nearly) the frame itself, noise included. Set the projection to false")
+        if mode == "supervised" and (shuffle or augment or patch_size is not None or steps_per_epoch is not None) \
+                and not self.has_clean:
+            raise ValueError(f"{self.data_dir} has no clean images (degrade.model none: the input is the noisy "
+                             "scan): supervised training needs pairs; use train.mode noise2noise or noise2void")
+        self.batch_size, self.shuffle, self.augment = int(batch_size), bool(shuffle), bool(augment)
+        self.patch_size = None if patch_size is None else int(patch_size)
+        self.seed = int(seed)
+        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
+        self.tissue_threshold, self.crop_candidates = float(tissue_threshold), int(crop_candidates)
+        self.epoch = 0
+        self._arrays = {}            # path -> np.memmap, filled lazily by array()
+        self._arrays_pid = os.getpid()
+        shapes = [tuple(self.array(r["noisy_file"]).shape[1:]) for r in self.rows]
+        if mode == "supervised":  # once here, not per sample (the self-supervised modes never open a clean file)
+            unequal = sorted({r["clean_file"] for r, shape in zip(self.rows, shapes)
+                              if r.get("clean_file") and self.array(r["clean_file"]).shape[1:] != shape})
+            if unequal:
+                raise ValueError(f"{unequal[0]} and its noisy array have different slice shapes; rerun preprocessing.py")
+        self._groups = None  # whole slices of several sizes: batches of one size each (see _batch_indices)
+        if self.patch_size is not None:
+            side = min(min(shape) for shape in shapes)
+            if self.patch_size > side:
+                raise ValueError(f"patch_size {self.patch_size} is larger than the smallest slices ({side} px); "
+                                 "use a smaller patch_size or None for whole slices")
+        elif len(set(shapes)) > 1:
+            if self.shuffle or self.steps_per_epoch is not None:
+                raise ValueError(f"whole-slice training needs slices of one size, {self.split} has "
+                                 f"{sorted(set(shapes))}; train on crops (train.patch_size) or resize "
+                                 "(preprocess.image_size)")
+            # rows are series by series, so equal shapes come in runs; each run is cut into batches
+            self._groups, start = [], 0
+            for end in range(1, len(shapes) + 1):
+                if end == len(shapes) or shapes[end] != shapes[start] or end - start == self.batch_size:
+                    self._groups.append(np.arange(start, end))
+                    start = end
+        if target == "decorrelated":
+            unusable = sorted({r["noisy_file"] for r in self.rows if not _simulated(r)
+                               or not r["sigma_added"] > 0 or r.get("sigma_source") is None})
+            if unusable:
+                raise ValueError(f"a decorrelated target needs simulated noise with recorded sigmas (degrade.model "
+                                 f"field or gaussian); {len(unusable)} series have none, e.g. {unusable[0]}")
+        # the 3T projections of the whole split, kept once per position, if they fit (the demo's: 50 MB);
+        # otherwise training crops project their own window (the whole-slice projection, cropped: tested)
+        self._clean_projections_fit = target == "projected" and sum(
+            4 * math.prod(self.array(f).shape) for f in {r["clean_file"] for r in self.rows if r.get("clean_file")}
+        ) <= STORED_PROJECTION_BYTES
+        self.fresh_noise = bool(fresh_noise)
+        if self.fresh_noise and mode != "supervised":
+            raise ValueError(f"{mode} reads the noisy images only; fresh noise would be drawn on the clean ones")
+        if self.fresh_noise:
+            unusable = sorted({r["noisy_file"] for r, shape in zip(self.rows, shapes)
+                               if not _simulated(r) or shape != (r.get("rows"), r.get("cols"))})
+            if unusable:
+                raise ValueError(f"fresh_noise needs arrays at the acquisition matrix with a recorded degradation "
+                                 f"(preprocess.image_size null); {len(unusable)} series are not, e.g. "
+                                 f"{unusable[0]}: use the stored pairs (train.fresh_noise false)")
+
+    # -- state shared with worker processes ----------------------------------------------------------------
+
+    def __getstate__(self):
+        # Pickling a memmap would copy its whole content: send only the paths, a worker reopens them.
+        state = self.__dict__.copy()
+        state["_arrays"] = {}
+        return state
+
+    def array(self, relative_path):
+        """The (n, H, W) memmap of one array file (path relative to data_dir), opened once per process."""
+        if self._arrays_pid != os.getpid():  # forked worker: start a cache of its own
+            self._arrays, self._arrays_pid = {}, os.getpid()
+        memmap = self._arrays.get(relative_path)
+        if memmap is None:
+            path = self.data_dir / relative_path
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} (listed in {self.data_dir / 'manifest.csv'}) does not exist; "
+                                        "rerun preprocessing.py")
+            memmap = np.load(path, mmap_mode="r")
+            if memmap.ndim != 3:
+                raise ValueError(f"{path} has shape {memmap.shape}; expected (slices, H, W)")
+            self._arrays[relative_path] = memmap  # a race between threads only opens a file twice
+        return memmap
+
+    @property
+    def image_shape(self):
+        """(H, W) of the first slice (of every slice, unless the arrays keep several acquisition matrices)."""
+        return tuple(self.array(self.rows[0]["noisy_file"]).shape[1:])
+
+    @property
+    def has_clean(self):
+        """True when every slice has a clean (3T) image; False for degrade.model none (the scan is the input)."""
+        return all(row.get("clean_file") for row in self.rows)
+
+    # -- ordering ------------------------------------------------------------------------------------------
+
+    def __len__(self):
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
+        if self._groups is not None:
+            return len(self._groups)
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def order(self, epoch=None):
+        """Row indices in visiting order for pass `epoch` (default: the current epoch; a pass is an epoch
+        unless steps_per_epoch is set)."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return np.arange(len(self.rows))
+        return np.random.default_rng((self.seed, epoch)).permutation(len(self.rows))
+
+    def batch_rows(self, index):
+        """The manifest rows of batch `index` in the current epoch, in batch order."""
+        return [self.rows[i] for i in self._batch_indices(index)]
+
+    def _batch_indices(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+        if self._groups is not None:
+            return self._groups[index]
+        if self.steps_per_epoch is None:
+            start = index * self.batch_size
+            return self.order()[start:start + self.batch_size]
+        # positions in the endless stream pass 0, pass 1, ...; a batch may straddle two passes
+        start = (self.epoch * self.steps_per_epoch + index) * self.batch_size
+        passes, offsets = np.divmod(np.arange(start, start + self.batch_size), len(self.rows))
+        orders = {p: self.order(p) for p in np.unique(passes).tolist()}
+        return np.array([orders[p][o] for p, o in zip(passes.tolist(), offsets.tolist())])
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    # -- batches -------------------------------------------------------------------------------------------
+
+    def __getitem__(self, index):
+        """Batch `index` as (noisy, clean): noisy float32 (B, H, W, C) (the target slice, then its context, see
+        context_slices), clean float32 (B, H, W, 1) (the target), or None for data without clean images (evaluation
+        of degrade.model none); B = batch_size except maybe the last. Self-supervised modes: (input, target) with
+        target (B, H, W, 2), see the class docstring."""
+        keep_freed_memory()
+        rows = self.batch_rows(index)
+        # One generator per (seed, epoch, batch): the batch does not depend on which worker makes it, or when.
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        if self.mode != "supervised":
+            pairs = [self._selfsup_sample(row, rng) for row in rows]
+            return self._stack(index, [x for x, _ in pairs], [y for _, y in pairs])
+        # fresh noise has its own stream, so crops and flips are the same with and without it
+        noise_rng = np.random.default_rng((self.seed, self.epoch, index, 1)) if self.fresh_noise else None
+        noisy_batch, clean_batch = [], []
+        for row in rows:
+            channels, guide = self.context_of(row)
+            position = self.position_of(row)
+            projected = position if self.context.projection else []
+            # whole slices of the stored draw: one projection per position (_stored_projection); else drawn here
+            stored = bool(projected) and not self.fresh_noise and self.patch_size is None
+            drawn = [] if stored else projected
+            # every distinct frame once: a frame repeated by reflection is one image at inference, with one noise
+            frames, which = np.unique(channels + guide + drawn, return_inverse=True)
+            has_clean = bool(row.get("clean_file"))
+            clean_all = self.array(row["clean_file"]) if has_clean else None
+            window = (slice(None), slice(None))
+            if self.patch_size is not None:  # only training crops, and training has clean images (checked)
+                y, x = self._crop_position(clean_all[row["slice_index"]], rng)
+                window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
+            clean = None
+            if has_clean and self.target == "projected" and len(position) >= 3:  # the 3T frame's own projection
+                # kept once per position; a training set too large to keep projects each crop's window
+                kept = self.patch_size is None or self._clean_projections_fit
+                clean = self._projection_at(row, position, window, "clean_file", "registered",
+                                            None if kept else np.asarray(clean_all[position], np.float32))[0]
+            elif has_clean:
+                clean = np.asarray(clean_all[row["slice_index"]][window], np.float32)
+            region = (slice(None), slice(None)) if drawn else window  # a projection needs whole slices
+            if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
+                noisy = add_noise(np.asarray(clean_all[frames][(slice(None),) + region], np.float32),
+                                  row["degrade_model"], row["sigma_added"], noise_rng, zero=_zero(row))
+            else:
+                noisy = np.asarray(self.array(row["noisy_file"])[frames][(slice(None),) + region], np.float32)
+            noisy = noisy[which]
+            n, g = len(channels), len(guide)
+            parts = [noisy[:n]] + ([noisy[n:n + g].mean(0, keepdims=True)] if guide else [])
+            if drawn:  # read whole, now cropped like the target; the projection of the window's pixels only
+                parts = [p[(slice(None),) + window] for p in parts]
+            if projected:
+                parts.append(self._projection_at(row, projected, window, "noisy_file", self.context.projection,
+                                                 None if stored else noisy[n + g:]))
+            noisy = np.concatenate(parts)
+            if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
+                clean = decorrelated_target(clean, noisy[0], row["sigma_source"], row["sigma_added"])
+            noisy = np.moveaxis(noisy, 0, -1)  # (h, w, C)
+            if self.augment:
+                noisy, clean = self._symmetry(noisy, clean, rng)
+            noisy_batch.append(np.ascontiguousarray(noisy, dtype=np.float32))
+            clean_batch.append(None if clean is None else np.ascontiguousarray(clean, dtype=np.float32)[..., None])
+        if any(c is None for c in clean_batch):
+            return self._stack(index, noisy_batch, noisy_batch)[0], None
+        return self._stack(index, noisy_batch, clean_batch)
+
+    def _projection_at(self, row, position, window, array, kind, frames=None):
+        """(1, h, w): the row's frame of the projection (of `kind`) of its position's frames, on `window`. Without
+        `frames`, the kept whole-slice projection of `array` (the stored draw's "noisy_file", the 3T image's
+        "clean_file"), cropped; with them (a fresh draw, or frames too many to keep), their projection of the window
+        alone, registered with the stored `array`'s shifts (equal to the whole projection cropped, tested)."""
+        t = [_layout_of(row)[0]]
+        if frames is None:
+            return self._stored_projection(row, position, array, kind)[t][(slice(None),) + tuple(window)]
+        shifts = self._stored_shifts(row, position, array) if kind == "registered" else None
+        return temporal_projection(frames, kind, window, shifts, which=t)
+
+    def _stored_projection(self, row, projected, array, kind):
+        """The projection (of `kind`) of a position's frames `projected` of `array`, kept for its other frames;
+        each array has its own STORED_PROJECTION_BYTES, oldest out first."""
+        key = (array, row[array], tuple(projected), kind)
+        value = self._projections.get(key)  # single dict operations (list() too): safe with threaded workers
+        if value is None:
+            frames = np.asarray(self.array(row[array])[projected], np.float32)
+            value = self._projections[key] = temporal_projection(frames, kind)
+            same = [k for k in list(self._projections) if k[0] == array]
+            total = sum(getattr(self._projections.get(k), "nbytes", 0) for k in same)
+            for old in same[:-1]:  # oldest first
+                if total <= STORED_PROJECTION_BYTES:
+                    break
+                total -= getattr(self._projections.pop(old, None), "nbytes", 0)
+        return value
+
+    def _stored_shifts(self, row, projected, array):
+        """The registration of a position's frames `projected` of `array` (context.register_shifts), for a
+        registered projection of a new draw of them or of a window: the motion is the anatomy's, and estimating it
+        again on every sample would cost as much as the projection of a crop."""
+        key = (row[array], tuple(projected))
+        shifts = self._position_shifts.get(key)  # a single dict operation: safe with threaded workers
+        if shifts is None:
+            shifts = self._position_shifts[key] = register_shifts(np.asarray(self.array(row[array])[projected],
+                                                                    np.float32))
+        return shifts
+
+    @staticmethod
+    def _stack(index, inputs, targets):
+        shapes = {a.shape[:2] for a in inputs}
+        if len(shapes) > 1:
+            raise ValueError(f"batch {index} mixes slice shapes {sorted(shapes)}; all arrays of one preprocessing "
+                             "run should share preprocess.image_size (rerun preprocessing.py into a fresh folder)")
+        return np.stack(inputs), np.stack(targets)
+
+    def partners(self, row):
+        """noise2noise: slice indices of the other frames t' < noise2noise_frames at the row's slice position in its
+        series (its possible targets); [] when the row's own frame is not one of them."""
+        t, k, _, _ = _layout_of(row)
+        if t >= self.noise2noise_frames:
+            return []
+        lookup = self._lookup[row["series_uid"]]
+        return [lookup[(f, k)] for f in range(self.noise2noise_frames) if f != t and (f, k) in lookup]
+
+    def _selfsup_sample(self, row, rng):
+        """(input, target) of one row in a self-supervised mode: selfsup.selfsup_sample."""
+        return selfsup_sample(self, row, rng)
+
+    def position_of(self, row):
+        """Slice indices of every time point at the row's position (the stack of its projection channel)."""
+        _, k, n_times, _ = _layout_of(row)
+        return position_frames(self._lookup[row["series_uid"]], k, n_times, row["slice_index"])
+
+    def context_of(self, row):
+        """(channel slice indices, guide slice indices) of a manifest row in its series' arrays."""
+        t, k, n_times, n_positions = _layout_of(row)
+        if row.get("time_index") is None:
+            n_positions = self._n_positions[row["series_uid"]]
+        return context_slices(self._lookup[row["series_uid"]], t, k, n_times, n_positions,
+                              self.context.offsets, self.context.precontrast_frames, row["slice_index"])
+
+    def truth_batch(self, index):
+        """The noise-free truth of batch `index`, float32 (B, H, W, 1) like the clean batch, or None when any of
+        its slices has none (real data; only the demo generator knows the truth). Whole slices only: the truth is
+        a reference for evaluation, never a training input, so crops and augmentation are refused here."""
+        if self.patch_size is not None or self.augment:
+            raise ValueError("truth_batch is for evaluation datasets (patch_size None, augment False)")
+        rows = self.batch_rows(index)
+        if not all(row.get("truth_file") for row in rows):
+            return None
+        return np.stack([np.asarray(self.array(r["truth_file"])[r["slice_index"]], np.float32) for r in rows])[..., None]
+
+    @property
+    def has_truth(self):
+        """True when every slice of this dataset has a truth array."""
+        return all(row.get("truth_file") for row in self.rows)
+
+    def _crop_position(self, clean, rng):
+        """Top-left (y, x) of a patch: the best of `crop_candidates` random positions by tissue pixel count."""
+        p = self.patch_size
+        h, w = clean.shape
+        ys = rng.integers(0, h - p + 1, size=self.crop_candidates)
+        xs = rng.integers(0, w - p + 1, size=self.crop_candidates)
+        if self.crop_candidates == 1:
+            return int(ys[0]), int(xs[0])
+        # Summed-area table of the tissue mask: each candidate's count is 4 lookups.
+        tissue = np.asarray(clean, dtype=np.float32) > self.tissue_threshold
+        table = np.zeros((h + 1, w + 1), dtype=np.int64)
+        table[1:, 1:] = tissue.cumsum(0).cumsum(1)
+        counts = table[ys + p, xs + p] - table[ys, xs + p] - table[ys + p, xs] + table[ys, xs]
+        best = int(np.argmax(counts))  # ties (e.g. all air) keep the first, still a random position
+        return int(ys[best]), int(xs[best])
+
+    @staticmethod
+    def _symmetry(noisy, clean, rng):
+        """The same random flip / 90-degree rotation of both images (only 180 degrees for non-square ones);
+        arrays (h, w) or (h, w, C), clean may be None (only noisy is turned)."""
+        square = noisy.shape[0] == noisy.shape[1]
+        turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
+        flip = bool(rng.integers(2))
+        out = [None if a is None else np.rot90(a, turns) for a in (noisy, clean)]
+        if flip:
+            out = [None if a is None else a[:, ::-1] for a in out]
+        return tuple(out)

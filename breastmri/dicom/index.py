@@ -1,0 +1,533 @@
+"""Step 1 of preprocessing, also what enhance.py walks a tree with: index a DICOM tree by its headers only.
+
+    series_list, skips, files_seen = index("path/to/dicom", series_filter="", include_kinds=())
+
+Every file's header is read (no pixel data, only the 8-12 bytes of the pixel data element header, which tell whether
+the file holds all of it). MR image objects (MR, Enhanced MR, Legacy Converted Enhanced MR) are grouped into series
+by SeriesInstanceUID; everything else (CT, PT, SEG, SR, presentation states, MR spectroscopy, colour, non-DICOM,
+truncated or unreadable files) is skipped with a counted reason, never stopping the run. So is every MR image that
+is not magnitude anatomy (image_kinds: phase, real and imaginary images, parametric maps, localizers, subtractions,
+projections) unless include_kinds names its kind, and every object enhance.py wrote (written_by_enhance). A regex
+on SeriesDescription (series_filter) can narrow the series.
+
+Slice order within a series (slice_index, the first array axis) is by
+(temporal position, position along the slice normal, InstanceNumber, file, frame): the temporal position is
+TemporalPositionIdentifier (classic MR) or TemporalPositionIndex (enhanced MR); when it is missing and several
+images share a slice position (a DCE series without the tag), the images at each position are ranked by
+AcquisitionTime (then AcquisitionNumber, InstanceNumber). So a DCE series is stored time point by time point,
+each time point as a spatially ordered stack.
+"""
+
+import hashlib
+import math
+import os
+import re
+import struct
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+from tqdm import tqdm
+
+from breastmri.config import ConfigError
+from breastmri.dicom.kinds import _kind_reason, check_include_kinds
+from breastmri.dicom.pixels import TRUTH_FILE
+
+# MR image storage SOP classes we turn into slices (PS3.4 Annex B). Enhanced MR Color, MR Spectroscopy and
+# Raw Data are MR too but carry no grayscale image and are skipped with their SOP class as the reason.
+MR_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
+}
+
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}  # Pixel / Float / Double Float Pixel Data
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV"}
+
+# A series whose images lie in different planes (a three-plane localizer / survey in one series) cannot be one
+# stack; counted separately from an image marked LOCALIZER, as it is recognized by geometry, not by a tag.
+MIXED_PLANES_REASON = "localizer (image orientations differ)"
+# Several images at one slice position and time point (water and fat of a Dixon dynamic, the echoes of a multi-echo
+# series, a temporal tag that does not tell the dynamics apart and equal acquisition times): no (time, position)
+# layout tells them apart, so a context model would read one as the other's neighbour.
+REPEATED_POSITION_REASON = "repeated slice position at one time point"
+ORIENTATION_TOLERANCE = 0.01  # largest difference of direction cosines within one plane (~0.6 degrees)
+@dataclass
+class Series:
+    """One MR series, ordered as described in the module docstring.
+
+    frames: one (path, frame_index) per output slice; frame_index is None for single-frame files.
+    sop_instance_uids, slopes, intercepts, temporal_index: one per frame, same order. rows, cols: the
+    acquisition matrix. series_uid falls back to "folder:<relative folder>" when the tag is missing.
+    """
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    series_description: str
+    modality: str
+    rows: int
+    cols: int
+    frames: list
+    sop_instance_uids: list
+    slopes: list = field(default_factory=list)
+    intercepts: list = field(default_factory=list)
+    temporal_index: list = field(default_factory=list)
+    layout: list = field(default_factory=list)  # (time_index, position_index) per frame, see _layout
+    series_number: int = 0
+    field_strength_t: float = None
+    n_files: int = 0
+    notes: list = field(default_factory=list)  # fallbacks used for missing tags
+    truth_dir: str = None  # folder holding a noise-free truth sidecar (demo data only; see read_truth)
+    padded: bool = True  # some file declares PixelPaddingValue (writer.padding_mask reads them only then)
+
+
+@dataclass
+class Skips:
+    """Skip counts: `files` per reason (every file seen is used or counted once here), `series` per reason."""
+
+    files: Counter = field(default_factory=Counter)
+    series: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)  # reason -> one example (path or series and message)
+
+    def add_file(self, reason, example=""):
+        self.files[reason] += 1
+        self.examples.setdefault(reason, example)
+
+    def add_series(self, reason, n_files, example=""):
+        self.series[reason] += 1
+        self.files[reason] += n_files
+        self.examples.setdefault(reason, example)
+
+# --------------------------------------------------------------------------------------------------------------
+# 1. Index: headers only
+# --------------------------------------------------------------------------------------------------------------
+
+def list_files(root, exclude=None):
+    """Every regular file under root in a stable (sorted) order. Hidden files and folders (".name") are not
+    looked at, nor is `exclude` (the output folder, if it lies inside the tree)."""
+    root, files = Path(root), []
+    exclude = Path(exclude).resolve() if exclude is not None else None
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and (exclude is None or Path(folder, d).resolve() != exclude))
+        files.extend(os.path.join(folder, n) for n in sorted(names) if not n.startswith("."))
+    return files
+
+
+def scan_file(path, include_kinds=()):
+    """Header record of one file (a dict, see _header_record) or a short skip reason (a str).
+
+    Reads the header with stop_before_pixels and then only the 8-12 bytes of the pixel data element header,
+    which tells whether pixel data is there and whether the file holds all of it (truncated downloads).
+    include_kinds: IMAGE_KINDS to keep although they are not magnitude anatomy (preprocess.include_kinds)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # per-file pydicom warnings would flood the log; reasons are counted
+            head = fp.read(132)
+            fp.seek(0)
+            # Files without the 128-byte preamble + "DICM" are read only when they start like a raw dataset
+            # (group 0x0008 or 0x0002 first, as old exports do); anything else is not DICOM.
+            raw = head[:2] in (b"\x08\x00", b"\x02\x00") and len(head) >= 8
+            if head[128:132] != b"DICM" and not raw:
+                return "not DICOM"
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=raw)
+            reason = _skip_reason(ds) or _kind_reason(ds, include_kinds)
+            if reason:
+                return reason
+            reason = _pixel_status(fp, ds, size)
+            if reason:
+                return reason
+            return _header_record(path, ds)
+    except InvalidDicomError:
+        return "not DICOM"
+    except Exception:  # noqa: BLE001 - any parser failure of one file is a counted skip, never a crash
+        return "unreadable"
+
+
+def _skip_reason(ds):
+    """Short reason why this dataset is not a usable grayscale MR image, or None."""
+    meta = getattr(ds, "file_meta", None)
+    sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "") or "")
+    modality = str(ds.get("Modality", "") or "").upper()
+    if sop:
+        if sop not in MR_IMAGE_SOP_CLASSES:
+            return f"modality {modality}" if modality and modality != "MR" else f"SOP class {UID(sop).name}"
+    elif modality != "MR":
+        return f"modality {modality or 'missing'}"
+    if "Rows" not in ds or "Columns" not in ds or "BitsAllocated" not in ds:
+        # The image module is mandatory for these SOP classes: a header that stops before it was cut short.
+        return "truncated"
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return "color MR"
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip()
+    if photometric != "MONOCHROME2":
+        return f"photometric {photometric}"  # MONOCHROME1 (inverted) or palette: not seen in MR, not handled
+    return None
+
+
+def _orientations_differ(frames):
+    """True when the frames' ImageOrientationPatient differ by more than ORIENTATION_TOLERANCE (frames without
+    one are not compared)."""
+    orientations = [f["orientation"] for f in frames if f.get("orientation") is not None]
+    if len(orientations) < 2:
+        return False
+    values = np.asarray(orientations, float)
+    return bool(np.max(np.abs(values - values[0])) > ORIENTATION_TOLERANCE)
+
+
+def _orientation(iop):
+    try:
+        if iop is not None and len(iop) == 6:
+            return tuple(float(v) for v in iop)
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
+def _pixel_status(fp, ds, file_size):
+    """None if the pixel data element is present and complete, else "no pixel data" or "truncated".
+    fp must stand where stop_before_pixels left it (at the pixel data tag, or at the end of the file)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return None  # the file position is meaningless in a deflated stream; the pixel read will tell
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return None
+    start = fp.tell()
+    head = fp.read(12)
+    if len(head) < 8:
+        return "no pixel data"
+    endian = "<" if little else ">"
+    if struct.unpack(endian + "HH", head[:4]) not in _PIXEL_TAGS:
+        return "no pixel data"
+    if implicit:
+        (length,), header = struct.unpack(endian + "L", head[4:8]), 8
+    elif head[4:6] in _LONG_VRS:
+        if len(head) < 12:
+            return "truncated"
+        (length,), header = struct.unpack(endian + "L", head[8:12]), 12
+    else:
+        (length,), header = struct.unpack(endian + "H", head[6:8]), 8
+    available = file_size - start - header
+    if length == 0xFFFFFFFF:  # encapsulated (compressed): at least a basic offset table item and a fragment
+        return None if available >= 16 else "truncated"
+    if length == 0:
+        return "no pixel data"
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.BitsAllocated) // 8
+    if available < length or length < expected:
+        return "truncated"
+    return None
+
+
+def _first(item, sequence, keyword):
+    """item.<sequence>[0].<keyword>, or None when any level is missing."""
+    if item is None:
+        return None
+    seq = item.get(sequence)
+    if not seq:
+        return None
+    return seq[0].get(keyword)
+
+
+def _seconds(value):
+    """DICOM TM ('HHMMSS.frac', also 'HH:MM:SS') or DT ('YYYYMMDDHHMMSS.frac&zzzz') -> seconds, or None."""
+    if value in (None, ""):
+        return None
+    text = re.split(r"[&+-]", str(value))[0].replace(":", "").strip()  # drop a UTC offset
+    try:
+        days = 0
+        if len(text.split(".")[0]) > 6:  # DT: a date in front of the time
+            days, text = datetime.strptime(text[:8], "%Y%m%d").toordinal(), text[8:]
+        hours = int(text[0:2] or 0)
+        minutes = int(text[2:4] or 0)
+        secs = float(text[4:] or 0)
+    except ValueError:
+        return None
+    return days * 86400.0 + hours * 3600.0 + minutes * 60.0 + secs
+
+
+def _position(ipp, iop, fallback=None):
+    """Position along the slice normal (mm): ImagePositionPatient . (row cosines x column cosines), else the
+    fallback (SliceLocation); None when neither is a finite number ("NaN" parses, and never equals itself)."""
+    value = None
+    try:
+        if ipp is not None and iop is not None and len(ipp) == 3 and len(iop) == 6:
+            normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+            value = float(np.dot(np.asarray(ipp, float), normal))
+    except (TypeError, ValueError):
+        pass
+    if value is None or not math.isfinite(value):
+        try:
+            value = float(fallback) if fallback not in (None, "") else None
+        except (TypeError, ValueError):
+            value = None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _number(value, default=None):
+    try:
+        return float(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _header_record(path, ds):
+    """The header fields the pipeline needs, as a small picklable dict (one frame entry per frame)."""
+    def text(keyword):
+        return str(ds.get(keyword, "") or "").strip()
+
+    record = {
+        "path": str(path), "folder": str(Path(path).parent),
+        "patient_id": text("PatientID"), "patient_name": text("PatientName"),
+        "study_uid": text("StudyInstanceUID"), "series_uid": text("SeriesInstanceUID"),
+        "series_description": text("SeriesDescription"), "series_number": int(_number(ds.get("SeriesNumber"), 0)),
+        "sop_uid": text("SOPInstanceUID") or str(getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", "")),
+        "rows": int(ds.Rows), "cols": int(ds.Columns),
+        "field_strength_t": _number(ds.get("MagneticFieldStrength")),
+        "padded": "PixelPaddingValue" in ds,
+        "frames": [],
+    }
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    instance = _number(ds.get("InstanceNumber"), 0.0)
+    slope0, intercept0 = _number(ds.get("RescaleSlope"), 1.0), _number(ds.get("RescaleIntercept"), 0.0)
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        # Enhanced / legacy converted MR: geometry, rescale and timing per frame, or shared by all frames.
+        shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+        for i in range(n_frames):
+            own = per_frame[i] if i < len(per_frame) else None
+
+            def lookup(sequence, keyword, own=own):
+                value = _first(own, sequence, keyword)
+                return value if value is not None else _first(shared, sequence, keyword)
+
+            slope = _number(lookup("PixelValueTransformationSequence", "RescaleSlope"), slope0)
+            intercept = _number(lookup("PixelValueTransformationSequence", "RescaleIntercept"), intercept0)
+            record["frames"].append({
+                "frame": i,
+                "temporal": _number(lookup("FrameContentSequence", "TemporalPositionIndex")),
+                "position": _position(lookup("PlanePositionSequence", "ImagePositionPatient"),
+                                      lookup("PlaneOrientationSequence", "ImageOrientationPatient")),
+                "time": _seconds(lookup("FrameContentSequence", "FrameAcquisitionDateTime")),
+                "acquisition": 0.0, "instance": instance, "slope": slope, "intercept": intercept,
+                "orientation": _orientation(lookup("PlaneOrientationSequence", "ImageOrientationPatient"))})
+    else:
+        position = _position(ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"),
+                             ds.get("SliceLocation"))
+        orientation = _orientation(ds.get("ImageOrientationPatient"))
+        for i in range(n_frames):
+            record["frames"].append({
+                "frame": i if n_frames > 1 else None,
+                "temporal": _number(ds.get("TemporalPositionIdentifier")),
+                "position": position, "time": _seconds(ds.get("AcquisitionTime")),
+                "acquisition": _number(ds.get("AcquisitionNumber"), 0.0), "instance": instance,
+                "slope": slope0, "intercept": intercept0, "orientation": orientation})
+    return record
+
+
+def group_series(records, root, skips, include_kinds=()):
+    """Header records -> ordered list of Series (see the module docstring for the slice order).
+
+    Fallbacks for missing tags: patient_id = PatientID, else PatientName, else "anon-<hash of the study or
+    folder>"; series_uid = SeriesInstanceUID, else "folder:<relative folder>"; SOPInstanceUID, else
+    "file:<relative path>". Duplicate SOP instances (the same image twice) count as skipped files, and a
+    series whose images differ in size is skipped as "mismatched shapes", one whose images lie in different
+    planes (a multi-plane localizer; dcm2niix refuses to stack these too) as MIXED_PLANES_REASON unless
+    include_kinds has "localizer"."""
+    root = Path(root)
+    groups = defaultdict(list)
+    for record in records:
+        relative = os.path.relpath(record["folder"], root)
+        notes = []
+        if not record["series_uid"]:
+            record["series_uid"] = f"folder:{relative}"
+            notes.append("series_uid from folder")
+        if not record["patient_id"]:
+            if record["patient_name"]:
+                record["patient_id"] = record["patient_name"]
+                notes.append("patient_id from PatientName")
+            else:
+                anchor = record["study_uid"] or relative
+                record["patient_id"] = "anon-" + hashlib.sha1(anchor.encode()).hexdigest()[:8]
+                notes.append("patient_id from study/folder")
+        if not record["sop_uid"]:
+            record["sop_uid"] = "file:" + os.path.relpath(record["path"], root)
+        record["notes"] = notes
+        groups[record["series_uid"]].append(record)
+
+    series_list = []
+    for uid, files in groups.items():
+        first = files[0]
+        frames, seen = [], set()
+        for record in files:
+            keys = [(record["sop_uid"], f["frame"]) for f in record["frames"]]
+            if any(k in seen for k in keys):
+                skips.add_file("duplicate SOP instance", record["path"])
+                continue
+            seen.update(keys)
+            frames.extend(dict(f, path=record["path"], sop_uid=record["sop_uid"], rows=record["rows"],
+                               cols=record["cols"]) for f in record["frames"])
+        n_files = len({f["path"] for f in frames})
+        if len({(f["rows"], f["cols"]) for f in frames}) > 1:
+            skips.add_series("mismatched shapes", n_files, f"series {uid}")
+            continue
+        if "localizer" not in include_kinds and _orientations_differ(frames):
+            skips.add_series(MIXED_PLANES_REASON, n_files, f"series {uid} ({first['series_description']})")
+            continue
+        if not _assign_temporal(frames):
+            skips.add_series(REPEATED_POSITION_REASON, n_files, f"series {uid} ({first['series_description']})")
+            continue
+        frames.sort(key=lambda f: (f["t"], f["position"] if f["position"] is not None else 0.0, f["instance"],
+                                   f["path"], f["frame"] or 0))
+        series_list.append(Series(
+            patient_id=first["patient_id"], study_uid=first["study_uid"], series_uid=uid,
+            series_description=first["series_description"], modality="MR", rows=first["rows"],
+            cols=first["cols"], frames=[(f["path"], f["frame"]) for f in frames],
+            sop_instance_uids=[f["sop_uid"] for f in frames], slopes=[f["slope"] for f in frames],
+            intercepts=[f["intercept"] for f in frames], temporal_index=[f["t"] for f in frames],
+            layout=_layout(frames),
+            series_number=first["series_number"],
+            field_strength_t=next((r["field_strength_t"] for r in files if r["field_strength_t"]), None),
+            padded=any(r["padded"] for r in files),
+            n_files=n_files, notes=sorted({n for r in files for n in r["notes"]}),
+            truth_dir=first["folder"] if (Path(first["folder"]) / TRUTH_FILE).is_file() else None))
+    series_list.sort(key=lambda s: (s.patient_id, s.study_uid, s.series_number, s.series_uid))
+    return series_list
+
+
+def _layout(frames):
+    """(time_index, position_index) of each frame in a sorted series: the rank of its temporal position and of
+    its position along the slice normal (0.01 mm apart counts as the same), so frame (t, k) of a DCE series can
+    be found from any other frame of it. Frames without a position are numbered in order within their time
+    point. A series with one time point has time_index 0 throughout."""
+    times = sorted({f["t"] for f in frames})
+    positions = sorted({_position_key(f["position"]) for f in frames if f["position"] is not None})
+    time_rank, position_rank = {t: i for i, t in enumerate(times)}, {p: i for i, p in enumerate(positions)}
+    layout, count = [], defaultdict(int)
+    for f in frames:
+        t = time_rank[f["t"]]
+        if f["position"] is None:
+            k = count[t]
+            count[t] += 1
+        else:
+            k = position_rank[_position_key(f["position"])]
+        layout.append((t, k))
+    return layout
+
+
+def _position_key(position):
+    """Slice positions 0.01 mm apart or closer are one position (rounding of exported coordinates)."""
+    return round(position, 2)
+
+
+def _assign_temporal(frames):
+    """Set f["t"]: the temporal position tag when every frame has one and it tells the images at each position
+    apart; else, when slice positions repeat (DCE without the tag, or with one that never changes), the rank by
+    acquisition time among the frames at the same position; else 0. False (nothing to lay out) when two frames
+    at one position share their acquisition time and number: images of one dynamic (water and fat, echoes), not
+    two time points (REPEATED_POSITION_REASON); dynamics with dummy, equal times are told apart by their
+    AcquisitionNumber."""
+    positions = [f["position"] for f in frames]
+    if all(f["temporal"] is not None for f in frames):
+        for f in frames:
+            f["t"] = f["temporal"]
+        if None in positions or len({(f["t"], _position_key(f["position"])) for f in frames}) == len(frames):
+            return True
+    elif None in positions or len({_position_key(p) for p in positions}) == len(positions):
+        for f in frames:
+            f["t"] = 0
+        return True
+    at_position = defaultdict(list)
+    for f in frames:
+        at_position[_position_key(f["position"])].append(f)
+    for group in at_position.values():
+        times = [(f["time"], f["acquisition"]) for f in group if f["time"] is not None]
+        if len(set(times)) < len(times):
+            return False
+        group.sort(key=lambda f: (f["time"] if f["time"] is not None else math.inf, f["acquisition"],
+                                  f["instance"], f["path"], f["frame"] or 0))
+        for rank, f in enumerate(group):
+            f["t"] = rank
+    return True
+
+
+def filter_series(series_list, series_filter, skips):
+    """Keep the series whose SeriesDescription matches the regex (re.search); "" keeps all."""
+    if not series_filter:
+        return list(series_list)
+    try:
+        pattern = re.compile(series_filter)
+    except re.error as error:
+        raise ConfigError(f"preprocess.series_filter {series_filter!r} is not a valid regex: {error}") from None
+    kept = []
+    for s in series_list:
+        if pattern.search(s.series_description):
+            kept.append(s)
+        else:
+            skips.add_series("series filter", s.n_files, s.series_description)
+    return kept
+
+
+# Below this many files the headers are read in the main process, while the workers start (a spawned worker
+# needs about a second to import numpy, cv2 and pydicom; header reading costs about 1 ms per file).
+PARALLEL_INDEX_MIN_FILES = 2000
+
+
+def _scan_all(paths, pool=None, workers=1, progress=True, include_kinds=()):
+    bar = tqdm(total=len(paths), unit="file", desc="index", disable=not progress or len(paths) < 200,
+               mininterval=1.0)
+    scan = partial(scan_file, include_kinds=tuple(include_kinds))
+    if pool is None or len(paths) < PARALLEL_INDEX_MIN_FILES:
+        results = []
+        for path in paths:
+            results.append(scan(path))
+            bar.update()
+    else:
+        chunk = max(1, min(256, len(paths) // (8 * workers)))
+        results = []
+        for result in pool.map(scan, paths, chunksize=chunk):
+            results.append(result)
+            bar.update()
+    bar.close()
+    return results
+
+
+def scan_tree(root, series_filter, pool=None, workers=1, exclude=None, progress=True, include_kinds=()):
+    """(series_list, Skips, files_seen): the shared body of index_tree, index and run."""
+    include_kinds = check_include_kinds(include_kinds)
+    paths = list_files(root, exclude=exclude)
+    skips, records = Skips(), []
+    for path, result in zip(paths, _scan_all(paths, pool, workers, progress, include_kinds)):
+        if isinstance(result, str):
+            skips.add_file(result, path)
+        else:
+            records.append(result)
+    series_list = group_series(records, root, skips, include_kinds)
+    series_list = filter_series(series_list, series_filter, skips)
+    return series_list, skips, len(paths)
+
+
+def index(root, series_filter="", include_kinds=(), exclude=None):
+    """index_tree with the whole Skips (per-series counts too), as enhance.py reports them."""
+    return scan_tree(root, series_filter, exclude=exclude, progress=False, include_kinds=include_kinds)
+
+
+def index_tree(root, series_filter="", include_kinds=()):
+    """Index a DICOM tree by its headers only.
+
+    Returns (series_list, skipped, files_seen): the ordered MR series, a Counter of skipped files per reason
+    (series-level reasons such as "series filter" count the files of the series), and the number of files
+    looked at. files_seen == sum(skipped.values()) + the files of series_list. include_kinds: IMAGE_KINDS to keep
+    (preprocess.include_kinds)."""
+    series_list, skips, files_seen = index(root, series_filter, include_kinds)
+    return series_list, skips.files, files_seen

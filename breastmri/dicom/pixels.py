@@ -1,0 +1,84 @@
+"""Pixels of an indexed series in modality units, and the noise-free truth the demo generator leaves beside them.
+
+read_series decodes each file once (pydicom's handlers, pylibjpeg for compressed syntaxes) and applies the
+modality rescale per frame; read_truth reads the demo's hidden sidecars (TRUTH_FILE, TRUTH_INDEX), which real
+data never has. Problems a series can have are SeriesReadError(reason, detail): callers count the reason and go on.
+"""
+
+import json
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+# The noise-free truth of a demo DCE series: hidden sidecars in its folder (simulate.demo_dicom.write_truth).
+TRUTH_FILE, TRUTH_INDEX = ".demo_truth.npy", ".demo_truth.json"
+
+
+
+class SeriesReadError(Exception):
+    """A series whose pixels cannot be read as one stack; `reason` is the short counted skip reason."""
+
+    def __init__(self, reason, detail=""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2-5. Pixels, normalization, geometry
+# --------------------------------------------------------------------------------------------------------------
+
+def read_series(series):
+    """float32 (n, rows, cols) in modality units: stored values * RescaleSlope + RescaleIntercept, per frame.
+
+    Each file is decoded once (all its frames), through pydicom's pixel handlers (pylibjpeg plugins for
+    JPEG 2000, JPEG-LS, JPEG lossless; RLE). Raises SeriesReadError("mismatched shapes") when a decoded image
+    does not have the series' matrix, ("pixel read failed") when a rescale gives values that are not finite;
+    decoder errors propagate (the caller counts them as a skipped series)."""
+    out = np.empty((len(series.frames), series.rows, series.cols), dtype=np.float32)
+    slots = defaultdict(list)
+    for k, (path, frame) in enumerate(series.frames):
+        slots[path].append((k, frame))
+    for path, items in slots.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels = pydicom.dcmread(path, force=True).pixel_array
+        if pixels.ndim == 2:
+            pixels = pixels[None]
+        if pixels.ndim != 3 or pixels.shape[1:] != (series.rows, series.cols):
+            raise SeriesReadError("mismatched shapes", f"{path} decodes to {pixels.shape}, series is "
+                                  f"{series.rows}x{series.cols}")
+        for k, frame in items:
+            out[k] = pixels[frame or 0]
+    slopes = np.asarray(series.slopes, dtype=np.float32)
+    intercepts = np.asarray(series.intercepts, dtype=np.float32)
+    if len(slopes) == len(out) and (np.any(slopes != 1) or np.any(intercepts != 0)):
+        out *= slopes[:, None, None]
+        out += intercepts[:, None, None]
+    if not np.all(np.isfinite(out)):  # e.g. RescaleSlope "NaN", which pydicom parses
+        raise SeriesReadError("pixel read failed", "non-finite values after rescale")
+    return out
+
+
+def read_truth(series):
+    """The noise-free truth of a series, float32 (n, rows, cols) in modality units and in the series' slice
+    order, or None. Only the demo generator knows it: demo_data.write_truth leaves TRUTH_FILE (the images) and
+    TRUTH_INDEX (their SOPInstanceUIDs) next to the DICOM files. Real data has no such files; a sidecar that does
+    not cover every image of the series, or does not match its matrix, is ignored rather than half used."""
+    if series.truth_dir is None or any(frame is not None for _, frame in series.frames):
+        return None
+    folder = Path(series.truth_dir)
+    try:
+        uids = json.loads((folder / TRUTH_INDEX).read_text())["sop_instance_uids"]
+        images = np.load(folder / TRUTH_FILE, mmap_mode="r")
+    except (OSError, ValueError, KeyError):
+        return None
+    position = {uid: i for i, uid in enumerate(uids)}
+    if images.ndim != 3 or images.shape[1:] != (series.rows, series.cols) or len(images) != len(uids) \
+            or any(uid not in position for uid in series.sop_instance_uids):
+        return None
+    return np.asarray(images[[position[uid] for uid in series.sop_instance_uids]], dtype=np.float32)

@@ -1,0 +1,323 @@
+"""enhance.py's work: find the series under a folder, enhance each, write derived DICOM series atomically.
+
+Each series is written under a temporary name and renamed when complete; a marker records the model and settings,
+so a re-run skips finished series and resumes an interrupted one. Anything that cannot be enhanced (not a
+magnitude MR image, unreadable pixels, an unsupported pixel format) is skipped with a counted reason, never
+ending the run; enhance_summary.json lists every series with its outcome.
+"""
+
+import json
+import os
+import shutil
+import time
+import traceback
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from breastmri.config import ConfigError
+from breastmri.data import preprocess
+from breastmri.dicom import index, pixels
+from breastmri.dicom.kinds import check_include_kinds
+from breastmri.dicom.writer import (
+    derived_series_uid,
+    output_series_numbers,
+    padding_mask,
+    series_folder,
+    write_series,
+)
+from breastmri.enhance.enhancer import Enhancer, load_enhancer, predict_stack
+from breastmri.restore.predict import MAX_PIXELS, EnhanceError, check_tile, default_tile
+
+MARKER = "enhance.json"
+SUMMARY = "enhance_summary.json"
+TMP_PREFIX = ".tmp-enhance-"
+
+
+# One series cannot be enhanced: the same exception preprocessing skips a series with; its `reason` is the short
+# counted reason in the summary.
+SeriesError = pixels.SeriesReadError
+# An exception no check foresaw: its series is skipped and counted, the run goes on, and it exits with status 1.
+UNFORESEEN_REASON = "enhance failed"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One series, atomically
+# --------------------------------------------------------------------------------------------------------------
+
+def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_tiling=False, max_pixels=MAX_PIXELS,
+                   overwrite=False, preview=False, series_number=None):
+    """Enhance one Series into its folder under out_dir. Returns a result dict with "status": "done" or
+    "skipped" (+ "reason", "detail"); never raises for bad data (a KeyboardInterrupt still stops the run)."""
+    new_uid = derived_series_uid(series, enhancer)
+    final = series_folder(out_dir, series, new_uid)
+    result = {"source_series_uid": series.series_uid, "series_description": series.series_description,
+              "patient_id": series.patient_id, "output_series_uid": new_uid,
+              "folder": os.path.relpath(final, out_dir), "slices": len(series.frames),
+              "rows": series.rows, "cols": series.cols}
+    if final.exists() and not overwrite:
+        return dict(result, status="skipped", reason="exists", detail="output series exists; use --overwrite")
+
+    started = time.perf_counter()
+    inference_before = sum(enhancer.timings)
+    tmp = Path(out_dir) / f"{TMP_PREFIX}{os.getpid()}-{new_uid}"
+    old = Path(out_dir) / f"{TMP_PREFIX}{os.getpid()}-old-{new_uid}"
+    try:
+        try:
+            raw = pixels.read_series(series)
+        except SeriesError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any decoder failure skips this series only
+            raise SeriesError("pixel read failed", f"{type(error).__name__}: {error}") from None
+        # Padded pixels (PixelPaddingValue) are not image: they take no part in the normalization, the network
+        # sees them as the darkest tissue value (lo) instead of an artificial edge, as in training
+        # (preprocess.image_range), and write_series restores them.
+        padding = padding_mask(series, raw)
+        lo, hi = preprocess.image_range(raw, padding, enhancer.cfg["preprocess"]["norm_percentiles"])
+        scale = np.float32(hi) - np.float32(lo)
+        normalized = (raw - np.float32(lo)) / scale
+        if padding is not None:
+            normalized[padding] = 0.0
+        try:
+            # context models: the same stacks PairedSlices gives the network in training, from this series'
+            # (time point, slice position) layout
+            pred, info = predict_stack(enhancer, normalized, batch_size, tile, force_tiling, max_pixels,
+                                       zero=float(-np.float32(lo) / scale), layout=series.layout)
+        except EnhanceError:
+            raise
+        except Exception as error:  # noqa: BLE001 - e.g. out of memory on a huge slice: report, go on
+            raise SeriesError("inference failed", f"{type(error).__name__}: {error}") from None
+        zero = float(-np.float32(lo) / scale)
+        from breastmri.restore import training
+
+        if training.needs_rician_correction(enhancer.cfg, enhancer.cfg["degrade"]["model"]):
+            # a self-supervised run learned E[magnitude]: invert the Rician mean with this series' noise, measured
+            # as main.py's evaluation measures it on the same normalized series
+            from breastmri.restore.denoisers import correct_rician_mean
+            from breastmri.simulate.degrade import series_sigma
+
+            # padding counts as no signal (it is written back as padding), not as a spike at lo
+            measured = normalized if padding is None else np.where(padding, np.float32(zero), normalized)
+            pred = correct_rician_mean(pred, series_sigma(measured, zero)[0], zero)
+        enhanced = pred.astype(np.float64) * float(scale) + lo
+
+        created = datetime.now()
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            n_files = write_series(series, enhanced, enhancer, tmp, new_uid, created, padding, series_number)
+            marker = {"source_series_uid": series.series_uid, "output_series_uid": new_uid,
+                      "model": str(enhancer.model_path), "model_sha256": enhancer.model_sha,
+                      "config_hash": enhancer.config_hash, "slices": len(series.frames), "files": n_files,
+                      "norm_lo": lo, "norm_hi": hi, "size": info, "created": created.isoformat(timespec="seconds")}
+            (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")  # written last: the series is complete
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # --overwrite: swap the old series out, the new one in, then delete the old one
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+            os.replace(tmp, final)
+        except SeriesError:
+            raise
+        except Exception as error:  # noqa: BLE001 - an unwritable header, a full disk: skip, leave nothing
+            raise SeriesError("write failed", f"{type(error).__name__}: {error}") from None
+        shutil.rmtree(old, ignore_errors=True)
+    except EnhanceError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a SeriesError, or an unforeseen failure: this series only, counted
+        if old.exists() and not final.exists():
+            os.replace(old, final)  # the new series failed after the old one was moved away: put it back
+        if not isinstance(error, SeriesError):  # where it happened, for the bug report
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            error = SeriesError(UNFORESEEN_REASON, f"{type(error).__name__}: {error} "
+                                                   f"({Path(where.filename).name}:{where.lineno})")
+        return dict(result, status="skipped", reason=error.reason, detail=str(error))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    if preview:
+        try:
+            png = save_preview(raw, enhanced, final.parent / f"{final.name}.png",
+                               f"{series.patient_id} {series.series_description}")
+            result["preview"] = os.path.relpath(png, out_dir)
+        except Exception as error:  # noqa: BLE001 - a figure problem must not fail a series already written
+            result["preview_error"] = f"{type(error).__name__}: {error}"
+    seconds = time.perf_counter() - started
+    return dict(result, status="done", files=n_files, norm_lo=lo, norm_hi=hi, size=info,
+                seconds=round(seconds, 3), inference_seconds=round(sum(enhancer.timings) - inference_before, 3))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Preview
+# --------------------------------------------------------------------------------------------------------------
+
+def save_preview(original, enhanced, path, title=""):
+    """PNG with one row per shown slice: original | enhanced | enhanced - original (modality units).
+
+    original, enhanced: (n, H, W). Rows: the middle slice and, when different, the brightest one (in a DCE
+    series the peak of enhancement). Both images share one gray window (0.5-99.5 % of the original) so they can
+    be compared by eye; the difference is on a symmetric blue-red scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    original, enhanced = np.asarray(original, np.float32), np.asarray(enhanced, np.float32)
+    n = len(original)
+    rows = sorted({n // 2, int(np.argmax(original.reshape(n, -1).mean(axis=1)))})
+    vmin, vmax = np.percentile(original, [0.5, 99.5])
+    diff = enhanced - original
+    dmax = float(np.percentile(np.abs(diff), 99.5)) or 1.0
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows)), squeeze=False)
+    for ax_row, k in zip(axes, rows):
+        panels = [(original[k], "original", "gray", vmin, vmax), (enhanced[k], "enhanced", "gray", vmin, vmax),
+                  (diff[k], "enhanced - original", "RdBu_r", -dmax, dmax)]
+        for ax, (img, name, cmap, lo, hi) in zip(ax_row, panels):
+            shown = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi)
+            ax.set_title(f"{name} (slice {k})", fontsize=9)
+            ax.axis("off")
+        fig.colorbar(shown, ax=ax_row[2], fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------------------
+
+def collect_series(input_path, out_dir=None, series_filter="", include_kinds=()):
+    """(series_list, Skips, files_seen, series_skips list) for a DICOM file, a folder or a tree.
+
+    The same rule as preprocessing (index.index): series_filter and include_kinds are the run's
+    preprocess settings; files enhance.py wrote are skipped as kinds.ENHANCE_OUTPUT_REASON. Skips holds the
+    file counts and the series left out while indexing (series filter, mixed planes, mismatched shapes); series
+    with files inside out_dir that are not our output (the output folder placed inside the input tree) are in the
+    series_skips list, so a second run never enhances anything in its own output folder."""
+    input_path = Path(input_path)
+    include_kinds = check_include_kinds(include_kinds)
+    if input_path.is_file():
+        skips = index.Skips()
+        record = index.scan_file(input_path, include_kinds)
+        if isinstance(record, str):
+            skips.add_file(record, str(input_path))
+            return [], skips, 1, []
+        series_list = index.group_series([record], input_path.parent, skips, include_kinds)
+        return index.filter_series(series_list, series_filter, skips), skips, 1, []
+    series_list, skips, files_seen = index.index(input_path, series_filter, include_kinds)
+    kept, skipped = [], []
+    out = Path(out_dir).resolve() if out_dir is not None else None
+    for s in series_list:
+        if out is not None and out in Path(s.frames[0][0]).resolve().parents:
+            skipped.append({"source_series_uid": s.series_uid, "series_description": s.series_description,
+                            "patient_id": s.patient_id, "slices": len(s.frames), "status": "skipped",
+                            "reason": "inside output folder", "detail": "series lies inside --output"})
+        else:
+            kept.append(s)
+    return kept, skips, files_seen, skipped
+
+
+def _remove_stale_tmp(out_dir):
+    """Remove temporary series folders left by runs that were killed (their process no longer exists)."""
+    for tmp in Path(out_dir).glob(TMP_PREFIX + "*"):
+        pid = tmp.name[len(TMP_PREFIX):].split("-", 1)[0]
+        alive = False
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                alive = True
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:  # exists, owned by someone else
+                alive = True
+        if alive:
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _device():
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return f"GPU ({gpus[0].name})" if gpus else "CPU"
+
+
+def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False, tile=None, force_tiling=False,
+        max_pixels=MAX_PIXELS, progress=True):
+    """Enhance every MR series under input_path into out_dir; returns the summary (also in enhance_summary.json).
+
+    model: a run dir, a model.keras path or an Enhancer already loaded. Raises EnhanceError for unusable input
+    (missing paths, bad options); a failing series is skipped and reported, never raised."""
+    started = time.perf_counter()
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    if not input_path.exists():
+        raise EnhanceError(f"--input {input_path} does not exist")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EnhanceError(f"--output {out_dir} is a file; give a folder")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise EnhanceError(f"--batch-size {batch_size}: give an integer >= 1")
+    enhancer = model if isinstance(model, Enhancer) else load_enhancer(model)
+    if tile is not None and enhancer.name == "unet":
+        check_tile(tile, enhancer.multiple, enhancer.margin)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(out_dir)
+
+    pre = enhancer.cfg["preprocess"]
+    try:
+        series_list, skips, files_seen, results = collect_series(input_path, out_dir, pre["series_filter"],
+                                                                 pre["include_kinds"])
+    except ConfigError as error:
+        raise EnhanceError(f"{enhancer.model_path.parent / 'config.yaml'}: {error}") from None
+    file_skips = skips.files
+    n_slices = sum(len(s.frames) for s in series_list)
+    print(f"enhance: {len(series_list)} MR series ({n_slices} slices) in {files_seen} files under {input_path}; "
+          f"model {enhancer.name} ({enhancer.model_path}, config {enhancer.config_hash})")
+    inference_before = sum(enhancer.timings)
+    bar = tqdm(total=n_slices, unit="slice", desc="enhance", disable=not progress or not n_slices)
+    series_numbers = output_series_numbers(series_list)
+    for s in series_list:
+        results.append(enhance_series(s, enhancer, out_dir, batch_size, tile, force_tiling, max_pixels,
+                                      overwrite, preview, series_numbers[s.series_uid]))
+        bar.update(len(s.frames))
+    bar.close()
+
+    done = [r for r in results if r["status"] == "done"]
+    slices = sum(r["slices"] for r in done)
+    seconds = time.perf_counter() - started
+    inference = sum(enhancer.timings) - inference_before
+    summary = {
+        "input": str(input_path), "output": str(out_dir),
+        "model": str(enhancer.model_path), "model_name": enhancer.name, "model_sha256": enhancer.model_sha,
+        "config_hash": enhancer.config_hash, "norm_percentiles": enhancer.cfg["preprocess"]["norm_percentiles"],
+        "size_handling": {enhancer.name: enhancer.size_handling},
+        "tiling": {"tile": tile if tile is not None else default_tile(enhancer.multiple, enhancer.margin),
+                   "margin_px": enhancer.margin, "forced": bool(force_tiling), "max_pixels": max_pixels,
+                   "series_tiled": sum(bool(r["size"]["tiled"]) for r in done)}
+        if enhancer.name == "unet" else "not applicable: fixed S x S input, resized",
+        "series_filter": pre["series_filter"], "include_kinds": list(pre["include_kinds"]),
+        "files_seen": files_seen, "files_skipped": dict(sorted(file_skips.items())),
+        # series left out while indexing (series filter, mixed planes, ...) and series that failed or exist
+        "series_done": len(done), "series_skipped": dict(sorted((skips.series + Counter(
+            r["reason"] for r in results if r["status"] == "skipped")).items())),
+        "slices": slices, "seconds": round(seconds, 3), "inference_seconds": round(inference, 3),
+        "ms_per_slice": round(1000 * inference / slices, 2) if slices else None,
+        "ms_per_slice_total": round(1000 * seconds / slices, 2) if slices else None,
+        "batch_size": batch_size, "device": _device(),
+        "series": results,
+    }
+    tmp = out_dir / f"{TMP_PREFIX}{os.getpid()}-{SUMMARY}"
+    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    os.replace(tmp, out_dir / SUMMARY)
+    skipped = ", ".join(f"{reason}: {n}" for reason, n in summary["series_skipped"].items()) or "none"
+    speed = f" ({summary['ms_per_slice']} ms/slice inference)" if slices else ""
+    print(f"enhanced {len(done)} series, {slices} slices in {seconds:.1f} s{speed}; series skipped: {skipped}; "
+          f"files skipped: {sum(file_skips.values())} -> {out_dir / SUMMARY}")
+    return summary

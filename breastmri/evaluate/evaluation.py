@@ -1,0 +1,182 @@
+"""Evaluate a trained run on held-out patients: every model metric beside the degraded input's, same slices.
+
+    evaluate_run(cfg, data_dir, run_dir)   # metrics.json, metrics_per_slice.csv, reconstructions.png
+
+The test patients score (the validation patients only when the data has no test split, said so in the record),
+against the 3T image and, where the data has it, the noise-free truth; self-supervised runs on magnitude data
+get their Rician mean inverted first (training.needs_rician_correction).
+"""
+
+import csv
+import json
+import time
+
+from breastmri.config import config_hash
+from breastmri.data.splits import split_record
+from breastmri.restore.losses import load_model
+from breastmri.restore.training import needs_rician_correction
+
+# -----------------------------------------------------------------------------
+# evaluation
+
+def predict_slices(model, dataset, index, multiple, rician=False, sigma_cache=None):
+    """[(noisy, clean or None, truth or None, pred)] of batch `index`, one tuple of float32 (rows, cols) per slice.
+
+    The model runs on the stored grid through enhance.predict_padded (what enhance.py runs on a DICOM series).
+    rician (needs_rician_correction): the Rician mean is inverted with the sigma of the slice's whole noisy series
+    (denoisers.correct_rician_mean, as enhance.py does on the series it enhances); sigma_cache keeps one stack per
+    series from being measured again. When
+    the arrays were resized (preprocess.image_size), all four are mapped back to each slice's acquisition matrix with
+    grid.unresize_square, which also drops the square padding: metrics are taken on the grid the images
+    were acquired on, as enhance.py writes its output."""
+    from breastmri.data.grid import unresize_square
+    from breastmri.data.manifest import _zero
+    from breastmri.restore.denoisers import correct_rician_mean
+    from breastmri.restore.predict import predict_padded
+    from breastmri.simulate.degrade import series_sigma
+
+    sigma_cache = {} if sigma_cache is None else sigma_cache
+    noisy, clean = dataset[index]  # noisy (B, H, W, C): the target slice first, then its context
+    truth = dataset.truth_batch(index)
+    pred = predict_padded(model, noisy, multiple, len(noisy))
+    slices = []
+    for j, row in enumerate(dataset.batch_rows(index)):
+        if rician:
+            key = row["noisy_file"]
+            if key not in sigma_cache:
+                sigma_cache[key] = series_sigma(dataset.array(key), _zero(row))[0]
+            pred[j] = correct_rician_mean(pred[j], sigma_cache[key], _zero(row))
+        images = (noisy[j, ..., 0], None if clean is None else clean[j, ..., 0],
+                  None if truth is None else truth[j, ..., 0], pred[j])
+        shape = (row.get("rows"), row.get("cols"))
+        if None not in shape and noisy.shape[1:3] != shape:  # noisy is (B, H, W, C)
+            images = tuple(None if a is None else unresize_square(a, shape) for a in images)
+        slices.append(images)
+    return slices
+
+
+def evaluate(model, dataset, multiple, n_examples=3, rician=False):
+    """Metrics of the model output and of the degraded input, per slice of a whole-slice dataset.
+
+    Against two references: the 3T image (columns of metrics.pair_metrics) and, when the data has it, the
+    noise-free truth (the same columns prefixed "truth_"). Both use one body mask per slice, computed on the
+    truth when there is one (it has no noise to threshold) and on the 3T image otherwise. Data without clean images
+    (degrade.model none) has only the truth columns, or none at all (real 1.5T data: nothing to score against).
+    Slices are predicted and scored as predict_slices says (enhance.py's path, acquisition grid; rician: the Rician
+    correction of self-supervised output). multiple: model.size_multiple.
+    Returns (rows, examples): one dict per slice (manifest identity + metrics) and, for up to `n_examples`
+    patients, the slice with the most tissue (arrays for reconstructions.png).
+    """
+    from breastmri.metrics import body_mask, pair_metrics
+
+    rows, best, sigmas = [], {}, {}
+    for b in range(len(dataset)):
+        for meta, (n, c, t, p) in zip(dataset.batch_rows(b), predict_slices(model, dataset, b, multiple, rician,
+                                                                             sigmas)):
+            if c is None and t is None:
+                continue  # no reference for this slice
+            mask = body_mask(c if t is None else t)
+            row = {"patient_id": meta["patient_id"], "series_uid": meta["series_uid"],
+                   "slice_index": meta["slice_index"]}
+            if c is not None:
+                shown = pair_metrics(p, n, c, mask)
+                row.update(shown)
+            if t is not None:
+                shown = pair_metrics(p, n, t, mask)
+                row.update({f"truth_{k}": v for k, v in shown.items()})
+            rows.append(row)
+            pid, tissue = meta["patient_id"], int(mask.sum())
+            if (pid in best or len(best) < n_examples) and tissue > best.get(pid, {}).get("tissue", -1):
+                best[pid] = {"tissue": tissue, "noisy": n.copy(), "clean": None if c is None else c.copy(),
+                             "pred": p.copy(),
+                             "title": f"{pid} slice {meta['slice_index']}",
+                             "noisy_metrics": {"psnr": shown["noisy_psnr"], "ssim": shown["noisy_ssim"]},
+                             "pred_metrics": {"psnr": shown["model_psnr"], "ssim": shown["model_ssim"]}}
+                if t is not None:
+                    best[pid]["truth"] = t.copy()
+    return rows, list(best.values())
+
+
+def summarize_both(rows):
+    """metrics.summarize of the 3T-referenced columns, plus the same under "truth" when the rows have them."""
+    from breastmri.metrics import summarize
+
+    summary = summarize(rows) if rows and all("model_psnr" in r for r in rows) else {}
+    if rows and all("truth_model_psnr" in r for r in rows):
+        summary["truth"] = summarize(rows, prefix="truth_")
+    return summary
+
+
+def write_csv(rows, path):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
+    """Score the run's model.keras on the test patients (on val when the data has no test patients, said so),
+    and on the validation patients separately; write metrics.json, metrics_per_slice.csv and the figures."""
+    from breastmri.data.manifest import read_manifest
+    from breastmri.data.paired import PairedSlices
+    from breastmri.evaluate import figures
+    from breastmri.metrics import format_table, json_safe
+    from breastmri.restore.networks import context_offsets
+
+    model_path = run_dir / "model.keras"
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path} does not exist; train first (python main.py --run-dir {run_dir})")
+    model = load_model(model_path)
+    present = {r["split"] for r in read_manifest(data_dir)}
+    split = "test" if "test" in present else "val"
+    if split != "test":
+        print(f"warning: {data_dir} has no test patients (preprocess.split {cfg['preprocess']['split']}); the "
+              "numbers below are VALIDATION numbers, on the patients the checkpoint was selected on")
+
+    def dataset(name):
+        cap = cfg["train"]["max_eval_slices"] if name == split else cfg["train"]["max_val_slices"]
+        return PairedSlices(data_dir, name, batch_size=cfg["train"]["batch_size"], context=context_offsets(cfg),
+                            max_slices=cap, seed=cfg["seed"])
+
+    start = time.perf_counter()
+    from breastmri.restore.networks import size_multiple
+
+    test = dataset(split)
+    rician = needs_rician_correction(cfg, test.rows[0].get("degrade_model"))
+    rows, examples = evaluate(model, test, size_multiple(cfg), rician=rician)
+    seconds = time.perf_counter() - start
+    summary = {"split": split, "model_name": cfg["model"]["name"], "mode": cfg["train"]["mode"],
+               "data_dir": str(data_dir), "config_hash": config_hash(cfg)}
+    if rows:
+        write_csv(rows, run_dir / "metrics_per_slice.csv")
+        summary.update(summarize_both(rows))
+        summary.update({"reference": "3T image (noisy); the 'truth' section: the noise-free signal (demo data only)"
+                        if "model" in summary else "the noise-free truth only ('truth' section): the data has no "
+                        "clean images (degrade.model none)",
+                        "rician_correction": rician, "eval_seconds": round(seconds, 1),
+                        "eval_ms_per_slice": round(1000 * seconds / len(rows), 1)})
+        if split == "test" and "val" in present:
+            summary["val"] = summarize_both(evaluate(model, dataset("val"), size_multiple(cfg), n_examples=0,
+                                                     rician=rician)[0])
+        summary["patients"] = (patients or split_record(data_dir))["patients"]
+    else:
+        summary["reference"] = None
+        print(f"no reference to score against: {data_dir} has neither clean images (degrade.model none) nor a "
+              "noise-free truth (demo data only). The model is trained; apply it with enhance.py.")
+    summary.update(extra or {})
+    (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2))
+    if (run_dir / "history.csv").exists():
+        figures.plot_loss_curve(run_dir / "history.csv", run_dir / "loss_curve.png",
+                                title=f"{cfg['model']['name']}: loss (MSE+MAE)" if cfg["train"]["loss"] == "mse+mae"
+                                else f"{cfg['model']['name']}: loss")
+    if not rows:
+        return summary
+    figures.plot_reconstructions(examples, run_dir / "reconstructions.png")
+    if "model" in summary:
+        print()
+        print(format_table(summary, split=split.capitalize(), reference="clean 3T"))
+    if "truth" in summary:
+        print()
+        print(format_table(summary["truth"], split=split.capitalize(), reference="noise-free truth"))
+    print(f"\nwrote {run_dir}/: metrics.json, metrics_per_slice.csv, reconstructions.png, loss_curve.png")
+    return summary

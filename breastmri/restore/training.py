@@ -1,0 +1,271 @@
+"""Train a restoration model: the datasets of a run, checkpoint selection on the validation patients, resume.
+
+    train(cfg, data_dir, run_dir)     # model.keras (the best validation epoch), history.csv, split.json, ...
+
+Supervised runs select the epoch with the best body PSNR against their training target on the validation
+patients; self-supervised runs (noise2noise, noise2void) their own loss on the noisy validation frames. The
+test patients are never read here.
+"""
+
+import csv
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from breastmri.config import ConfigError, save_config
+from breastmri.data.splits import check_split_record, split_record
+from breastmri.restore.losses import get_loss, pixel_loss, psnr_metric
+from breastmri.runtime import setup_devices
+
+# -----------------------------------------------------------------------------
+# losses and training metrics (registered so model.keras reloads with them)
+
+# What checkpoint selection maximizes (see body_validation).
+MONITOR = "val_body_psnr"
+
+
+def training_mode(cfg):
+    """cfg["train"]["mode"], checked: supervised | noise2noise | noise2void (data_factory.MODES)."""
+    from breastmri.data.paired import MODES
+
+    mode = cfg["train"]["mode"]
+    if mode not in MODES:
+        raise ConfigError(f"train.mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode != "supervised" and cfg["preprocess"]["image_size"] is not None:
+        raise ConfigError(f"train.mode {mode} needs preprocess.image_size null: resizing correlates the noise, and "
+                          "both self-supervised modes rely on noise that is independent between pixels and frames")
+    return mode
+
+
+def selection(cfg):
+    """(monitored log key, "max" | "min", what it is, its reference) of checkpoint selection for the run's
+    train.mode and train.target.
+
+    Supervised runs maximize the body PSNR against their training target (train.target: the 3T image, its
+    projection or its decorrelation) on the validation patients. Self-supervised runs
+    have no clean image (that is their point), so they minimize their own loss on the validation patients' noisy
+    frames: for noise2noise it estimates the error against the clean image plus the noise variance (Lehtinen 2018),
+    for noise2void the same at blind-spot pixels; either ranks checkpoints as the clean error would."""
+    if training_mode(cfg) != "supervised":
+        return ("val_loss", "min", f"{cfg['train']['mode']} loss on the noisy validation frames (no clean image "
+                "used)", "none (noisy frames)")
+    if cfg["train"]["target"] == "decorrelated":
+        # its noise is independent of the input's, so the PSNR against it ranks checkpoints as the PSNR against
+        # the noise-free image would (the noise only adds a constant to the expected squared error)
+        return MONITOR, "max", "body PSNR against the decorrelated 3T target", "3T, noise decorrelated from the input"
+    if cfg["train"]["target"] == "projected":
+        return MONITOR, "max", "body PSNR against the 3T image's temporal projection", "3T, temporally projected"
+    return MONITOR, "max", "body PSNR against the 3T image", "3T"
+
+
+def needs_rician_correction(cfg, degrade_model):
+    """True when a run's output estimates E[magnitude] and must have the Rician mean inverted: self-supervised
+    modes on magnitude data (degrade model field or none; the thesis' gaussian noise has no Rician bias)."""
+    return cfg["train"]["mode"] != "supervised" and degrade_model != "gaussian"
+
+
+def load_splits(cfg, data_dir):
+    """Training (crops, shuffled, augmented as configured) and validation (whole slices) datasets."""
+    from breastmri.data.manifest import read_manifest
+    from breastmri.data.paired import TARGETS, PairedSlices
+    from breastmri.restore.networks import context_offsets
+
+    t = cfg["train"]
+    if t["target"] not in TARGETS:
+        raise ConfigError(f"train.target must be one of {', '.join(TARGETS)}, not {t['target']!r}")
+    present = {r["split"] for r in read_manifest(data_dir)}
+    for name in ("train", "val"):
+        if name not in present:
+            raise ValueError(f"{data_dir} has no {name} patients (preprocess.split {cfg['preprocess']['split']}); "
+                             "training needs both: a checkpoint selected without validation patients would be "
+                             "selected on the patients it is scored on. Add patients or change preprocess.split.")
+    mode = training_mode(cfg)
+    common = dict(batch_size=t["batch_size"], seed=cfg["seed"], context=context_offsets(cfg), mode=mode,
+                  noise2noise_frames=t["noise2noise_frames"], register=t["noise2noise_register"],
+                  mask_fraction=t["mask_fraction"],
+                  target=t["target"] if mode == "supervised" else "3t")  # a self-supervised target is its mode's
+    train_args = dict(shuffle=True, augment=t["augment"], patch_size=t["patch_size"],
+                      steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
+                      use_multiprocessing=t["use_multiprocessing"], **common)
+    fresh = t["fresh_noise"]
+    if fresh not in ("auto", True, False):
+        raise ConfigError(f"train.fresh_noise must be auto, true or false, not {fresh!r}")
+    if mode != "supervised":  # the noisy images are the data; a fresh draw needs the clean ones
+        if fresh is True:
+            raise ConfigError(f"train.fresh_noise true needs clean images; train.mode {mode} reads the noisy ones")
+        fresh = False
+    summary = Path(data_dir) / "summary.json"
+    recorded = json.loads(summary.read_text()).get("config", {}) if summary.is_file() else {}
+    model = (recorded.get("degrade") or {}).get("model")
+    if model and model != cfg["degrade"]["model"]:
+        # the run's config.yaml records the degradation of the data it was trained on: enhance.py decides by it
+        # whether a self-supervised output gets the Rician correction, as evaluation decides by the manifest
+        print(f"note: {data_dir} was degraded with degrade.model {model}; recorded in the run's config")
+        cfg["degrade"]["model"] = model
+    scale = (recorded.get("degrade") or {}).get("resolution_scale")
+    if scale is not None and float(scale) < 1:  # a k-space crop cannot be redrawn on a crop of the clean image
+        if fresh is True:
+            raise ConfigError(f"train.fresh_noise true needs degrade.resolution_scale 1, the data has {scale}")
+        fresh = False
+    try:
+        train = PairedSlices(data_dir, "train", fresh_noise=bool(fresh), **train_args)
+    except ValueError as e:
+        if fresh != "auto" or "fresh_noise" not in str(e):
+            raise
+        train = PairedSlices(data_dir, "train", fresh_noise=False, **train_args)
+    val = PairedSlices(data_dir, "val", max_slices=t["max_val_slices"], **common)
+    targets = {"supervised": "fresh noise every sample" if train.fresh_noise else "stored noisy images",
+               "noise2noise": f"noise2noise: noisy frame pairs among the first {t['noise2noise_frames']} time points"
+                              + (", targets registered to their inputs" if t["noise2noise_register"] else ""),
+               "noise2void": f"noise2void: {t['mask_fraction']:.1%} blind-spot pixels"}[mode]
+    print(f"data: {len(train.rows)} training slices from {len({r['patient_id'] for r in train.rows})} patients "
+          f"({targets}), "
+          f"{len(val.rows)} validation slices from {len({r['patient_id'] for r in val.rows})} patients "
+          "(checkpoint selection)")
+    return train, val
+
+
+def body_validation(dataset, loss_name, multiple, mode="supervised"):
+    """Keras callback that validates at the end of every epoch: val_loss (the training loss over whole slices),
+    val_psnr and val_body_psnr, the mean per-slice PSNR inside the body mask against the training target (the 3T
+    image, or its projection or decorrelation: train.target, selection()).
+
+    Checkpoint selection monitors val_body_psnr: a loss over whole slices is dominated by air, which every model
+    gets right, so it can prefer an epoch that is worse where the anatomy is. The 3T image is the reference's
+    source because it is what real data offers (the truth exists only for demo data). It must come first in the
+    callback list: it writes into the `logs` dict that ModelCheckpoint, CSVLogger and History read after it.
+    """
+    import keras
+
+    class BodyValidation(keras.callbacks.Callback):
+        masks = {}  # body mask of each validation slice, computed once
+
+        def on_epoch_end(self, epoch, logs=None):
+            if mode == "supervised":
+                logs.update(validate(self.model, dataset, loss_name, multiple, self.masks))
+            else:
+                logs.update(validate_selfsup(self.model, dataset, loss_name, multiple))
+
+    return BodyValidation()
+
+
+def validate(model, dataset, loss_name, multiple, masks=None):
+    """{"val_loss", "val_psnr", "val_body_psnr"} of `model` on a whole-slice dataset, predicted as enhance.py
+    does (padded to `multiple`, model.size_multiple). masks: caches the body mask of each slice between calls."""
+    from breastmri.metrics import DATA_RANGE, body_mask
+    from breastmri.restore.predict import predict_padded
+
+    masks = {} if masks is None else masks
+    losses, psnr, body = [], [], []
+    for b in range(len(dataset)):
+        noisy, clean = dataset[b]
+        pred = predict_padded(model, noisy, multiple, len(noisy))[..., None]
+        err = (pred - clean)[..., 0].astype(np.float64)
+        for j in range(len(err)):
+            e = err[j]
+            losses.append(float(np.mean(pixel_loss(e, loss_name))))
+            psnr.append(10 * math.log10(DATA_RANGE ** 2 / max(np.mean(e ** 2), 1e-12)))
+            key = (b, j)
+            if key not in masks:
+                masks[key] = body_mask(clean[j, ..., 0])
+            if masks[key].any():
+                body.append(10 * math.log10(DATA_RANGE ** 2 / max(np.mean(e[masks[key]] ** 2), 1e-12)))
+    return {"val_loss": float(np.mean(losses)), "val_psnr": float(np.mean(psnr)),
+            "val_body_psnr": float(np.mean(body)) if body else float(np.mean(psnr))}
+
+
+def validate_selfsup(model, dataset, loss_name, multiple):
+    """{"val_loss"}: the self-supervised loss of `model` on a whole-slice dataset of the same mode (its pairs and
+    blind spots are drawn once, from the dataset's seed, so every epoch is scored on the same ones)."""
+    from breastmri.restore.predict import predict_padded
+
+    total, weight = 0.0, 0.0
+    for b in range(len(dataset)):
+        inputs, target = dataset[b]
+        pred = predict_padded(model, inputs, multiple, len(inputs)).astype(np.float64)
+        err, w = target[..., 0] - pred, target[..., 1]
+        total, weight = total + float(np.sum(w * pixel_loss(err, loss_name))), weight + float(np.sum(w))
+    return {"val_loss": total / max(weight, 1.0)}
+
+
+# -----------------------------------------------------------------------------
+# training
+
+def train(cfg, data_dir, run_dir, resume=False):
+    import keras
+
+    from breastmri.restore.networks import get_model, size_multiple
+
+    strategy = setup_devices(cfg["train"])
+    keras.utils.set_random_seed(cfg["seed"])
+    train_ds, val_ds = load_splits(cfg, data_dir)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    backup_dir, history_csv = run_dir / "backup", run_dir / "history.csv"
+    if resume and not backup_dir.exists():
+        print(f"--resume: no saved state in {backup_dir}, starting from epoch 1")
+        resume = False
+    if resume:
+        check_split_record(run_dir, data_dir)
+    else:
+        shutil.rmtree(backup_dir, ignore_errors=True)
+        history_csv.unlink(missing_ok=True)
+        (run_dir / "split.json").write_text(json.dumps(split_record(data_dir), indent=1))
+    save_config(cfg, run_dir / "config.yaml")
+
+    t = cfg["train"]
+    mode = training_mode(cfg)
+    monitor, direction, monitored_what, reference = selection(cfg)
+    if t["lr_schedule"] not in ("constant", "cosine"):
+        raise ConfigError(f"train.lr_schedule must be constant or cosine, not {t['lr_schedule']!r}")
+    rate = t["learning_rate"]
+    if t["lr_schedule"] == "cosine":  # from learning_rate down to 0 at the last step of train.epochs
+        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(1, t["epochs"] * len(train_ds)))
+    with strategy.scope():
+        model = get_model(cfg)
+        model.compile(optimizer=keras.optimizers.Adam(rate),
+                      loss=get_loss(t["loss"], masked=mode != "supervised"),
+                      metrics=[psnr_metric()] if mode == "supervised" else None)
+    model.summary()
+
+    best_so_far = None
+    if resume and history_csv.exists():
+        with open(history_csv) as f:
+            values = [float(r[monitor]) for r in csv.DictReader(f) if r.get(monitor)]
+        best_so_far = (max if direction == "max" else min)(values, default=None)
+    callbacks = [
+        # first: the callbacks below read the numbers it logs
+        body_validation(val_ds, t["loss"], size_multiple(cfg), mode),
+        keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor=monitor, mode=direction,
+                                        save_best_only=True, initial_value_threshold=best_so_far),
+        keras.callbacks.CSVLogger(str(history_csv), append=resume),
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False, profile_batch=0),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    start = time.perf_counter()
+    # the dataset shuffles itself (seeded per epoch); fit's own shuffling would only add noise to that
+    history = model.fit(train_ds, epochs=t["epochs"], shuffle=False, callbacks=callbacks, verbose=2)
+    seconds = time.perf_counter() - start
+
+    losses = history.history.get("loss", [])
+    if losses and not all(math.isfinite(v) for v in losses + history.history.get("val_loss", [])):
+        raise FloatingPointError(
+            f"training stopped: the loss became {losses[-1]} (not finite) at epoch {len(losses)}. "
+            f"Lower train.learning_rate (now {t['learning_rate']}) or check the data for NaN/inf values.")
+    images = len(train_ds) * t["batch_size"] * len(losses)
+    monitored = history.history.get(monitor, [])
+    best = (int(np.argmax(monitored) if direction == "max" else np.argmin(monitored))) if monitored else None
+    # wall time of fit(), per-epoch validation included; benchmark.py measures training steps alone
+    return {"seconds": round(seconds, 1), "epochs_run": len(losses),
+            "images_per_s_with_validation": round(images / seconds, 1) if seconds > 0 and losses else None,
+            "mode": mode,
+            "selection": {"monitor": monitor, "mode": direction, "split": "val", "what": monitored_what,
+                          "reference": reference,
+                          # among the epochs this call ran (a resumed run's earlier epochs are in history.csv)
+                          "best_epoch": None if best is None else best + 1,
+                          "best_value": None if best is None else round(monitored[best], 6)}}

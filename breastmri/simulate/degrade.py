@@ -1,0 +1,347 @@
+"""Simulate a lower-field (1.5T) MR image from a 3T one. All the physics of the project lives here.
+
+Three models, chosen by cfg["degrade"]["model"]:
+
+- "gaussian" (the 2021 thesis): noisy = clean + N(0, sigma), sigma in normalized [0, 1] units. Kept so the
+  thesis numbers can be reproduced; it is not what a scanner does (it adds noise of the same level to air and
+  tissue, can go negative, and ignores how much noise the 3T image already carries).
+- "field" (the default): magnitude MR images carry Rician noise (Gudbjartsson & Patz, MRM 1995;34:910-914):
+  the complex image has independent Gaussian noise of std sigma in the real and imaginary channels and the
+  magnitude is taken afterwards. SNR grows with B0; Edelstein et al. (MRM 1986;3:604-618) showed the intrinsic
+  SNR is about linear in B0 when body (sample) noise dominates, which is the case for the torso at 1.5-3T.
+  Pohmann, Speck & Scheffler (MRM 2016;75:801-809) measured a steeper B0**1.65 in the *brain* at 3-9.4T, so the
+  exponent is anatomy- and coil-dependent; for the torso/breast at 1.5 vs 3T exponents close to 1 (about
+  0.96-0.98) are reported, and clinical 1.5T/3T comparisons usually see smaller gains (30-60%, i.e. a 1.5T/3T
+  SNR ratio of about 0.63-0.77) because 3T protocols spend part of the gain on resolution, speed or SAR
+  limits. Hence snr_ratio = (target/source) ** field_exponent, overridable by degrade.snr_ratio.
+
+  The field model measures the native noise sigma_src of the series from its air background, sets the target
+  noise to sigma_target = sigma_src / snr_ratio (same signal, lower SNR), and adds complex Gaussian noise of
+  sigma_add = sqrt(sigma_target**2 - sigma_src**2) before taking the magnitude again: independent noise adds in
+  variance, so the result has sigma_target in the real channel and is again (approximately) Rician.
+  Optionally (resolution_scale < 1) only the central part of k-space is kept first, as a coarser
+  lower-field matrix would acquire, zero-filled back to the same matrix so the pair stays pixel-aligned.
+
+- "none": the input series already is the noisy image (a user's own 1.5T scans, for the self-supervised modes of
+  main.py, train.mode): nothing is simulated, noisy is the input, and no clean pair exists. The native noise
+  sigma is still measured and recorded (sigma_source), as the Rician correction of self-supervised output needs it.
+
+Everything here works at acquisition resolution, before any resizing: resampling first would turn white
+noise into spatially correlated blobs that no scanner produces.
+
+    rng = series_rng(cfg["seed"], series_uid)
+    noisy, info = degrade(clean, cfg["degrade"], rng)   # clean: (n, H, W) float32, normalized
+"""
+
+import hashlib
+import math
+
+import numpy as np
+
+from breastmri.config import ConfigError
+
+MODELS = ("field", "gaussian", "none")
+# the models add_noise can draw again (train.fresh_noise)
+NOISE_MODELS = ("field", "gaussian")
+
+# Background selection for the Rayleigh fit: air pixels are taken as those below TRUNCATION * sigma. A Rayleigh
+# variable stays below 2 sigma with probability 1 - exp(-2) = 86%, so the cut keeps most of the air while
+# excluding the partial-volume pixels at the body edge, which sit just above the noise and bias a looser cut
+# upwards (on the demo tree: +6-9% at 3 sigma, +2-4% at 2 sigma).
+TRUNCATION = 2.0
+# E[x**2 | x < c*sigma] / sigma**2 for a Rayleigh(sigma) variable truncated at c*sigma:
+# 2 - c**2 * exp(-c**2/2) / (1 - exp(-c**2/2)); for c = 2 this is 1.374 (instead of 2 untruncated).
+_TRUNCATED_M2 = 2.0 - TRUNCATION**2 * math.exp(-TRUNCATION**2 / 2) / (1.0 - math.exp(-TRUNCATION**2 / 2))
+# A background must hold at least this many pixels and this fraction of the image to be trusted.
+MIN_BACKGROUND_PIXELS = 200
+MIN_BACKGROUND_FRACTION = 0.02
+
+
+def snr_ratio(degrade_cfg):
+    """Target/source SNR ratio (< 1 means a noisier target): degrade.snr_ratio if set, otherwise
+    (target_field_t / source_field_t) ** field_exponent (Edelstein 1986: about linear in B0 in the body)."""
+    override = degrade_cfg.get("snr_ratio")
+    if override is not None:
+        ratio = float(override)
+    else:
+        source, target = float(degrade_cfg["source_field_t"]), float(degrade_cfg["target_field_t"])
+        if source <= 0 or target <= 0:
+            raise ConfigError(f"degrade.source_field_t ({source}) and degrade.target_field_t ({target}) must be > 0")
+        ratio = (target / source) ** float(degrade_cfg["field_exponent"])
+    if not 0 < ratio <= 1:
+        raise ConfigError(f"degrade snr_ratio is {ratio:g}; it must lie in (0, 1] (noise can only be added, so the "
+                          "target must not have a higher SNR than the source: check degrade.snr_ratio or the fields)")
+    return ratio
+
+
+def series_rng(seed, series_uid):
+    """A Generator seeded from the global seed and the SeriesInstanceUID: the same series always gets the same
+    noise, whatever the order or the number of worker processes that handle it."""
+    uid_bits = int.from_bytes(hashlib.sha256(str(series_uid).encode()).digest()[:16], "little")
+    return np.random.default_rng(np.random.SeedSequence([int(seed), uid_bits]))
+
+
+def estimate_background_sigma(image):
+    """Noise sigma of a magnitude image (one slice (H, W) or a stack (n, H, W)) from its air background.
+
+    In air the magnitude of complex Gaussian noise is Rayleigh(sigma) (Henkelman, Med Phys 1985;12:232-233;
+    Gudbjartsson & Patz 1995). As Sijbers et al. (MRI 1998;16:87-90) we start from the mode of the histogram of
+    the dark pixels (the Rayleigh mode equals sigma), then refine with the second moment of the pixels below
+    2 sigma, corrected for the truncation (E[x^2 | x < 2 sigma] = 1.374 sigma^2), iterated to a fixed point.
+    The dark part of the histogram is dominated by the air peak as long as air is more than a few percent of
+    the image (tested for 20-60%), and tissue above 2 sigma does not enter the fit.
+
+    Returns sigma in the units of `image` (zero signal must be 0: pass magnitudes, not shifted values), or
+    nan when there is no usable background (too few dark pixels, or a background of exact zeros as written by
+    masking or zero padding). Exact zeros are ignored when they are a spike (> 2% of the pixels), which a
+    Rayleigh background cannot produce unless sigma is below one integer step.
+
+    Phased-array sum-of-squares images have a noncentral-chi rather than Rayleigh background (Constantinides,
+    Atalar & McVeigh, MRM 1997;38:852-857): its mean square is 2 n sigma^2 for n equally weighted coils, so this
+    Rayleigh estimate reads high (roughly sqrt(n) times); a vendor noise scan is better when one exists.
+    """
+    x = np.asarray(image, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan")
+    x = x[x >= 0]  # magnitudes; negative values are not noise of any kind we model
+    if np.count_nonzero(x == 0) > 0.02 * x.size:
+        x = x[x != 0]
+    if x.size > 1_000_000:  # a regular subsample is plenty for a histogram and a second moment
+        x = x[:: x.size // 500_000]
+    if x.size < MIN_BACKGROUND_PIXELS:
+        return float("nan")
+    x.sort()
+    # Initial sigma: mode of the histogram of the darker half of the pixels. If air is < 50% of the image,
+    # the range reaches into tissue but the narrow, tall air peak still dominates; if air is > 50%, the
+    # median lies in the air (above the Rayleigh mode at sigma, since the air median is 1.18 sigma).
+    half = x[: x.size // 2 + 1]
+    # Stored DICOM values are integers: detect the quantization step of the dark pixels (0 for continuous data);
+    # it enters as Sheppard's correction (rounding adds step^2/12 to the mean square) and in the fit test below.
+    distinct = np.unique(half)
+    step = float(np.min(np.diff(distinct))) if 4 * distinct.size < half.size and distinct.size > 1 else 0.0
+    bins = int(np.clip(np.sqrt(half.size), 16, 512))
+    counts, edges = np.histogram(half, bins=bins)
+    counts = np.convolve(counts, np.ones(3) / 3, mode="same")  # tame single-bin noise
+    peak = int(np.argmax(counts))
+    sigma = 0.5 * (edges[peak] + edges[peak + 1])
+    # Fixed point of sigma = sqrt(E[x^2 | x < 2 sigma] / 1.374). Converges from below and above because the
+    # truncated second moment grows more slowly than sigma^2 near the true value. x is sorted, so the mean
+    # square below any cut is a lookup in the cumulative sum.
+    cumulative = np.cumsum(x * x)
+    for _ in range(100):
+        n_below = int(np.searchsorted(x, TRUNCATION * sigma))
+        if n_below < MIN_BACKGROUND_PIXELS:
+            return float("nan")
+        new = math.sqrt(max(cumulative[n_below - 1] / n_below - step**2 / 12, 0.0) / _TRUNCATED_M2)
+        if new == 0:
+            return float("nan")
+        if abs(new - sigma) <= 1e-6 * sigma:
+            sigma = new
+            break
+        sigma = new
+    background = x[: int(np.searchsorted(x, TRUNCATION * sigma))]
+    if background.size < max(MIN_BACKGROUND_PIXELS, MIN_BACKGROUND_FRACTION * x.size) or not sigma > 0:
+        return float("nan")
+    # Is it Rayleigh at all? A constant image, a flat tissue region or uniform clutter also converge to some
+    # "sigma"; a Kolmogorov-Smirnov distance to the truncated Rayleigh CDF rejects them. The tolerance is the
+    # 1% critical value 1.63/sqrt(n), floored at 0.1. For integer data the comparison is made at the
+    # distinct values, with the model CDF taken half a quantization step higher.
+    values, counts = np.unique(background, return_counts=True)
+    empirical = np.cumsum(counts) / background.size
+    cdf = -np.expm1(-(values + step / 2) ** 2 / (2 * sigma**2)) / -math.expm1(-TRUNCATION**2 / 2)
+    if step:
+        distance = np.max(np.abs(empirical - cdf))
+    else:
+        distance = max(np.max(np.abs(empirical - cdf)), np.max(np.abs(empirical - counts / background.size - cdf)))
+    if distance > max(0.1, 1.63 / math.sqrt(background.size)):
+        return float("nan")
+    return float(sigma)
+
+
+def wavelet_sigma(stack):
+    """Fallback noise sigma when there is no air: median absolute deviation of the finest wavelet detail
+    coefficients (Donoho & Johnstone 1994, via skimage.restoration.estimate_sigma), averaged over slices.
+    Valid for Gaussian noise, i.e. for the high-SNR parts of a magnitude image; textured tissue biases it high."""
+    from skimage.restoration import (
+        estimate_sigma,  # slow import, only needed without a background
+    )
+
+    stack = np.asarray(stack, dtype=np.float64)
+    if stack.ndim == 2:
+        stack = stack[None]
+    return float(np.mean([estimate_sigma(s) for s in stack]))
+
+
+def kspace_crop(stack, scale):
+    """Keep the central `scale` fraction of k-space per axis, zero-fill, and return the complex image.
+
+    stack: (n, H, W) or (H, W) real. Returns complex64 of the same shape and the kept fraction of the k-space
+    samples (kept_rows * kept_cols / (H * W)), which is also the fraction of white-noise variance that
+    survives. A hard cut is what a smaller acquisition matrix does (truncation/Gibbs ringing included)."""
+    stack = np.asarray(stack, dtype=np.float32)
+    squeeze = stack.ndim == 2
+    if squeeze:
+        stack = stack[None]
+    n, rows, cols = stack.shape
+    keep_r, keep_c = max(1, round(rows * scale)), max(1, round(cols * scale))
+    mask = np.zeros((rows, cols), dtype=bool)
+    r0, c0 = rows // 2 - keep_r // 2, cols // 2 - keep_c // 2  # fftshift puts DC at index size // 2
+    mask[r0:r0 + keep_r, c0:c0 + keep_c] = True
+    mask = np.fft.ifftshift(mask)
+    out = np.empty(stack.shape, dtype=np.complex64)
+    for start in range(0, n, 16):  # chunks keep the complex128 FFT buffers small
+        k = np.fft.fft2(stack[start:start + 16])
+        k[:, ~mask] = 0
+        out[start:start + 16] = np.fft.ifft2(k)
+    return (out[0] if squeeze else out), keep_r * keep_c / (rows * cols)
+
+
+def degrade(clean, degrade_cfg, rng, zero=0.0):
+    """Simulated lower-field version of a normalized clean stack.
+
+    clean: float32 (n, H, W) at acquisition resolution, normalized as (x - lo) / (hi - lo), not clipped.
+    degrade_cfg: cfg["degrade"]. rng: np.random.Generator (use series_rng).
+    zero: the value of "no signal" in clean's units (preprocessing passes -lo / (hi - lo)); the field model
+        forms magnitudes around it, because Rician statistics are defined relative to zero signal.
+    Returns (noisy float32 (n, H, W), info) with info = {"model", "sigma_source", "sigma_added", "snr_ratio",
+    "sigma_method"}; sigmas in clean's (normalized) units at acquisition resolution. For the gaussian model,
+    snr_ratio is the ratio it implies for the measured source noise, sigma_src / sqrt(sigma_src^2 + sigma^2).
+    """
+    model = degrade_cfg["model"]
+    if model not in MODELS:
+        raise ConfigError(f"degrade.model is '{model}'; choose one of {', '.join(MODELS)}")
+    clean = np.asarray(clean, dtype=np.float32)
+    if clean.ndim != 3:
+        raise ValueError(f"degrade expects a stack (n, H, W), got shape {clean.shape}")
+    magnitude = clean - np.float32(zero)
+    sigma_src, method = _source_sigma(magnitude)
+
+    if model == "none":  # the input is the low-field scan itself: the same array, nothing added
+        return clean, {"model": model, "sigma_source": sigma_src, "sigma_added": 0.0, "snr_ratio": 1.0,
+                       "sigma_method": method}
+    if model == "gaussian":
+        sigma = float(degrade_cfg["sigma"])
+        if sigma < 0:
+            raise ConfigError(f"degrade.sigma is {sigma}; it must be >= 0")
+        # The thesis: np.random.normal(0, sigma, shape) added to the normalized image.
+        noisy = add_noise(clean, "gaussian", sigma, rng)
+        ratio = sigma_src / math.hypot(sigma_src, sigma) if sigma_src > 0 else float("nan")
+        return noisy, {"model": model, "sigma_source": sigma_src, "sigma_added": sigma, "snr_ratio": ratio,
+                       "sigma_method": method}
+
+    ratio = snr_ratio(degrade_cfg)
+    scale = degrade_cfg.get("resolution_scale")
+    scale = 1.0 if scale is None else float(scale)
+    if not 0 < scale <= 1:
+        raise ConfigError(f"degrade.resolution_scale is {scale}; it must lie in (0, 1]")
+    sigma_target = sigma_src / ratio
+    if scale < 1:
+        signal, kept = kspace_crop(magnitude, scale)
+        # The native noise is low-passed with the signal: only the kept fraction of its variance remains,
+        # so more noise is added to reach the same sigma_target. The SNR gain of bigger voxels in a coarser
+        # protocol is not modelled on top: snr_ratio stands for the net per-pixel SNR ratio of the protocols.
+        sigma_remaining = sigma_src * math.sqrt(kept)
+    else:
+        signal, sigma_remaining = magnitude, sigma_src
+    sigma_add = math.sqrt(max(sigma_target**2 - sigma_remaining**2, 0.0))
+    noisy = add_noise(signal, "field", sigma_add, rng, zero=0.0)
+    noisy += np.float32(zero)
+    return noisy, {
+        "model": model, "sigma_source": sigma_src, "sigma_added": sigma_add, "snr_ratio": ratio,
+        "sigma_method": method}
+
+
+def add_noise(clean, model, sigma, rng, zero=0.0):
+    """One fresh noise draw of a degradation model on any stack or crop: float32, same shape as clean.
+
+    field: the clean magnitude (clean - zero) is the real channel (its phase is unknown), complex Gaussian noise of
+    std sigma is added and the magnitude taken again (Rician). gaussian (the thesis): clean + N(0, sigma).
+    degrade() draws the stored pair with it, and data_factory draws a new one per training sample (train.fresh_noise),
+    so both are the same process; noise is white, so cropping before or after drawing it makes no difference."""
+    if model == "gaussian":
+        return np.asarray(clean, np.float32) + rng.normal(0.0, sigma, size=np.shape(clean)).astype(np.float32)
+    if model != "field":
+        raise ConfigError(f"degrade model {model!r} cannot draw noise; choose one of {', '.join(NOISE_MODELS)}")
+    real = rng.standard_normal(np.shape(clean), dtype=np.float32)
+    real *= np.float32(sigma)
+    imag = rng.standard_normal(np.shape(clean), dtype=np.float32)
+    imag *= np.float32(sigma)
+    if np.iscomplexobj(clean):
+        real += clean.real - np.float32(zero)
+        imag += clean.imag
+    else:
+        real += np.asarray(clean, np.float32) - np.float32(zero)
+    noisy = np.hypot(real, imag, out=real)  # in place: one stack less at peak memory
+    noisy += np.float32(zero)
+    return noisy
+
+
+def decorrelated_target(clean, noisy, sigma_source, sigma_added):
+    """A training target whose noise is uncorrelated with the degraded input's: clean - c (noisy - clean), with
+    c = sigma_source**2 / sigma_added**2 (train.target decorrelated).
+
+    The simulated input carries the 3T image's own noise n (variance sigma_source**2) plus the added noise e
+    (sigma_added**2): noisy ~ clean + e, clean = truth + n (in tissue, where the magnitude is close to its real
+    channel). A network trained to predict the 3T image learns to keep the part of n it can see in the input,
+    which is noise against the anatomy. With target = clean - c e the target's noise n - c e has covariance
+    sigma_source**2 - c sigma_added**2 = 0 with the input's n + e, so (Gaussian, hence independent) its conditional
+    mean is zero and an MSE-trained network learns E[truth | input] instead of E[3T | input]: the
+    recorrupted-to-recorrupted argument of Pang et al. (CVPR 2021) and Noisier2Noise (Moran et al., CVPR 2020),
+    applied to the pair the simulation already has. The price is a noisier target (variance
+    sigma_source**2 (1 + c)), which costs steps, not bias. noisy - clean stands for e: exact for the gaussian
+    model, the real channel of e up to e_imag**2 / (2 signal) for the field model in tissue; in air the target
+    is only pulled towards zero, where the truth is. Works for the stored draw (validation) and fresh draws alike.
+    """
+    if not sigma_added > 0:
+        raise ValueError(f"a decorrelated target needs added noise (sigma_added {sigma_added}); this series has none")
+    c = np.float32((float(sigma_source) / float(sigma_added)) ** 2)
+    clean = np.asarray(clean, np.float32)
+    return clean - c * (np.asarray(noisy, np.float32) - clean)
+
+
+def series_sigma(stack, zero=0.0):
+    """(sigma, method) of the noise of a normalized magnitude stack (n, H, W) whose zero signal lies at `zero`:
+    the background Rayleigh estimate, else the wavelet estimate, else 0 ("none"). What degrade() records for a
+    series, and what main.py and enhance.py measure on a noisy series to undo the Rician bias of a self-supervised
+    model's output (denoisers.correct_rician_mean)."""
+    return _source_sigma(np.asarray(stack, dtype=np.float32) - np.float32(zero))
+
+
+def _source_sigma(magnitude):
+    """(sigma, method): background Rayleigh estimate, else the wavelet estimate, else 0 ("none")."""
+    # Below a millionth of the brightest value there is no noise worth the name (float round-off, edges).
+    floor = 1e-6 * float(np.max(np.abs(magnitude), initial=0.0))
+    sigma = estimate_background_sigma(magnitude)
+    if np.isfinite(sigma) and sigma > floor:
+        return sigma, "background"
+    sigma = wavelet_sigma(magnitude)
+    if np.isfinite(sigma) and sigma > floor:
+        return sigma, "wavelet"
+    # A noise-free (synthetic) image: the field model then has nothing to scale and adds no noise; use
+    # degrade.model=gaussian for such data. preprocessing.py reports these series in its summary.
+    return 0.0, "none"
+
+
+if __name__ == "__main__":
+    # A quick look at the numbers a config implies: python breastmri/simulate/degrade.py [--config FILE] [--set key=value ...]
+    import argparse
+
+    from breastmri.config import load_config
+
+    parser = argparse.ArgumentParser(description="Print the SNR ratio and noise levels a degrade config implies.")
+    parser.add_argument("--config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.set)
+    d = cfg["degrade"]
+    if d["model"] == "field":
+        r = snr_ratio(d)
+        origin = "degrade.snr_ratio" if d["snr_ratio"] is not None else (
+            f"{d['target_field_t']} T / {d['source_field_t']} T to the power {d['field_exponent']}")
+        print(f"field model: snr_ratio {r:.3f} ({origin}): "
+              f"noise grows x{1 / r:.2f}, added sigma = {math.sqrt(1 / r**2 - 1):.3f} x native sigma")
+    elif d["model"] == "gaussian":
+        print(f"gaussian model (thesis): sigma {d['sigma']} in normalized units")
+    else:
+        print("none: the input series is the noisy image (self-supervised training, train.mode)")
