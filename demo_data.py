@@ -44,6 +44,13 @@ def main(argv=None):
     parser.add_argument("--motion-mm", type=float, default=DEMO_DEFAULTS["motion_mm"],
                         help=f"largest in-plane motion between DCE frames, mm; 0 turns it off "
                              f"(default {DEMO_DEFAULTS['motion_mm']})")
+    parser.add_argument("--split-dynamics", action="store_true",
+                        help="write each DCE as one series per time point, as Siemens and many archives store it")
+    parser.add_argument("--mask-background", action="store_true",
+                        help="set the air of every DCE frame to 0, as Philips and anonymised archives do")
+    parser.add_argument("--correlated-noise", action="store_true",
+                        help="DCE noise of a zero-filled acquisition, correlated between neighbouring pixels as a "
+                             "scanner's")
     parser.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
                         help="save a preview figure (default <out>/preview.png)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a matching tree exists")
@@ -55,7 +62,8 @@ def main(argv=None):
         "slices": DEMO_DEFAULTS["slices"] if args.slices is None else args.slices,
         "time_points": DEMO_DEFAULTS["time_points"] if args.time_points is None else args.time_points}
     params = dict(patients=args.patients, seed=args.seed, matrix=args.matrix, extras=args.extras,
-                  texture_beta=args.texture_beta, motion_mm=args.motion_mm, **size)
+                  texture_beta=args.texture_beta, motion_mm=args.motion_mm, split_dynamics=args.split_dynamics,
+                  mask_background=args.mask_background, correlated_noise=args.correlated_noise, **size)
     try:
         _check_params(**params)
     except ValueError as err:

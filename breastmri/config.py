@@ -44,6 +44,10 @@ DEFAULTS = {
         # e.g. ["localizer"]. Choices: phase, real, imaginary, parametric_map, localizer, subtraction, projection.
         # enhance.py applies the run's value too; its own output is always skipped.
         "include_kinds": [],
+        # auto: series of one study stored one per time point (Siemens TWIST/VIBE, GE DISCO, split archives) that
+        # share geometry, sequence, TR, TE and flip angle are read as one dynamic (breastmri/dicom/dynamics.py), so
+        # the temporal context runs on them; off: every series alone. enhance.py applies the run's value.
+        "assemble_dynamics": "auto",
         "norm_percentiles": [0.5, 99.5],  # robust lo/hi of the *degraded* series (what inference has) -> 0 and 1
         # fractions of *patients* in train / val / test, decided per patient by a hash threshold (stable when
         # patients are added); the checkpoint is selected on val, the headline is reported on test
@@ -57,6 +61,10 @@ DEFAULTS = {
         "field_exponent": 1.0,   # SNR ~ B0**exponent; near-linear in the torso at these fields
         "snr_ratio": None,       # target/source SNR; None derives it from the fields and exponent
         "resolution_scale": 1.0,  # <1 keeps only this central fraction of k-space per axis
+        # measured: the field model's added noise takes the spatial spectrum of the series' own noise, measured from
+        # its repeated frames (scanners zero-fill and filter k-space, so real noise is correlated between
+        # neighbouring pixels); white: independent pixels. Series without repeated frames get white noise.
+        "noise_spectrum": "measured",
         "sigma": 0.05,           # gaussian model: noise std in normalized [0, 1] units
     },
     # model.py: get_model(config)

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 
+import pydicom
 import pytest
 from dicom_fixtures import (
     bundled,
@@ -69,6 +70,14 @@ def _enhanced_jpegls(folder):
     enhanced_mr_jpegls_file(folder / "source.dcm")
 
 
+def _enhanced_without_groups(folder):
+    """A malformed Enhanced MR source: no functional groups at all (the IOD requires them)."""
+    enhanced_mr_jpegls_file(folder / "source.dcm")
+    ds = pydicom.dcmread(folder / "source.dcm")
+    del ds.PerFrameFunctionalGroupsSequence, ds.SharedFunctionalGroupsSequence
+    ds.save_as(folder / "source.dcm")
+
+
 def _emri_small(folder):
     # pydicom's own Enhanced MR test file (JPEG-LS); fetched on demand by pydicom, so only used when cached.
     path = get_testdata_file("emri_small_jpeg_ls_lossless.dcm", download=False)
@@ -93,6 +102,7 @@ INPUT_KINDS = {
     "classic_mr_jpeg2000": _copy("MR_small_jp2klossless.dcm"),
     "classic_mr_implicit_vr": _copy("MR_small_implicit.dcm"),
     "enhanced_mr_jpegls": _enhanced_jpegls,
+    "enhanced_mr_without_functional_groups": _enhanced_without_groups,
     "emri_small_jpegls": _emri_small,
     "legacy_converted_enhanced_mr": _legacy_converted,
     "padded_mr": _padded,

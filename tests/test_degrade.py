@@ -10,11 +10,11 @@ from breastmri.config import ConfigError, load_config
 from breastmri.simulate.degrade import (
     decorrelated_target,
     degrade,
-    estimate_background_sigma,
     kspace_crop,
     series_rng,
     snr_ratio,
 )
+from breastmri.simulate.noise import estimate_background_sigma
 
 
 def rician(signal, sigma, rng):

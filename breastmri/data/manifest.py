@@ -21,7 +21,7 @@ MANIFEST_COLUMNS = [
     "patient_id", "study_uid", "series_uid", "series_description", "slice_index", "split", "clean_file",
     "noisy_file", "norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio", "degrade_model", "rows",
     "cols", "sop_instance_uid", "config_hash", "truth_file", "time_index", "n_times", "position_index",
-    "n_positions",
+    "n_positions", "dynamic_id", "source_series_uid",
 ]
 INT_COLUMNS = ("slice_index", "rows", "cols", "time_index", "n_times", "position_index", "n_positions")
 FLOAT_COLUMNS = ("norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio")

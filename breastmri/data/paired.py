@@ -23,6 +23,7 @@ Randomness (shuffling, crops, flips) is a pure function of (seed, epoch, batch i
 whichever worker thread or process computes it, and the same when the run is repeated.
 """
 
+import json
 import math
 import os
 from pathlib import Path
@@ -197,6 +198,7 @@ class PairedSlices(keras.utils.PyDataset):
         self.tissue_threshold, self.crop_candidates = float(tissue_threshold), int(crop_candidates)
         self.epoch = 0
         self._arrays = {}            # path -> np.memmap, filled lazily by array()
+        self._spectra = {}           # noisy_file -> the noise spectrum of its series, filled by noise_spectrum()
         self._arrays_pid = os.getpid()
         shapes = [tuple(self.array(r["noisy_file"]).shape[1:]) for r in self.rows]
         if mode == "supervised":  # once here, not per sample (the self-supervised modes never open a clean file)
@@ -266,6 +268,16 @@ class PairedSlices(keras.utils.PyDataset):
                 raise ValueError(f"{path} has shape {memmap.shape}; expected (slices, H, W)")
             self._arrays[relative_path] = memmap  # a race between threads only opens a file twice
         return memmap
+
+    def noise_spectrum(self, row):
+        """The spectrum of the noise preprocessing added to the row's series (its sidecar's noise_spectrum; None:
+        white), so a fresh draw is the same process as the stored one. Read once per series."""
+        key = row["noisy_file"]
+        if key not in self._spectra:
+            sidecar = self.data_dir / key.replace("_noisy.npy", ".json")
+            info = json.loads(sidecar.read_text()).get("info", {}) if sidecar.is_file() else {}
+            self._spectra[key] = info.get("noise_spectrum")
+        return self._spectra[key]
 
     @property
     def image_shape(self):
@@ -358,7 +370,8 @@ class PairedSlices(keras.utils.PyDataset):
             region = (slice(None), slice(None)) if drawn else window  # a projection needs whole slices
             if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
                 noisy = add_noise(np.asarray(clean_all[frames][(slice(None),) + region], np.float32),
-                                  row["degrade_model"], row["sigma_added"], noise_rng, zero=_zero(row))
+                                  row["degrade_model"], row["sigma_added"], noise_rng, zero=_zero(row),
+                                  spectrum=self.noise_spectrum(row))
             else:
                 noisy = np.asarray(self.array(row["noisy_file"])[frames][(slice(None),) + region], np.float32)
             noisy = noisy[which]

@@ -59,10 +59,11 @@ from breastmri.config import ConfigError, config_hash
 from breastmri.data.grid import square_slice
 from breastmri.data.manifest import MANIFEST_COLUMNS
 from breastmri.data.splits import SPLITS, check_patient_split, check_split_fractions, split_patients, split_warnings
+from breastmri.dicom.dynamics import assemble_dynamics, check_mode, source_series_uids
 from breastmri.dicom.index import scan_tree
 from breastmri.dicom.kinds import check_include_kinds
 from breastmri.dicom.pixels import SeriesReadError, read_series, read_truth
-from breastmri.simulate.degrade import MODELS, degrade, series_rng, snr_ratio
+from breastmri.simulate.degrade import MODELS, SPECTRA, degrade, series_rng, snr_ratio
 
 log = logging.getLogger("preprocessing")
 
@@ -191,7 +192,8 @@ def process_series(series, out_dir, cfg, chash):
     zero = float(-np.float32(lo) / scale)
     if padding is not None:  # no signal there: the simulation gives it the noise of air
         clean[padding] = zero
-    noisy, info = degrade(clean, cfg["degrade"], series_rng(cfg["seed"], series.series_uid), zero=zero)
+    noisy, info = degrade(clean, cfg["degrade"], series_rng(cfg["seed"], series.series_uid), zero=zero,
+                          layout=series.layout)
     # degrade.model none: the input is the noisy image and there is no clean one (noisy is clean, the same array)
     stacks = (noisy,) if noisy is clean else (clean, noisy)
     for stack in stacks:  # back to modality units, in place
@@ -231,6 +233,7 @@ def process_series(series, out_dir, cfg, chash):
         _save_square(arrays / f"{key}_truth.npy", truth, size, zero, dtype)
     layout = series.layout or [(0, i) for i in range(len(series.sop_instance_uids))]
     n_times, n_positions = 1 + max(t for t, _ in layout), 1 + max(k for _, k in layout)
+    sources = source_series_uids(series)
     rows = [{
         "patient_id": series.patient_id, "study_uid": series.study_uid, "series_uid": series.series_uid,
         "series_description": series.series_description, "slice_index": i,
@@ -238,7 +241,8 @@ def process_series(series, out_dir, cfg, chash):
         "norm_lo": lo, "norm_hi": hi, "sigma_source": info["sigma_source"], "sigma_added": info["sigma_added"],
         "snr_ratio": info["snr_ratio"], "degrade_model": info["model"], "rows": series.rows, "cols": series.cols,
         "sop_instance_uid": sop, "config_hash": chash, "truth_file": truth_file,
-        "time_index": t, "n_times": n_times, "position_index": k, "n_positions": n_positions}
+        "time_index": t, "n_times": n_times, "position_index": k, "n_positions": n_positions,
+        "dynamic_id": series.dynamic["id"] if series.dynamic else "", "source_series_uid": sources[i]}
         for i, (sop, (t, k)) in enumerate(zip(series.sop_instance_uids, layout))]
     sidecar = {"series_key": key, "config_hash": chash, "fingerprint": _fingerprint(series),
                "slices": len(rows), "info": info, "field_strength_t": series.field_strength_t,
@@ -278,8 +282,11 @@ def check_config(cfg):
     if pre["image_size"] is not None and (not isinstance(pre["image_size"], int) or pre["image_size"] < 8):
         raise ConfigError(f"preprocess.image_size is {pre['image_size']!r}; give an integer >= 8 (e.g. 512), or "
                           "null to keep each series' acquisition matrix")
+    check_mode(pre["assemble_dynamics"])
     if pre["dtype"] not in DTYPES:
         raise ConfigError(f"preprocess.dtype is {pre['dtype']!r}; choose one of {', '.join(DTYPES)}")
+    if deg["noise_spectrum"] not in SPECTRA:
+        raise ConfigError(f"degrade.noise_spectrum is {deg['noise_spectrum']!r}; choose one of {', '.join(SPECTRA)}")
     if deg["model"] not in MODELS:
         raise ConfigError(f"degrade.model is {deg['model']!r}; choose one of {', '.join(MODELS)}")
     if len(pre["norm_percentiles"]) != 2:
@@ -319,8 +326,10 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True):
         series_list, skips, files_seen = scan_tree(root, cfg["preprocess"]["series_filter"], pool, workers,
                                                 exclude=out, progress=progress,
                                                 include_kinds=cfg["preprocess"]["include_kinds"])
-        indexed = time.perf_counter()
         series_found = len(series_list) + sum(skips.series.values())  # before any pixel was read
+        # a DCE stored one series per time point becomes one time series (its members keep their own uids)
+        series_list, dynamics = assemble_dynamics(series_list, cfg["preprocess"]["assemble_dynamics"])
+        indexed = time.perf_counter()
         if not series_list:
             raise PreprocessError(f"no usable MR image under {root} ({files_seen} files seen; skipped: "
                                   f"{_format_counts(skips.files) or 'none'})")
@@ -404,8 +413,16 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True):
         "split_warnings": split_warnings(split, cfg["preprocess"]["split"]),
         "slices_per_split": {name: sum(r["split"] == name for r in rows) for name in SPLITS},
         "sigma_methods": dict(sigma_methods),
+        # series whose noise estimates (background, frame difference, wavelet) differ by more than 30%: one of them
+        # reads something other than the noise (masked air, motion, correlated noise, texture)
+        "sigma_disagreements": [{"series_uid": s.series_uid, "series_description": s.series_description,
+                                 "method": results[s.series_uid]["info"].get("sigma_method"),
+                                 "estimates": results[s.series_uid]["info"].get("sigma_estimates")}
+                                for s in used if results[s.series_uid]["info"].get("sigma_disagree")],
+        "series_with_masked_background": sum(bool(i.get("masked_background")) for i in infos),
         "field_strengths_t": dict(field_strengths),
         "series_notes": dict(Counter(n for s in used for n in s.notes)),
+        "dynamics": [d for d in dynamics if d["id"] in {s.series_uid for s in used}],
         "series_with_truth": sum(r["truth_file"] != "" for r in rows if r["slice_index"] == 0),
         "image_size": cfg["preprocess"]["image_size"], "dtype": cfg["preprocess"]["dtype"],
         "config_hash": chash, "workers": workers,
@@ -417,6 +434,9 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True):
     _log_skips(skips)
     for note in summary["split_warnings"]:
         log.warning("split: %s", note)
+    if summary["sigma_disagreements"]:
+        log.warning("%d series have noise estimates more than 30%% apart (summary.json sigma_disagreements); the "
+                    "recorded sigma_method decides", len(summary["sigma_disagreements"]))
     if sigma_methods.get("none"):
         log.warning("%d series had no measurable noise: the field model added none to them (use "
                     "degrade.model=gaussian for noise-free data)", sigma_methods["none"])

@@ -26,7 +26,6 @@ import struct
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from pydicom.uid import UID
 from tqdm import tqdm
 
 from breastmri.config import ConfigError
+from breastmri.dicom.headers import _header_record
 from breastmri.dicom.kinds import _kind_reason, check_include_kinds
 from breastmri.dicom.pixels import TRUTH_FILE
 
@@ -58,6 +58,10 @@ MIXED_PLANES_REASON = "localizer (image orientations differ)"
 # series, a temporal tag that does not tell the dynamics apart and equal acquisition times): no (time, position)
 # layout tells them apart, so a context model would read one as the other's neighbour.
 REPEATED_POSITION_REASON = "repeated slice position at one time point"
+# The same for arterial spin labelling source series, which hold a label and a control image at each (position,
+# time): told apart by Philips' Label Type (2005,xx29 of "Philips MR Imaging DD 005"), they are counted as such,
+# so a user sees the case named. Their difference is the perfusion signal, not two frames of one anatomy.
+ASL_LABEL_CONTROL_REASON = "ASL label and control images at one time point"
 ORIENTATION_TOLERANCE = 0.01  # largest difference of direction cosines within one plane (~0.6 degrees)
 @dataclass
 class Series:
@@ -87,6 +91,13 @@ class Series:
     notes: list = field(default_factory=list)  # fallbacks used for missing tags
     truth_dir: str = None  # folder holding a noise-free truth sidecar (demo data only; see read_truth)
     padded: bool = True  # some file declares PixelPaddingValue (writer.padding_mask reads them only then)
+    # protocol and geometry of the series (dynamics.acquisition_key compares them across series), and the earliest
+    # time tags of its images (dynamics orders the series of a dynamic by them)
+    acquisition: dict = field(default_factory=dict)
+    start: dict = field(default_factory=dict)
+    # a dynamic assembled from series stored one per time point (dynamics.assemble_dynamics): its id, the tag that
+    # ordered the members, and per member series its uid, number, description, folder of truth and frame range
+    dynamic: dict = None
 
 
 @dataclass
@@ -184,15 +195,6 @@ def _orientations_differ(frames):
     return bool(np.max(np.abs(values - values[0])) > ORIENTATION_TOLERANCE)
 
 
-def _orientation(iop):
-    try:
-        if iop is not None and len(iop) == 6:
-            return tuple(float(v) for v in iop)
-    except (TypeError, ValueError):
-        pass
-    return None
-
-
 def _pixel_status(fp, ds, file_size):
     """None if the pixel data element is present and complete, else "no pixel data" or "truncated".
     fp must stand where stop_before_pixels left it (at the pixel data tag, or at the end of the file)."""
@@ -227,112 +229,6 @@ def _pixel_status(fp, ds, file_size):
     if available < length or length < expected:
         return "truncated"
     return None
-
-
-def _first(item, sequence, keyword):
-    """item.<sequence>[0].<keyword>, or None when any level is missing."""
-    if item is None:
-        return None
-    seq = item.get(sequence)
-    if not seq:
-        return None
-    return seq[0].get(keyword)
-
-
-def _seconds(value):
-    """DICOM TM ('HHMMSS.frac', also 'HH:MM:SS') or DT ('YYYYMMDDHHMMSS.frac&zzzz') -> seconds, or None."""
-    if value in (None, ""):
-        return None
-    text = re.split(r"[&+-]", str(value))[0].replace(":", "").strip()  # drop a UTC offset
-    try:
-        days = 0
-        if len(text.split(".")[0]) > 6:  # DT: a date in front of the time
-            days, text = datetime.strptime(text[:8], "%Y%m%d").toordinal(), text[8:]
-        hours = int(text[0:2] or 0)
-        minutes = int(text[2:4] or 0)
-        secs = float(text[4:] or 0)
-    except ValueError:
-        return None
-    return days * 86400.0 + hours * 3600.0 + minutes * 60.0 + secs
-
-
-def _position(ipp, iop, fallback=None):
-    """Position along the slice normal (mm): ImagePositionPatient . (row cosines x column cosines), else the
-    fallback (SliceLocation); None when neither is a finite number ("NaN" parses, and never equals itself)."""
-    value = None
-    try:
-        if ipp is not None and iop is not None and len(ipp) == 3 and len(iop) == 6:
-            normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
-            value = float(np.dot(np.asarray(ipp, float), normal))
-    except (TypeError, ValueError):
-        pass
-    if value is None or not math.isfinite(value):
-        try:
-            value = float(fallback) if fallback not in (None, "") else None
-        except (TypeError, ValueError):
-            value = None
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _number(value, default=None):
-    try:
-        return float(value) if value not in (None, "") else default
-    except (TypeError, ValueError):
-        return default
-
-
-def _header_record(path, ds):
-    """The header fields the pipeline needs, as a small picklable dict (one frame entry per frame)."""
-    def text(keyword):
-        return str(ds.get(keyword, "") or "").strip()
-
-    record = {
-        "path": str(path), "folder": str(Path(path).parent),
-        "patient_id": text("PatientID"), "patient_name": text("PatientName"),
-        "study_uid": text("StudyInstanceUID"), "series_uid": text("SeriesInstanceUID"),
-        "series_description": text("SeriesDescription"), "series_number": int(_number(ds.get("SeriesNumber"), 0)),
-        "sop_uid": text("SOPInstanceUID") or str(getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", "")),
-        "rows": int(ds.Rows), "cols": int(ds.Columns),
-        "field_strength_t": _number(ds.get("MagneticFieldStrength")),
-        "padded": "PixelPaddingValue" in ds,
-        "frames": [],
-    }
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    instance = _number(ds.get("InstanceNumber"), 0.0)
-    slope0, intercept0 = _number(ds.get("RescaleSlope"), 1.0), _number(ds.get("RescaleIntercept"), 0.0)
-    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
-        # Enhanced / legacy converted MR: geometry, rescale and timing per frame, or shared by all frames.
-        shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
-        per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-        for i in range(n_frames):
-            own = per_frame[i] if i < len(per_frame) else None
-
-            def lookup(sequence, keyword, own=own):
-                value = _first(own, sequence, keyword)
-                return value if value is not None else _first(shared, sequence, keyword)
-
-            slope = _number(lookup("PixelValueTransformationSequence", "RescaleSlope"), slope0)
-            intercept = _number(lookup("PixelValueTransformationSequence", "RescaleIntercept"), intercept0)
-            record["frames"].append({
-                "frame": i,
-                "temporal": _number(lookup("FrameContentSequence", "TemporalPositionIndex")),
-                "position": _position(lookup("PlanePositionSequence", "ImagePositionPatient"),
-                                      lookup("PlaneOrientationSequence", "ImageOrientationPatient")),
-                "time": _seconds(lookup("FrameContentSequence", "FrameAcquisitionDateTime")),
-                "acquisition": 0.0, "instance": instance, "slope": slope, "intercept": intercept,
-                "orientation": _orientation(lookup("PlaneOrientationSequence", "ImageOrientationPatient"))})
-    else:
-        position = _position(ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"),
-                             ds.get("SliceLocation"))
-        orientation = _orientation(ds.get("ImageOrientationPatient"))
-        for i in range(n_frames):
-            record["frames"].append({
-                "frame": i if n_frames > 1 else None,
-                "temporal": _number(ds.get("TemporalPositionIdentifier")),
-                "position": position, "time": _seconds(ds.get("AcquisitionTime")),
-                "acquisition": _number(ds.get("AcquisitionNumber"), 0.0), "instance": instance,
-                "slope": slope0, "intercept": intercept0, "orientation": orientation})
-    return record
 
 
 def group_series(records, root, skips, include_kinds=()):
@@ -385,11 +281,19 @@ def group_series(records, root, skips, include_kinds=()):
             skips.add_series(MIXED_PLANES_REASON, n_files, f"series {uid} ({first['series_description']})")
             continue
         if not _assign_temporal(frames):
-            skips.add_series(REPEATED_POSITION_REASON, n_files, f"series {uid} ({first['series_description']})")
+            labelled = len({r["label_type"] for r in files}) > 1
+            skips.add_series(ASL_LABEL_CONTROL_REASON if labelled else REPEATED_POSITION_REASON, n_files,
+                             f"series {uid} ({first['series_description']})")
             continue
         frames.sort(key=lambda f: (f["t"], f["position"] if f["position"] is not None else 0.0, f["instance"],
                                    f["path"], f["frame"] or 0))
+        starts = {key: [r["times"][key] for r in files if r["times"][key] is not None] for key in first["times"]}
         series_list.append(Series(
+            acquisition=dict(first["acquisition"], rows=first["rows"], cols=first["cols"],
+                             orientation=frames[0]["orientation"],
+                             positions=tuple(sorted({_position_key(f["position"]) for f in frames
+                                                     if f["position"] is not None}))),
+            start={key: min(values) if values else None for key, values in starts.items()},
             patient_id=first["patient_id"], study_uid=first["study_uid"], series_uid=uid,
             series_description=first["series_description"], modality="MR", rows=first["rows"],
             cols=first["cols"], frames=[(f["path"], f["frame"]) for f in frames],

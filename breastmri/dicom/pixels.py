@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from breastmri.dicom.dynamics import member_series
+
 # The noise-free truth of a demo DCE series: hidden sidecars in its folder (simulate.demo_dicom.write_truth).
 TRUTH_FILE, TRUTH_INDEX = ".demo_truth.npy", ".demo_truth.json"
 
@@ -69,6 +71,9 @@ def read_truth(series):
     order, or None. Only the demo generator knows it: demo_data.write_truth leaves TRUTH_FILE (the images) and
     TRUTH_INDEX (their SOPInstanceUIDs) next to the DICOM files. Real data has no such files; a sidecar that does
     not cover every image of the series, or does not match its matrix, is ignored rather than half used."""
+    if series.dynamic:  # assembled from series stored one per time point: each member has its own sidecar
+        parts = [read_truth(member_series(series, m)) for m in series.dynamic["members"]]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
     if series.truth_dir is None or any(frame is not None for _, frame in series.frames):
         return None
     folder = Path(series.truth_dir)

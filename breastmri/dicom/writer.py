@@ -331,9 +331,16 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
         for keyword in ("SourceImageSequence", "DerivationDescription", "DerivationCodeSequence"):
             if keyword in ds:  # not in the Enhanced MR IODs: the derivation is told per frame, below
                 delattr(ds, keyword)
-        _add_derivation_per_frame(ds, source_class, source_sop, frame_numbers or [1], derivation)
-        if source_sop:  # required only once a frame references a source
-            ds.SourceImageEvidenceSequence = _source_evidence(header, source_class, source_sop)
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            _add_derivation_per_frame(ds, source_class, source_sop, frame_numbers or [1], derivation)
+            if source_sop:  # required once a frame references a source, and not allowed otherwise
+                ds.SourceImageEvidenceSequence = _source_evidence(header, source_class, source_sop)
+        else:
+            # A source without per-frame functional groups (malformed: the IOD requires them) gets none: groups
+            # that held only the derivation would lack every macro the IOD asks of a frame, errors the source does
+            # not have, and without them no standard attribute may reference the source. ImageType DERIVED and
+            # ContributingEquipmentSequence say what was done; the private block names the source instance.
+            ds.private_block(ENHANCE_PRIVATE_GROUP, ENHANCE_PRIVATE_CREATOR).add_new(0x03, "UI", source_sop or "")
     else:
         # Classic MR: General Image module (PS3.3 C.7.6.1) carries the derivation and the source references.
         ds.DerivationDescription = derivation

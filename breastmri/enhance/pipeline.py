@@ -21,6 +21,7 @@ from tqdm import tqdm
 from breastmri.config import ConfigError
 from breastmri.data import preprocess
 from breastmri.dicom import index, pixels
+from breastmri.dicom.dynamics import assemble_dynamics, member_series
 from breastmri.dicom.kinds import check_include_kinds
 from breastmri.dicom.writer import (
     derived_series_uid,
@@ -48,72 +49,142 @@ UNFORESEEN_REASON = "enhance failed"
 # One series, atomically
 # --------------------------------------------------------------------------------------------------------------
 
+def source_parts(series):
+    """The source series a Series stands for: itself, or the members of an assembled dynamic (one derived series
+    is written per source series, as the scanner stored them)."""
+    return [member_series(series, m) for m in series.dynamic["members"]] if series.dynamic else [series]
+
+
 def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_tiling=False, max_pixels=MAX_PIXELS,
-                   overwrite=False, preview=False, series_number=None):
-    """Enhance one Series into its folder under out_dir. Returns a result dict with "status": "done" or
-    "skipped" (+ "reason", "detail"); never raises for bad data (a KeyboardInterrupt still stops the run)."""
-    new_uid = derived_series_uid(series, enhancer)
-    final = series_folder(out_dir, series, new_uid)
-    result = {"source_series_uid": series.series_uid, "series_description": series.series_description,
-              "patient_id": series.patient_id, "output_series_uid": new_uid,
-              "folder": os.path.relpath(final, out_dir), "slices": len(series.frames),
-              "rows": series.rows, "cols": series.cols}
-    if final.exists() and not overwrite:
-        return dict(result, status="skipped", reason="exists", detail="output series exists; use --overwrite")
+                   overwrite=False, preview=False, series_numbers=None):
+    """Enhance one Series into a folder per source series under out_dir. Returns one result dict per source
+    series, each with "status": "done" or "skipped" (+ "reason", "detail"); never raises for bad data (a
+    KeyboardInterrupt still stops the run). An assembled dynamic is enhanced as one time series (the context the
+    model was trained with) and written back as its member series; every result names its "dynamic" (None for a
+    series that is not one) and "time_points" (the number of time points the model saw the series with)."""
+    series_numbers = series_numbers or {}
+    time_points = 1 + max((t for t, _ in series.layout), default=0)
+    pending, results = [], []
+    for part in source_parts(series):
+        new_uid = derived_series_uid(part, enhancer)
+        final = series_folder(out_dir, part, new_uid)
+        result = {"source_series_uid": part.series_uid, "series_description": part.series_description,
+                  "patient_id": part.patient_id, "output_series_uid": new_uid,
+                  "folder": os.path.relpath(final, out_dir), "slices": len(part.frames),
+                  "rows": part.rows, "cols": part.cols,
+                  "dynamic": series.dynamic["id"] if series.dynamic else None, "time_points": time_points}
+        if final.exists() and not overwrite:
+            results.append(dict(result, status="skipped", reason="exists",
+                                detail="output series exists; use --overwrite"))
+        else:
+            pending.append((part, final, result))
+    if not pending:
+        return results
 
     started = time.perf_counter()
     inference_before = sum(enhancer.timings)
+    try:
+        raw, enhanced, padding, lo, hi, info = _enhanced(series, enhancer, batch_size, tile, force_tiling, max_pixels)
+    except EnhanceError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a SeriesError, or an unforeseen failure: this series only, counted
+        error = _counted(error)
+        return results + [dict(result, status="skipped", reason=error.reason, detail=str(error))
+                          for _, _, result in pending]
+    seconds = (time.perf_counter() - started) / len(pending)
+    inference = (sum(enhancer.timings) - inference_before) / len(pending)
+    offsets = {m["series_uid"]: (m["start"], m["stop"]) for m in series.dynamic["members"]} if series.dynamic \
+        else {series.series_uid: (0, len(series.frames))}
+    for part, final, result in pending:
+        rows = slice(*offsets[part.series_uid])
+        try:
+            n_files = _write_atomically(part, enhanced[rows], None if padding is None else padding[rows], enhancer,
+                                        out_dir, final, series_numbers.get(part.series_uid),
+                                        {"norm_lo": lo, "norm_hi": hi, "size": info, "dynamic": result["dynamic"],
+                                         "time_points": time_points})
+        except Exception as error:  # noqa: BLE001 - as above, for this source series
+            error = _counted(error)
+            results.append(dict(result, status="skipped", reason=error.reason, detail=str(error)))
+            continue
+        if preview:
+            try:
+                png = save_preview(raw[rows], enhanced[rows], final.parent / f"{final.name}.png",
+                                   f"{part.patient_id} {part.series_description}")
+                result["preview"] = os.path.relpath(png, out_dir)
+            except Exception as error:  # noqa: BLE001 - a figure problem must not fail a series already written
+                result["preview_error"] = f"{type(error).__name__}: {error}"
+        results.append(dict(result, status="done", files=n_files, norm_lo=lo, norm_hi=hi, size=info,
+                            seconds=round(seconds, 3), inference_seconds=round(inference, 3)))
+    return results
+
+
+def _counted(error):
+    """A SeriesError to count: itself, or an unforeseen failure with where it happened (for the bug report)."""
+    if isinstance(error, SeriesError):
+        return error
+    where = traceback.extract_tb(error.__traceback__)[-1]
+    return SeriesError(UNFORESEEN_REASON, f"{type(error).__name__}: {error} ({Path(where.filename).name}:"
+                                          f"{where.lineno})")
+
+
+def _enhanced(series, enhancer, batch_size, tile, force_tiling, max_pixels):
+    """(raw, enhanced, padding, lo, hi, size info) of a whole series, modality units (n, H, W)."""
+    try:
+        raw = pixels.read_series(series)
+    except SeriesError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any decoder failure skips this series only
+        raise SeriesError("pixel read failed", f"{type(error).__name__}: {error}") from None
+    # Padded pixels (PixelPaddingValue) are not image: they take no part in the normalization, the network
+    # sees them as the darkest tissue value (lo) instead of an artificial edge, as in training
+    # (preprocess.image_range), and write_series restores them.
+    padding = padding_mask(series, raw)
+    lo, hi = preprocess.image_range(raw, padding, enhancer.cfg["preprocess"]["norm_percentiles"])
+    scale = np.float32(hi) - np.float32(lo)
+    normalized = (raw - np.float32(lo)) / scale
+    if padding is not None:
+        normalized[padding] = 0.0
+    zero = float(-np.float32(lo) / scale)
+    try:
+        # context models: the same stacks PairedSlices gives the network in training, from this series'
+        # (time point, slice position) layout
+        pred, info = predict_stack(enhancer, normalized, batch_size, tile, force_tiling, max_pixels, zero=zero,
+                                   layout=series.layout)
+    except EnhanceError:
+        raise
+    except Exception as error:  # noqa: BLE001 - e.g. out of memory on a huge slice: report, go on
+        raise SeriesError("inference failed", f"{type(error).__name__}: {error}") from None
+    from breastmri.restore import training
+
+    if training.needs_rician_correction(enhancer.cfg, enhancer.cfg["degrade"]["model"]):
+        # a self-supervised run learned E[magnitude]: invert the Rician mean with this series' noise, measured
+        # as main.py's evaluation measures it on the same normalized series
+        from breastmri.restore.denoisers import correct_rician_mean
+        from breastmri.simulate.noise import series_sigma
+
+        # padding counts as no signal (it is written back as padding), not as a spike at lo
+        measured = normalized if padding is None else np.where(padding, np.float32(zero), normalized)
+        pred = correct_rician_mean(pred, series_sigma(measured, zero)[0], zero)
+    return raw, pred.astype(np.float64) * float(scale) + lo, padding, lo, hi, info
+
+
+def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, series_number, record):
+    """Write one derived series under a temporary name, its marker last, then rename it into place (an
+    --overwrite swaps the old series out first and puts it back if the new one fails). Returns the file count."""
+    new_uid = derived_series_uid(part, enhancer)
     tmp = Path(out_dir) / f"{TMP_PREFIX}{os.getpid()}-{new_uid}"
     old = Path(out_dir) / f"{TMP_PREFIX}{os.getpid()}-old-{new_uid}"
+    created = datetime.now()
     try:
-        try:
-            raw = pixels.read_series(series)
-        except SeriesError:
-            raise
-        except Exception as error:  # noqa: BLE001 - any decoder failure skips this series only
-            raise SeriesError("pixel read failed", f"{type(error).__name__}: {error}") from None
-        # Padded pixels (PixelPaddingValue) are not image: they take no part in the normalization, the network
-        # sees them as the darkest tissue value (lo) instead of an artificial edge, as in training
-        # (preprocess.image_range), and write_series restores them.
-        padding = padding_mask(series, raw)
-        lo, hi = preprocess.image_range(raw, padding, enhancer.cfg["preprocess"]["norm_percentiles"])
-        scale = np.float32(hi) - np.float32(lo)
-        normalized = (raw - np.float32(lo)) / scale
-        if padding is not None:
-            normalized[padding] = 0.0
-        try:
-            # context models: the same stacks PairedSlices gives the network in training, from this series'
-            # (time point, slice position) layout
-            pred, info = predict_stack(enhancer, normalized, batch_size, tile, force_tiling, max_pixels,
-                                       zero=float(-np.float32(lo) / scale), layout=series.layout)
-        except EnhanceError:
-            raise
-        except Exception as error:  # noqa: BLE001 - e.g. out of memory on a huge slice: report, go on
-            raise SeriesError("inference failed", f"{type(error).__name__}: {error}") from None
-        zero = float(-np.float32(lo) / scale)
-        from breastmri.restore import training
-
-        if training.needs_rician_correction(enhancer.cfg, enhancer.cfg["degrade"]["model"]):
-            # a self-supervised run learned E[magnitude]: invert the Rician mean with this series' noise, measured
-            # as main.py's evaluation measures it on the same normalized series
-            from breastmri.restore.denoisers import correct_rician_mean
-            from breastmri.simulate.degrade import series_sigma
-
-            # padding counts as no signal (it is written back as padding), not as a spike at lo
-            measured = normalized if padding is None else np.where(padding, np.float32(zero), normalized)
-            pred = correct_rician_mean(pred, series_sigma(measured, zero)[0], zero)
-        enhanced = pred.astype(np.float64) * float(scale) + lo
-
-        created = datetime.now()
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            n_files = write_series(series, enhanced, enhancer, tmp, new_uid, created, padding, series_number)
-            marker = {"source_series_uid": series.series_uid, "output_series_uid": new_uid,
+            n_files = write_series(part, enhanced, enhancer, tmp, new_uid, created, padding, series_number)
+            marker = {"source_series_uid": part.series_uid, "output_series_uid": new_uid,
                       "model": str(enhancer.model_path), "model_sha256": enhancer.model_sha,
-                      "config_hash": enhancer.config_hash, "slices": len(series.frames), "files": n_files,
-                      "norm_lo": lo, "norm_hi": hi, "size": info, "created": created.isoformat(timespec="seconds")}
-            (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")  # written last: the series is complete
+                      "config_hash": enhancer.config_hash, "slices": len(part.frames), "files": n_files,
+                      **record, "created": created.isoformat(timespec="seconds")}
+            (tmp / MARKER).write_text(json.dumps(marker, indent=1, default=float) + "\n")  # last: complete
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # --overwrite: swap the old series out, the new one in, then delete the old one
                 shutil.rmtree(old, ignore_errors=True)
@@ -124,29 +195,13 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
         except Exception as error:  # noqa: BLE001 - an unwritable header, a full disk: skip, leave nothing
             raise SeriesError("write failed", f"{type(error).__name__}: {error}") from None
         shutil.rmtree(old, ignore_errors=True)
-    except EnhanceError:
-        raise
-    except Exception as error:  # noqa: BLE001 - a SeriesError, or an unforeseen failure: this series only, counted
+        return n_files
+    except BaseException:
         if old.exists() and not final.exists():
             os.replace(old, final)  # the new series failed after the old one was moved away: put it back
-        if not isinstance(error, SeriesError):  # where it happened, for the bug report
-            where = traceback.extract_tb(error.__traceback__)[-1]
-            error = SeriesError(UNFORESEEN_REASON, f"{type(error).__name__}: {error} "
-                                                   f"({Path(where.filename).name}:{where.lineno})")
-        return dict(result, status="skipped", reason=error.reason, detail=str(error))
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-    if preview:
-        try:
-            png = save_preview(raw, enhanced, final.parent / f"{final.name}.png",
-                               f"{series.patient_id} {series.series_description}")
-            result["preview"] = os.path.relpath(png, out_dir)
-        except Exception as error:  # noqa: BLE001 - a figure problem must not fail a series already written
-            result["preview_error"] = f"{type(error).__name__}: {error}"
-    seconds = time.perf_counter() - started
-    return dict(result, status="done", files=n_files, norm_lo=lo, norm_hi=hi, size=info,
-                seconds=round(seconds, 3), inference_seconds=round(sum(enhancer.timings) - inference_before, 3))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -191,11 +246,12 @@ def save_preview(original, enhanced, path, title=""):
 # The run
 # --------------------------------------------------------------------------------------------------------------
 
-def collect_series(input_path, out_dir=None, series_filter="", include_kinds=()):
+def collect_series(input_path, out_dir=None, series_filter="", include_kinds=(), assemble="auto"):
     """(series_list, Skips, files_seen, series_skips list) for a DICOM file, a folder or a tree.
 
-    The same rule as preprocessing (index.index): series_filter and include_kinds are the run's
-    preprocess settings; files enhance.py wrote are skipped as kinds.ENHANCE_OUTPUT_REASON. Skips holds the
+    The same rule as preprocessing (index.index, then dynamics.assemble_dynamics): series_filter, include_kinds
+    and assemble are the run's preprocess settings; files enhance.py wrote are skipped as
+    kinds.ENHANCE_OUTPUT_REASON. Skips holds the
     file counts and the series left out while indexing (series filter, mixed planes, mismatched shapes); series
     with files inside out_dir that are not our output (the output folder placed inside the input tree) are in the
     series_skips list, so a second run never enhances anything in its own output folder."""
@@ -210,6 +266,7 @@ def collect_series(input_path, out_dir=None, series_filter="", include_kinds=())
         series_list = index.group_series([record], input_path.parent, skips, include_kinds)
         return index.filter_series(series_list, series_filter, skips), skips, 1, []
     series_list, skips, files_seen = index.index(input_path, series_filter, include_kinds)
+    series_list, _ = assemble_dynamics(series_list, assemble)
     kept, skipped = [], []
     out = Path(out_dir).resolve() if out_dir is not None else None
     for s in series_list:
@@ -273,7 +330,7 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
     pre = enhancer.cfg["preprocess"]
     try:
         series_list, skips, files_seen, results = collect_series(input_path, out_dir, pre["series_filter"],
-                                                                 pre["include_kinds"])
+                                                                 pre["include_kinds"], pre["assemble_dynamics"])
     except ConfigError as error:
         raise EnhanceError(f"{enhancer.model_path.parent / 'config.yaml'}: {error}") from None
     file_skips = skips.files
@@ -282,10 +339,10 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
           f"model {enhancer.name} ({enhancer.model_path}, config {enhancer.config_hash})")
     inference_before = sum(enhancer.timings)
     bar = tqdm(total=n_slices, unit="slice", desc="enhance", disable=not progress or not n_slices)
-    series_numbers = output_series_numbers(series_list)
+    series_numbers = output_series_numbers([part for s in series_list for part in source_parts(s)])
     for s in series_list:
-        results.append(enhance_series(s, enhancer, out_dir, batch_size, tile, force_tiling, max_pixels,
-                                      overwrite, preview, series_numbers[s.series_uid]))
+        results.extend(enhance_series(s, enhancer, out_dir, batch_size, tile, force_tiling, max_pixels,
+                                      overwrite, preview, series_numbers))
         bar.update(len(s.frames))
     bar.close()
 

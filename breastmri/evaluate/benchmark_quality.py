@@ -337,7 +337,7 @@ def model_prediction(run, model, inputs, rows, dataset, sigmas):
     (training.needs_rician_correction; sigmas caches one measurement per series)."""
     from breastmri.restore import training
     from breastmri.restore.denoisers import correct_rician_mean
-    from breastmri.simulate.degrade import series_sigma
+    from breastmri.simulate.noise import series_sigma
 
     pred = np.asarray(model.predict_on_batch(inputs), dtype=np.float32)[..., 0]
     for j, row in enumerate(rows):

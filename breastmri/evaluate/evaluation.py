@@ -33,7 +33,7 @@ def predict_slices(model, dataset, index, multiple, rician=False, sigma_cache=No
     from breastmri.data.manifest import _zero
     from breastmri.restore.denoisers import correct_rician_mean
     from breastmri.restore.predict import predict_padded
-    from breastmri.simulate.degrade import series_sigma
+    from breastmri.simulate.noise import series_sigma
 
     sigma_cache = {} if sigma_cache is None else sigma_cache
     noisy, clean = dataset[index]  # noisy (B, H, W, C): the target slice first, then its context

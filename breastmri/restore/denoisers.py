@@ -154,7 +154,7 @@ def correct_rician_mean(estimate, sigma, zero=0.0):
 
     A network trained on noisy targets (Noise2Noise, Noise2Void) learns their expectation, E[M], which in air and
     dark tissue lies above the amplitude (up to sigma sqrt(pi/2) where there is no signal). sigma: the noise of the
-    noisy series the input came from, measured on its air background (degrade.series_sigma), in the normalized
+    noisy series the input came from, measured on its air background (noise.series_sigma), in the normalized
     units of `estimate`, whose zero signal sits at `zero`; the output is then treated as the classical methods'
     output is. Unchanged when no sigma could be measured (nan or 0: nothing to correct with)."""
     estimate = np.asarray(estimate, np.float32)

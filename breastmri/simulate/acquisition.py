@@ -7,6 +7,7 @@ images plus the noise-free signal they were drawn from (the truth the evaluation
 import numpy as np
 from scipy import ndimage
 
+from breastmri.simulate.noise import WHITE, shaped_noise
 from breastmri.simulate.phantom import (
     BITS_STORED,
     DWI_FAT_SUPPRESSION,
@@ -33,11 +34,17 @@ from breastmri.simulate.protocol import (
 # ---------------------------------------------------------------------------------------------------------------
 # Signal synthesis: one whole series volume at a time.
 
-def _add_noise_and_store(signal, rng):
+def _add_noise_and_store(signal, rng, spectrum=WHITE):
     """Complex Gaussian noise (sigma NOISE_SIGMA per channel) on a real signal, magnitude, to 12-bit stored values.
-    signal: float modality units, any shape -> uint16 same shape."""
-    real = signal + NOISE_SIGMA * rng.standard_normal(signal.shape, dtype=np.float32)
-    imag = NOISE_SIGMA * rng.standard_normal(signal.shape, dtype=np.float32)
+    signal: float modality units, any shape -> uint16 same shape. spectrum: white (None), or the noise spectrum
+    of a zero-filled acquisition (noise.zero_filled_spectrum): the noise correlated as a scanner's."""
+    if spectrum is WHITE:  # the draws of white noise, in this order, are what every seeded demo tree holds
+        real = signal + NOISE_SIGMA * rng.standard_normal(signal.shape, dtype=np.float32)
+        imag = NOISE_SIGMA * rng.standard_normal(signal.shape, dtype=np.float32)
+    else:
+        real, imag = shaped_noise(signal.shape, spectrum, rng)
+        real = signal + NOISE_SIGMA * real
+        imag *= NOISE_SIGMA
     stored = np.rint((np.hypot(real, imag) - RESCALE_INTERCEPT) / RESCALE_SLOPE)
     if stored.max() > MAX_STORED:  # cannot happen with _signal_gain(); a changed constant would clip silently
         raise RuntimeError(f"simulated signal exceeds {BITS_STORED} bits ({stored.max():.0f}); lower the gain")
@@ -78,7 +85,7 @@ def _move(volume, field):
     return np.stack([ndimage.map_coordinates(img, grid, order=3, mode="nearest") for img in volume])
 
 
-def dce_series(ph, times_s, arrival_s, rng, motion=None):
+def dce_series(ph, times_s, arrival_s, rng, motion=None, noise_spectrum=WHITE):
     """DCE series of one visit: (stored uint16 (time_points, slices, H, W), truth float32 same shape).
 
     Each tissue's concentration follows the extended Tofts model with the shifted Parker AIF; R1(t) = 1/T1 +
@@ -116,7 +123,7 @@ def dce_series(ph, times_s, arrival_s, rng, motion=None):
             if np.any(motion[t]):
                 signal[t] = _move(signal[t], motion[t])
         np.clip(signal, 0, None, out=signal)  # cubic splines overshoot a little at edges; signal is >= 0
-    return _add_noise_and_store(signal, rng), signal
+    return _add_noise_and_store(signal, rng, noise_spectrum), signal
 
 
 def t1map_series(ph, rng):

@@ -39,23 +39,19 @@ import math
 import numpy as np
 
 from breastmri.config import ConfigError
+from breastmri.simulate.noise import (
+    WHITE,
+    difference_images,
+    measure_noise,
+    neighbour_correlation,
+    noise_spectrum,
+    shaped_noise,
+    spectrum_correlation,
+)
 
 MODELS = ("field", "gaussian", "none")
 # the models add_noise can draw again (train.fresh_noise)
 NOISE_MODELS = ("field", "gaussian")
-
-# Background selection for the Rayleigh fit: air pixels are taken as those below TRUNCATION * sigma. A Rayleigh
-# variable stays below 2 sigma with probability 1 - exp(-2) = 86%, so the cut keeps most of the air while
-# excluding the partial-volume pixels at the body edge, which sit just above the noise and bias a looser cut
-# upwards (on the demo tree: +6-9% at 3 sigma, +2-4% at 2 sigma).
-TRUNCATION = 2.0
-# E[x**2 | x < c*sigma] / sigma**2 for a Rayleigh(sigma) variable truncated at c*sigma:
-# 2 - c**2 * exp(-c**2/2) / (1 - exp(-c**2/2)); for c = 2 this is 1.374 (instead of 2 untruncated).
-_TRUNCATED_M2 = 2.0 - TRUNCATION**2 * math.exp(-TRUNCATION**2 / 2) / (1.0 - math.exp(-TRUNCATION**2 / 2))
-# A background must hold at least this many pixels and this fraction of the image to be trusted.
-MIN_BACKGROUND_PIXELS = 200
-MIN_BACKGROUND_FRACTION = 0.02
-
 
 def snr_ratio(degrade_cfg):
     """Target/source SNR ratio (< 1 means a noisier target): degrade.snr_ratio if set, otherwise
@@ -79,98 +75,6 @@ def series_rng(seed, series_uid):
     noise, whatever the order or the number of worker processes that handle it."""
     uid_bits = int.from_bytes(hashlib.sha256(str(series_uid).encode()).digest()[:16], "little")
     return np.random.default_rng(np.random.SeedSequence([int(seed), uid_bits]))
-
-
-def estimate_background_sigma(image):
-    """Noise sigma of a magnitude image (one slice (H, W) or a stack (n, H, W)) from its air background.
-
-    In air the magnitude of complex Gaussian noise is Rayleigh(sigma) (Henkelman, Med Phys 1985;12:232-233;
-    Gudbjartsson & Patz 1995). As Sijbers et al. (MRI 1998;16:87-90) we start from the mode of the histogram of
-    the dark pixels (the Rayleigh mode equals sigma), then refine with the second moment of the pixels below
-    2 sigma, corrected for the truncation (E[x^2 | x < 2 sigma] = 1.374 sigma^2), iterated to a fixed point.
-    The dark part of the histogram is dominated by the air peak as long as air is more than a few percent of
-    the image (tested for 20-60%), and tissue above 2 sigma does not enter the fit.
-
-    Returns sigma in the units of `image` (zero signal must be 0: pass magnitudes, not shifted values), or
-    nan when there is no usable background (too few dark pixels, or a background of exact zeros as written by
-    masking or zero padding). Exact zeros are ignored when they are a spike (> 2% of the pixels), which a
-    Rayleigh background cannot produce unless sigma is below one integer step.
-
-    Phased-array sum-of-squares images have a noncentral-chi rather than Rayleigh background (Constantinides,
-    Atalar & McVeigh, MRM 1997;38:852-857): its mean square is 2 n sigma^2 for n equally weighted coils, so this
-    Rayleigh estimate reads high (roughly sqrt(n) times); a vendor noise scan is better when one exists.
-    """
-    x = np.asarray(image, dtype=np.float64).ravel()
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return float("nan")
-    x = x[x >= 0]  # magnitudes; negative values are not noise of any kind we model
-    if np.count_nonzero(x == 0) > 0.02 * x.size:
-        x = x[x != 0]
-    if x.size > 1_000_000:  # a regular subsample is plenty for a histogram and a second moment
-        x = x[:: x.size // 500_000]
-    if x.size < MIN_BACKGROUND_PIXELS:
-        return float("nan")
-    x.sort()
-    # Initial sigma: mode of the histogram of the darker half of the pixels. If air is < 50% of the image,
-    # the range reaches into tissue but the narrow, tall air peak still dominates; if air is > 50%, the
-    # median lies in the air (above the Rayleigh mode at sigma, since the air median is 1.18 sigma).
-    half = x[: x.size // 2 + 1]
-    # Stored DICOM values are integers: detect the quantization step of the dark pixels (0 for continuous data);
-    # it enters as Sheppard's correction (rounding adds step^2/12 to the mean square) and in the fit test below.
-    distinct = np.unique(half)
-    step = float(np.min(np.diff(distinct))) if 4 * distinct.size < half.size and distinct.size > 1 else 0.0
-    bins = int(np.clip(np.sqrt(half.size), 16, 512))
-    counts, edges = np.histogram(half, bins=bins)
-    counts = np.convolve(counts, np.ones(3) / 3, mode="same")  # tame single-bin noise
-    peak = int(np.argmax(counts))
-    sigma = 0.5 * (edges[peak] + edges[peak + 1])
-    # Fixed point of sigma = sqrt(E[x^2 | x < 2 sigma] / 1.374). Converges from below and above because the
-    # truncated second moment grows more slowly than sigma^2 near the true value. x is sorted, so the mean
-    # square below any cut is a lookup in the cumulative sum.
-    cumulative = np.cumsum(x * x)
-    for _ in range(100):
-        n_below = int(np.searchsorted(x, TRUNCATION * sigma))
-        if n_below < MIN_BACKGROUND_PIXELS:
-            return float("nan")
-        new = math.sqrt(max(cumulative[n_below - 1] / n_below - step**2 / 12, 0.0) / _TRUNCATED_M2)
-        if new == 0:
-            return float("nan")
-        if abs(new - sigma) <= 1e-6 * sigma:
-            sigma = new
-            break
-        sigma = new
-    background = x[: int(np.searchsorted(x, TRUNCATION * sigma))]
-    if background.size < max(MIN_BACKGROUND_PIXELS, MIN_BACKGROUND_FRACTION * x.size) or not sigma > 0:
-        return float("nan")
-    # Is it Rayleigh at all? A constant image, a flat tissue region or uniform clutter also converge to some
-    # "sigma"; a Kolmogorov-Smirnov distance to the truncated Rayleigh CDF rejects them. The tolerance is the
-    # 1% critical value 1.63/sqrt(n), floored at 0.1. For integer data the comparison is made at the
-    # distinct values, with the model CDF taken half a quantization step higher.
-    values, counts = np.unique(background, return_counts=True)
-    empirical = np.cumsum(counts) / background.size
-    cdf = -np.expm1(-(values + step / 2) ** 2 / (2 * sigma**2)) / -math.expm1(-TRUNCATION**2 / 2)
-    if step:
-        distance = np.max(np.abs(empirical - cdf))
-    else:
-        distance = max(np.max(np.abs(empirical - cdf)), np.max(np.abs(empirical - counts / background.size - cdf)))
-    if distance > max(0.1, 1.63 / math.sqrt(background.size)):
-        return float("nan")
-    return float(sigma)
-
-
-def wavelet_sigma(stack):
-    """Fallback noise sigma when there is no air: median absolute deviation of the finest wavelet detail
-    coefficients (Donoho & Johnstone 1994, via skimage.restoration.estimate_sigma), averaged over slices.
-    Valid for Gaussian noise, i.e. for the high-SNR parts of a magnitude image; textured tissue biases it high."""
-    from skimage.restoration import (
-        estimate_sigma,  # slow import, only needed without a background
-    )
-
-    stack = np.asarray(stack, dtype=np.float64)
-    if stack.ndim == 2:
-        stack = stack[None]
-    return float(np.mean([estimate_sigma(s) for s in stack]))
 
 
 def kspace_crop(stack, scale):
@@ -197,13 +101,15 @@ def kspace_crop(stack, scale):
     return (out[0] if squeeze else out), keep_r * keep_c / (rows * cols)
 
 
-def degrade(clean, degrade_cfg, rng, zero=0.0):
+def degrade(clean, degrade_cfg, rng, zero=0.0, layout=None):
     """Simulated lower-field version of a normalized clean stack.
 
     clean: float32 (n, H, W) at acquisition resolution, normalized as (x - lo) / (hi - lo), not clipped.
     degrade_cfg: cfg["degrade"]. rng: np.random.Generator (use series_rng).
     zero: the value of "no signal" in clean's units (preprocessing passes -lo / (hi - lo)); the field model
         forms magnitudes around it, because Rician statistics are defined relative to zero signal.
+    layout: the series' (time_index, position_index) per slice; with repeated time points the noise can be read
+        from the anatomy when the air is masked (noise.measure_noise).
     Returns (noisy float32 (n, H, W), info) with info = {"model", "sigma_source", "sigma_added", "snr_ratio",
     "sigma_method"}; sigmas in clean's (normalized) units at acquisition resolution. For the gaussian model,
     snr_ratio is the ratio it implies for the measured source noise, sigma_src / sqrt(sigma_src^2 + sigma^2).
@@ -215,11 +121,13 @@ def degrade(clean, degrade_cfg, rng, zero=0.0):
     if clean.ndim != 3:
         raise ValueError(f"degrade expects a stack (n, H, W), got shape {clean.shape}")
     magnitude = clean - np.float32(zero)
-    sigma_src, method = _source_sigma(magnitude)
+    differences = difference_images(magnitude, layout)  # the series' repeated anatomy: noise level and spectrum
+    noise = measure_noise(magnitude, layout, differences=differences)
+    sigma_src, method = noise["sigma"], noise["method"]
 
     if model == "none":  # the input is the low-field scan itself: the same array, nothing added
         return clean, {"model": model, "sigma_source": sigma_src, "sigma_added": 0.0, "snr_ratio": 1.0,
-                       "sigma_method": method}
+                       "sigma_method": method, **_noise_record(noise)}
     if model == "gaussian":
         sigma = float(degrade_cfg["sigma"])
         if sigma < 0:
@@ -228,7 +136,7 @@ def degrade(clean, degrade_cfg, rng, zero=0.0):
         noisy = add_noise(clean, "gaussian", sigma, rng)
         ratio = sigma_src / math.hypot(sigma_src, sigma) if sigma_src > 0 else float("nan")
         return noisy, {"model": model, "sigma_source": sigma_src, "sigma_added": sigma, "snr_ratio": ratio,
-                       "sigma_method": method}
+                       "sigma_method": method, **_noise_record(noise)}
 
     ratio = snr_ratio(degrade_cfg)
     scale = degrade_cfg.get("resolution_scale")
@@ -245,27 +153,72 @@ def degrade(clean, degrade_cfg, rng, zero=0.0):
     else:
         signal, sigma_remaining = magnitude, sigma_src
     sigma_add = math.sqrt(max(sigma_target**2 - sigma_remaining**2, 0.0))
-    noisy = add_noise(signal, "field", sigma_add, rng, zero=0.0)
+    shape = _source_shape(magnitude, layout, differences, degrade_cfg.get("noise_spectrum", "measured"), noise)
+    noisy = add_noise(signal, "field", sigma_add, rng, zero=0.0, spectrum=shape["noise_spectrum"])
     noisy += np.float32(zero)
     return noisy, {
         "model": model, "sigma_source": sigma_src, "sigma_added": sigma_add, "snr_ratio": ratio,
-        "sigma_method": method}
+        "sigma_method": method, **_noise_record(noise), **shape}
 
 
-def add_noise(clean, model, sigma, rng, zero=0.0):
+SPECTRA = ("measured", "white")
+# When the frame differences give a spectrum that is not the scanner's noise. Zero-filling and k-space windows
+# low-pass the noise: its neighbour correlation is positive (real series: 0.5-0.85). Up to WEAK_CORRELATION the
+# noise counts as white, and a correlation below -NEGATIVE_CORRELATION on either axis is anatomy, not noise: what
+# motion between the frames leaves after a rigid registration is a derivative of the texture, whose spectrum rises
+# with frequency (the demo phantom's 1.5 mm elastic motion: -0.23 to +0.16). So is a difference whose sigma reads
+# more than DIFFERENCE_EXCESS above the air's.
+WEAK_CORRELATION, NEGATIVE_CORRELATION, DIFFERENCE_EXCESS = 0.15, 0.05, 1.1
+
+
+def _source_shape(magnitude, layout, differences, mode, noise):
+    """{"noise_spectrum", "noise_spectrum_from", "noise_correlation_source", "noise_correlation_added"}: the
+    spectrum the added noise takes (measured from the series' frame differences, or WHITE) and why, the neighbour
+    correlation [rows, cols] of the source noise as the differences read it (None when the series does not repeat
+    its anatomy), and that of the added noise."""
+    if mode not in SPECTRA:
+        raise ConfigError(f"degrade.noise_spectrum must be one of {', '.join(SPECTRA)}, not {mode!r}")
+    source = neighbour_correlation(*differences) if differences is not None else None
+    estimates = noise["estimates"]
+    excess = estimates.get("frame_difference", 0) / estimates["background"] if not noise["masked_background"] \
+        and estimates.get("background") else 1.0
+    if mode == "white":
+        spectrum, origin = WHITE, "white (degrade.noise_spectrum)"
+    elif source is None:
+        spectrum, origin = WHITE, "white: no repeated frames to measure it"
+    elif max(source) <= WEAK_CORRELATION:
+        spectrum, origin = WHITE, "white: the source noise is (nearly) white"
+    elif min(source) < -NEGATIVE_CORRELATION or excess > DIFFERENCE_EXCESS:
+        spectrum, origin = WHITE, "white: the frame differences hold more than noise (motion or change)"
+    else:
+        spectrum, origin = noise_spectrum(differences), "frame differences"
+    return {"noise_spectrum": spectrum, "noise_spectrum_from": origin,
+            "noise_correlation_source": None if source is None else [round(c, 4) for c in source],
+            "noise_correlation_added": [round(c, 4) for c in spectrum_correlation(spectrum)]}
+
+
+def _noise_record(noise):
+    """What degrade() records of the noise measurement beside sigma_source and sigma_method."""
+    return {"sigma_estimates": noise["estimates"], "masked_background": noise["masked_background"],
+            "sigma_disagree": noise["disagree"]}
+
+
+def add_noise(clean, model, sigma, rng, zero=0.0, spectrum=None):
     """One fresh noise draw of a degradation model on any stack or crop: float32, same shape as clean.
 
     field: the clean magnitude (clean - zero) is the real channel (its phase is unknown), complex Gaussian noise of
     std sigma is added and the magnitude taken again (Rician). gaussian (the thesis): clean + N(0, sigma).
-    degrade() draws the stored pair with it, and data_factory draws a new one per training sample (train.fresh_noise),
-    so both are the same process; noise is white, so cropping before or after drawing it makes no difference."""
+    spectrum: the series' noise spectrum (noise.noise_spectrum; None: white): field noise is shaped like the
+    scanner's, correlated between neighbouring pixels, at the same per-pixel sigma (noise.shaped_noise; a crop
+    gets the spectrum resampled to its size, the same correlation per pixel lag).
+    degrade() draws the stored pair with it, and PairedSlices draws a new one per training sample (train.fresh_noise),
+    so both are the same process."""
     if model == "gaussian":
         return np.asarray(clean, np.float32) + rng.normal(0.0, sigma, size=np.shape(clean)).astype(np.float32)
     if model != "field":
         raise ConfigError(f"degrade model {model!r} cannot draw noise; choose one of {', '.join(NOISE_MODELS)}")
-    real = rng.standard_normal(np.shape(clean), dtype=np.float32)
+    real, imag = shaped_noise(np.shape(clean), spectrum, rng)
     real *= np.float32(sigma)
-    imag = rng.standard_normal(np.shape(clean), dtype=np.float32)
     imag *= np.float32(sigma)
     if np.iscomplexobj(clean):
         real += clean.real - np.float32(zero)
@@ -298,29 +251,6 @@ def decorrelated_target(clean, noisy, sigma_source, sigma_added):
     c = np.float32((float(sigma_source) / float(sigma_added)) ** 2)
     clean = np.asarray(clean, np.float32)
     return clean - c * (np.asarray(noisy, np.float32) - clean)
-
-
-def series_sigma(stack, zero=0.0):
-    """(sigma, method) of the noise of a normalized magnitude stack (n, H, W) whose zero signal lies at `zero`:
-    the background Rayleigh estimate, else the wavelet estimate, else 0 ("none"). What degrade() records for a
-    series, and what main.py and enhance.py measure on a noisy series to undo the Rician bias of a self-supervised
-    model's output (denoisers.correct_rician_mean)."""
-    return _source_sigma(np.asarray(stack, dtype=np.float32) - np.float32(zero))
-
-
-def _source_sigma(magnitude):
-    """(sigma, method): background Rayleigh estimate, else the wavelet estimate, else 0 ("none")."""
-    # Below a millionth of the brightest value there is no noise worth the name (float round-off, edges).
-    floor = 1e-6 * float(np.max(np.abs(magnitude), initial=0.0))
-    sigma = estimate_background_sigma(magnitude)
-    if np.isfinite(sigma) and sigma > floor:
-        return sigma, "background"
-    sigma = wavelet_sigma(magnitude)
-    if np.isfinite(sigma) and sigma > floor:
-        return sigma, "wavelet"
-    # A noise-free (synthetic) image: the field model then has nothing to scale and adds no noise; use
-    # degrade.model=gaussian for such data. preprocessing.py reports these series in its summary.
-    return 0.0, "none"
 
 
 if __name__ == "__main__":

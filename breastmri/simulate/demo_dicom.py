@@ -198,12 +198,13 @@ def write_truth(series_dir, signal, sop_instance_uids, lesion=None):
 
 
 def _write_mr_series(study, study_dir, kind, stored, description, series_number, frame_s=None,
-                     per_volume=None, ph_key="", truth=None, lesion=None):
+                     per_volume=None, ph_key="", truth=None, lesion=None, acquisition_number=None):
     """Write an MR series whose volumes are stored[v] (slices, H, W); v is the temporal position, flip angle or
     b-value index. Instances are volume-major (instance = v * slices + k + 1). truth: None, or the noise-free
     signal of the same shape (modality units), written as the hidden sidecar TRUTH_FILE + TRUTH_INDEX; lesion: None
     or {"fraction": (slices, H, W) lesion fraction, "times_s", "n_pre"}, its mask written beside it (write_truth).
-    Returns the metadata row info."""
+    acquisition_number: given, a DCE series of this one time point as Siemens stores a dynamic one series per time
+    point: AcquisitionNumber is the time point's, no TemporalPositionIdentifier. Returns the metadata row info."""
     n_vol, slices, rows, cols = stored.shape
     series_uid = _uid(study["uid"], kind)
     start_s = study["dce_start_s"] if kind.startswith("dce") else study["dce_start_s"] - 600 + 300 * (kind == "dwi")
@@ -243,21 +244,22 @@ def _write_mr_series(study, study_dir, kind, stored, description, series_number,
     modality_max = float(np.percentile(stored[-1], 99.5)) * RESCALE_SLOPE + RESCALE_INTERCEPT
     ds.WindowCenter = _ds_str(round(modality_max / 2))
     ds.WindowWidth = _ds_str(round(modality_max))
-    if kind.startswith("dce"):
+    if kind.startswith("dce") and acquisition_number is None:
         ds.NumberOfTemporalPositions = n_vol
         ds.TemporalResolution = _ds_str(FRAME_INTERVAL_S * 1000)
         ds.ContrastBolusAgent = "Gd-DTPA (Magnevist)"
         ds.ContrastBolusRoute = "IV"
         ds.ContrastBolusVolume = "14"
         ds.ContrastBolusStartTime = _tm(study["time_s"] + study["injection_s"])
-    ds.AcquisitionNumber = 1
+    ds.AcquisitionNumber = acquisition_number or 1
     normal = np.array([-1.0, 0.0, 0.0])  # row x column direction cosines
     start = np.array([SLAB_CENTRE_X + (slices - 1) / 2 * SLICE_THICKNESS_MM, FOV_ANTERIOR_Y + px / 2,
                       FOV_TOP_Z - px / 2])
     n_files, size = n_vol * slices, 0
     for v in range(n_vol):
         if kind.startswith("dce"):
-            ds.TemporalPositionIdentifier = v + 1
+            if acquisition_number is None:
+                ds.TemporalPositionIdentifier = v + 1
             ds.TriggerTime = _ds_str(frame_s[v] * 1000, 8)
             acq = study["time_s"] + study["dce_start_s"] + frame_s[v]
         else:

@@ -75,6 +75,7 @@ from breastmri.simulate.demo_dicom import (
     _write_report,
     folder_name,
 )
+from breastmri.simulate.noise import zero_filled_spectrum
 from breastmri.simulate.phantom import (
     DEMO_DEFAULTS,
     GENERATOR_VERSION,
@@ -86,6 +87,7 @@ from breastmri.simulate.phantom import (
     phantom,
 )
 from breastmri.simulate.protocol import (
+    ACQUIRED_FRACTION,
     DWI_B_VALUES,
     FIELD_STRENGTH_T,
     FOV_MM,
@@ -99,7 +101,8 @@ from breastmri.simulate.protocol import (
 # The tree.
 
 def _check_params(patients, seed, slices, time_points, matrix, extras, texture_beta=DEMO_DEFAULTS["texture_beta"],
-                  motion_mm=DEMO_DEFAULTS["motion_mm"]):
+                  motion_mm=DEMO_DEFAULTS["motion_mm"], split_dynamics=False, mask_background=False,
+                  correlated_noise=False):
     for name, value, low in (("patients", patients, 1), ("slices", slices, 1), ("time_points", time_points, 2),
                              ("matrix", matrix, 32)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
@@ -113,21 +116,29 @@ def _check_params(patients, seed, slices, time_points, matrix, extras, texture_b
             raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
     return {"patients": int(patients), "seed": int(seed), "slices": int(slices), "time_points": int(time_points),
             "matrix": int(matrix), "extras": bool(extras), "texture_beta": float(texture_beta),
-            "motion_mm": float(motion_mm)}
+            "motion_mm": float(motion_mm), "split_dynamics": bool(split_dynamics),
+            "mask_background": bool(mask_background), "correlated_noise": bool(correlated_noise)}
 
 
 def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAULTS["seed"],
                    slices=DEMO_DEFAULTS["slices"], time_points=DEMO_DEFAULTS["time_points"], matrix=192,
-                   extras=False, texture_beta=DEMO_DEFAULTS["texture_beta"], motion_mm=DEMO_DEFAULTS["motion_mm"]):
+                   extras=False, texture_beta=DEMO_DEFAULTS["texture_beta"], motion_mm=DEMO_DEFAULTS["motion_mm"],
+                   split_dynamics=False, mask_background=False, correlated_noise=False):
     """Write the synthetic QIN-BREAST tree into out_dir (created; must not already hold a QIN-BREAST folder).
 
     patients: number of patients; seed: global seed (same seed -> identical files); slices, time_points, matrix:
     DCE series size (slices x time_points images of matrix x matrix); extras: also write a multi-flip T1-map and a
     DWI series per visit; texture_beta: exponent of the gland/fat power-law texture; motion_mm: largest in-plane
-    displacement between DCE frames (0: none). Each DCE series gets its noise-free truth as hidden sidecar files
+    displacement between DCE frames (0: none); split_dynamics: write each DCE as one series per time point, as
+    Siemens and many archives store it (no TemporalPositionIdentifier; TriggerTime, AcquisitionTime and
+    AcquisitionNumber order them); mask_background: set the air of every DCE frame to 0 (where the noise-free
+    signal averaged over time is under 3 noise sigmas), as Philips and anonymised archives do; correlated_noise:
+    the DCE noise of a zero-filled acquisition (protocol.ACQUIRED_FRACTION of k-space), correlated between
+    neighbouring pixels as real scanners' noise is. Each DCE series gets its noise-free truth as hidden sidecar files
     (write_truth). Returns the summary dict also stored in <out>/demo_params.json (written last).
     """
-    params = _check_params(patients, seed, slices, time_points, matrix, extras, texture_beta, motion_mm)
+    params = _check_params(patients, seed, slices, time_points, matrix, extras, texture_beta, motion_mm,
+                           split_dynamics, mask_background, correlated_noise)
     out = Path(out_dir)
     if (out / COLLECTION).exists():
         raise FileExistsError(f"{out / COLLECTION} exists; remove it or use ensure_demo_tree({str(out)!r})")
@@ -177,12 +188,22 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
                                               matrix, matrix, FOV_MM / matrix, motion_mm)
             rng = np.random.default_rng([seed, 7, index, visit, 1])
             description = "dynamic" if d["dynamic_plain"] else "dynamic_smartTX"
-            stored, signal = dce_series(ph, times_s, arrival_s, rng, motion)
+            spectrum = zero_filled_spectrum(matrix, matrix, ACQUIRED_FRACTION) if correlated_noise else None
+            stored, signal = dce_series(ph, times_s, arrival_s, rng, motion, spectrum)
             lesion = ({"fraction": ph["fractions"]["lesion"], "times_s": times_s, "n_pre": n_pre}
                       if ph["lesion"] is not None else None)
-            dce = _write_mr_series(study, study_dir, "dce", stored, description, 801, frame_s=times_s, truth=signal,
-                                   lesion=lesion)
-            series_rows.append((study, dce))
+            if mask_background:
+                stored[:, signal.mean(axis=0) < 3 * NOISE_SIGMA] = 0
+            if split_dynamics:  # one series per time point, numbered on from 801, named by its time as TWIST does
+                parts = [_write_mr_series(study, study_dir, f"dce-t{v}", stored[v:v + 1],
+                                          f"{description}_TT={times_s[v]:.1f}s", 801 + v, frame_s=times_s[v:v + 1],
+                                          truth=signal[v:v + 1], acquisition_number=v + 1) for v in range(time_points)]
+                series_rows += [(study, part) for part in parts]
+                dce = parts[0]
+            else:
+                dce = _write_mr_series(study, study_dir, "dce", stored, description, 801, frame_s=times_s,
+                                       truth=signal, lesion=lesion)
+                series_rows.append((study, dce))
             if visit == 0:
                 les = ph["lesion"]
                 text = ("Synthetic demo report. " + (
@@ -246,12 +267,13 @@ def ensure_demo_tree(out_dir=DEMO_DEFAULTS["out"], **params):
     Refuses to replace a non-empty folder that is not a demo tree. Returns Path(out_dir).
     """
     unknown = set(params) - {"patients", "seed", "slices", "time_points", "matrix", "extras", "texture_beta",
-                             "motion_mm"}
+                             "motion_mm", "split_dynamics", "mask_background", "correlated_noise"}
     if unknown:
         raise TypeError(f"ensure_demo_tree got unknown parameters {sorted(unknown)}")
     full = {"patients": DEMO_DEFAULTS["patients"], "seed": DEMO_DEFAULTS["seed"], "slices": DEMO_DEFAULTS["slices"],
             "time_points": DEMO_DEFAULTS["time_points"], "matrix": 192, "extras": False,
-            "texture_beta": DEMO_DEFAULTS["texture_beta"], "motion_mm": DEMO_DEFAULTS["motion_mm"]}
+            "texture_beta": DEMO_DEFAULTS["texture_beta"], "motion_mm": DEMO_DEFAULTS["motion_mm"],
+            "split_dynamics": False, "mask_background": False, "correlated_noise": False}
     full.update(params)
     full = _check_params(**full)
     out = Path(out_dir)

@@ -1,0 +1,151 @@
+"""Dynamics stored one series per time point, assembled into one time series.
+
+    series_list, dynamics = assemble_dynamics(series_list)        # preprocess.assemble_dynamics: auto
+
+Siemens (TWIST and VIBE dynamics), GE (DISCO) and many archives store a DCE acquisition as one series per time point;
+Duke-Breast-Cancer-MRI stores its pre- and post-contrast phases as separate series. Read one by one, each is a
+one-frame series and no temporal context can run on it. Series of one study are one dynamic when they share
+everything that makes their images comparable frame by frame (acquisition_key): frame of reference, orientation,
+the set of slice positions, matrix and pixel spacing, the sequence (ScanningSequence, SequenceName, the protocol
+name without its time token), TR, TE, flip angle and inversion time, and the image type. A variable-flip-angle
+T1 set (`fl3d_vibe_pre_flip_2deg`, `_5deg`, ...) differs in flip angle and is never merged, nor are echoes or
+series of another contrast. Only series of a single time point are merged; a series that is already a time series
+stays as it is.
+
+The members are ordered by the first tag that orders all of them: TemporalPositionIdentifier is per series and
+says nothing across series, so TriggerTime, then AcquisitionTime, then ContentTime, then AcquisitionNumber. The
+assembled Series holds every member's frames, member after member, with the member's rank as its time index;
+`Series.dynamic` records the members (uid, number, description, frame range), so enhance.py can write one derived
+series per source series, as it does for any other series.
+"""
+
+import hashlib
+import re
+from dataclasses import replace
+
+from breastmri.config import ConfigError
+
+MODES = ("auto", "off")
+# The tags that can order the members, in the order they are tried (Series.start keys).
+ORDER_TAGS = (("trigger_ms", "TriggerTime"), ("acquisition", "AcquisitionTime"), ("content", "ContentTime"),
+              ("acquisition_number", "AcquisitionNumber"))
+# Time tokens in a protocol name or description: "TT=8.0s" (Siemens TWIST), "12.2s", "ph3", "phase 2", "t=30".
+TIME_TOKEN = re.compile(r"(TT\s*=\s*)?\d+(\.\d+)?\s*s(ec)?\b|\b(ph|phase|dyn)\s*[=_ -]?\s*\d+\b",
+                        re.IGNORECASE)
+
+
+def check_mode(mode):
+    if mode not in MODES:
+        raise ConfigError(f"preprocess.assemble_dynamics must be one of {', '.join(MODES)}, not {mode!r}")
+    return mode
+
+
+def protocol_name(series):
+    """The protocol name (or, without one, the description) without its time token, spaces and separators
+    normalized: 'Twist_dynamic_Wip576_TT=8.0s' -> 'twist dynamic wip576'."""
+    text = series.acquisition.get("protocol") or series.series_description
+    text = TIME_TOKEN.sub(" ", text)
+    return " ".join(re.split(r"[\s_=\-]+", text.lower())).strip()
+
+
+def acquisition_key(series):
+    """What two series must share to be time points of one dynamic; None for a series that cannot be a member
+    (more than one time point, or no slice positions to compare)."""
+    a = series.acquisition
+    if not a or not a.get("positions") or len({t for t, _ in series.layout}) != 1:
+        return None
+    orientation = tuple(round(v, 2) for v in a["orientation"]) if a.get("orientation") else None
+    return (series.patient_id, series.study_uid, a.get("frame_of_reference_uid"), orientation, a["positions"],
+            a.get("rows"), a.get("cols"), a.get("pixel_spacing"), a.get("scanning_sequence"), a.get("sequence_name"),
+            protocol_name(series), a.get("tr_ms"), a.get("te_ms"), a.get("flip_deg"), a.get("ti_ms"),
+            a.get("image_type"))
+
+
+def order_members(members):
+    """(members sorted by time, the tag that ordered them): the first of ORDER_TAGS that every member has and that
+    tells them all apart; None when none does (the group is not assembled)."""
+    for key, tag in ORDER_TAGS:
+        values = [m.start.get(key) for m in members]
+        if None not in values and len(set(values)) == len(values):
+            return sorted(members, key=lambda m: m.start[key]), tag
+    return None, None
+
+
+def dynamic_id(members):
+    """A stable id for the dynamic: 'dynamic:' + a hash of its member series uids in time order."""
+    return "dynamic:" + hashlib.sha1("\\".join(m.series_uid for m in members).encode()).hexdigest()[:16]
+
+
+def merge(members, ordered_by):
+    """One Series holding the members' frames, member after member, time index = the member's rank."""
+    first = members[0]
+    frames, sops, slopes, intercepts, layout, entries = [], [], [], [], [], []
+    for rank, m in enumerate(members):
+        entries.append({"series_uid": m.series_uid, "series_number": m.series_number,
+                        "series_description": m.series_description, "truth_dir": m.truth_dir,
+                        "start": len(frames), "stop": len(frames) + len(m.frames)})
+        frames += m.frames
+        sops += m.sop_instance_uids
+        slopes += m.slopes
+        intercepts += m.intercepts
+        layout += [(rank, k) for _, k in m.layout]
+    uid = dynamic_id(members)
+    truth_dir = first.truth_dir if all(m.truth_dir for m in members) else None
+    return replace(
+        first, series_uid=uid, series_description=f"{protocol_name(first)} (dynamic of {len(members)} series)",
+        frames=frames, sop_instance_uids=sops, slopes=slopes, intercepts=intercepts,
+        temporal_index=[t for t, _ in layout], layout=layout, n_files=sum(m.n_files for m in members),
+        padded=any(m.padded for m in members), truth_dir=truth_dir,
+        notes=sorted({n for m in members for n in m.notes} | {f"dynamic assembled from {len(members)} series"}),
+        dynamic={"id": uid, "ordered_by": ordered_by, "time_points": len(members), "members": entries})
+
+
+def assemble_dynamics(series_list, mode="auto"):
+    """(series list with each dynamic's members replaced by one assembled Series, at the first member's place;
+    a list of the dynamics: id, member series uids and numbers, time points and the ordering tag)."""
+    if check_mode(mode) == "off":
+        return list(series_list), []
+    groups = {}
+    for s in series_list:
+        key = acquisition_key(s)
+        if key is not None:
+            groups.setdefault(key, []).append(s)
+    merged, dynamics = {}, []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        ordered, tag = order_members(members)
+        if ordered is None:
+            continue
+        dynamic = merge(ordered, tag)
+        for m in members:
+            merged[m.series_uid] = None
+        merged[min(members, key=series_list.index).series_uid] = dynamic
+        dynamics.append({"id": dynamic.series_uid, "patient_id": dynamic.patient_id, "ordered_by": tag,
+                         "time_points": len(ordered), "series_uids": [m.series_uid for m in ordered],
+                         "series_numbers": [m.series_number for m in ordered],
+                         "series_descriptions": [m.series_description for m in ordered]})
+    out = [merged.get(s.series_uid, s) if s.series_uid in merged else s for s in series_list]
+    return [s for s in out if s is not None], dynamics
+
+
+def source_series_uids(series):
+    """The SeriesInstanceUID each frame of a series was read from: its members' for an assembled dynamic."""
+    if not series.dynamic:
+        return [series.series_uid] * len(series.frames)
+    out = []
+    for m in series.dynamic["members"]:
+        out += [m["series_uid"]] * (m["stop"] - m["start"])
+    return out
+
+
+def member_series(series, member):
+    """The source series `member` (an entry of series.dynamic["members"]) of an assembled dynamic, as the Series
+    it was indexed as: its frames, its uid, number and description, one time point."""
+    part = slice(member["start"], member["stop"])
+    return replace(series, series_uid=member["series_uid"], series_number=member["series_number"],
+                   series_description=member["series_description"], frames=series.frames[part],
+                   sop_instance_uids=series.sop_instance_uids[part], slopes=series.slopes[part],
+                   intercepts=series.intercepts[part], temporal_index=[0] * (member["stop"] - member["start"]),
+                   layout=[(0, k) for _, k in series.layout[part]], truth_dir=member["truth_dir"],
+                   n_files=len({path for path, _ in series.frames[part]}), dynamic=None)

@@ -1,0 +1,164 @@
+"""One file's header as the small, picklable record the index groups into series (no pixel data read).
+
+_header_record(path, ds) -> {"path", "patient_id", "study_uid", "series_uid", ..., "acquisition", "times",
+"frames": one entry per frame with its temporal position, position along the slice normal, acquisition time,
+rescale and orientation}. Classic MR keeps these at the top level; Enhanced and Legacy Converted Enhanced MR per
+frame or shared in functional groups. Missing or malformed values become None, never an exception.
+"""
+
+import math
+import re
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from breastmri.dicom.kinds import _private_value
+
+# Philips' Label Type of arterial spin labelling source images (LABEL or CONTROL): (2005,xx29) of this creator.
+_PHILIPS_LABEL_TYPE = (0x2005, "Philips MR Imaging DD 005", 0x29)
+
+
+def _orientation(iop):
+    try:
+        if iop is not None and len(iop) == 6:
+            return tuple(float(v) for v in iop)
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
+def _first(item, sequence, keyword):
+    """item.<sequence>[0].<keyword>, or None when any level is missing."""
+    if item is None:
+        return None
+    seq = item.get(sequence)
+    if not seq:
+        return None
+    return seq[0].get(keyword)
+
+
+def _seconds(value):
+    """DICOM TM ('HHMMSS.frac', also 'HH:MM:SS') or DT ('YYYYMMDDHHMMSS.frac&zzzz') -> seconds, or None."""
+    if value in (None, ""):
+        return None
+    text = re.split(r"[&+-]", str(value))[0].replace(":", "").strip()  # drop a UTC offset
+    try:
+        days = 0
+        if len(text.split(".")[0]) > 6:  # DT: a date in front of the time
+            days, text = datetime.strptime(text[:8], "%Y%m%d").toordinal(), text[8:]
+        hours = int(text[0:2] or 0)
+        minutes = int(text[2:4] or 0)
+        secs = float(text[4:] or 0)
+    except ValueError:
+        return None
+    return days * 86400.0 + hours * 3600.0 + minutes * 60.0 + secs
+
+
+def _position(ipp, iop, fallback=None):
+    """Position along the slice normal (mm): ImagePositionPatient . (row cosines x column cosines), else the
+    fallback (SliceLocation); None when neither is a finite number ("NaN" parses, and never equals itself)."""
+    value = None
+    try:
+        if ipp is not None and iop is not None and len(ipp) == 3 and len(iop) == 6:
+            normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+            value = float(np.dot(np.asarray(ipp, float), normal))
+    except (TypeError, ValueError):
+        pass
+    if value is None or not math.isfinite(value):
+        try:
+            value = float(fallback) if fallback not in (None, "") else None
+        except (TypeError, ValueError):
+            value = None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _number(value, default=None):
+    try:
+        return float(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _text_value(value):
+    """A multi-valued text attribute (ScanningSequence, ImageType) as one backslash-joined string."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
+
+
+def _rounded(values, digits=3):
+    """PixelSpacing and the like as a tuple of rounded floats (exported decimals differ in their last digits)."""
+    try:
+        return tuple(round(float(v), digits) for v in values) if values else ()
+    except (TypeError, ValueError):
+        return ()
+
+
+def _header_record(path, ds):
+    """The header fields the pipeline needs, as a small picklable dict (one frame entry per frame)."""
+    def text(keyword):
+        return str(ds.get(keyword, "") or "").strip()
+
+    record = {
+        "path": str(path), "folder": str(Path(path).parent),
+        "patient_id": text("PatientID"), "patient_name": text("PatientName"),
+        "study_uid": text("StudyInstanceUID"), "series_uid": text("SeriesInstanceUID"),
+        "series_description": text("SeriesDescription"), "series_number": int(_number(ds.get("SeriesNumber"), 0)),
+        "sop_uid": text("SOPInstanceUID") or str(getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", "")),
+        "rows": int(ds.Rows), "cols": int(ds.Columns),
+        "field_strength_t": _number(ds.get("MagneticFieldStrength")),
+        "padded": "PixelPaddingValue" in ds,
+        "label_type": _text_value(_private_value(ds, *_PHILIPS_LABEL_TYPE)),
+        "frames": [],
+        # what dynamics.assemble_dynamics compares across series (a DCE stored one series per time point)
+        "acquisition": {
+            "frame_of_reference_uid": text("FrameOfReferenceUID"), "protocol": text("ProtocolName"),
+            "scanning_sequence": _text_value(ds.get("ScanningSequence")), "sequence_name": text("SequenceName"),
+            "pixel_spacing": _rounded(ds.get("PixelSpacing")),
+            "tr_ms": _number(ds.get("RepetitionTime")), "te_ms": _number(ds.get("EchoTime")),
+            "flip_deg": _number(ds.get("FlipAngle")), "ti_ms": _number(ds.get("InversionTime")),
+            "image_type": _text_value(ds.get("ImageType")),
+        },
+        "times": {"trigger_ms": _number(ds.get("TriggerTime")), "acquisition": _seconds(ds.get("AcquisitionTime")),
+                  "content": _seconds(ds.get("ContentTime")), "acquisition_number": _number(ds.get("AcquisitionNumber"))},
+    }
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    instance = _number(ds.get("InstanceNumber"), 0.0)
+    slope0, intercept0 = _number(ds.get("RescaleSlope"), 1.0), _number(ds.get("RescaleIntercept"), 0.0)
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        # Enhanced / legacy converted MR: geometry, rescale and timing per frame, or shared by all frames.
+        shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+        for i in range(n_frames):
+            own = per_frame[i] if i < len(per_frame) else None
+
+            def lookup(sequence, keyword, own=own):
+                value = _first(own, sequence, keyword)
+                return value if value is not None else _first(shared, sequence, keyword)
+
+            slope = _number(lookup("PixelValueTransformationSequence", "RescaleSlope"), slope0)
+            intercept = _number(lookup("PixelValueTransformationSequence", "RescaleIntercept"), intercept0)
+            record["frames"].append({
+                "frame": i,
+                "temporal": _number(lookup("FrameContentSequence", "TemporalPositionIndex")),
+                "position": _position(lookup("PlanePositionSequence", "ImagePositionPatient"),
+                                      lookup("PlaneOrientationSequence", "ImageOrientationPatient")),
+                "time": _seconds(lookup("FrameContentSequence", "FrameAcquisitionDateTime")),
+                "acquisition": 0.0, "instance": instance, "slope": slope, "intercept": intercept,
+                "orientation": _orientation(lookup("PlaneOrientationSequence", "ImageOrientationPatient"))})
+    else:
+        position = _position(ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"),
+                             ds.get("SliceLocation"))
+        orientation = _orientation(ds.get("ImageOrientationPatient"))
+        for i in range(n_frames):
+            record["frames"].append({
+                "frame": i if n_frames > 1 else None,
+                "temporal": _number(ds.get("TemporalPositionIdentifier")),
+                "position": position, "time": _seconds(ds.get("AcquisitionTime")),
+                "acquisition": _number(ds.get("AcquisitionNumber"), 0.0), "instance": instance,
+                "slope": slope0, "intercept": intercept0, "orientation": orientation})
+    return record

@@ -1,0 +1,314 @@
+"""The noise of a magnitude MR series, measured from what the series has: air, repeated frames, or texture.
+
+    noise = measure_noise(magnitude, layout)     # {"sigma", "method", "estimates", "masked_background", ...}
+
+Three estimates, each in the units of the series:
+- background: the Rayleigh fit of the air (estimate_background_sigma), the classic estimate when there is air;
+- frame_difference: the robust spread of the difference of the first two time points at each slice position,
+  inside the body, divided by sqrt(2) (both frames carry independent noise of the same level). Dynamic series
+  repeat their anatomy before contrast arrives, so this needs no air at all;
+- wavelet: the finest wavelet detail coefficients (Donoho & Johnstone), biased high by textured tissue.
+
+A background masked to 0 (Philips, anonymised or processed archives) leaves no air to fit: the few dark pixels
+left are partial-volume edges and read the noise several times too low. When the zeros form a spike (more than
+2% of the pixels, which a Rayleigh background cannot produce) or the fit finds no air, the frame difference
+decides; the wavelet estimate comes only after both.
+"""
+
+import math
+
+import numpy as np
+
+# Background selection for the Rayleigh fit: air pixels are taken as those below TRUNCATION * sigma. A Rayleigh
+# variable stays below 2 sigma with probability 1 - exp(-2) = 86%, so the cut keeps most of the air while
+# excluding the partial-volume pixels at the body edge, which sit just above the noise and bias a looser cut
+# upwards (on the demo tree: +6-9% at 3 sigma, +2-4% at 2 sigma).
+TRUNCATION = 2.0
+# E[x**2 | x < c*sigma] / sigma**2 for a Rayleigh(sigma) variable truncated at c*sigma:
+# 2 - c**2 * exp(-c**2/2) / (1 - exp(-c**2/2)); for c = 2 this is 1.374 (instead of 2 untruncated).
+_TRUNCATED_M2 = 2.0 - TRUNCATION**2 * math.exp(-TRUNCATION**2 / 2) / (1.0 - math.exp(-TRUNCATION**2 / 2))
+# A background must hold at least this many pixels and this fraction of the image to be trusted.
+MIN_BACKGROUND_PIXELS = 200
+MIN_BACKGROUND_FRACTION = 0.02
+
+
+def estimate_background_sigma(image):
+    """Noise sigma of a magnitude image (one slice (H, W) or a stack (n, H, W)) from its air background.
+
+    In air the magnitude of complex Gaussian noise is Rayleigh(sigma) (Henkelman, Med Phys 1985;12:232-233;
+    Gudbjartsson & Patz 1995). As Sijbers et al. (MRI 1998;16:87-90) we start from the mode of the histogram of
+    the dark pixels (the Rayleigh mode equals sigma), then refine with the second moment of the pixels below
+    2 sigma, corrected for the truncation (E[x^2 | x < 2 sigma] = 1.374 sigma^2), iterated to a fixed point.
+    The dark part of the histogram is dominated by the air peak as long as air is more than a few percent of
+    the image (tested for 20-60%), and tissue above 2 sigma does not enter the fit.
+
+    Returns sigma in the units of `image` (zero signal must be 0: pass magnitudes, not shifted values), or
+    nan when there is no usable background (too few dark pixels, or a background of exact zeros as written by
+    masking or zero padding). Exact zeros are ignored when they are a spike (> 2% of the pixels), which a
+    Rayleigh background cannot produce unless sigma is below one integer step.
+
+    Phased-array sum-of-squares images have a noncentral-chi rather than Rayleigh background (Constantinides,
+    Atalar & McVeigh, MRM 1997;38:852-857): its mean square is 2 n sigma^2 for n equally weighted coils, so this
+    Rayleigh estimate reads high (roughly sqrt(n) times); a vendor noise scan is better when one exists.
+    """
+    x = np.asarray(image, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan")
+    x = x[x >= 0]  # magnitudes; negative values are not noise of any kind we model
+    if np.count_nonzero(x == 0) > 0.02 * x.size:
+        x = x[x != 0]
+    if x.size > 1_000_000:  # a regular subsample is plenty for a histogram and a second moment
+        x = x[:: x.size // 500_000]
+    if x.size < MIN_BACKGROUND_PIXELS:
+        return float("nan")
+    x.sort()
+    # Initial sigma: mode of the histogram of the darker half of the pixels. If air is < 50% of the image,
+    # the range reaches into tissue but the narrow, tall air peak still dominates; if air is > 50%, the
+    # median lies in the air (above the Rayleigh mode at sigma, since the air median is 1.18 sigma).
+    half = x[: x.size // 2 + 1]
+    # Stored DICOM values are integers: detect the quantization step of the dark pixels (0 for continuous data);
+    # it enters as Sheppard's correction (rounding adds step^2/12 to the mean square) and in the fit test below.
+    distinct = np.unique(half)
+    step = float(np.min(np.diff(distinct))) if 4 * distinct.size < half.size and distinct.size > 1 else 0.0
+    bins = int(np.clip(np.sqrt(half.size), 16, 512))
+    counts, edges = np.histogram(half, bins=bins)
+    counts = np.convolve(counts, np.ones(3) / 3, mode="same")  # tame single-bin noise
+    peak = int(np.argmax(counts))
+    sigma = 0.5 * (edges[peak] + edges[peak + 1])
+    # Fixed point of sigma = sqrt(E[x^2 | x < 2 sigma] / 1.374). Converges from below and above because the
+    # truncated second moment grows more slowly than sigma^2 near the true value. x is sorted, so the mean
+    # square below any cut is a lookup in the cumulative sum.
+    cumulative = np.cumsum(x * x)
+    for _ in range(100):
+        n_below = int(np.searchsorted(x, TRUNCATION * sigma))
+        if n_below < MIN_BACKGROUND_PIXELS:
+            return float("nan")
+        new = math.sqrt(max(cumulative[n_below - 1] / n_below - step**2 / 12, 0.0) / _TRUNCATED_M2)
+        if new == 0:
+            return float("nan")
+        if abs(new - sigma) <= 1e-6 * sigma:
+            sigma = new
+            break
+        sigma = new
+    background = x[: int(np.searchsorted(x, TRUNCATION * sigma))]
+    if background.size < max(MIN_BACKGROUND_PIXELS, MIN_BACKGROUND_FRACTION * x.size) or not sigma > 0:
+        return float("nan")
+    # Is it Rayleigh at all? A constant image, a flat tissue region or uniform clutter also converge to some
+    # "sigma"; a Kolmogorov-Smirnov distance to the truncated Rayleigh CDF rejects them. The tolerance is the
+    # 1% critical value 1.63/sqrt(n), floored at 0.1. For integer data the comparison is made at the
+    # distinct values, with the model CDF taken half a quantization step higher.
+    values, counts = np.unique(background, return_counts=True)
+    empirical = np.cumsum(counts) / background.size
+    cdf = -np.expm1(-(values + step / 2) ** 2 / (2 * sigma**2)) / -math.expm1(-TRUNCATION**2 / 2)
+    if step:
+        distance = np.max(np.abs(empirical - cdf))
+    else:
+        distance = max(np.max(np.abs(empirical - cdf)), np.max(np.abs(empirical - counts / background.size - cdf)))
+    if distance > max(0.1, 1.63 / math.sqrt(background.size)):
+        return float("nan")
+    return float(sigma)
+
+
+def wavelet_sigma(stack):
+    """Fallback noise sigma when there is no air: median absolute deviation of the finest wavelet detail
+    coefficients (Donoho & Johnstone 1994, via skimage.restoration.estimate_sigma), averaged over slices.
+    Valid for Gaussian noise, i.e. for the high-SNR parts of a magnitude image; textured tissue biases it high."""
+    from skimage.restoration import (
+        estimate_sigma,  # slow import, only needed without a background
+    )
+
+    stack = np.asarray(stack, dtype=np.float64)
+    if stack.ndim == 2:
+        stack = stack[None]
+    return float(np.mean([estimate_sigma(s) for s in stack]))
+
+
+def frame_difference_sigma(magnitude, layout, differences=None):
+    """Noise sigma from the first two time points of a series: 1.4826 x the median absolute deviation of their
+    registered, scaled difference over the body (difference_images), at every slice position that has both, or
+    nan (fewer than two time points, or too few body pixels). differences: difference_images' result, when the
+    caller has it already."""
+    found = difference_images(magnitude, layout) if differences is None else differences
+    if found is None or int(found[1].sum()) < MIN_BACKGROUND_PIXELS:
+        return float("nan")
+    diff = found[0][found[1]]
+    return float(1.4826 * np.median(np.abs(diff - np.median(diff))))
+
+
+def _moved_onto(moving, reference):
+    """`moving` (H, W) shifted onto `reference` by phase correlation (subpixel) and a Fourier shift."""
+    from scipy.ndimage import fourier_shift
+    from skimage.registration import phase_cross_correlation
+
+    moving, reference = np.asarray(moving, np.float64), np.asarray(reference, np.float64)
+    if not moving.any() or not reference.any():
+        return moving
+    shift = phase_cross_correlation(reference, moving, upsample_factor=20, normalization=None)[0]
+    if not np.any(shift):
+        return moving
+    return np.fft.ifft2(fourier_shift(np.fft.fft2(moving), shift)).real
+
+
+def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
+    """{"sigma", "method", "estimates": {method: value}, "masked_background": bool, "disagree": bool}.
+
+    method: background where the air is real (not masked) and fits a Rayleigh law; else frame_difference where
+    the series repeats its anatomy; else wavelet; else none (a noise-free image). disagree: two finite estimates
+    differ by more than `disagreement` (30%), which preprocessing reports: one of them reads something else than
+    the noise (masking, motion, correlated noise, texture)."""
+    magnitude = np.asarray(magnitude, np.float32)
+    # Below a millionth of the brightest value there is no noise worth the name (float round-off, edges).
+    floor = 1e-6 * float(np.max(np.abs(magnitude), initial=0.0))
+    masked = bool(np.count_nonzero(magnitude == 0) > 0.02 * magnitude.size)
+    estimates = {"background": estimate_background_sigma(magnitude),
+                 "frame_difference": frame_difference_sigma(magnitude, layout, differences)}
+    usable = {name: value for name, value in estimates.items() if np.isfinite(value) and value > floor}
+    if "background" in usable and not masked:
+        method = "background"
+    elif "frame_difference" in usable:
+        method = "frame_difference"
+    else:
+        estimates["wavelet"] = wavelet_sigma(magnitude)
+        usable = {name: value for name, value in estimates.items() if np.isfinite(value) and value > floor}
+        method = "wavelet" if "wavelet" in usable else "background" if "background" in usable else "none"
+    # A noise-free (synthetic) image: the field model then has nothing to scale and adds no noise; use
+    # degrade.model=gaussian for such data. preprocessing.py reports these series in its summary.
+    sigma = usable.get(method, 0.0)
+    values = list(usable.values())
+    disagree = len(values) > 1 and max(values) > (1 + disagreement) * min(values)
+    return {"sigma": float(sigma), "method": method, "masked_background": masked, "disagree": bool(disagree),
+            "estimates": {name: round(float(v), 6) for name, v in estimates.items() if np.isfinite(v)}}
+
+
+def series_sigma(stack, zero=0.0, layout=None):
+    """(sigma, method) of the noise of a normalized magnitude stack (n, H, W) whose zero signal lies at `zero`
+    (measure_noise). What degrade() records for a series, and what main.py and enhance.py measure on a noisy
+    series to undo the Rician bias of a self-supervised model's output (denoisers.correct_rician_mean)."""
+    noise = measure_noise(np.asarray(stack, dtype=np.float32) - np.float32(zero), layout)
+    return noise["sigma"], noise["method"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The spatial spectrum of the noise. Scanners acquire a smaller matrix than they reconstruct (zero-filled) and
+# filter k-space, so their noise is correlated between neighbouring pixels (a real breast DCE slice: 0.68 and 0.56
+# along the two axes). The spectrum is modelled as separable, rows x cols, which is what a k-space window and
+# zero-filling along each axis produce: two 1-D power spectra, each with mean 1 over its frequencies (a white axis
+# is all ones), defined on the frequencies of the full image and resampled to any crop.
+# --------------------------------------------------------------------------------------------------------------
+
+WHITE = None  # a spectrum of None is white noise
+
+
+def difference_images(magnitude, layout, body_fraction=0.1):
+    """(noise images (m, H, W), body masks (m, H, W)) from the first two time points at each slice position that
+    has both, or None (fewer than two time points, or no body).
+
+    magnitude: (n, H, W) with zero signal at 0; layout: (time_index, position_index) per slice. The second frame
+    is first moved onto the first (phase correlation to 1/20 px, then a Fourier shift, which is all-pass and keeps
+    white noise white at the same level) and scaled to it (the median ratio in the body: a b-value or a T1
+    saturation changes the level of all tissue alike); the difference of two frames with independent noise of
+    level sigma, d = (f1 - a f0) / sqrt(1 + a^2), then has level sigma. The body is where the mean of the two
+    frames exceeds body_fraction of its 99th percentile and neither frame is masked to 0: there the magnitude is
+    close to Gaussian; motion left after the rigid shift shows at edges only, which a median ignores."""
+    if layout is None or len(layout) != len(magnitude):
+        return None
+    index = {tk: i for i, tk in enumerate(layout)}
+    times = sorted({t for t, _ in layout})
+    if len(times) < 2:
+        return None
+    images, masks = [], []
+    for t, k in layout:
+        if t != times[0] or (times[1], k) not in index:
+            continue
+        a, b = index[(t, k)], index[(times[1], k)]
+        first, second = np.asarray(magnitude[a], np.float64), _moved_onto(magnitude[b], magnitude[a])
+        mean = (first + second) / 2
+        body = (mean > body_fraction * np.percentile(mean, 99)) & (first != 0) & (magnitude[b] != 0)
+        if np.count_nonzero(body) < 16:
+            continue
+        scale = float(np.median(second[body]) / np.median(first[body]))
+        images.append(np.where(body, (second - scale * first) / math.sqrt(1 + scale * scale), 0.0))
+        masks.append(body)
+    return (np.stack(images), np.stack(masks)) if images else None
+
+
+def neighbour_correlation(images, masks):
+    """[rows, cols]: the correlation coefficient of noise images with themselves shifted by one pixel along each
+    image axis, over the pixel pairs that both lie in the masks."""
+    out = []
+    for axis in (1, 2):
+        head = [slice(None)] * 3
+        tail = [slice(None)] * 3
+        head[axis], tail[axis] = slice(None, -1), slice(1, None)
+        both = masks[tuple(head)] & masks[tuple(tail)]
+        x, y = images[tuple(head)][both], images[tuple(tail)][both]
+        out.append(float(np.corrcoef(x, y)[0, 1]) if x.size > 2 else float("nan"))
+    return out
+
+
+def noise_spectrum(differences, smooth_bins=5):
+    """{"rows": [...], "cols": [...]}: the separable power spectrum of a series' noise, from its frame
+    differences (difference_images: periodograms of the body-masked difference images, averaged over the other
+    axis and the slice positions, circularly smoothed over smooth_bins frequencies, each normalized to mean 1);
+    WHITE (None) when the series does not repeat its anatomy (differences None)."""
+    if differences is None:
+        return WHITE
+    images, masks = differences
+    power = np.abs(np.fft.fft2(images)) ** 2 / max(float(masks.mean()), 1e-12)
+    spectrum = {}
+    for name, axis in (("rows", 1), ("cols", 2)):
+        marginal = power.mean(axis=(0, 3 - axis))
+        kernel = np.ones(smooth_bins) / smooth_bins
+        padded = np.concatenate([marginal[-(smooth_bins // 2):], marginal, marginal[:smooth_bins // 2]])
+        marginal = np.convolve(padded, kernel, mode="valid")
+        spectrum[name] = (marginal / marginal.mean()).round(5).tolist()
+    return spectrum
+
+
+def spectrum_correlation(spectrum):
+    """[rows, cols]: the lag-1 correlation of noise drawn with `spectrum` (the real part of the inverse Fourier
+    transform of each axis' power, at lag 1 over lag 0); [0, 0] for white noise."""
+    if spectrum is WHITE:
+        return [0.0, 0.0]
+    out = []
+    for name in ("rows", "cols"):
+        acf = np.fft.ifft(np.asarray(spectrum[name], np.float64)).real
+        out.append(float(acf[1] / acf[0]))
+    return out
+
+
+def _resampled(power, n):
+    """A 1-D power spectrum on len(power) frequencies, read at the n frequencies of another length (periodic)."""
+    power = np.asarray(power, np.float64)
+    if len(power) == n:
+        return power
+    source, target = np.fft.fftfreq(len(power)), np.fft.fftfreq(n)
+    order = np.argsort(source)
+    values = np.interp(target, source[order], power[order], period=1.0)
+    return values / values.mean()
+
+
+def shaped_noise(shape, spectrum, rng):
+    """Complex Gaussian noise of shape (..., H, W) with standard deviation 1 per channel and the given separable
+    spectrum: white complex noise filtered in k-space by the square root of the power (mean power 1, so the
+    per-pixel variance is unchanged). Returns (real, imag) float32 arrays; white noise when spectrum is WHITE."""
+    real = rng.standard_normal(shape, dtype=np.float32)
+    imag = rng.standard_normal(shape, dtype=np.float32)
+    if spectrum is WHITE:
+        return real, imag
+    h, w = shape[-2:]
+    gain = np.sqrt(np.outer(_resampled(spectrum["rows"], h), _resampled(spectrum["cols"], w)))
+    shaped = np.fft.ifft2(np.fft.fft2(real + 1j * imag) * gain)
+    return shaped.real.astype(np.float32), shaped.imag.astype(np.float32)
+
+
+def zero_filled_spectrum(rows, cols, fractions):
+    """The noise spectrum of an image reconstructed at rows x cols from the central fractions (rows, cols) of
+    k-space, zero-filled: power 1 on the acquired frequencies, 0 on the others, each axis scaled to mean 1."""
+    spectrum = {}
+    for name, n, fraction in (("rows", rows, fractions[0]), ("cols", cols, fractions[1])):
+        keep = max(1, round(n * fraction))
+        power = (np.abs(np.fft.fftfreq(n) * n) <= keep / 2).astype(np.float64)
+        spectrum[name] = (power / power.mean()).tolist()
+    return spectrum

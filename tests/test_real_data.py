@@ -1,0 +1,99 @@
+"""Real scanner files (../shared/realdata, beside the repository; its README gives sources, licences and
+citations): a Siemens DCE stored one series per time point and Philips ASL source series. Skipped with the reason
+printed when the folder is not there (a user's clone)."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from breastmri.config import load_config
+from breastmri.data import preprocess
+from breastmri.data.manifest import read_manifest
+from breastmri.dicom.dynamics import assemble_dynamics
+from breastmri.dicom.index import ASL_LABEL_CONTROL_REASON, index
+from breastmri.dicom.pixels import read_series
+from breastmri.enhance import pipeline
+from breastmri.simulate.noise import measure_noise, neighbour_correlation
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+PROSTATEX, ASL = REAL / "prostatex-0218", REAL / "philips-asl-3t"
+pytestmark = pytest.mark.skipif(not PROSTATEX.is_dir() or not ASL.is_dir(),
+                                reason=f"real scanner files not found at {REAL} (../shared/realdata)")
+TWIST_SERIES = list(range(27, 97))  # Twist_dynamic_Wip576_TT=8.0s .. TT=298.9s
+
+
+@pytest.fixture(scope="module")
+def prostatex():
+    series, skips, files_seen = index(PROSTATEX)
+    assembled, dynamics = assemble_dynamics(series)
+    return series, skips, assembled, dynamics
+
+
+def _twist(assembled):
+    return next(s for s in assembled if s.dynamic and s.dynamic["time_points"] == 70)
+
+
+def test_the_70_twist_series_are_one_dynamic_and_the_flip_angle_set_is_not(prostatex):
+    series, skips, assembled, dynamics = prostatex
+    assert [d["series_numbers"] for d in dynamics] == [TWIST_SERIES]
+    (twist,) = dynamics
+    assert twist["time_points"] == 70 and twist["ordered_by"] == "AcquisitionTime"
+    vibe = [s for s in assembled if "vibe" in s.series_description]
+    assert len(vibe) == 4 and all(s.dynamic is None and len(s.frames) == 10 for s in vibe)  # 2, 5, 10, 20 degrees
+    dce = _twist(assembled)
+    assert len(dce.frames) == 700 and {k for _, k in dce.layout} == set(range(10))
+    # localizers and the repeated-position series are skipped with their reasons, as before
+    assert skips.series["localizer (image orientations differ)"] == 2
+
+
+def test_preprocessing_records_the_dynamic(tmp_path):
+    cfg = load_config(overrides=["preprocess.series_filter=Twist|vibe"])
+    summary = preprocess.run(PROSTATEX, tmp_path, cfg, progress=False)
+    (dynamic,) = summary["dynamics"]
+    assert dynamic["series_numbers"] == TWIST_SERIES and dynamic["ordered_by"] == "AcquisitionTime"
+    rows = [r for r in read_manifest(tmp_path) if r["dynamic_id"]]
+    assert len(rows) == 700 and {r["n_times"] for r in rows} == {70} and {r["time_index"] for r in rows} == set(range(70))
+    assert len({r["source_series_uid"] for r in rows}) == 70 and {r["series_uid"] for r in rows} == {dynamic["id"]}
+    # the simulated noise takes the spectrum of the scanner's: neighbour correlations within 0.1
+    info = json.loads((tmp_path / rows[0]["noisy_file"].replace("_noisy.npy", ".json")).read_text())["info"]
+    assert info["noise_spectrum_from"] == "frame differences", info["noise_spectrum_from"]
+    assert info["noise_correlation_added"] == pytest.approx(info["noise_correlation_source"], abs=0.1)
+    clean = np.load(tmp_path / rows[0]["clean_file"])
+    added = np.load(tmp_path / rows[0]["noisy_file"]) - clean
+    body = clean > 0.1 * np.percentile(clean, 99)
+    assert neighbour_correlation(added, body) == pytest.approx(info["noise_correlation_source"], abs=0.1)
+
+
+def test_enhance_writes_70_series_that_saw_70_time_points(smoke_run, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    for folder in PROSTATEX.iterdir():
+        if "Twist" in folder.name:
+            shutil.copytree(folder, source / folder.name)  # the index does not follow folder links
+    summary = pipeline.run(smoke_run, source, tmp_path / "out", progress=False)
+    assert summary["series_done"] == 70, summary["series_skipped"]
+    assert {r["time_points"] for r in summary["series"]} == {70} and len({r["dynamic"] for r in summary["series"]}) == 1
+
+
+def test_twist_noise_matches_its_own_frame_differences(prostatex):
+    dce = _twist(prostatex[2])
+    frames = read_series(dce)
+    noise = measure_noise(frames, dce.layout)
+    # the frame-difference measurement as defined for the real-data statistics: MAD of (frame 1 - frame 0) / sqrt(2)
+    # inside the body (the mean frame above 10% of its 99th percentile), no registration
+    first, second = frames[:10].astype(np.float64), frames[10:20].astype(np.float64)
+    mean = (first + second) / 2
+    body = mean > 0.1 * np.percentile(mean, 99)
+    diff = (second - first)[body] / math.sqrt(2)
+    measured = 1.4826 * np.median(np.abs(diff - np.median(diff)))
+    assert noise["sigma"] == pytest.approx(measured, rel=0.3), noise
+
+
+def test_philips_asl_label_and_control_pairs_are_skipped_by_name():
+    series, skips, _ = index(ASL)
+    assert skips.series[ASL_LABEL_CONTROL_REASON] == 2  # 2-D and 3-D pCASL source series
+    assert {s.series_description for s in series} == {"pCASL", "3D_pCASL_6mm"}  # the derived perfusion images
