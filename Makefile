@@ -51,10 +51,14 @@ selfsup-n2v-demo: venv
 # BM4D costs ~15-25 s per (x, y, t) stack, and each serves 2 scored slices (10-21 min on 2 cores, by machine).
 # The self-supervised runs of `make selfsup-demo` and `make selfsup-n2v-demo` join the table when they exist.
 SELFSUP = $(patsubst %/model.keras,%,$(wildcard runs/selfsup_demo/model.keras runs/selfsup_n2v/model.keras))
+# The real-data part (breastmri/evaluate/benchmark_real.py): the ProstateX TWIST dynamic of ../shared/realdata, frame
+# by frame against its real 3T frames, when that folder is beside the repository.
+REAL_DATA = $(wildcard ../shared/realdata/prostatex-0218)
 benchmark: venv
 	$(BIN)/python benchmark.py --run-dir runs/demo --data $(DEMO_DATA) --max-slices 16 --kinetics-lesions 4 \
 		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,tpca,unet \
-		$(if $(SELFSUP),--selfsup-runs $(subst $(space),$(comma),$(strip $(SELFSUP))))
+		$(if $(SELFSUP),--selfsup-runs $(subst $(space),$(comma),$(strip $(SELFSUP)))) \
+		$(if $(REAL_DATA),--real-data $(REAL_DATA) --real-filter Twist)
 
 # The thesis reproduction study (docs/thesis.md): each reading of the thesis autoencoder
 # against the thesis' Table 1 and the degraded input, Gaussian noise, 256x256, a CPU budget (~7 min on 2 cores).

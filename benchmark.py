@@ -15,6 +15,7 @@ import sys
 from breastmri.config import ConfigError
 from breastmri.evaluate.benchmark_calibration import CALIBRATION_CROP
 from breastmri.evaluate.benchmark_quality import BenchmarkError
+from breastmri.evaluate.benchmark_real import DEFAULT_REAL_METHODS, REAL_METHODS
 from breastmri.evaluate.benchmark_speed import scaling_child
 from breastmri.evaluate.benchmark_suite import METHODS, PARTS, run_benchmark
 from breastmri.runtime import add_verbose_flag, quiet_start
@@ -46,8 +47,17 @@ def parse_args(argv=None):
                    help="time points scored per slice position (default 2): --max-slices / this many positions, "
                         "so each BM4D stack and MP-PCA slab denoised serves this many scored slices")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
-    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    p.add_argument("--parts", default=",".join(p for p in PARTS if p != "real"),
+                   help=f"comma-separated subset of {','.join(PARTS)} (default: all but real)")
     p.add_argument("--out", help="output folder (default <run-dir>/benchmark)")
+    p.add_argument("--real-data", help="a folder of real DICOM series: the 'real' part scores the methods on its "
+                                       "dynamics frame by frame against their real 3T frames (adds 'real' to --parts)")
+    p.add_argument("--real-positions", type=int, default=3,
+                   help="slice positions scored per real dynamic, in its middle (default 3)")
+    p.add_argument("--real-filter", default="", help="regex on SeriesDescription for the real part (default: all)")
+    p.add_argument("--real-methods", default=",".join(DEFAULT_REAL_METHODS),
+                   help=f"methods of the real part, a subset of {','.join(REAL_METHODS)} (default "
+                        f"{','.join(DEFAULT_REAL_METHODS)}; bm3d takes about 1 s per frame)")
     p.add_argument("--calibrate-slices", type=int, default=12,
                    help="random training slices with tissue used to pick each classical method's sigma multiplier "
                         "(0: off; default 12)")
@@ -82,6 +92,13 @@ def parse_args(argv=None):
         p.error("--run-dir is required (a run dir written by main.py)")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.parts = [m.strip() for m in args.parts.split(",") if m.strip()]
+    if args.real_data and "real" not in args.parts:
+        args.parts.append("real")
+    args.real_methods = [m.strip() for m in args.real_methods.split(",") if m.strip()]
+    if any(m not in REAL_METHODS for m in args.real_methods):
+        p.error(f"--real-methods: choose from {', '.join(REAL_METHODS)}")
+    if "real" in args.parts and not args.real_data:
+        p.error("--parts real needs --real-data DIR (a folder of real DICOM series)")
     for name, given, known in (("--methods", args.methods, METHODS), ("--parts", args.parts, PARTS)):
         unknown = [g for g in given if g not in known]
         if unknown or not given:

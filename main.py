@@ -20,12 +20,15 @@ the same metric for the degraded input, over the whole image and over the body m
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from breastmri.config import ConfigError, load_config, load_run_config
 from breastmri.data.splits import SplitMismatch, check_split_record
 from breastmri.evaluate.evaluation import evaluate_run
+from breastmri.restore.multiworker import is_chief, tf_config
 from breastmri.restore.training import train
 from breastmri.runtime import add_verbose_flag, quiet_start, setup_devices
 
@@ -40,6 +43,10 @@ def parse_args(argv=None):
     p.add_argument("--run-dir", help="where the run is written (default runs/<model name>)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the run's model.keras, no training")
     p.add_argument("--resume", action="store_true", help="continue from the run's last saved epoch")
+    p.add_argument("--worker-hosts", help="multi-worker training: host:port of every worker, comma-separated, the "
+                                          "same on every worker (writes TF_CONFIG, sets train.distribute "
+                                          "multi_worker)")
+    p.add_argument("--task-index", type=int, help="multi-worker training: this worker's index in --worker-hosts")
     add_verbose_flag(p)
     return p.parse_args(argv)
 
@@ -60,8 +67,14 @@ def resolve_config(args):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        if (args.worker_hosts is None) != (args.task_index is None):
+            raise ConfigError("--worker-hosts and --task-index go together")
+        if args.worker_hosts is not None:
+            os.environ["TF_CONFIG"] = tf_config(args.worker_hosts.split(","), args.task_index)
+        if os.environ.get("TF_CONFIG") and not args.eval_only:  # one worker of several (multiworker.py)
+            args.set.append("train.distribute=multi_worker")
         cfg = resolve_config(args)
-    except ConfigError as e:
+    except (ConfigError, ValueError) as e:
         sys.exit(f"config error: {e}")
     run_dir = Path(args.run_dir or f"runs/{cfg['model']['name']}")
     data_dir = Path(args.data)
@@ -79,6 +92,8 @@ def main(argv=None):
         sys.exit(2)
     except (FloatingPointError, ValueError) as e:
         sys.exit(f"error: {e}")
+    if cfg["train"]["distribute"] == "multi_worker" and not is_chief():
+        return None  # the chief evaluates and writes the run; this worker's copy is gone
     if args.eval_only:
         setup_devices(cfg["train"])
         previous = run_dir / "metrics.json"
@@ -87,6 +102,28 @@ def main(argv=None):
     return evaluate_run(cfg, data_dir, run_dir, extra)
 
 
+def main_of_worker(argv=None):
+    """main() for one worker of several: the process ends when main() does. TensorFlow's collective runtime keeps
+    threads that would hold a finished or failed worker alive (and its peers waiting), so the exit is immediate,
+    with the exit status main() meant."""
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as end:
+        if isinstance(end.code, str):
+            print(end.code, file=sys.stderr)
+        code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+    except BaseException:  # noqa: BLE001 - report, then end the process whatever happened
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
     quiet_start()
+    if os.environ.get("TF_CONFIG") or "--worker-hosts" in sys.argv:
+        main_of_worker()
     main()

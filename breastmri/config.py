@@ -125,7 +125,11 @@ DEFAULTS = {
         "max_val_slices": None,  # None: validate on every validation slice; N: N evenly spaced (also for val figures)
         "max_eval_slices": None,  # None: report on every test slice; N: N evenly spaced (quick studies only)
         "mixed_precision": False,  # mixed float16 on GPU (ignored on CPU)
-        "distribute": "auto",    # auto: MirroredStrategy when >1 GPU | mirrored: always | none
+        # auto: MirroredStrategy when >1 GPU | mirrored: always | none | multi_worker: MultiWorkerMirroredStrategy
+        # over the workers TF_CONFIG lists (main.py --worker-hosts/--task-index write it; breastmri/restore/
+        # multiworker.py, docs/training.md)
+        "distribute": "auto",
+        "shard": "sample",       # multi_worker: each worker makes its share of every global batch (multiworker.py)
         "cpu_devices": 1,        # split the CPU into N logical devices (tests the multi-device path)
         "workers": 1,            # PyDataset workers
         "use_multiprocessing": False,

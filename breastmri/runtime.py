@@ -101,8 +101,16 @@ def setup_devices(train_cfg):
             print("mixed_precision: no GPU visible, training in float32")
 
     mode = train_cfg["distribute"]
-    if mode not in ("auto", "mirrored", "none"):
-        raise ConfigError(f"train.distribute must be auto, mirrored or none, not {mode!r}")
+    if mode not in ("auto", "mirrored", "none", "multi_worker"):
+        raise ConfigError(f"train.distribute must be auto, mirrored, none or multi_worker, not {mode!r}")
+    if mode == "multi_worker":  # the cluster comes from TF_CONFIG; ring all-reduce works on CPUs and GPUs alike
+        if not os.environ.get("TF_CONFIG"):
+            raise ConfigError("train.distribute multi_worker needs TF_CONFIG (main.py --worker-hosts and --task-index "
+                              "write it)")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        print(f"devices: {strategy.extended.worker_devices} | strategy: MultiWorkerMirroredStrategy "
+              f"({strategy.num_replicas_in_sync} replica(s)) | precision: {keras.mixed_precision.global_policy().name}")
+        return strategy
     kind = "GPU" if gpus else "CPU"
     devices = [d.name for d in tf.config.list_logical_devices(kind)]
     if mode == "mirrored" or (mode == "auto" and len(gpus) > 1):

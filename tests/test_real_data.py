@@ -97,3 +97,24 @@ def test_philips_asl_label_and_control_pairs_are_skipped_by_name():
     series, skips, _ = index(ASL)
     assert skips.series[ASL_LABEL_CONTROL_REASON] == 2  # 2-D and 3-D pCASL source series
     assert {s.series_description for s in series} == {"pCASL", "3D_pCASL_6mm"}  # the derived perfusion images
+
+
+def test_benchmark_scores_real_frames_one_by_one(smoke_run):
+    from breastmri.evaluate.benchmark_real import markdown, real_part
+    from breastmri.evaluate.benchmark_runs import read_run
+
+    real = real_part(PROSTATEX, read_run(smoke_run), ["noisy", "tpca"], positions=1, series_filter="Twist",
+                     log=lambda message: None)
+    (dynamic,) = real["dynamics"]
+    assert dynamic["time_points"] == 70 and len(dynamic["positions"]) == 1
+    table = dynamic["against_3t"]
+    assert table["frames"] == list(range(70)) and len(table["gain_db"]["tpca"]) == 70
+    assert np.all(np.isfinite(table["input_psnr_db"])) and dynamic["ceiling_db"] > max(table["input_psnr_db"])
+    summary = table["summary"]["tpca"]
+    assert summary["worst_gain_db"] == min(table["gain_db"]["tpca"])
+    assert summary["frames_worse"] == [f for f, g in zip(table["frames"], table["gain_db"]["tpca"]) if g < 0]
+    if dynamic["pre_contrast_frames"] >= 3:  # the held-back reference: noise no method saw
+        held = dynamic["against_held_back"]
+        assert held["held_back_frames"] and not set(held["held_back_frames"]) & set(held["frames"])
+    text = markdown(real)
+    assert "Real data, frame by frame" in text and "| 69 |" in text

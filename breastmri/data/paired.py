@@ -127,8 +127,15 @@ class PairedSlices(keras.utils.PyDataset):
     def __init__(self, data_dir, split, batch_size=8, shuffle=False, augment=False, patch_size=None, seed=0,
                  max_slices=None, steps_per_epoch=None, tissue_threshold=0.1, crop_candidates=4, fresh_noise=False,
                  context=None, mode="supervised", noise2noise_frames=3, register=True, mask_fraction=0.02,
-                 mask_radius=2, target="3t", times_per_position=1, **kwargs):
+                 mask_radius=2, target="3t", times_per_position=1, shard=None, **kwargs):
         super().__init__(**kwargs)
+        # (index, count): this worker's share of every batch (multi-worker training, sharded by sample): batch_size
+        # stays the global batch, of which this dataset makes samples [index * b, (index + 1) * b), b = batch_size /
+        # count, each with random streams of its own, so the shares of all workers are the global batch
+        self.shard = None if shard is None else (int(shard[0]), int(shard[1]))
+        if self.shard is not None and (not 0 <= self.shard[0] < self.shard[1] or batch_size % self.shard[1]):
+            raise ValueError(f"shard {shard}: the index must lie in [0, count) and batch_size {batch_size} must be "
+                             "a multiple of the count")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if target not in TARGETS or (target != "3t" and mode != "supervised"):
@@ -307,8 +314,20 @@ class PairedSlices(keras.utils.PyDataset):
         return np.random.default_rng((self.seed, epoch)).permutation(len(self.rows))
 
     def batch_rows(self, index):
-        """The manifest rows of batch `index` in the current epoch, in batch order."""
-        return [self.rows[i] for i in self._batch_indices(index)]
+        """The manifest rows of batch `index` in the current epoch, in batch order (this shard's share of it)."""
+        return [self.rows[i] for _, i in self._batch_samples(index)]
+
+    def _batch_samples(self, index):
+        """(place in the global batch, row index) of each sample this dataset makes of batch `index`."""
+        indices = list(enumerate(self._batch_indices(index)))
+        if self.shard is None:
+            return indices
+        part = self.batch_size // self.shard[1]
+        return indices[self.shard[0] * part:(self.shard[0] + 1) * part]
+
+    def _sample_rng(self, index, place, stream=0):
+        """The random stream of one sample of a sharded batch: a function of (seed, epoch, batch, place) alone."""
+        return np.random.default_rng((self.seed, self.epoch, index, place, stream))
 
     def _batch_indices(self, index):
         if not 0 <= index < len(self):
@@ -335,16 +354,22 @@ class PairedSlices(keras.utils.PyDataset):
         of degrade.model none); B = batch_size except maybe the last. Self-supervised modes: (input, target) with
         target (B, H, W, 2), see the class docstring."""
         keep_freed_memory()
-        rows = self.batch_rows(index)
-        # One generator per (seed, epoch, batch): the batch does not depend on which worker makes it, or when.
+        samples = self._batch_samples(index)
+        # One generator per (seed, epoch, batch): the batch does not depend on which worker makes it, or when; a
+        # sharded batch has one per sample, so the shares of the workers add up to one global batch.
         rng = np.random.default_rng((self.seed, self.epoch, index))
         if self.mode != "supervised":
-            pairs = [self._selfsup_sample(row, rng) for row in rows]
+            pairs = [self._selfsup_sample(self.rows[i], rng if self.shard is None else self._sample_rng(index, k))
+                     for k, i in samples]
             return self._stack(index, [x for x, _ in pairs], [y for _, y in pairs])
         # fresh noise has its own stream, so crops and flips are the same with and without it
         noise_rng = np.random.default_rng((self.seed, self.epoch, index, 1)) if self.fresh_noise else None
         noisy_batch, clean_batch = [], []
-        for row in rows:
+        for k, i in samples:
+            row = self.rows[i]
+            if self.shard is not None:
+                rng = self._sample_rng(index, k)
+                noise_rng = self._sample_rng(index, k, 1) if self.fresh_noise else None
             channels, guide = self.context_of(row)
             position = self.position_of(row)
             projected = position if self.context.projection else []

@@ -139,7 +139,7 @@ from breastmri.evaluate.benchmark_speed import (
 
 METHODS = ("noisy", "nlm", "tv", "wavelet", "bm3d", "bm4d", "mppca", "tpca", "thesis", "unet", "noise2noise",
            "noise2void")
-PARTS = ("quality", "speed", "scaling")
+PARTS = ("quality", "speed", "scaling", "real")
 
 
 def _log(message):
@@ -253,6 +253,11 @@ def run_benchmark(args):
     if "scaling" in args.parts:
         report["scaling"] = scaling_part(args, run, preprocessing_config(run, data_dir), cache_dir)
         lap("scaling")
+    if "real" in args.parts:
+        from breastmri.evaluate.benchmark_real import real_part
+
+        report["real"] = real_part(args.real_data, run, args.real_methods, args.real_positions, args.real_filter, _log)
+        lap("real")
     report["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 1)}
 
     if "quality" in report:
@@ -262,6 +267,10 @@ def run_benchmark(args):
 
     (out / "benchmark.json").write_text(json.dumps(json_safe(report), indent=2, default=str))
     text = markdown(report)
+    if "real" in report:
+        from breastmri.evaluate.benchmark_real import markdown as real_markdown
+
+        text += "\n\n" + real_markdown(report["real"])
     (out / "benchmark.md").write_text(text + "\n")
     written = ["benchmark.json", "benchmark.md"]
     if "quality" in report:

@@ -179,7 +179,7 @@ def estimate_sigma(noisy):
     return float(skimage_estimate_sigma(noisy))
 
 
-def denoise(method, noisy, sigma, rician=True, reference_sigma=0.0):
+def denoise(method, noisy, sigma, rician=True, reference_sigma=0.0, spectrum=None):
     """Denoise one normalized slice with a classical method; float32 (H, W).
 
     method: one of METHODS ("nlm", "tv", "wavelet", "bm3d"); parameters in the module docstring.
@@ -194,6 +194,8 @@ def denoise(method, noisy, sigma, rician=True, reference_sigma=0.0):
         positive value returns E[M] = rician_mean(A, reference_sigma), the expected magnitude of an
         image with that noise level: pass sigma_source to match a clean 3T reference that carries
         its own Rician floor (air ~1.25 sigma_source), as the evaluation against clean slices does.
+    spectrum: the noise's spatial spectrum (simulate.noise.noise_spectrum; None: white). BM3D takes it as its noise
+        PSD (correlated noise of a real scanner is structure to a white-noise denoiser); the others cannot.
     """
     if method not in METHODS:
         raise ValueError(f"unknown denoiser '{method}'; choose one of {', '.join(METHODS)}")
@@ -221,7 +223,9 @@ def denoise(method, noisy, sigma, rician=True, reference_sigma=0.0):
     else:
         import bm3d
 
-        out = bm3d.bm3d(noisy, sigma_psd=sigma)
+        if spectrum is not None and not hasattr(np, "trapz"):
+            np.trapz = np.trapezoid  # bm3d's colored-noise path (bm4d 4.x) calls np.trapz, gone since numpy 2.4
+        out = bm3d.bm3d(noisy, sigma_psd=sigma if spectrum is None else noise_psd(spectrum, noisy.shape, sigma))
 
     out = np.asarray(out, dtype=np.float64).reshape(noisy.shape)
     if not rician:
@@ -230,6 +234,14 @@ def denoise(method, noisy, sigma, rician=True, reference_sigma=0.0):
     if reference_sigma:
         return rician_mean(amplitude, reference_sigma).astype(np.float32)
     return amplitude
+
+
+def noise_psd(spectrum, shape, sigma):
+    """The power spectral density bm3d expects (unshifted FFT layout, shape (H, W)) of noise with per-pixel standard
+    deviation sigma and a separable spectrum: sigma^2 * H * W * P_rows x P_cols (white noise: sigma^2 * H * W)."""
+    from breastmri.simulate.noise import spectrum_power
+
+    return sigma ** 2 * shape[0] * shape[1] * spectrum_power(spectrum, shape)
 
 
 def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0, patch_radius=MPPCA_PATCH_RADIUS,

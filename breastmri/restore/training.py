@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +20,13 @@ import numpy as np
 from breastmri.config import ConfigError, save_config
 from breastmri.data.splits import check_split_record, split_record
 from breastmri.restore.losses import get_loss, pixel_loss, psnr_metric
+from breastmri.restore.multiworker import (
+    SHARDS,
+    STRATEGY_NAME,
+    distributed_dataset,
+    prepare_for_workers,
+    worker_task,
+)
 from breastmri.runtime import setup_devices
 
 # -----------------------------------------------------------------------------
@@ -68,7 +76,7 @@ def needs_rician_correction(cfg, degrade_model):
     return cfg["train"]["mode"] != "supervised" and degrade_model != "gaussian"
 
 
-def load_splits(cfg, data_dir):
+def load_splits(cfg, data_dir, shard=None):
     """Training (crops, shuffled, augmented as configured) and validation (whole slices) datasets."""
     from breastmri.data.manifest import read_manifest
     from breastmri.data.paired import TARGETS, PairedSlices
@@ -88,7 +96,7 @@ def load_splits(cfg, data_dir):
                   noise2noise_frames=t["noise2noise_frames"], register=t["noise2noise_register"],
                   mask_fraction=t["mask_fraction"],
                   target=t["target"] if mode == "supervised" else "3t")  # a self-supervised target is its mode's
-    train_args = dict(shuffle=True, augment=t["augment"], patch_size=t["patch_size"],
+    train_args = dict(shuffle=True, augment=t["augment"], patch_size=t["patch_size"], shard=shard,
                       steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
                       use_multiprocessing=t["use_multiprocessing"], **common)
     fresh = t["fresh_noise"]
@@ -195,6 +203,14 @@ def validate_selfsup(model, dataset, loss_name, multiple):
 # -----------------------------------------------------------------------------
 # training
 
+def _first_pass(backup_dir):
+    """The pass of the training set the first epoch of this fit() reads: a PyDataset's epoch counter is 1 in the
+    first epoch (Keras calls on_epoch_end once before it), plus the epochs BackupAndRestore resumes after."""
+    path = Path(backup_dir) / "training_metadata.json"
+    done = int(json.loads(path.read_text()).get("epoch", 0)) if path.is_file() else 0
+    return 1 + done
+
+
 def train(cfg, data_dir, run_dir, resume=False):
     import keras
 
@@ -202,10 +218,20 @@ def train(cfg, data_dir, run_dir, resume=False):
 
     strategy = setup_devices(cfg["train"])
     keras.utils.set_random_seed(cfg["seed"])
-    train_ds, val_ds = load_splits(cfg, data_dir)
+    distributed = cfg["train"]["distribute"] == "multi_worker"
+    task, workers = worker_task() if distributed else (0, 1)
+    if distributed and cfg["train"]["shard"] not in SHARDS:
+        raise ConfigError(f"train.shard must be one of {', '.join(SHARDS)}, not {cfg['train']['shard']!r}")
+    train_ds, val_ds = load_splits(cfg, data_dir, shard=(task, workers) if distributed else None)
 
+    run_dir = Path(run_dir)
+    own_dir = run_dir  # the chief writes the run; the other workers their own copy, removed by main.py
+    if task > 0:
+        own_dir = Path(tempfile.mkdtemp(prefix=f"worker-{task}-"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    backup_dir, history_csv = run_dir / "backup", run_dir / "history.csv"
+    backup_dir, history_csv = run_dir / "backup", own_dir / "history.csv"
+    if distributed:  # every worker keeps its own state, so --resume resumes each
+        backup_dir = backup_dir / f"worker-{task}"
     if resume and not backup_dir.exists():
         print(f"--resume: no saved state in {backup_dir}, starting from epoch 1")
         resume = False
@@ -214,8 +240,8 @@ def train(cfg, data_dir, run_dir, resume=False):
     else:
         shutil.rmtree(backup_dir, ignore_errors=True)
         history_csv.unlink(missing_ok=True)
-        (run_dir / "split.json").write_text(json.dumps(split_record(data_dir), indent=1))
-    save_config(cfg, run_dir / "config.yaml")
+        (own_dir / "split.json").write_text(json.dumps(split_record(data_dir), indent=1))
+    save_config(cfg, own_dir / "config.yaml")
 
     t = cfg["train"]
     mode = training_mode(cfg)
@@ -241,16 +267,23 @@ def train(cfg, data_dir, run_dir, resume=False):
         # first: the callbacks below read the numbers it logs
         body_validation(val_ds, t["loss"], size_multiple(cfg), mode),
         keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor=monitor, mode=direction,
+        keras.callbacks.ModelCheckpoint(str(own_dir / "model.keras"), monitor=monitor, mode=direction,
                                         save_best_only=True, initial_value_threshold=best_so_far),
         keras.callbacks.CSVLogger(str(history_csv), append=resume),
-        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False, profile_batch=0),
+        keras.callbacks.TensorBoard(str(own_dir / "logs"), write_graph=False, profile_batch=0),
         keras.callbacks.TerminateOnNaN(),
     ]
     start = time.perf_counter()
     # the dataset shuffles itself (seeded per epoch); fit's own shuffling would only add noise to that
-    history = model.fit(train_ds, epochs=t["epochs"], shuffle=False, callbacks=callbacks, verbose=2)
+    if distributed:  # this worker's share of every global batch, from the epoch BackupAndRestore resumes at
+        prepare_for_workers(model, strategy, train_ds)
+        history = model.fit(distributed_dataset(strategy, train_ds, _first_pass(backup_dir)), epochs=t["epochs"],
+                            steps_per_epoch=len(train_ds), callbacks=callbacks, verbose=2 if task == 0 else 0)
+    else:
+        history = model.fit(train_ds, epochs=t["epochs"], shuffle=False, callbacks=callbacks, verbose=2)
     seconds = time.perf_counter() - start
+    if own_dir != run_dir:
+        shutil.rmtree(own_dir, ignore_errors=True)  # a worker's copy of the run: the chief's is the run
 
     losses = history.history.get("loss", [])
     if losses and not all(math.isfinite(v) for v in losses + history.history.get("val_loss", [])):
@@ -262,6 +295,10 @@ def train(cfg, data_dir, run_dir, resume=False):
     best = (int(np.argmax(monitored) if direction == "max" else np.argmin(monitored))) if monitored else None
     # wall time of fit(), per-epoch validation included; benchmark.py measures training steps alone
     return {"seconds": round(seconds, 1), "epochs_run": len(losses),
+            "distribute": {"strategy": STRATEGY_NAME if distributed else type(strategy).__name__,
+                           "workers": workers, "replicas": int(strategy.num_replicas_in_sync),
+                           "global_batch": t["batch_size"], "shard": t["shard"] if distributed else None,
+                           "task": task},
             "images_per_s_with_validation": round(images / seconds, 1) if seconds > 0 and losses else None,
             "mode": mode,
             "selection": {"monitor": monitor, "mode": direction, "split": "val", "what": monitored_what,

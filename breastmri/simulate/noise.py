@@ -289,6 +289,12 @@ def _resampled(power, n):
     return values / values.mean()
 
 
+def spectrum_power(spectrum, shape):
+    """The separable power (H, W) of `spectrum` on an image of shape (..., H, W), unshifted FFT layout, mean 1."""
+    h, w = shape[-2:]
+    return np.outer(_resampled(spectrum["rows"], h), _resampled(spectrum["cols"], w))
+
+
 def shaped_noise(shape, spectrum, rng):
     """Complex Gaussian noise of shape (..., H, W) with standard deviation 1 per channel and the given separable
     spectrum: white complex noise filtered in k-space by the square root of the power (mean power 1, so the
@@ -297,8 +303,7 @@ def shaped_noise(shape, spectrum, rng):
     imag = rng.standard_normal(shape, dtype=np.float32)
     if spectrum is WHITE:
         return real, imag
-    h, w = shape[-2:]
-    gain = np.sqrt(np.outer(_resampled(spectrum["rows"], h), _resampled(spectrum["cols"], w)))
+    gain = np.sqrt(spectrum_power(spectrum, shape))
     shaped = np.fft.ifft2(np.fft.fft2(real + 1j * imag) * gain)
     return shaped.real.astype(np.float32), shaped.imag.astype(np.float32)
 

@@ -1,0 +1,205 @@
+"""The benchmark's real-data part: the methods on real dynamics, scored frame by frame against the real 3T frames.
+
+    python benchmark.py --run-dir runs/demo --parts real --real-data ../shared/realdata/prostatex-0218
+
+The phantom decides nothing on its own (docs/limits.md): a method that helps it can harm real scans. This part
+takes a real DICOM folder, preprocesses it exactly as preprocessing.py does with the run's settings (dynamics
+assembled, the noise measured from the series, the field model's 1.5T simulation with the scanner's noise
+spectrum), and runs every method on each dynamic of at least MIN_TIME_POINTS time points, at a few slice
+positions in its middle (--real-positions). Two references:
+
+- **the real 3T frames** (every frame): the methods are scored against the frame the degraded input came from.
+  That reference carries the scanner's own noise (sigma_source), so even a perfect, noise-free estimate scores
+  only about 20 log10(range / sigma_source) against it: the ceiling is stated beside the table.
+- **held-back frames** (the pre-contrast frames only): the last HELD_BACK pre-contrast frames are removed from what
+  every method sees, and the earlier pre-contrast frames are scored against the average of the held-back 3T frames:
+  the same anatomy before contrast, with noise that no method saw. That ranks methods on real noise without a
+  truth; motion between the frames counts against every method alike, and view-sharing sequences (TWIST) share
+  part of their noise between frames, which makes the reference less independent than it looks.
+
+Every number is per frame (the mean over the scored positions) as well as over the frames: a method that helps late
+frames and harms early ones shows it. PSNR is taken inside the body (the mean frame above 10% of its 99th
+percentile) with data_range the 99.5th percentile of the 3T frames there.
+"""
+
+import json
+import logging
+import math
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from breastmri.data import preprocess
+from breastmri.data.manifest import _zero, read_manifest
+from breastmri.restore.denoisers import denoise, denoise_frames
+
+MIN_TIME_POINTS = 8
+HELD_BACK = 2          # pre-contrast frames held back as the independent reference
+PRE_CONTRAST_CHANGE = 0.03  # a frame is pre-contrast while the body's mean 3T signal stays within 3% of frame 0's
+REAL_METHODS = ("noisy", "bm3d", "mppca", "tpca", "unet")
+DEFAULT_REAL_METHODS = ("noisy", "mppca", "tpca", "unet")  # bm3d: about 1 s per frame and pass
+
+
+def real_part(real_root, run, methods, positions=3, series_filter="", log=print):
+    """{"source", "dynamics": [per dynamic: frames, references, per-frame and summary gains], "methods"} for the
+    methods of REAL_METHODS named in `methods`; `run` is benchmark_runs.read_run's record of the model's run."""
+    chosen = [m for m in REAL_METHODS if m in methods or m == "noisy"]
+    cfg = dict(run["cfg"], preprocess=dict(run["cfg"]["preprocess"], series_filter=series_filter))
+    enhancer = None
+    if "unet" in chosen:
+        from breastmri.enhance.enhancer import load_enhancer
+
+        enhancer = load_enhancer(run["dir"])
+    with tempfile.TemporaryDirectory(prefix="benchmark-real-") as tmp:
+        quiet = logging.getLogger("preprocessing")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # a folder of one patient: the split warnings say nothing here
+        try:
+            summary = preprocess.run(real_root, tmp, cfg, progress=False)
+        finally:
+            quiet.setLevel(level)
+        rows = read_manifest(tmp)
+        by_series = defaultdict(list)
+        for row in rows:
+            by_series[row["series_uid"]].append(row)
+        dynamics = []
+        for uid, series_rows in by_series.items():
+            if series_rows[0]["n_times"] < MIN_TIME_POINTS:
+                continue
+            log(f"real data: {series_rows[0]['series_description']} ({series_rows[0]['n_times']} time points)")
+            dynamics.append(_score_dynamic(Path(tmp), series_rows, chosen, enhancer, positions))
+    return {"source": str(real_root), "methods": chosen, "positions_per_dynamic": positions,
+            "series_found": summary["series_found"], "dynamics": dynamics,
+            "degradation": {k: cfg["degrade"][k] for k in ("model", "snr_ratio", "field_exponent", "noise_spectrum")}}
+
+
+def _score_dynamic(data_dir, rows, methods, enhancer, n_positions):
+    row0 = rows[0]
+    clean_all = np.load(data_dir / row0["clean_file"])
+    noisy_all = np.load(data_dir / row0["noisy_file"])
+    index = {(r["time_index"], r["position_index"]): r["slice_index"] for r in rows}
+    n_times, total_positions = row0["n_times"], row0["n_positions"]
+    middle = total_positions // 2
+    positions = sorted(range(total_positions), key=lambda k: abs(k - middle))[:n_positions]
+    positions.sort()
+    grid = np.array([[index[(t, k)] for k in range(total_positions)] for t in range(n_times)])  # (T, Z)
+    clean, noisy = clean_all[grid], noisy_all[grid]                                               # (T, Z, H, W)
+    zero, sigma_src = _zero(row0), row0["sigma_source"]
+    sidecar = json.loads((data_dir / row0["noisy_file"].replace("_noisy.npy", ".json")).read_text())
+    spectrum = sidecar["info"].get("noise_spectrum")  # of the source noise and the added noise alike
+    sigma_total = math.hypot(sigma_src, row0["sigma_added"])
+    body = clean[:, positions].mean(axis=0)
+    body = body > 0.1 * np.percentile(body, 99, axis=(1, 2), keepdims=True)                      # (P, H, W)
+    data_range = float(np.percentile(clean[:, positions][:, body], 99.5)) - zero
+    level = np.array([clean[t, positions][body].mean() for t in range(n_times)]) - zero
+    pre = int(np.argmax(np.abs(level / level[0] - 1) > PRE_CONTRAST_CHANGE)) or n_times
+    result = {"series_description": row0["series_description"], "dynamic_id": row0.get("dynamic_id") or None,
+              "time_points": n_times, "positions": positions, "pre_contrast_frames": pre,
+              "sigma_source": sigma_src, "sigma_total": sigma_total, "data_range": data_range,
+              "ceiling_db": 20 * math.log10(data_range / sigma_src) if sigma_src > 0 else None}
+
+    def psnr(estimate, reference):
+        """(T', P) PSNR in dB inside each position's body."""
+        err = np.stack([((estimate[:, p] - reference[:, p]) ** 2)[:, body[p]].mean(axis=-1)
+                        for p in range(len(positions))], axis=1)
+        return 10 * np.log10(data_range ** 2 / np.maximum(err, 1e-20))
+
+    all_frames = list(range(n_times))
+    seconds = {}
+
+    def timed(method, frames):
+        started = time.perf_counter()
+        out = _run(method, noisy, frames, positions, zero, sigma_total, sigma_src, enhancer, spectrum)
+        seconds[method] = round(seconds.get(method, 0.0) + time.perf_counter() - started, 1)
+        return out
+
+    outputs = {m: timed(m, all_frames) for m in methods}
+    scores = {m: psnr(out, clean[:, positions]) for m, out in outputs.items()}
+    result["against_3t"] = _table(scores, all_frames)
+    if pre >= HELD_BACK + 1:
+        held = list(range(pre - HELD_BACK, pre))
+        seen = [t for t in all_frames if t not in held]
+        scored = list(range(pre - HELD_BACK))
+        reference = clean[held][:, positions].mean(axis=0, keepdims=True)
+        outputs = {m: timed(m, seen) for m in methods}
+        scores = {m: psnr(out[:len(scored)], np.repeat(reference, len(scored), 0)) for m, out in outputs.items()}
+        result["against_held_back"] = dict(_table(scores, scored), held_back_frames=held)
+    result["seconds"] = seconds
+    return result
+
+
+def _table(scores, frames):
+    """Per frame (mean over positions): the input's PSNR and each method's gain over it; and the summary."""
+    scores = {m: np.asarray(s, np.float64) for m, s in scores.items()}
+    base = scores["noisy"].mean(axis=1)
+    per_frame = {m: (s.mean(axis=1) - base).round(3).tolist() for m, s in scores.items() if m != "noisy"}
+    summary = {m: {"mean_gain_db": round(float(np.mean(g)), 3), "worst_gain_db": round(float(np.min(g)), 3),
+                   "worst_frame": frames[int(np.argmin(g))], "frames_worse": [f for f, v in zip(frames, g) if v < 0]}
+               for m, g in per_frame.items()}
+    return {"frames": frames, "input_psnr_db": base.round(3).tolist(), "gain_db": per_frame, "summary": summary}
+
+
+def _run(method, noisy, frames, positions, zero, sigma_total, sigma_src, enhancer, spectrum=None):
+    """A method's output (len(frames), P, H, W) for the frames it sees (time indices into noisy, (T, Z, H, W)),
+    at the scored positions; the classical methods on magnitudes (zero signal at 0), returned in noisy's units."""
+    seen = noisy[frames]
+    if method == "noisy":
+        return seen[:, positions]
+    if method == "unet":
+        from breastmri.enhance.enhancer import predict_stack
+
+        t, z = seen.shape[:2]
+        layout = [(i, k) for i in range(t) for k in range(z)]
+        pred, _ = predict_stack(enhancer, seen.reshape((t * z,) + seen.shape[2:]), zero=zero, layout=layout)
+        return pred.reshape(seen.shape)[:, positions]
+    magnitude = seen - np.float32(zero)
+    common = dict(rician=True, reference_sigma=sigma_src)
+    if method == "tpca":
+        out = np.stack([denoise_frames("tpca", magnitude[:, k], sigma_total, register=True, **common)
+                        for k in positions], axis=1)
+    elif method == "mppca":  # over time at each position: on real slices 3.6 mm apart a slab of positions did worse
+        out = np.stack([denoise_frames("mppca", magnitude[:, k], sigma_total, register=True, **common)
+                        for k in positions], axis=1)
+    else:
+        out = np.stack([[denoise(method, magnitude[t, k], sigma_total, spectrum=spectrum, **common)
+                         for k in positions] for t in range(len(frames))])
+    return out + np.float32(zero)
+
+
+def markdown(real):
+    """The real-data section of benchmark.md: per dynamic, the summary and the per-frame gains."""
+    lines = ["## Real data, frame by frame", "",
+             f"Source: `{real['source']}`; degradation {real['degradation']}; methods run on every frame, scored at "
+             f"{real['positions_per_dynamic']} slice positions in the middle of each dynamic, inside the body "
+             "(breastmri/evaluate/benchmark_real.py). Gain: dB of PSNR over the degraded input, per frame the mean "
+             "over the positions."]
+    for d in real["dynamics"]:
+        lines += ["", f"### {d['series_description']}: {d['time_points']} time points, positions {d['positions']}, "
+                      f"{d['pre_contrast_frames']} before contrast", "",
+                  f"Reference noise sigma_source {d['sigma_source']:.4f}, degraded input sigma {d['sigma_total']:.4f} "
+                  f"(normalized units); data_range {d['data_range']:.3f}. Against the real 3T frames even a "
+                  f"noise-free estimate scores at most about {d['ceiling_db']:.1f} dB.", ""]
+        for key, title in (("against_3t", "against the real 3T frames"),
+                           ("against_held_back", "against held-back pre-contrast frames (noise no method saw)")):
+            if key not in d:
+                continue
+            t = d[key]
+            lines += [f"**{title}**" + (f" (held back: frames {t['held_back_frames']})" if "held_back_frames" in t
+                                        else ""), "",
+                      "| method | mean gain (dB) | worst frame: gain (dB) | frames worse than the input |",
+                      "|---|---|---|---|"]
+            for m, s in t["summary"].items():
+                worse = ", ".join(map(str, s["frames_worse"])) or "none"
+                lines.append(f"| {m} | {s['mean_gain_db']:+.2f} | {s['worst_frame']}: {s['worst_gain_db']:+.2f} | "
+                             f"{worse} |")
+            names = list(t["gain_db"])
+            lines += ["", "| frame | input PSNR (dB) | " + " | ".join(names) + " |",
+                      "|---|---|" + "---|" * len(names)]
+            for i, f in enumerate(t["frames"]):
+                gains = " | ".join(f"{t['gain_db'][m][i]:+.2f}" for m in names)
+                lines.append(f"| {f} | {t['input_psnr_db'][i]:.2f} | {gains} |")
+            lines.append("")
+    return "\n".join(lines)
