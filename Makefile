@@ -8,7 +8,7 @@ comma := ,
 empty :=
 space := $(empty) $(empty)
 
-.PHONY: venv test test-all demo selfsup-demo selfsup-n2v-demo benchmark thesis-demo clean
+.PHONY: venv test test-all demo selfsup-demo selfsup-n2v-demo benchmark thesis-demo multiworker-demo clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,14 @@ thesis-demo: venv
 	$(BIN)/python preprocessing.py --config configs/thesis.yaml --set preprocess.image_size=256 \
 		--out data/processed_thesis_demo
 	$(BIN)/python -m breastmri.studies.thesis --data data/processed_thesis_demo --run-dir runs/thesis_demo
+
+# Two workers on 127.0.0.1 (free ports picked at run time; breastmri/restore/multiworker.py) train the demo config
+# with MultiWorkerMirroredStrategy at a short budget, each making half of every global batch of 16, and the chief
+# evaluates on the test patients: runs/multiworker/ (docs/training.md, "Several machines").
+multiworker-demo: venv
+	$(BIN)/python preprocessing.py --config configs/demo.yaml --out $(DEMO_DATA)
+	$(BIN)/python -m breastmri.restore.multiworker --workers 2 --timeout 900 -- --config configs/demo.yaml \
+		--set train.epochs=3 --data $(DEMO_DATA) --run-dir runs/multiworker
 
 clean:
 	rm -rf runs data

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from breastmri.config import ConfigError, load_config
 from breastmri.data.preprocess import PreprocessError, benchmark, demo_root, run
+from breastmri.data.shards import merge, parse_shard
 from breastmri.runtime import add_verbose_flag, quiet_start
 
 
@@ -29,6 +30,9 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set preprocess.image_size=256 (repeatable)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--shard", help="i/n: only the i-th of n shares of the patients (one machine of n; join the "
+                                        "outputs with --merge)")
+    parser.add_argument("--merge", nargs="+", metavar="DIR", help="join the --out folders of --shard runs into --out")
     parser.add_argument("--benchmark", action="store_true",
                         help="preprocess into a temporary folder inside --out and print slices/s and peak memory")
     add_verbose_flag(parser)
@@ -37,12 +41,19 @@ def main(argv=None):
     try:
         if args.workers < 1:
             raise ConfigError(f"--workers is {args.workers}; give 1 or more")
+        if args.merge:
+            summary = merge(args.merge, args.out)
+            print(f"{summary['slices']} slices of {summary['series_used']} series from {len(args.merge)} shards; "
+                  f"patients train {summary['patients']['train']} / val {summary['patients']['val']} / test "
+                  f"{summary['patients']['test']} -> {args.out}")
+            return
         cfg = load_config(args.config, args.set)
         root = Path(args.dicom_root) if args.dicom_root else demo_root(cfg)
         if args.benchmark:
             print(json.dumps(benchmark(root, cfg, workers=args.workers, out_dir=args.out), indent=2))
             return
-        summary = run(root, args.out, cfg, workers=args.workers)
+        summary = run(root, args.out, cfg, workers=args.workers,
+                      shard=parse_shard(args.shard) if args.shard else None)
     except (PreprocessError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -9,7 +9,9 @@ with evenly_spaced / spread_slices.
 """
 
 import csv
+import io
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +134,39 @@ def spread_slices(rows, count, times_per_position=1):
         rest = sorted(set(range(len(rows))) - set(picked))
         picked += [rest[i] for i in evenly_spaced(len(rest), count - len(picked))]
     return np.array(sorted(picked))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing: atomically, so an interrupted run never leaves a half file that looks complete
+# --------------------------------------------------------------------------------------------------------------
+
+TMP_PREFIX = ".tmp-"  # temporary names; a run removes those its interrupted predecessors left
+
+
+def temporary_path(path):
+    """Where `path` is written before it is renamed into place."""
+    path = Path(path)
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
+
+
+def write_text_atomic(path, text):
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_manifest(path, rows):
+    """manifest.csv of `rows` (dicts with the MANIFEST_COLUMNS), left alone when its text would not change."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    text = buffer.getvalue()
+    if Path(path).is_file() and Path(path).read_text() == text:
+        return  # unchanged: leave the file (and its mtime) alone
+    write_text_atomic(path, text)

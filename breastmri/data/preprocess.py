@@ -37,9 +37,7 @@ What happens, in order:
 Slice order within a series (slice_index, the first array axis): see index.
 """
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -57,7 +55,8 @@ from tqdm import tqdm
 
 from breastmri.config import ConfigError, config_hash
 from breastmri.data.grid import square_slice
-from breastmri.data.manifest import MANIFEST_COLUMNS
+from breastmri.data.manifest import TMP_PREFIX, temporary_path, write_manifest, write_text_atomic
+from breastmri.data.shards import in_share
 from breastmri.data.splits import SPLITS, check_patient_split, check_split_fractions, split_patients, split_warnings
 from breastmri.dicom.dynamics import assemble_dynamics, check_mode, source_series_uids
 from breastmri.dicom.index import scan_tree
@@ -71,7 +70,6 @@ log = logging.getLogger("preprocessing")
 # and how they are split, so changing them does not recompute any array).
 ARRAY_PREPROCESS_KEYS = ("image_size", "dtype", "norm_percentiles")
 DTYPES = ("float32", "float16")
-_TMP_PREFIX = ".tmp-"
 
 
 class PreprocessError(Exception):
@@ -130,7 +128,7 @@ def _fingerprint(series):
 
 
 def _tmp_path(path):
-    return path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{path.name}")
+    return temporary_path(path)
 
 
 def _save_square(path, stack, size, pad_value, dtype):
@@ -147,17 +145,6 @@ def _save_square(path, stack, size, pad_value, dtype):
             for img in stack:
                 img = img if size is None else square_slice(img, size, pad_value)
                 fp.write(np.ascontiguousarray(img).astype(dtype, copy=False).tobytes())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_text_atomic(path, text):
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -248,7 +235,7 @@ def process_series(series, out_dir, cfg, chash):
                "slices": len(rows), "info": info, "field_strength_t": series.field_strength_t,
                "notes": series.notes, "rows": rows}
     # Written last: its presence (with a matching hash) is what marks the series as done.
-    _write_text_atomic(arrays / f"{key}.json", json.dumps(sidecar, default=float))
+    write_text_atomic(arrays / f"{key}.json", json.dumps(sidecar, default=float))
     return {"key": key, "status": "ok", "slices": len(rows), "info": info}
 
 
@@ -301,12 +288,13 @@ def check_config(cfg):
             raise ConfigError(f"degrade.resolution_scale is {scale}; it must lie in (0, 1]")
 
 
-def run(dicom_root, out_dir, cfg, workers=1, progress=True):
+def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
     """The whole pipeline; returns the summary dict (also written to <out_dir>/summary.json).
 
     workers: processes (ProcessPoolExecutor, spawn start method so that a parent that has loaded TensorFlow or
     other threaded libraries is never forked); 1 runs everything in this process. Raises PreprocessError for a
-    missing root or a tree without usable MR images, ConfigError for unusable settings."""
+    missing root or a tree without usable MR images, ConfigError for unusable settings. shard: (i, n), the i-th
+    share of the patients only (shards.in_share; preprocessing.py --shard i/n, joined by --merge)."""
     started = time.perf_counter()
     check_config(cfg)
     root, out = Path(dicom_root), Path(out_dir)
@@ -329,6 +317,11 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True):
         series_found = len(series_list) + sum(skips.series.values())  # before any pixel was read
         # a DCE stored one series per time point becomes one time series (its members keep their own uids)
         series_list, dynamics = assemble_dynamics(series_list, cfg["preprocess"]["assemble_dynamics"])
+        patients = {s.patient_id for s in series_list}
+        series_list = [s for s in series_list if in_share(s.patient_id, shard)]
+        if shard is not None and patients and not series_list:
+            raise PreprocessError(f"share {shard[0]}/{shard[1]} holds none of the {len(patients)} patients under "
+                                  f"{root}; use fewer shares")
         indexed = time.perf_counter()
         if not series_list:
             raise PreprocessError(f"no usable MR image under {root} ({files_seen} files seen; skipped: "
@@ -338,7 +331,7 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True):
                  indexed - started, len(series_list), n_slices, len({s.patient_id for s in series_list}))
         arrays = out / "arrays"
         arrays.mkdir(parents=True, exist_ok=True)
-        for stale in arrays.glob(_TMP_PREFIX + "*"):  # left by an interrupted run (one run per --out at a time)
+        for stale in arrays.glob(TMP_PREFIX + "*"):  # left by an interrupted run (one run per --out at a time)
             stale.unlink(missing_ok=True)
         chash = arrays_hash(cfg)
         results, todo = {}, []
@@ -393,7 +386,7 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True):
     for row in rows:
         row["split"] = split[row["patient_id"]]
     check_patient_split(rows)
-    _write_manifest(out / "manifest.csv", rows)
+    write_manifest(out / "manifest.csv", rows)
 
     infos = [results[s.series_uid]["info"] for s in used]
     sigma_methods = Counter(i.get("sigma_method", "") for i in infos)
@@ -425,12 +418,12 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True):
         "dynamics": [d for d in dynamics if d["id"] in {s.series_uid for s in used}],
         "series_with_truth": sum(r["truth_file"] != "" for r in rows if r["slice_index"] == 0),
         "image_size": cfg["preprocess"]["image_size"], "dtype": cfg["preprocess"]["dtype"],
-        "config_hash": chash, "workers": workers,
+        "config_hash": chash, "workers": workers, "shard": list(shard) if shard else None,
         "seconds_index": round(indexed - started, 3), "seconds_process": round(processed - indexed, 3),
         "seconds": round(time.perf_counter() - started, 3),
         "config": cfg,
     }
-    _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     _log_skips(skips)
     for note in summary["split_warnings"]:
         log.warning("split: %s", note)
@@ -447,17 +440,6 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True):
             log.warning("some series were acquired at %s T, not degrade.source_field_t = %s T", off,
                         cfg["degrade"]["source_field_t"])
     return summary
-
-
-def _write_manifest(path, rows):
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    text = buffer.getvalue()
-    if path.is_file() and path.read_text() == text:
-        return  # unchanged: leave the file (and its mtime) alone
-    _write_text_atomic(path, text)
 
 
 def _format_counts(counter):
