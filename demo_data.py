@@ -16,6 +16,7 @@ from breastmri.simulate.demo_tree import (
     _check_params,
     _read_record,
     ensure_demo_tree,
+    make_demo_tree,
     save_preview,
 )
 from breastmri.simulate.phantom import DEMO_DEFAULTS
@@ -51,6 +52,10 @@ def main(argv=None):
     parser.add_argument("--correlated-noise", action="store_true",
                         help="DCE noise of a zero-filled acquisition, correlated between neighbouring pixels as a "
                              "scanner's")
+    parser.add_argument("--realism", metavar="SERIES_DIR",
+                        help="print the realism statistics of a generated DCE series (one patient with these "
+                             "options, in a temporary folder) next to those of a real DCE series folder; writes no "
+                             "tree (breastmri/evaluate/realism.py)")
     parser.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
                         help="save a preview figure (default <out>/preview.png)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a matching tree exists")
@@ -68,6 +73,9 @@ def main(argv=None):
         _check_params(**params)
     except ValueError as err:
         parser.error(str(err))
+    if args.realism:
+        print(realism_table(args.realism, dict(params, patients=1)))
+        return
 
     out = Path(args.out)
     before = _read_record(out)
@@ -86,6 +94,24 @@ def main(argv=None):
           f"modality units (RescaleSlope {summary['rescale_slope']:g}), seed {params['seed']}")
     if args.preview is not None:
         print(f"  preview: {save_preview(out, args.preview or None)}")
+
+
+def realism_table(series_dir, params):
+    """The realism statistics of the first DCE series of a generated tree (params of make_demo_tree) next to those
+    of a real DCE series folder, as a markdown table."""
+    import tempfile
+
+    from breastmri.evaluate.realism import dynamic_frames, statistics, table
+
+    frames, times, description = dynamic_frames(series_dir)
+    columns = {f"{series_dir} ({description})": statistics(frames, times)}
+    with tempfile.TemporaryDirectory(prefix="realism-") as tmp:
+        make_demo_tree(Path(tmp) / "tree", **params)
+        first = sorted(Path(tmp, "tree").rglob("*dynamic*"))[0]
+        frames, times, _ = dynamic_frames(first)
+    size = f"{params['slices']} slices x {params['time_points']} time points"
+    columns[f"demo_data.py ({size})"] = statistics(frames, times)
+    return table(columns)
 
 
 if __name__ == "__main__":

@@ -94,8 +94,9 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     if cfg["train"]["distribute"] == "multi_worker" and not is_chief():
         return None  # the chief evaluates and writes the run; this worker's copy is gone
-    if args.eval_only:
-        setup_devices(cfg["train"])
+    if args.eval_only:  # one process evaluates, whatever the run was trained with
+        distribute = cfg["train"]["distribute"]
+        setup_devices({**cfg["train"], "distribute": "none" if distribute == "multi_worker" else distribute})
         previous = run_dir / "metrics.json"
         if previous.is_file() and "train" in json.loads(previous.read_text()):
             extra = {"train": json.loads(previous.read_text())["train"]}  # keep the training figures

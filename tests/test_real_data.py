@@ -118,3 +118,13 @@ def test_benchmark_scores_real_frames_one_by_one(smoke_run):
         assert held["held_back_frames"] and not set(held["held_back_frames"]) & set(held["frames"])
     text = markdown(real)
     assert "Real data, frame by frame" in text and "| 69 |" in text
+
+
+def test_realism_statistics_of_the_twist_dynamic():
+    from breastmri.evaluate.realism import dynamic_frames, statistics
+
+    frames, times, _ = dynamic_frames(PROSTATEX)
+    s = statistics(frames, times)
+    assert s["time_points"] == 70 and s["spacing_s"] == pytest.approx(4.2, abs=0.1)
+    assert min(s["noise_correlation"]) > 0.4  # a scanner's noise: correlated between neighbouring pixels
+    assert s["largest_shift_px"] < 0.5 and s["snr"] > 10

@@ -202,6 +202,10 @@ class PairedSlices(keras.utils.PyDataset):
         self.patch_size = None if patch_size is None else int(patch_size)
         self.seed = int(seed)
         self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
+        if self.shard is not None and self.steps_per_epoch is None:
+            # every global batch full (the endless stream of passes): a short last batch would leave a worker an
+            # empty share, or shares of unequal size whose averaged gradient is not the global batch's
+            self.steps_per_epoch = max(1, len(self.rows) // self.batch_size)
         self.tissue_threshold, self.crop_candidates = float(tissue_threshold), int(crop_candidates)
         self.epoch = 0
         self._arrays = {}            # path -> np.memmap, filled lazily by array()

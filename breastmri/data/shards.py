@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from breastmri.config import ConfigError
-from breastmri.data.manifest import read_manifest, write_manifest, write_text_atomic
+from breastmri.data.manifest import read_manifest, temporary_path, write_manifest, write_text_atomic
 from breastmri.data.splits import SPLITS, check_patient_split
 
 
@@ -52,9 +52,10 @@ def merge(dirs, out_dir):
         if not path.is_file():
             raise ConfigError(f"--merge: {path} does not exist; preprocess that shard first")
         summaries.append(json.loads(path.read_text()))
-    hashes = {s["config_hash"] for s in summaries}
-    if len(hashes) > 1:
-        raise ConfigError(f"--merge: the shards were made with other settings (config hashes {sorted(hashes)})")
+    settings = {json.dumps([s["config_hash"], s["config"].get("seed"), s["config"].get("preprocess"),
+                            s["config"].get("degrade")], sort_keys=True, default=str) for s in summaries}
+    if len(settings) > 1:
+        raise ConfigError("--merge: the shards were made with other settings (seed, preprocess or degrade differ)")
     shards = [tuple(s.get("shard") or (0, 1)) for s in summaries]
     counts = {n for _, n in shards}
     if len(counts) > 1 or sorted(i for i, _ in shards) != list(range(max(counts))):
@@ -71,12 +72,14 @@ def merge(dirs, out_dir):
     for d in dirs:
         for source in (d / "arrays").iterdir():
             target = out / "arrays" / source.name
-            if target.exists():
+            if target.exists() and os.path.samefile(source, target):
                 continue
+            staged = temporary_path(target)  # a stale file of an earlier merge is replaced, never kept
             try:
-                os.link(source, target)
+                os.link(source, staged)
             except OSError:  # another file system: copy
-                shutil.copy2(source, target)
+                shutil.copy2(source, staged)
+            os.replace(staged, target)
     write_manifest(out / "manifest.csv", rows)
     summary = _merged_summary(summaries, rows, dirs, out)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
@@ -93,7 +96,12 @@ def _merged_summary(summaries, rows, dirs, out):
         merged[key] = sum(s.get(key, 0) for s in summaries)
     for key in ("dynamics", "sigma_disagreements"):
         merged[key] = [item for s in summaries for item in s.get(key, [])]
-    merged["sigma_methods"] = dict(sum((Counter(s.get("sigma_methods", {})) for s in summaries), Counter()))
+    for key in ("sigma_methods", "series_notes", "field_strengths_t"):
+        merged[key] = dict(sum((Counter(s.get(key, {})) for s in summaries), Counter()))
+    # what indexing skipped is the same in every shard (each reads the whole tree); what processing skipped
+    # (unreadable pixels) is each shard's own
+    processing = [Counter(s.get("series_skipped", {})) - Counter(first.get("series_skipped", {})) for s in summaries]
+    merged["series_skipped"] = dict(Counter(first.get("series_skipped", {})) + sum(processing[1:], Counter()))
     patients = {name: sorted({p for s in summaries for p in s["patients_per_split"][name]}) for name in SPLITS}
     merged["patients_per_split"] = patients
     merged["patients"] = {name: len(p) for name, p in patients.items()}

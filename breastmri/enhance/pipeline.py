@@ -164,7 +164,7 @@ def _enhanced(series, enhancer, batch_size, tile, force_tiling, max_pixels):
 
         # padding counts as no signal (it is written back as padding), not as a spike at lo
         measured = normalized if padding is None else np.where(padding, np.float32(zero), normalized)
-        pred = correct_rician_mean(pred, series_sigma(measured, zero)[0], zero)
+        pred = correct_rician_mean(pred, series_sigma(measured, zero, series.layout)[0], zero)
     return raw, pred.astype(np.float64) * float(scale) + lo, padding, lo, hi, info
 
 

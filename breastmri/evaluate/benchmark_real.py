@@ -14,8 +14,9 @@ positions in its middle (--real-positions). Two references:
 - **held-back frames** (the pre-contrast frames only): the last HELD_BACK pre-contrast frames are removed from what
   every method sees, and the earlier pre-contrast frames are scored against the average of the held-back 3T frames:
   the same anatomy before contrast, with noise that no method saw. That ranks methods on real noise without a
-  truth; motion between the frames counts against every method alike, and view-sharing sequences (TWIST) share
-  part of their noise between frames, which makes the reference less independent than it looks.
+  truth; motion between the frames counts against every method alike, view-sharing sequences (TWIST) share part
+  of their noise between frames, which makes the reference less independent than it looks, and the methods see a
+  sequence two frames shorter (renumbered), which costs the temporal methods two pre-contrast neighbours.
 
 Every number is per frame (the mean over the scored positions) as well as over the frames: a method that helps late
 frames and harms early ones shows it. PSNR is taken inside the body (the mean frame above 10% of its 99th
@@ -34,7 +35,8 @@ import numpy as np
 
 from breastmri.data import preprocess
 from breastmri.data.manifest import _zero, read_manifest
-from breastmri.restore.denoisers import denoise, denoise_frames
+from breastmri.restore.denoisers import correct_rician_mean, denoise, denoise_frames
+from breastmri.restore.training import needs_rician_correction
 
 MIN_TIME_POINTS = 8
 HELD_BACK = 2          # pre-contrast frames held back as the independent reference
@@ -48,6 +50,8 @@ def real_part(real_root, run, methods, positions=3, series_filter="", log=print)
     methods of REAL_METHODS named in `methods`; `run` is benchmark_runs.read_run's record of the model's run."""
     chosen = [m for m in REAL_METHODS if m in methods or m == "noisy"]
     cfg = dict(run["cfg"], preprocess=dict(run["cfg"]["preprocess"], series_filter=series_filter))
+    if cfg["degrade"]["model"] == "none":  # a self-supervised run on 1.5T scans: the benchmark needs the 3T pair
+        cfg["degrade"] = dict(cfg["degrade"], model="field")
     enhancer = None
     if "unet" in chosen:
         from breastmri.enhance.enhancer import load_enhancer
@@ -154,6 +158,8 @@ def _run(method, noisy, frames, positions, zero, sigma_total, sigma_src, enhance
         t, z = seen.shape[:2]
         layout = [(i, k) for i in range(t) for k in range(z)]
         pred, _ = predict_stack(enhancer, seen.reshape((t * z,) + seen.shape[2:]), zero=zero, layout=layout)
+        if needs_rician_correction(enhancer.cfg, "field"):  # a self-supervised run learned E[magnitude]
+            pred = correct_rician_mean(pred, sigma_total, zero)
         return pred.reshape(seen.shape)[:, positions]
     magnitude = seen - np.float32(zero)
     common = dict(rician=True, reference_sigma=sigma_src)

@@ -44,10 +44,13 @@ def tf_config(hosts, index):
 
 
 def worker_task():
-    """(task index, number of workers) from TF_CONFIG, or (0, 1) without one."""
+    """(task index, number of workers) from TF_CONFIG, or (0, 1) without one. A cluster with a "chief" task (as
+    Vertex AI and Kubeflow write it) counts the chief as task 0 and its workers after it."""
     config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    workers = config.get("cluster", {}).get("worker", [])
-    return int(config.get("task", {}).get("index", 0)), max(1, len(workers))
+    cluster, task = config.get("cluster", {}), config.get("task", {})
+    chiefs = len(cluster.get("chief", []))
+    index = int(task.get("index", 0)) + (chiefs if task.get("type", "worker") == "worker" else 0)
+    return index, max(1, chiefs + len(cluster.get("worker", [])))
 
 
 def is_chief():
@@ -99,8 +102,8 @@ def prepare_for_workers(model, strategy, dataset):
 
 def _reduce_scalar_logs_across_workers():
     """Keras 3.15 averages a step's logs (loss, metrics: scalars) across workers with strategy.reduce(..., axis=0),
-    which fails on a scalar ("Invalid reduction dimension 0 for input with 0 dimensions"; tensorflow/tensorflow
-    issue 72388). The mean over the replicas of a scalar is strategy.reduce(..., axis=None): the step function
+    which fails on a scalar ("Invalid reduction dimension 0 for input with 0 dimensions";
+    tensorflow/tensorflow#72388). The mean over the replicas of a scalar is strategy.reduce(..., axis=None): the step function
     looks reduce_per_replica up at call time, so this wraps it for multi-worker strategies only."""
     from keras.src import tree
     from keras.src.backend.tensorflow import trainer as tf_trainer

@@ -210,7 +210,8 @@ def difference_images(magnitude, layout, body_fraction=0.1):
     saturation changes the level of all tissue alike); the difference of two frames with independent noise of
     level sigma, d = (f1 - a f0) / sqrt(1 + a^2), then has level sigma. The body is where the mean of the two
     frames exceeds body_fraction of its 99th percentile and neither frame is masked to 0: there the magnitude is
-    close to Gaussian; motion left after the rigid shift shows at edges only, which a median ignores."""
+    close to Gaussian; pixels more than 3.5 robust sigmas off (contrast arriving between the frames, motion left at
+    an edge after the rigid shift) are left out of the mask."""
     if layout is None or len(layout) != len(magnitude):
         return None
     index = {tk: i for i, tk in enumerate(layout)}
@@ -228,7 +229,13 @@ def difference_images(magnitude, layout, body_fraction=0.1):
         if np.count_nonzero(body) < 16:
             continue
         scale = float(np.median(second[body]) / np.median(first[body]))
-        images.append(np.where(body, (second - scale * first) / math.sqrt(1 + scale * scale), 0.0))
+        diff = (second - scale * first) / math.sqrt(1 + scale * scale)
+        # pixels whose difference is not noise (contrast arriving, motion left at an edge) would dominate the
+        # correlation and the spectrum, which are means: they are left out beyond 3.5 robust sigmas
+        centre = np.median(diff[body])
+        spread = 1.4826 * np.median(np.abs(diff[body] - centre))
+        body &= np.abs(diff - centre) <= 3.5 * spread
+        images.append(np.where(body, diff, 0.0))
         masks.append(body)
     return (np.stack(images), np.stack(masks)) if images else None
 
@@ -247,22 +254,33 @@ def neighbour_correlation(images, masks):
     return out
 
 
-def noise_spectrum(differences, smooth_bins=5):
-    """{"rows": [...], "cols": [...]}: the separable power spectrum of a series' noise, from its frame
-    differences (difference_images: periodograms of the body-masked difference images, averaged over the other
-    axis and the slice positions, circularly smoothed over smooth_bins frequencies, each normalized to mean 1);
-    WHITE (None) when the series does not repeat its anatomy (differences None)."""
+def noise_spectrum(differences, max_lag=16):
+    """{"rows": [...], "cols": [...]}: the separable power spectrum of a series' noise, from its frame differences
+    (difference_images); WHITE (None) when the series does not repeat its anatomy (differences None).
+
+    Along each axis, the correlation of the difference images with themselves shifted by 0..max_lag pixels is
+    taken over the pixel pairs that both lie in the masks (so the mask's holes and edges do not enter, as they would
+    a periodogram), tapered by a Hann window over the lags, and Fourier transformed into a power spectrum on the
+    image's frequencies (negative values from the finite lags clipped), with mean 1."""
     if differences is None:
         return WHITE
     images, masks = differences
-    power = np.abs(np.fft.fft2(images)) ** 2 / max(float(masks.mean()), 1e-12)
     spectrum = {}
     for name, axis in (("rows", 1), ("cols", 2)):
-        marginal = power.mean(axis=(0, 3 - axis))
-        kernel = np.ones(smooth_bins) / smooth_bins
-        padded = np.concatenate([marginal[-(smooth_bins // 2):], marginal, marginal[:smooth_bins // 2]])
-        marginal = np.convolve(padded, kernel, mode="valid")
-        spectrum[name] = (marginal / marginal.mean()).round(5).tolist()
+        n = images.shape[axis]
+        lags = min(max_lag, n // 2 - 1)
+        acf = np.zeros(n)
+        acf[0] = 1.0
+        for lag in range(1, lags + 1):
+            head, tail = [slice(None)] * 3, [slice(None)] * 3
+            head[axis], tail[axis] = slice(None, -lag), slice(lag, None)
+            both = masks[tuple(head)] & masks[tuple(tail)]
+            x, y = images[tuple(head)][both], images[tuple(tail)][both]
+            value = float(np.corrcoef(x, y)[0, 1]) if x.size > 2 else 0.0
+            taper = 0.5 * (1 + math.cos(math.pi * lag / (lags + 1)))
+            acf[lag] = acf[n - lag] = taper * (value if np.isfinite(value) else 0.0)
+        power = np.clip(np.fft.fft(acf).real, 1e-3 * max(np.fft.fft(acf).real.max(), 1e-12), None)
+        spectrum[name] = (power / power.mean()).round(5).tolist()
     return spectrum
 
 

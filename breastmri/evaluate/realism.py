@@ -1,0 +1,141 @@
+"""How real does a DCE series look? The statistics a generated series and a real one are compared by.
+
+    python demo_data.py --realism path/to/real/DCE/series      # the real series next to a generated one
+
+Every statistic is computed by the same code on both, at the middle slice position of the dynamic (the series,
+or the series stored one per time point, assembled as preprocessing assembles them):
+
+- region: the body (the mean frame above 10% of its 99th percentile), restricted to the 55% of the body's width
+  farthest from the chest wall (the image side the body covers most: the torso leaves the field of view there);
+- noise: 1.4826 x the median absolute deviation of (frame 1 - frame 0) / sqrt(2) in the region;
+- SNR: the mean of frame 0 in the region over that noise;
+- noise neighbour correlation: the correlation coefficient of that difference image with itself shifted by one
+  pixel along each image axis, inside the region;
+- projection residual: the PSNR in the region of the local temporal PCA projection of the frames (8 x 8 blocks at
+  stride 4, Marchenko-Pastur edge, noise from the smallest eigenvalue of the whole slice's temporal covariance;
+  data.context.temporal_projection "local") against the frames themselves, range the 99.5th percentile of the
+  frames in the region: how far a series is from "exactly low-rank plus white noise";
+- time points, their spacing (the median gap of the acquisition times), the frames before contrast arrives (until
+  the region's mean moves more than 3% from frame 0), and the largest rigid shift of a frame from frame 0 (phase
+  correlation, pixels).
+"""
+
+import math
+
+import numpy as np
+import pydicom
+
+from breastmri.data.context import temporal_projection
+from breastmri.dicom.dynamics import assemble_dynamics
+from breastmri.dicom.headers import _seconds
+from breastmri.dicom.index import index
+from breastmri.dicom.pixels import read_series
+
+BREAST_FRACTION = 0.55
+PRE_CONTRAST_CHANGE = 0.03
+
+
+def dynamic_frames(series_dir):
+    """(frames (T, H, W) at the middle position of the longest dynamic under series_dir, acquisition times (s)
+    or None, its description). ValueError when the folder holds no series of at least 3 time points."""
+    series, _, _ = index(series_dir)
+    series, _ = assemble_dynamics(series)
+    series = [s for s in series if len({t for t, _ in s.layout}) >= 3]
+    if not series:
+        raise ValueError(f"{series_dir} holds no MR series of at least 3 time points")
+    s = max(series, key=lambda s: len({t for t, _ in s.layout}))
+    raw = read_series(s)
+    positions = sorted({k for _, k in s.layout})
+    middle = positions[len(positions) // 2]
+    picks = sorted((t, i) for i, (t, k) in enumerate(s.layout) if k == middle)
+    return raw[[i for _, i in picks]], _times(s, [i for _, i in picks]), s.series_description
+
+
+def _times(series, indices):
+    """Acquisition times (s) of the picked frames (AcquisitionTime, else TriggerTime, of each frame's file); None
+    when the headers do not give them (multi-frame objects keep theirs per frame in functional groups)."""
+    times = []
+    for i in indices:
+        path, frame = series.frames[i]
+        if frame is not None:
+            return None
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        value = _seconds(ds.get("AcquisitionTime"))
+        if value is None and ds.get("TriggerTime") not in (None, ""):
+            value = float(ds.TriggerTime) / 1000
+        if value is None:
+            return None
+        times.append(value)
+    return np.asarray(times)
+
+
+def breast_region(frames):
+    """Boolean (H, W): the body, restricted to the BREAST_FRACTION of its width farthest from the chest wall."""
+    mean = frames.mean(axis=0)
+    body = mean > 0.1 * np.percentile(mean, 99)
+    edges = {"top": body[0].mean(), "bottom": body[-1].mean(), "left": body[:, 0].mean(), "right": body[:, -1].mean()}
+    chest = max(edges, key=edges.get)
+    axis = 0 if chest in ("top", "bottom") else 1
+    extent = np.flatnonzero(body.any(axis=1 - axis))
+    lo, hi = extent[0], extent[-1] + 1
+    keep = int(round(BREAST_FRACTION * (hi - lo)))
+    band = np.zeros(body.shape[axis], bool)
+    if chest in ("top", "left"):
+        band[hi - keep:hi] = True
+    else:
+        band[lo:lo + keep] = True
+    region = body & (band[:, None] if axis == 0 else band[None, :])
+    return region
+
+
+def statistics(frames, times_s=None):
+    """The statistics of the module docstring for frames (T, H, W) of one slice position."""
+    frames = np.asarray(frames, np.float64)
+    region = breast_region(frames)
+    diff = (frames[1] - frames[0]) / math.sqrt(2)
+    values = diff[region]
+    noise = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+    correlation = []
+    for axis in (0, 1):
+        head = [slice(None)] * 2
+        tail = [slice(None)] * 2
+        head[axis], tail[axis] = slice(None, -1), slice(1, None)
+        both = region[tuple(head)] & region[tuple(tail)]
+        correlation.append(round(float(np.corrcoef(diff[tuple(head)][both], diff[tuple(tail)][both])[0, 1]), 3))
+    projected = temporal_projection(frames.astype(np.float32), "local").astype(np.float64)
+    data_range = float(np.percentile(frames[:, region], 99.5))
+    mse = float(np.mean((projected - frames)[:, region] ** 2))
+    level = frames[:, region].mean(axis=1)
+    moved = np.abs(level / level[0] - 1) > PRE_CONTRAST_CHANGE
+    from skimage.registration import phase_cross_correlation
+
+    shifts = [float(np.hypot(*phase_cross_correlation(frames[0], f, upsample_factor=20, normalization=None)[0]))
+              for f in frames[1:]]
+    return {
+        "time_points": len(frames),
+        "spacing_s": None if times_s is None else round(float(np.median(np.diff(times_s))), 2),
+        "frames_before_contrast": int(np.argmax(moved)) if moved.any() else len(frames),
+        "snr": round(float(frames[0][region].mean()) / noise, 1) if noise > 0 else None,
+        "noise_correlation": correlation,
+        "projection_residual_db": round(10 * math.log10(data_range ** 2 / mse), 1) if mse > 0 else None,
+        "largest_shift_px": round(max(shifts), 2) if shifts else 0.0,
+        "region_pixels": int(region.sum()),
+    }
+
+
+def table(columns):
+    """Markdown table of statistics side by side: columns is {name: statistics dict}."""
+    names = list(columns)
+    rows = [("time points", "time_points"), ("spacing (s)", "spacing_s"),
+            ("frames before contrast arrives", "frames_before_contrast"), ("SNR in the breast", "snr"),
+            ("noise neighbour correlation (axis 0, axis 1)", "noise_correlation"),
+            ("projection residual (dB)", "projection_residual_db"), ("largest rigid shift from frame 0 (px)",
+                                                                      "largest_shift_px")]
+    lines = ["| statistic | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, key in rows:
+        cells = []
+        for name in names:
+            value = columns[name].get(key)
+            cells.append(", ".join(map(str, value)) if isinstance(value, list) else "-" if value is None else str(value))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
