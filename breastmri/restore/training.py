@@ -213,6 +213,7 @@ def _first_pass(backup_dir):
 
 def train(cfg, data_dir, run_dir, resume=False):
     import keras
+    import tensorflow as tf
 
     from breastmri.restore.networks import get_model, size_multiple
 
@@ -295,7 +296,8 @@ def train(cfg, data_dir, run_dir, resume=False):
     best = (int(np.argmax(monitored) if direction == "max" else np.argmin(monitored))) if monitored else None
     # wall time of fit(), per-epoch validation included; benchmark.py measures training steps alone
     return {"seconds": round(seconds, 1), "epochs_run": len(losses),
-            "distribute": {"strategy": STRATEGY_NAME if distributed else type(strategy).__name__,
+            "distribute": {"strategy": STRATEGY_NAME if distributed else "mirrored" if isinstance(
+                               strategy, tf.distribute.MirroredStrategy) else "default",
                            "workers": workers, "replicas": int(strategy.num_replicas_in_sync),
                            "global_batch": t["batch_size"], "shard": t["shard"] if distributed else None,
                            "task": task},
