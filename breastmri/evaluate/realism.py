@@ -30,6 +30,7 @@ from breastmri.dicom.dynamics import assemble_dynamics
 from breastmri.dicom.headers import _seconds
 from breastmri.dicom.index import index
 from breastmri.dicom.pixels import read_series
+from breastmri.simulate.noise import neighbour_correlation
 
 BREAST_FRACTION = 0.55
 PRE_CONTRAST_CHANGE = 0.03
@@ -95,13 +96,7 @@ def statistics(frames, times_s=None):
     diff = (frames[1] - frames[0]) / math.sqrt(2)
     values = diff[region]
     noise = 1.4826 * float(np.median(np.abs(values - np.median(values))))
-    correlation = []
-    for axis in (0, 1):
-        head = [slice(None)] * 2
-        tail = [slice(None)] * 2
-        head[axis], tail[axis] = slice(None, -1), slice(1, None)
-        both = region[tuple(head)] & region[tuple(tail)]
-        correlation.append(round(float(np.corrcoef(diff[tuple(head)][both], diff[tuple(tail)][both])[0, 1]), 3))
+    correlation = [round(c, 3) for c in neighbour_correlation(diff[None], region[None])]
     projected = temporal_projection(frames.astype(np.float32), "local").astype(np.float64)
     data_range = float(np.percentile(frames[:, region], 99.5))
     mse = float(np.mean((projected - frames)[:, region] ** 2))

@@ -240,18 +240,19 @@ def difference_images(magnitude, layout, body_fraction=0.1):
     return (np.stack(images), np.stack(masks)) if images else None
 
 
+def lag_correlation(images, masks, axis, lag=1):
+    """The correlation coefficient of images (m, H, W) with themselves shifted by `lag` pixels along `axis` (1: rows,
+    2: columns), over the pixel pairs that both lie in the masks; nan with fewer than 3 pairs."""
+    head, tail = [slice(None)] * 3, [slice(None)] * 3
+    head[axis], tail[axis] = slice(None, -lag), slice(lag, None)
+    both = masks[tuple(head)] & masks[tuple(tail)]
+    x, y = images[tuple(head)][both], images[tuple(tail)][both]
+    return float(np.corrcoef(x, y)[0, 1]) if x.size > 2 else float("nan")
+
+
 def neighbour_correlation(images, masks):
-    """[rows, cols]: the correlation coefficient of noise images with themselves shifted by one pixel along each
-    image axis, over the pixel pairs that both lie in the masks."""
-    out = []
-    for axis in (1, 2):
-        head = [slice(None)] * 3
-        tail = [slice(None)] * 3
-        head[axis], tail[axis] = slice(None, -1), slice(1, None)
-        both = masks[tuple(head)] & masks[tuple(tail)]
-        x, y = images[tuple(head)][both], images[tuple(tail)][both]
-        out.append(float(np.corrcoef(x, y)[0, 1]) if x.size > 2 else float("nan"))
-    return out
+    """[rows, cols]: the correlation of noise images (m, H, W) with their neighbouring pixel along each axis."""
+    return [lag_correlation(images, masks, axis) for axis in (1, 2)]
 
 
 def noise_spectrum(differences, max_lag=16):
@@ -272,11 +273,7 @@ def noise_spectrum(differences, max_lag=16):
         acf = np.zeros(n)
         acf[0] = 1.0
         for lag in range(1, lags + 1):
-            head, tail = [slice(None)] * 3, [slice(None)] * 3
-            head[axis], tail[axis] = slice(None, -lag), slice(lag, None)
-            both = masks[tuple(head)] & masks[tuple(tail)]
-            x, y = images[tuple(head)][both], images[tuple(tail)][both]
-            value = float(np.corrcoef(x, y)[0, 1]) if x.size > 2 else 0.0
+            value = lag_correlation(images, masks, axis, lag)
             taper = 0.5 * (1 + math.cos(math.pi * lag / (lags + 1)))
             acf[lag] = acf[n - lag] = taper * (value if np.isfinite(value) else 0.0)
         power = np.clip(np.fft.fft(acf).real, 1e-3 * max(np.fft.fft(acf).real.max(), 1e-12), None)
