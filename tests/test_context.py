@@ -180,7 +180,7 @@ def test_local_projection_averages_every_block_as_a_direct_loop_does():
 def test_the_separable_spline_shift_is_scipys_quintic_shift(shift):
     from scipy import ndimage
 
-    from breastmri.data.context import _spline_shift
+    from breastmri.registration import _spline_shift
 
     image = ndimage.gaussian_filter(np.random.default_rng(1).random((37, 53)), 1.5).astype(np.float32)
     expected = ndimage.shift(image, shift, order=5, mode="mirror")
@@ -252,7 +252,7 @@ def test_registered_projection_undoes_frame_motion():
     courses), on each frame's own grid."""
     from scipy import ndimage
 
-    from breastmri.data.context import REGISTER_MAX_SHIFT, register_shifts, shift_frames
+    from breastmri.registration import REGISTER_MAX_SHIFT, register_shifts, shift_frames
 
     rng = np.random.default_rng(3)
     texture = ndimage.gaussian_filter(rng.random((96, 96)), 1.5).astype(np.float32)

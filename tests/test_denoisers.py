@@ -156,7 +156,7 @@ def test_registration_lets_the_multiframe_methods_follow_moving_frames(method):
     """Frames of one phantom moved by sub-pixel shifts, as a patient settles: with register=True (what the
     benchmark gives every multi-frame method) each method denoises the aligned frames and returns every frame on
     its own grid, closer to that frame's truth than without registration."""
-    from breastmri.data.context import shift_frames
+    from breastmri.registration import shift_frames
 
     shifts = np.array([[0, 0], [1.4, -0.6], [-0.8, 1.1], [0.5, 1.5]], np.float32)
     truth = shift_frames(np.stack([phantom(64)] * 4), -shifts)

@@ -11,7 +11,7 @@ from breastmri.config import load_config
 from breastmri.data import preprocess
 from breastmri.data.manifest import read_manifest
 from breastmri.data.paired import PairedSlices
-from breastmri.dicom.dynamics import assemble_dynamics, protocol_name
+from breastmri.dicom.dynamics import assemble_dynamics, describe_dynamic, protocol_name
 from breastmri.dicom.index import index
 from breastmri.enhance import pipeline
 from breastmri.simulate.degrade import add_noise
@@ -43,13 +43,14 @@ def test_split_dynamics_are_one_series_per_time_point_and_are_assembled(trees):
     dce = [s for s in series if "TT=" in s.series_description]
     assert len(dce) == 2 * 2 * 5 or len(dce) % 5 == 0  # every visit's DCE: one series per time point
     assert all(len({t for t, _ in s.layout}) == 1 for s in dce)
-    assembled, dynamics = assemble_dynamics(series)
+    assembled = assemble_dynamics(series)
+    dynamics = [describe_dynamic(s) for s in assembled if s.dynamic]
     assert len(dynamics) == len(dce) // 5 and all(d["time_points"] == 5 for d in dynamics)
     assert all(d["ordered_by"] == "TriggerTime" for d in dynamics)
     for d in dynamics:  # the members are the series 801.. in time order, named by their time
         assert d["series_numbers"] == list(range(801, 806))
         assert len({protocol_name(s) for s in dce if s.series_uid in d["series_uids"]}) == 1
-    assert assemble_dynamics(series, "off") == (series, [])
+    assert assemble_dynamics(series, "off") == series
 
 
 def test_assembled_dynamic_gives_the_arrays_of_the_same_dce_stored_whole(trees, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from breastmri.config import load_config
 from breastmri.data import preprocess
 from breastmri.data.manifest import read_manifest
-from breastmri.dicom.dynamics import assemble_dynamics
+from breastmri.dicom.dynamics import assemble_dynamics, describe_dynamic
 from breastmri.dicom.index import ASL_LABEL_CONTROL_REASON, index
 from breastmri.dicom.pixels import read_series
 from breastmri.enhance import pipeline
@@ -29,7 +29,8 @@ TWIST_SERIES = list(range(27, 97))  # Twist_dynamic_Wip576_TT=8.0s .. TT=298.9s
 @pytest.fixture(scope="module")
 def prostatex():
     series, skips, files_seen = index(PROSTATEX)
-    assembled, dynamics = assemble_dynamics(series)
+    assembled = assemble_dynamics(series)
+    dynamics = [describe_dynamic(s) for s in assembled if s.dynamic]
     return series, skips, assembled, dynamics
 
 

@@ -36,11 +36,11 @@ from breastmri.data.context import (
     context_slices,
     position_frames,
     projection_kind,
-    register_shifts,
     temporal_projection,
 )
 from breastmri.data.manifest import _layout_of, _simulated, _zero, read_manifest, spread_slices
 from breastmri.data.selfsup import selfsup_sample
+from breastmri.registration import register_shifts
 from breastmri.runtime import keep_freed_memory
 from breastmri.simulate.degrade import add_noise, decorrelated_target
 
@@ -451,7 +451,7 @@ class PairedSlices(keras.utils.PyDataset):
         return value
 
     def _stored_shifts(self, row, projected, array):
-        """The registration of a position's frames `projected` of `array` (context.register_shifts), for a
+        """The registration of a position's frames `projected` of `array` (registration.register_shifts), for a
         registered projection of a new draw of them or of a window: the motion is the anatomy's, and estimating it
         again on every sample would cost as much as the projection of a crop."""
         key = (row[array], tuple(projected))

@@ -58,7 +58,7 @@ from breastmri.data.grid import square_slice
 from breastmri.data.manifest import TMP_PREFIX, temporary_path, write_manifest, write_text_atomic
 from breastmri.data.shards import in_share
 from breastmri.data.splits import SPLITS, check_patient_split, check_split_fractions, split_patients, split_warnings
-from breastmri.dicom.dynamics import assemble_dynamics, check_mode, source_series_uids
+from breastmri.dicom.dynamics import assemble_dynamics, check_mode, describe_dynamic, source_series_uids
 from breastmri.dicom.index import scan_tree
 from breastmri.dicom.kinds import check_include_kinds
 from breastmri.dicom.pixels import SeriesReadError, read_series, read_truth
@@ -316,7 +316,7 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
                                                 include_kinds=cfg["preprocess"]["include_kinds"])
         series_found = len(series_list) + sum(skips.series.values())  # before any pixel was read
         # a DCE stored one series per time point becomes one time series (its members keep their own uids)
-        series_list, dynamics = assemble_dynamics(series_list, cfg["preprocess"]["assemble_dynamics"])
+        series_list = assemble_dynamics(series_list, cfg["preprocess"]["assemble_dynamics"])
         patients = {s.patient_id for s in series_list}
         series_list = [s for s in series_list if in_share(s.patient_id, shard)]
         if shard is not None and patients and not series_list:
@@ -415,7 +415,7 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
         "series_with_masked_background": sum(bool(i.get("masked_background")) for i in infos),
         "field_strengths_t": dict(field_strengths),
         "series_notes": dict(Counter(n for s in used for n in s.notes)),
-        "dynamics": [d for d in dynamics if d["id"] in {s.series_uid for s in used}],
+        "dynamics": [describe_dynamic(s) for s in used if s.dynamic],
         "series_with_truth": sum(r["truth_file"] != "" for r in rows if r["slice_index"] == 0),
         "image_size": cfg["preprocess"]["image_size"], "dtype": cfg["preprocess"]["dtype"],
         "config_hash": chash, "workers": workers, "shard": list(shard) if shard else None,

@@ -8,7 +8,8 @@ identity and learns the signal from the surroundings.
 
 import numpy as np
 
-from breastmri.data.context import reflect, register_shifts, shift_frames, temporal_projection
+from breastmri.data.context import reflect, temporal_projection
+from breastmri.registration import register_shifts, shift_frames
 
 
 def blind_spot(image, rng, fraction, radius=2, time_courses=None):
@@ -118,8 +119,8 @@ def registered_target(ds, key, reference, moving):
 
     A noise2noise target must show the input's anatomy, or the network learns the motion between them as blur:
     the demo's pre-contrast frames, each moved by up to 1.5 mm, differ by 23.6 dB in truth PSNR, worse than
-    their noise; registered, by 34.0 dB. Rigid, the registration the projection gets (context.register_shifts,
-    cached per pair; context.shift_frames, a Fourier shift, which keeps the target's noise zero-mean and
+    their noise; registered, by 34.0 dB. Rigid, the registration the projection gets (registration.register_shifts,
+    cached per pair; registration.shift_frames, a Fourier shift, which keeps the target's noise zero-mean and
     independent of the input's); pixels whose source lies outside the slice get weight 0. Elastic motion is
     left."""
     shift = ds._shifts.get(key)  # a single dict operation: safe with threaded workers

@@ -1,6 +1,6 @@
 """Dynamics stored one series per time point, assembled into one time series.
 
-    series_list, dynamics = assemble_dynamics(series_list)        # preprocess.assemble_dynamics: auto
+    series_list = assemble_dynamics(series_list)        # preprocess.assemble_dynamics: auto
 
 Siemens (TWIST and VIBE dynamics), GE (DISCO) and many archives store a DCE acquisition as one series per time point;
 Duke-Breast-Cancer-MRI stores its pre- and post-contrast phases as separate series. Read one by one, each is a
@@ -79,7 +79,7 @@ def dynamic_id(members):
 def merge(members, ordered_by):
     """One Series holding the members' frames, member after member, time index = the member's rank."""
     first = members[0]
-    frames, sops, slopes, intercepts, layout, entries = [], [], [], [], [], []
+    frames, sops, slopes, intercepts, times, layout, entries = [], [], [], [], [], [], []
     for rank, m in enumerate(members):
         entries.append({"series_uid": m.series_uid, "series_number": m.series_number,
                         "series_description": m.series_description, "truth_dir": m.truth_dir,
@@ -88,12 +88,13 @@ def merge(members, ordered_by):
         sops += m.sop_instance_uids
         slopes += m.slopes
         intercepts += m.intercepts
+        times += m.times
         layout += [(rank, k) for _, k in m.layout]
     uid = dynamic_id(members)
     truth_dir = first.truth_dir if all(m.truth_dir for m in members) else None
     return replace(
         first, series_uid=uid, series_description=f"{protocol_name(first)} (dynamic of {len(members)} series)",
-        frames=frames, sop_instance_uids=sops, slopes=slopes, intercepts=intercepts,
+        frames=frames, sop_instance_uids=sops, slopes=slopes, intercepts=intercepts, times=times,
         temporal_index=[t for t, _ in layout], layout=layout, n_files=sum(m.n_files for m in members),
         padded=any(m.padded for m in members), truth_dir=truth_dir,
         notes=sorted({n for m in members for n in m.notes} | {f"dynamic assembled from {len(members)} series"}),
@@ -101,32 +102,32 @@ def merge(members, ordered_by):
 
 
 def assemble_dynamics(series_list, mode="auto"):
-    """(series list with each dynamic's members replaced by one assembled Series, at the first member's place;
-    a list of the dynamics: id, member series uids and numbers, time points and the ordering tag)."""
+    """The series list with each dynamic's members replaced by one assembled Series, at the first member's place
+    (described by describe_dynamic)."""
     if check_mode(mode) == "off":
-        return list(series_list), []
+        return list(series_list)
     groups = {}
     for s in series_list:
         key = acquisition_key(s)
         if key is not None:
-            groups.setdefault(key, []).append(s)
-    merged, dynamics = {}, []
+            groups.setdefault(key, []).append(s)  # in series_list's order: members[0] comes first
+    replaced = {}
     for members in groups.values():
-        if len(members) < 2:
-            continue
-        ordered, tag = order_members(members)
-        if ordered is None:
-            continue
-        dynamic = merge(ordered, tag)
-        for m in members:
-            merged[m.series_uid] = None
-        merged[min(members, key=series_list.index).series_uid] = dynamic
-        dynamics.append({"id": dynamic.series_uid, "patient_id": dynamic.patient_id, "ordered_by": tag,
-                         "time_points": len(ordered), "series_uids": [m.series_uid for m in ordered],
-                         "series_numbers": [m.series_number for m in ordered],
-                         "series_descriptions": [m.series_description for m in ordered]})
-    out = [merged.get(s.series_uid, s) if s.series_uid in merged else s for s in series_list]
-    return [s for s in out if s is not None], dynamics
+        ordered, tag = order_members(members) if len(members) > 1 else (None, None)
+        if ordered is not None:
+            replaced.update({m.series_uid: None for m in members})
+            replaced[members[0].series_uid] = merge(ordered, tag)
+    out = [replaced.get(s.series_uid, s) for s in series_list]
+    return [s for s in out if s is not None]
+
+
+def describe_dynamic(series):
+    """summary.json's record of an assembled dynamic: id, patient, ordering tag, time points, member series."""
+    d = series.dynamic
+    return {"id": d["id"], "patient_id": series.patient_id, "ordered_by": d["ordered_by"],
+            "time_points": d["time_points"], "series_uids": [m["series_uid"] for m in d["members"]],
+            "series_numbers": [m["series_number"] for m in d["members"]],
+            "series_descriptions": [m["series_description"] for m in d["members"]]}
 
 
 def source_series_uids(series):
@@ -146,6 +147,7 @@ def member_series(series, member):
     return replace(series, series_uid=member["series_uid"], series_number=member["series_number"],
                    series_description=member["series_description"], frames=series.frames[part],
                    sop_instance_uids=series.sop_instance_uids[part], slopes=series.slopes[part],
-                   intercepts=series.intercepts[part], temporal_index=[0] * (member["stop"] - member["start"]),
+                   intercepts=series.intercepts[part], times=series.times[part],
+                   temporal_index=[0] * (member["stop"] - member["start"]),
                    layout=[(0, k) for _, k in series.layout[part]], truth_dir=member["truth_dir"],
                    n_files=len({path for path, _ in series.frames[part]}), dynamic=None)

@@ -85,6 +85,7 @@ class Series:
     intercepts: list = field(default_factory=list)
     temporal_index: list = field(default_factory=list)
     layout: list = field(default_factory=list)  # (time_index, position_index) per frame, see _layout
+    times: list = field(default_factory=list)  # acquisition time of each frame, s (None where the header has none)
     series_number: int = 0
     field_strength_t: float = None
     n_files: int = 0
@@ -299,6 +300,7 @@ def group_series(records, root, skips, include_kinds=()):
             cols=first["cols"], frames=[(f["path"], f["frame"]) for f in frames],
             sop_instance_uids=[f["sop_uid"] for f in frames], slopes=[f["slope"] for f in frames],
             intercepts=[f["intercept"] for f in frames], temporal_index=[f["t"] for f in frames],
+            times=[f["time"] for f in frames],
             layout=_layout(frames),
             series_number=first["series_number"],
             field_strength_t=next((r["field_strength_t"] for r in files if r["field_strength_t"]), None),

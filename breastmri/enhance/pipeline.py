@@ -50,9 +50,11 @@ UNFORESEEN_REASON = "enhance failed"
 # --------------------------------------------------------------------------------------------------------------
 
 def source_parts(series):
-    """The source series a Series stands for: itself, or the members of an assembled dynamic (one derived series
-    is written per source series, as the scanner stored them)."""
-    return [member_series(series, m) for m in series.dynamic["members"]] if series.dynamic else [series]
+    """[(source series, its rows of the Series)]: the Series itself, or each member of an assembled dynamic (one
+    derived series is written per source series, as the scanner stored them)."""
+    if not series.dynamic:
+        return [(series, slice(None))]
+    return [(member_series(series, m), slice(m["start"], m["stop"])) for m in series.dynamic["members"]]
 
 
 def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_tiling=False, max_pixels=MAX_PIXELS,
@@ -65,7 +67,7 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
     series_numbers = series_numbers or {}
     time_points = 1 + max((t for t, _ in series.layout), default=0)
     pending, results = [], []
-    for part in source_parts(series):
+    for part, rows in source_parts(series):
         new_uid = derived_series_uid(part, enhancer)
         final = series_folder(out_dir, part, new_uid)
         result = {"source_series_uid": part.series_uid, "series_description": part.series_description,
@@ -77,7 +79,7 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
             results.append(dict(result, status="skipped", reason="exists",
                                 detail="output series exists; use --overwrite"))
         else:
-            pending.append((part, final, result))
+            pending.append((part, rows, final, result))
     if not pending:
         return results
 
@@ -90,16 +92,14 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
     except Exception as error:  # noqa: BLE001 - a SeriesError, or an unforeseen failure: this series only, counted
         error = _counted(error)
         return results + [dict(result, status="skipped", reason=error.reason, detail=str(error))
-                          for _, _, result in pending]
+                          for *_, result in pending]
     seconds = (time.perf_counter() - started) / len(pending)
     inference = (sum(enhancer.timings) - inference_before) / len(pending)
-    offsets = {m["series_uid"]: (m["start"], m["stop"]) for m in series.dynamic["members"]} if series.dynamic \
-        else {series.series_uid: (0, len(series.frames))}
-    for part, final, result in pending:
-        rows = slice(*offsets[part.series_uid])
+    for part, rows, final, result in pending:
         try:
             n_files = _write_atomically(part, enhanced[rows], None if padding is None else padding[rows], enhancer,
-                                        out_dir, final, series_numbers.get(part.series_uid),
+                                        out_dir, final, result["output_series_uid"],
+                                        series_numbers.get(part.series_uid),
                                         {"norm_lo": lo, "norm_hi": hi, "size": info, "dynamic": result["dynamic"],
                                          "time_points": time_points})
         except Exception as error:  # noqa: BLE001 - as above, for this source series
@@ -168,10 +168,9 @@ def _enhanced(series, enhancer, batch_size, tile, force_tiling, max_pixels):
     return raw, pred.astype(np.float64) * float(scale) + lo, padding, lo, hi, info
 
 
-def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, series_number, record):
+def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid, series_number, record):
     """Write one derived series under a temporary name, its marker last, then rename it into place (an
     --overwrite swaps the old series out first and puts it back if the new one fails). Returns the file count."""
-    new_uid = derived_series_uid(part, enhancer)
     tmp = Path(out_dir) / f"{TMP_PREFIX}{os.getpid()}-{new_uid}"
     old = Path(out_dir) / f"{TMP_PREFIX}{os.getpid()}-old-{new_uid}"
     created = datetime.now()
@@ -266,7 +265,7 @@ def collect_series(input_path, out_dir=None, series_filter="", include_kinds=(),
         series_list = index.group_series([record], input_path.parent, skips, include_kinds)
         return index.filter_series(series_list, series_filter, skips), skips, 1, []
     series_list, skips, files_seen = index.index(input_path, series_filter, include_kinds)
-    series_list, _ = assemble_dynamics(series_list, assemble)
+    series_list = assemble_dynamics(series_list, assemble)
     kept, skipped = [], []
     out = Path(out_dir).resolve() if out_dir is not None else None
     for s in series_list:
@@ -339,7 +338,7 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
           f"model {enhancer.name} ({enhancer.model_path}, config {enhancer.config_hash})")
     inference_before = sum(enhancer.timings)
     bar = tqdm(total=n_slices, unit="slice", desc="enhance", disable=not progress or not n_slices)
-    series_numbers = output_series_numbers([part for s in series_list for part in source_parts(s)])
+    series_numbers = output_series_numbers([part for s in series_list for part, _ in source_parts(s)])
     for s in series_list:
         results.extend(enhance_series(s, enhancer, out_dir, batch_size, tile, force_tiling, max_pixels,
                                       overwrite, preview, series_numbers))

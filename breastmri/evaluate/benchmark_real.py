@@ -35,12 +35,13 @@ import numpy as np
 
 from breastmri.data import preprocess
 from breastmri.data.manifest import _zero, read_manifest
+from breastmri.evaluate.realism import frames_before_contrast
 from breastmri.restore.denoisers import correct_rician_mean, denoise, denoise_frames
 from breastmri.restore.training import needs_rician_correction
+from breastmri.simulate.noise import body_of
 
 MIN_TIME_POINTS = 8
 HELD_BACK = 2          # pre-contrast frames held back as the independent reference
-PRE_CONTRAST_CHANGE = 0.03  # a frame is pre-contrast while the body's mean 3T signal stays within 3% of frame 0's
 REAL_METHODS = ("noisy", "bm3d", "mppca", "tpca", "unet")
 DEFAULT_REAL_METHODS = ("noisy", "mppca", "tpca", "unet")  # bm3d: about 1 s per frame and pass
 
@@ -95,11 +96,10 @@ def _score_dynamic(data_dir, rows, methods, enhancer, n_positions):
     sidecar = json.loads((data_dir / row0["noisy_file"].replace("_noisy.npy", ".json")).read_text())
     spectrum = sidecar["info"].get("noise_spectrum")  # of the source noise and the added noise alike
     sigma_total = math.hypot(sigma_src, row0["sigma_added"])
-    body = clean[:, positions].mean(axis=0)
-    body = body > 0.1 * np.percentile(body, 99, axis=(1, 2), keepdims=True)                      # (P, H, W)
+    body = body_of(clean[:, positions].mean(axis=0))                                              # (P, H, W)
     data_range = float(np.percentile(clean[:, positions][:, body], 99.5)) - zero
     level = np.array([clean[t, positions][body].mean() for t in range(n_times)]) - zero
-    pre = int(np.argmax(np.abs(level / level[0] - 1) > PRE_CONTRAST_CHANGE)) or n_times
+    pre = frames_before_contrast(level)
     result = {"series_description": row0["series_description"], "dynamic_id": row0.get("dynamic_id") or None,
               "time_points": n_times, "positions": positions, "pre_contrast_frames": pre,
               "sigma_source": sigma_src, "sigma_total": sigma_total, "data_range": data_range,

@@ -95,7 +95,7 @@ def time_context(cfg, size, min_reps):
         return None
     # one random image moved by a different sub-pixel shift per frame: a registered projection then does all its
     # work (frames of pure noise register to no shift, and would skip moving the frames)
-    from breastmri.data.context import shift_frames
+    from breastmri.registration import shift_frames
 
     rng = np.random.default_rng(0)
     moves = np.concatenate([[[0, 0]], rng.uniform(-1.5, 1.5, (CONTEXT_SPEED_FRAMES - 1, 2))]).astype(np.float32)

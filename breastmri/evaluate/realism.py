@@ -23,14 +23,13 @@ or the series stored one per time point, assembled as preprocessing assembles th
 import math
 
 import numpy as np
-import pydicom
 
 from breastmri.data.context import temporal_projection
 from breastmri.dicom.dynamics import assemble_dynamics
-from breastmri.dicom.headers import _seconds
 from breastmri.dicom.index import index
 from breastmri.dicom.pixels import read_series
-from breastmri.simulate.noise import neighbour_correlation
+from breastmri.registration import register_shifts
+from breastmri.simulate.noise import body_of, neighbour_correlation
 
 BREAST_FRACTION = 0.55
 PRE_CONTRAST_CHANGE = 0.03
@@ -40,7 +39,7 @@ def dynamic_frames(series_dir):
     """(frames (T, H, W) at the middle position of the longest dynamic under series_dir, acquisition times (s)
     or None, its description). ValueError when the folder holds no series of at least 3 time points."""
     series, _, _ = index(series_dir)
-    series, _ = assemble_dynamics(series)
+    series = assemble_dynamics(series)
     series = [s for s in series if len({t for t, _ in s.layout}) >= 3]
     if not series:
         raise ValueError(f"{series_dir} holds no MR series of at least 3 time points")
@@ -53,27 +52,22 @@ def dynamic_frames(series_dir):
 
 
 def _times(series, indices):
-    """Acquisition times (s) of the picked frames (AcquisitionTime, else TriggerTime, of each frame's file); None
-    when the headers do not give them (multi-frame objects keep theirs per frame in functional groups)."""
-    times = []
-    for i in indices:
-        path, frame = series.frames[i]
-        if frame is not None:
-            return None
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        value = _seconds(ds.get("AcquisitionTime"))
-        if value is None and ds.get("TriggerTime") not in (None, ""):
-            value = float(ds.TriggerTime) / 1000
-        if value is None:
-            return None
-        times.append(value)
-    return np.asarray(times)
+    """Acquisition times (s) of the picked frames, as the index read them; None when a frame has none."""
+    times = [series.times[i] for i in indices] if series.times else []
+    return None if not times or None in times else np.asarray(times)
+
+
+def frames_before_contrast(levels, change=PRE_CONTRAST_CHANGE):
+    """How many frames come before contrast arrives: those whose mean signal levels (T,) (zero signal at 0) stay
+    within `change` (3%) of frame 0's; all of them when none moves."""
+    moved = np.abs(np.asarray(levels, np.float64) / levels[0] - 1) > change
+    return int(np.argmax(moved)) if moved.any() else len(levels)
 
 
 def breast_region(frames):
     """Boolean (H, W): the body, restricted to the BREAST_FRACTION of its width farthest from the chest wall."""
     mean = frames.mean(axis=0)
-    body = mean > 0.1 * np.percentile(mean, 99)
+    body = body_of(mean)
     edges = {"top": body[0].mean(), "bottom": body[-1].mean(), "left": body[:, 0].mean(), "right": body[:, -1].mean()}
     chest = max(edges, key=edges.get)
     axis = 0 if chest in ("top", "bottom") else 1
@@ -100,20 +94,15 @@ def statistics(frames, times_s=None):
     projected = temporal_projection(frames.astype(np.float32), "local").astype(np.float64)
     data_range = float(np.percentile(frames[:, region], 99.5))
     mse = float(np.mean((projected - frames)[:, region] ** 2))
-    level = frames[:, region].mean(axis=1)
-    moved = np.abs(level / level[0] - 1) > PRE_CONTRAST_CHANGE
-    from skimage.registration import phase_cross_correlation
-
-    shifts = [float(np.hypot(*phase_cross_correlation(frames[0], f, upsample_factor=20, normalization=None)[0]))
-              for f in frames[1:]]
+    shifts = np.hypot(*register_shifts(frames.astype(np.float32))[1:].T)
     return {
         "time_points": len(frames),
         "spacing_s": None if times_s is None else round(float(np.median(np.diff(times_s))), 2),
-        "frames_before_contrast": int(np.argmax(moved)) if moved.any() else len(frames),
+        "frames_before_contrast": frames_before_contrast(frames[:, region].mean(axis=1)),
         "snr": round(float(frames[0][region].mean()) / noise, 1) if noise > 0 else None,
         "noise_correlation": correlation,
         "projection_residual_db": round(10 * math.log10(data_range ** 2 / mse), 1) if mse > 0 else None,
-        "largest_shift_px": round(max(shifts), 2) if shifts else 0.0,
+        "largest_shift_px": round(float(shifts.max(initial=0.0)), 2),
         "region_pixels": int(region.sum()),
     }
 

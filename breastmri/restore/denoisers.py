@@ -89,7 +89,7 @@ point with independent noise, so a denoiser that groups along time sees several 
   parameter to calibrate; ~100x cheaper than mppca per frame. The benchmark runs it so that the network is
   compared with its own classical part.
 register=True moves every frame onto the first at its slice position first (rigid, in-plane:
-context.register_shifts and shift_frames) and the output back: the registration the default U-Net's projection
+registration.register_shifts and shift_frames) and the output back: the registration the default U-Net's projection
 gets, given to every multi-frame method so that all of them read the same motion-corrected time courses.
 All assume Gaussian noise, as the 2-D methods do: with rician=True the Rician mean is inverted the same way.
 bm3d and bm4d are free for non-commercial use only (their licence); the benchmark uses them, the model does not.
@@ -313,14 +313,15 @@ def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0,
 
 def _registered(run, frames, register, window=None):
     """run(frames) for (T, H, W) or (T, Z, H, W) frames; with register, on the frames of each slice position moved
-    onto its first frame (context.register_shifts), the output moved back onto each frame's grid: a Fourier shift
-    there and a spline shift back, as the registered projection does (context.shift_frames). window: that
+    onto its first frame (registration.register_shifts), the output moved back onto each frame's grid: a Fourier shift
+    there and a spline shift back, as the registered projection does (registration.shift_frames). window: that
     (rows, cols) part of the output only, run on its context.registered_region (the window and a margin, as the
     registered projection), registered on the whole slices (a crop would pull the phase correlation towards zero
     shift, see register_shifts)."""
     if not register:
         return run(frames if window is None else frames[(Ellipsis,) + tuple(window)])
-    from breastmri.data.context import register_shifts, registered_region, shift_frames
+    from breastmri.data.context import registered_region
+    from breastmri.registration import register_shifts, shift_frames
 
     volume = frames[:, None] if frames.ndim == 3 else frames
     shifts = [register_shifts(volume[:, z]) for z in range(volume.shape[1])]

@@ -57,15 +57,15 @@ def is_chief():
     return worker_task()[0] == 0
 
 
-def distributed_dataset(strategy, dataset, start_epoch):
+def distributed_dataset(strategy, dataset, start_epoch, example):
     """A tf.distribute dataset over this worker's share of `dataset` (a PairedSlices with its shard set): batches
     of epoch start_epoch, start_epoch + 1, ... in order, endless (fit counts the steps of each epoch). Built per
-    worker with distribute_datasets_from_function, so tf.data does not shard it a second time."""
+    worker with distribute_datasets_from_function, so tf.data does not shard it a second time. example: one
+    (inputs, targets) batch of it, for the shapes."""
     import numpy as np
     import tensorflow as tf
 
-    inputs, targets = dataset[0]
-    dataset.epoch = start_epoch
+    inputs, targets = example
     signature = (tf.TensorSpec((None,) + inputs.shape[1:], tf.float32),
                  tf.TensorSpec((None,) + targets.shape[1:], tf.float32))
 
@@ -87,15 +87,16 @@ def distributed_dataset(strategy, dataset, start_epoch):
     return strategy.distribute_datasets_from_function(per_worker)
 
 
-def prepare_for_workers(model, strategy, dataset):
-    """Build the compiled model's loss, metric and optimizer state from one local batch, before fit().
+def prepare_for_workers(model, strategy, example):
+    """Build the compiled model's loss, metric and optimizer state from one local (inputs, targets) batch, before
+    fit().
 
     Keras 3.15's fit builds them from the first batch of a distributed dataset, which it first reduces across the
     workers with strategy.reduce; MultiWorkerMirroredStrategy cannot reduce the (inputs, targets) tuple and fit fails
     ("Attempt to convert a value (PerReplica ...) to a Tensor"). Built here from this worker's own first batch (the
     shapes are what matter), that step has nothing left to do and is skipped."""
     with strategy.scope():
-        model._symbolic_build(data_batch=dataset[0])
+        model._symbolic_build(data_batch=example)
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
     _reduce_scalar_logs_across_workers()
 

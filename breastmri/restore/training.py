@@ -276,15 +276,19 @@ def train(cfg, data_dir, run_dir, resume=False):
     ]
     start = time.perf_counter()
     # the dataset shuffles itself (seeded per epoch); fit's own shuffling would only add noise to that
-    if distributed:  # this worker's share of every global batch, from the epoch BackupAndRestore resumes at
-        prepare_for_workers(model, strategy, train_ds)
-        history = model.fit(distributed_dataset(strategy, train_ds, _first_pass(backup_dir)), epochs=t["epochs"],
-                            steps_per_epoch=len(train_ds), callbacks=callbacks, verbose=2 if task == 0 else 0)
-    else:
-        history = model.fit(train_ds, epochs=t["epochs"], shuffle=False, callbacks=callbacks, verbose=2)
+    try:
+        if distributed:  # this worker's share of every global batch, from the epoch BackupAndRestore resumes at
+            example = train_ds[0]  # the shapes, for both: built once
+            prepare_for_workers(model, strategy, example)
+            history = model.fit(distributed_dataset(strategy, train_ds, _first_pass(backup_dir), example),
+                                epochs=t["epochs"], steps_per_epoch=len(train_ds), callbacks=callbacks,
+                                verbose=2 if task == 0 else 0)
+        else:
+            history = model.fit(train_ds, epochs=t["epochs"], shuffle=False, callbacks=callbacks, verbose=2)
+    finally:
+        if own_dir != run_dir:
+            shutil.rmtree(own_dir, ignore_errors=True)  # a worker's copy of the run: the chief's is the run
     seconds = time.perf_counter() - start
-    if own_dir != run_dir:
-        shutil.rmtree(own_dir, ignore_errors=True)  # a worker's copy of the run: the chief's is the run
 
     losses = history.history.get("loss", [])
     if losses and not all(math.isfinite(v) for v in losses + history.history.get("val_loss", [])):

@@ -38,13 +38,9 @@ def _add_noise_and_store(signal, rng, spectrum=WHITE):
     """Complex Gaussian noise (sigma NOISE_SIGMA per channel) on a real signal, magnitude, to 12-bit stored values.
     signal: float modality units, any shape -> uint16 same shape. spectrum: white (None), or the noise spectrum
     of a zero-filled acquisition (noise.zero_filled_spectrum): the noise correlated as a scanner's."""
-    if spectrum is WHITE:  # the draws of white noise, in this order, are what every seeded demo tree holds
-        real = signal + NOISE_SIGMA * rng.standard_normal(signal.shape, dtype=np.float32)
-        imag = NOISE_SIGMA * rng.standard_normal(signal.shape, dtype=np.float32)
-    else:
-        real, imag = shaped_noise(signal.shape, spectrum, rng)
-        real = signal + NOISE_SIGMA * real
-        imag *= NOISE_SIGMA
+    real, imag = shaped_noise(signal.shape, spectrum, rng)  # white: the same draws, in the same order, as ever
+    real = signal + NOISE_SIGMA * real
+    imag *= NOISE_SIGMA
     stored = np.rint((np.hypot(real, imag) - RESCALE_INTERCEPT) / RESCALE_SLOPE)
     if stored.max() > MAX_STORED:  # cannot happen with _signal_gain(); a changed constant would clip silently
         raise RuntimeError(f"simulated signal exceeds {BITS_STORED} bits ({stored.max():.0f}); lower the gain")

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from breastmri.registration import register_shifts, shift_frames
+
 # Background selection for the Rayleigh fit: air pixels are taken as those below TRUNCATION * sigma. A Rayleigh
 # variable stays below 2 sigma with probability 1 - exp(-2) = 86%, so the cut keeps most of the air while
 # excluding the partial-volume pixels at the body edge, which sit just above the noise and bias a looser cut
@@ -136,20 +138,6 @@ def frame_difference_sigma(magnitude, layout, differences=None):
     return float(1.4826 * np.median(np.abs(diff - np.median(diff))))
 
 
-def _moved_onto(moving, reference):
-    """`moving` (H, W) shifted onto `reference` by phase correlation (subpixel) and a Fourier shift."""
-    from scipy.ndimage import fourier_shift
-    from skimage.registration import phase_cross_correlation
-
-    moving, reference = np.asarray(moving, np.float64), np.asarray(reference, np.float64)
-    if not moving.any() or not reference.any():
-        return moving
-    shift = phase_cross_correlation(reference, moving, upsample_factor=20, normalization=None)[0]
-    if not np.any(shift):
-        return moving
-    return np.fft.ifft2(fourier_shift(np.fft.fft2(moving), shift)).real
-
-
 def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
     """{"sigma", "method", "estimates": {method: value}, "masked_background": bool, "disagree": bool}.
 
@@ -200,13 +188,21 @@ def series_sigma(stack, zero=0.0, layout=None):
 WHITE = None  # a spectrum of None is white noise
 
 
+def body_of(image, fraction=0.1):
+    """Boolean, image's shape (..., H, W): where each (H, W) image exceeds `fraction` of its own 99th percentile.
+    On a mean frame, the body: the region the noise of repeated frames is read in, and that the real-data
+    statistics (evaluate.realism) and the real-data benchmark score."""
+    image = np.asarray(image)
+    return image > fraction * np.percentile(image, 99, axis=(-2, -1), keepdims=True)
+
+
 def difference_images(magnitude, layout, body_fraction=0.1):
     """(noise images (m, H, W), body masks (m, H, W)) from the first two time points at each slice position that
     has both, or None (fewer than two time points, or no body).
 
     magnitude: (n, H, W) with zero signal at 0; layout: (time_index, position_index) per slice. The second frame
-    is first moved onto the first (phase correlation to 1/20 px, then a Fourier shift, which is all-pass and keeps
-    white noise white at the same level) and scaled to it (the median ratio in the body: a b-value or a T1
+    is first moved onto the first (registration.register_shifts and shift_frames: phase correlation to 1/20 px,
+    then a Fourier shift, which is all-pass and keeps white noise white at the same level) and scaled to it (the median ratio in the body: a b-value or a T1
     saturation changes the level of all tissue alike); the difference of two frames with independent noise of
     level sigma, d = (f1 - a f0) / sqrt(1 + a^2), then has level sigma. The body is where the mean of the two
     frames exceeds body_fraction of its 99th percentile and neither frame is masked to 0: there the magnitude is
@@ -223,9 +219,11 @@ def difference_images(magnitude, layout, body_fraction=0.1):
         if t != times[0] or (times[1], k) not in index:
             continue
         a, b = index[(t, k)], index[(times[1], k)]
-        first, second = np.asarray(magnitude[a], np.float64), _moved_onto(magnitude[b], magnitude[a])
+        pair = np.asarray(magnitude[[a, b]], np.float32)
+        first = pair[0].astype(np.float64)
+        second = shift_frames(pair[1:], register_shifts(pair)[1:])[0].astype(np.float64)
         mean = (first + second) / 2
-        body = (mean > body_fraction * np.percentile(mean, 99)) & (first != 0) & (magnitude[b] != 0)
+        body = body_of(mean, body_fraction) & (first != 0) & (magnitude[b] != 0)
         if np.count_nonzero(body) < 16:
             continue
         scale = float(np.median(second[body]) / np.median(first[body]))
@@ -276,7 +274,8 @@ def noise_spectrum(differences, max_lag=16):
             value = lag_correlation(images, masks, axis, lag)
             taper = 0.5 * (1 + math.cos(math.pi * lag / (lags + 1)))
             acf[lag] = acf[n - lag] = taper * (value if np.isfinite(value) else 0.0)
-        power = np.clip(np.fft.fft(acf).real, 1e-3 * max(np.fft.fft(acf).real.max(), 1e-12), None)
+        power = np.fft.fft(acf).real
+        power = np.clip(power, 1e-3 * max(power.max(), 1e-12), None)
         spectrum[name] = (power / power.mean()).round(5).tolist()
     return spectrum
 
