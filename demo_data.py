@@ -49,9 +49,9 @@ def main(argv=None):
                         help="write each DCE as one series per time point, as Siemens and many archives store it")
     parser.add_argument("--mask-background", action="store_true",
                         help="set the air of every DCE frame to 0, as Philips and anonymised archives do")
-    parser.add_argument("--correlated-noise", action="store_true",
-                        help="DCE noise of a zero-filled acquisition, correlated between neighbouring pixels as a "
-                             "scanner's")
+    parser.add_argument("--white-noise", action="store_true",
+                        help="acquire the full matrix, so the DCE noise is white, instead of a zero-filled "
+                             "acquisition whose noise is correlated between neighbouring pixels as a scanner's")
     parser.add_argument("--realism", metavar="SERIES_DIR",
                         help="print the realism statistics of a generated DCE series (one patient with these "
                              "options, in a temporary folder) next to those of a real DCE series folder; writes no "
@@ -68,7 +68,7 @@ def main(argv=None):
         "time_points": DEMO_DEFAULTS["time_points"] if args.time_points is None else args.time_points}
     params = dict(patients=args.patients, seed=args.seed, matrix=args.matrix, extras=args.extras,
                   texture_beta=args.texture_beta, motion_mm=args.motion_mm, split_dynamics=args.split_dynamics,
-                  mask_background=args.mask_background, correlated_noise=args.correlated_noise, **size)
+                  mask_background=args.mask_background, white_noise=args.white_noise, **size)
     try:
         _check_params(**params)
     except ValueError as err:

@@ -28,7 +28,7 @@ DEFAULTS = {
         "matrix": 192,           # rows = columns of the MR images (the real series: 192x192)
         "seed": 0,
         "texture_beta": 1.8,     # power-law exponent of the gland/fat texture (Chen 2012: 1.7-1.9, thin slices)
-        "motion_mm": 1.5,        # largest in-plane displacement between DCE frames, mm (0: no motion)
+        "motion_mm": 4.5,        # largest in-plane displacement between DCE frames, mm (0: none; simulate/motion.py)
     },
     # preprocessing.py: DICOM tree -> paired (clean, noisy) arrays + manifest.csv
     "preprocess": {

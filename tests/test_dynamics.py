@@ -17,8 +17,7 @@ from breastmri.enhance import pipeline
 from breastmri.simulate.degrade import add_noise
 from breastmri.simulate.demo_tree import make_demo_tree
 from breastmri.simulate.noise import neighbour_correlation, spectrum_correlation, zero_filled_spectrum
-from breastmri.simulate.phantom import NOISE_SIGMA
-from breastmri.simulate.protocol import ACQUIRED_FRACTION
+from breastmri.simulate.protocol import ACQUIRED_FRACTION, KSPACE_TAPER
 
 TREE = dict(patients=2, seed=3, slices=3, time_points=5, matrix=64)
 
@@ -33,8 +32,10 @@ def trees(tmp_path_factory):
     base = tmp_path_factory.mktemp("dynamics")
     make_demo_tree(base / "whole", **TREE)
     make_demo_tree(base / "split", split_dynamics=True, **TREE)
-    make_demo_tree(base / "masked", mask_background=True, **TREE)
-    make_demo_tree(base / "correlated", correlated_noise=True, **dict(TREE, motion_mm=0.0, matrix=96))
+    # still patients: a breathing breast changes between any two frames by more than its noise (motion.py)
+    make_demo_tree(base / "masked", mask_background=True, **dict(TREE, motion_mm=0.0))
+    make_demo_tree(base / "correlated", **dict(TREE, motion_mm=0.0, matrix=96))
+    make_demo_tree(base / "white", white_noise=True, **dict(TREE, motion_mm=0.0))
     return base
 
 
@@ -84,6 +85,8 @@ def test_enhance_writes_one_derived_series_per_time_point_of_a_split_dynamic(tre
 
 def test_masked_background_noise_is_read_from_the_repeated_frames(trees, tmp_path):
     summary, rows = _preprocess(trees / "masked", tmp_path / "masked")
+    record = json.loads((trees / "masked" / "demo_params.json").read_text())["summary"]["ground_truth"]
+    visit_sigma = {v["study_uid"]: v["noise_sigma_modality"] for p in record for v in p["visits"]}
     dce = {r["series_uid"]: r for r in rows if r["n_times"] == 5}
     assert summary["series_with_masked_background"] >= len(dce)
     sidecars = [json.loads(p.read_text()) for p in (tmp_path / "masked" / "arrays").glob("*.json")]
@@ -93,11 +96,14 @@ def test_masked_background_noise_is_read_from_the_repeated_frames(trees, tmp_pat
             continue
         assert sidecar["info"]["sigma_method"] == "frame_difference"
         sigma = row["sigma_source"] * (row["norm_hi"] - row["norm_lo"])  # modality units
-        assert sigma == pytest.approx(NOISE_SIGMA, rel=0.3), sidecar["info"]
-    # the same series with real air: the background fit, as before
+        # the beating heart, its ghosts and the breathing chest change between any two frames too; on a 64 px grid
+        # few blocks of the body are free of them (noise._quiet_blocks), so the estimate reads somewhat high
+        assert 0.8 < sigma / visit_sigma[row["study_uid"]] < 1.6, sidecar["info"]
+    # the same series with real air: a sum of squares of several channels, not the single channel's Rayleigh law
+    # the background fit expects, so the repeated frames again
     _, whole = _preprocess(trees / "whole", tmp_path / "whole")
     whole_sidecars = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "arrays").glob("*.json")]
-    assert {s["info"]["sigma_method"] for s in whole_sidecars if s["rows"][0]["n_times"] == 5} == {"background"}
+    assert {s["info"]["sigma_method"] for s in whole_sidecars if s["rows"][0]["n_times"] == 5} == {"frame_difference"}
 
 
 def _added_noise_correlation(data_dir, row):
@@ -109,7 +115,7 @@ def _added_noise_correlation(data_dir, row):
 
 def test_added_noise_is_shaped_like_the_source_noise(trees, tmp_path):
     _, rows = _preprocess(trees / "correlated", tmp_path / "correlated")
-    true = spectrum_correlation(zero_filled_spectrum(96, 96, ACQUIRED_FRACTION))
+    true = spectrum_correlation(zero_filled_spectrum(96, 96, ACQUIRED_FRACTION, KSPACE_TAPER))
     dce = [r for r in rows if r["n_times"] == 5 and r["slice_index"] == 0]
     assert dce
     for row in dce:
@@ -131,8 +137,10 @@ def test_added_noise_is_shaped_like_the_source_noise(trees, tmp_path):
 
 
 def test_white_source_noise_stays_white(trees, tmp_path):
-    """The usual demo tree (white noise, 1.5 mm motion between frames): its frame differences are no spectrum."""
-    _, rows = _preprocess(trees / "whole", tmp_path / "whole")
+    """A tree acquired on the full matrix (white noise): its frame differences are no spectrum."""
+    _, rows = _preprocess(trees / "white", tmp_path / "white")
     for row in (r for r in rows if r["n_times"] == 5 and r["slice_index"] == 0):
-        info = json.loads((tmp_path / "whole" / row["noisy_file"].replace("_noisy.npy", ".json")).read_text())["info"]
-        assert info["noise_spectrum"] is None and info["noise_correlation_added"] == [0.0, 0.0]
+        info = json.loads((tmp_path / "white" / row["noisy_file"].replace("_noisy.npy", ".json")).read_text())["info"]
+        # no zero-filling: what little correlation the frame differences show is the heart's ghosts, weaker than
+        # the zero-filled acquisition's
+        assert max(info["noise_correlation_source"]) < 0.5

@@ -1,26 +1,24 @@
-"""The phantom's series as a scanner stores them: signal equations per frame, motion, noise, 12-bit storage.
+"""The phantom's series as a scanner stores them: signal equations per frame, motion, then the receive chain.
 
-dce_series, t1map_series and dwi_series turn a phantom (tissue fractions, lesion, coil bias) into stored integer
-images plus the noise-free signal they were drawn from (the truth the evaluation scores against).
+dce_series, t1map_series and dwi_series turn a phantom (tissue fractions, kinetics, coil sensitivities) into
+stored integer images plus the noise-free signal they were drawn from (the truth the evaluation scores against).
+The receive chain (ghosts, zero-filled acquisition, channels, storage) is scanner.py's; motion is motion.py's.
 """
 
 import numpy as np
 from scipy import ndimage
 
-from breastmri.simulate.noise import WHITE, shaped_noise
+from breastmri.simulate.motion import move_frame
 from breastmri.simulate.phantom import (
-    BITS_STORED,
     DWI_FAT_SUPPRESSION,
-    MAX_STORED,
     NOISE_SIGMA,
-    RESCALE_INTERCEPT,
-    RESCALE_SLOPE,
     TISSUES,
     _dwi_gain,
     _signal_gain,
     _spgr,
 )
 from breastmri.simulate.protocol import (
+    ACQUIRED_FRACTION,
     DWI_B_VALUES,
     DWI_TE_MS,
     DWI_TR_MS,
@@ -28,23 +26,14 @@ from breastmri.simulate.protocol import (
     R1_RELAXIVITY_PER_MM_S,
     T1MAP_FLIPS_DEG,
     parker_aif,
-    tofts_concentration,
+    tissue_concentration,
 )
+from breastmri.simulate.scanner import band_limit, ghosts, receive, store
 
-# ---------------------------------------------------------------------------------------------------------------
-# Signal synthesis: one whole series volume at a time.
-
-def _add_noise_and_store(signal, rng, spectrum=WHITE):
-    """Complex Gaussian noise (sigma NOISE_SIGMA per channel) on a real signal, magnitude, to 12-bit stored values.
-    signal: float modality units, any shape -> uint16 same shape. spectrum: white (None), or the noise spectrum
-    of a zero-filled acquisition (noise.zero_filled_spectrum): the noise correlated as a scanner's."""
-    real, imag = shaped_noise(signal.shape, spectrum, rng)  # white: the same draws, in the same order, as ever
-    real = signal + NOISE_SIGMA * real
-    imag *= NOISE_SIGMA
-    stored = np.rint((np.hypot(real, imag) - RESCALE_INTERCEPT) / RESCALE_SLOPE)
-    if stored.max() > MAX_STORED:  # cannot happen with _signal_gain(); a changed constant would clip silently
-        raise RuntimeError(f"simulated signal exceeds {BITS_STORED} bits ({stored.max():.0f}); lower the gain")
-    return stored.astype(np.uint16)
+BLOOD = ("vessel", "heart")  # their concentration is the patient's AIF itself (whole blood)
+CARDIAC_MM = 2.0             # rms of the blood pool's displacement from frame to frame, per axis
+CARDIAC_SMOOTH_MM = 8.0      # its smoothness
+RESPIRATION_SMOOTH_MM = 15.0  # smoothness of the chest's breathing deformation (motion.py has the breast's)
 
 
 def _weight(ph, name):
@@ -52,79 +41,92 @@ def _weight(ph, name):
     return ph["fractions"][name] * ph["fat_texture"] if name == "fat" else ph["fractions"][name]
 
 
-def frame_motion(rng, n_frames, rows, cols, px, max_mm):
-    """In-plane displacement of each DCE frame relative to the first, float32 (n_frames, 2, rows, cols) in
-    pixels (row, column components), and the largest displacement of each frame in mm.
-
-    Frame 0 is the reference (zero). Every later frame gets a rigid shift (up to 0.6 max_mm, the table and the
-    patient settling, breathing transmitted through the chest wall) plus a smooth elastic field (a 20 mm
-    Gaussian-smoothed random field, scaled to at most 0.4 max_mm): the total never exceeds max_mm."""
-    fields = np.zeros((n_frames, 2, rows, cols), np.float32)
-    largest = [0.0] * n_frames
-    if max_mm <= 0:
-        return fields, largest
-    for t in range(1, n_frames):
-        angle, rigid = rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 0.6) * max_mm
-        elastic = np.stack([ndimage.gaussian_filter(rng.standard_normal((rows, cols)), 20.0 / px, mode="reflect")
-                            for _ in range(2)])
-        elastic *= rng.uniform(0.0, 0.4) * max_mm / (np.hypot(*elastic).max() + 1e-12)
-        total = elastic + (rigid * np.array([np.sin(angle), np.cos(angle)]))[:, None, None]
-        fields[t] = total / px
-        largest[t] = float(np.hypot(*total).max())
-    return fields, largest
+def noise_sigma(ph):
+    """The patient's noise per receive channel and real/imaginary part, modality units."""
+    return NOISE_SIGMA * ph["patient"]["noise_factor"]
 
 
-def _move(volume, field):
-    """volume (slices, H, W) resampled at grid + field (2, H, W) pixels, cubic spline, edges repeated."""
-    rows, cols = volume.shape[1:]
-    grid = np.mgrid[:rows, :cols].astype(np.float32) + field
-    return np.stack([ndimage.map_coordinates(img, grid, order=3, mode="nearest") for img in volume])
-
-
-def dce_series(ph, times_s, arrival_s, rng, motion=None, noise_spectrum=WHITE):
+def dce_series(ph, times_s, arrival_s, rng, motion=None, fractions=ACQUIRED_FRACTION):
     """DCE series of one visit: (stored uint16 (time_points, slices, H, W), truth float32 same shape).
 
-    Each tissue's concentration follows the extended Tofts model with the shifted Parker AIF; R1(t) = 1/T1 +
-    r1 Ct(t); the spoiled-gradient-echo signal of each tissue is weighted by its voxel fraction; the lesion has
-    its own Ktrans/ve/vp with a per-voxel Ktrans multiplier; then coil sensitivity, frame motion (`motion`: the
-    displacement fields of frame_motion, or None), noise, magnitude, storage. truth is the noise-free signal in
-    modality units, after motion: exactly what the noise was added to.
+    Each tissue's concentration follows the extended Tofts model with the patient's AIF arriving at arrival_s,
+    voxel by voxel where the phantom has maps (gland, lesions); R1(t) = 1/T1 + r1 C(t); the spoiled-gradient-echo
+    signal of each tissue is weighted by its voxel fraction; the blood pool's signal changes from frame to frame
+    (pulsation); then coil sensitivity, motion (`motion`: (fields, through_plane) of motion.patient_motion, or
+    None), ghosts, the zero-filled acquisition of `fractions` of k-space (None: the full matrix and white noise),
+    channels, storage (scanner.py). truth is |image| before noise: exactly what the noise was added to.
     """
-    frac = ph["fractions"]
+    d = ph["patient"]
     shape = ph["bias"].shape
-    names = [n for n in TISSUES if n != "lesion"]
-    curves = []
-    for name in names:
-        pd, t1, t2s, _, _, ktrans, ve, vp = TISSUES[name]
-        if name == "vessel":
-            conc = parker_aif(times_s, arrival_s) * (1 - HEMATOCRIT)  # whole-blood concentration
+    times_s = np.asarray(times_s, np.float64)
+    n_times = len(times_s)
+
+    def plasma(t):
+        return parker_aif(t, arrival_s, **d["aif"])
+
+    blood = (plasma(times_s) * (1 - HEMATOCRIT))[:, None]
+    pulse = np.exp(d["pulsation"] * rng.standard_normal(n_times))
+    signal = np.zeros((n_times, int(np.prod(shape))), np.float32)
+    pulsating = np.zeros_like(signal)
+    for name in TISSUES:
+        weight = _weight(ph, name).ravel()
+        idx = np.flatnonzero(weight > 0)
+        if len(idx) == 0:
+            continue
+        pd, t1, t2s = TISSUES[name][:3]
+        if name in BLOOD:
+            conc = blood
         else:
-            plasma, ees = tofts_concentration(times_s, arrival_s, ktrans, ve, vp)
-            conc = plasma + ees
-        curves.append(_spgr(pd, 1000.0 / t1 + R1_RELAXIVITY_PER_MM_S * conc, t2s))
-    fractions = np.stack([_weight(ph, n).ravel() for n in names])             # (K, N)
-    signal = np.asarray(np.stack(curves, axis=1), np.float32) @ fractions     # (T, N)
-    if ph["lesion"] is not None:
-        idx = np.flatnonzero(frac["lesion"].ravel() > 0)
-        les = ph["lesion"]
-        pd, t1, t2s = TISSUES["lesion"][:3]
-        plasma, ees = tofts_concentration(times_s, arrival_s, les["ktrans_per_min"], les["ve"], les["vp"])
-        m = ph["lesion_ktrans_multiplier"].ravel()[idx]
-        r1 = 1000.0 / t1 + R1_RELAXIVITY_PER_MM_S * (plasma[:, None] + ees[:, None] * m[None, :])
-        signal[:, idx] += (_spgr(pd, r1, t2s) * frac["lesion"].ravel()[idx]).astype(np.float32)
-    signal *= ph["bias"].ravel()[None, :] * np.float32(_signal_gain())
-    signal = signal.reshape((len(times_s),) + shape)
+            ktrans, ve, vp = (v.ravel()[idx] if np.ndim(v) else v for v in ph["kinetics"][name])
+            conc = tissue_concentration(times_s, plasma, ktrans, ve, vp)
+        part = (_spgr(pd, 1000.0 / t1 + R1_RELAXIVITY_PER_MM_S * conc, t2s) * weight[idx]).astype(np.float32)
+        if name == "heart":
+            pulsating[:, idx] += part
+        else:
+            signal[:, idx] += part
+    scale = ph["bias"].ravel()[None, :] * np.float32(_signal_gain())
+    signal = (signal * scale).reshape((n_times,) + shape)
+    pulsating = (pulsating * scale).reshape((n_times,) + shape)
+    # Each frame catches the heart at another mix of cardiac phases: the blood pool is deformed (a smooth random
+    # displacement of a few mm), its signal scaled (inflow) and mottled by flow (inflow enhancement and turbulent
+    # dephasing, a smooth random relative change of rms `flow`) differently in every frame: a change that no few
+    # time courses describe, as on the chest side of a real breast DCE.
+    px = ph["pixel_mm"]
+    chest = ph["chest"]
+    for t in range(n_times):
+        # Breathing moves the chest wall, ribs, lung and heart far more than the prone breast, differently in every
+        # frame (each frame averages its own mix of respiratory phases).
+        field = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape[1:]), RESPIRATION_SMOOTH_MM / px,
+                                                  mode="reflect") for _ in range(2)])
+        field *= d["respiration_mm"] / px / (field.std() + 1e-12)
+        part = signal[t] * chest
+        signal[t] += move_frame(part, field.astype(np.float32), 0.0) - part
+        pulsating[t] = move_frame(pulsating[t], field.astype(np.float32), 0.0)
+        field = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape[1:]), CARDIAC_SMOOTH_MM / px,
+                                                  mode="reflect") for _ in range(2)])
+        field *= CARDIAC_MM / px / (field.std() + 1e-12)
+        flow = ndimage.gaussian_filter(rng.standard_normal(shape), CARDIAC_SMOOTH_MM / 2 / px, mode="reflect")
+        flow *= d["flow"] / (flow.std() + 1e-12)
+        # flow voids darken the blood down to nothing; inflow brightens it by at most 15 % (and keeps 12 bits)
+        factor = np.clip(pulse[t] * (1 + flow), 0.0, 1.15).astype(np.float32)
+        pulsating[t] = move_frame(pulsating[t] * factor, field.astype(np.float32), 0.0)
+    signal += pulsating
     if motion is not None:
-        for t in range(1, len(times_s)):
-            if np.any(motion[t]):
-                signal[t] = _move(signal[t], motion[t])
+        fields, through = motion
+        for t in range(1, n_times):
+            if np.any(fields[t]) or through[t]:
+                signal[t] = move_frame(signal[t], fields[t], through[t])
+                pulsating[t] = move_frame(pulsating[t], fields[t], through[t])
         np.clip(signal, 0, None, out=signal)  # cubic splines overshoot a little at edges; signal is >= 0
-    return _add_noise_and_store(signal, rng, noise_spectrum), signal
+        np.clip(pulsating, 0, None, out=pulsating)
+    image = signal + ghosts(pulsating, d["ghost"], rng)
+    image = band_limit(image) if fractions is not None else image.astype(np.complex64)
+    truth = np.abs(image).astype(np.float32)
+    return store(receive(image, ph["coils"], noise_sigma(ph), rng, fractions)), truth
 
 
 def t1map_series(ph, rng):
     """Multi-flip-angle series (pre-contrast): stored uint16 (len(T1MAP_FLIPS_DEG), slices, H, W)."""
-    frac, les = ph["fractions"], ph["lesion"]
     shape = ph["bias"].shape
     signal = np.zeros((len(T1MAP_FLIPS_DEG), int(np.prod(shape))), np.float32)
     for name in TISSUES:
@@ -132,13 +134,12 @@ def t1map_series(ph, rng):
         s_flip = np.array([_spgr(pd, 1000.0 / t1, t2s, flip) for flip in T1MAP_FLIPS_DEG], np.float32)
         signal += s_flip[:, None] * _weight(ph, name).ravel()[None, :]
     signal *= ph["bias"].ravel()[None, :] * np.float32(_signal_gain())
-    return _add_noise_and_store(signal.reshape((len(T1MAP_FLIPS_DEG),) + shape), rng)
+    return _acquire(ph, signal.reshape((len(T1MAP_FLIPS_DEG),) + shape), rng)
 
 
 def dwi_series(ph, rng):
     """Spin-echo EPI diffusion series with fat suppression: stored uint16 (len(DWI_B_VALUES), slices, H, W).
     S = PD (1 - exp(-TR/T1)) exp(-TE/T2) exp(-b ADC)."""
-    frac = ph["fractions"]
     shape = ph["bias"].shape
     signal = np.zeros((len(DWI_B_VALUES), int(np.prod(shape))), np.float32)
     for name, (pd, t1, _, t2, adc, *_) in TISSUES.items():
@@ -147,4 +148,9 @@ def dwi_series(ph, rng):
                         for b in DWI_B_VALUES], np.float32)
         signal += s_b[:, None] * _weight(ph, name).ravel()[None, :]
     signal *= ph["bias"].ravel()[None, :] * np.float32(_dwi_gain())
-    return _add_noise_and_store(signal.reshape((len(DWI_B_VALUES),) + shape), rng)
+    return _acquire(ph, signal.reshape((len(DWI_B_VALUES),) + shape), rng)
+
+
+def _acquire(ph, signal, rng):
+    """The receive chain of a series without pulsation (no ghosts): stored uint16, same shape as signal."""
+    return store(receive(band_limit(signal), ph["coils"], noise_sigma(ph), rng))

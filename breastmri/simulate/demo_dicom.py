@@ -32,6 +32,7 @@ from breastmri.simulate.protocol import (
     TE_MS,
     TR_MS,
 )
+from breastmri.simulate.scanner import acquisition_matrix
 
 COLLECTION = "QIN-BREAST"
 MANUFACTURER = "SYNTHETIC (demo_data.py)"
@@ -49,6 +50,8 @@ METADATA_COLUMNS = ["Series UID", "Collection", "3rd Party Analysis", "Data Desc
 MR_STUDY_DESCRIPTION = "BREAST^Bilateral"
 # Its lesion mask, one image per SOP instance like TRUTH_FILE, when the visit has a lesion (see write_truth).
 LESION_FILE = ".demo_lesion.npy"
+# The voxelwise Ktrans (/min) and ve maps of the phantom, one image per slice position (see write_truth).
+KINETICS_FILE = ".demo_kinetics.npz"
 # A voxel belongs to the lesion mask when the lesion fills at least this fraction of it (partial-volume edge out).
 LESION_MASK_FRACTION = 0.5
 PETCT_STUDY_DESCRIPTION = "BREAST PRONE"
@@ -160,10 +163,12 @@ def write_truth(series_dir, signal, sop_instance_uids, lesion=None):
     dot, so tools that walk a DICOM tree and skip hidden files (preprocessing.list_files) never mistake them for
     images, and real data, which has no truth, simply lacks them. Returns the bytes written.
 
-    lesion: None, or {"mask": bool (n, H, W) in the same order as the images (the lesion's voxels: fraction >=
-    LESION_MASK_FRACTION of the phantom, frame 0's anatomy; the ROI a reader draws once and keeps for every
-    frame), "times_s": (T,) frame times, "n_pre": pre-contrast frames, "slices": images per time point}. Writes
-    LESION_FILE (uint8 (n, H, W), image i is SOP instance i of TRUTH_INDEX) and adds TRUTH_INDEX["lesion"]: the
+    lesion: None, or {"mask": bool (n, H, W) in the same order as the images (the voxels of every lesion: fraction
+    >= LESION_MASK_FRACTION of the phantom, frame 0's anatomy; the ROI a reader draws once and keeps for every
+    frame), "times_s": (T,) frame times, "n_pre": pre-contrast frames, "slices": images per time point, and
+    optionally "ktrans", "ve": float32 (slices, H, W) parameter maps}. Writes the maps as KINETICS_FILE (npz,
+    ktrans and ve, slice position k of instance t * slices + k + 1; TRUTH_INDEX["kinetics"] says so) and, when the
+    mask is not empty, LESION_FILE (uint8 (n, H, W), image i is SOP instance i of TRUTH_INDEX) and adds TRUTH_INDEX["lesion"]: the
     noise-free mean curve inside the mask (modality units) and its relative enhancement, over the whole lesion
     and at its central slice position (the largest cross-section), with the frame times. The benchmark's
     kinetics check reads it by SOPInstanceUID, so preprocessing never has to carry it."""
@@ -176,6 +181,14 @@ def write_truth(series_dir, signal, sop_instance_uids, lesion=None):
              "units": "modality (stored * RescaleSlope + RescaleIntercept)",
              "sop_instance_uids": [str(u) for u in sop_instance_uids]}
     size = signal.nbytes + 128
+    if lesion is not None and "ktrans" in lesion:
+        np.savez(series_dir / KINETICS_FILE, ktrans=np.asarray(lesion["ktrans"], np.float32),
+                 ve=np.asarray(lesion["ve"], np.float32))
+        index["kinetics"] = {"file": KINETICS_FILE, "maps": {"ktrans": "Ktrans, 1/min", "ve": "ve, fraction"},
+                             "what": "extended Tofts parameters, fraction-weighted over the tissues of each voxel "
+                                     "(blood and fat count as 0), frame 0's anatomy",
+                             "layout": "(slices, H, W): slice position k of instance t * slices + k + 1"}
+        size += 2 * np.asarray(lesion["ktrans"]).nbytes
     if lesion is not None and np.any(lesion["mask"]):
         mask = np.asarray(lesion["mask"], dtype=bool)
         if mask.shape != signal.shape:
@@ -228,6 +241,10 @@ def _write_mr_series(study, study_dir, kind, stored, description, series_number,
     ds.EchoTrainLength = 1
     ds.PercentSampling = 100
     ds.PercentPhaseFieldOfView = 100
+    if kind != "dwi":  # the zero-filled acquisition of scanner.py: phase encoding along the rows (anterior-posterior)
+        frequency, phase = acquisition_matrix(rows, cols)
+        ds.AcquisitionMatrix = [frequency, 0, 0, phase]
+        ds.InPlanePhaseEncodingDirection = "ROW"
     ds.ReceiveCoilName = "MULTI COIL"
     ds.TransmitCoilName = "B"
     ds.FlipAngle = _ds_str(FLIP_DEG if kind != "dwi" else 90.0)
@@ -284,6 +301,7 @@ def _write_mr_series(study, study_dir, kind, stored, description, series_number,
             mask = {"mask": np.broadcast_to(lesion["fraction"] >= LESION_MASK_FRACTION, truth.shape).reshape(
                 (n_files,) + truth.shape[2:]), "times_s": lesion["times_s"], "n_pre": lesion["n_pre"],
                 "slices": slices}
+            mask.update({key: lesion[key] for key in ("ktrans", "ve") if key in lesion})
         size += write_truth(sdir, truth.reshape((n_files,) + truth.shape[2:]),
                             [_uid(series_uid, i) for i in range(1, n_files + 1)], lesion=mask)
     return {"series_uid": series_uid, "dir": sdir, "modality": "MR", "sop_class": "MR Image Storage",

@@ -53,7 +53,7 @@ from tqdm import tqdm
 from breastmri.simulate.acquisition import (
     dce_series,
     dwi_series,
-    frame_motion,
+    noise_sigma,
     t1map_series,
 )
 from breastmri.simulate.demo_dicom import (
@@ -75,7 +75,7 @@ from breastmri.simulate.demo_dicom import (
     _write_report,
     folder_name,
 )
-from breastmri.simulate.noise import zero_filled_spectrum
+from breastmri.simulate.motion import patient_motion
 from breastmri.simulate.phantom import (
     DEMO_DEFAULTS,
     GENERATOR_VERSION,
@@ -92,6 +92,7 @@ from breastmri.simulate.protocol import (
     FIELD_STRENGTH_T,
     FOV_MM,
     FRAME_INTERVAL_S,
+    PRE_CONTRAST_FRAMES,
     SLICE_THICKNESS_MM,
     T1MAP_FLIPS_DEG,
     frame_times,
@@ -102,7 +103,7 @@ from breastmri.simulate.protocol import (
 
 def _check_params(patients, seed, slices, time_points, matrix, extras, texture_beta=DEMO_DEFAULTS["texture_beta"],
                   motion_mm=DEMO_DEFAULTS["motion_mm"], split_dynamics=False, mask_background=False,
-                  correlated_noise=False):
+                  white_noise=False):
     for name, value, low in (("patients", patients, 1), ("slices", slices, 1), ("time_points", time_points, 2),
                              ("matrix", matrix, 32)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
@@ -117,35 +118,35 @@ def _check_params(patients, seed, slices, time_points, matrix, extras, texture_b
     return {"patients": int(patients), "seed": int(seed), "slices": int(slices), "time_points": int(time_points),
             "matrix": int(matrix), "extras": bool(extras), "texture_beta": float(texture_beta),
             "motion_mm": float(motion_mm), "split_dynamics": bool(split_dynamics),
-            "mask_background": bool(mask_background), "correlated_noise": bool(correlated_noise)}
+            "mask_background": bool(mask_background), "white_noise": bool(white_noise)}
 
 
 def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAULTS["seed"],
                    slices=DEMO_DEFAULTS["slices"], time_points=DEMO_DEFAULTS["time_points"], matrix=192,
                    extras=False, texture_beta=DEMO_DEFAULTS["texture_beta"], motion_mm=DEMO_DEFAULTS["motion_mm"],
-                   split_dynamics=False, mask_background=False, correlated_noise=False):
+                   split_dynamics=False, mask_background=False, white_noise=False):
     """Write the synthetic QIN-BREAST tree into out_dir (created; must not already hold a QIN-BREAST folder).
 
     patients: number of patients; seed: global seed (same seed -> identical files); slices, time_points, matrix:
     DCE series size (slices x time_points images of matrix x matrix); extras: also write a multi-flip T1-map and a
     DWI series per visit; texture_beta: exponent of the gland/fat power-law texture; motion_mm: largest in-plane
-    displacement between DCE frames (0: none); split_dynamics: write each DCE as one series per time point, as
+    displacement between DCE frames (0: none; motion.patient_motion); split_dynamics: write each DCE as one series per time point, as
     Siemens and many archives store it (no TemporalPositionIdentifier; TriggerTime, AcquisitionTime and
     AcquisitionNumber order them); mask_background: set the air of every DCE frame to 0 (where the noise-free
-    signal averaged over time is under 3 noise sigmas), as Philips and anonymised archives do; correlated_noise:
-    the DCE noise of a zero-filled acquisition (protocol.ACQUIRED_FRACTION of k-space), correlated between
-    neighbouring pixels as real scanners' noise is. Each DCE series gets its noise-free truth as hidden sidecar files
-    (write_truth). Returns the summary dict also stored in <out>/demo_params.json (written last).
+    signal averaged over time is under 3 noise sigmas), as Philips and anonymised archives do; white_noise:
+    acquire the full matrix, so the noise is white, instead of protocol.ACQUIRED_FRACTION of k-space zero-filled
+    (scanner.py), whose noise is correlated between neighbouring pixels as real scanners' noise is. Each DCE series
+    gets its noise-free truth, lesion mask and kinetic parameter maps as hidden sidecar files (write_truth). Returns the summary dict also stored in <out>/demo_params.json (written last).
     """
     params = _check_params(patients, seed, slices, time_points, matrix, extras, texture_beta, motion_mm,
-                           split_dynamics, mask_background, correlated_noise)
+                           split_dynamics, mask_background, white_noise)
     out = Path(out_dir)
     if (out / COLLECTION).exists():
         raise FileExistsError(f"{out / COLLECTION} exists; remove it or use ensure_demo_tree({str(out)!r})")
     started = time.perf_counter()
     root = out / COLLECTION
     root.mkdir(parents=True)
-    times_s, arrival_s, n_pre = frame_times(time_points)
+    times_s, _, n_pre = frame_times(time_points)
     series_rows, ground_truth = [], []
     n_studies = 0
     tree_key = (seed, slices, time_points, matrix, texture_beta, motion_mm)
@@ -172,7 +173,7 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
             study = {"patient_id": pid, "age": d["age"], "date": d["baseline"] + timedelta(days=d["days"][visit]),
                      "time_s": 60.0 * d["study_minute"], "description": MR_STUDY_DESCRIPTION,
                      "uid": _uid(*tree_key, pid, "mr", visit), "study_id": str(visit + 2),
-                     "dce_start_s": 900.0, "injection_s": 900.0 + times_s[n_pre - 1] + FRAME_INTERVAL_S}
+                     "dce_start_s": 900.0, "injection_s": 900.0 + (PRE_CONTRAST_FRAMES - 1) * FRAME_INTERVAL_S}
             study["frame_of_reference_uid"] = _uid(study["uid"], "for")
             study_dir = root / pid / (f"{study['date']:%m-%d-%Y}-NA-{folder_name(study['description'])}-"
                                       f"{study['uid'][-5:]}")
@@ -184,16 +185,17 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
                 rng = np.random.default_rng([seed, 7, index, visit, 3])
                 series_rows.append((study, _write_mr_series(
                     study, study_dir, "dwi", dwi_series(ph, rng), "DWI_b0_500", 701, per_volume=DWI_B_VALUES)))
-            motion, largest_mm = frame_motion(np.random.default_rng([seed, 7, index, visit, 4]), time_points,
-                                              matrix, matrix, FOV_MM / matrix, motion_mm)
+            fields, through, largest_mm = patient_motion(np.random.default_rng([seed, 7, index, visit, 4]), times_s,
+                                                         n_pre, ph["bias"].shape, FOV_MM / matrix, motion_mm)
             rng = np.random.default_rng([seed, 7, index, visit, 1])
             description = "dynamic" if d["dynamic_plain"] else "dynamic_smartTX"
-            spectrum = zero_filled_spectrum(matrix, matrix, ACQUIRED_FRACTION) if correlated_noise else None
-            stored, signal = dce_series(ph, times_s, arrival_s, rng, motion, spectrum)
-            lesion = ({"fraction": ph["fractions"]["lesion"], "times_s": times_s, "n_pre": n_pre}
-                      if ph["lesion"] is not None else None)
+            arrival_s = (PRE_CONTRAST_FRAMES - 1) * FRAME_INTERVAL_S + d["bolus_delay_s"]
+            stored, signal = dce_series(ph, times_s, arrival_s, rng, (fields, through),
+                                        None if white_noise else ACQUIRED_FRACTION)
+            lesion = {"fraction": ph["fractions"]["lesion"], "times_s": times_s, "n_pre": n_pre,
+                      "ktrans": ph["ktrans"], "ve": ph["ve"]}
             if mask_background:
-                stored[:, signal.mean(axis=0) < 3 * NOISE_SIGMA] = 0
+                stored[:, signal.mean(axis=0) < 3 * noise_sigma(ph)] = 0
             if split_dynamics:  # one series per time point, numbered on from 801, named by its time as TWIST does
                 parts = [_write_mr_series(study, study_dir, f"dce-t{v}", stored[v:v + 1],
                                           f"{description}_TT={times_s[v]:.1f}s", 801 + v, frame_s=times_s[v:v + 1],
@@ -212,7 +214,12 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
             truth["visits"].append({"visit": visit, "study_uid": study["uid"], "date": f"{study['date']:%Y-%m-%d}",
                                     "dce_series_uid": dce["series_uid"],
                                     "dce_dir": dce["dir"].relative_to(out).as_posix(), "lesion": ph["lesion"],
-                                    "motion_max_mm": [round(m, 3) for m in largest_mm]})
+                                    "lesions": ph["lesions"], "bpe": ph["bpe"],
+                                    "noise_sigma_modality": round(noise_sigma(ph), 3),
+                                    "bolus_arrival_s": round(arrival_s, 3),
+                                    "aif": {k: round(v, 3) for k, v in d["aif"].items()},
+                                    "motion_max_mm": [round(m, 3) for m in largest_mm],
+                                    "through_plane_mm": [round(float(z) * SLICE_THICKNESS_MM, 3) for z in through]})
             n_studies += 1
         ground_truth.append(truth)
 
@@ -238,7 +245,7 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
         "seconds": round(time.perf_counter() - started, 2),
         "noise_sigma_modality": NOISE_SIGMA, "noise_sigma_stored": NOISE_SIGMA / RESCALE_SLOPE,
         "rescale_slope": RESCALE_SLOPE, "rescale_intercept": RESCALE_INTERCEPT,
-        "field_strength_t": FIELD_STRENGTH_T, "frame_times_s": times_s.tolist(), "bolus_arrival_s": arrival_s,
+        "field_strength_t": FIELD_STRENGTH_T, "frame_times_s": times_s.tolist(),
         "pre_contrast_frames": n_pre, "pixel_spacing_mm": FOV_MM / matrix, "slice_thickness_mm": SLICE_THICKNESS_MM,
         "instance_order": "time-major: InstanceNumber = t * slices + k + 1",
         "texture_beta": texture_beta, "motion_mm": motion_mm,
@@ -267,13 +274,13 @@ def ensure_demo_tree(out_dir=DEMO_DEFAULTS["out"], **params):
     Refuses to replace a non-empty folder that is not a demo tree. Returns Path(out_dir).
     """
     unknown = set(params) - {"patients", "seed", "slices", "time_points", "matrix", "extras", "texture_beta",
-                             "motion_mm", "split_dynamics", "mask_background", "correlated_noise"}
+                             "motion_mm", "split_dynamics", "mask_background", "white_noise"}
     if unknown:
         raise TypeError(f"ensure_demo_tree got unknown parameters {sorted(unknown)}")
     full = {"patients": DEMO_DEFAULTS["patients"], "seed": DEMO_DEFAULTS["seed"], "slices": DEMO_DEFAULTS["slices"],
             "time_points": DEMO_DEFAULTS["time_points"], "matrix": 192, "extras": False,
             "texture_beta": DEMO_DEFAULTS["texture_beta"], "motion_mm": DEMO_DEFAULTS["motion_mm"],
-            "split_dynamics": False, "mask_background": False, "correlated_noise": False}
+            "split_dynamics": False, "mask_background": False, "white_noise": False}
     full.update(params)
     full = _check_params(**full)
     out = Path(out_dir)
@@ -325,8 +332,9 @@ def read_dce(series_dir):
 
 
 def save_preview(tree_dir, path=None):
-    """Figure of the demo patient with the largest baseline lesion: slices before and after contrast (read back
-    from the DICOM files) and the mean enhancement of lesion and fat over time. Returns the PNG path."""
+    """Figure of the demo patient with the largest baseline lesion, at the lesion's slice (read back from the DICOM
+    files): an early (last pre-contrast), peak and late frame, the truth's Ktrans map, and the mean curves of the
+    lesion (stored and noise-free) and of fat. Returns the PNG path."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -340,43 +348,50 @@ def save_preview(tree_dir, path=None):
              for v in record["summary"]["ground_truth"]]
     _, patient = max(cases, key=lambda c: c[0])
     visit = patient["visits"][0]
-    volume, times = read_dce(tree_dir / visit["dce_dir"])
+    series_dir = tree_dir / visit["dce_dir"]
+    volume, times = read_dce(series_dir)
+    truth = np.load(series_dir / TRUTH_FILE).reshape(volume.shape)
     ph = phantom(patient["patient_id"], 0, seed=params["seed"], slices=params["slices"], matrix=params["matrix"])
-    lesion_mask = ph["fractions"]["lesion"] > 0.9
-    fat_mask = ph["fractions"]["fat"] > 0.98
     n_pre = record["summary"]["pre_contrast_frames"]
-    slices = volume.shape[1]
-    centre = visit["lesion"]["centre_index"][0] if visit["lesion"] else slices // 2
-    shown = sorted({int(np.clip(centre + o, 0, slices - 1)) for o in (-2, 0, 2)})
-    vmax = float(np.percentile(volume, 99.7))
+    les = visit["lesion"]
+    k = les["centre_index"][0] if les else volume.shape[1] // 2
+    lesion_mask = ph["fractions"]["lesion"][k] > 0.9
+    fat_mask = ph["fractions"]["fat"][k] > 0.98
+    curve = truth[:, k][:, lesion_mask].mean(axis=1) if lesion_mask.any() else truth[:, k].mean(axis=(1, 2))
+    peak = int(np.argmax(curve))
+    shown = [(n_pre - 1, "last pre-contrast"), (peak, "lesion peak"), (len(times) - 1, "late")]
+    vmax = float(np.percentile(volume[:, k], 99.7))
 
-    fig = plt.figure(figsize=(4 * len(shown) + 5, 8.2))
-    grid = fig.add_gridspec(2, len(shown) + 1, width_ratios=[1] * len(shown) + [1.3])
-    for col, k in enumerate(shown):
-        for row, (t, label) in enumerate(((0, "pre-contrast"), (len(times) - 1, "post-contrast"))):
-            ax = fig.add_subplot(grid[row, col])
-            ax.imshow(volume[t, k], cmap="gray", vmin=0, vmax=vmax)
-            ax.set_title(f"slice {k + 1}, {label} (t = {times[t]:.0f} s)", fontsize=9)
-            ax.axis("off")
-    ax = fig.add_subplot(grid[:, -1])
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4.8), gridspec_kw={"width_ratios": [1, 1, 1, 1, 1.3]})
+    for ax, (t, label) in zip(axes, shown):
+        ax.imshow(volume[t, k], cmap="gray", vmin=0, vmax=vmax)
+        ax.set_title(f"{label} (frame {t + 1}, t = {times[t]:.0f} s)", fontsize=9)
+        ax.axis("off")
+    shown_map = axes[3].imshow(ph["ktrans"][k], cmap="magma", vmin=0, vmax=max(0.05, float(ph["ktrans"][k].max())))
+    axes[3].set_title("truth: Ktrans (/min)", fontsize=9)
+    axes[3].axis("off")
+    fig.colorbar(shown_map, ax=axes[3], fraction=0.046)
+    ax = axes[4]
     for mask, name, color in ((lesion_mask, "lesion", "tab:red"), (fat_mask, "fat", "tab:orange")):
         if mask.any():
-            curve = np.array([frame[mask].mean() for frame in volume])
-            base = curve[:n_pre].mean()
-            ax.plot(times, 100 * (curve / base - 1), "o-", color=color, label=f"{name} ({mask.sum()} voxels)")
-    ax.axvline(record["summary"]["bolus_arrival_s"], color="gray", ls=":", label="bolus arrival")
+            stored = volume[:, k][:, mask].mean(axis=1)
+            clean = truth[:, k][:, mask].mean(axis=1)
+            base = clean[:n_pre].mean()
+            ax.plot(times, 100 * (stored / base - 1), "o", color=color, label=f"{name}, stored ({mask.sum()} px)")
+            ax.plot(times, 100 * (clean / base - 1), "-", color=color, label=f"{name}, noise-free truth")
+    ax.axvline(visit["bolus_arrival_s"], color="gray", ls=":", label="bolus arrival")
     ax.set_xlabel("time (s)")
-    ax.set_ylabel("mean enhancement over pre-contrast (%)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("enhancement over pre-contrast (%)")
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    les = visit["lesion"]
-    title = f"{patient['patient_id']} baseline, {patient['density']} breast"
+    title = f"{patient['patient_id']} baseline, {patient['density']} breast, {visit['bpe']} BPE"
     if les:
-        title += (f"; lesion {les['diameter_mm']:.0f} mm {les['shape']}, Ktrans {les['ktrans_per_min']:.2f}/min, "
-                  f"ve {les['ve']:.2f}")
-    fig.suptitle(f"Synthetic QIN-BREAST-like DCE (3T SPGR, sagittal): {title}", fontsize=10)
+        title += (f"; lesion {les['diameter_mm']:.0f} mm {les['shape']}{', necrotic' if les['necrotic'] else ''}, "
+                  f"{les['curve']} curve, Ktrans {les['ktrans_per_min']:.2f}/min, ve {les['ve']:.2f}, "
+                  f"{len(visit['lesions'])} lesion(s)")
+    fig.suptitle(f"Synthetic QIN-BREAST-like DCE (3T SPGR, sagittal, slice {k + 1}): {title}", fontsize=10)
     fig.tight_layout()
     path = Path(path) if path else tree_dir / "preview.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

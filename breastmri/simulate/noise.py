@@ -18,6 +18,7 @@ decides; the wavelet estimate comes only after both.
 import math
 
 import numpy as np
+import scipy.fft
 
 from breastmri.registration import register_shifts, shift_frames
 
@@ -188,6 +189,9 @@ def series_sigma(stack, zero=0.0, layout=None):
 WHITE = None  # a spectrum of None is white noise
 
 
+QUIET_BLOCK, QUIET_LIMIT = 16, 1.3  # difference_images keeps the blocks whose spread is typical (_quiet_blocks)
+
+
 def body_of(image, fraction=0.1):
     """Boolean, image's shape (..., H, W): where each (H, W) image exceeds `fraction` of its own 99th percentile.
     On a mean frame, the body: the region the noise of repeated frames is read in, and that the real-data
@@ -206,8 +210,9 @@ def difference_images(magnitude, layout, body_fraction=0.1):
     saturation changes the level of all tissue alike); the difference of two frames with independent noise of
     level sigma, d = (f1 - a f0) / sqrt(1 + a^2), then has level sigma. The body is where the mean of the two
     frames exceeds body_fraction of its 99th percentile and neither frame is masked to 0: there the magnitude is
-    close to Gaussian; pixels more than 3.5 robust sigmas off (contrast arriving between the frames, motion left at
-    an edge after the rigid shift) are left out of the mask."""
+    close to Gaussian. Blocks that change more than the typical block (a breathing chest, a beating heart and its
+    ghosts: _quiet_blocks) and pixels more than 3.5 robust sigmas off (contrast arriving between the frames, motion
+    left at an edge after the rigid shift) are left out of the mask."""
     if layout is None or len(layout) != len(magnitude):
         return None
     index = {tk: i for i, tk in enumerate(layout)}
@@ -230,12 +235,34 @@ def difference_images(magnitude, layout, body_fraction=0.1):
         diff = (second - scale * first) / math.sqrt(1 + scale * scale)
         # pixels whose difference is not noise (contrast arriving, motion left at an edge) would dominate the
         # correlation and the spectrum, which are means: they are left out beyond 3.5 robust sigmas
+        body &= _quiet_blocks(diff, body)
         centre = np.median(diff[body])
         spread = 1.4826 * np.median(np.abs(diff[body] - centre))
         body &= np.abs(diff - centre) <= 3.5 * spread
         images.append(np.where(body, diff, 0.0))
         masks.append(body)
     return (np.stack(images), np.stack(masks)) if images else None
+
+
+def _quiet_blocks(diff, body, block=QUIET_BLOCK, limit=QUIET_LIMIT):
+    """Boolean (H, W): the body blocks (block x block px, at least half body) whose robust spread of the difference
+    is at most `limit` times the median block's. A breathing chest, a beating heart and its ghosts change between
+    any two frames and would read as noise; the quiet blocks (the breast, still before contrast) hold the noise
+    alone. All of the body when fewer than 4 blocks qualify."""
+    spreads = {}
+    for i in range(0, diff.shape[0] - block + 1, block):
+        for j in range(0, diff.shape[1] - block + 1, block):
+            inside = body[i:i + block, j:j + block]
+            if inside.sum() >= block * block // 2:
+                values = diff[i:i + block, j:j + block][inside]
+                spreads[(i, j)] = np.median(np.abs(values - np.median(values)))
+    if len(spreads) < 4:
+        return np.ones_like(body)
+    typical = float(np.median(list(spreads.values())))
+    quiet = np.zeros_like(body)
+    for (i, j), spread in spreads.items():
+        quiet[i:i + block, j:j + block] = spread <= limit * typical
+    return quiet
 
 
 def lag_correlation(images, masks, axis, lag=1):
@@ -313,21 +340,32 @@ def shaped_noise(shape, spectrum, rng):
     """Complex Gaussian noise of shape (..., H, W) with standard deviation 1 per channel and the given separable
     spectrum: white complex noise filtered in k-space by the square root of the power (mean power 1, so the
     per-pixel variance is unchanged). Returns (real, imag) float32 arrays; white noise when spectrum is WHITE."""
-    real = rng.standard_normal(shape, dtype=np.float32)
-    imag = rng.standard_normal(shape, dtype=np.float32)
     if spectrum is WHITE:
-        return real, imag
-    gain = np.sqrt(spectrum_power(spectrum, shape))
-    shaped = np.fft.ifft2(np.fft.fft2(real + 1j * imag) * gain)
+        return rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+    # White complex noise is white in k-space too (an orthonormal transform keeps its statistics), so the draws are
+    # taken as k-space samples directly, only where the spectrum is not zero (a zero-filled acquisition leaves most
+    # of k-space empty): one inverse transform, a fraction of the draws.
+    gain = np.sqrt(spectrum_power(spectrum, shape)).astype(np.float32)
+    acquired = gain > 0
+    kspace = np.zeros(shape, np.complex64)
+    n = int(np.prod(shape[:-2], dtype=np.int64)) * int(acquired.sum())
+    kspace[..., acquired] = (rng.standard_normal(n, dtype=np.float32) + 1j * rng.standard_normal(
+        n, dtype=np.float32)).reshape(shape[:-2] + (-1,)) * gain[acquired]
+    shaped = scipy.fft.ifft2(kspace, norm="ortho", workers=-1)
     return shaped.real.astype(np.float32), shaped.imag.astype(np.float32)
 
 
-def zero_filled_spectrum(rows, cols, fractions):
+def zero_filled_spectrum(rows, cols, fractions, taper=0.0):
     """The noise spectrum of an image reconstructed at rows x cols from the central fractions (rows, cols) of
-    k-space, zero-filled: power 1 on the acquired frequencies, 0 on the others, each axis scaled to mean 1."""
+    k-space, zero-filled, through a k-space filter: a Tukey window that is 1 over the inner (1 - taper) of the
+    acquired frequencies and falls as a half cosine to 0 at their edge (taper 0: a box), 0 on the zero-filled
+    frequencies. Power is the window squared, each axis scaled to mean 1."""
     spectrum = {}
     for name, n, fraction in (("rows", rows, fractions[0]), ("cols", cols, fractions[1])):
-        keep = max(1, round(n * fraction))
-        power = (np.abs(np.fft.fftfreq(n) * n) <= keep / 2).astype(np.float64)
+        edge = max(1, round(n * fraction)) / 2
+        flat = (1 - taper) * edge
+        k = np.abs(np.fft.fftfreq(n) * n)
+        window = np.where(k <= flat, 1.0, 0.5 * (1 + np.cos(np.pi * (k - flat) / max(edge - flat, 1e-9))))
+        power = np.where(k <= edge, window, 0.0) ** 2
         spectrum[name] = (power / power.mean()).tolist()
     return spectrum

@@ -11,7 +11,15 @@ import numpy as np
 from scipy import ndimage
 
 from breastmri.config import DEFAULTS
+from breastmri.simulate.lesions import (
+    BPE_KTRANS_PER_MIN,
+    bpe_grade,
+    gland_kinetics,
+    lesion_draws,
+    place_lesions,
+)
 from breastmri.simulate.protocol import (
+    BOLUS_DELAY_S,
     FLIP_DEG,
     FOV_MM,
     SLICE_THICKNESS_MM,
@@ -20,7 +28,7 @@ from breastmri.simulate.protocol import (
 )
 
 DEMO_DEFAULTS = DEFAULTS["demo"]
-GENERATOR_VERSION = 4  # bump when the output changes, so ensure_demo_tree regenerates old trees
+GENERATOR_VERSION = 5  # bump when the output changes, so ensure_demo_tree regenerates old trees
 
 # Tissues at 3T. PD: relative proton density; T1/T2* in ms; T2 in ms (DWI only); ADC in 1e-3 mm^2/s (DWI only);
 # Ktrans in 1/min, ve and vp as volume fractions (extended Tofts). Sources:
@@ -28,11 +36,11 @@ GENERATOR_VERSION = 4  # bump when the output changes, so ensure_demo_tree regen
 #     recovery); Rakow-Penner et al., JMRI 2006;23:87 (IDEAL, 3T) report the same ordering (367 / 1445 ms).
 #   muscle T1 1412 ms, T2 50 ms: Stanisz et al., MRM 2005;54:507 (3T).
 #   blood T1 ~1.65 s at 3T: Lu et al., MRM 2004;52:679.
-#   skin 850 ms, lesion 1500 ms (untreated breast carcinoma is between muscle and gland), rib marrow, lung, heart,
-#     T2* and PD: assumed values, chosen for plausible contrast. Lung and heart are dark: short T2* (lung) and flow
-#     (heart, no inflow enhancement modelled) in a breast-coil image.
-#   Kinetics: normal gland enhances little (background parenchymal enhancement), fat not at all; lesion values are
-#     drawn per patient, Ktrans 0.04-0.4 /min (log-uniform), the range typical of breast carcinoma.
+#   skin 850 ms, lesion 1500 ms (untreated breast carcinoma is between muscle and gland), rib marrow, lung, T2*
+#     and PD: assumed values, chosen for plausible contrast. Lung is dark (short T2*). The heart's blood pool has
+#     blood's T1; its wall (myocardium) is muscle.
+#   Kinetics: gland and lesions per voxel (lesions.py: background parenchymal enhancement, curve types), fat not
+#     at all; vessels and the heart carry the patient's AIF.
 TISSUES = {
     #           PD    T1    T2*   T2    ADC   Ktrans  ve    vp
     "skin":    (0.70, 850, 20.0, 40.0, 1.0, 0.020, 0.25, 0.010),
@@ -42,8 +50,8 @@ TISSUES = {
     "muscle":  (0.75, 1412, 25.0, 50.0, 1.4, 0.020, 0.12, 0.010),
     "rib":     (0.55, 400, 8.0, 50.0, 0.3, 0.0, 0.0, 0.0),     # fatty marrow inside cortical bone
     "lung":    (0.08, 1300, 1.5, 30.0, 2.0, 0.0, 0.0, 0.0),
-    "heart":   (0.20, 1650, 20.0, 50.0, 3.0, 0.0, 0.0, 0.0),
-    "lesion":  (0.85, 1500, 35.0, 80.0, 1.0, np.nan, np.nan, np.nan),  # kinetics per patient
+    "heart":   (0.90, 1650, 30.0, 150., 3.0, 0.0, 0.0, 0.0),   # blood pool: enhances with the AIF, pulsates
+    "lesion":  (0.85, 1500, 35.0, 80.0, 1.0, np.nan, np.nan, np.nan),  # kinetics per voxel (lesions.py)
 }
 LABELS = ("air",) + tuple(TISSUES)  # label volume values index this tuple: 0 = air
 DWI_FAT_SUPPRESSION = 0.08  # SPAIR leaves ~8 % of the fat signal in the DWI series
@@ -54,11 +62,15 @@ DWI_FAT_SUPPRESSION = 0.08  # SPAIR leaves ~8 % of the fat signal in the DWI ser
 BITS_STORED = 12
 MAX_STORED = 2 ** BITS_STORED - 1
 RESCALE_SLOPE, RESCALE_INTERCEPT = 1.25, 0.0
-NOISE_SIGMA = 20.0
+NOISE_SIGMA = 16.0
+N_COILS = 8                    # receive channels of the breast coil, combined by sum of squares (scanner.py)
+GHOST_RANGE = (0.08, 0.2) 
+FLOW_RANGE = (0.5, 1.0) 
+RESPIRATION_MM = (2.5, 4.0)    # rms of the chest's deformation from frame to frame (breathing), per axis       # rms relative change of the blood pool's signal by flow, from frame to frame     # rms error of a k-space line of the pulsating blood pool, per patient
 BIAS_RANGE = (0.6, 1.35)       # coil sensitivity is clipped to this range
 GLAND_LOGISTIC_WIDTH = 0.6   # gland fraction = logistic((texture - threshold) / width): wide, so partial volume
 FAT_TEXTURE_STD = 0.04         # fat proton density varies by ~4 % (std) with the same power-law texture
-HEADROOM = 0.93                # the brightest possible voxel uses at most this fraction of the 12-bit range
+HEADROOM = 0.85                # the brightest possible voxel uses at most this fraction of the 12-bit range
 
 
 def _spgr(pd, r1_per_s, t2star_ms, flip_deg=FLIP_DEG, tr_ms=TR_MS, te_ms=TE_MS):
@@ -116,7 +128,7 @@ def _patient_draws(seed, index):
         "subcut_mm": rng.uniform(4, 9),        # subcutaneous fat between skin and gland
         "retro_mm": rng.uniform(4, 9),         # retromammary fat between gland and muscle
         "rib_spacing": rng.uniform(21, 27), "rib_phase": rng.uniform(0, 1),
-        "heart_s": rng.uniform(30, 60), "heart_a": rng.uniform(45, 70),
+        "heart_s": rng.uniform(20, 50), "heart_a": rng.uniform(10, 30),
         "bias": rng.normal(0.0, 0.12, 6),
         "n_vessels": int(rng.integers(3, 7)),
         "age": int(rng.integers(32, 71)),
@@ -128,30 +140,25 @@ def _patient_draws(seed, index):
     }
     if density == "fatty":
         d["subcut_mm"] += 3.0  # fatty breasts: thicker subcutaneous fat
-    # Lesion in 3 of 4 patients (deterministic, so even a 3-patient tree has lesions): size, shape, kinetics and
-    # its response to therapy at the later visits (shrinkage and falling Ktrans).
-    d["lesion"] = None
-    if index % 4 != 3:
-        # baseline diameter 5-30 mm; at least 8 mm in every 4th patient, so a small tree has a clear lesion
-        diameter = rng.uniform(8, 30) if index % 4 == 0 else rng.uniform(5, 30)
-        shrink1 = rng.uniform(0.75, 1.0)
-        shrink2 = shrink1 * rng.uniform(0.4, 0.95)
-        kfall1 = rng.uniform(0.6, 1.0)
-        kfall2 = kfall1 * rng.uniform(0.5, 1.0)
-        d["lesion"] = {
-            "diameter_mm": diameter,
-            "spiculated": bool(rng.random() < 0.5),
-            "necrotic": bool(diameter > 18 and rng.random() < 0.6),
-            "ktrans_per_min": float(np.exp(rng.uniform(np.log(0.04), np.log(0.4)))),
-            "ve": rng.uniform(0.25, 0.5), "vp": rng.uniform(0.02, 0.08),
-            "size_factor": [1.0, shrink1, shrink2], "ktrans_factor": [1.0, kfall1, kfall2],
-            "axes": rng.uniform(0.7, 1.0, 2), "rotation": rng.normal(size=(3, 3)),
-            "lobes": rng.normal(0, 0.07, 4), "lobe_dirs": rng.normal(size=(4, 3)),
-            "spicule_dirs": rng.normal(size=(int(rng.integers(8, 15)), 3)),
-            "spicule_len": rng.uniform(1.4, 2.3, 15), "spicule_mm": rng.uniform(0.9, 1.6, 15),
-            "texture_seed": int(rng.integers(2 ** 31)),
-            "pick": rng.random(),
-        }
+    # Lesions (lesions.py): none in every 4th patient, else a main lesion and 0-2 satellites.
+    d["lesions"] = lesion_draws(rng, index)
+    # Kinetics: the patient's own AIF (Parker's population curve with between-patient spread of dose, bolus width
+    # and wash-out), bolus arrival after the last pre-contrast frame, background parenchymal enhancement level.
+    d["aif"] = {"dose": float(np.exp(rng.normal(0, 0.2))), "width": rng.uniform(0.8, 1.4),
+                "washout": float(np.exp(rng.normal(0, 0.3)))}
+    d["bolus_delay_s"] = rng.uniform(*BOLUS_DELAY_S)
+    d["bpe_ktrans_per_min"] = float(np.exp(rng.uniform(*np.log(BPE_KTRANS_PER_MIN))))
+    # Acquisition: this patient's noise relative to NOISE_SIGMA (body size, coil loading, positioning), the cardiac
+    # pulsation of the blood pool's signal from frame to frame (inflow), and the strength of its ghosts along the
+    # phase-encoding direction (k-space lines acquired at different cardiac phases).
+    d["noise_factor"] = float(np.clip(np.exp(rng.normal(0, 0.2)), 0.7, 1.45))
+    d["pulsation"] = rng.uniform(0.1, 0.3)
+    d["ghost"] = rng.uniform(*GHOST_RANGE)
+    d["flow"] = rng.uniform(*FLOW_RANGE)
+    d["respiration_mm"] = rng.uniform(*RESPIRATION_MM)
+    d["coil_jitter"] = rng.uniform(-15, 15, (N_COILS, 2))
+    d["ducts"] = [(rng.uniform(-20, 20), rng.uniform(-30, 30), rng.uniform(25, 55), rng.uniform(0.5, 1.1))
+                  for _ in range(int(rng.integers(4, 9)))]
     d["field_seed"] = int(rng.integers(2 ** 31))
     d["dynamic_plain"] = index % 4 == 1  # a minority of patients have the series named plain "dynamic"
     return d
@@ -267,8 +274,9 @@ def _anatomy(d, slices, matrix, texture_beta=DEMO_DEFAULTS["texture_beta"]):
     phase = (s / d["rib_spacing"] + d["rib_phase"]) % 1.0 - 0.5
     rib_r = np.hypot((phase * d["rib_spacing"]) / 7.0, (a - (a_cw + rib_band / 2)) / 5.0)
     rib = _ramp((1 - rib_r) * 5.0, px)
-    heart = _ramp((1 - np.hypot((s - (d["s0"] + d["heart_s"])) / 60.0,
-                                (a - (a_cw + rib_band + d["heart_a"])) / 48.0)) * 40.0, px)
+    heart_r = np.hypot((s - (d["s0"] + d["heart_s"])) / 70.0, (a - (a_cw + rib_band + d["heart_a"])) / 50.0)
+    heart = _ramp((1 - heart_r) * 40.0, px)
+    blood = _ramp((0.78 - heart_r) * 40.0, px)   # the blood pool inside a ~11 mm wall of myocardium
 
     # Fibroglandular tissue: an envelope (deep to the subcutaneous fat, anterior to the retromammary fat, inside
     # the mound) filled to the patient's density by a power-law random field. Real fibroglandular tissue has an
@@ -300,6 +308,16 @@ def _anatomy(d, slices, matrix, texture_beta=DEMO_DEFAULTS["texture_beta"]):
     septa = _smooth_noise(rng, shape, (3.0, 3.5, 3.5), spacing)
     ligament = 0.5 * np.exp(-(septa / 0.1) ** 2) * (1 - envelope) * in_mound
     gland_p = np.maximum(gland_p, ligament)
+    # Lactiferous ducts: thin strands of fibroglandular tissue converging on the nipple from the retroareolar gland.
+    a_tip = d["a_cw0"] - d["muscle_mm"] - d["subcut_chest_mm"] - d["length"] - d["nipple_mm"]
+    start = np.array([0.0, d["s0"], a_tip + 3.0])
+    for dx, ds, depth_mm, radius in d["ducts"]:
+        seg = np.array([dx, ds, depth_mm])
+        along = np.clip(((x - start[0]) * seg[0] + (s - start[1]) * seg[1] + (a - start[2]) * seg[2])
+                        / (seg @ seg), 0, 1)
+        dist = np.sqrt((x - start[0] - along * seg[0]) ** 2 + (s - start[1] - along * seg[1]) ** 2
+                       + (a - start[2] - along * seg[2]) ** 2)
+        gland_p = np.maximum(gland_p, _ramp(radius - dist, px) * in_mound)
 
     f = {
         "skin": skin,
@@ -308,8 +326,9 @@ def _anatomy(d, slices, matrix, texture_beta=DEMO_DEFAULTS["texture_beta"]):
         "muscle": interior * ((w_pm - w_cw) + (w_cw - w_deep) * (1 - rib)),
         "rib": interior * (w_cw - w_deep) * rib,
         "lung": interior * w_deep * (1 - heart),
-        "heart": interior * w_deep * heart,
+        "heart": interior * w_deep * blood,
     }
+    f["muscle"] = f["muscle"] + interior * w_deep * (heart - blood)
 
     # Vessels: a few 1.5-3 mm vessels running from the chest wall towards the nipple, wavy in s, drifting in x.
     vessel = np.zeros(shape, np.float32)
@@ -338,82 +357,23 @@ def _anatomy(d, slices, matrix, texture_beta=DEMO_DEFAULTS["texture_beta"]):
     breast_mask = (f["fat"] + f["gland"]) > 0.5
     bias = bias / (np.mean(bias[breast_mask]) if breast_mask.any() else 1.0)
     bias = np.clip(bias, *BIAS_RANGE).astype(np.float32)
+    # The receive channels: elements on an arc in front of the breast, in two rows (medial, lateral); each sees the
+    # tissue near it (a loop's sensitivity falls as (1 + (r/R)^2)^-1.5). Unit weights: their squares sum to 1 in
+    # every voxel, so the sum-of-squares combination of the noise-free channels is the bias-weighted signal.
+    weights = []
+    for i, (js, ja) in enumerate(d["coil_jitter"]):
+        angle = np.pi * (0.15 + 0.7 * (i // 2) / max(N_COILS // 2 - 1, 1))
+        cs = d["s0"] - 110.0 * np.cos(angle) + js
+        ca = d["a_cw0"] - 40.0 - 110.0 * np.sin(angle) + ja
+        cx = 35.0 if i % 2 else -35.0
+        weights.append(np.broadcast_to((1 + ((s - cs) ** 2 + (a - ca) ** 2 + (x - cx) ** 2) / 70.0 ** 2) ** -1.5,
+                                       shape))
+    coils = np.stack(weights).astype(np.float32)
+    coils /= np.sqrt((coils ** 2).sum(axis=0, keepdims=True))
     # Fat lobules are not perfectly uniform either: a weak power-law modulation of its proton density.
     fat_texture = (1 + FAT_TEXTURE_STD * power_law_field(rng, shape, texture_beta, px)).astype(np.float32)
-    return f, bias, envelope, depth, fat_texture
-
-
-def _lesion(d, visit, slices, matrix, envelope, depth):
-    """Lesion fraction and Ktrans multiplier (mean 1 over the lesion), float32 (slices, H, W), and its record."""
-    les = d["lesion"]
-    x, s, a, px = _grid(slices, matrix)
-    # Centre: a point of the glandular envelope in the central slices, the same at every visit.
-    k_lo, k_hi = int(np.floor((slices - 1) * 0.3)), int(np.ceil((slices - 1) * 0.7))
-    deep = (envelope > 0.7) & (depth > d["subcut_mm"] + les["diameter_mm"] / 2)  # lesion stays under the fat
-    cand, offset = np.argwhere(deep[k_lo:k_hi + 1]), k_lo
-    if len(cand) == 0:
-        cand, offset = np.argwhere(envelope > 0.3), 0
-    if len(cand) == 0:  # no gland envelope on this grid (tiny matrix): the middle of the slab
-        cand, offset = np.array([[slices // 2, matrix // 2, matrix // 3]]), 0
-    kc, ic, jc = cand[int(les["pick"] * len(cand))]
-    kc += offset
-    centre = np.array([x.ravel()[kc], s.ravel()[ic], a.ravel()[jc]])
-
-    radius = les["diameter_mm"] / 2 * les["size_factor"][visit]
-    q, _ = np.linalg.qr(les["rotation"])
-    axes = np.array([1.0, *les["axes"]])
-    lobe_dirs = les["lobe_dirs"] / np.linalg.norm(les["lobe_dirs"], axis=1, keepdims=True)
-    reach = radius * (2.4 if les["spiculated"] else 1.3) + 2 * px
-
-    # Evaluate on 5 sub-positions through the 5 mm slice, so thin-slice partial volume is right.
-    sub = (np.arange(5) + 0.5) / 5 * SLICE_THICKNESS_MM - SLICE_THICKNESS_MM / 2
-    ks = np.flatnonzero(np.abs(x.ravel() - centre[0]) <= reach + SLICE_THICKNESS_MM)
-    is_ = np.flatnonzero(np.abs(s.ravel() - centre[1]) <= reach)
-    js = np.flatnonzero(np.abs(a.ravel() - centre[2]) <= reach)
-    frac = np.zeros((slices, matrix, matrix), np.float32)
-    mult = np.zeros_like(frac)
-    record = {"diameter_mm": round(2 * radius, 2), "centre_mm": [round(float(v), 2) for v in centre],
-              "centre_index": [int(kc), int(ic), int(jc)]}
-    if len(ks) == 0 or len(is_) == 0 or len(js) == 0:
-        return frac, mult, record
-    px_ = (x.ravel()[ks][:, None, None, None] + sub[None, None, None, :])
-    v = np.stack(np.broadcast_arrays(px_ - centre[0], s.ravel()[is_][None, :, None, None] - centre[1],
-                                     a.ravel()[js][None, None, :, None] - centre[2]), axis=-1)
-    norm = np.linalg.norm(v, axis=-1) + 1e-9
-    local = v @ q
-    rho = np.linalg.norm(local / axes, axis=-1)                    # ellipsoidal radius, mm
-    lobes = 1 + (((v / norm[..., None]) @ lobe_dirs.T) ** 2 - 1 / 3) @ les["lobes"]
-    surface = radius * lobes
-    core = np.clip((surface - rho) / px + 0.5, 0, 1)
-    inner = np.clip(rho / surface, 0, 1)
-    f = core
-    if les["spiculated"]:
-        dirs = les["spicule_dirs"] / np.linalg.norm(les["spicule_dirs"], axis=1, keepdims=True)
-        for j, dvec in enumerate(dirs):
-            length = radius * les["spicule_len"][j]
-            along = np.clip(v @ dvec, 0, length)
-            dist = np.linalg.norm(v - along[..., None] * dvec, axis=-1)
-            r_sp = les["spicule_mm"][j] / 2 * (1 - along / length) + 0.25
-            f = np.maximum(f, np.clip((r_sp - dist) / px + 0.5, 0, 1) * (along > 0.5 * radius))
-    # Ktrans varies inside the lesion: a rim-enhancing pattern with a poorly perfused core when necrotic, plus
-    # texture; normalized to mean 1 so the recorded Ktrans is the lesion mean.
-    tex = ndimage.gaussian_filter(np.random.default_rng(les["texture_seed"]).normal(
-        0, 0.4, (len(ks), len(is_), len(js))), (0, 1.0, 1.0))[..., None]  # ~10 % patchy perfusion
-    m = (0.3 + 0.9 * inner ** 2) if les["necrotic"] else (0.85 + 0.3 * inner)
-    m = np.clip(m * (1 + tex), 0.05, None)
-    f_vox = f.mean(axis=-1)
-    m_vox = (m * f).sum(axis=-1) / np.maximum(f.sum(axis=-1), 1e-9)
-    region = np.ix_(ks, is_, js)
-    frac[region] = f_vox
-    mult[region] = m_vox
-    mean_m = (mult * frac).sum() / max(frac.sum(), 1e-9)
-    mult /= mean_m
-    ktrans = les["ktrans_per_min"] * les["ktrans_factor"][visit]
-    record.update({"shape": "spiculated" if les["spiculated"] else "smooth", "necrotic": les["necrotic"],
-                   "ktrans_per_min": round(float(ktrans), 4), "ve": round(float(les["ve"]), 3),
-                   "vp": round(float(les["vp"]), 3), "volume_ml": round(float(frac.sum()) * px * px
-                                                                   * SLICE_THICKNESS_MM / 1000, 3)})
-    return frac, mult.astype(np.float32), record
+    chest = np.broadcast_to(w_cw, shape).astype(np.float32)  # behind the chest wall: moves with every breath
+    return f, bias, envelope, depth, fat_texture, coils, chest
 
 
 def _patient_index(patient):
@@ -440,32 +400,40 @@ def phantom(patient, visit=0, seed=DEMO_DEFAULTS["seed"], slices=DEMO_DEFAULTS["
     Returns a dict:
       fractions: {tissue: float32 (slices, matrix, matrix) in [0, 1]}, tissues as in TISSUES (air = 1 - sum)
       labels:    uint8 (slices, matrix, matrix), index into LABELS (argmax of the fractions, air included)
-      bias:      float32 (slices, matrix, matrix), coil sensitivity (multiplies the signal, not the noise)
+      bias:      float32 (slices, matrix, matrix), combined coil sensitivity (multiplies the signal, not the noise)
+      coils:     float32 (N_COILS, slices, matrix, matrix), each channel's share: squares sum to 1 per voxel
       fat_texture: float32 (slices, matrix, matrix), multiplier of the fat's proton density (mean ~1)
-      lesion_ktrans_multiplier: float32 (slices, matrix, matrix), Ktrans / lesion Ktrans (0 outside the lesion)
-      lesion:    dict (diameter_mm, ktrans_per_min, ve, vp, shape, centre_index, ...) or None; density: str
+      kinetics:  {tissue: (Ktrans /min, ve, vp)}, scalars or float32 (slices, matrix, matrix) maps (gland, lesion)
+      ktrans, ve: float32 (slices, matrix, matrix), the tissues' fraction-weighted mean per voxel (0 in air, blood
+                 counts as 0): the parameter maps a voxelwise Tofts fit is scored against
+      lesions:   list of records (diameter_mm, curve, ktrans_per_min, ve, vp, shape, centre_index, ...), main first;
+                 lesion: the main one or None; density, bpe: str; patient: the patient's scalar draws
     Axis 0 is slice k of the DCE series (instances t * slices + k + 1), axes 1-2 are pixel rows and columns.
     """
     index = _patient_index(patient)
     d = _patient_draws(seed, index)
     if visit not in range(d["n_visits"]):
         raise ValueError(f"{patient_id(index)} has visits 0..{d['n_visits'] - 1} with seed {seed}, not {visit}")
-    f, bias, envelope, depth, fat_texture = _anatomy(d, slices, matrix, texture_beta)
-    lesion_mult = np.zeros_like(bias)
-    record = None
-    if d["lesion"] is not None:
-        frac, lesion_mult, record = _lesion(d, visit, slices, matrix, envelope, depth)
-        body = sum(f.values())
-        frac = np.minimum(frac, body - f["skin"])  # the lesion replaces tissue beneath the skin
-        keep = 1 - frac / np.maximum(body - f["skin"], 1e-6)
-        for name in f:
-            if name != "skin":
-                f[name] = (f[name] * keep).astype(np.float32)
-        f["lesion"] = frac.astype(np.float32)
-    else:
-        f["lesion"] = np.zeros_like(bias)
+    f, bias, envelope, depth, fat_texture, coils, chest = _anatomy(d, slices, matrix, texture_beta)
+    grid = _grid(slices, matrix)
+    frac, lesion_kinetics, records = place_lesions(d["lesions"], visit, grid, envelope, depth, d["subcut_mm"])
+    body = sum(f.values())
+    frac = np.minimum(frac, body - f["skin"])  # the lesions replace tissue beneath the skin
+    keep = 1 - frac / np.maximum(body - f["skin"], 1e-6)
+    for name in f:
+        if name != "skin":
+            f[name] = (f[name] * keep).astype(np.float32)
+    f["lesion"] = frac.astype(np.float32)
     fractions = {name: f[name] for name in TISSUES}
+    kinetics = {name: tuple(float(v) for v in TISSUES[name][5:8]) for name in TISSUES}
+    kinetics["gland"] = gland_kinetics(np.random.default_rng([d["field_seed"], 5]), bias.shape,
+                                       (SLICE_THICKNESS_MM, grid[3], grid[3]), d["bpe_ktrans_per_min"])
+    kinetics["lesion"] = lesion_kinetics
+    total = np.maximum(sum(fractions.values()), 1e-6)
+    maps = [sum(fractions[name] * kinetics[name][j] for name in TISSUES) / total for j in (0, 1)]
     stack = np.stack([1 - sum(fractions.values())] + list(fractions.values()))
     return {"fractions": fractions, "labels": np.argmax(stack, axis=0).astype(np.uint8), "bias": bias,
-            "fat_texture": fat_texture, "gland_envelope": envelope.astype(np.float32),
-            "lesion_ktrans_multiplier": lesion_mult, "lesion": record, "density": d["density"]}
+            "coils": coils, "chest": chest, "fat_texture": fat_texture, "gland_envelope": envelope.astype(np.float32),
+            "kinetics": kinetics, "ktrans": maps[0].astype(np.float32), "ve": maps[1].astype(np.float32),
+            "lesions": records, "lesion": records[0] if records else None, "density": d["density"],
+            "bpe": bpe_grade(d["bpe_ktrans_per_min"]), "patient": d, "pixel_mm": grid[3]}
