@@ -17,7 +17,7 @@ PRE_JITTER_MM = 0.03        # std of the rigid jitter of a pre-contrast frame, p
 BREATHING_MM = 0.08         # std of the rigid jitter of a post-contrast frame, per axis
 DRIFT_S = (60.0, 200.0)     # time constant of the drift back after the jump
 ELASTIC_MM = 20.0           # smoothness of the non-rigid deformation
-BREATHING_DEFORMATION_MM = (0.1, 0.25)  # rms of each frame's own breathing deformation, per axis (per patient)
+BREATHING_DEFORMATION_MM = (0.05, 0.15)  # rms of each frame's own breathing deformation, per axis (per patient)
 BREATHING_SMOOTH_MM = 10.0  # its smoothness
 
 

@@ -28,7 +28,7 @@ from breastmri.simulate.protocol import (
 )
 
 DEMO_DEFAULTS = DEFAULTS["demo"]
-GENERATOR_VERSION = 5  # bump when the output changes, so ensure_demo_tree regenerates old trees
+GENERATOR_VERSION = 6  # bump when the output changes, so ensure_demo_tree regenerates old trees
 
 # Tissues at 3T. PD: relative proton density; T1/T2* in ms; T2 in ms (DWI only); ADC in 1e-3 mm^2/s (DWI only);
 # Ktrans in 1/min, ve and vp as volume fractions (extended Tofts). Sources:
@@ -57,16 +57,17 @@ LABELS = ("air",) + tuple(TISSUES)  # label volume values index this tuple: 0 = 
 DWI_FAT_SUPPRESSION = 0.08  # SPAIR leaves ~8 % of the fat signal in the DWI series
 
 # Storage: uint16, 12 bits stored, modality value = stored * RESCALE_SLOPE + RESCALE_INTERCEPT (slope != 1 so a
-# reader that forgets the rescale is caught). NOISE_SIGMA is the native 3T noise, per real/imaginary channel, in
-# modality units: fat SNR ~40 and gland SNR ~10 in a pre-contrast frame, as in a 17 s/frame 3T breast DCE.
+# reader that forgets the rescale is caught). NOISE_SIGMA is the native 3T noise per receive channel and per
+# real/imaginary part, in modality units, times a per-patient factor: calibrated so that the breast's SNR
+# (evaluate/realism.py) is near the 29.9 of a real QIN-BREAST DCE slice (docs/simulation.md).
 BITS_STORED = 12
 MAX_STORED = 2 ** BITS_STORED - 1
 RESCALE_SLOPE, RESCALE_INTERCEPT = 1.25, 0.0
-NOISE_SIGMA = 16.0
+NOISE_SIGMA = 14.5
 N_COILS = 8                    # receive channels of the breast coil, combined by sum of squares (scanner.py)
-GHOST_RANGE = (0.08, 0.2) 
-FLOW_RANGE = (0.5, 1.0) 
-RESPIRATION_MM = (2.5, 4.0)    # rms of the chest's deformation from frame to frame (breathing), per axis       # rms relative change of the blood pool's signal by flow, from frame to frame     # rms error of a k-space line of the pulsating blood pool, per patient
+GHOST_RANGE = (0.08, 0.2)      # rms error of a k-space line of the pulsating blood pool, per patient
+FLOW_RANGE = (0.5, 1.0)        # rms relative change of the blood pool's signal by flow, frame to frame
+RESPIRATION_MM = (3.5, 5.0)    # rms of the chest's deformation from frame to frame (breathing), per axis
 BIAS_RANGE = (0.6, 1.35)       # coil sensitivity is clipped to this range
 GLAND_LOGISTIC_WIDTH = 0.6   # gland fraction = logistic((texture - threshold) / width): wide, so partial volume
 FAT_TEXTURE_STD = 0.04         # fat proton density varies by ~4 % (std) with the same power-law texture

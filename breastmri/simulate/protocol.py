@@ -21,7 +21,7 @@ FRAME_INTERVAL_S = 16.4        # time between temporal positions
 PRE_CONTRAST_FRAMES = 4
 # The bolus reaches the breast this long after the last pre-contrast frame, drawn per patient (injection during
 # that frame, then the circulation time; Parker's AIF peaks ~10 s after arrival, so the next frame enhances).
-BOLUS_DELAY_S = (3.0, 11.0)
+BOLUS_DELAY_S = (2.0, 7.0)
 T1MAP_FLIPS_DEG = tuple(range(2, 21, 2))  # QIN-BREAST multi-flip T1 mapping: 10 flip angles 2..20 deg
 DWI_B_VALUES = (0.0, 500.0)    # s/mm^2
 DWI_TR_MS, DWI_TE_MS = 2500.0, 45.0
