@@ -11,6 +11,8 @@ import argparse
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from breastmri.runtime import add_verbose_flag, quiet_start
 from breastmri.simulate.demo_tree import (
     _check_params,
@@ -19,8 +21,10 @@ from breastmri.simulate.demo_tree import (
     make_demo_tree,
     save_preview,
 )
-from breastmri.simulate.phantom import DEMO_DEFAULTS
+from breastmri.simulate.phantom import DEMO_DEFAULTS, patient_id
 from breastmri.simulate.protocol import FULL_SIZE
+
+REALISM_PATIENTS = 4
 
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -53,9 +57,11 @@ def main(argv=None):
                         help="acquire the full matrix, so the DCE noise is white, instead of a zero-filled "
                              "acquisition whose noise is correlated between neighbouring pixels as a scanner's")
     parser.add_argument("--realism", metavar="SERIES_DIR",
-                        help="print the realism statistics of a generated DCE series (one patient with these "
-                             "options, in a temporary folder) next to those of a real DCE series folder; writes no "
-                             "tree (breastmri/evaluate/realism.py)")
+                        help="print the realism statistics of generated DCE series (--realism-patients patients "
+                             "with these options, in a temporary folder, and their median) next to those of a real "
+                             "DCE series folder; writes no tree (breastmri/evaluate/realism.py)")
+    parser.add_argument("--realism-patients", type=int, default=REALISM_PATIENTS,
+                        help=f"generated patients --realism compares (default {REALISM_PATIENTS})")
     parser.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
                         help="save a preview figure (default <out>/preview.png)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a matching tree exists")
@@ -74,7 +80,7 @@ def main(argv=None):
     except ValueError as err:
         parser.error(str(err))
     if args.realism:
-        print(realism_table(args.realism, dict(params, patients=1)))
+        print(realism_table(args.realism, params, args.realism_patients))
         return
 
     out = Path(args.out)
@@ -96,21 +102,38 @@ def main(argv=None):
         print(f"  preview: {save_preview(out, args.preview or None)}")
 
 
-def realism_table(series_dir, params):
-    """The realism statistics of the first DCE series of a generated tree (params of make_demo_tree) next to those
-    of a real DCE series folder, as a markdown table."""
+def realism_table(series_dir, params, patients=REALISM_PATIENTS):
+    """The realism statistics of a real DCE series folder next to those of generated ones (the first visit of
+    `patients` patients of a tree made with params of make_demo_tree), as a markdown table: each generated patient
+    in a column, then their median. One generated series is one draw of a patient; the median says what the
+    phantom is."""
     import tempfile
 
     from breastmri.evaluate.realism import dynamic_frames, statistics, table
 
     frames, times, description = dynamic_frames(series_dir)
     columns = {f"{series_dir} ({description})": statistics(frames, times)}
+    generated = []
     with tempfile.TemporaryDirectory(prefix="realism-") as tmp:
-        make_demo_tree(Path(tmp) / "tree", **params)
-        first = sorted(Path(tmp, "tree").rglob("*dynamic*"))[0]
-        frames, times, _ = dynamic_frames(first)
+        make_demo_tree(Path(tmp) / "tree", **dict(params, patients=patients))
+        for index in range(patients):
+            first = sorted(Path(tmp, "tree", "QIN-BREAST", patient_id(index)).rglob("*dynamic*"))[0]
+            generated.append(statistics(*dynamic_frames(first)[:2]))
+    for index, stats in enumerate(generated):
+        columns[f"patient {index + 1}"] = stats
+    median = {}
+    for key in generated[0]:
+        values = [g[key] for g in generated]
+        if all(isinstance(v, list) for v in values):
+            median[key] = [round(float(np.median(c)), 3) for c in zip(*values)]
+        elif all(isinstance(v, (int, float)) for v in values):
+            middle = float(np.median(values))
+            median[key] = int(middle) if middle.is_integer() and all(isinstance(v, int) for v in values) else \
+                round(middle, 2)
+        else:
+            median[key] = values[0]
     size = f"{params['slices']} slices x {params['time_points']} time points"
-    columns[f"demo_data.py ({size})"] = statistics(frames, times)
+    columns[f"demo_data.py median ({size})"] = median
     return table(columns)
 
 

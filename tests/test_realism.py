@@ -36,3 +36,21 @@ def test_statistics_of_correlated_noise():
     s = statistics(frames)
     assert s["noise_correlation"] == pytest.approx(spectrum_correlation(spectrum), abs=0.08)
     assert s["snr"] == pytest.approx(30, rel=0.15)
+
+
+def test_realism_table_puts_generated_patients_and_their_median_beside_a_series(tmp_path):
+    """demo_data.py --realism: the same statistics for a series folder and for generated patients, then their
+    median; here the 'real' folder is itself a generated tree, so its column equals its patient's."""
+    import demo_data
+    from breastmri.simulate.demo_tree import make_demo_tree
+
+    params = dict(patients=1, seed=0, slices=3, time_points=6, matrix=64)
+    make_demo_tree(tmp_path / "series", **params)
+    first_visit = sorted((tmp_path / "series").rglob("*dynamic*"))[0]
+    text = demo_data.realism_table(first_visit, dict(params, extras=False), patients=2)
+    lines = text.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[2:] == ["patient 1", "patient 2", "demo_data.py median (3 slices x 6 time points)"]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]] for line in lines[2:]}
+    assert rows["time points"] == ["6"] * 4
+    assert rows["SNR in the breast"][0] == rows["SNR in the breast"][1]  # the folder is patient 1's tree

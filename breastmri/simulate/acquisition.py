@@ -11,6 +11,7 @@ from scipy import ndimage
 from breastmri.simulate.motion import move_frame
 from breastmri.simulate.phantom import (
     DWI_FAT_SUPPRESSION,
+    INFLOW_MAX,
     NOISE_SIGMA,
     TISSUES,
     _dwi_gain,
@@ -108,7 +109,7 @@ def dce_series(ph, times_s, arrival_s, rng, motion=None, fractions=ACQUIRED_FRAC
         flow = ndimage.gaussian_filter(rng.standard_normal(shape), CARDIAC_SMOOTH_MM / 2 / px, mode="reflect")
         flow *= d["flow"] / (flow.std() + 1e-12)
         # flow voids darken the blood down to nothing; inflow brightens it by at most 15 % (and keeps 12 bits)
-        factor = np.clip(pulse[t] * (1 + flow), 0.0, 1.15).astype(np.float32)
+        factor = np.clip(pulse[t] * (1 + flow), 0.0, INFLOW_MAX).astype(np.float32)
         pulsating[t] = move_frame(pulsating[t] * factor, field.astype(np.float32), 0.0)
     signal += pulsating
     if motion is not None:
@@ -125,7 +126,7 @@ def dce_series(ph, times_s, arrival_s, rng, motion=None, fractions=ACQUIRED_FRAC
     return store(receive(image, ph["coils"], noise_sigma(ph), rng, fractions)), truth
 
 
-def t1map_series(ph, rng):
+def t1map_series(ph, rng, fractions=ACQUIRED_FRACTION):
     """Multi-flip-angle series (pre-contrast): stored uint16 (len(T1MAP_FLIPS_DEG), slices, H, W)."""
     shape = ph["bias"].shape
     signal = np.zeros((len(T1MAP_FLIPS_DEG), int(np.prod(shape))), np.float32)
@@ -134,10 +135,10 @@ def t1map_series(ph, rng):
         s_flip = np.array([_spgr(pd, 1000.0 / t1, t2s, flip) for flip in T1MAP_FLIPS_DEG], np.float32)
         signal += s_flip[:, None] * _weight(ph, name).ravel()[None, :]
     signal *= ph["bias"].ravel()[None, :] * np.float32(_signal_gain())
-    return _acquire(ph, signal.reshape((len(T1MAP_FLIPS_DEG),) + shape), rng)
+    return _acquire(ph, signal.reshape((len(T1MAP_FLIPS_DEG),) + shape), rng, fractions)
 
 
-def dwi_series(ph, rng):
+def dwi_series(ph, rng, fractions=ACQUIRED_FRACTION):
     """Spin-echo EPI diffusion series with fat suppression: stored uint16 (len(DWI_B_VALUES), slices, H, W).
     S = PD (1 - exp(-TR/T1)) exp(-TE/T2) exp(-b ADC)."""
     shape = ph["bias"].shape
@@ -148,9 +149,11 @@ def dwi_series(ph, rng):
                         for b in DWI_B_VALUES], np.float32)
         signal += s_b[:, None] * _weight(ph, name).ravel()[None, :]
     signal *= ph["bias"].ravel()[None, :] * np.float32(_dwi_gain())
-    return _acquire(ph, signal.reshape((len(DWI_B_VALUES),) + shape), rng)
+    return _acquire(ph, signal.reshape((len(DWI_B_VALUES),) + shape), rng, fractions)
 
 
-def _acquire(ph, signal, rng):
-    """The receive chain of a series without pulsation (no ghosts): stored uint16, same shape as signal."""
-    return store(receive(band_limit(signal), ph["coils"], noise_sigma(ph), rng))
+def _acquire(ph, signal, rng, fractions):
+    """The receive chain of a series without pulsation (no ghosts): stored uint16, same shape as signal.
+    fractions: the acquired k-space (dce_series), None for the full matrix."""
+    image = band_limit(signal) if fractions is not None else signal.astype(np.complex64)
+    return store(receive(image, ph["coils"], noise_sigma(ph), rng, fractions))

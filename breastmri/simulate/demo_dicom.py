@@ -241,9 +241,9 @@ def _write_mr_series(study, study_dir, kind, stored, description, series_number,
     ds.EchoTrainLength = 1
     ds.PercentSampling = 100
     ds.PercentPhaseFieldOfView = 100
-    if kind != "dwi":  # the zero-filled acquisition of scanner.py: phase encoding along the rows (anterior-posterior)
-        frequency, phase = acquisition_matrix(rows, cols)
-        ds.AcquisitionMatrix = [frequency, 0, 0, phase]
+    if kind != "dwi":  # scanner.py's acquisition: phase encoding along the rows (anterior-posterior)
+        frequency, phase = acquisition_matrix(rows, cols, study["acquired_fraction"])
+        ds.AcquisitionMatrix = [0, frequency, phase, 0]  # frequency rows\frequency columns\phase rows\phase columns
         ds.InPlanePhaseEncodingDirection = "ROW"
     ds.ReceiveCoilName = "MULTI COIL"
     ds.TransmitCoilName = "B"

@@ -29,8 +29,8 @@ truth of that slice's pixel [row, col].
 Images are simulated from physics, not drawn: a 3-D tissue-fraction phantom of a prone breast (skin, fat,
 fibroglandular tissue with a patient-specific density, vessels, pectoral muscle, ribs, lung/heart, an enhancing
 lesion in 3 of 4 patients), a spoiled-gradient-echo signal equation with 3T relaxation times, extended Tofts
-kinetics with a population AIF, a smooth coil sensitivity, and complex Gaussian noise before the magnitude
-(Rician in tissue, Rayleigh in air). The same seed gives byte-identical DICOM files (UIDs are '2.25.' + a
+kinetics with each patient's AIF, 8 receive channels, and complex Gaussian noise per channel before the
+sum-of-squares magnitude (noncentral chi in tissue, chi with 16 degrees of freedom in air). The same seed gives byte-identical DICOM files (UIDs are '2.25.' + a
 name-based UUID of seed, sizes, patient and series); other seeds give other anatomy. A patient's content does not
 depend on how many patients are generated.
 
@@ -88,6 +88,7 @@ from breastmri.simulate.phantom import (
 )
 from breastmri.simulate.protocol import (
     ACQUIRED_FRACTION,
+    BOLUS_TRANSIT_S,
     DWI_B_VALUES,
     FIELD_STRENGTH_T,
     FOV_MM,
@@ -173,23 +174,26 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
             study = {"patient_id": pid, "age": d["age"], "date": d["baseline"] + timedelta(days=d["days"][visit]),
                      "time_s": 60.0 * d["study_minute"], "description": MR_STUDY_DESCRIPTION,
                      "uid": _uid(*tree_key, pid, "mr", visit), "study_id": str(visit + 2),
-                     "dce_start_s": 900.0, "injection_s": 900.0 + (PRE_CONTRAST_FRAMES - 1) * FRAME_INTERVAL_S}
+                     "dce_start_s": 900.0, "acquired_fraction": None if white_noise else ACQUIRED_FRACTION}
+            arrival_s = (PRE_CONTRAST_FRAMES - 1) * FRAME_INTERVAL_S + d["bolus_delay_s"]
+            study["injection_s"] = study["dce_start_s"] + arrival_s - BOLUS_TRANSIT_S
             study["frame_of_reference_uid"] = _uid(study["uid"], "for")
             study_dir = root / pid / (f"{study['date']:%m-%d-%Y}-NA-{folder_name(study['description'])}-"
                                       f"{study['uid'][-5:]}")
             if extras:
                 rng = np.random.default_rng([seed, 7, index, visit, 2])
                 series_rows.append((study, _write_mr_series(
-                    study, study_dir, "t1map", t1map_series(ph, rng), "multi-flip_T1-map_smartTX", 501,
+                    study, study_dir, "t1map", t1map_series(ph, rng, study["acquired_fraction"]),
+                    "multi-flip_T1-map_smartTX", 501,
                     per_volume=T1MAP_FLIPS_DEG)))
                 rng = np.random.default_rng([seed, 7, index, visit, 3])
                 series_rows.append((study, _write_mr_series(
-                    study, study_dir, "dwi", dwi_series(ph, rng), "DWI_b0_500", 701, per_volume=DWI_B_VALUES)))
+                    study, study_dir, "dwi", dwi_series(ph, rng, study["acquired_fraction"]), "DWI_b0_500", 701,
+                    per_volume=DWI_B_VALUES)))
             fields, through, largest_mm = patient_motion(np.random.default_rng([seed, 7, index, visit, 4]), times_s,
                                                          n_pre, ph["bias"].shape, FOV_MM / matrix, motion_mm)
             rng = np.random.default_rng([seed, 7, index, visit, 1])
             description = "dynamic" if d["dynamic_plain"] else "dynamic_smartTX"
-            arrival_s = (PRE_CONTRAST_FRAMES - 1) * FRAME_INTERVAL_S + d["bolus_delay_s"]
             stored, signal = dce_series(ph, times_s, arrival_s, rng, (fields, through),
                                         None if white_noise else ACQUIRED_FRACTION)
             lesion = {"fraction": ph["fractions"]["lesion"], "times_s": times_s, "n_pre": n_pre,
@@ -351,7 +355,8 @@ def save_preview(tree_dir, path=None):
     series_dir = tree_dir / visit["dce_dir"]
     volume, times = read_dce(series_dir)
     truth = np.load(series_dir / TRUTH_FILE).reshape(volume.shape)
-    ph = phantom(patient["patient_id"], 0, seed=params["seed"], slices=params["slices"], matrix=params["matrix"])
+    ph = phantom(patient["patient_id"], 0, seed=params["seed"], slices=params["slices"], matrix=params["matrix"],
+                 texture_beta=params["texture_beta"])
     n_pre = record["summary"]["pre_contrast_frames"]
     les = visit["lesion"]
     k = les["centre_index"][0] if les else volume.shape[1] // 2
@@ -360,7 +365,7 @@ def save_preview(tree_dir, path=None):
     curve = truth[:, k][:, lesion_mask].mean(axis=1) if lesion_mask.any() else truth[:, k].mean(axis=(1, 2))
     peak = int(np.argmax(curve))
     shown = [(n_pre - 1, "last pre-contrast"), (peak, "lesion peak"), (len(times) - 1, "late")]
-    vmax = float(np.percentile(volume[:, k], 99.7))
+    vmax = float(np.percentile(volume[:, k][:, ph["chest"][k] == 0], 99.7))  # the breast's range, not the heart's
 
     fig, axes = plt.subplots(1, 5, figsize=(22, 4.8), gridspec_kw={"width_ratios": [1, 1, 1, 1, 1.3]})
     for ax, (t, label) in zip(axes, shown):

@@ -141,8 +141,7 @@ def lesion_volume(les, visit, grid, envelope, depth, subcut_mm, centre=None):
     # Ktrans varies inside the lesion: rim enhancement around a core that hardly enhances when necrotic (the core's
     # multiplier ~0.1 of the rim's), plus ~10 % patchy perfusion; normalized to mean 1, so the recorded Ktrans is
     # the lesion mean.
-    tex = ndimage.gaussian_filter(np.random.default_rng(les["texture_seed"]).normal(
-        0, 0.4, (len(ks), len(is_), len(js))), (0, 1.0, 1.0))[..., None]
+    tex = _texture(les["texture_seed"], v)
     m = (0.1 + 1.1 * np.clip((inner - 0.45) / 0.4, 0, 1) ** 1.5) if les["necrotic"] else (0.85 + 0.3 * inner)
     m = np.clip(m * (1 + tex), 0.03, None)
     region = np.ix_(ks, is_, js)
@@ -158,6 +157,31 @@ def lesion_volume(les, visit, grid, envelope, depth, subcut_mm, centre=None):
     return frac, mult.astype(np.float32), record
 
 
+TEXTURE_MM, TEXTURE_REACH_MM = 1.5, 48.0  # the lesion's perfusion texture: a fixed grid around its centre
+
+
+def _texture(seed, offsets_mm):
+    """The lesion's patchy perfusion (~10 %, smooth over ~2 mm) at offsets (..., 3) mm from its centre: one field
+    per lesion on a fixed grid, so a lesion keeps its pattern from visit to visit as it shrinks."""
+    n = int(2 * TEXTURE_REACH_MM / TEXTURE_MM) + 1
+    field = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0, 0.4, (n, n, n)), (0.7, 1.3, 1.3))
+    index = np.moveaxis(offsets_mm, -1, 0) / TEXTURE_MM + (n - 1) / 2
+    return ndimage.map_coordinates(field, index.reshape(3, -1), order=1, mode="nearest").reshape(offsets_mm.shape[:-1])
+
+
+def _envelope_at(envelope, grid, centre):
+    """The glandular envelope's value at the voxel nearest a point (mm); 0 off the grid."""
+    index = []
+    for axis, c in zip(grid[:3], centre):
+        values = axis.ravel()
+        step = values[1] - values[0] if len(values) > 1 else grid[3]
+        i = int(round((c - values[0]) / step))
+        if not 0 <= i < len(values):
+            return 0.0
+        index.append(i)
+    return float(envelope[tuple(index)])
+
+
 def place_lesions(lesions, visit, grid, envelope, depth, subcut_mm):
     """All lesions of a visit: (fraction float32 (slices, H, W) in [0, 1], (Ktrans, ve, vp) float32 maps of the
     lesion tissue (0 outside), records (main first; satellites keep their offset from the main centre))."""
@@ -167,8 +191,12 @@ def place_lesions(lesions, visit, grid, envelope, depth, subcut_mm):
     records, main_centre = [], None
     for les in lesions:
         centre = None if les["offset_mm"] is None else np.asarray(main_centre) + les["offset_mm"]
+        if centre is not None and _envelope_at(envelope, grid, centre) < 0.3:
+            continue  # a satellite grows in the gland: one that would land in fat, muscle or off the grid is not drawn
         f, mult, record = lesion_volume(les, visit, grid, envelope, depth, subcut_mm, centre)
         main_centre = record["centre_mm"] if main_centre is None else main_centre
+        if not f.any():
+            continue
         new = f > frac
         frac = np.maximum(frac, f)
         if "ktrans_per_min" in record:

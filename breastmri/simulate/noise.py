@@ -362,10 +362,13 @@ def zero_filled_spectrum(rows, cols, fractions, taper=0.0):
     frequencies. Power is the window squared, each axis scaled to mean 1."""
     spectrum = {}
     for name, n, fraction in (("rows", rows, fractions[0]), ("cols", cols, fractions[1])):
-        edge = max(1, round(n * fraction)) / 2
+        keep = max(1, round(n * fraction))
+        frequency = np.rint(np.fft.fftfreq(n) * n)
+        acquired = (frequency >= -(keep // 2)) & (frequency < keep - keep // 2)  # exactly `keep` lines, DC included
+        edge = keep / 2 + 0.5  # the window reaches 0 half a line beyond the outermost acquired line
         flat = (1 - taper) * edge
-        k = np.abs(np.fft.fftfreq(n) * n)
+        k = np.abs(frequency)
         window = np.where(k <= flat, 1.0, 0.5 * (1 + np.cos(np.pi * (k - flat) / max(edge - flat, 1e-9))))
-        power = np.where(k <= edge, window, 0.0) ** 2
+        power = np.where(acquired, window, 0.0) ** 2
         spectrum[name] = (power / power.mean()).tolist()
     return spectrum

@@ -1,6 +1,6 @@
 """The physics and anatomy of the demo data (demo_data.py): the QIN-BREAST acquisition, a 3-D tissue phantom of
 a prone breast with an enhancing lesion, and the signal of each series (spoiled gradient echo, extended Tofts
-kinetics with a population AIF, coil sensitivity, frame motion, complex Gaussian noise). No DICOM here: breastmri/simulate/demo_dicom.py
+kinetics with each patient's AIF, coil sensitivities). No DICOM here: breastmri/simulate/demo_dicom.py
 writes what this module simulates, demo_data.py assembles the tree. See demo_data.py for the whole story.
 """
 
@@ -28,7 +28,7 @@ from breastmri.simulate.protocol import (
 )
 
 DEMO_DEFAULTS = DEFAULTS["demo"]
-GENERATOR_VERSION = 6  # bump when the output changes, so ensure_demo_tree regenerates old trees
+GENERATOR_VERSION = 7  # bump when the output changes, so ensure_demo_tree regenerates old trees
 
 # Tissues at 3T. PD: relative proton density; T1/T2* in ms; T2 in ms (DWI only); ADC in 1e-3 mm^2/s (DWI only);
 # Ktrans in 1/min, ve and vp as volume fractions (extended Tofts). Sources:
@@ -63,7 +63,7 @@ DWI_FAT_SUPPRESSION = 0.08  # SPAIR leaves ~8 % of the fat signal in the DWI ser
 BITS_STORED = 12
 MAX_STORED = 2 ** BITS_STORED - 1
 RESCALE_SLOPE, RESCALE_INTERCEPT = 1.25, 0.0
-NOISE_SIGMA = 14.5
+NOISE_SIGMA = 13.2
 N_COILS = 8                    # receive channels of the breast coil, combined by sum of squares (scanner.py)
 GHOST_RANGE = (0.08, 0.2)      # rms error of a k-space line of the pulsating blood pool, per patient
 FLOW_RANGE = (0.5, 1.0)        # rms relative change of the blood pool's signal by flow, frame to frame
@@ -71,7 +71,10 @@ RESPIRATION_MM = (3.5, 5.0)    # rms of the chest's deformation from frame to fr
 BIAS_RANGE = (0.6, 1.35)       # coil sensitivity is clipped to this range
 GLAND_LOGISTIC_WIDTH = 0.6   # gland fraction = logistic((texture - threshold) / width): wide, so partial volume
 FAT_TEXTURE_STD = 0.04         # fat proton density varies by ~4 % (std) with the same power-law texture
-HEADROOM = 0.85                # the brightest possible voxel uses at most this fraction of the 12-bit range
+HEADROOM = 0.98                # the brightest possible voxel uses at most this fraction of the 12-bit range
+INFLOW_MAX = 1.15              # the blood pool's flow factor is clipped to this (acquisition.py)
+OVERSHOOT = 1.1                # Gibbs ringing of the zero-filled acquisition plus ghosts, at most
+NOISE_FACTOR_RANGE = (0.7, 1.45)  # a patient's noise relative to NOISE_SIGMA is clipped to this
 
 
 def _spgr(pd, r1_per_s, t2star_ms, flip_deg=FLIP_DEG, tr_ms=TR_MS, te_ms=TE_MS):
@@ -82,17 +85,24 @@ def _spgr(pd, r1_per_s, t2star_ms, flip_deg=FLIP_DEG, tr_ms=TR_MS, te_ms=TE_MS):
     return pd * np.sin(a) * (1 - e1) / (1 - np.cos(a) * e1) * np.exp(-te_ms / t2star_ms)
 
 
+def _headroom_numerator():
+    """Modality units left for the signal below the 12-bit ceiling: the headroom minus 6 noise sigmas of the
+    noisiest patient (NOISE_SIGMA times the largest noise factor)."""
+    return HEADROOM * MAX_STORED * RESCALE_SLOPE - 6 * NOISE_SIGMA * NOISE_FACTOR_RANGE[1]
+
+
 def _signal_gain():
     """Modality units per unit of _spgr signal, chosen so that the brightest possible voxel (T1 -> 0, the largest
-    PD exp(-TE/T2*), maximal coil sensitivity, plus 6 noise sigmas) still fits the 12-bit range with headroom:
-    no contrast dose can clip a lesion peak."""
+    PD exp(-TE/T2*), maximal coil sensitivity, the blood pool's inflow factor, ghosts and the zero-filled
+    acquisition's Gibbs overshoot, plus 6 noise sigmas) still fits the 12-bit range: no contrast dose or patient
+    can clip a peak."""
     brightest = max(pd * np.exp(-TE_MS / t2s) for pd, _, t2s, *_ in TISSUES.values()) * np.sin(np.deg2rad(FLIP_DEG))
-    return (HEADROOM * MAX_STORED * RESCALE_SLOPE - 6 * NOISE_SIGMA) / (brightest * BIAS_RANGE[1])
+    return _headroom_numerator() / (brightest * BIAS_RANGE[1] * INFLOW_MAX * OVERSHOOT)
 
 
 def _dwi_gain():
-    """Same idea for the DWI series: the spin-echo signal is at most PD = 1."""
-    return (HEADROOM * MAX_STORED * RESCALE_SLOPE - 6 * NOISE_SIGMA) / BIAS_RANGE[1]
+    """Same idea for the DWI series: the spin-echo signal is at most PD = 1 (no inflow, no ghosts)."""
+    return _headroom_numerator() / (BIAS_RANGE[1] * OVERSHOOT)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,7 +162,7 @@ def _patient_draws(seed, index):
     # Acquisition: this patient's noise relative to NOISE_SIGMA (body size, coil loading, positioning), the cardiac
     # pulsation of the blood pool's signal from frame to frame (inflow), and the strength of its ghosts along the
     # phase-encoding direction (k-space lines acquired at different cardiac phases).
-    d["noise_factor"] = float(np.clip(np.exp(rng.normal(0, 0.2)), 0.7, 1.45))
+    d["noise_factor"] = float(np.clip(np.exp(rng.normal(0, 0.2)), *NOISE_FACTOR_RANGE))
     d["pulsation"] = rng.uniform(0.1, 0.3)
     d["ghost"] = rng.uniform(*GHOST_RANGE)
     d["flow"] = rng.uniform(*FLOW_RANGE)

@@ -19,9 +19,10 @@ FOV_MM = 220.0                 # square field of view; PixelSpacing = FOV_MM / m
 SLICE_THICKNESS_MM = 5.0
 FRAME_INTERVAL_S = 16.4        # time between temporal positions
 PRE_CONTRAST_FRAMES = 4
-# The bolus reaches the breast this long after the last pre-contrast frame, drawn per patient (injection during
-# that frame, then the circulation time; Parker's AIF peaks ~10 s after arrival, so the next frame enhances).
+# The bolus reaches the breast this long after the last pre-contrast frame, drawn per patient (Parker's AIF peaks
+# ~10 s after arrival, so the next frame enhances); it was injected BOLUS_TRANSIT_S before (arm to breast).
 BOLUS_DELAY_S = (2.0, 7.0)
+BOLUS_TRANSIT_S = 15.0
 T1MAP_FLIPS_DEG = tuple(range(2, 21, 2))  # QIN-BREAST multi-flip T1 mapping: 10 flip angles 2..20 deg
 DWI_B_VALUES = (0.0, 500.0)    # s/mm^2
 DWI_TR_MS, DWI_TE_MS = 2500.0, 45.0
@@ -89,8 +90,8 @@ def tofts_basis(times_s, cp, kep_per_min, dt_s=0.25):
 
 
 # Voxelwise kinetics use a table of EES curves on log-spaced kep (1/min) and interpolate between them: kep of breast
-# tissue spans ~0.05 (persistent) to ~5 /min (fast wash-out).
-KEP_TABLE_PER_MIN = np.geomspace(0.02, 8.0, 48)
+# tissue spans ~0.05 (persistent) to ~5 /min (fast wash-out); a necrotic lesion's rim reaches beyond, so up to 60.
+KEP_TABLE_PER_MIN = np.geomspace(0.02, 60.0, 64)
 
 
 def tissue_concentration(times_s, cp, ktrans_per_min, ve, vp):

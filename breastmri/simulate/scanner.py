@@ -31,7 +31,8 @@ PHASE_ENCODING_AXIS = -1   # image columns (anterior-posterior): DICOM InPlanePh
 
 def acquisition_matrix(rows, cols, fractions=ACQUIRED_FRACTION):
     """(frequency samples along the image's column direction, phase-encoding steps along its rows) of a
-    rows x cols reconstruction that acquired `fractions` of k-space."""
+    rows x cols reconstruction that acquired `fractions` of k-space (None: all of it)."""
+    fractions = (1.0, 1.0) if fractions is None else fractions
     return max(1, round(rows * fractions[0])), max(1, round(cols * fractions[1]))
 
 
