@@ -99,11 +99,10 @@ def test_masked_background_noise_is_read_from_the_repeated_frames(trees, tmp_pat
         # the beating heart, its ghosts and the breathing chest change between any two frames too; on a 64 px grid
         # few blocks of the body are free of them (noise._quiet_blocks), so the estimate reads somewhat high
         assert 0.8 < sigma / visit_sigma[row["study_uid"]] < 1.6, sidecar["info"]
-    # the same series with real air: a sum of squares of several channels, not the single channel's Rayleigh law
-    # the background fit expects, so the repeated frames again
+    # the same series with real air: the air of 8 channels' sum of squares fits the chi law of 16 degrees of freedom
     _, whole = _preprocess(trees / "whole", tmp_path / "whole")
     whole_sidecars = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "arrays").glob("*.json")]
-    assert {s["info"]["sigma_method"] for s in whole_sidecars if s["rows"][0]["n_times"] == 5} == {"frame_difference"}
+    assert {s["info"]["sigma_method"] for s in whole_sidecars if s["rows"][0]["n_times"] == 5} == {"background"}
 
 
 def _added_noise_correlation(data_dir, row):

@@ -219,7 +219,7 @@ def test_each_mode_trains_evaluates_enhances_and_is_benchmarked(mode, smoke_data
     assert metrics["mode"] == mode and metrics["rician_correction"] is True
     assert metrics["train"]["selection"]["reference"].startswith("none")
     assert np.isfinite(metrics["truth"]["masked"]["model"]["psnr"]["mean"])
-    series = next(p.parent for p in smoke_dicom.rglob("*.dcm"))
+    series = next(p.parent for p in sorted(smoke_dicom.rglob("*.dcm")) if "dynamic" in p.parent.name)
     summary = pipeline.run(run_dir, series, tmp_path / "enhanced", progress=False)
     assert summary["series_done"] == 1, summary
     report = benchmark.main(["--run-dir", str(smoke_run), "--data", str(smoke_data), "--selfsup-runs", str(run_dir),

@@ -19,56 +19,56 @@ import math
 
 import numpy as np
 import scipy.fft
+from scipy import special
 
 from breastmri.registration import register_shifts, shift_frames
 
-# Background selection for the Rayleigh fit: air pixels are taken as those below TRUNCATION * sigma. A Rayleigh
-# variable stays below 2 sigma with probability 1 - exp(-2) = 86%, so the cut keeps most of the air while
-# excluding the partial-volume pixels at the body edge, which sit just above the noise and bias a looser cut
-# upwards (on the demo tree: +6-9% at 3 sigma, +2-4% at 2 sigma).
-TRUNCATION = 2.0
-# E[x**2 | x < c*sigma] / sigma**2 for a Rayleigh(sigma) variable truncated at c*sigma:
-# 2 - c**2 * exp(-c**2/2) / (1 - exp(-c**2/2)); for c = 2 this is 1.374 (instead of 2 untruncated).
-_TRUNCATED_M2 = 2.0 - TRUNCATION**2 * math.exp(-TRUNCATION**2 / 2) / (1.0 - math.exp(-TRUNCATION**2 / 2))
+# Background selection for the fit: air pixels are taken as those below the law's 86% quantile (for one channel,
+# Rayleigh, that is 2 sigma: 1 - exp(-2) = 86%), so the cut keeps most of the air while excluding the
+# partial-volume pixels at the body edge, which sit just above the noise and bias a looser cut upwards (on a
+# single-channel tree: +6-9% at 3 sigma, +2-4% at 2 sigma).
+BACKGROUND_COVERAGE = -math.expm1(-2.0)
+# The air of a sum of squares of n receive channels follows a chi law with 2n degrees of freedom (Constantinides,
+# Atalar & McVeigh, MRM 1997;38:852-857); n = 1 is Rayleigh. The fit tries every n up to this many.
+MAX_CHANNELS = 32
 # A background must hold at least this many pixels and this fraction of the image to be trusted.
 MIN_BACKGROUND_PIXELS = 200
 MIN_BACKGROUND_FRACTION = 0.02
 
 
-def estimate_background_sigma(image):
+def estimate_background_sigma(image, with_channels=False):
     """Noise sigma of a magnitude image (one slice (H, W) or a stack (n, H, W)) from its air background.
 
-    In air the magnitude of complex Gaussian noise is Rayleigh(sigma) (Henkelman, Med Phys 1985;12:232-233;
-    Gudbjartsson & Patz 1995). As Sijbers et al. (MRI 1998;16:87-90) we start from the mode of the histogram of
-    the dark pixels (the Rayleigh mode equals sigma), then refine with the second moment of the pixels below
-    2 sigma, corrected for the truncation (E[x^2 | x < 2 sigma] = 1.374 sigma^2), iterated to a fixed point.
-    The dark part of the histogram is dominated by the air peak as long as air is more than a few percent of
-    the image (tested for 20-60%), and tissue above 2 sigma does not enter the fit.
+    In air the magnitude of complex Gaussian noise is Rayleigh(sigma) for one receive channel (Henkelman, Med Phys
+    1985;12:232-233; Gudbjartsson & Patz 1995) and a chi law with 2n degrees of freedom and the same scale for the
+    sum of squares of n channels; in tissue both are close to Gaussian with that sigma. For each n up to
+    MAX_CHANNELS, as Sijbers et al. (MRI 1998;16:87-90) do for Rayleigh, we start from the mode of the histogram of
+    the dark pixels (the mode of the chi law is sigma sqrt(2n - 1)), then refine with the second moment of the
+    pixels below the law's 86% quantile, corrected for the truncation, iterated to a fixed point; the n whose
+    truncated law is closest to the pixels (Kolmogorov-Smirnov) wins. The dark part of the histogram is
+    dominated by the air peak as long as air is more than a few percent of the image (tested for 20-60%).
 
     Returns sigma in the units of `image` (zero signal must be 0: pass magnitudes, not shifted values), or
-    nan when there is no usable background (too few dark pixels, or a background of exact zeros as written by
-    masking or zero padding). Exact zeros are ignored when they are a spike (> 2% of the pixels), which a
-    Rayleigh background cannot produce unless sigma is below one integer step.
-
-    Phased-array sum-of-squares images have a noncentral-chi rather than Rayleigh background (Constantinides,
-    Atalar & McVeigh, MRM 1997;38:852-857): its mean square is 2 n sigma^2 for n equally weighted coils, so this
-    Rayleigh estimate reads high (roughly sqrt(n) times); a vendor noise scan is better when one exists.
-    """
+    nan when there is no usable background (too few dark pixels, a background that fits no chi law, or one of
+    exact zeros as written by masking or zero padding). Exact zeros are ignored when they are a spike (> 2% of
+    the pixels), which no chi background can produce unless sigma is below one integer step. with_channels:
+    return (sigma, n) instead (n = 0 with nan). Channels whose noise is correlated, or weighted, read as fewer
+    channels of a larger sigma, which is still the noise of the combined image in tissue."""
+    nothing = (float("nan"), 0) if with_channels else float("nan")
     x = np.asarray(image, dtype=np.float64).ravel()
     x = x[np.isfinite(x)]
     if x.size == 0:
-        return float("nan")
+        return nothing
     x = x[x >= 0]  # magnitudes; negative values are not noise of any kind we model
     if np.count_nonzero(x == 0) > 0.02 * x.size:
         x = x[x != 0]
     if x.size > 1_000_000:  # a regular subsample is plenty for a histogram and a second moment
         x = x[:: x.size // 500_000]
     if x.size < MIN_BACKGROUND_PIXELS:
-        return float("nan")
+        return nothing
     x.sort()
-    # Initial sigma: mode of the histogram of the darker half of the pixels. If air is < 50% of the image,
-    # the range reaches into tissue but the narrow, tall air peak still dominates; if air is > 50%, the
-    # median lies in the air (above the Rayleigh mode at sigma, since the air median is 1.18 sigma).
+    # The mode of the histogram of the darker half of the pixels. If air is < 50% of the image, the range reaches
+    # into tissue but the narrow, tall air peak still dominates; if air is > 50%, the median lies in the air.
     half = x[: x.size // 2 + 1]
     # Stored DICOM values are integers: detect the quantization step of the dark pixels (0 for continuous data);
     # it enters as Sheppard's correction (rounding adds step^2/12 to the mean square) and in the fit test below.
@@ -78,39 +78,55 @@ def estimate_background_sigma(image):
     counts, edges = np.histogram(half, bins=bins)
     counts = np.convolve(counts, np.ones(3) / 3, mode="same")  # tame single-bin noise
     peak = int(np.argmax(counts))
-    sigma = 0.5 * (edges[peak] + edges[peak + 1])
-    # Fixed point of sigma = sqrt(E[x^2 | x < 2 sigma] / 1.374). Converges from below and above because the
-    # truncated second moment grows more slowly than sigma^2 near the true value. x is sorted, so the mean
-    # square below any cut is a lookup in the cumulative sum.
+    mode = 0.5 * (edges[peak] + edges[peak + 1])
     cumulative = np.cumsum(x * x)
+    best = None
+    for channels in range(1, MAX_CHANNELS + 1):
+        fit = _chi_fit(x, cumulative, channels, mode / math.sqrt(2 * channels - 1), step)
+        if fit is not None and (best is None or fit[1] < best[1]):
+            best = (fit[0], fit[1], fit[2], channels)
+    if best is None:
+        return nothing
+    sigma, distance, n_background, channels = best
+    # Is it a chi law at all? A constant image, a flat tissue region or uniform clutter also converge to some
+    # "sigma"; the Kolmogorov-Smirnov distance rejects them. The tolerance is the 1% critical value
+    # 1.63/sqrt(n), floored at 0.1.
+    if distance > max(0.1, 1.63 / math.sqrt(n_background)):
+        return nothing
+    return (float(sigma), channels) if with_channels else float(sigma)
+
+
+def _chi_fit(x, cumulative, channels, sigma, step):
+    """(sigma, Kolmogorov-Smirnov distance, background pixels) of the chi law of 2 `channels` degrees of freedom
+    fitted to the sorted pixels x below its 86% quantile, from a starting sigma; None when no background holds.
+    E[x^2; x < c] for x^2 / sigma^2 ~ chi2(k) is k sigma^2 F_{k+2}(c^2 / sigma^2) (F: the chi2 CDF)."""
+    k = 2 * channels
+    cut = math.sqrt(2 * special.gammaincinv(k / 2, BACKGROUND_COVERAGE))  # the quantile, in units of sigma
+    truncated_m2 = k * special.gammainc(k / 2 + 1, cut * cut / 2) / BACKGROUND_COVERAGE
     for _ in range(100):
-        n_below = int(np.searchsorted(x, TRUNCATION * sigma))
+        n_below = int(np.searchsorted(x, cut * sigma))
         if n_below < MIN_BACKGROUND_PIXELS:
-            return float("nan")
-        new = math.sqrt(max(cumulative[n_below - 1] / n_below - step**2 / 12, 0.0) / _TRUNCATED_M2)
+            return None
+        new = math.sqrt(max(cumulative[n_below - 1] / n_below - step**2 / 12, 0.0) / truncated_m2)
         if new == 0:
-            return float("nan")
+            return None
         if abs(new - sigma) <= 1e-6 * sigma:
             sigma = new
             break
         sigma = new
-    background = x[: int(np.searchsorted(x, TRUNCATION * sigma))]
+    background = x[: int(np.searchsorted(x, cut * sigma))]
     if background.size < max(MIN_BACKGROUND_PIXELS, MIN_BACKGROUND_FRACTION * x.size) or not sigma > 0:
-        return float("nan")
-    # Is it Rayleigh at all? A constant image, a flat tissue region or uniform clutter also converge to some
-    # "sigma"; a Kolmogorov-Smirnov distance to the truncated Rayleigh CDF rejects them. The tolerance is the
-    # 1% critical value 1.63/sqrt(n), floored at 0.1. For integer data the comparison is made at the
-    # distinct values, with the model CDF taken half a quantization step higher.
+        return None
+    # For integer data the comparison is made at the distinct values, with the model CDF taken half a
+    # quantization step higher.
     values, counts = np.unique(background, return_counts=True)
     empirical = np.cumsum(counts) / background.size
-    cdf = -np.expm1(-(values + step / 2) ** 2 / (2 * sigma**2)) / -math.expm1(-TRUNCATION**2 / 2)
+    cdf = special.gammainc(k / 2, (values + step / 2) ** 2 / (2 * sigma**2)) / BACKGROUND_COVERAGE
     if step:
         distance = np.max(np.abs(empirical - cdf))
     else:
         distance = max(np.max(np.abs(empirical - cdf)), np.max(np.abs(empirical - counts / background.size - cdf)))
-    if distance > max(0.1, 1.63 / math.sqrt(background.size)):
-        return float("nan")
-    return float(sigma)
+    return sigma, float(distance), background.size
 
 
 def wavelet_sigma(stack):
@@ -140,9 +156,11 @@ def frame_difference_sigma(magnitude, layout, differences=None):
 
 
 def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
-    """{"sigma", "method", "estimates": {method: value}, "masked_background": bool, "disagree": bool}.
+    """{"sigma", "method", "estimates": {method: value}, "masked_background": bool, "disagree": bool,
+    "background_channels": the chi law's channels the air fits (0: none)}.
 
-    method: background where the air is real (not masked) and fits a Rayleigh law; else frame_difference where
+    method: background where the air is real (not masked) and fits a chi law (Rayleigh for one channel, the sum of
+    squares of several); else frame_difference where
     the series repeats its anatomy; else wavelet; else none (a noise-free image). disagree: two finite estimates
     differ by more than `disagreement` (30%), which preprocessing reports: one of them reads something else than
     the noise (masking, motion, correlated noise, texture)."""
@@ -150,8 +168,8 @@ def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
     # Below a millionth of the brightest value there is no noise worth the name (float round-off, edges).
     floor = 1e-6 * float(np.max(np.abs(magnitude), initial=0.0))
     masked = bool(np.count_nonzero(magnitude == 0) > 0.02 * magnitude.size)
-    estimates = {"background": estimate_background_sigma(magnitude),
-                 "frame_difference": frame_difference_sigma(magnitude, layout, differences)}
+    background, channels = estimate_background_sigma(magnitude, with_channels=True)
+    estimates = {"background": background, "frame_difference": frame_difference_sigma(magnitude, layout, differences)}
     usable = {name: value for name, value in estimates.items() if np.isfinite(value) and value > floor}
     if "background" in usable and not masked:
         method = "background"
@@ -167,7 +185,8 @@ def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
     values = list(usable.values())
     disagree = len(values) > 1 and max(values) > (1 + disagreement) * min(values)
     return {"sigma": float(sigma), "method": method, "masked_background": masked, "disagree": bool(disagree),
-            "estimates": {name: round(float(v), 6) for name, v in estimates.items() if np.isfinite(v)}}
+            "estimates": {name: round(float(v), 6) for name, v in estimates.items() if np.isfinite(v)},
+            "background_channels": int(channels)}
 
 
 def series_sigma(stack, zero=0.0, layout=None):

@@ -34,12 +34,12 @@ def frame_times(time_points):
     before it.
 
     The real series is 25 frames 16.4 s apart, 4 before contrast. Fewer frames sample that schedule: the pre-contrast
-    frames (min(4, time_points // 2), at least 1) and the rest spread evenly over the post-contrast frames up to the
+    frames (min(4, half of time_points rounded up)) and the rest spread evenly over the post-contrast frames up to the
     last one, so a short series still spans wash-in, peak and wash-out; more than 25 continue 16.4 s apart.
     -> (times float64 (time_points,), arrival_s float (the earliest of BOLUS_DELAY_S), n_pre int)
     """
     n_full = max(FULL_SIZE["time_points"], time_points)
-    n_pre = max(1, min(PRE_CONTRAST_FRAMES, time_points // 2))
+    n_pre = max(1, min(PRE_CONTRAST_FRAMES, (time_points + 1) // 2))
     post = np.rint(np.linspace(PRE_CONTRAST_FRAMES, n_full - 1, time_points - n_pre)).astype(int)
     picks = list(range(n_pre)) + [int(i) for i in post]
     times = np.round(np.array(picks, np.float64) * FRAME_INTERVAL_S, 3)
