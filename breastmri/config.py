@@ -108,7 +108,7 @@ DEFAULTS = {
         # image) | 3t (the 3T image, as the thesis) | decorrelated (the 3T image with its noise made uncorrelated with
         # the input's: degrade.decorrelated_target). data_factory.PairedSlices; self-supervised modes ignore it.
         "target": "projected",
-        "noise2noise_frames": 3,  # noise2noise pairs frames among the first N time points (QIN-BREAST: 3 pre-contrast)
+        "noise2noise_frames": 4,  # noise2noise pairs frames among the first N time points (QIN-BREAST: 4 pre-contrast)
         "noise2noise_register": True,  # shift each noise2noise target onto its input frame (rigid, phase correlation)
         "mask_fraction": 0.02,    # noise2void: blind-spot pixels per patch (N2V: 0.2%; more gives more signal per step)
         "epochs": 10,
