@@ -11,8 +11,6 @@ import argparse
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from breastmri.runtime import add_verbose_flag, quiet_start
 from breastmri.simulate.demo_tree import (
     _check_params,
@@ -109,7 +107,7 @@ def realism_table(series_dir, params, patients=REALISM_PATIENTS):
     phantom is."""
     import tempfile
 
-    from breastmri.evaluate.realism import dynamic_frames, statistics, table
+    from breastmri.evaluate.realism import dynamic_frames, median_statistics, statistics, table
 
     frames, times, description = dynamic_frames(series_dir)
     columns = {f"{series_dir} ({description})": statistics(frames, times)}
@@ -121,19 +119,8 @@ def realism_table(series_dir, params, patients=REALISM_PATIENTS):
             generated.append(statistics(*dynamic_frames(first)[:2]))
     for index, stats in enumerate(generated):
         columns[f"patient {index + 1}"] = stats
-    median = {}
-    for key in generated[0]:
-        values = [g[key] for g in generated]
-        if all(isinstance(v, list) for v in values):
-            median[key] = [round(float(np.median(c)), 3) for c in zip(*values)]
-        elif all(isinstance(v, (int, float)) for v in values):
-            middle = float(np.median(values))
-            median[key] = int(middle) if middle.is_integer() and all(isinstance(v, int) for v in values) else \
-                round(middle, 2)
-        else:
-            median[key] = values[0]
     size = f"{params['slices']} slices x {params['time_points']} time points"
-    columns[f"demo_data.py median ({size})"] = median
+    columns[f"demo_data.py median ({size})"] = median_statistics(generated)
     return table(columns)
 
 

@@ -108,16 +108,13 @@ def setup_devices(train_cfg):
             raise ConfigError("train.distribute multi_worker needs TF_CONFIG (main.py --worker-hosts and --task-index "
                               "write it)")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        print(f"devices: {strategy.extended.worker_devices} | strategy: MultiWorkerMirroredStrategy "
-              f"({strategy.num_replicas_in_sync} replica(s)) | precision: {keras.mixed_precision.global_policy().name}")
-        return strategy
-    kind = "GPU" if gpus else "CPU"
-    devices = [d.name for d in tf.config.list_logical_devices(kind)]
-    if mode == "mirrored" or (mode == "auto" and len(gpus) > 1):
-        strategy = tf.distribute.MirroredStrategy(devices=devices)
+        devices = list(strategy.extended.worker_devices)
     else:
-        strategy = tf.distribute.get_strategy()
-    print(f"devices: {', '.join(devices)} | strategy: {type(strategy).__name__} "
+        devices = [d.name for d in tf.config.list_logical_devices("GPU" if gpus else "CPU")]
+        several = mode == "mirrored" or (mode == "auto" and len(gpus) > 1)
+        strategy = tf.distribute.MirroredStrategy(devices=devices) if several else tf.distribute.get_strategy()
+    name = "MultiWorkerMirroredStrategy" if mode == "multi_worker" else type(strategy).__name__  # TF: Collective...
+    print(f"devices: {', '.join(devices)} | strategy: {name} "
           f"({strategy.num_replicas_in_sync} replica(s)) | precision: {keras.mixed_precision.global_policy().name}")
     return strategy
 

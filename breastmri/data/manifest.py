@@ -10,6 +10,7 @@ with evenly_spaced / spread_slices.
 
 import csv
 import io
+import json
 import math
 import os
 from pathlib import Path
@@ -95,6 +96,14 @@ def _layout_of(row):
     if row.get("time_index") is None:
         return 0, row["slice_index"], 1, row["slice_index"] + 1
     return row["time_index"], row["position_index"], row["n_times"], row["n_positions"]
+
+
+def noise_spectrum_of(data_dir, row):
+    """The spectrum of the noise preprocessing added to a row's series: its sidecar's info.noise_spectrum (None:
+    white, or no sidecar)."""
+    sidecar = Path(data_dir) / row["noisy_file"].replace("_noisy.npy", ".json")
+    info = json.loads(sidecar.read_text()).get("info", {}) if sidecar.is_file() else {}
+    return info.get("noise_spectrum")
 
 
 def evenly_spaced(n, count):

@@ -23,7 +23,6 @@ Randomness (shuffling, crops, flips) is a pure function of (seed, epoch, batch i
 whichever worker thread or process computes it, and the same when the run is repeated.
 """
 
-import json
 import math
 import os
 from pathlib import Path
@@ -38,7 +37,7 @@ from breastmri.data.context import (
     projection_kind,
     temporal_projection,
 )
-from breastmri.data.manifest import _layout_of, _simulated, _zero, read_manifest, spread_slices
+from breastmri.data.manifest import _layout_of, _simulated, _zero, noise_spectrum_of, read_manifest, spread_slices
 from breastmri.data.selfsup import selfsup_sample
 from breastmri.registration import register_shifts
 from breastmri.runtime import keep_freed_memory
@@ -285,9 +284,7 @@ class PairedSlices(keras.utils.PyDataset):
         white), so a fresh draw is the same process as the stored one. Read once per series."""
         key = row["noisy_file"]
         if key not in self._spectra:
-            sidecar = self.data_dir / key.replace("_noisy.npy", ".json")
-            info = json.loads(sidecar.read_text()).get("info", {}) if sidecar.is_file() else {}
-            self._spectra[key] = info.get("noise_spectrum")
+            self._spectra[key] = noise_spectrum_of(self.data_dir, row)
         return self._spectra[key]
 
     @property

@@ -127,15 +127,11 @@ def _fingerprint(series):
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def _tmp_path(path):
-    return temporary_path(path)
-
-
 def _save_square(path, stack, size, pad_value, dtype):
     """Pad+resize `stack` slice by slice (size None: keep the acquisition matrix, no padding) and stream the slices
     into an .npy under a temporary name, then rename it. Memory stays at one acquisition-resolution stack whatever
     the output size, and no msync is forced (an np.memmap flush would wait for the disk on every series)."""
-    tmp = _tmp_path(path)
+    tmp = temporary_path(path)
     shape = stack.shape[1:] if size is None else (size, size)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
               "shape": (len(stack),) + tuple(shape)}

@@ -140,14 +140,22 @@ def source_series_uids(series):
     return out
 
 
+PER_FRAME = ("frames", "sop_instance_uids", "slopes", "intercepts", "temporal_index", "layout", "times")
+
+
+def select_frames(series, indices):
+    """The Series of only the frames `indices` (in that order): every per-frame list picked alike (a list that is
+    not per frame, e.g. empty, is kept), n_files recounted; nothing is read."""
+    indices = list(indices)
+    picked = {name: [getattr(series, name)[i] for i in indices] for name in PER_FRAME
+              if len(getattr(series, name)) == len(series.frames)}
+    return replace(series, n_files=len({path for path, _ in picked["frames"]}), **picked)
+
+
 def member_series(series, member):
     """The source series `member` (an entry of series.dynamic["members"]) of an assembled dynamic, as the Series
     it was indexed as: its frames, its uid, number and description, one time point."""
-    part = slice(member["start"], member["stop"])
-    return replace(series, series_uid=member["series_uid"], series_number=member["series_number"],
-                   series_description=member["series_description"], frames=series.frames[part],
-                   sop_instance_uids=series.sop_instance_uids[part], slopes=series.slopes[part],
-                   intercepts=series.intercepts[part], times=series.times[part],
-                   temporal_index=[0] * (member["stop"] - member["start"]),
-                   layout=[(0, k) for _, k in series.layout[part]], truth_dir=member["truth_dir"],
-                   n_files=len({path for path, _ in series.frames[part]}), dynamic=None)
+    part = select_frames(series, range(member["start"], member["stop"]))
+    return replace(part, series_uid=member["series_uid"], series_number=member["series_number"],
+                   series_description=member["series_description"], temporal_index=[0] * len(part.frames),
+                   layout=[(0, k) for _, k in part.layout], truth_dir=member["truth_dir"], dynamic=None)

@@ -23,7 +23,6 @@ frames and harms early ones shows it. PSNR is taken inside the body (the mean fr
 percentile) with data_range the 99.5th percentile of the 3T frames there.
 """
 
-import json
 import logging
 import math
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from breastmri.data import preprocess
-from breastmri.data.manifest import _zero, read_manifest
+from breastmri.data.manifest import _zero, noise_spectrum_of, read_manifest
 from breastmri.evaluate.realism import frames_before_contrast
 from breastmri.restore.denoisers import correct_rician_mean, denoise, denoise_frames
 from breastmri.restore.training import needs_rician_correction
@@ -93,8 +92,7 @@ def _score_dynamic(data_dir, rows, methods, enhancer, n_positions):
     grid = np.array([[index[(t, k)] for k in range(total_positions)] for t in range(n_times)])  # (T, Z)
     clean, noisy = clean_all[grid], noisy_all[grid]                                               # (T, Z, H, W)
     zero, sigma_src = _zero(row0), row0["sigma_source"]
-    sidecar = json.loads((data_dir / row0["noisy_file"].replace("_noisy.npy", ".json")).read_text())
-    spectrum = sidecar["info"].get("noise_spectrum")  # of the source noise and the added noise alike
+    spectrum = noise_spectrum_of(data_dir, row0)  # of the source noise and the added noise alike
     sigma_total = math.hypot(sigma_src, row0["sigma_added"])
     body = body_of(clean[:, positions].mean(axis=0))                                              # (P, H, W)
     data_range = float(np.percentile(clean[:, positions][:, body], 99.5)) - zero
@@ -163,11 +161,9 @@ def _run(method, noisy, frames, positions, zero, sigma_total, sigma_src, enhance
         return pred.reshape(seen.shape)[:, positions]
     magnitude = seen - np.float32(zero)
     common = dict(rician=True, reference_sigma=sigma_src)
-    if method == "tpca":
-        out = np.stack([denoise_frames("tpca", magnitude[:, k], sigma_total, register=True, **common)
-                        for k in positions], axis=1)
-    elif method == "mppca":  # over time at each position: on real slices 3.6 mm apart a slab of positions did worse
-        out = np.stack([denoise_frames("mppca", magnitude[:, k], sigma_total, register=True, **common)
+    if method in ("tpca", "mppca"):  # over time at each position (MP-PCA over a slab of real slices 3.6 mm apart
+        # did worse)
+        out = np.stack([denoise_frames(method, magnitude[:, k], sigma_total, register=True, **common)
                         for k in positions], axis=1)
     else:
         out = np.stack([[denoise(method, magnitude[t, k], sigma_total, spectrum=spectrum, **common)

@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from breastmri.data.context import temporal_projection
-from breastmri.dicom.dynamics import assemble_dynamics
+from breastmri.dicom.dynamics import assemble_dynamics, select_frames
 from breastmri.dicom.index import index
 from breastmri.dicom.pixels import read_series
 from breastmri.registration import register_shifts
@@ -44,11 +44,10 @@ def dynamic_frames(series_dir):
     if not series:
         raise ValueError(f"{series_dir} holds no MR series of at least 3 time points")
     s = max(series, key=lambda s: len({t for t, _ in s.layout}))
-    raw = read_series(s)
     positions = sorted({k for _, k in s.layout})
     middle = positions[len(positions) // 2]
-    picks = sorted((t, i) for i, (t, k) in enumerate(s.layout) if k == middle)
-    return raw[[i for _, i in picks]], _times(s, [i for _, i in picks]), s.series_description
+    picks = [i for _, i in sorted((t, i) for i, (t, k) in enumerate(s.layout) if k == middle)]
+    return read_series(select_frames(s, picks)), _times(s, picks), s.series_description  # only those frames
 
 
 def _times(series, indices):
@@ -105,6 +104,23 @@ def statistics(frames, times_s=None):
         "largest_shift_px": round(float(shifts.max(initial=0.0)), 2),
         "region_pixels": int(region.sum()),
     }
+
+
+def median_statistics(many):
+    """The median of several statistics dicts, statistic by statistic (lists element by element; integers stay
+    integers where the median is one; anything else is the first one's)."""
+    median = {}
+    for key in many[0]:
+        values = [g[key] for g in many]
+        if all(isinstance(v, list) for v in values):
+            median[key] = [round(float(np.median(c)), 3) for c in zip(*values)]
+        elif all(isinstance(v, (int, float)) for v in values):
+            middle = float(np.median(values))
+            integral = middle.is_integer() and all(isinstance(v, int) for v in values)
+            median[key] = int(middle) if integral else round(middle, 2)
+        else:
+            median[key] = values[0]
+    return median
 
 
 def table(columns):

@@ -226,7 +226,7 @@ def train(cfg, data_dir, run_dir, resume=False):
     train_ds, val_ds = load_splits(cfg, data_dir, shard=(task, workers) if distributed else None)
 
     run_dir = Path(run_dir)
-    own_dir = run_dir  # the chief writes the run; the other workers their own copy, removed by main.py
+    own_dir = run_dir  # the chief writes the run; the other workers their own copy, removed after fit (below)
     if task > 0:
         own_dir = Path(tempfile.mkdtemp(prefix=f"worker-{task}-"))
     run_dir.mkdir(parents=True, exist_ok=True)

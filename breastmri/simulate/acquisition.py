@@ -8,7 +8,7 @@ The receive chain (ghosts, zero-filled acquisition, channels, storage) is scanne
 import numpy as np
 from scipy import ndimage
 
-from breastmri.simulate.motion import move_frame
+from breastmri.simulate.motion import move_frame, smooth_displacement
 from breastmri.simulate.phantom import (
     DWI_FAT_SUPPRESSION,
     INFLOW_MAX,
@@ -97,15 +97,12 @@ def dce_series(ph, times_s, arrival_s, rng, motion=None, fractions=ACQUIRED_FRAC
     for t in range(n_times):
         # Breathing moves the chest wall, ribs, lung and heart far more than the prone breast, differently in every
         # frame (each frame averages its own mix of respiratory phases).
-        field = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape[1:]), RESPIRATION_SMOOTH_MM / px,
-                                                  mode="reflect") for _ in range(2)])
-        field *= d["respiration_mm"] / px / (field.std() + 1e-12)
+        field = smooth_displacement(rng, shape[1:], RESPIRATION_SMOOTH_MM / px, d["respiration_mm"] / px)
+        field = field.astype(np.float32)
         part = signal[t] * chest
-        signal[t] += move_frame(part, field.astype(np.float32), 0.0) - part
-        pulsating[t] = move_frame(pulsating[t], field.astype(np.float32), 0.0)
-        field = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape[1:]), CARDIAC_SMOOTH_MM / px,
-                                                  mode="reflect") for _ in range(2)])
-        field *= CARDIAC_MM / px / (field.std() + 1e-12)
+        signal[t] += move_frame(part, field, 0.0) - part
+        pulsating[t] = move_frame(pulsating[t], field, 0.0)
+        field = smooth_displacement(rng, shape[1:], CARDIAC_SMOOTH_MM / px, CARDIAC_MM / px)
         flow = ndimage.gaussian_filter(rng.standard_normal(shape), CARDIAC_SMOOTH_MM / 2 / px, mode="reflect")
         flow *= d["flow"] / (flow.std() + 1e-12)
         # flow voids darken the blood down to nothing; inflow brightens it by at most 15 % (and keeps 12 bits)

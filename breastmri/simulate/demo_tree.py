@@ -171,6 +171,7 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
 
         for visit in range(d["n_visits"]):
             ph = phantom(index, visit, seed=seed, slices=slices, matrix=matrix, texture_beta=texture_beta)
+            main_lesion = ph["lesions"][0] if ph["lesions"] else None
             study = {"patient_id": pid, "age": d["age"], "date": d["baseline"] + timedelta(days=d["days"][visit]),
                      "time_s": 60.0 * d["study_minute"], "description": MR_STUDY_DESCRIPTION,
                      "uid": _uid(*tree_key, pid, "mr", visit), "study_id": str(visit + 2),
@@ -211,13 +212,13 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
                                        truth=signal, lesion=lesion)
                 series_rows.append((study, dce))
             if visit == 0:
-                les = ph["lesion"]
+                les = main_lesion
                 text = ("Synthetic demo report. " + (
                     f"Enhancing {les['shape']} mass, {les['diameter_mm']:.0f} mm." if les else "No enhancing mass."))
                 series_rows.append((study, _write_report(study, study_dir, text)))
             truth["visits"].append({"visit": visit, "study_uid": study["uid"], "date": f"{study['date']:%Y-%m-%d}",
                                     "dce_series_uid": dce["series_uid"],
-                                    "dce_dir": dce["dir"].relative_to(out).as_posix(), "lesion": ph["lesion"],
+                                    "dce_dir": dce["dir"].relative_to(out).as_posix(), "lesion": main_lesion,
                                     "lesions": ph["lesions"], "bpe": ph["bpe"],
                                     "noise_sigma_modality": round(noise_sigma(ph), 3),
                                     "bolus_arrival_s": round(arrival_s, 3),

@@ -102,7 +102,7 @@ def lesion_volume(les, visit, grid, envelope, depth, subcut_mm, centre=None):
         kc, ic, jc = cand[int(les["pick"] * len(cand))]
         centre = np.array([x.ravel()[kc + offset], s.ravel()[ic], a.ravel()[jc]])
     centre = np.asarray(centre, np.float64)
-    index = [int(np.argmin(np.abs(axis.ravel() - c))) for axis, c in zip((x, s, a), centre)]
+    index = list(_nearest_voxel(grid, centre)[0])
 
     radius = les["diameter_mm"] / 2 * les["size_factor"][visit]
     q, _ = np.linalg.qr(les["rotation"])
@@ -169,17 +169,23 @@ def _texture(seed, offsets_mm):
     return ndimage.map_coordinates(field, index.reshape(3, -1), order=1, mode="nearest").reshape(offsets_mm.shape[:-1])
 
 
+def _nearest_voxel(grid, point):
+    """(index (k, i, j) of the voxel of phantom._grid's grid nearest a point (x, s, a) in mm, whether the point
+    lies inside the grid: within half a step of that voxel on every axis)."""
+    index, inside = [], True
+    for axis, c in zip(grid[:3], point):
+        values = axis.ravel()
+        i = int(np.argmin(np.abs(values - c)))
+        step = values[1] - values[0] if len(values) > 1 else grid[3]
+        inside &= bool(abs(values[i] - c) <= step / 2)
+        index.append(i)
+    return tuple(index), inside
+
+
 def _envelope_at(envelope, grid, centre):
     """The glandular envelope's value at the voxel nearest a point (mm); 0 off the grid."""
-    index = []
-    for axis, c in zip(grid[:3], centre):
-        values = axis.ravel()
-        step = values[1] - values[0] if len(values) > 1 else grid[3]
-        i = int(round((c - values[0]) / step))
-        if not 0 <= i < len(values):
-            return 0.0
-        index.append(i)
-    return float(envelope[tuple(index)])
+    index, inside = _nearest_voxel(grid, centre)
+    return float(envelope[index]) if inside else 0.0
 
 
 def place_lesions(lesions, visit, grid, envelope, depth, subcut_mm):

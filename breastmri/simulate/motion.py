@@ -21,6 +21,16 @@ BREATHING_DEFORMATION_MM = (0.05, 0.15)  # rms of each frame's own breathing def
 BREATHING_SMOOTH_MM = 10.0  # its smoothness
 
 
+def smooth_displacement(rng, shape, smooth_px, rms=None):
+    """A smooth random in-plane displacement field (2, *shape): two Gaussian-smoothed (smooth_px) white fields,
+    scaled so that the std over both is `rms` (in the caller's units), or left as drawn (rms None)."""
+    field = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), smooth_px, mode="reflect")
+                      for _ in range(2)])
+    if rms is not None:
+        field *= rms / (field.std() + 1e-12)
+    return field
+
+
 def patient_motion(rng, times_s, n_pre, shape, px, max_mm):
     """Displacements of every frame relative to frame 0.
 
@@ -38,8 +48,7 @@ def patient_motion(rng, times_s, n_pre, shape, px, max_mm):
     jump *= rng.uniform(0.4, 0.7) * max_mm / np.linalg.norm(jump)        # rigid part of the jump, mm
     keep = rng.uniform(0.05, 0.8, 2)                                    # fraction of the jump never drifted back
     tau = rng.uniform(*DRIFT_S)
-    elastic = np.stack([ndimage.gaussian_filter(rng.standard_normal((rows, cols)), ELASTIC_MM / px, mode="reflect")
-                        for _ in range(2)])
+    elastic = smooth_displacement(rng, (rows, cols), ELASTIC_MM / px)
     elastic *= rng.uniform(0.1, 0.25) * max_mm / (np.hypot(*elastic).max() + 1e-12)
     dz_mm = rng.uniform(-0.15, 0.15) * max_mm
     breathing_mm = rng.uniform(*BREATHING_DEFORMATION_MM)
@@ -55,9 +64,7 @@ def patient_motion(rng, times_s, n_pre, shape, px, max_mm):
             rigid = jump * profile + BREATHING_MM * jitter[t, :2]
             dz = dz_mm * float(np.mean(profile)) + BREATHING_MM * jitter[t, 2]
         # breathing: a small smooth deformation of its own in every frame (the frame's mix of respiratory phases)
-        breath = np.stack([ndimage.gaussian_filter(rng.standard_normal((rows, cols)), BREATHING_SMOOTH_MM / px,
-                                                   mode="reflect") for _ in range(2)])
-        breath *= breathing_mm / (breath.std() + 1e-12)
+        breath = smooth_displacement(rng, (rows, cols), BREATHING_SMOOTH_MM / px, breathing_mm)
         total = elastic * np.mean(profile) + rigid[:, None, None] + breath
         size = float(np.hypot(*total).max())
         if size > max_mm:  # the jitter can push the largest displacement past max_mm: scale the frame back

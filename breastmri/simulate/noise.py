@@ -374,6 +374,11 @@ def shaped_noise(shape, spectrum, rng):
     return shaped.real.astype(np.float32), shaped.imag.astype(np.float32)
 
 
+def acquired_lines(n, fraction):
+    """k-space lines acquired along an axis of n pixels reconstructed from `fraction` of them (at least 1)."""
+    return max(1, round(n * fraction))
+
+
 def zero_filled_spectrum(rows, cols, fractions, taper=0.0):
     """The noise spectrum of an image reconstructed at rows x cols from the central fractions (rows, cols) of
     k-space, zero-filled, through a k-space filter: a Tukey window that is 1 over the inner (1 - taper) of the
@@ -381,7 +386,7 @@ def zero_filled_spectrum(rows, cols, fractions, taper=0.0):
     frequencies. Power is the window squared, each axis scaled to mean 1."""
     spectrum = {}
     for name, n, fraction in (("rows", rows, fractions[0]), ("cols", cols, fractions[1])):
-        keep = max(1, round(n * fraction))
+        keep = acquired_lines(n, fraction)
         frequency = np.rint(np.fft.fftfreq(n) * n)
         acquired = (frequency >= -(keep // 2)) & (frequency < keep - keep // 2)  # exactly `keep` lines, DC included
         edge = keep / 2 + 0.5  # the window reaches 0 half a line beyond the outermost acquired line

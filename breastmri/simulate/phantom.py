@@ -418,7 +418,7 @@ def phantom(patient, visit=0, seed=DEMO_DEFAULTS["seed"], slices=DEMO_DEFAULTS["
       ktrans, ve: float32 (slices, matrix, matrix), the tissues' fraction-weighted mean per voxel (0 in air, blood
                  counts as 0): the parameter maps a voxelwise Tofts fit is scored against
       lesions:   list of records (diameter_mm, curve, ktrans_per_min, ve, vp, shape, centre_index, ...), main first;
-                 lesion: the main one or None; density, bpe: str; patient: the patient's scalar draws
+      density, bpe: str; patient: the patient's scalar draws
     Axis 0 is slice k of the DCE series (instances t * slices + k + 1), axes 1-2 are pixel rows and columns.
     """
     index = _patient_index(patient)
@@ -446,5 +446,5 @@ def phantom(patient, visit=0, seed=DEMO_DEFAULTS["seed"], slices=DEMO_DEFAULTS["
     return {"fractions": fractions, "labels": np.argmax(stack, axis=0).astype(np.uint8), "bias": bias,
             "coils": coils, "chest": chest, "fat_texture": fat_texture, "gland_envelope": envelope.astype(np.float32),
             "kinetics": kinetics, "ktrans": maps[0].astype(np.float32), "ve": maps[1].astype(np.float32),
-            "lesions": records, "lesion": records[0] if records else None, "density": d["density"],
+            "lesions": records, "density": d["density"],
             "bpe": bpe_grade(d["bpe_ktrans_per_min"]), "patient": d, "pixel_mm": grid[3]}

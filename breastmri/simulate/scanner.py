@@ -22,7 +22,7 @@ sum of squares of noise-free channels is the magnitude of the image itself, the 
 import numpy as np
 import scipy.fft
 
-from breastmri.simulate.noise import shaped_noise, zero_filled_spectrum
+from breastmri.simulate.noise import acquired_lines, shaped_noise, zero_filled_spectrum
 from breastmri.simulate.phantom import BITS_STORED, MAX_STORED, RESCALE_INTERCEPT, RESCALE_SLOPE
 from breastmri.simulate.protocol import ACQUIRED_FRACTION, KSPACE_TAPER
 
@@ -33,7 +33,7 @@ def acquisition_matrix(rows, cols, fractions=ACQUIRED_FRACTION):
     """(frequency samples along the image's column direction, phase-encoding steps along its rows) of a
     rows x cols reconstruction that acquired `fractions` of k-space (None: all of it)."""
     fractions = (1.0, 1.0) if fractions is None else fractions
-    return max(1, round(rows * fractions[0])), max(1, round(cols * fractions[1]))
+    return acquired_lines(rows, fractions[0]), acquired_lines(cols, fractions[1])
 
 
 def _kspace_window(rows, cols, fractions):
