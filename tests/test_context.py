@@ -150,30 +150,47 @@ def test_projected_target_is_the_3t_frames_own_registered_projection(smoke_data)
 
 
 def test_local_projection_averages_every_block_as_a_direct_loop_does():
+    """Block by block, with dipy's own Marchenko-Pastur classifier for each block's noise, averaged over
+    NOISE_BLOCKS^2 neighbouring blocks: the vectorized projection is the same; and a block whose eigenvalues all
+    lie within the noise's spread reads their mean."""
     import math
+
+    from dipy.denoise.localpca import _pca_classifier
+    from scipy import ndimage
 
     from breastmri.data.context import LOCAL_BLOCK as B
     from breastmri.data.context import LOCAL_STRIDE as S
-    from breastmri.data.context import _local_projection
+    from breastmri.data.context import NOISE_BLOCKS, _local_projection, block_noise
 
-    frames = np.random.default_rng(2).random((5, 21, 26)).astype(np.float32)
-    noise = 0.01
+    rng = np.random.default_rng(2)
+    courses = rng.random((5, 3))
+    frames = (np.einsum("tk,khw->thw", courses, rng.random((3, 21, 26)))
+              + 0.05 * rng.standard_normal((5, 21, 26))).astype(np.float32)
     ny, nx = (-(-(n - B) // S) + 1 for n in frames.shape[1:])
     padded = np.pad(frames, ((0, 0), (0, (ny - 1) * S + B - 21), (0, (nx - 1) * S + B - 26)), mode="reflect")
-    out, total = np.zeros(padded.shape), np.zeros(padded.shape[1:])
-    for by in range(ny):  # one block at a time: its temporal PCA, shrunk, weighted by 1 / (1 + components kept)
+    decompositions, noise = {}, np.zeros((ny, nx))
+    for by in range(ny):  # one block at a time: its temporal PCA and its noise by dipy
         for bx in range(nx):
             at = (slice(by * S, by * S + B), slice(bx * S, bx * S + B))
             x = padded[(slice(None),) + at].reshape(5, -1).astype(np.float64)
             mean = x.mean(1, keepdims=True)
             values, vectors = np.linalg.eigh((x - mean) @ (x - mean).T / x.shape[1])
-            gain = np.clip(1 - noise * (1 + math.sqrt(5 / x.shape[1])) ** 2 / np.maximum(values, 1e-30), 0, 1)
-            weight = 1 / (1 + (gain > 0).sum())
-            out[(slice(None),) + at] += weight * ((vectors * gain) @ vectors.T @ (x - mean) + mean).reshape(5, B, B)
-            total[at] += weight
+            noise[by, bx] = _pca_classifier(values, x.shape[1])[0]
+            assert block_noise(values[None], x.shape[1])[0] == pytest.approx(noise[by, bx], rel=1e-5)
+            decompositions[by, bx] = at, x, mean, values, vectors
+    noise = ndimage.uniform_filter(noise, NOISE_BLOCKS, mode="nearest")
+    out, total = np.zeros(padded.shape), np.zeros(padded.shape[1:])
+    for (by, bx), (at, x, mean, values, vectors) in decompositions.items():  # shrunk, weighted 1 / (1 + kept)
+        edge = noise[by, bx] * (1 + math.sqrt(5 / x.shape[1])) ** 2
+        gain = np.clip(1 - edge / np.maximum(values, 1e-30), 0, 1)
+        weight = 1 / (1 + (gain > 0).sum())
+        out[(slice(None),) + at] += weight * ((vectors * gain) @ vectors.T @ (x - mean) + mean).reshape(5, B, B)
+        total[at] += weight
     expected = (out / total)[:, :21, :26]
     whole = (slice(None), slice(None))
-    np.testing.assert_allclose(_local_projection(frames, noise, whole), expected, atol=1e-5)
+    np.testing.assert_allclose(_local_projection(frames, whole), expected, atol=1e-5)
+    pure = np.sort(rng.normal(1.0, 0.01, (1, 8)))
+    assert block_noise(pure, 64)[0] == pytest.approx(pure.mean())
 
 
 @pytest.mark.parametrize("shift", [(0.37, -1.21), (2.5, 0.0), (-3.9, 4.2)])
