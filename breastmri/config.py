@@ -113,12 +113,23 @@ DEFAULTS = {
         "mask_fraction": 0.02,    # noise2void: blind-spot pixels per patch (N2V: 0.2%; more gives more signal per step)
         "epochs": 10,
         "batch_size": 8,
-        "learning_rate": 1e-3,   # Adam (the thesis used 1e-4; configs/thesis.yaml sets it)
-        "lr_schedule": "constant",  # constant | cosine (decays to 0 over epochs x steps; breastmri/studies/thesis.py --decay)
-        "loss": "mse+mae",       # mse | mae | mse+mae (the thesis summed MSE and MAE)
+        "learning_rate": 1e-3,   # Adam's peak rate (the thesis used 1e-4, constant; configs/thesis.yaml sets it)
+        # cosine: a linear warm-up from 0 over warmup_steps, then a cosine decay to 0 at the last step of epochs x
+        # steps | constant (the thesis)
+        "lr_schedule": "cosine",
+        "warmup_steps": 100,
+        # an exponential moving average of the weights (Adam's use_ema), swapped in for validation, checkpoints and
+        # the saved model; 0: none. The average spans about 1 / (1 - momentum) steps.
+        "ema_momentum": 0.99,
+        # mse (what PSNR scores) | mae | mse+mae (the thesis summed both: at errors near 0.02 the MAE term's
+        # gradient is ~25x the MSE term's, so it optimizes the median)
+        "loss": "mse",
         "patch_size": 128,       # int: train on random tissue crops (as CARE does); None: whole slices
         "augment": True,         # random flips and 90-degree rotations of training batches
         "steps_per_epoch": None,  # None: one pass over the training slices per epoch
+        # supervised: N frames of one slice position share one crop window, one fresh noise draw and one projection
+        # (data.paired.PairedSlices), which makes the batches N times cheaper; 1: every sample its own
+        "frames_per_draw": 1,
         # auto: draw new noise for every training sample (the recorded degradation) when the arrays are at the
         # acquisition matrix; stored pairs otherwise (resized, e.g. the thesis). true: required. false: stored.
         "fresh_noise": "auto",

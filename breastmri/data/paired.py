@@ -87,6 +87,10 @@ class PairedSlices(keras.utils.PyDataset):
         square crops for training a fully convolutional model. Crops prefer tissue: `crop_candidates`
         positions are drawn and the one with the most clean pixels above `tissue_threshold` is kept, so few
         batches are wasted on air while crops still cover the whole body (a best-of-few, not an argmax).
+    frames_per_draw: supervised training, N > 1: the shuffled order keeps N frames of one slice position together
+        (each position's frames in a random order, cut into runs of N), and each run shares one crop window, one
+        fresh noise draw and one projection of it, as enhance.py projects a position once for all its frames: the
+        projection of a crop costs about as much as a training step, and this divides it by N (train.frames_per_draw).
     seed: seeds shuffling, crops and augmentation together with the epoch and batch index.
     max_slices: keep only this many slices, evenly spaced over the split (deterministic; quick evaluation);
         with times_per_position > 1, as that many time points of fewer slice positions (spread_slices: the
@@ -126,7 +130,7 @@ class PairedSlices(keras.utils.PyDataset):
     def __init__(self, data_dir, split, batch_size=8, shuffle=False, augment=False, patch_size=None, seed=0,
                  max_slices=None, steps_per_epoch=None, tissue_threshold=0.1, crop_candidates=4, fresh_noise=False,
                  context=None, mode="supervised", noise2noise_frames=3, register=True, mask_fraction=0.02,
-                 mask_radius=2, target="3t", times_per_position=1, shard=None, **kwargs):
+                 mask_radius=2, target="3t", times_per_position=1, shard=None, frames_per_draw=1, **kwargs):
         super().__init__(**kwargs)
         # (index, count): this worker's share of every batch (multi-worker training, sharded by sample): batch_size
         # stays the global batch, of which this dataset makes samples [index * b, (index + 1) * b), b = batch_size /
@@ -206,6 +210,14 @@ class PairedSlices(keras.utils.PyDataset):
             # empty share, or shares of unequal size whose averaged gradient is not the global batch's
             self.steps_per_epoch = max(1, len(self.rows) // self.batch_size)
         self.tissue_threshold, self.crop_candidates = float(tissue_threshold), int(crop_candidates)
+        if not isinstance(frames_per_draw, (int, np.integer)) or frames_per_draw < 1 or \
+                (frames_per_draw > 1 and mode != "supervised"):
+            raise ValueError(f"frames_per_draw must be a positive integer (above 1 only for supervised training), "
+                             f"got {frames_per_draw!r} with mode {mode}")
+        self.frames_per_draw = int(frames_per_draw)
+        self._positions = {}  # (series, position) -> its row indices: order() keeps frames_per_draw of them together
+        for i, r in enumerate(self.rows):
+            self._positions.setdefault((r["series_uid"], _layout_of(r)[1]), []).append(i)
         self.epoch = 0
         self._arrays = {}            # path -> np.memmap, filled lazily by array()
         self._spectra = {}           # noisy_file -> the noise spectrum of its series, filled by noise_spectrum()
@@ -312,7 +324,13 @@ class PairedSlices(keras.utils.PyDataset):
         epoch = self.epoch if epoch is None else epoch
         if not self.shuffle:
             return np.arange(len(self.rows))
-        return np.random.default_rng((self.seed, epoch)).permutation(len(self.rows))
+        rng = np.random.default_rng((self.seed, epoch))
+        if self.frames_per_draw == 1:
+            return rng.permutation(len(self.rows))
+        # each position's frames in a random order, cut into runs of frames_per_draw; the runs in a random order
+        runs = [run for members in self._positions.values() for members in [rng.permutation(members)]
+                for run in np.array_split(members, range(self.frames_per_draw, len(members), self.frames_per_draw))]
+        return np.concatenate([runs[i] for i in rng.permutation(len(runs))])
 
     def batch_rows(self, index):
         """The manifest rows of batch `index` in the current epoch, in batch order (this shard's share of it)."""
@@ -366,66 +384,96 @@ class PairedSlices(keras.utils.PyDataset):
         # fresh noise has its own stream, so crops and flips are the same with and without it
         noise_rng = np.random.default_rng((self.seed, self.epoch, index, 1)) if self.fresh_noise else None
         noisy_batch, clean_batch = [], []
-        for k, i in samples:
-            row = self.rows[i]
+        for group in self._draw_groups(samples):
             if self.shard is not None:
-                rng = self._sample_rng(index, k)
-                noise_rng = self._sample_rng(index, k, 1) if self.fresh_noise else None
-            channels, guide = self.context_of(row)
-            position = self.position_of(row)
-            projected = position if self.context.projection else []
-            # whole slices of the stored draw: one projection per position (_stored_projection); else drawn here
-            stored = bool(projected) and not self.fresh_noise and self.patch_size is None
-            drawn = [] if stored else projected
-            # every distinct frame once: a frame repeated by reflection is one image at inference, with one noise
-            frames, which = np.unique(channels + guide + drawn, return_inverse=True)
-            has_clean = bool(row.get("clean_file"))
-            clean_all = self.array(row["clean_file"]) if has_clean else None
-            window = (slice(None), slice(None))
-            if self.patch_size is not None:  # only training crops, and training has clean images (checked)
-                y, x = self._crop_position(clean_all[row["slice_index"]], rng)
-                window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
-            clean = None
-            if has_clean and self.target == "projected" and len(position) >= 3:  # the 3T frame's own projection
-                # kept once per position; a training set too large to keep projects each crop's window
-                kept = self.patch_size is None or self._clean_projections_fit
-                clean = self._projection_at(row, position, window, "clean_file", "registered",
-                                            None if kept else np.asarray(clean_all[position], np.float32))[0]
-            elif has_clean:
-                clean = np.asarray(clean_all[row["slice_index"]][window], np.float32)
-            region = (slice(None), slice(None)) if drawn else window  # a projection needs whole slices
-            if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
-                noisy = add_noise(np.asarray(clean_all[frames][(slice(None),) + region], np.float32),
-                                  row["degrade_model"], row["sigma_added"], noise_rng, zero=_zero(row),
-                                  spectrum=self.noise_spectrum(row))
-            else:
-                noisy = np.asarray(self.array(row["noisy_file"])[frames][(slice(None),) + region], np.float32)
-            noisy = noisy[which]
-            n, g = len(channels), len(guide)
-            parts = [noisy[:n]] + ([noisy[n:n + g].mean(0, keepdims=True)] if guide else [])
-            if drawn:  # read whole, now cropped like the target; the projection of the window's pixels only
-                parts = [p[(slice(None),) + window] for p in parts]
-            if projected:
-                parts.append(self._projection_at(row, projected, window, "noisy_file", self.context.projection,
-                                                 None if stored else noisy[n + g:]))
-            noisy = np.concatenate(parts)
-            if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
-                clean = decorrelated_target(clean, noisy[0], row["sigma_source"], row["sigma_added"])
-            noisy = np.moveaxis(noisy, 0, -1)  # (h, w, C)
-            if self.augment:
-                noisy, clean = self._symmetry(noisy, clean, rng)
-            noisy_batch.append(np.ascontiguousarray(noisy, dtype=np.float32))
-            clean_batch.append(None if clean is None else np.ascontiguousarray(clean, dtype=np.float32)[..., None])
+                rng = self._sample_rng(index, group[0][0])
+                noise_rng = self._sample_rng(index, group[0][0], 1) if self.fresh_noise else None
+            for noisy, clean in self._supervised_group([self.rows[i] for _, i in group], rng, noise_rng):
+                noisy_batch.append(noisy)
+                clean_batch.append(clean)
         if any(c is None for c in clean_batch):
             return self._stack(index, noisy_batch, noisy_batch)[0], None
         return self._stack(index, noisy_batch, clean_batch)
 
-    def _projection_at(self, row, position, window, array, kind, frames=None):
-        """(1, h, w): the row's frame of the projection (of `kind`) of its position's frames, on `window`. Without
+    def _draw_groups(self, samples):
+        """The batch's samples in runs that share one crop window and one noise draw: consecutive samples at the same
+        slice position of one series with frames_per_draw > 1 (order() puts them together), else one each."""
+        groups = []
+        for sample in samples:
+            row = self.rows[sample[1]]
+            if groups and self.frames_per_draw > 1 and len(groups[-1]) < self.frames_per_draw:
+                first = self.rows[groups[-1][0][1]]
+                if first["series_uid"] == row["series_uid"] and self.position_of(first) == self.position_of(row):
+                    groups[-1].append(sample)
+                    continue
+            groups.append([sample])
+        return groups
+
+    def _supervised_group(self, rows, rng, noise_rng):
+        """(noisy (h, w, C), clean (h, w, 1) or None) of each of `rows`, frames of one slice position: one crop
+        window (chosen on the first row's clean image) and, with fresh noise, one draw of every frame they need and
+        one projection of it for all of them, as enhance.py projects a position once for all its frames. Each row
+        then gets its own flips."""
+        first = rows[0]
+        position = self.position_of(first)
+        projected = position if self.context.projection else []
+        # whole slices of the stored draw: one projection per position (_stored_projection); else drawn here
+        stored = bool(projected) and not self.fresh_noise and self.patch_size is None
+        drawn = [] if stored else projected
+        contexts = [self.context_of(row) for row in rows]
+        # every distinct frame once: a frame repeated by reflection is one image at inference, with one noise
+        frames, which = np.unique([i for c, g in contexts for i in c + g] + drawn, return_inverse=True)
+        has_clean = bool(first.get("clean_file"))
+        clean_all = self.array(first["clean_file"]) if has_clean else None
+        window = (slice(None), slice(None))
+        if self.patch_size is not None:  # only training crops, and training has clean images (checked)
+            y, x = self._crop_position(clean_all[first["slice_index"]], rng)
+            window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
+        region = (slice(None), slice(None)) if drawn else window  # a projection needs whole slices
+        if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
+            noisy = add_noise(np.asarray(clean_all[frames][(slice(None),) + region], np.float32),
+                              first["degrade_model"], first["sigma_added"], noise_rng, zero=_zero(first),
+                              spectrum=self.noise_spectrum(first))
+        else:
+            noisy = np.asarray(self.array(first["noisy_file"])[frames][(slice(None),) + region], np.float32)
+        noisy = noisy[which]
+        if drawn:  # read whole, now cropped like the target
+            projection = self._projection_at(rows, projected, window, "noisy_file", self.context.projection,
+                                             noisy[-len(drawn):])
+            noisy = noisy[:, window[0], window[1]]
+        elif projected:
+            projection = self._projection_at(rows, projected, window, "noisy_file", self.context.projection)
+        out, start = [], 0
+        for j, (row, (channels, guide)) in enumerate(zip(rows, contexts)):
+            n, g = len(channels), len(guide)
+            mine, start = noisy[start:start + n + g], start + n + g
+            parts = [mine[:n]] + ([mine[n:].mean(0, keepdims=True)] if guide else [])
+            if projected:
+                parts.append(projection[j:j + 1])
+            inputs = np.concatenate(parts)
+            clean = None
+            if has_clean and self.target == "projected" and len(position) >= 3:  # the 3T frame's own projection
+                # kept once per position; a training set too large to keep projects each crop's window
+                kept = self.patch_size is None or self._clean_projections_fit
+                clean = self._projection_at([row], position, window, "clean_file", "registered",
+                                            None if kept else np.asarray(clean_all[position], np.float32))[0]
+            elif has_clean:
+                clean = np.asarray(clean_all[row["slice_index"]][window], np.float32)
+            if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
+                clean = decorrelated_target(clean, inputs[0], row["sigma_source"], row["sigma_added"])
+            inputs = np.moveaxis(inputs, 0, -1)  # (h, w, C)
+            if self.augment:
+                inputs, clean = self._symmetry(inputs, clean, rng)
+            out.append((np.ascontiguousarray(inputs, dtype=np.float32),
+                        None if clean is None else np.ascontiguousarray(clean, dtype=np.float32)[..., None]))
+        return out
+
+    def _projection_at(self, rows, position, window, array, kind, frames=None):
+        """(len(rows), h, w): the rows' frames of the projection (of `kind`) of their position's frames, on `window`. Without
         `frames`, the kept whole-slice projection of `array` (the stored draw's "noisy_file", the 3T image's
         "clean_file"), cropped; with them (a fresh draw, or frames too many to keep), their projection of the window
         alone, registered with the stored `array`'s shifts (equal to the whole projection cropped, tested)."""
-        t = [_layout_of(row)[0]]
+        t, row = [_layout_of(r)[0] for r in rows], rows[0]
         if frames is None:
             return self._stored_projection(row, position, array, kind)[t][(slice(None),) + tuple(window)]
         shifts = self._stored_shifts(row, position, array) if kind == "registered" else None

@@ -98,6 +98,7 @@ def load_splits(cfg, data_dir, shard=None):
                   target=t["target"] if mode == "supervised" else "3t")  # a self-supervised target is its mode's
     train_args = dict(shuffle=True, augment=t["augment"], patch_size=t["patch_size"], shard=shard,
                       steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
+                      frames_per_draw=t["frames_per_draw"] if mode == "supervised" else 1,
                       use_multiprocessing=t["use_multiprocessing"], **common)
     fresh = t["fresh_noise"]
     if fresh not in ("auto", True, False):
@@ -249,12 +250,17 @@ def train(cfg, data_dir, run_dir, resume=False):
     monitor, direction, monitored_what, reference = selection(cfg)
     if t["lr_schedule"] not in ("constant", "cosine"):
         raise ConfigError(f"train.lr_schedule must be constant or cosine, not {t['lr_schedule']!r}")
-    rate = t["learning_rate"]
-    if t["lr_schedule"] == "cosine":  # from learning_rate down to 0 at the last step of train.epochs
-        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(1, t["epochs"] * len(train_ds)))
+    rate, steps = t["learning_rate"], t["epochs"] * len(train_ds)
+    if t["lr_schedule"] == "cosine":  # up from 0 over warmup_steps, then down to 0 at the last step of train.epochs
+        warmup = min(int(t["warmup_steps"]), steps // 2)
+        rate = keras.optimizers.schedules.CosineDecay(0.0 if warmup else rate, decay_steps=max(1, steps - warmup),
+                                                      warmup_target=rate if warmup else None, warmup_steps=warmup)
+    ema = float(t["ema_momentum"])
+    if not 0 <= ema < 1:
+        raise ConfigError(f"train.ema_momentum must lie in [0, 1), not {ema}")
     with strategy.scope():
         model = get_model(cfg)
-        model.compile(optimizer=keras.optimizers.Adam(rate),
+        model.compile(optimizer=keras.optimizers.Adam(rate, use_ema=ema > 0, ema_momentum=ema or 0.99),
                       loss=get_loss(t["loss"], masked=mode != "supervised"),
                       metrics=[psnr_metric()] if mode == "supervised" else None)
     model.summary()
@@ -265,9 +271,12 @@ def train(cfg, data_dir, run_dir, resume=False):
             values = [float(r[monitor]) for r in csv.DictReader(f) if r.get(monitor)]
         best_so_far = (max if direction == "max" else min)(values, default=None)
     callbacks = [
-        # first: the callbacks below read the numbers it logs
-        body_validation(val_ds, t["loss"], size_multiple(cfg), mode),
+        # the training state as it is (the raw weights, their average in the optimizer), before the swap below
         keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
+        # the average in the model from here to the next epoch's start (at the last epoch for good)
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema > 0 else []),
+        # before the rest: they read the numbers it logs
+        body_validation(val_ds, t["loss"], size_multiple(cfg), mode),
         keras.callbacks.ModelCheckpoint(str(own_dir / "model.keras"), monitor=monitor, mode=direction,
                                         save_best_only=True, initial_value_threshold=best_so_far),
         keras.callbacks.CSVLogger(str(history_csv), append=resume),
