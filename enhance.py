@@ -1,5 +1,6 @@
 """Enhance MR series with a trained model: DICOM in, a new derived DICOM series out, at the native matrix.
 
+    python enhance.py --input data/demo_dicom --output enhanced               # the shipped model (models/default)
     python enhance.py --model runs/unet --input data/demo_dicom --output enhanced
     python enhance.py --model runs/unet/model.keras --input path/to/series_dir --output enhanced --preview
     python enhance.py ... [--batch-size 8] [--tile 256 --force-tiling] [--overwrite]
@@ -74,12 +75,15 @@ from pathlib import Path
 from breastmri.enhance.enhancer import resolve_model
 from breastmri.enhance.pipeline import UNFORESEEN_REASON, run
 from breastmri.restore.predict import DEFAULT_TILE, MAX_PIXELS, EnhanceError
+from breastmri.restore.shipped import DEFAULT_MODEL
 from breastmri.runtime import add_verbose_flag, quiet_start
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="run dir of main.py (with model.keras + config.yaml) or model.keras")
+    p.add_argument("--model", default=str(DEFAULT_MODEL),
+                   help="run dir of main.py (with model.keras + config.yaml) or model.keras (default: the shipped "
+                        "models/default, trained at the full budget; breastmri/restore/shipped.py)")
     p.add_argument("--input", required=True, help="a DICOM file, a series folder or a whole DICOM tree")
     p.add_argument("--output", required=True, help="folder for the derived series and enhance_summary.json")
     p.add_argument("--batch-size", type=int, default=8, help="slices (or tiles) per forward pass (default 8)")

@@ -130,6 +130,10 @@ DEFAULTS = {
         # supervised: N frames of one slice position share one crop window, one fresh noise draw and one projection
         # (data.paired.PairedSlices), which makes the batches N times cheaper; 1: every sample its own
         "frames_per_draw": 1,
+        # a trained run (its dir or model.keras) whose weights training starts from, e.g. the shipped models/default
+        # (restore/shipped.py); it must share the model section and never have trained on this data's validation or
+        # test patients. The start is validated first and kept unless an epoch beats it. null: fresh weights.
+        "init_from": None,
         # auto: draw new noise for every training sample (the recorded degradation) when the arrays are at the
         # acquisition matrix; stored pairs otherwise (resized, e.g. the thesis). true: required. false: stored.
         "fresh_noise": "auto",

@@ -513,3 +513,25 @@ def test_multiframe_methods_on_a_window_give_the_whole_slices_output_there(smoke
             difference = part[inner] - whole[inner]
             assert np.sqrt(np.mean(difference ** 2)) < 0.3 * levels["sigma_pixel"]
             assert abs(difference.mean()) < 0.02 * levels["sigma_pixel"]
+
+
+def test_voxelwise_tofts_fit_recovers_known_parameters_and_fails_on_a_flattened_curve():
+    """RE curves made by the generator's own extended Tofts model (RE = 0.5 x concentration): the fit gives back
+    0.5 Ktrans and 0.5 ve; frames whose enhancement is averaged over time (what a careless temporal denoiser
+    does) miss them by far."""
+    from breastmri.evaluate.benchmark_kinetics import map_errors, tofts_maps
+    from breastmri.simulate.protocol import parker_aif, tissue_concentration
+
+    times = np.arange(25) * 16.4
+    aif = {"dose": 1.2, "width": 0.9, "washout": 1.1}
+    ktrans, ve = np.array([0.1, 0.3, 0.8]), np.array([0.2, 0.4, 0.3])
+    concentration = tissue_concentration(times, lambda t: parker_aif(t, 55.0, **aif), ktrans, ve, np.full(3, 0.05))
+    fitted_k, fitted_ve = tofts_maps(0.5 * concentration, times, 55.0, aif)
+    np.testing.assert_allclose(fitted_k, 0.5 * ktrans, rtol=0.1)   # kep on a table of 64: a few % off
+    np.testing.assert_allclose(fitted_ve, 0.5 * ve, rtol=0.1)
+    truth = (1 + 0.5 * concentration.astype(np.float64))[:, :, None] * np.ones((1, 1, 2))   # (T, 3, 2) frames
+    mask = np.ones((3, 2), bool)
+    assert map_errors(truth, truth, mask, times, 4, 55.0, aif)["ktrans_error"] == 0
+    flat = truth.copy()
+    flat[4:] = flat[4:].mean(0)
+    assert map_errors(flat, truth, mask, times, 4, 55.0, aif)["ktrans_error"] > 0.2

@@ -17,6 +17,16 @@ modality values), and its errors against the truth's curve in the same mask on t
   slope_error  (slope - slope_truth) / slope_truth, slope = initial wash-in (RE at the first post-contrast frame
                - RE at the last pre-contrast frame) / their time difference, per minute
 
+and, voxel by voxel in the ROI, the extended Tofts model fit to each voxel's RE curve (tofts_maps: the visit's
+own AIF and bolus arrival from the tree's demo_params.json ground truth, kep searched on the generator's table,
+Ktrans and vp by least squares), against the same fit of the truth's frames:
+  ktrans_error, ve_error   median over the ROI's voxels of |parameter - truth's| / the median of the truth's
+                           (RE is about proportional to the concentration, so the fitted Ktrans is in RE units:
+                           relative errors are what compares; the same fit on the truth leaves the model's own
+                           mismatch out of the error)
+  lesion_psnr              PSNR of the ROI's voxels over every frame against the truth (normalized units, data
+                           range 1), where body PSNR averages the lesion away
+
 Where the lesion comes from (design). demo_data.write_truth leaves in each DCE series folder of the demo tree
 LESION_FILE, the lesion mask as one uint8 image per SOP instance (same order as TRUTH_INDEX's
 sop_instance_uids), and TRUTH_INDEX["lesion"]: the frame times, n_pre and the noise-free curve. Preprocessing
@@ -71,6 +81,57 @@ def curve_errors(enhancement, truth, times_s, n_pre):
             "slope_error": (slope - slope_truth) / slope_truth if slope_truth else float("nan")}
 
 
+def tofts_maps(enhancement, times_s, arrival_s, aif):
+    """Extended Tofts fit of RE curves (T, N): for each kep of KEP_TABLE_PER_MIN the least-squares (Ktrans, vp) of
+    RE = Ktrans basis(kep) + vp Cp, the kep with the smallest residual kept -> (ktrans (N,), ve (N,)), ve = Ktrans /
+    kep. arrival_s and aif (dose, width, washout): the visit's plasma curve (protocol.parker_aif)."""
+    from breastmri.simulate.protocol import KEP_TABLE_PER_MIN, parker_aif, tofts_basis
+
+    def cp(t):
+        return parker_aif(t, arrival_s, **aif)
+
+    enhancement = np.asarray(enhancement, np.float64)
+    basis, plasma = tofts_basis(times_s, cp, KEP_TABLE_PER_MIN), cp(np.asarray(times_s, np.float64))
+    best = np.full(enhancement.shape[1], np.inf)
+    ktrans, kep = np.zeros(enhancement.shape[1]), np.ones(enhancement.shape[1])
+    for k, rate in enumerate(KEP_TABLE_PER_MIN):
+        design = np.stack([basis[:, k], plasma], 1)
+        coefficients = np.linalg.pinv(design) @ enhancement
+        residual = ((design @ coefficients - enhancement) ** 2).sum(0)
+        better = residual < best
+        best[better], ktrans[better], kep[better] = residual[better], coefficients[0, better], rate
+    return ktrans, ktrans / kep
+
+
+def map_errors(frames, truth_frames, mask, times_s, n_pre, arrival_s, aif):
+    """{"ktrans_error", "ve_error", "lesion_psnr"} of a method's frames (T, h, w) against the truth's (air at 0)."""
+    def voxel_curves(f):
+        voxels = np.asarray(f, np.float64)[:, mask]
+        baseline = voxels[:max(int(n_pre), 1)].mean(0)
+        return (voxels - baseline) / np.where(np.abs(baseline) > 1e-6, baseline, 1e-6)
+
+    fitted = tofts_maps(voxel_curves(frames), times_s, arrival_s, aif)
+    truth = tofts_maps(voxel_curves(truth_frames), times_s, arrival_s, aif)
+    errors = {name: float(np.median(np.abs(f - t)) / max(abs(float(np.median(t))), 1e-9))
+              for name, f, t in zip(("ktrans_error", "ve_error"), fitted, truth)}
+    mse = float(np.mean((np.asarray(frames, np.float64)[:, mask] - np.asarray(truth_frames, np.float64)[:, mask]) ** 2))
+    return {**errors, "lesion_psnr": float(10 * np.log10(1.0 / max(mse, 1e-12)))}
+
+
+def visit_kinetics(root):
+    """{DCE SeriesInstanceUID: (bolus arrival s after the first frame, AIF dict)} of the tree's ground truth
+    (demo_params.json), {} without one."""
+    params = Path(root) / "demo_params.json"
+    if not params.is_file():
+        return {}
+    found = {}
+    for patient in json.loads(params.read_text()).get("summary", {}).get("ground_truth", []):
+        for visit in patient.get("visits", []):
+            if visit.get("aif") and visit.get("bolus_arrival_s") is not None:
+                found[visit["dce_series_uid"]] = (float(visit["bolus_arrival_s"]), dict(visit["aif"]))
+    return found
+
+
 def dicom_root(data_dir):
     """The DICOM tree the data was preprocessed from (summary.json "dicom_root"), or None."""
     summary = Path(data_dir) / "summary.json"
@@ -118,7 +179,7 @@ def find_lesions(data_dir, split):
     series = {}
     for row in read_manifest(data_dir, split):
         series.setdefault(row["series_uid"], []).append(row)
-    lesions, masks_cache = [], {}
+    lesions, masks_cache, kinetics = [], {}, visit_kinetics(root)
     for uid, rows in series.items():
         hits = [index.get(r["sop_instance_uid"]) for r in rows]
         if any(h is None for h in hits) or rows[0].get("time_index") is None:
@@ -153,7 +214,7 @@ def find_lesions(data_dir, split):
                         "rows": frames, "mask": mask, "window": window,
                         "times_s": np.asarray(lesion["frame_times_s"], np.float64),
                         "n_pre": int(lesion["n_pre"]), "voxels": int(mask.sum()),
-                        "export": lesion.get("central_relative_enhancement")})
+                        "export": lesion.get("central_relative_enhancement"), "aif": kinetics.get(uid)})
     return lesions, None if lesions else f"kinetics skipped: no {split} series with a lesion in {root}"
 
 
@@ -215,15 +276,16 @@ def lesion_kinetics(methods, models, data_dir, lesions, params, stacks, split="t
     Returns {"lesions": [{patient_id, series_uid, position_index, voxels, times_s, n_pre, truth (RE curve),
     export_max_abs_diff, methods: {method: {curve, rmse, peak_error, slope_error, ...}}}], "summary": {method:
     {n_lesions, rmse, peak_enhancement_error (mean |peak_error|), slope_error (mean |slope_error|),
-    peak_error_signed (mean)}}}."""
+    peak_error_signed (mean), ktrans_error, ve_error, lesion_psnr (means over lesions; None without the tree's
+    AIF)}}}."""
     from breastmri.data.manifest import _zero
 
     arrays, out = {}, []
     for lesion in lesions:
         rows, zero, at = lesion["rows"], _zero(lesion["rows"][0]), lesion["window"]
         mask = lesion["mask"][at]
-        truth = enhancement_curve(_frames(data_dir, rows, "truth_file", arrays)[(Ellipsis,) + at] - zero, mask,
-                                  lesion["n_pre"])
+        truth_frames = _frames(data_dir, rows, "truth_file", arrays)[(Ellipsis,) + at] - zero
+        truth = enhancement_curve(truth_frames, mask, lesion["n_pre"])
         entry = {"patient_id": lesion["patient_id"], "series_uid": lesion["series_uid"],
                  "position_index": lesion["position_index"], "voxels": lesion["voxels"],
                  "times_s": lesion["times_s"].tolist(), "n_pre": lesion["n_pre"], "truth": truth.tolist(),
@@ -238,6 +300,9 @@ def lesion_kinetics(methods, models, data_dir, lesions, params, stacks, split="t
             curve = enhancement_curve(frames - zero, mask, lesion["n_pre"])
             entry["methods"][method] = {"curve": curve.tolist(),
                                         **curve_errors(curve, truth, lesion["times_s"], lesion["n_pre"])}
+            if lesion.get("aif"):
+                entry["methods"][method].update(map_errors(frames - zero, truth_frames, mask, lesion["times_s"],
+                                                           lesion["n_pre"], *lesion["aif"]))
         out.append(entry)
     summary = {}
     for method in methods:
@@ -246,7 +311,9 @@ def lesion_kinetics(methods, models, data_dir, lesions, params, stacks, split="t
             summary[method] = {"n_lesions": len(errors), "rmse": float(np.mean([e["rmse"] for e in errors])),
                                "peak_enhancement_error": float(np.mean([abs(e["peak_error"]) for e in errors])),
                                "peak_error_signed": float(np.mean([e["peak_error"] for e in errors])),
-                               "slope_error": float(np.mean([abs(e["slope_error"]) for e in errors]))}
+                               "slope_error": float(np.mean([abs(e["slope_error"]) for e in errors])),
+                               **{key: float(np.mean([e[key] for e in errors])) if all(key in e for e in errors)
+                                  else None for key in ("ktrans_error", "ve_error", "lesion_psnr")}}
     return {"lesions": out, "summary": summary}
 
 

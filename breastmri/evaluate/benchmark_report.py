@@ -254,12 +254,22 @@ def markdown(report):
                       f"in the ROI (S0: pre-contrast mean), truth peak RE {100 * min(peaks):.0f}-{100 * max(peaks):.0f}%. "
                       "RMSE over frames in percentage points; peak error = |peak RE - truth's| / truth's, mean over "
                       "lesions (signed mean beside it); slope = initial wash-in (first post- vs last pre-contrast "
-                      "frame), mean relative |error|. Curves: benchmark_kinetics.png.", "",
-                      "| Method | Lesions | RE RMSE (pp) | Peak-enhancement error | Signed | Initial-slope error |",
-                      "|---|---|---|---|---|---|"]
+                      "frame), mean relative |error|. Ktrans and ve: voxelwise extended Tofts fits in the ROI (the "
+                      "visit's AIF), median |error| against the same fit of the truth / its median, mean over "
+                      "lesions; lesion PSNR: the ROI's voxels over every frame against the truth. Curves: "
+                      "benchmark_kinetics.png.", "",
+                      "| Method | Lesions | RE RMSE (pp) | Peak-enhancement error | Signed | Initial-slope error "
+                      "| Ktrans error | ve error | Lesion PSNR (dB) |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+
+            def cell(value, fmt):
+                return "—" if value is None else fmt.format(value)
+
             for name, e in k["summary"].items():
                 lines.append(f"| {name} | {e['n_lesions']} | {100 * e['rmse']:.2f} | {100 * e['peak_enhancement_error']:.1f}% "
-                             f"| {100 * e['peak_error_signed']:+.1f}% | {100 * e['slope_error']:.1f}% |")
+                             f"| {100 * e['peak_error_signed']:+.1f}% | {100 * e['slope_error']:.1f}% "
+                             f"| {cell(e.get('ktrans_error'), '{:.1%}')} | {cell(e.get('ve_error'), '{:.1%}')} "
+                             f"| {cell(e.get('lesion_psnr'), '{:.2f}')} |")
             diffs = [e["export_max_abs_diff"] for e in k["lesions"] if e.get("export_max_abs_diff") is not None]
             if diffs:
                 lines += ["", f"Truth curve check: the preprocessed truth in the ROI against the generator's exported "

@@ -339,6 +339,7 @@ def headline(report, default_model):
                          "default": name == default_model, "psnr": psnr["mean"],
                          "psnr_ci": [psnr["ci_low"], psnr["ci_high"]], "ssim": s[region]["ssim"]["mean"],
                          "ms_per_slice_512": ms,
-                         "peak_enhancement_error": kinetics["peak_enhancement_error"] if kinetics else None}
+                         "peak_enhancement_error": kinetics["peak_enhancement_error"] if kinetics else None,
+                         "ktrans_error": kinetics.get("ktrans_error") if kinetics else None}
     return {"reference": "truth" if truth else "3T", "split": report["data"]["split"], "region": "body",
             "methods": methods}

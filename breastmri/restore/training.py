@@ -164,27 +164,36 @@ def body_validation(dataset, loss_name, multiple, mode="supervised"):
 
 def validate(model, dataset, loss_name, multiple, masks=None):
     """{"val_loss", "val_psnr", "val_body_psnr"} of `model` on a whole-slice dataset, predicted as enhance.py
-    does (padded to `multiple`, model.size_multiple). masks: caches the body mask of each slice between calls."""
+    does (padded to `multiple`, model.size_multiple), and "val_truth_psnr", the body PSNR against the noise-free
+    truth, where the data has one (the phantom): the learning curve's measure, never the selection's (real data
+    has no truth). masks: caches the body mask of each slice between calls."""
     from breastmri.metrics import DATA_RANGE, body_mask
     from breastmri.restore.predict import predict_padded
 
+    def body_psnr(e, key, reference):
+        if key not in masks:
+            masks[key] = body_mask(reference)
+        return 10 * math.log10(DATA_RANGE ** 2 / max(np.mean(e[masks[key]] ** 2), 1e-12)) if masks[key].any() else None
+
     masks = {} if masks is None else masks
-    losses, psnr, body = [], [], []
+    losses, psnr, body, truth_body = [], [], [], []
     for b in range(len(dataset)):
         noisy, clean = dataset[b]
+        truth = dataset.truth_batch(b) if dataset.has_truth else None
         pred = predict_padded(model, noisy, multiple, len(noisy))[..., None]
         err = (pred - clean)[..., 0].astype(np.float64)
         for j in range(len(err)):
             e = err[j]
             losses.append(float(np.mean(pixel_loss(e, loss_name))))
             psnr.append(10 * math.log10(DATA_RANGE ** 2 / max(np.mean(e ** 2), 1e-12)))
-            key = (b, j)
-            if key not in masks:
-                masks[key] = body_mask(clean[j, ..., 0])
-            if masks[key].any():
-                body.append(10 * math.log10(DATA_RANGE ** 2 / max(np.mean(e[masks[key]] ** 2), 1e-12)))
+            body.append(body_psnr(e, (b, j), clean[j, ..., 0]))
+            if truth is not None:
+                truth_body.append(body_psnr((pred - truth)[j, ..., 0].astype(np.float64), (b, j, "truth"),
+                                            truth[j, ..., 0]))
+    body, truth_body = [v for v in body if v is not None], [v for v in truth_body if v is not None]
     return {"val_loss": float(np.mean(losses)), "val_psnr": float(np.mean(psnr)),
-            "val_body_psnr": float(np.mean(body)) if body else float(np.mean(psnr))}
+            "val_body_psnr": float(np.mean(body)) if body else float(np.mean(psnr)),
+            **({"val_truth_psnr": float(np.mean(truth_body))} if truth_body else {})}
 
 
 def validate_selfsup(model, dataset, loss_name, multiple):
@@ -210,6 +219,31 @@ def _first_pass(backup_dir):
     path = Path(backup_dir) / "training_metadata.json"
     done = int(json.loads(path.read_text()).get("epoch", 0)) if path.is_file() else 0
     return 1 + done
+
+
+def start_from(model, cfg, source, data_dir):
+    """Copy the weights of a trained run (train.init_from: a run dir or its model.keras, e.g. the shipped
+    models/default) into `model`. Refused when its model section differs (another network or other inputs), and
+    when it was trained on a patient that `data_dir` holds out (validation or test): a fine-tuned model must not
+    have seen the patients it is selected or scored on."""
+    from breastmri.config import load_run_config
+    from breastmri.data.splits import split_record
+    from breastmri.enhance.enhancer import resolve_model
+    from breastmri.restore.losses import load_model
+
+    model_path, config_file = resolve_model(source)
+    source_cfg = load_run_config(config_file)
+    if source_cfg["model"] != cfg["model"]:
+        differ = sorted(k for k in cfg["model"] if source_cfg["model"].get(k) != cfg["model"][k])
+        raise ConfigError(f"train.init_from {source}: its model differs in {', '.join(differ)}; fine-tuning needs "
+                          "the same network and inputs (copy its model section)")
+    trained_on = set(json.loads((model_path.parent / "split.json").read_text())["patients"]["train"])
+    held_out = {p for name in ("val", "test") for p in split_record(data_dir)["patients"][name]}
+    if trained_on & held_out:
+        raise ConfigError(f"train.init_from {source} was trained on {len(trained_on & held_out)} patients that "
+                          f"{data_dir} holds out for validation or test, e.g. {sorted(trained_on & held_out)[0]}")
+    model.set_weights(load_model(model_path).get_weights())
+    print(f"weights from {model_path}")
 
 
 def train(cfg, data_dir, run_dir, resume=False):
@@ -264,12 +298,21 @@ def train(cfg, data_dir, run_dir, resume=False):
                       loss=get_loss(t["loss"], masked=mode != "supervised"),
                       metrics=[psnr_metric()] if mode == "supervised" else None)
     model.summary()
+    if t["init_from"] and not resume:
+        start_from(model, cfg, t["init_from"], data_dir)
 
     best_so_far = None
     if resume and history_csv.exists():
         with open(history_csv) as f:
             values = [float(r[monitor]) for r in csv.DictReader(f) if r.get(monitor)]
         best_so_far = (max if direction == "max" else min)(values, default=None)
+    initial = None
+    if t["init_from"] and mode == "supervised":  # the start is a candidate too: fine-tuning keeps it unless beaten
+        initial = validate(model, val_ds, t["loss"], size_multiple(cfg))
+        print(f"start ({t['init_from']}): " + ", ".join(f"{k} {v:.4f}" for k, v in initial.items()))
+        if best_so_far is None:
+            model.save(own_dir / "model.keras")
+            best_so_far = initial[monitor]
     callbacks = [
         # the training state as it is (the raw weights, their average in the optimizer), before the swap below
         keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
@@ -317,7 +360,8 @@ def train(cfg, data_dir, run_dir, resume=False):
             "images_per_s_with_validation": round(images / seconds, 1) if seconds > 0 and losses else None,
             "mode": mode,
             "selection": {"monitor": monitor, "mode": direction, "split": "val", "what": monitored_what,
-                          "reference": reference,
+                          "reference": reference, "init_from": t["init_from"],
+                          "start": None if initial is None else {k: round(v, 6) for k, v in initial.items()},
                           # among the epochs this call ran (a resumed run's earlier epochs are in history.csv)
                           "best_epoch": None if best is None else best + 1,
                           "best_value": None if best is None else round(monitored[best], 6)}}

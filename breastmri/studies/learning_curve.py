@@ -1,0 +1,96 @@
+"""The learning curve of a run: validation body PSNR against the noise-free truth by training step, beside the
+degraded input, the registered temporal projection (tpca) and MP-PCA on the same validation frames.
+
+    python -m breastmri.studies.learning_curve --run-dir runs/full --data data/processed_cohort \
+        --out docs/learning_curve.png
+
+The run's history.csv holds val_truth_psnr after every epoch (restore/training.validate: the phantom's truth, on
+the run's train.max_val_slices validation slices, the model's weight average as it is checkpointed); step =
+epoch x train.steps_per_epoch (+ the start, step 0, of a run that starts from another: train.init_from). The
+baselines are scored here by the benchmark's own code (evaluate/benchmark_quality.evaluate_quality) on the same
+slices, spread_slices(max_val_slices) of the validation patients, with the same body masks (of the truth).
+Writes the figure and learning_curve.json beside history.csv. Validation patients only: the test patients are
+for the final tables.
+"""
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from breastmri.config import load_run_config
+from breastmri.runtime import add_verbose_flag, quiet_start
+
+BASELINES = ("noisy", "tpca", "mppca")
+LABELS = {"noisy": "degraded input", "tpca": "tpca (registered projection)", "mppca": "MP-PCA (registered)"}
+
+
+def curve(run_dir):
+    """[(step, val_truth_psnr)] of a run's history.csv, step 0 its start when it had one (metrics.json)."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir / "config.yaml")
+    steps = cfg["train"]["steps_per_epoch"]
+    with open(run_dir / "history.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_truth_psnr")]
+    points = [((int(r["epoch"]) + 1) * steps, float(r["val_truth_psnr"])) for r in rows]
+    metrics = run_dir / "metrics.json"
+    start = json.loads(metrics.read_text())["train"]["selection"].get("start") if metrics.is_file() else None
+    if start and "val_truth_psnr" in start:
+        points.insert(0, (0, start["val_truth_psnr"]))
+    return cfg, points
+
+
+def baselines(data_dir, max_slices, mppca_radius):
+    """{method: mean body PSNR against the truth} of BASELINES on the validation slices validation scores."""
+    from breastmri.evaluate.benchmark_quality import evaluate_quality
+
+    rows, _ = evaluate_quality(BASELINES, {}, data_dir, max_slices, {"mppca": mppca_radius}, split="val")
+    return {m: float(np.mean([r["truth_masked_psnr"] for r in rows if r["method"] == m])) for m in BASELINES}
+
+
+def plot(points, references, out, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    steps, values = zip(*points)
+    ax.plot(steps, values, "o-", color="k", label="U-Net (weight average)")
+    for (method, value), style in zip(references.items(), (":", "--", "-.")):
+        ax.axhline(value, linestyle=style, color="gray", label=f"{LABELS[method]} {value:.2f}")
+    ax.set_xlabel("training step (16 crops of 96 px)")
+    ax.set_ylabel("body PSNR vs truth, dB (validation)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--data", required=True, help="the run's preprocessed data")
+    p.add_argument("--out", help="figure (default: learning_curve.png in the run dir)")
+    p.add_argument("--mppca-radius", type=int, default=3, help="MP-PCA's patch radius (the benchmark's calibrated "
+                                                                  "value on the demo's training patients: 3)")
+    add_verbose_flag(p)
+    args = p.parse_args(argv)
+    cfg, points = curve(args.run_dir)
+    if not points:
+        raise SystemExit(f"{args.run_dir}/history.csv has no val_truth_psnr (data without a truth?)")
+    references = baselines(args.data, cfg["train"]["max_val_slices"], args.mppca_radius)
+    result = {"run_dir": args.run_dir, "data": args.data, "max_val_slices": cfg["train"]["max_val_slices"],
+              "steps": [s for s, _ in points], "val_truth_psnr": [v for _, v in points], "baselines": references}
+    Path(args.run_dir, "learning_curve.json").write_text(json.dumps(result, indent=1))
+    out = args.out or str(Path(args.run_dir) / "learning_curve.png")
+    plot(points, references, out, f"{args.run_dir}: validation patients, {cfg['train']['max_val_slices']} slices")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    quiet_start()
+    main()
