@@ -72,10 +72,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from breastmri.enhance.enhancer import resolve_model
 from breastmri.enhance.pipeline import UNFORESEEN_REASON, run
 from breastmri.restore.predict import DEFAULT_TILE, MAX_PIXELS, EnhanceError
-from breastmri.restore.shipped import DEFAULT_MODEL
+from breastmri.restore.shipped import DEFAULT_MODEL, resolve_model
 from breastmri.runtime import add_verbose_flag, quiet_start
 
 

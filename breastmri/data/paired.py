@@ -37,6 +37,7 @@ from breastmri.data.context import (
     projection_kind,
     temporal_projection,
 )
+from breastmri.data.crops import crop_position, symmetry
 from breastmri.data.manifest import _layout_of, _simulated, _zero, noise_spectrum_of, read_manifest, spread_slices
 from breastmri.data.selfsup import selfsup_sample
 from breastmri.registration import register_shifts
@@ -106,21 +107,8 @@ class PairedSlices(keras.utils.PyDataset):
     mode: "supervised" (batches (noisy, clean)) or one of the self-supervised modes, which read the noisy arrays
         only (never a clean or truth file) and give (input, target) with target float32 (B, H, W, 2): channel 0
         the noisy target values, channel 1 the loss weight of each pixel (main.py's masked losses):
-        - "noise2noise": the split keeps the frames t < noise2noise_frames (the pre-contrast frames) of slice
-          positions that have at least two of them; the input is frame t (with its slice neighbours as context),
-          the target another of those frames at the same position of the same series, drawn per sample, so every
-          frame takes turns as input and target; with `register` shifted onto frame t (_registered), weight 1
-          except where the shift brings in pixels from outside the slice. A projection channel projects every frame
-          of the position but the target (leave-target-out; inference projects all T of them). Time context and the
-          pre-contrast guide would show the network the target's own noise, so they are refused.
-        - "noise2void": the target is the input frame itself; a fraction `mask_fraction` (<= 0.5) of its pixels is
-          replaced (blind_spot) wherever the input reads that frame (its channel and the projection's stack), and
-          only they carry weight. The replacement is a pixel of the (2 mask_radius + 1)^2 window that is not a blind
-          spot: with a projection, the one whose course over the position's other frames is closest; without, a
-          random one. Time and slice neighbours keep their pixels (their noise is independent); the guide is
-          refused (it averages the target frame in).
-        Both draw blind spots and crops on whole slices, the crop chosen on the input frame (never on the
-        target's noise), and take a projection only on series of 3 or more time points.
+        "noise2noise" (the input frame t and another pre-contrast frame t' < noise2noise_frames of its position as
+        the target, registered onto it) or "noise2void" (blind spots of the frame itself); selfsup.py says how.
     **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`, passed to keras.utils.PyDataset.
 
     Memory: the arrays are memory-mapped lazily, one np.memmap per file, cached per process (reopened after a
@@ -558,28 +546,6 @@ class PairedSlices(keras.utils.PyDataset):
 
     def _crop_position(self, clean, rng):
         """Top-left (y, x) of a patch: the best of `crop_candidates` random positions by tissue pixel count."""
-        p = self.patch_size
-        h, w = clean.shape
-        ys = rng.integers(0, h - p + 1, size=self.crop_candidates)
-        xs = rng.integers(0, w - p + 1, size=self.crop_candidates)
-        if self.crop_candidates == 1:
-            return int(ys[0]), int(xs[0])
-        # Summed-area table of the tissue mask: each candidate's count is 4 lookups.
-        tissue = np.asarray(clean, dtype=np.float32) > self.tissue_threshold
-        table = np.zeros((h + 1, w + 1), dtype=np.int64)
-        table[1:, 1:] = tissue.cumsum(0).cumsum(1)
-        counts = table[ys + p, xs + p] - table[ys, xs + p] - table[ys + p, xs] + table[ys, xs]
-        best = int(np.argmax(counts))  # ties (e.g. all air) keep the first, still a random position
-        return int(ys[best]), int(xs[best])
+        return crop_position(clean, rng, self.patch_size, self.crop_candidates, self.tissue_threshold)
 
-    @staticmethod
-    def _symmetry(noisy, clean, rng):
-        """The same random flip / 90-degree rotation of both images (only 180 degrees for non-square ones);
-        arrays (h, w) or (h, w, C), clean may be None (only noisy is turned)."""
-        square = noisy.shape[0] == noisy.shape[1]
-        turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
-        flip = bool(rng.integers(2))
-        out = [None if a is None else np.rot90(a, turns) for a in (noisy, clean)]
-        if flip:
-            out = [None if a is None else a[:, ::-1] for a in out]
-        return tuple(out)
+    _symmetry = staticmethod(symmetry)

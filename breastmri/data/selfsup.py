@@ -4,6 +4,23 @@ the noise2void training mode (Krull et al. 2019, arXiv:1811.10980).
 A fraction of the pixels of an input crop is replaced by a neighbour's value (or, for a DCE series, by the pixel's
 own value at another time point); the loss is then taken at those pixels only, so the network cannot learn the
 identity and learns the signal from the surroundings.
+
+What PairedSlices(mode=...) makes of a row (selfsup_sample):
+- "noise2noise": the split keeps the frames t < noise2noise_frames (the pre-contrast frames) of slice
+  positions that have at least two of them; the input is frame t (with its slice neighbours as context),
+  the target another of those frames at the same position of the same series, drawn per sample, so every
+  frame takes turns as input and target; with `register` shifted onto frame t (_registered), weight 1
+  except where the shift brings in pixels from outside the slice. A projection channel projects every frame
+  of the position but the target (leave-target-out; inference projects all T of them). Time context and the
+  pre-contrast guide would show the network the target's own noise, so they are refused.
+- "noise2void": the target is the input frame itself; a fraction `mask_fraction` (<= 0.5) of its pixels is
+  replaced (blind_spot) wherever the input reads that frame (its channel and the projection's stack), and
+  only they carry weight. The replacement is a pixel of the (2 mask_radius + 1)^2 window that is not a blind
+  spot: with a projection, the one whose course over the position's other frames is closest; without, a
+  random one. Time and slice neighbours keep their pixels (their noise is independent); the guide is
+  refused (it averages the target frame in).
+Both draw blind spots and crops on whole slices, the crop chosen on the input frame (never on the
+target's noise), and take a projection only on series of 3 or more time points.
 """
 
 import numpy as np

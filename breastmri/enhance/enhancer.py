@@ -27,6 +27,7 @@ from breastmri.restore.predict import (
     predict_tiled,
     receptive_margin,
 )
+from breastmri.restore.shipped import resolve_model
 
 
 @dataclass
@@ -64,20 +65,6 @@ class Enhancer:
 # --------------------------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------------------------
-
-def resolve_model(path):
-    """(model.keras, config.yaml) from a run dir or a model file; EnhanceError when either is missing."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.keras"
-    if not path.is_file():
-        raise EnhanceError(f"--model {path} does not exist; give a run dir of main.py or its model.keras")
-    config_file = path.parent / "config.yaml"
-    if not config_file.is_file():
-        raise EnhanceError(f"{config_file} does not exist; the model's config (written by main.py next to "
-                           f"model.keras) decides its normalization and input size")
-    return path, config_file
-
 
 def load_enhancer(path):
     """Load model.keras (compile=False) with the custom objects of main.py registered, and its config."""

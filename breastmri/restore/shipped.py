@@ -18,10 +18,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+from breastmri.restore.predict import EnhanceError
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO / "models" / "default"
 MAX_BYTES = 5 * 2 ** 20
 SHIPPED_FILES = ("model.keras", "config.yaml", "split.json", "history.csv")
+
+
+def resolve_model(path):
+    """(model.keras, config.yaml) from a run dir or a model file; EnhanceError when either is missing."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise EnhanceError(f"--model {path} does not exist; give a run dir of main.py or its model.keras")
+    config_file = path.parent / "config.yaml"
+    if not config_file.is_file():
+        raise EnhanceError(f"{config_file} does not exist; the model's config (written by main.py next to "
+                           f"model.keras) decides its normalization and input size")
+    return path, config_file
 
 
 def ship(run_dir, data_dir, out_dir=DEFAULT_MODEL):

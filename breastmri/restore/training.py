@@ -228,8 +228,8 @@ def start_from(model, cfg, source, data_dir):
     have seen the patients it is selected or scored on."""
     from breastmri.config import load_run_config
     from breastmri.data.splits import split_record
-    from breastmri.enhance.enhancer import resolve_model
     from breastmri.restore.losses import load_model
+    from breastmri.restore.shipped import resolve_model
 
     model_path, config_file = resolve_model(source)
     source_cfg = load_run_config(config_file)
