@@ -106,3 +106,20 @@ def test_the_shipped_model_is_small_and_the_demo_can_start_from_it():
     held_out = {p for p, name in split.items() if name != "train"}
     assert held_out and trained_on and not trained_on & held_out
     assert len((DEFAULT_MODEL / "history.csv").read_text().splitlines()) > 1  # its learning curve
+
+
+def test_a_truth_target_is_the_phantoms_noise_free_image_and_needs_one(smoke_data, tmp_path):
+    args = dict(batch_size=4, context=([(0, 0)], 0, "registered"), target="truth")
+    ds = PairedSlices(smoke_data, "val", **args)
+    _, target = ds[0]
+    np.testing.assert_array_equal(target, ds.truth_batch(0))
+    data = tmp_path / "no_truth"
+    shutil.copytree(smoke_data, data)
+    manifest = (data / "manifest.csv").read_text().splitlines()
+    column = manifest[0].split(",").index("truth_file")
+    rows = [line.split(",") for line in manifest]
+    for row in rows[1:]:
+        row[column] = ""
+    (data / "manifest.csv").write_text("\n".join(",".join(r) for r in rows) + "\n")
+    with pytest.raises(ValueError, match="truth"):
+        PairedSlices(data, "val", **args)

@@ -50,7 +50,7 @@ from breastmri.simulate.degrade import add_noise, decorrelated_target
 MODES = ("supervised", "noise2noise", "noise2void")
 # what a supervised target is: the 3T image, the 3T image with its noise decorrelated from the input's, or the
 # 3T image's own registered temporal projection (the position's 3T frames projected together: ~5 dB less noise)
-TARGETS = ("3t", "decorrelated", "projected")
+TARGETS = ("3t", "decorrelated", "projected", "truth")
 # kept projections per array kind (the stored draw's, the 3T image's): a QIN-BREAST series' fit (60 x 25 frames of
 # 512^2: 1.5 GiB), so whole-slice validation, which visits a series time point by time point, projects each
 # position once
@@ -103,7 +103,9 @@ class PairedSlices(keras.utils.PyDataset):
         "projected" (supervised only): the target frame of the registered temporal projection of every 3T frame
         of its position (context.temporal_projection, once per position, kept like the stored draw's), so the
         target carries a fraction of the 3T image's noise; series of fewer than 3 time points keep the 3T image.
-        Both apply to the stored draw (validation) and to fresh draws (training) alike.
+        "truth" (supervised, the phantom only): the generator's noise-free image, which real data never has: what
+        a model trained on the phantom and applied to real scans can learn (train.target).
+        All apply to the stored draw (validation) and to fresh draws (training) alike.
     mode: "supervised" (batches (noisy, clean)) or one of the self-supervised modes, which read the noisy arrays
         only (never a clean or truth file) and give (input, target) with target float32 (B, H, W, 2): channel 0
         the noisy target values, channel 1 the loss weight of each pixel (main.py's masked losses):
@@ -233,6 +235,9 @@ class PairedSlices(keras.utils.PyDataset):
                 if end == len(shapes) or shapes[end] != shapes[start] or end - start == self.batch_size:
                     self._groups.append(np.arange(start, end))
                     start = end
+        if target == "truth" and not self.has_truth:
+            raise ValueError("target truth needs the phantom's noise-free truth (truth_file) for every slice; real "
+                             "data has none: use projected")
         if target == "decorrelated":
             unusable = sorted({r["noisy_file"] for r in self.rows if not _simulated(r)
                                or not r["sigma_added"] > 0 or r.get("sigma_source") is None})
@@ -446,7 +451,8 @@ class PairedSlices(keras.utils.PyDataset):
                 clean = self._projection_at([row], position, window, "clean_file", "registered",
                                             None if kept else np.asarray(clean_all[position], np.float32))[0]
             elif has_clean:
-                clean = np.asarray(clean_all[row["slice_index"]][window], np.float32)
+                source = self.array(row["truth_file"]) if self.target == "truth" else clean_all
+                clean = np.asarray(source[row["slice_index"]][window], np.float32)
             if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
                 clean = decorrelated_target(clean, inputs[0], row["sigma_source"], row["sigma_added"])
             inputs = np.moveaxis(inputs, 0, -1)  # (h, w, C)
