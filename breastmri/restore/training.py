@@ -309,7 +309,7 @@ def train(cfg, data_dir, run_dir, resume=False):
             values = [float(r[monitor]) for r in csv.DictReader(f) if r.get(monitor)]
         best_so_far = (max if direction == "max" else min)(values, default=None)
     initial = None
-    if t["init_from"] and mode == "supervised":  # the start is a candidate too: fine-tuning keeps it unless beaten
+    if t["init_from"] and not resume and mode == "supervised":  # a candidate too: kept unless an epoch beats it
         initial = validate(model, val_ds, t["loss"], size_multiple(cfg))
         print(f"start ({t['init_from']}): " + ", ".join(f"{k} {v:.4f}" for k, v in initial.items()))
         if best_so_far is None:
