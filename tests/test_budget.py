@@ -123,3 +123,12 @@ def test_a_truth_target_is_the_phantoms_noise_free_image_and_needs_one(smoke_dat
     (data / "manifest.csv").write_text("\n".join(",".join(r) for r in rows) + "\n")
     with pytest.raises(ValueError, match="truth"):
         PairedSlices(data, "val", **args)
+
+
+def test_enhance_uses_the_shipped_model_without_model(smoke_dicom, tmp_path):
+    import enhance
+    from breastmri.restore.shipped import DEFAULT_MODEL
+
+    patient = sorted((smoke_dicom / "QIN-BREAST").iterdir())[0]
+    summary = enhance.main(["--input", str(patient), "--output", str(tmp_path / "out")])
+    assert summary["series_done"] >= 2 and summary["model"] == str((DEFAULT_MODEL / "model.keras").resolve())
