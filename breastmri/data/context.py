@@ -122,10 +122,6 @@ def _projection(frames, kind, window):
     n_times = len(frames)
     if n_times < 2 or frames[0].size <= n_times:  # no time axis, or too few pixels to measure the noise
         return frames[(slice(None),) + window].copy()
-    if kind != "global":
-        if not np.all(np.isfinite(frames)):  # NaN/inf: left as they are for the callers' checks
-            return frames[(slice(None),) + window].copy()
-        return _local_projection(frames, window)
     x = frames.reshape(n_times, -1)
     mean = x.mean(1, keepdims=True, dtype=np.float64).astype(np.float32)
     x = x - mean
@@ -135,6 +131,8 @@ def _projection(frames, kind, window):
     values, vectors = np.linalg.eigh(covariance)
     ratio = math.sqrt(n_times / x.shape[1])
     noise = max(values[0], 0.0) / (1 - ratio) ** 2
+    if kind != "global":
+        return _local_projection(frames, window, noise)
     kept = vectors[:, values > PROJECTION_EDGE * noise * (1 + ratio) ** 2].astype(np.float32)
     return ((kept @ (kept.T @ x)) + mean).reshape(frames.shape)[(slice(None),) + window]
 
@@ -181,7 +179,7 @@ def block_noise(values, pixels):
     return means[np.arange(len(values)), last]
 
 
-def _local_projection(frames, window):
+def _local_projection(frames, window, ceiling=np.inf):
     """temporal_projection's "local" kind on the blocks covering `window`, each block's sigma^2 by block_noise
     averaged over NOISE_BLOCKS^2 blocks (those around the window are decomposed for it, so a window equals the
     whole output cropped)."""
@@ -204,8 +202,8 @@ def _local_projection(frames, window):
         noise_values = np.linalg.eigvalsh(some @ some.transpose(0, 2, 1) / x.shape[2])
     else:
         noise_values = values
-    noise = ndimage.uniform_filter(block_noise(noise_values, x.shape[2]).reshape(blocks.shape[1:3]), NOISE_BLOCKS,
-                                   mode="nearest")
+    noise = np.minimum(ndimage.uniform_filter(block_noise(noise_values, x.shape[2]).reshape(blocks.shape[1:3]),
+                                              NOISE_BLOCKS, mode="nearest"), ceiling)
     inner = (slice(y0 - u0, y1 - u0 + 1), slice(x0 - v0, x1 - v0 + 1))       # the blocks that cover the window
     keep = np.zeros(blocks.shape[1:3], bool)
     keep[inner] = True
