@@ -335,17 +335,17 @@ def test_projection_channel_is_the_same_in_training_and_enhancement(kind, smoke_
 
 
 def test_a_long_series_reads_its_noise_from_spread_frames():
-    """70 frames of three tissue time courses whose noise neighbouring frames share (view sharing, as ProstateX's
-    TWIST): fit on all frames, more than a block has pixels, the Marchenko-Pastur law reads a fraction of the noise
-    and the projection keeps it; fit on NOISE_FRAMES spread frames it removes most, and a window still equals the
-    whole projection cropped."""
+    """70 frames (more than a block's 64 pixels) of three tissue time courses whose noise neighbouring frames
+    partly share (view sharing, as ProstateX's TWIST): the noise fit on NOISE_FRAMES spread frames, capped by the
+    whole slice's estimate, still removes most of the noise, and a window still equals the whole projection
+    cropped. (On ProstateX the fit on all 70 frames read 5% of the noise; this milder correlation does not show it.)"""
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 3, size=(64, 64))
     courses = np.stack([np.ones(70), np.linspace(0, 1, 70), 1 + np.sin(np.linspace(0, 3, 70))])
     clean = np.moveaxis(courses[labels] * rng.uniform(0.3, 1.0, (64, 64))[..., None], -1, 0).astype(np.float32)
     white = rng.standard_normal((71,) + clean.shape[1:]).astype(np.float32)
-    noisy = clean + 0.05 * (white[1:] + white[:-1]) / np.sqrt(2)
+    noisy = clean + 0.05 * (white[1:] + 0.3 * white[:-1]) / np.sqrt(1.09)
     out = temporal_projection(noisy, "local")
-    assert np.mean((out - clean) ** 2) < 0.5 * np.mean((noisy - clean) ** 2)
+    assert np.mean((out - clean) ** 2) < 0.25 * np.mean((noisy - clean) ** 2)
     window = (slice(10, 40), slice(33, 64))
     np.testing.assert_allclose(temporal_projection(noisy, "local", window), out[:, 10:40, 33:64], atol=1e-6)
