@@ -57,7 +57,10 @@ def reflect(i, n):
 #   36.66; unaveraged 36.58) and 36.77 given the true sigma. The fit takes NOISE_FRAMES frames spread over the
 #   series: it needs many more pixels than frames (a block has 64), and on ProstateX's TWIST dynamic (70 frames,
 #   whose view sharing also correlates the noise of neighbouring frames) the fit on all frames read 5% of the
-#   noise (the projection then gained 0.18 dB), on 8 spread frames 91% (+1.56 dB; the slice's sigma: +1.78). An earlier sweep on the 0.2 phantom set the rest:
+#   noise (the projection then gained 0.18 dB), on 8 spread frames 91% (+1.56 dB; the slice's sigma: +1.78).
+#   No block's sigma^2 exceeds the whole slice's (its smallest eigenvalue, which signal can only raise): on that
+#   dynamic the cap took tpca in make benchmark's real part from +0.42 dB (12 frames worse) to +0.98 (1 worse);
+#   on the demo's validation positions it changes nothing. An earlier sweep on the 0.2 phantom set the rest:
 #   blocks of 12 or 16 lose 0.3 / 0.6 dB, stride 2 gains 0.26 dB at 4x the cost; stride 4 keeps a 512^2 slice of
 #   25 frames at ~0.1 s per frame on 2 cores.
 # - "registered" (the default): "local" on the frames moved onto the position's first frame (register_shifts), the
@@ -99,8 +102,8 @@ def temporal_projection(frames, kind="local", window=None, shifts=None, which=No
     sigma^2. The noise of a frame is spread over all T components, so keeping the r large ones keeps about r / T of
     its variance. The network gets this as one channel beside the frame itself, never instead of it: a time course
     that few pixels share may fall under the edge. window: (rows, cols) slices: only that part of the output,
-    computed from the blocks that cover it and those whose noise they average, so it equals the whole output cropped
-    (training crops this way; "global" still takes sigma from the whole slice; "registered" moves the whole slice and projects the window and a margin:
+    computed from the blocks that cover it and those whose noise they average, so it equals the whole output
+    cropped (training crops this way; "registered" moves the whole slice and projects the window and a margin:
     the whole output cropped to within 1e-6, tested). shifts:
     "registered" only, the frames' register_shifts when the caller has them. which: indices of the frames to
     return (default all; "registered" moves back only those). One frame (T = 1), or frames with non-finite values,
@@ -182,7 +185,7 @@ def block_noise(values, pixels):
 def _local_projection(frames, window, ceiling=np.inf):
     """temporal_projection's "local" kind on the blocks covering `window`, each block's sigma^2 by block_noise
     averaged over NOISE_BLOCKS^2 blocks (those around the window are decomposed for it, so a window equals the
-    whole output cropped)."""
+    whole output cropped) and at most `ceiling` (the whole slice's sigma^2)."""
     n_times, height, width = frames.shape
     block, stride, reach = LOCAL_BLOCK, LOCAL_STRIDE, NOISE_BLOCKS // 2
     (y0, y1, ny), (x0, x1, nx) = (_block_range(w, n, block, stride) for w, n in zip(window, (height, width)))
@@ -195,20 +198,18 @@ def _local_projection(frames, window, ceiling=np.inf):
     x = blocks.reshape(n_times, -1, block * block).transpose(1, 0, 2)        # (blocks, T, pixels)
     mean = x.mean(2, keepdims=True)
     x = x - mean
-    values, vectors = np.linalg.eigh(x @ x.transpose(0, 2, 1) / x.shape[2])
+    covariance = x @ x.transpose(0, 2, 1) / x.shape[2]
+    values, vectors = np.linalg.eigh(covariance)
     spread = np.unique(np.linspace(0, n_times - 1, min(n_times, NOISE_FRAMES)).round().astype(int))
-    if len(spread) < n_times:  # the noise from NOISE_FRAMES frames spread over the series
-        some = x[:, spread]
-        noise_values = np.linalg.eigvalsh(some @ some.transpose(0, 2, 1) / x.shape[2])
-    else:
-        noise_values = values
-    noise = np.minimum(ndimage.uniform_filter(block_noise(noise_values, x.shape[2]).reshape(blocks.shape[1:3]),
-                                              NOISE_BLOCKS, mode="nearest"), ceiling)
+    # the noise from NOISE_FRAMES frames spread over the series: their covariance is the part of the whole one
+    noise_values = values if len(spread) == n_times else np.linalg.eigvalsh(covariance[:, spread][:, :, spread])
+    grid = blocks.shape[1:3]
+    noise = np.minimum(ndimage.uniform_filter(block_noise(noise_values, x.shape[2]).reshape(grid), NOISE_BLOCKS,
+                                              mode="nearest"), ceiling)
     inner = (slice(y0 - u0, y1 - u0 + 1), slice(x0 - v0, x1 - v0 + 1))       # the blocks that cover the window
-    keep = np.zeros(blocks.shape[1:3], bool)
-    keep[inner] = True
-    keep = keep.ravel()
-    x, mean, values, vectors, noise = x[keep], mean[keep], values[keep], vectors[keep], noise[inner].reshape(-1, 1)
+    x, mean, values, vectors = (a.reshape(grid + a.shape[1:])[inner].reshape((-1,) + a.shape[1:])
+                                for a in (x, mean, values, vectors))
+    noise = noise[inner].reshape(-1, 1)
     part = padded[:, y0 * stride:y1 * stride + block, x0 * stride:x1 * stride + block]
     by, bx = y1 - y0 + 1, x1 - x0 + 1
     edge = noise * (1 + math.sqrt(n_times / x.shape[2])) ** 2

@@ -391,15 +391,15 @@ class PairedSlices(keras.utils.PyDataset):
     def _draw_groups(self, samples):
         """The batch's samples in runs that share one crop window and one noise draw: consecutive samples at the same
         slice position of one series with frames_per_draw > 1 (order() puts them together), else one each."""
-        groups = []
+        groups, keys = [], []
         for sample in samples:
             row = self.rows[sample[1]]
-            if groups and self.frames_per_draw > 1 and len(groups[-1]) < self.frames_per_draw:
-                first = self.rows[groups[-1][0][1]]
-                if first["series_uid"] == row["series_uid"] and self.position_of(first) == self.position_of(row):
-                    groups[-1].append(sample)
-                    continue
+            key = (row["series_uid"], _layout_of(row)[1])  # as order() groups them (_positions)
+            if groups and self.frames_per_draw > 1 and len(groups[-1]) < self.frames_per_draw and key == keys[-1]:
+                groups[-1].append(sample)
+                continue
             groups.append([sample])
+            keys.append(key)
         return groups
 
     def _supervised_group(self, rows, rng, noise_rng):
@@ -436,6 +436,12 @@ class PairedSlices(keras.utils.PyDataset):
             noisy = noisy[:, window[0], window[1]]
         elif projected:
             projection = self._projection_at(rows, projected, window, "noisy_file", self.context.projection)
+        targets = None
+        if has_clean and self.target == "projected" and len(position) >= 3:  # the 3T frames' own projection
+            # kept once per position; a training set too large to keep projects the window, once for the group
+            kept = self.patch_size is None or self._clean_projections_fit
+            targets = self._projection_at(rows, position, window, "clean_file", "registered",
+                                          None if kept else np.asarray(clean_all[position], np.float32))
         out, start = [], 0
         for j, (row, (channels, guide)) in enumerate(zip(rows, contexts)):
             n, g = len(channels), len(guide)
@@ -445,11 +451,8 @@ class PairedSlices(keras.utils.PyDataset):
                 parts.append(projection[j:j + 1])
             inputs = np.concatenate(parts)
             clean = None
-            if has_clean and self.target == "projected" and len(position) >= 3:  # the 3T frame's own projection
-                # kept once per position; a training set too large to keep projects each crop's window
-                kept = self.patch_size is None or self._clean_projections_fit
-                clean = self._projection_at([row], position, window, "clean_file", "registered",
-                                            None if kept else np.asarray(clean_all[position], np.float32))[0]
+            if targets is not None:
+                clean = targets[j]
             elif has_clean:
                 source = self.array(row["truth_file"]) if self.target == "truth" else clean_all
                 clean = np.asarray(source[row["slice_index"]][window], np.float32)
@@ -457,14 +460,14 @@ class PairedSlices(keras.utils.PyDataset):
                 clean = decorrelated_target(clean, inputs[0], row["sigma_source"], row["sigma_added"])
             inputs = np.moveaxis(inputs, 0, -1)  # (h, w, C)
             if self.augment:
-                inputs, clean = self._symmetry(inputs, clean, rng)
+                inputs, clean = symmetry(inputs, clean, rng)
             out.append((np.ascontiguousarray(inputs, dtype=np.float32),
                         None if clean is None else np.ascontiguousarray(clean, dtype=np.float32)[..., None]))
         return out
 
     def _projection_at(self, rows, position, window, array, kind, frames=None):
-        """(len(rows), h, w): the rows' frames of the projection (of `kind`) of their position's frames, on `window`. Without
-        `frames`, the kept whole-slice projection of `array` (the stored draw's "noisy_file", the 3T image's
+        """(len(rows), h, w): the rows' frames of the projection (of `kind`) of their position's frames, on
+        `window`. Without `frames`, the kept whole-slice projection of `array` (the stored draw's "noisy_file", the 3T image's
         "clean_file"), cropped; with them (a fresh draw, or frames too many to keep), their projection of the window
         alone, registered with the stored `array`'s shifts (equal to the whole projection cropped, tested)."""
         t, row = [_layout_of(r)[0] for r in rows], rows[0]
@@ -553,5 +556,3 @@ class PairedSlices(keras.utils.PyDataset):
     def _crop_position(self, clean, rng):
         """Top-left (y, x) of a patch: the best of `crop_candidates` random positions by tissue pixel count."""
         return crop_position(clean, rng, self.patch_size, self.crop_candidates, self.tissue_threshold)
-
-    _symmetry = staticmethod(symmetry)

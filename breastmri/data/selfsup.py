@@ -26,6 +26,7 @@ target's noise), and take a projection only on series of 3 or more time points.
 import numpy as np
 
 from breastmri.data.context import reflect, temporal_projection
+from breastmri.data.crops import symmetry
 from breastmri.registration import register_shifts, shift_frames
 
 
@@ -127,7 +128,7 @@ def selfsup_sample(ds, row, rng):
     inputs = np.moveaxis(np.concatenate(parts), 0, -1)
     target = np.stack([values[window], weight[window]], axis=-1)
     if ds.augment:
-        inputs, target = ds._symmetry(inputs, target, rng)
+        inputs, target = symmetry(inputs, target, rng)
     return np.ascontiguousarray(inputs, np.float32), np.ascontiguousarray(target, np.float32)
 
 

@@ -103,17 +103,21 @@ def tofts_maps(enhancement, times_s, arrival_s, aif):
     return ktrans, ktrans / kep
 
 
-def map_errors(frames, truth_frames, mask, times_s, n_pre, arrival_s, aif):
-    """{"ktrans_error", "ve_error", "lesion_psnr"} of a method's frames (T, h, w) against the truth's (air at 0)."""
-    def voxel_curves(f):
-        voxels = np.asarray(f, np.float64)[:, mask]
-        baseline = voxels[:max(int(n_pre), 1)].mean(0)
-        return (voxels - baseline) / np.where(np.abs(baseline) > 1e-6, baseline, 1e-6)
+def voxel_enhancement(frames, mask, n_pre):
+    """RE(t) of every voxel of `mask` in frames (T, h, w) (air at 0): float64 (T, voxels)."""
+    voxels = np.asarray(frames, np.float64)[:, mask]
+    baseline = voxels[:max(int(n_pre), 1)].mean(0)
+    return (voxels - baseline) / np.where(np.abs(baseline) > 1e-6, baseline, 1e-6)
 
-    fitted = tofts_maps(voxel_curves(frames), times_s, arrival_s, aif)
-    truth = tofts_maps(voxel_curves(truth_frames), times_s, arrival_s, aif)
+
+def map_errors(frames, truth_frames, mask, times_s, n_pre, arrival_s, aif, truth_maps=None):
+    """{"ktrans_error", "ve_error", "lesion_psnr"} of a method's frames (T, h, w) against the truth's (air at 0).
+    truth_maps: the truth's (ktrans, ve) when the caller has them (one fit per lesion for every method)."""
+    fitted = tofts_maps(voxel_enhancement(frames, mask, n_pre), times_s, arrival_s, aif)
+    if truth_maps is None:
+        truth_maps = tofts_maps(voxel_enhancement(truth_frames, mask, n_pre), times_s, arrival_s, aif)
     errors = {name: float(np.median(np.abs(f - t)) / max(abs(float(np.median(t))), 1e-9))
-              for name, f, t in zip(("ktrans_error", "ve_error"), fitted, truth)}
+              for name, f, t in zip(("ktrans_error", "ve_error"), fitted, truth_maps)}
     mse = float(np.mean((np.asarray(frames, np.float64)[:, mask] - np.asarray(truth_frames, np.float64)[:, mask]) ** 2))
     return {**errors, "lesion_psnr": float(10 * np.log10(1.0 / max(mse, 1e-12)))}
 
@@ -286,6 +290,8 @@ def lesion_kinetics(methods, models, data_dir, lesions, params, stacks, split="t
         mask = lesion["mask"][at]
         truth_frames = _frames(data_dir, rows, "truth_file", arrays)[(Ellipsis,) + at] - zero
         truth = enhancement_curve(truth_frames, mask, lesion["n_pre"])
+        truth_maps = (tofts_maps(voxel_enhancement(truth_frames, mask, lesion["n_pre"]), lesion["times_s"],
+                                 *lesion["aif"]) if lesion.get("aif") else None)
         entry = {"patient_id": lesion["patient_id"], "series_uid": lesion["series_uid"],
                  "position_index": lesion["position_index"], "voxels": lesion["voxels"],
                  "times_s": lesion["times_s"].tolist(), "n_pre": lesion["n_pre"], "truth": truth.tolist(),
@@ -302,7 +308,7 @@ def lesion_kinetics(methods, models, data_dir, lesions, params, stacks, split="t
                                         **curve_errors(curve, truth, lesion["times_s"], lesion["n_pre"])}
             if lesion.get("aif"):
                 entry["methods"][method].update(map_errors(frames - zero, truth_frames, mask, lesion["times_s"],
-                                                           lesion["n_pre"], *lesion["aif"]))
+                                                           lesion["n_pre"], *lesion["aif"], truth_maps=truth_maps))
         out.append(entry)
     summary = {}
     for method in methods:
