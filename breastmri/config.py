@@ -107,8 +107,8 @@ DEFAULTS = {
         # 33.9: a target with a fraction of the 3T image's noise; series of fewer than 3 time points keep the 3T
         # image) | 3t (the 3T image, as the thesis) | decorrelated (the 3T image with its noise made uncorrelated with
         # the input's: degrade.decorrelated_target) | truth (the phantom's noise-free image, which real data never
-        # has: a phantom-trained model such as the shipped one). data.paired.PairedSlices; self-supervised modes
-        # ignore it.
+        # has) | expected (the truth's expected 3T magnitude, its noise floor kept: degrade.expected_target; the
+        # shipped model's). data.paired.PairedSlices; self-supervised modes ignore it.
         "target": "projected",
         "noise2noise_frames": 4,  # noise2noise pairs frames among the first N time points (QIN-BREAST: 4 pre-contrast)
         "noise2noise_register": True,  # shift each noise2noise target onto its input frame (rigid, phase correlation)

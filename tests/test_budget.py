@@ -125,6 +125,21 @@ def test_a_truth_target_is_the_phantoms_noise_free_image_and_needs_one(smoke_dat
         PairedSlices(data, "val", **args)
 
 
+def test_an_expected_target_is_the_truths_3t_magnitude_with_the_measured_floor(smoke_data):
+    from breastmri.data.manifest import _zero
+    from breastmri.simulate.degrade import expected_target
+
+    ds = PairedSlices(smoke_data, "val", batch_size=4, context=([(0, 0)], 0, "registered"), target="expected")
+    _, target = ds[0]
+    rows = ds.rows[:4]
+    assert all(r["noise_channels"] >= 1 for r in rows)  # the phantom's air fits a sum of squares of channels
+    truth = ds.truth_batch(0)
+    expected = [expected_target(t[..., 0], r["sigma_source"], r["noise_channels"], _zero(r))
+                for t, r in zip(truth, rows)]
+    np.testing.assert_allclose(target[..., 0], np.stack(expected), atol=1e-6)
+    assert (target[..., 0] > truth[..., 0]).all()  # the floor lifts every pixel, most of all the air
+
+
 def test_enhance_uses_the_shipped_model_without_model(smoke_dicom, tmp_path):
     import enhance
     from breastmri.restore.shipped import DEFAULT_MODEL

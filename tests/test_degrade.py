@@ -8,8 +8,10 @@ import pytest
 
 from breastmri.config import ConfigError, load_config
 from breastmri.simulate.degrade import (
+    add_noise,
     decorrelated_target,
     degrade,
+    expected_target,
     kspace_crop,
     series_rng,
     snr_ratio,
@@ -207,3 +209,33 @@ def test_decorrelated_target_noise_is_uncorrelated_with_the_input(model):
     assert abs(n_target.mean()) < 0.002  # no bias in tissue
     with pytest.raises(ValueError, match="added noise"):
         decorrelated_target(clean, clean, 0.02, 0.0)
+
+
+@pytest.mark.parametrize("channels", [1, 4, 8])
+def test_expected_target_is_the_mean_of_a_sum_of_squares_magnitude(channels):
+    # N channels of unit weights, each with complex noise of sigma, combined by root sum of squares (the phantom's
+    # scanner); the target is the mean magnitude over draws, floor included, from no signal to high SNR.
+    sigma, zero = 0.02, -0.1
+    amplitude = np.array([0.0, 0.02, 0.05, 0.1, 0.3, 1.0, 3.0])
+    rng = np.random.default_rng(channels)
+    draws = rng.standard_normal((2, channels, 200_000, 1)) * sigma
+    weight = 1 / math.sqrt(channels)
+    magnitude = np.sqrt(((amplitude * weight + draws[0]) ** 2 + draws[1] ** 2).sum(axis=0))
+    target = expected_target(amplitude + zero, sigma, channels, zero) - zero
+    assert target == pytest.approx(magnitude.mean(axis=0), abs=2e-4)
+    assert target[0] > 0.02 * 1.2 * math.sqrt(channels)  # the floor grows with the channels
+    assert expected_target(amplitude, sigma, 0) == pytest.approx(expected_target(amplitude, sigma, 1))  # no air
+
+
+def test_the_added_noise_raises_the_mean_square_by_its_own_power_whatever_the_channels():
+    # What the degraded input adds to the expected 3T magnitude does not depend on the 3T image's channels: the
+    # mean square grows by 2 sigma_added^2 for one channel and for eight, so the target transfers between floors.
+    sigma, added = 0.02, 0.035
+    amplitude = np.full((400_000,), 0.05, np.float32)
+    rng = np.random.default_rng(1)
+    for channels in (1, 8):
+        noise = rng.standard_normal((2, channels, amplitude.size)) * sigma
+        source = np.sqrt(((amplitude / math.sqrt(channels) + noise[0]) ** 2 + noise[1] ** 2).sum(axis=0))
+        noisy = add_noise(source.astype(np.float32), "field", added, rng)
+        assert (noisy.astype(np.float64) ** 2).mean() - (source.astype(np.float64) ** 2).mean() == pytest.approx(
+            2 * added ** 2, rel=0.03)

@@ -24,9 +24,10 @@ MANIFEST_COLUMNS = [
     "patient_id", "study_uid", "series_uid", "series_description", "slice_index", "split", "clean_file",
     "noisy_file", "norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio", "degrade_model", "rows",
     "cols", "sop_instance_uid", "config_hash", "truth_file", "time_index", "n_times", "position_index",
-    "n_positions", "dynamic_id", "source_series_uid",
+    "n_positions", "dynamic_id", "source_series_uid", "noise_channels",
 ]
-INT_COLUMNS = ("slice_index", "rows", "cols", "time_index", "n_times", "position_index", "n_positions")
+INT_COLUMNS = ("slice_index", "rows", "cols", "time_index", "n_times", "position_index", "n_positions",
+               "noise_channels")
 FLOAT_COLUMNS = ("norm_lo", "norm_hi", "sigma_source", "sigma_added", "snr_ratio")
 # Columns a dataset cannot work without; the others are carried along for evaluation and export.
 REQUIRED_COLUMNS = ("patient_id", "series_uid", "slice_index", "split", "clean_file", "noisy_file")

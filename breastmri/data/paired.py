@@ -42,15 +42,14 @@ from breastmri.data.manifest import _layout_of, _simulated, _zero, noise_spectru
 from breastmri.data.selfsup import selfsup_sample
 from breastmri.registration import register_shifts
 from breastmri.runtime import keep_freed_memory
-from breastmri.simulate.degrade import add_noise, decorrelated_target
+from breastmri.simulate.degrade import add_noise, decorrelated_target, expected_target
 
 # What a training sample's target is (train.mode in breastmri/config.py; main.py documents the choice):
 # supervised: the clean (3T) image; noise2noise: another noisy frame of the same slice position (Lehtinen 2018);
 # noise2void: the noisy frame itself, at blind-spot pixels hidden from the input (Krull 2019).
 MODES = ("supervised", "noise2noise", "noise2void")
-# what a supervised target is: the 3T image, the 3T image with its noise decorrelated from the input's, or the
-# 3T image's own registered temporal projection (the position's 3T frames projected together: ~5 dB less noise)
-TARGETS = ("3t", "decorrelated", "projected", "truth")
+# what a supervised target is (PairedSlices says each; the 3T frames' projection has ~5 dB less noise than the 3T frame)
+TARGETS = ("3t", "decorrelated", "projected", "truth", "expected")
 # kept projections per array kind (the stored draw's, the 3T image's): a QIN-BREAST series' fit (60 x 25 frames of
 # 512^2: 1.5 GiB), so whole-slice validation, which visits a series time point by time point, projects each
 # position once
@@ -97,14 +96,12 @@ class PairedSlices(keras.utils.PyDataset):
         with times_per_position > 1, as that many time points of fewer slice positions (spread_slices: the
         benchmark's multi-frame methods then score several slices per stack they denoise).
     register: noise2noise only: shift each target onto its input frame (train.noise2noise_register).
-    target: "3t" (the clean batch is the 3T image) or "decorrelated" (supervised only): the 3T image minus
-        c times the target frame's degradation noise, so that its noise is uncorrelated with the input's and the
-        network learns the noise-free image rather than the 3T image's noise (degrade.decorrelated_target).
-        "projected" (supervised only): the target frame of the registered temporal projection of every 3T frame
-        of its position (context.temporal_projection, once per position, kept like the stored draw's), so the
-        target carries a fraction of the 3T image's noise; series of fewer than 3 time points keep the 3T image.
-        "truth" (supervised, the phantom only): the generator's noise-free image, which real data never has: what
-        a model trained on the phantom and applied to real scans can learn (train.target).
+    target (supervised only, but "3t"): "3t", the 3T image; "decorrelated", the 3T image minus c times the
+        target frame's degradation noise, whose noise is then uncorrelated with the input's
+        (degrade.decorrelated_target); "projected", the target frame of the registered temporal projection of
+        every 3T frame of its position (kept once per position like the stored draw's; series of fewer than 3
+        time points keep the 3T image); "truth" (the phantom only), the generator's noise-free image; "expected"
+        (the phantom only), the truth's expected 3T magnitude, its noise floor kept (degrade.expected_target).
         All apply to the stored draw (validation) and to fresh draws (training) alike.
     mode: "supervised" (batches (noisy, clean)) or one of the self-supervised modes, which read the noisy arrays
         only (never a clean or truth file) and give (input, target) with target float32 (B, H, W, 2): channel 0
@@ -235,9 +232,12 @@ class PairedSlices(keras.utils.PyDataset):
                 if end == len(shapes) or shapes[end] != shapes[start] or end - start == self.batch_size:
                     self._groups.append(np.arange(start, end))
                     start = end
-        if target == "truth" and not self.has_truth:
-            raise ValueError("target truth needs the phantom's noise-free truth (truth_file) for every slice; real "
-                             "data has none: use projected")
+        if target in ("truth", "expected") and not self.has_truth:
+            raise ValueError(f"target {target} needs the phantom's noise-free truth (truth_file) for every slice; "
+                             "real data has none: use projected")
+        if target == "expected" and any(r.get("noise_channels") is None for r in self.rows):
+            raise ValueError("target expected needs the measured noise channels (manifest noise_channels), which "
+                             "this manifest predates: rerun preprocessing.py")
         if target == "decorrelated":
             unusable = sorted({r["noisy_file"] for r in self.rows if not _simulated(r)
                                or not r["sigma_added"] > 0 or r.get("sigma_source") is None})
@@ -454,8 +454,10 @@ class PairedSlices(keras.utils.PyDataset):
             if targets is not None:
                 clean = targets[j]
             elif has_clean:
-                source = self.array(row["truth_file"]) if self.target == "truth" else clean_all
+                source = self.array(row["truth_file"]) if self.target in ("truth", "expected") else clean_all
                 clean = np.asarray(source[row["slice_index"]][window], np.float32)
+                if self.target == "expected":
+                    clean = expected_target(clean, row["sigma_source"], row["noise_channels"], _zero(row))
             if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
                 clean = decorrelated_target(clean, inputs[0], row["sigma_source"], row["sigma_added"])
             inputs = np.moveaxis(inputs, 0, -1)  # (h, w, C)

@@ -377,7 +377,10 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
     rows = []
     for s in used:
         sidecar = json.loads((arrays / f"{series_key(s)}.json").read_text())
-        rows.extend(sidecar["rows"])
+        # noise_channels: the chi law's receive channels the 3T image's air fits (0: no air to fit), the noise floor
+        # a target of the expected 3T magnitude carries (train.target expected)
+        channels = int(sidecar["info"].get("background_channels", 0))
+        rows.extend(dict(row, noise_channels=channels) for row in sidecar["rows"])
     split = split_patients([s.patient_id for s in used], cfg["preprocess"]["split"], cfg["seed"])
     for row in rows:
         row["split"] = split[row["patient_id"]]

@@ -99,7 +99,8 @@ import argparse
 import time
 
 import numpy as np
-from scipy import special
+
+from breastmri.simulate.noise import chi_mean
 
 METHODS = ("nlm", "tv", "wavelet", "bm3d")
 MULTIFRAME = ("bm4d", "mppca", "tpca")
@@ -116,15 +117,9 @@ RAYLEIGH_MEAN = np.sqrt(np.pi / 2)
 
 
 def rician_mean(amplitude, sigma):
-    """E[M] of a Rician magnitude M = |A + sigma*(n1 + i n2)|, elementwise; same units as amplitude.
-
-    E[M] = sigma sqrt(pi/2) L_1/2(-A^2/(2 sigma^2)) with the Laguerre polynomial
-    L_1/2(-2t) = exp(t) [(1 + 2t) I0(t) + 2t I1(t)], t = A^2/(4 sigma^2); written with the
-    exponentially scaled Bessel functions i0e, i1e so that it does not overflow at high SNR.
-    """
-    a = np.abs(np.asarray(amplitude, dtype=np.float64))
-    t = a * a / (4.0 * sigma * sigma)
-    return sigma * RAYLEIGH_MEAN * ((1.0 + 2.0 * t) * special.i0e(t) + 2.0 * t * special.i1e(t))
+    """E[M] of a Rician magnitude M = |A + sigma*(n1 + i n2)|, elementwise; same units as amplitude: the
+    one-channel case of the noise law noise.chi_mean."""
+    return chi_mean(amplitude, sigma, 1)
 
 
 # Table of E[M]/sigma against A/sigma for the inverse; beyond its end E[M] ~ sqrt(A^2 + sigma^2)

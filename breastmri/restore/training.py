@@ -67,6 +67,8 @@ def selection(cfg):
         return MONITOR, "max", "body PSNR against the decorrelated 3T target", "3T, noise decorrelated from the input"
     if cfg["train"]["target"] == "projected":
         return MONITOR, "max", "body PSNR against the 3T image's temporal projection", "3T, temporally projected"
+    if cfg["train"]["target"] == "expected":
+        return MONITOR, "max", "body PSNR against the truth's expected 3T magnitude", "expected 3T magnitude (phantom)"
     if cfg["train"]["target"] == "truth":
         return MONITOR, "max", "body PSNR against the phantom's noise-free truth", "truth (phantom)"
     return MONITOR, "max", "body PSNR against the 3T image", "3T"

@@ -41,6 +41,7 @@ import numpy as np
 from breastmri.config import ConfigError
 from breastmri.simulate.noise import (
     WHITE,
+    chi_mean,
     difference_images,
     measure_noise,
     neighbour_correlation,
@@ -229,6 +230,22 @@ def add_noise(clean, model, sigma, rng, zero=0.0, spectrum=None):
     noisy = np.hypot(real, imag, out=real)  # in place: one stack less at peak memory
     noisy += np.float32(zero)
     return noisy
+
+
+def expected_target(truth, sigma_source, channels, zero=0.0):
+    """The expected 3T magnitude of the noise-free image (train.target expected): float32, same shape as truth.
+
+    A magnitude image never shows the amplitude A where the signal is low: its mean there is raised by the noise
+    floor, E[M] = noise.chi_mean(A, sigma, N) for N receive channels combined by sum of squares. A network trained
+    towards the truth learns to take away the floor of the data it was trained on, N channels at the phantom's
+    sigma, and takes the same amount away from a real scan whose floor is another (adaptive combination: about one
+    channel): on the ProstateX dynamic that darkened the muscle by 1.1 input sigmas. The 3T image's expected value
+    keeps its own floor, whatever N: what the degraded input adds to it is the added noise's alone (E[M^2] grows by
+    2 sigma_added^2 for any N), so what the network learns transfers between scanners, and it is what a real 3T
+    frame shows. channels: the chi law the 3T image's air fits (manifest noise_channels; 0, no air to fit, is
+    taken as one channel, the smallest floor); zero: the normalized value of zero signal."""
+    amplitude = np.asarray(truth, np.float32) - np.float32(zero)
+    return (chi_mean(amplitude, float(sigma_source), max(int(channels), 1)) + float(zero)).astype(np.float32)
 
 
 def decorrelated_target(clean, noisy, sigma_source, sigma_added):

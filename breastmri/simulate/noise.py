@@ -36,6 +36,22 @@ MIN_BACKGROUND_PIXELS = 200
 MIN_BACKGROUND_FRACTION = 0.02
 
 
+def chi_mean(amplitude, sigma, channels=1):
+    """E[M] of the sum-of-squares magnitude of `channels` receive channels, M = sqrt(sum_i |A w_i + sigma n_i|^2)
+    with unit weights (sum w_i^2 = 1) and complex unit Gaussians n_i, elementwise (float64, units of amplitude): a
+    noncentral chi law of 2 `channels` degrees of freedom (Constantinides et al. 1997); one channel is Rician.
+
+    E[M] = sigma sqrt(2) Gamma(N + 1/2) / Gamma(N) 1F1(-1/2; N; -A^2 / (2 sigma^2)) (for N = 1 the Laguerre
+    form of Gudbjartsson & Patz); above A/sigma = 50 its expansion sqrt(A^2 + (2N - 1) sigma^2), good to 1e-5 sigma
+    there."""
+    channels = max(int(channels), 1)
+    a = np.abs(np.asarray(amplitude, dtype=np.float64))
+    snr = np.minimum(a / sigma, 50.0)
+    scale = math.sqrt(2.0) * math.exp(special.gammaln(channels + 0.5) - special.gammaln(channels))
+    exact = sigma * scale * special.hyp1f1(-0.5, channels, -snr * snr / 2.0)
+    return np.where(a / sigma > 50.0, np.sqrt(a * a + (2 * channels - 1) * sigma * sigma), exact)
+
+
 def estimate_background_sigma(image, with_channels=False):
     """Noise sigma of a magnitude image (one slice (H, W) or a stack (n, H, W)) from its air background.
 
