@@ -112,10 +112,6 @@ NLM_H_PER_SIGMA = 0.8
 TV_WEIGHT_PER_SIGMA = 0.75
 WAVELET = "db1"
 
-# Mean of a Rayleigh variable (the magnitude of pure noise) in units of sigma.
-RAYLEIGH_MEAN = np.sqrt(np.pi / 2)
-
-
 def rician_mean(amplitude, sigma):
     """E[M] of a Rician magnitude M = |A + sigma*(n1 + i n2)|, elementwise; same units as amplitude: the
     one-channel case of the noise law noise.chi_mean."""

@@ -245,7 +245,7 @@ def expected_target(truth, sigma_source, channels, zero=0.0):
     frame shows. channels: the chi law the 3T image's air fits (manifest noise_channels; 0, no air to fit, is
     taken as one channel, the smallest floor); zero: the normalized value of zero signal."""
     amplitude = np.asarray(truth, np.float32) - np.float32(zero)
-    return (chi_mean(amplitude, float(sigma_source), max(int(channels), 1)) + float(zero)).astype(np.float32)
+    return (chi_mean(amplitude, float(sigma_source), channels) + float(zero)).astype(np.float32)
 
 
 def decorrelated_target(clean, noisy, sigma_source, sigma_added):
