@@ -13,6 +13,7 @@ from pathlib import Path
 
 from breastmri.runtime import add_verbose_flag, quiet_start
 from breastmri.simulate.demo_tree import (
+    KSPACE_MODES,
     _check_params,
     _read_record,
     ensure_demo_tree,
@@ -51,9 +52,11 @@ def main(argv=None):
                         help="write each DCE as one series per time point, as Siemens and many archives store it")
     parser.add_argument("--mask-background", action="store_true",
                         help="set the air of every DCE frame to 0, as Philips and anonymised archives do")
-    parser.add_argument("--white-noise", action="store_true",
-                        help="acquire the full matrix, so the DCE noise is white, instead of a zero-filled "
-                             "acquisition whose noise is correlated between neighbouring pixels as a scanner's")
+    parser.add_argument("--kspace", choices=KSPACE_MODES, default=DEMO_DEFAULTS["kspace"],
+                        help="what each visit acquires: protocol (the default: the QIN-BREAST protocol's part of "
+                             "k-space, zero-filled, whose noise is correlated between neighbouring pixels as a "
+                             "scanner's), full (the full matrix: white noise), mixed (one of several band limits "
+                             "per visit, as a training cohort's)")
     parser.add_argument("--realism", metavar="SERIES_DIR",
                         help="print the realism statistics of generated DCE series (--realism-patients patients "
                              "with these options, in a temporary folder, and their median) next to those of a real "
@@ -72,7 +75,7 @@ def main(argv=None):
         "time_points": DEMO_DEFAULTS["time_points"] if args.time_points is None else args.time_points}
     params = dict(patients=args.patients, seed=args.seed, matrix=args.matrix, extras=args.extras,
                   texture_beta=args.texture_beta, motion_mm=args.motion_mm, split_dynamics=args.split_dynamics,
-                  mask_background=args.mask_background, white_noise=args.white_noise, **size)
+                  mask_background=args.mask_background, kspace=args.kspace, **size)
     try:
         _check_params(**params)
     except ValueError as err:

@@ -29,6 +29,7 @@ DEFAULTS = {
         "seed": 0,
         "texture_beta": 1.8,     # power-law exponent of the gland/fat texture (Chen 2012: 1.7-1.9, thin slices)
         "motion_mm": 4.5,        # largest in-plane displacement between DCE frames, mm (0: none; simulate/motion.py)
+        "kspace": "protocol",    # what each visit acquires: protocol | full | mixed (demo_tree.KSPACE_MODES)
     },
     # preprocessing.py: DICOM tree -> paired (clean, noisy) arrays + manifest.csv
     "preprocess": {

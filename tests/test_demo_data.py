@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from breastmri.config import DEFAULTS
-from breastmri.simulate import acquisition, demo_dicom, demo_tree, phantom, protocol
+from breastmri.simulate import acquisition, demo_dicom, demo_tree, phantom, protocol, scanner
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(patients=3, seed=0, slices=4, time_points=6, matrix=64)
@@ -244,6 +244,8 @@ def test_invalid_parameters_are_explained(tmp_path):
         demo_tree.make_demo_tree(tmp_path / "b", time_points=1)
     with pytest.raises(TypeError, match="unknown"):
         demo_tree.ensure_demo_tree(tmp_path / "c", slice=3)
+    with pytest.raises(ValueError, match="kspace"):
+        demo_tree.make_demo_tree(tmp_path / "d", kspace="half")
 
 
 def test_timing_pattern_and_defaults():
@@ -255,7 +257,7 @@ def test_timing_pattern_and_defaults():
     assert set(np.round(short, 3)) <= set(np.round(times, 3))
     assert np.allclose(protocol.frame_times(2)[0], [0.0, times[4]])  # one before, one after contrast
     params = inspect.signature(demo_tree.make_demo_tree).parameters
-    for key in ("patients", "seed", "slices", "time_points"):
+    for key in ("patients", "seed", "slices", "time_points", "kspace"):
         assert params[key].default == DEFAULTS["demo"][key]
     assert inspect.signature(demo_tree.ensure_demo_tree).parameters["out_dir"].default == DEFAULTS["demo"]["out"]
 
@@ -298,6 +300,28 @@ def test_truth_sidecar_is_the_signal_the_noise_was_added_to(tree):
     bias = (2 * phantom.N_COILS - 1) * sigma ** 2 / (2 * truth[bright])  # noncentral chi, high-SNR expansion
     assert abs((residual - bias).mean()) < 0.1 * sigma
     assert residual.std() == pytest.approx(sigma, rel=0.1)
+
+
+def test_mixed_kspace_acquires_a_band_limit_per_visit(tmp_path):
+    """kspace "mixed": every visit acquires one of protocol.BAND_LIMITS, says so in AcquisitionMatrix, and its
+    noise is correlated between neighbouring pixels as that band limit makes it (none for the full matrix)."""
+    summary = demo_tree.make_demo_tree(tmp_path / "tree", kspace="mixed", **dict(SMALL, patients=4, time_points=2))
+    visits = [v for p in summary["ground_truth"] for v in p["visits"]]
+    drawn = [None if v["acquired_fraction"] is None else tuple(v["acquired_fraction"]) for v in visits]
+    assert set(drawn) <= set(protocol.BAND_LIMITS) and len(set(drawn)) >= 2
+    assert None in drawn and protocol.ACQUIRED_FRACTION in drawn
+    for visit, fraction in zip(visits, drawn):
+        series_dir = tmp_path / "tree" / visit["dce_dir"]
+        truth, uids = truth_of(series_dir)
+        dss = {d.SOPInstanceUID: d for d in map(pydicom.dcmread, series_dir.glob("*.dcm"))}
+        matrix = [int(x) for x in dss[uids[0]].AcquisitionMatrix]
+        assert matrix[1:3] == list(scanner.acquisition_matrix(SMALL["matrix"], SMALL["matrix"], fraction))
+        residual = np.stack([modality_values(dss[u]) for u in uids]) - truth
+        residual[truth < 15 * visit["noise_sigma_modality"]] = np.nan  # ~Gaussian only in tissue
+        pairs = np.stack([residual[..., :-1].ravel(), residual[..., 1:].ravel()])
+        pairs = pairs[:, np.isfinite(pairs).all(axis=0)]
+        correlation = np.corrcoef(pairs)[0, 1]
+        assert correlation < 0.15 if fraction is None else correlation > 0.3, (fraction, correlation)
 
 
 def gland_beta(texture_beta, patients=4):

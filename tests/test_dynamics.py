@@ -35,7 +35,7 @@ def trees(tmp_path_factory):
     # still patients: a breathing breast changes between any two frames by more than its noise (motion.py)
     make_demo_tree(base / "masked", mask_background=True, **dict(TREE, motion_mm=0.0))
     make_demo_tree(base / "correlated", **dict(TREE, motion_mm=0.0, matrix=96))
-    make_demo_tree(base / "white", white_noise=True, **dict(TREE, motion_mm=0.0))
+    make_demo_tree(base / "white", kspace="full", **dict(TREE, motion_mm=0.0))
     return base
 
 

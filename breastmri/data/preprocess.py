@@ -482,4 +482,4 @@ def demo_root(cfg):
     return demo_tree.ensure_demo_tree(demo["out"], patients=demo["patients"], seed=demo["seed"],
                                       slices=demo["slices"], time_points=demo["time_points"],
                                       matrix=demo["matrix"], texture_beta=demo["texture_beta"],
-                                      motion_mm=demo["motion_mm"])
+                                      motion_mm=demo["motion_mm"], kspace=demo["kspace"])

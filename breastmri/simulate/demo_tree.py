@@ -88,6 +88,7 @@ from breastmri.simulate.phantom import (
 )
 from breastmri.simulate.protocol import (
     ACQUIRED_FRACTION,
+    BAND_LIMITS,
     BOLUS_TRANSIT_S,
     DWI_B_VALUES,
     FIELD_STRENGTH_T,
@@ -102,9 +103,20 @@ from breastmri.simulate.protocol import (
 # ---------------------------------------------------------------------------------------------------------------
 # The tree.
 
+KSPACE_MODES = ("protocol", "full", "mixed")  # what each visit acquires (make_demo_tree's kspace)
+
+
+def _acquired_fraction(kspace, seed, index, visit):
+    """The k-space fractions (rows, cols) one visit acquires, None for the full matrix; "mixed" draws one of
+    protocol.BAND_LIMITS from the visit's own seed, so a patient's draw does not depend on the tree's size."""
+    if kspace == "mixed":
+        return BAND_LIMITS[int(np.random.default_rng([seed, 7, index, visit, 5]).integers(len(BAND_LIMITS)))]
+    return None if kspace == "full" else ACQUIRED_FRACTION
+
+
 def _check_params(patients, seed, slices, time_points, matrix, extras, texture_beta=DEMO_DEFAULTS["texture_beta"],
                   motion_mm=DEMO_DEFAULTS["motion_mm"], split_dynamics=False, mask_background=False,
-                  white_noise=False):
+                  kspace="protocol"):
     for name, value, low in (("patients", patients, 1), ("slices", slices, 1), ("time_points", time_points, 2),
                              ("matrix", matrix, 32)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
@@ -116,16 +128,18 @@ def _check_params(patients, seed, slices, time_points, matrix, extras, texture_b
     for name, value, low, high in (("texture_beta", texture_beta, 0.0, 4.0), ("motion_mm", motion_mm, 0.0, 10.0)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+    if kspace not in KSPACE_MODES:
+        raise ValueError(f"kspace must be one of {KSPACE_MODES}, got {kspace!r}")
     return {"patients": int(patients), "seed": int(seed), "slices": int(slices), "time_points": int(time_points),
             "matrix": int(matrix), "extras": bool(extras), "texture_beta": float(texture_beta),
             "motion_mm": float(motion_mm), "split_dynamics": bool(split_dynamics),
-            "mask_background": bool(mask_background), "white_noise": bool(white_noise)}
+            "mask_background": bool(mask_background), "kspace": kspace}
 
 
 def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAULTS["seed"],
                    slices=DEMO_DEFAULTS["slices"], time_points=DEMO_DEFAULTS["time_points"], matrix=192,
                    extras=False, texture_beta=DEMO_DEFAULTS["texture_beta"], motion_mm=DEMO_DEFAULTS["motion_mm"],
-                   split_dynamics=False, mask_background=False, white_noise=False):
+                   split_dynamics=False, mask_background=False, kspace="protocol"):
     """Write the synthetic QIN-BREAST tree into out_dir (created; must not already hold a QIN-BREAST folder).
 
     patients: number of patients; seed: global seed (same seed -> identical files); slices, time_points, matrix:
@@ -134,13 +148,14 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
     displacement between DCE frames (0: none; motion.patient_motion); split_dynamics: write each DCE as one series per time point, as
     Siemens and many archives store it (no TemporalPositionIdentifier; TriggerTime, AcquisitionTime and
     AcquisitionNumber order them); mask_background: set the air of every DCE frame to 0 (where the noise-free
-    signal averaged over time is under 3 noise sigmas), as Philips and anonymised archives do; white_noise:
-    acquire the full matrix, so the noise is white, instead of protocol.ACQUIRED_FRACTION of k-space zero-filled
-    (scanner.py), whose noise is correlated between neighbouring pixels as real scanners' noise is. Each DCE series
+    signal averaged over time is under 3 noise sigmas), as Philips and anonymised archives do; kspace: what each
+    visit acquires (KSPACE_MODES): "protocol", protocol.ACQUIRED_FRACTION of k-space zero-filled (scanner.py), whose
+    noise is correlated between neighbouring pixels as real scanners' noise is; "full", the full matrix (white
+    noise); "mixed", one of protocol.BAND_LIMITS drawn per visit (a training cohort's). Each DCE series
     gets its noise-free truth, lesion mask and kinetic parameter maps as hidden sidecar files (write_truth). Returns the summary dict also stored in <out>/demo_params.json (written last).
     """
     params = _check_params(patients, seed, slices, time_points, matrix, extras, texture_beta, motion_mm,
-                           split_dynamics, mask_background, white_noise)
+                           split_dynamics, mask_background, kspace)
     out = Path(out_dir)
     if (out / COLLECTION).exists():
         raise FileExistsError(f"{out / COLLECTION} exists; remove it or use ensure_demo_tree({str(out)!r})")
@@ -175,7 +190,7 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
             study = {"patient_id": pid, "age": d["age"], "date": d["baseline"] + timedelta(days=d["days"][visit]),
                      "time_s": 60.0 * d["study_minute"], "description": MR_STUDY_DESCRIPTION,
                      "uid": _uid(*tree_key, pid, "mr", visit), "study_id": str(visit + 2),
-                     "dce_start_s": 900.0, "acquired_fraction": None if white_noise else ACQUIRED_FRACTION}
+                     "dce_start_s": 900.0, "acquired_fraction": _acquired_fraction(kspace, seed, index, visit)}
             arrival_s = (PRE_CONTRAST_FRAMES - 1) * FRAME_INTERVAL_S + d["bolus_delay_s"]
             study["injection_s"] = study["dce_start_s"] + arrival_s - BOLUS_TRANSIT_S
             study["frame_of_reference_uid"] = _uid(study["uid"], "for")
@@ -195,8 +210,7 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
                                                          n_pre, ph["bias"].shape, FOV_MM / matrix, motion_mm)
             rng = np.random.default_rng([seed, 7, index, visit, 1])
             description = "dynamic" if d["dynamic_plain"] else "dynamic_smartTX"
-            stored, signal = dce_series(ph, times_s, arrival_s, rng, (fields, through),
-                                        None if white_noise else ACQUIRED_FRACTION)
+            stored, signal = dce_series(ph, times_s, arrival_s, rng, (fields, through), study["acquired_fraction"])
             lesion = {"fraction": ph["fractions"]["lesion"], "times_s": times_s, "n_pre": n_pre,
                       "ktrans": ph["ktrans"], "ve": ph["ve"]}
             if mask_background:
@@ -221,6 +235,7 @@ def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAUL
                                     "dce_dir": dce["dir"].relative_to(out).as_posix(), "lesion": main_lesion,
                                     "lesions": ph["lesions"], "bpe": ph["bpe"],
                                     "noise_sigma_modality": round(noise_sigma(ph), 3),
+                                    "acquired_fraction": study["acquired_fraction"],
                                     "bolus_arrival_s": round(arrival_s, 3),
                                     "aif": {k: round(v, 3) for k, v in d["aif"].items()},
                                     "motion_max_mm": [round(m, 3) for m in largest_mm],
@@ -279,13 +294,13 @@ def ensure_demo_tree(out_dir=DEMO_DEFAULTS["out"], **params):
     Refuses to replace a non-empty folder that is not a demo tree. Returns Path(out_dir).
     """
     unknown = set(params) - {"patients", "seed", "slices", "time_points", "matrix", "extras", "texture_beta",
-                             "motion_mm", "split_dynamics", "mask_background", "white_noise"}
+                             "motion_mm", "split_dynamics", "mask_background", "kspace"}
     if unknown:
         raise TypeError(f"ensure_demo_tree got unknown parameters {sorted(unknown)}")
     full = {"patients": DEMO_DEFAULTS["patients"], "seed": DEMO_DEFAULTS["seed"], "slices": DEMO_DEFAULTS["slices"],
             "time_points": DEMO_DEFAULTS["time_points"], "matrix": 192, "extras": False,
             "texture_beta": DEMO_DEFAULTS["texture_beta"], "motion_mm": DEMO_DEFAULTS["motion_mm"],
-            "split_dynamics": False, "mask_background": False, "white_noise": False}
+            "split_dynamics": False, "mask_background": False, "kspace": "protocol"}
     full.update(params)
     full = _check_params(**full)
     out = Path(out_dir)

@@ -114,3 +114,10 @@ def tissue_concentration(times_s, cp, ktrans_per_min, ve, vp):
 # measured on a real breast DCE slice.
 ACQUIRED_FRACTION = (0.5, 0.58)
 KSPACE_TAPER = 0.1
+# Real scanners acquire other parts of k-space: all of it (ProstateX's TWIST dynamic: 160 x 160 of 160 x 160), or a
+# reduced phase resolution. A tree's kspace (demo_tree.KSPACE_MODES) is "protocol" (every visit acquires
+# ACQUIRED_FRACTION: the calibrated phantom), "full" (the full matrix: white noise, no band limit) or "mixed": each
+# visit acquires one of BAND_LIMITS, drawn equally often (None: the full matrix), so that a network trained on it
+# meets signal above every band limit and learns to tell a band limit from the noise's texture instead of taking
+# one as the edge of signal (docs/real_data.md).
+BAND_LIMITS = (ACQUIRED_FRACTION, (0.75, 0.75), None)
