@@ -118,7 +118,7 @@ def dce_series(ph, times_s, arrival_s, rng, motion=None, fractions=ACQUIRED_FRAC
         np.clip(signal, 0, None, out=signal)  # cubic splines overshoot a little at edges; signal is >= 0
         np.clip(pulsating, 0, None, out=pulsating)
     image = signal + ghosts(pulsating, d["ghost"], rng)
-    image = band_limit(image, fractions) if fractions is not None else image.astype(np.complex64)
+    image = band_limit(image, fractions)
     truth = np.abs(image).astype(np.float32)
     return store(receive(image, ph["coils"], noise_sigma(ph), rng, fractions)), truth
 
@@ -152,5 +152,5 @@ def dwi_series(ph, rng, fractions=ACQUIRED_FRACTION):
 def _acquire(ph, signal, rng, fractions):
     """The receive chain of a series without pulsation (no ghosts): stored uint16, same shape as signal.
     fractions: the acquired k-space (dce_series), None for the full matrix."""
-    image = band_limit(signal, fractions) if fractions is not None else signal.astype(np.complex64)
+    image = band_limit(signal, fractions)
     return store(receive(image, ph["coils"], noise_sigma(ph), rng, fractions))

@@ -116,7 +116,7 @@ def _acquired_fraction(kspace, seed, index, visit):
 
 def _check_params(patients, seed, slices, time_points, matrix, extras, texture_beta=DEMO_DEFAULTS["texture_beta"],
                   motion_mm=DEMO_DEFAULTS["motion_mm"], split_dynamics=False, mask_background=False,
-                  kspace="protocol"):
+                  kspace=DEMO_DEFAULTS["kspace"]):
     for name, value, low in (("patients", patients, 1), ("slices", slices, 1), ("time_points", time_points, 2),
                              ("matrix", matrix, 32)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
@@ -139,7 +139,7 @@ def _check_params(patients, seed, slices, time_points, matrix, extras, texture_b
 def make_demo_tree(out_dir, patients=DEMO_DEFAULTS["patients"], seed=DEMO_DEFAULTS["seed"],
                    slices=DEMO_DEFAULTS["slices"], time_points=DEMO_DEFAULTS["time_points"], matrix=192,
                    extras=False, texture_beta=DEMO_DEFAULTS["texture_beta"], motion_mm=DEMO_DEFAULTS["motion_mm"],
-                   split_dynamics=False, mask_background=False, kspace="protocol"):
+                   split_dynamics=False, mask_background=False, kspace=DEMO_DEFAULTS["kspace"]):
     """Write the synthetic QIN-BREAST tree into out_dir (created; must not already hold a QIN-BREAST folder).
 
     patients: number of patients; seed: global seed (same seed -> identical files); slices, time_points, matrix:
@@ -300,7 +300,7 @@ def ensure_demo_tree(out_dir=DEMO_DEFAULTS["out"], **params):
     full = {"patients": DEMO_DEFAULTS["patients"], "seed": DEMO_DEFAULTS["seed"], "slices": DEMO_DEFAULTS["slices"],
             "time_points": DEMO_DEFAULTS["time_points"], "matrix": 192, "extras": False,
             "texture_beta": DEMO_DEFAULTS["texture_beta"], "motion_mm": DEMO_DEFAULTS["motion_mm"],
-            "split_dynamics": False, "mask_background": False, "kspace": "protocol"}
+            "split_dynamics": False, "mask_background": False, "kspace": DEMO_DEFAULTS["kspace"]}
     full.update(params)
     full = _check_params(**full)
     out = Path(out_dir)

@@ -59,15 +59,17 @@ def ghosts(pulsating, strength, rng):
                           workers=-1).astype(np.complex64)
 
 
-def band_limit(image, fractions=ACQUIRED_FRACTION):
+def band_limit(image, fractions):
     """The image (..., H, W), real or complex, as a zero-filled acquisition of `fractions` of k-space gives it
-    back: complex64."""
+    back (None, the full matrix: unchanged): complex64."""
+    if fractions is None:
+        return np.asarray(image, np.complex64)
     window = _kspace_window(*image.shape[-2:], fractions)
     return scipy.fft.ifft2(scipy.fft.fft2(np.asarray(image, np.complex64), workers=-1) * window,
                            workers=-1).astype(np.complex64)
 
 
-def receive(image, coils, sigma, rng, fractions=ACQUIRED_FRACTION):
+def receive(image, coils, sigma, rng, fractions):
     """Sum-of-squares magnitude of the channels' noisy images.
 
     image: complex (T, slices, H, W), the band-limited image; coils: (N, slices, H, W) unit channel weights; sigma:
