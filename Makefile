@@ -65,7 +65,7 @@ SELFSUP = $(patsubst %/model.keras,%,$(wildcard runs/selfsup_demo/model.keras ru
 REAL_DATA = $(wildcard ../shared/realdata/prostatex-0218)
 benchmark: venv
 	$(BIN)/python benchmark.py --run-dir runs/demo --data $(DEMO_DATA) --max-slices 16 --kinetics-lesions 4 \
-		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,tpca,unet \
+		--methods noisy,nlm,tv,wavelet,bm3d,bm4d,mppca,tpca,nordic,unet \
 		$(if $(SELFSUP),--selfsup-runs $(subst $(space),$(comma),$(strip $(SELFSUP)))) \
 		$(if $(REAL_DATA),--real-data $(REAL_DATA) --real-filter Twist)
 

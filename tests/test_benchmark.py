@@ -345,40 +345,63 @@ def multiframe(smoke_run, smoke_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark_multiframe")
     report = benchmark.main(["--run-dir", str(smoke_run), "--data", str(smoke_data), "--parts", "quality",
                              "--max-slices", "3", "--calibrate-slices", "4", "--calibrate-stacks", "1",
-                             "--kinetics-lesions", "1", "--methods", "noisy,tv,bm4d,mppca,tpca,unet",
+                             "--kinetics-lesions", "1", "--methods", "noisy,tv,bm4d,mppca,tpca,nordic,unet",
                              "--out", str(out)])
     return report, out
 
 
-def test_bm4d_mppca_and_tpca_give_finite_metrics_on_the_same_slices(multiframe):
+def test_the_multiframe_methods_give_finite_metrics_on_the_same_slices(multiframe):
     report, out = multiframe
     summary = report["quality"]["summary"]
-    for method in ("bm4d", "mppca", "tpca", "bm4d_gauss", "mppca_gauss", "tpca_gauss"):
+    for method in ("bm4d", "mppca", "tpca", "nordic", "bm4d_gauss", "mppca_gauss", "tpca_gauss", "nordic_gauss"):
         s = summary[method]
         assert s["n_slices"] == 3 and s["ms_per_slice"] > 0
         for region in ("whole", "masked", "truth_masked"):
             assert math.isfinite(s[region]["psnr"]["mean"]) and math.isfinite(s[region]["ssim"]["mean"])
-    # BM4D and MP-PCA use the repeated frames and beat their input. The projection alone (tpca) need not: its noise
-    # level comes from the whole slice, which the breathing chest and the beating heart inflate on this 64 px,
-    # 3-frame phantom, and it then cuts signal (docs/limits.md)
-    for method in ("bm4d", "mppca"):
+    # BM4D, MP-PCA and NORDIC use the repeated frames and beat their input. The projection alone (tpca) need not:
+    # its noise level comes from the whole slice, which the breathing chest and the beating heart inflate on this
+    # 64 px, 3-frame phantom, and it then cuts signal (docs/limits.md)
+    for method in ("bm4d", "mppca", "nordic"):
         assert summary[method]["gain_vs_noisy"]["truth_masked"]["psnr"]["mean"] > 0.5, method
     with open(out / "benchmark_per_slice.csv") as f:
         rows = list(csv.DictReader(f))
     slices = {m: sorted((r["series_uid"], r["slice_index"]) for r in rows if r["method"] == m)
-              for m in ("noisy", "bm4d", "mppca", "tpca", "unet")}
-    assert slices["bm4d"] == slices["noisy"] == slices["mppca"] == slices["tpca"] == slices["unet"]
+              for m in ("noisy", "bm4d", "mppca", "tpca", "nordic", "unet")}
+    assert slices["bm4d"] == slices["noisy"] == slices["mppca"] == slices["tpca"] == slices["nordic"] == slices["unet"]
     head = report["headline"]["methods"]
-    assert {head[m]["kind"] for m in ("bm4d", "mppca", "tpca")} == {"classical"}
+    assert {head[m]["kind"] for m in ("bm4d", "mppca", "tpca", "nordic")} == {"classical"}
     assert "| bm4d |" in (out / "benchmark.md").read_text()
+
+
+def test_stacks_denoised_in_worker_processes_equal_those_denoised_in_turn(smoke_data):
+    """Stacks.prefetch runs the multi-frame stacks in spawned processes: each slice reads what the sequential
+    denoise() gives it, whole slices and windows alike."""
+    from breastmri.data.manifest import read_manifest
+
+    rows = [r for r in read_manifest(smoke_data) if r["split"] == "test" and r.get("time_index") is not None]
+    rows = [r for r in rows if r["time_index"] in (0, 1)][:4]
+    window = (slice(8, 48), slice(4, 60))
+    for method in ("tpca", "nordic"):
+        fetched, serial = benchmark_quality.Stacks(smoke_data), benchmark_quality.Stacks(smoke_data)
+        fetched.prefetch(method, rows, workers=2)
+        fetched.prefetch(method, rows, [window] * len(rows), workers=2)
+        assert len(fetched._cache) == 2 * len({(r["series_uid"], r["position_index"]) for r in rows}) > 2
+        for row in rows:
+            levels = benchmark_quality.noise_levels(row, serial.frames(row))
+            for w in (None, window):
+                (main, _, amplitude), ms, fallback = fetched.denoise(method, row, levels, w)
+                expected = serial.denoise(method, row, levels, w)[0]
+                assert fallback is None and ms > 0 and main.shape == expected[0].shape
+                np.testing.assert_allclose(amplitude, expected[2], atol=1e-5)
 
 
 def test_calibration_records_the_multiframe_methods(multiframe):
     report, _ = multiframe
     record = report["quality"]["calibration_record"]
     chosen = record["chosen"]
-    assert set(chosen) == {"tv", "bm4d", "mppca"}
+    assert set(chosen) == {"tv", "bm4d", "mppca", "nordic"}
     assert chosen["bm4d"]["sigma_scale"] in benchmark_calibration.MULTIFRAME_SCALES
+    assert chosen["nordic"]["sigma_scale"] in benchmark_calibration.MULTIFRAME_SCALES
     assert chosen["mppca"]["patch_radius"] in benchmark_quality.MPPCA_RADII
     assert record["candidates"]["mppca"] == list(benchmark_quality.MPPCA_RADII)
     assert len(record["multiframe_stacks"]) == 1 and record["multiframe_stacks"][0]["series_uid"]
@@ -393,7 +416,7 @@ def test_kinetics_part_reports_curve_errors_per_lesion_and_the_headline(multifra
     kinetics = report["kinetics"]
     assert len(kinetics["lesions"]) == 1 and kinetics["n_lesions_total"] >= 1
     lesion = kinetics["lesions"][0]
-    assert set(lesion["methods"]) == {"noisy", "tv", "bm4d", "mppca", "tpca", "unet"}
+    assert set(lesion["methods"]) == {"noisy", "tv", "bm4d", "mppca", "tpca", "nordic", "unet"}
     assert lesion["export_max_abs_diff"] < 1e-3  # native grid: the generator's exported curve, recomputed
     assert max(lesion["truth"]) > 0.2  # an enhancing lesion
     for method, entry in lesion["methods"].items():

@@ -10,7 +10,7 @@ slice), never the slices it is scored on: a small hyperparameter search on the d
 
 - 2-D methods (--calibrate-slices, default 12; 0 turns it off): the multiplier of sigma_pixel from SIGMA_SCALES,
   climbed from 1.0 (climb: PSNR against strength has one peak, so the multipliers past it are not run).
-- Multi-frame methods (--calibrate-stacks): bm4d's sigma multiplier (MULTIFRAME_SCALES) on the (x, y, t) stacks of
+- Multi-frame methods (--calibrate-stacks): bm4d's and nordic's sigma multiplier (MULTIFRAME_SCALES) on the (x, y, t) stacks of
   the first calibration slices, mppca's patch radius (MPPCA_RADII) on their series' volumes, denoised on a
   CALIBRATION_CROP^2 window around the body (a full BM4D stack costs ~30 s; registered on the whole slices, as
   the scored stacks are) and scored on every frame of the window.
@@ -32,8 +32,9 @@ from breastmri.evaluate.benchmark_quality import (
 
 # Multipliers of sigma_pixel tried by the calibration.
 SIGMA_SCALES = (0.6, 0.8, 1.0, 1.25)
-MULTIFRAME_SCALES = (0.8, 1.0, 1.25)           # bm4d: fewer candidates, each a whole stack
-MULTIFRAME_CANDIDATES = {"bm4d": MULTIFRAME_SCALES, "mppca": MPPCA_RADII}  # tpca has no parameter
+MULTIFRAME_SCALES = (0.8, 1.0, 1.25)           # bm4d and nordic: fewer candidates, each a whole stack
+MULTIFRAME_CANDIDATES = {"bm4d": MULTIFRAME_SCALES, "mppca": MPPCA_RADII,
+                         "nordic": MULTIFRAME_SCALES}  # tpca has no parameter
 CALIBRATION_CROP = 96                          # side of the in-plane window the multi-frame calibration scores
 
 
@@ -78,7 +79,7 @@ def calibrate(methods, data_dir, n_slices, seed=0, n_stacks=2):
     """Each classical method's parameter with the best mean body PSNR on random training slices with tissue,
     against the headline reference (the truth when the data has one, else the 3T image): the 2-D methods' sigma
     multiplier (SIGMA_SCALES, climbed from 1.0: the table lists the multipliers tried) on n_slices slices;
-    bm4d's multiplier (MULTIFRAME_SCALES) and mppca's patch radius (MPPCA_RADII) on the stacks / volumes of the
+    bm4d's and nordic's multiplier (MULTIFRAME_SCALES) and mppca's patch radius (MPPCA_RADII) on the stacks / volumes of the
     first n_stacks of those slices, on a window (calibrate_multiframe).
 
     Returns ({method: parameter}, {method: {str(candidate): mean body PSNR}}, note or None, record): record names
@@ -141,11 +142,11 @@ def _crop_window(mask, side):
 
 
 def calibrate_multiframe(methods, data_dir, slices, reference, n_stacks):
-    """({method: (best parameter, {str(candidate): mean body PSNR})}, [stack records]) for bm4d and mppca (tpca
-    has nothing to calibrate).
+    """({method: (best parameter, {str(candidate): mean body PSNR})}, [stack records]) for bm4d, mppca and nordic
+    (tpca has nothing to calibrate).
 
     The stacks are those of the first n_stacks calibration slices whose series has more than one time point,
-    denoised on a CALIBRATION_CROP^2 window around the slice's body mask; every frame of the stack (bm4d) or of
+    denoised on a CALIBRATION_CROP^2 window around the slice's body mask; every frame of the stack (bm4d, nordic) or of
     the series volume (mppca) is scored in its own body mask against the reference."""
     from tqdm import tqdm
 

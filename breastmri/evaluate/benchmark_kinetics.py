@@ -284,7 +284,11 @@ def lesion_kinetics(methods, models, data_dir, lesions, params, stacks, split="t
     AIF)}}}."""
     from breastmri.data.manifest import _zero
 
+    from breastmri.evaluate.benchmark_quality import MULTIFRAME
+
     arrays, out = {}, []
+    for method in (m for m in methods if m in MULTIFRAME):  # each lesion's stack: one run for all its frames
+        stacks.prefetch(method, [lesion["rows"][0] for lesion in lesions], [lesion["window"] for lesion in lesions])
     for lesion in lesions:
         rows, zero, at = lesion["rows"], _zero(lesion["rows"][0]), lesion["window"]
         mask = lesion["mask"][at]

@@ -4,8 +4,8 @@
 
 The degraded input, the 2-D classical methods of breastmri/restore/denoisers.py (nlm, tv, wavelet, bm3d, one slice at a time), the
 multi-frame classical methods (bm4d over the (x, y, t) stack of the slice's position, mppca over the series'
-(x, y, z, t) volume, tpca, the default U-Net's projection channel alone, over the (x, y, t) stack: each stack or
-volume is denoised once, cached, and the requested slices are read from it)
+(x, y, z, t) volume, tpca, the default U-Net's projection channel alone, and nordic, optimal-shrinkage local PCA,
+over the (x, y, t) stack: each stack or volume is denoised once, cached, and the requested slices are read from it)
 and the networks (main.py runs, fed the context their config asks for). Per slice: PSNR, SSIM, MSE over the
 whole image and the body mask (metrics.whole_and_masked), per method the patient-level summary (aggregate).
 
@@ -43,16 +43,18 @@ Noise level given to the classical methods (they are run at their best, not hand
 
 import functools
 import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from breastmri.data.manifest import _zero
+from breastmri.restore.denoisers import MULTIFRAME, NOISE_GIVEN
 
 METRICS = ("psnr", "ssim", "mse")
 CLASSICAL = ("nlm", "tv", "wavelet", "bm3d")   # one slice at a time (denoisers.METHODS)
-MULTIFRAME = ("bm4d", "mppca", "tpca")         # stacks over time (denoisers.MULTIFRAME)
+# stacks over time: denoisers.MULTIFRAME (bm4d, mppca, tpca, nordic); NOISE_GIVEN those given the noise level
 # the networks: the thesis autoencoder, the supervised default, and self-supervised runs (train.mode)
 MODELS = ("thesis", "unet", "noise2noise", "noise2void")
 MPPCA_RADII = (1, 2, 3)                        # mppca: in-plane patch radius (benchmark_calibration picks one)
@@ -63,6 +65,7 @@ REGISTER = True
 # Tissue for the noise check: clean magnitude above this many sigma_total, where Rician ~ Gaussian.
 TISSUE_SNR = 10.0
 FALLBACK_2D = "bm3d"                           # multi-frame methods on a series with one time point
+STACK_WORKERS = os.cpu_count() or 1            # multi-frame runs at a time in the quality part (Stacks.prefetch)
 
 
 class BenchmarkError(Exception):
@@ -151,15 +154,15 @@ def rician_outputs(plain, levels):
 
 
 def multiframe_denoise(method, frames, levels, param=None, window=None):
-    """(main, gauss, amplitude) of a multi-frame method on normalized frames ((T, H, W) for bm4d and tpca,
-    (T, Z, H, W) for mppca), float32, as classical_denoise for one slice. param: bm4d's multiplier of
+    """(main, gauss, amplitude) of a multi-frame method on normalized frames ((T, H, W) for bm4d, tpca and nordic,
+    (T, Z, H, W) for mppca), float32, as classical_denoise for one slice. param: bm4d's and nordic's multiplier of
     sigma_pixel (default 1), mppca's patch radius (default MPPCA_RADII[1]); tpca takes none. window: the
     (rows, cols) part of the frames to denoise and return (denoisers.denoise_frames)."""
     from breastmri.restore.denoisers import denoise_frames
 
     noisy = np.asarray(frames, np.float64) - levels["zero"]
-    if method == "bm4d":
-        plain = denoise_frames("bm4d", noisy, (1.0 if param is None else param) * levels["sigma_pixel"], rician=False,
+    if method in NOISE_GIVEN:
+        plain = denoise_frames(method, noisy, (1.0 if param is None else param) * levels["sigma_pixel"], rician=False,
                                register=REGISTER, window=window)
     else:  # mppca and tpca measure the noise themselves
         plain = denoise_frames(method, noisy, rician=False, patch_radius=MPPCA_RADII[1] if param is None else param,
@@ -240,18 +243,62 @@ class Stacks:
         window: (rows, cols) slices: that part of the slice only, the multi-frame method run on that part of the
         stack (multiframe_denoise; the 2-D fallback on the whole slice, cropped).
 
-        bm4d and tpca: the (T, H, W) stack of the row's position (bm4d: sigma = scale * sigma_pixel); mppca: the
-        (T, Z', H, W) slab of the series' positions that the row's position depends on (denoisers.mppca_slab: the same output
-        there as the whole volume), with the calibrated patch radius. Without a stack (one time point): the 2-D
-        FALLBACK_2D run of classical_denoise on the slice alone."""
-        whole = method == "mppca"
+        bm4d, tpca and nordic: the (T, H, W) stack of the row's position (bm4d, nordic: sigma = scale *
+        sigma_pixel); mppca: the (T, Z', H, W) slab of the series' positions that the row's position depends on
+        (denoisers.mppca_slab: the same output there as the whole volume), with the calibrated patch radius.
+        Without a stack (one time point): the 2-D FALLBACK_2D run of classical_denoise on the slice alone."""
         window = (slice(None), slice(None)) if window is None else tuple(window)
-        stack_rows = self.rows_of(row, whole_series=whole)
-        if stack_rows is None:
+        job = self._job(method, row, window)
+        if job is None:
             start = time.perf_counter()
             out = classical_denoise(FALLBACK_2D, self.frames(row), levels, self.params.get(FALLBACK_2D, 1.0))
             out = tuple(None if o is None else o[(Ellipsis,) + window] for o in out)
             return out, 1000 * (time.perf_counter() - start), f"{FALLBACK_2D} (no time axis)"
+        key, stack_rows, at = job
+        if key not in self._cache:
+            self._cache[key] = timed_multiframe((method, self.frames(stack_rows), levels, self.params.get(method),
+                                                 window))
+        outputs, ms = self._cache[key]
+        return tuple(None if o is None else o[at] for o in outputs), ms, None
+
+    def prefetch(self, method, rows, windows=None, workers=STACK_WORKERS):
+        """Denoise the stacks that `rows` (with `windows`, one each; default whole slices) will ask denoise() for,
+        `workers` runs at a time in spawned processes: the multi-frame methods run on about one core each, and a
+        run's ms per frame is its own. The results are denoise()'s, whatever the order of the runs."""
+        pending = {}
+        for row, window in zip(rows, windows or [None] * len(rows)):
+            window = (slice(None), slice(None)) if window is None else tuple(window)
+            job = self._job(method, row, window)
+            if job is not None and job[0] not in self._cache and job[0] not in pending:
+                pending[job[0]] = job[1], noise_levels(row, self.frames(row)), window
+        if workers < 2 or len(pending) < 2:
+            return
+        import concurrent.futures
+        import multiprocessing
+
+        threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+        os.environ.update(dict.fromkeys(threads, "1"))  # one core a run: the spawned workers read it at start
+        try:
+            with concurrent.futures.ProcessPoolExecutor(min(workers, len(pending)),
+                                                        mp_context=multiprocessing.get_context("spawn")) as pool:
+                jobs = ((method, self.frames(stack_rows), lv, self.params.get(method), window)
+                        for stack_rows, lv, window in pending.values())
+                for key, result in zip(pending, pool.map(timed_multiframe, jobs)):
+                    self._cache[key] = result
+        finally:
+            for k, v in threads.items():
+                if v is None:
+                    del os.environ[k]
+                else:
+                    os.environ[k] = v
+
+    def _job(self, method, row, window):
+        """(cache key, stack rows, index of the row's slice in the run's output) of the multi-frame run that serves
+        the row; None when the row has no stack (one time point, or a frame missing)."""
+        whole = method == "mppca"
+        stack_rows = self.rows_of(row, whole_series=whole)
+        if stack_rows is None:
+            return None
         k = row["position_index"]
         if whole:  # only the positions that k (and the planned positions near it) depend on
             lo, hi = self.slab(row, len(stack_rows[0]))
@@ -259,15 +306,16 @@ class Stacks:
             key, at = (method, row["series_uid"], lo, hi), (row["time_index"], k - lo)
         else:
             key, at = (method, row["series_uid"], k), (row["time_index"],)
-        key += tuple((w.start, w.stop, w.step) for w in window)
-        if key not in self._cache:
-            noisy = self.frames(stack_rows)
-            start = time.perf_counter()
-            outputs = multiframe_denoise(method, noisy, levels, self.params.get(method), window)
-            ms = 1000 * (time.perf_counter() - start) / (noisy.size // np.prod(noisy.shape[-2:]))
-            self._cache[key] = (outputs, ms)
-        outputs, ms = self._cache[key]
-        return tuple(None if o is None else o[at] for o in outputs), ms, None
+        return key + tuple((w.start, w.stop, w.step) for w in window), stack_rows, at
+
+
+def timed_multiframe(job):
+    """(multiframe_denoise's outputs, ms per frame of the run) of job = (method, frames, levels, param, window);
+    a function of the module so that Stacks.prefetch's worker processes can run it."""
+    method, noisy, levels, param, window = job
+    start = time.perf_counter()
+    outputs = multiframe_denoise(method, noisy, levels, param, window)
+    return outputs, 1000 * (time.perf_counter() - start) / (noisy.size // np.prod(noisy.shape[-2:]))
 
 
 def eval_split(data_dir):
@@ -416,6 +464,8 @@ def evaluate_quality(methods, models, data_dir, max_slices, params, split="test"
                 if method == "noisy":
                     record(method, row, slice_scores(noisy, clean, mask, truth), 0.0)
                 elif method in MULTIFRAME:
+                    if position == 0:
+                        stacks.prefetch(method, held_out.rows)
                     levels = noise_levels(row, noisy)
                     (main_out, gauss, amplitude), ms, fallback = stacks.denoise(method, row, levels)
                     extra = {"fallback": fallback} if fallback else {}

@@ -35,14 +35,14 @@ import numpy as np
 from breastmri.data import preprocess
 from breastmri.data.manifest import _zero, noise_spectrum_of, read_manifest
 from breastmri.evaluate.realism import frames_before_contrast
-from breastmri.restore.denoisers import correct_rician_mean, denoise, denoise_frames
+from breastmri.restore.denoisers import MULTIFRAME, correct_rician_mean, denoise, denoise_frames
 from breastmri.restore.training import needs_rician_correction
 from breastmri.simulate.noise import body_of
 
 MIN_TIME_POINTS = 8
 HELD_BACK = 2          # pre-contrast frames held back as the independent reference
-REAL_METHODS = ("noisy", "bm3d", "mppca", "tpca", "unet")
-DEFAULT_REAL_METHODS = ("noisy", "mppca", "tpca", "unet")  # bm3d: about 1 s per frame and pass
+REAL_METHODS = ("noisy", "bm3d", "mppca", "tpca", "nordic", "unet")
+DEFAULT_REAL_METHODS = ("noisy", "mppca", "tpca", "nordic", "unet")  # bm3d: about 1 s per frame and pass
 
 
 def real_part(real_root, run, methods, positions=3, series_filter="", log=print):
@@ -161,7 +161,7 @@ def _run(method, noisy, frames, positions, zero, sigma_total, sigma_src, enhance
         return pred.reshape(seen.shape)[:, positions]
     magnitude = seen - np.float32(zero)
     common = dict(rician=True, reference_sigma=sigma_src)
-    if method in ("tpca", "mppca"):  # over time at each position (MP-PCA over a slab of real slices 3.6 mm apart
+    if method in MULTIFRAME:  # over time at each position (MP-PCA over a slab of real slices 3.6 mm apart
         # did worse)
         out = np.stack([denoise_frames(method, magnitude[:, k], sigma_total, register=True, **common)
                         for k in positions], axis=1)

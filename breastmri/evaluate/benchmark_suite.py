@@ -12,9 +12,10 @@ puts every restoration a researcher could already run next to each other, on the
 test patients: never used for training or checkpoint selection; the validation patients only when the data has
 no test split, said so in the report):
 the degraded input ("noisy"), the four 2-D classical denoisers of breastmri/restore/denoisers.py (non-local means "nlm", total
-variation "tv", wavelet shrinkage "wavelet", BM3D "bm3d"), the two multi-frame ones that also use the DCE time
-points (BM4D over (x, y, t) "bm4d", MP-PCA over time "mppca", and "tpca", the local temporal projection the
-default U-Net gets as an input channel, run alone), the thesis autoencoder ("thesis") and the default
+variation "tv", wavelet shrinkage "wavelet", BM3D "bm3d"), the multi-frame ones that also use the DCE time
+points (BM4D over (x, y, t) "bm4d", MP-PCA over time "mppca", "tpca", the local temporal projection the
+default U-Net gets as an input channel, run alone, and "nordic", optimal-shrinkage local PCA over time), the thesis
+autoencoder ("thesis") and the default
 model ("unet"). The parts, chosen with --parts (default all three), each in its own module:
 
 breastmri/evaluate/benchmark_quality.py    quality, the noise the classical methods are given
@@ -35,7 +36,7 @@ quality  Test split of --data, whole slices: PairedSlices(data, "test", max_slic
          95% Student-t interval over *patient* means (metrics.mean_ci with groups = patient ids: slices of one
          patient are not independent), the slice-level mean and std, and the gain over the degraded input,
          paired per slice and then averaged per patient. The multi-frame methods denoise the whole stack of
-         the slice's position (bm4d) or the slab of the series' positions it depends on (mppca,
+         the slice's position (bm4d, tpca, nordic) or the slab of the series' positions it depends on (mppca,
          denoisers.mppca_slab: the whole volume's output there) once and score the requested slices from it.
 kinetics (part of quality) per test lesion, the relative-enhancement curve (S(t) - S0) / S0 in the lesion ROI
          for each method against the truth's: RMSE over frames, peak-enhancement error, initial-slope error
@@ -57,8 +58,8 @@ speed    (a) preprocessing slices/s: preprocessing.benchmark on a generated demo
          convolutional and keeps its trained weights at any size; the thesis autoencoder has a fixed input and
          is rebuilt at 512 with untrained weights when it was trained at another size (timing only; said so).
          (d) each classical method on --speed-bm3d-slices held-out slices resized to --speed-size (cubic),
-         so "N x faster than BM3D" is measured on the same machine in the same run; bm4d on an (x, y, t)
-         stack of 4 noisy copies of the slice, reported per frame ("N x faster than BM4D"; mppca, whose cost
+         so "N x faster than BM3D" is measured on the same machine in the same run; bm4d, tpca and nordic on
+         an (x, y, t) stack of 8 noisy copies of the slice, reported per frame ("N x faster than BM4D"; mppca, whose cost
          depends on the series' shape, by its per-frame time in the quality table).
 scaling  Time and peak memory as the work grows, each size in a fresh child process (`benchmark.py
          --_scaling-child ...`), so its peak RSS is its own (VmHWM from /proc/self/status: on Linux
@@ -137,8 +138,8 @@ from breastmri.evaluate.benchmark_speed import (
     speed_part,
 )
 
-METHODS = ("noisy", "nlm", "tv", "wavelet", "bm3d", "bm4d", "mppca", "tpca", "thesis", "unet", "noise2noise",
-           "noise2void")
+METHODS = ("noisy", "nlm", "tv", "wavelet", "bm3d", "bm4d", "mppca", "tpca", "nordic", "thesis", "unet",
+           "noise2noise", "noise2void")
 PARTS = ("quality", "speed", "scaling", "real")
 
 
