@@ -283,7 +283,6 @@ def lesion_kinetics(methods, models, data_dir, lesions, params, stacks, split="t
     peak_error_signed (mean), ktrans_error, ve_error, lesion_psnr (means over lesions; None without the tree's
     AIF)}}}."""
     from breastmri.data.manifest import _zero
-
     from breastmri.evaluate.benchmark_quality import MULTIFRAME
 
     arrays, out = {}, []
