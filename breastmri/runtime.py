@@ -1,7 +1,8 @@
-"""The process around the library: quiet start-up, devices and precision, memory.
+"""The process around the library: quiet start-up, devices and precision, memory, worker processes.
 
 Every command calls quiet_start() before TensorFlow loads; training calls setup_devices() before it creates its
-first tensor; datasets call keep_freed_memory() once per process.
+first tensor; datasets call keep_freed_memory() once per process; the benchmark spreads its classical runs over the
+cores with parallel_map().
 """
 
 import functools
@@ -150,3 +151,37 @@ def _mallopt():
         return ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return None
+
+
+def parallel_map(fn, jobs, workers=None):
+    """[fn(job) for job in jobs], `workers` (default: the machine's cores) at a time in spawned processes, each
+    with one BLAS / OpenMP thread; in this process when one worker or one job would do. fn must be a function of
+    a module (the workers import it; spawned, they share nothing with this process, TensorFlow included). The
+    workers are started once per process and kept for later calls. For the benchmark's classical runs, which use
+    about one core each: a run timed inside fn takes its own time."""
+    jobs = list(jobs)
+    workers = min(os.cpu_count() or 1, len(jobs)) if workers is None else min(workers, len(jobs))
+    if workers < 2:
+        return [fn(job) for job in jobs]
+    return list(_pool(workers).map(fn, jobs))
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(workers):
+    """A pool of `workers` spawned processes with one BLAS / OpenMP thread each (the variables are read as each
+    worker starts, which is when the pool is made)."""
+    import concurrent.futures
+    import multiprocessing
+
+    threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update(dict.fromkeys(threads, "1"))
+    try:
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        list(pool.map(int, range(workers)))  # start every worker now, under these variables
+        return pool
+    finally:
+        for k, v in threads.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v

@@ -10,11 +10,13 @@ slice), never the slices it is scored on: a small hyperparameter search on the d
 
 - 2-D methods (--calibrate-slices, default 12; 0 turns it off): the multiplier of sigma_pixel from SIGMA_SCALES,
   climbed from 1.0 (climb: PSNR against strength has one peak, so the multipliers past it are not run).
-- Multi-frame methods (--calibrate-stacks): bm4d's and nordic's sigma multiplier (MULTIFRAME_SCALES) on the (x, y, t) stacks of
-  the first calibration slices, mppca's patch radius (MPPCA_RADII) on their series' volumes, denoised on a
+- Multi-frame methods (--calibrate-stacks): bm4d's and nordic's sigma multiplier (MULTIFRAME_SCALES) on the
+  (x, y, t) stacks of the first calibration slices, mppca's patch radius (MPPCA_RADII) on their series' volumes, denoised on a
   CALIBRATION_CROP^2 window around the body (a full BM4D stack costs ~30 s; registered on the whole slices, as
   the scored stacks are) and scored on every frame of the window.
 
+The runs of a multiplier (2-D) or of all candidates (multi-frame) are spread over the cores (runtime.parallel_map)
+when the method runs on one core (benchmark_quality.workers_for).
 The slices and the chosen parameters are recorded in benchmark.json (quality.calibration_record).
 """
 
@@ -26,9 +28,11 @@ from breastmri.evaluate.benchmark_quality import (
     MULTIFRAME,
     Stacks,
     classical_denoise,
-    multiframe_denoise,
     noise_levels,
+    timed_multiframe,
+    workers_for,
 )
+from breastmri.runtime import parallel_map
 
 # Multipliers of sigma_pixel tried by the calibration.
 SIGMA_SCALES = (0.6, 0.8, 1.0, 1.25)
@@ -36,6 +40,11 @@ MULTIFRAME_SCALES = (0.8, 1.0, 1.25)           # bm4d and nordic: fewer candidat
 MULTIFRAME_CANDIDATES = {"bm4d": MULTIFRAME_SCALES, "mppca": MPPCA_RADII,
                          "nordic": MULTIFRAME_SCALES}  # tpca has no parameter
 CALIBRATION_CROP = 96                          # side of the in-plane window the multi-frame calibration scores
+
+
+def classical_run(job):
+    """classical_denoise(*job), job = (method, noisy, levels, scale): a function of the module for parallel_map."""
+    return classical_denoise(*job)
 
 
 def tissue_slices(data_dir, split, n, seed, min_body_fraction=0.1):
@@ -79,15 +88,13 @@ def calibrate(methods, data_dir, n_slices, seed=0, n_stacks=2):
     """Each classical method's parameter with the best mean body PSNR on random training slices with tissue,
     against the headline reference (the truth when the data has one, else the 3T image): the 2-D methods' sigma
     multiplier (SIGMA_SCALES, climbed from 1.0: the table lists the multipliers tried) on n_slices slices;
-    bm4d's and nordic's multiplier (MULTIFRAME_SCALES) and mppca's patch radius (MPPCA_RADII) on the stacks / volumes of the
-    first n_stacks of those slices, on a window (calibrate_multiframe).
+    bm4d's and nordic's multiplier (MULTIFRAME_SCALES) and mppca's patch radius (MPPCA_RADII) on the stacks /
+    volumes of the first n_stacks of those slices, on a window (calibrate_multiframe).
 
     Returns ({method: parameter}, {method: {str(candidate): mean body PSNR}}, note or None, record): record names
     the slices, the reference and the chosen parameters (for benchmark.json). n_slices 0: the defaults (1.0,
     mppca radius 2).
     """
-    from tqdm import tqdm
-
     from breastmri.metrics import slice_metrics
 
     params = {m: MPPCA_RADII[1] if m == "mppca" else 1.0 for m in methods}
@@ -103,12 +110,11 @@ def calibrate(methods, data_dir, n_slices, seed=0, n_stacks=2):
     table, levels = {}, [noise_levels(row, noisy) for row, noisy, *_ in slices]
     for method in [m for m in methods if m in CLASSICAL]:
         def mean_psnr(scale):
-            psnr = []
-            for (row, noisy, clean, truth, mask), lv in zip(tqdm(slices, desc=f"calibrate {method} x{scale}",
-                                                                 unit="slice", leave=False), levels):
-                main_out, _, amplitude = classical_denoise(method, noisy, lv, scale)
-                psnr.append(slice_metrics(amplitude, truth, mask)["psnr"] if reference == "truth"
-                            else slice_metrics(main_out, clean, mask)["psnr"])
+            outputs = parallel_map(classical_run, [(method, noisy, lv, scale)
+                                                   for (_, noisy, *_), lv in zip(slices, levels)], workers_for(method))
+            psnr = [slice_metrics(amplitude, truth, mask)["psnr"] if reference == "truth"
+                    else slice_metrics(main_out, clean, mask)["psnr"]
+                    for (_, _, clean, truth, mask), (main_out, _, amplitude) in zip(slices, outputs)]
             return float(np.nanmean(psnr))
 
         params[method], scores = climb(SIGMA_SCALES, SIGMA_SCALES.index(1.0), mean_psnr)
@@ -148,8 +154,6 @@ def calibrate_multiframe(methods, data_dir, slices, reference, n_stacks):
     The stacks are those of the first n_stacks calibration slices whose series has more than one time point,
     denoised on a CALIBRATION_CROP^2 window around the slice's body mask; every frame of the stack (bm4d, nordic) or of
     the series volume (mppca) is scored in its own body mask against the reference."""
-    from tqdm import tqdm
-
     from breastmri.metrics import body_mask, slice_metrics
 
     stacks, used = Stacks(data_dir), []
@@ -160,20 +164,20 @@ def calibrate_multiframe(methods, data_dir, slices, reference, n_stacks):
     found = {}
     for method in (m for m in methods if m in MULTIFRAME_CANDIDATES):
         candidates = MULTIFRAME_CANDIDATES[method]
-        psnr = {c: [] for c in candidates}
-        for row, noisy, window, whole in tqdm(used, desc=f"calibrate {method}", unit="stack", leave=False):
-            levels = noise_levels(row, noisy)
+        runs = []  # (candidate, reference frames, job) of every candidate on every stack, run in parallel
+        for row, noisy, window, whole in used:
             rows = whole if method == "mppca" else [frame[row["position_index"]] for frame in whole]
-            noisy_stack = stacks.frames(rows)
             ref = stacks.frames(rows, "truth_file" if reference == "truth" else "clean_file")[(Ellipsis,) + window]
-            for c in candidates:
-                main_out, _, amplitude = multiframe_denoise(method, noisy_stack, levels, c, window)
-                out = amplitude if reference == "truth" else main_out
-                flat = out.reshape((-1,) + out.shape[-2:])
-                for image, target in zip(flat, ref.reshape(flat.shape)):
-                    mask = body_mask(target)
-                    if mask.any():
-                        psnr[c].append(slice_metrics(image, target, mask)["psnr"])
+            runs += [(c, ref, (method, stacks.frames(rows), noise_levels(row, noisy), c, window)) for c in candidates]
+        psnr = {c: [] for c in candidates}
+        outputs = parallel_map(timed_multiframe, [job for *_, job in runs], workers_for(method))
+        for (c, ref, _), ((main_out, _, amplitude), _) in zip(runs, outputs):
+            out = amplitude if reference == "truth" else main_out
+            flat = out.reshape((-1,) + out.shape[-2:])
+            for image, target in zip(flat, ref.reshape(flat.shape)):
+                mask = body_mask(target)
+                if mask.any():
+                    psnr[c].append(slice_metrics(image, target, mask)["psnr"])
         if used:
             found[method] = (max(candidates, key=lambda c: np.nanmean(psnr[c])),
                              {str(c): float(np.nanmean(v)) for c, v in psnr.items()})

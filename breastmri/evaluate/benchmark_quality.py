@@ -43,14 +43,14 @@ Noise level given to the classical methods (they are run at their best, not hand
 
 import functools
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from breastmri.data.manifest import _zero
-from breastmri.restore.denoisers import MULTIFRAME, NOISE_GIVEN
+from breastmri.restore.denoisers import MULTIFRAME, NOISE_GIVEN, OWN_THREADS
+from breastmri.runtime import parallel_map
 
 METRICS = ("psnr", "ssim", "mse")
 CLASSICAL = ("nlm", "tv", "wavelet", "bm3d")   # one slice at a time (denoisers.METHODS)
@@ -65,7 +65,6 @@ REGISTER = True
 # Tissue for the noise check: clean magnitude above this many sigma_total, where Rician ~ Gaussian.
 TISSUE_SNR = 10.0
 FALLBACK_2D = "bm3d"                           # multi-frame methods on a series with one time point
-STACK_WORKERS = os.cpu_count() or 1            # multi-frame runs at a time in the quality part (Stacks.prefetch)
 
 
 class BenchmarkError(Exception):
@@ -261,36 +260,19 @@ class Stacks:
         outputs, ms = self._cache[key]
         return tuple(None if o is None else o[at] for o in outputs), ms, None
 
-    def prefetch(self, method, rows, windows=None, workers=STACK_WORKERS):
+    def prefetch(self, method, rows, windows=None):
         """Denoise the stacks that `rows` (with `windows`, one each; default whole slices) will ask denoise() for,
-        `workers` runs at a time in spawned processes: the multi-frame methods run on about one core each, and a
-        run's ms per frame is its own. The results are denoise()'s, whatever the order of the runs."""
+        side by side (workers_for: one per core for a method that runs on one core, so that a run's ms per frame
+        stays its own). The results are denoise()'s."""
         pending = {}
         for row, window in zip(rows, windows or [None] * len(rows)):
             window = (slice(None), slice(None)) if window is None else tuple(window)
             job = self._job(method, row, window)
             if job is not None and job[0] not in self._cache and job[0] not in pending:
                 pending[job[0]] = job[1], noise_levels(row, self.frames(row)), window
-        if workers < 2 or len(pending) < 2:
-            return
-        import concurrent.futures
-        import multiprocessing
-
-        threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-        os.environ.update(dict.fromkeys(threads, "1"))  # one core a run: the spawned workers read it at start
-        try:
-            with concurrent.futures.ProcessPoolExecutor(min(workers, len(pending)),
-                                                        mp_context=multiprocessing.get_context("spawn")) as pool:
-                jobs = ((method, self.frames(stack_rows), lv, self.params.get(method), window)
-                        for stack_rows, lv, window in pending.values())
-                for key, result in zip(pending, pool.map(timed_multiframe, jobs)):
-                    self._cache[key] = result
-        finally:
-            for k, v in threads.items():
-                if v is None:
-                    del os.environ[k]
-                else:
-                    os.environ[k] = v
+        jobs = [(method, self.frames(stack_rows), lv, self.params.get(method), window)
+                for stack_rows, lv, window in pending.values()]
+        self._cache.update(zip(pending, parallel_map(timed_multiframe, jobs, workers_for(method))))
 
     def _job(self, method, row, window):
         """(cache key, stack rows, index of the row's slice in the run's output) of the multi-frame run that serves
@@ -307,6 +289,12 @@ class Stacks:
         else:
             key, at = (method, row["series_uid"], k), (row["time_index"],)
         return key + tuple((w.start, w.stop, w.step) for w in window), stack_rows, at
+
+
+def workers_for(method):
+    """Runs of a classical method to make side by side (runtime.parallel_map): one for the methods that use every
+    core on their own (denoisers.OWN_THREADS), else one per core."""
+    return 1 if method in OWN_THREADS else None
 
 
 def timed_multiframe(job):

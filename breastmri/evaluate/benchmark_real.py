@@ -19,7 +19,8 @@ positions in its middle (--real-positions). Two references:
   sequence two frames shorter (renumbered), which costs the temporal methods two pre-contrast neighbours.
 
 Every number is per frame (the mean over the scored positions) as well as over the frames: a method that helps late
-frames and harms early ones shows it. PSNR is taken inside the body (the mean frame above 10% of its 99th
+frames and harms early ones shows it. The classical methods that run on one core are run side by side, one per core
+(runtime.parallel_map); a method's seconds are the sum of its runs' own. PSNR is taken inside the body (the mean frame above 10% of its 99th
 percentile) with data_range the 99.5th percentile of the 3T frames there.
 """
 
@@ -34,9 +35,11 @@ import numpy as np
 
 from breastmri.data import preprocess
 from breastmri.data.manifest import _zero, noise_spectrum_of, read_manifest
+from breastmri.evaluate.benchmark_quality import workers_for
 from breastmri.evaluate.realism import frames_before_contrast
 from breastmri.restore.denoisers import MULTIFRAME, correct_rician_mean, denoise, denoise_frames
 from breastmri.restore.training import needs_rician_correction
+from breastmri.runtime import parallel_map
 from breastmri.simulate.noise import body_of
 
 MIN_TIME_POINTS = 8
@@ -112,13 +115,34 @@ def _score_dynamic(data_dir, rows, methods, enhancer, n_positions):
     all_frames = list(range(n_times))
     seconds = {}
 
-    def timed(method, frames):
-        started = time.perf_counter()
-        out = _run(method, noisy, frames, positions, zero, sigma_total, sigma_src, enhancer, spectrum)
-        seconds[method] = round(seconds.get(method, 0.0) + time.perf_counter() - started, 1)
-        return out
+    def run_all(frames):
+        """{method: its (len(frames), P, H, W) output}; each method's seconds (its runs' own) added to `seconds`.
+        The single-core classical runs go side by side; the U-Net runs here, with its model."""
+        seen = noisy[frames]
+        pooled = {m: _classical_jobs(m, seen - np.float32(zero), positions, sigma_total, sigma_src, spectrum)
+                  for m in methods if m not in ("noisy", "unet")}
+        side_by_side = [m for m in pooled if workers_for(m) != 1]  # the others use every core on their own
+        done = iter(parallel_map(timed_call, [job for m in side_by_side for job in pooled[m]]))
+        outputs = {}
+        for m in methods:
+            if m == "noisy":
+                results = [(seen[:, positions], 0.0)]
+            elif m == "unet":
+                results = [timed_call((_unet, (enhancer, seen, positions, zero, sigma_total)))]
+            elif m in side_by_side:
+                results = [next(done) for _ in pooled[m]]
+            else:
+                results = [timed_call(job) for job in pooled[m]]
+            seconds[m] = round(seconds.get(m, 0.0) + sum(t for _, t in results), 1)
+            outs = [out for out, _ in results]
+            if m in MULTIFRAME:   # one run per position
+                outs = [np.stack(outs, axis=1) + np.float32(zero)]
+            elif m in pooled:     # one run per frame and position
+                outs = [np.reshape(outs, (len(frames), len(positions)) + outs[0].shape) + np.float32(zero)]
+            outputs[m] = outs[0]
+        return outputs
 
-    outputs = {m: timed(m, all_frames) for m in methods}
+    outputs = run_all(all_frames)
     scores = {m: psnr(out, clean[:, positions]) for m, out in outputs.items()}
     result["against_3t"] = _table(scores, all_frames)
     if pre >= HELD_BACK + 1:
@@ -126,7 +150,7 @@ def _score_dynamic(data_dir, rows, methods, enhancer, n_positions):
         seen = [t for t in all_frames if t not in held]
         scored = list(range(pre - HELD_BACK))
         reference = clean[held][:, positions].mean(axis=0, keepdims=True)
-        outputs = {m: timed(m, seen) for m in methods}
+        outputs = run_all(seen)
         scores = {m: psnr(out[:len(scored)], np.repeat(reference, len(scored), 0)) for m, out in outputs.items()}
         result["against_held_back"] = dict(_table(scores, scored), held_back_frames=held)
     result["seconds"] = seconds
@@ -144,31 +168,36 @@ def _table(scores, frames):
     return {"frames": frames, "input_psnr_db": base.round(3).tolist(), "gain_db": per_frame, "summary": summary}
 
 
-def _run(method, noisy, frames, positions, zero, sigma_total, sigma_src, enhancer, spectrum=None):
-    """A method's output (len(frames), P, H, W) for the frames it sees (time indices into noisy, (T, Z, H, W)),
-    at the scored positions; the classical methods on magnitudes (zero signal at 0), returned in noisy's units."""
-    seen = noisy[frames]
-    if method == "noisy":
-        return seen[:, positions]
-    if method == "unet":
-        from breastmri.enhance.enhancer import predict_stack
-
-        t, z = seen.shape[:2]
-        layout = [(i, k) for i in range(t) for k in range(z)]
-        pred, _ = predict_stack(enhancer, seen.reshape((t * z,) + seen.shape[2:]), zero=zero, layout=layout)
-        if needs_rician_correction(enhancer.cfg, "field"):  # a self-supervised run learned E[magnitude]
-            pred = correct_rician_mean(pred, sigma_total, zero)
-        return pred.reshape(seen.shape)[:, positions]
-    magnitude = seen - np.float32(zero)
+def _classical_jobs(method, magnitude, positions, sigma_total, sigma_src, spectrum=None):
+    """A classical method's runs on the frames it sees, magnitudes (zero signal at 0, (T', Z, H, W)), as jobs for
+    timed_call: a multi-frame method one run per scored position (over time; MP-PCA over a slab of real slices
+    3.6 mm apart did worse), a 2-D one one run per frame and position (frame-major)."""
     common = dict(rician=True, reference_sigma=sigma_src)
-    if method in MULTIFRAME:  # over time at each position (MP-PCA over a slab of real slices 3.6 mm apart
-        # did worse)
-        out = np.stack([denoise_frames(method, magnitude[:, k], sigma_total, register=True, **common)
-                        for k in positions], axis=1)
-    else:
-        out = np.stack([[denoise(method, magnitude[t, k], sigma_total, spectrum=spectrum, **common)
-                         for k in positions] for t in range(len(frames))])
-    return out + np.float32(zero)
+    if method in MULTIFRAME:
+        return [(denoise_frames, (method, magnitude[:, k], sigma_total), dict(register=True, **common))
+                for k in positions]
+    return [(denoise, (method, magnitude[t, k], sigma_total), dict(spectrum=spectrum, **common))
+            for t in range(len(magnitude)) for k in positions]
+
+
+def timed_call(job):
+    """(fn(*args, **kwargs), seconds) of job = (fn, args[, kwargs]): a function of the module for parallel_map."""
+    fn, args, kwargs = job if len(job) == 3 else (*job, {})
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def _unet(enhancer, seen, positions, zero, sigma_total):
+    """The U-Net's (T', P, H, W) output of the seen frames (T', Z, H, W), at the scored positions."""
+    from breastmri.enhance.enhancer import predict_stack
+
+    t, z = seen.shape[:2]
+    layout = [(i, k) for i in range(t) for k in range(z)]
+    pred, _ = predict_stack(enhancer, seen.reshape((t * z,) + seen.shape[2:]), zero=zero, layout=layout)
+    if needs_rician_correction(enhancer.cfg, "field"):  # a self-supervised run learned E[magnitude]
+        pred = correct_rician_mean(pred, sigma_total, zero)
+    return pred.reshape(seen.shape)[:, positions]
 
 
 def markdown(real):

@@ -100,8 +100,8 @@ def quality_notes(report, noise, scales, table, calib_note, summary, skipped, cl
         if multiframe:
             notes.append("multi-frame methods: bm4d over the (x, y, t) stack of the slice's position, mppca over the "
                          "series' (x, y, z, t) volume (sigma estimated by MP-PCA itself), tpca (the default U-Net's "
-                         "temporal projection alone) and nordic (optimal-shrinkage local PCA, NORDIC, given sigma) over the (x, y, t) "
-                         "stack, each stack denoised once"
+                         "temporal projection alone) and nordic (optimal-shrinkage local PCA, NORDIC, given sigma) "
+                         "over the (x, y, t) stack, each stack denoised once"
                          + ("; every frame registered onto the first of its slice position (rigid, in-plane) and "
                             "the output moved back, as the default U-Net's projection does" if REGISTER else "")
                          + "; ms per slice = the stack's run divided by its frames")
