@@ -10,8 +10,9 @@ slice), never the slices it is scored on: a small hyperparameter search on the d
 
 - 2-D methods (--calibrate-slices, default 12; 0 turns it off): the multiplier of sigma_pixel from SIGMA_SCALES,
   climbed from 1.0 (climb: PSNR against strength has one peak, so the multipliers past it are not run).
-- Multi-frame methods (--calibrate-stacks): bm4d's and nordic's sigma multiplier (MULTIFRAME_SCALES) on the
-  (x, y, t) stacks of the first calibration slices, mppca's patch radius (MPPCA_RADII) on their series' volumes, denoised on a
+- Multi-frame methods (--calibrate-stacks): bm4d's and nordic's sigma multiplier (SIGMA_SCALES, climbed from 1.0)
+  on the (x, y, t) stacks of the first calibration slices, mppca's patch radius (MPPCA_RADII, climbed from 2) on
+  their series' volumes, denoised on a
   CALIBRATION_CROP^2 window around the body (a full BM4D stack costs ~30 s; registered on the whole slices, as
   the scored stacks are) and scored on every frame of the window.
 
@@ -35,10 +36,10 @@ from breastmri.evaluate.benchmark_quality import (
 from breastmri.runtime import parallel_map
 
 # Multipliers of sigma_pixel tried by the calibration.
-SIGMA_SCALES = (0.6, 0.8, 1.0, 1.25)
-MULTIFRAME_SCALES = (0.8, 1.0, 1.25)           # bm4d and nordic: fewer candidates, each a whole stack
-MULTIFRAME_CANDIDATES = {"bm4d": MULTIFRAME_SCALES, "mppca": MPPCA_RADII,
-                         "nordic": MULTIFRAME_SCALES}  # tpca has no parameter
+SIGMA_SCALES = (0.6, 0.8, 1.0, 1.25, 1.5, 2.0)
+# The multi-frame methods' grids, each climbed from its middle value (tpca has no parameter)
+MULTIFRAME_CANDIDATES = {"bm4d": SIGMA_SCALES, "mppca": MPPCA_RADII, "nordic": SIGMA_SCALES}
+MULTIFRAME_START = {"bm4d": 1.0, "mppca": MPPCA_RADII[1], "nordic": 1.0}
 CALIBRATION_CROP = 96                          # side of the in-plane window the multi-frame calibration scores
 
 
@@ -88,8 +89,8 @@ def calibrate(methods, data_dir, n_slices, seed=0, n_stacks=2):
     """Each classical method's parameter with the best mean body PSNR on random training slices with tissue,
     against the headline reference (the truth when the data has one, else the 3T image): the 2-D methods' sigma
     multiplier (SIGMA_SCALES, climbed from 1.0: the table lists the multipliers tried) on n_slices slices;
-    bm4d's and nordic's multiplier (MULTIFRAME_SCALES) and mppca's patch radius (MPPCA_RADII) on the stacks /
-    volumes of the first n_stacks of those slices, on a window (calibrate_multiframe).
+    bm4d's and nordic's multiplier and mppca's patch radius (MULTIFRAME_CANDIDATES, climbed from MULTIFRAME_START)
+    on the stacks / volumes of the first n_stacks of those slices, on a window (calibrate_multiframe).
 
     Returns ({method: parameter}, {method: {str(candidate): mean body PSNR}}, note or None, record): record names
     the slices, the reference and the chosen parameters (for benchmark.json). n_slices 0: the defaults (1.0,
@@ -163,24 +164,29 @@ def calibrate_multiframe(methods, data_dir, slices, reference, n_stacks):
             used.append((row, noisy, _crop_window(mask, CALIBRATION_CROP), whole))
     found = {}
     for method in (m for m in methods if m in MULTIFRAME_CANDIDATES):
-        candidates = MULTIFRAME_CANDIDATES[method]
-        runs = []  # (candidate, reference frames, job) of every candidate on every stack, run in parallel
+        work = []  # per stack: the reference frames and the run's frames and noise levels
         for row, noisy, window, whole in used:
             rows = whole if method == "mppca" else [frame[row["position_index"]] for frame in whole]
             ref = stacks.frames(rows, "truth_file" if reference == "truth" else "clean_file")[(Ellipsis,) + window]
-            runs += [(c, ref, (method, stacks.frames(rows), noise_levels(row, noisy), c, window)) for c in candidates]
-        psnr = {c: [] for c in candidates}
-        outputs = parallel_map(timed_multiframe, [job for *_, job in runs], workers_for(method))
-        for (c, ref, _), ((main_out, _, amplitude), _) in zip(runs, outputs):
-            out = amplitude if reference == "truth" else main_out
-            flat = out.reshape((-1,) + out.shape[-2:])
-            for image, target in zip(flat, ref.reshape(flat.shape)):
-                mask = body_mask(target)
-                if mask.any():
-                    psnr[c].append(slice_metrics(image, target, mask)["psnr"])
+            work.append((ref, stacks.frames(rows), noise_levels(row, noisy), window))
+
+        def mean_psnr(candidate):
+            jobs = [(method, frames, levels, candidate, window) for _, frames, levels, window in work]
+            psnr = []
+            for (ref, *_), ((main_out, _, amplitude), _) in zip(work, parallel_map(timed_multiframe, jobs,
+                                                                                   workers_for(method))):
+                out = amplitude if reference == "truth" else main_out
+                flat = out.reshape((-1,) + out.shape[-2:])
+                for image, target in zip(flat, ref.reshape(flat.shape)):
+                    mask = body_mask(target)
+                    if mask.any():
+                        psnr.append(slice_metrics(image, target, mask)["psnr"])
+            return float(np.nanmean(psnr))
+
         if used:
-            found[method] = (max(candidates, key=lambda c: np.nanmean(psnr[c])),
-                             {str(c): float(np.nanmean(v)) for c, v in psnr.items()})
+            candidates = MULTIFRAME_CANDIDATES[method]
+            best, scores = climb(candidates, candidates.index(MULTIFRAME_START[method]), mean_psnr)
+            found[method] = best, {str(c): v for c, v in scores.items()}
     records = [{"patient_id": r["patient_id"], "series_uid": r["series_uid"], "position_index": r["position_index"],
                 "window": [w.start for w in window]} for r, _, window, _ in used]
     return found, records
