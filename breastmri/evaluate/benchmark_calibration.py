@@ -36,7 +36,7 @@ from breastmri.evaluate.benchmark_quality import (
 from breastmri.runtime import parallel_map
 
 # Multipliers of sigma_pixel tried by the calibration.
-SIGMA_SCALES = (0.6, 0.8, 1.0, 1.25, 1.5, 2.0)
+SIGMA_SCALES = (0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0)
 # The multi-frame methods' grids, each climbed from its middle value (tpca has no parameter)
 MULTIFRAME_CANDIDATES = {"bm4d": SIGMA_SCALES, "mppca": MPPCA_RADII, "nordic": SIGMA_SCALES}
 MULTIFRAME_START = {"bm4d": 1.0, "mppca": MPPCA_RADII[1], "nordic": 1.0}
