@@ -3,8 +3,8 @@
     params, table, note, record = calibrate(["bm3d", "bm4d", "mppca"], data_dir, 12)
 
 sigma_pixel (benchmark_quality's noise level) is the right scale, but the methods' parameters (breastmri/restore/denoisers.py) were
-tuned on white noise, and correlated noise moves their optimum (on demo-like data NLM, TV and wavelet preferred
-0.6-0.8 sigma_pixel, BM3D 1.0-1.25). So each classical method gets the parameter with the best mean body-mask PSNR,
+tuned on white noise, and correlated noise moves their optimum (on the demo TV, wavelet and NORDIC prefer
+0.6-0.8 sigma_pixel, BM3D and BM4D 1.5). So each classical method gets the parameter with the best mean body-mask PSNR,
 against the headline reference, on randomly drawn (seeded) *training* slices with tissue (body mask >= 10% of the
 slice), never the slices it is scored on: a small hyperparameter search on the data the networks were trained on.
 
