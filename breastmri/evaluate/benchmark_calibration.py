@@ -98,7 +98,7 @@ def calibrate(methods, data_dir, n_slices, seed=0, n_stacks=2):
     """
     from breastmri.metrics import slice_metrics
 
-    params = {m: MPPCA_RADII[1] if m == "mppca" else 1.0 for m in methods}
+    params = {m: MULTIFRAME_START.get(m, 1.0) for m in methods}
     if not methods or n_slices < 1:
         return params, {}, None, {}
     try:

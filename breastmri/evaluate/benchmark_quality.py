@@ -246,14 +246,14 @@ class Stacks:
         sigma_pixel); mppca: the (T, Z', H, W) slab of the series' positions that the row's position depends on
         (denoisers.mppca_slab: the same output there as the whole volume), with the calibrated patch radius.
         Without a stack (one time point): the 2-D FALLBACK_2D run of classical_denoise on the slice alone."""
-        window = (slice(None), slice(None)) if window is None else tuple(window)
         job = self._job(method, row, window)
+        window = (slice(None), slice(None)) if window is None else tuple(window)
         if job is None:
             start = time.perf_counter()
             out = classical_denoise(FALLBACK_2D, self.frames(row), levels, self.params.get(FALLBACK_2D, 1.0))
             out = tuple(None if o is None else o[(Ellipsis,) + window] for o in out)
             return out, 1000 * (time.perf_counter() - start), f"{FALLBACK_2D} (no time axis)"
-        key, stack_rows, at = job
+        key, stack_rows, at, window = job
         if key not in self._cache:
             self._cache[key] = timed_multiframe((method, self.frames(stack_rows), levels, self.params.get(method),
                                                  window))
@@ -266,17 +266,18 @@ class Stacks:
         stays its own). The results are denoise()'s."""
         pending = {}
         for row, window in zip(rows, windows or [None] * len(rows)):
-            window = (slice(None), slice(None)) if window is None else tuple(window)
             job = self._job(method, row, window)
             if job is not None and job[0] not in self._cache and job[0] not in pending:
-                pending[job[0]] = job[1], noise_levels(row, self.frames(row)), window
+                pending[job[0]] = job[1], noise_levels(row, self.frames(row)), job[3]
         jobs = [(method, self.frames(stack_rows), lv, self.params.get(method), window)
                 for stack_rows, lv, window in pending.values()]
         self._cache.update(zip(pending, parallel_map(timed_multiframe, jobs, workers_for(method))))
 
-    def _job(self, method, row, window):
-        """(cache key, stack rows, index of the row's slice in the run's output) of the multi-frame run that serves
-        the row; None when the row has no stack (one time point, or a frame missing)."""
+    def _job(self, method, row, window=None):
+        """(cache key, stack rows, index of the row's slice in the run's output, window) of the multi-frame run
+        that serves the row (window None: the whole slice); None when the row has no stack (one time point, or a
+        frame missing)."""
+        window = (slice(None), slice(None)) if window is None else tuple(window)
         whole = method == "mppca"
         stack_rows = self.rows_of(row, whole_series=whole)
         if stack_rows is None:
@@ -288,7 +289,7 @@ class Stacks:
             key, at = (method, row["series_uid"], lo, hi), (row["time_index"], k - lo)
         else:
             key, at = (method, row["series_uid"], k), (row["time_index"],)
-        return key + tuple((w.start, w.stop, w.step) for w in window), stack_rows, at
+        return key + tuple((w.start, w.stop, w.step) for w in window), stack_rows, at, window
 
 
 def workers_for(method):
@@ -297,13 +298,20 @@ def workers_for(method):
     return 1 if method in OWN_THREADS else None
 
 
-def timed_multiframe(job):
-    """(multiframe_denoise's outputs, ms per frame of the run) of job = (method, frames, levels, param, window);
-    a function of the module so that Stacks.prefetch's worker processes can run it."""
-    method, noisy, levels, param, window = job
+def timed_call(job):
+    """(fn(*args, **kwargs), seconds) of job = (fn, args[, kwargs]): what a worker of runtime.parallel_map runs,
+    so that each run's own time comes back with it."""
+    fn, args, kwargs = job if len(job) == 3 else (*job, {})
     start = time.perf_counter()
-    outputs = multiframe_denoise(method, noisy, levels, param, window)
-    return outputs, 1000 * (time.perf_counter() - start) / (noisy.size // np.prod(noisy.shape[-2:]))
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def timed_multiframe(job):
+    """(multiframe_denoise's outputs, ms per frame of the run) of job = (method, frames, levels, param, window)."""
+    outputs, seconds = timed_call((multiframe_denoise, job))
+    noisy = job[1]
+    return outputs, 1000 * seconds / (noisy.size // np.prod(noisy.shape[-2:]))
 
 
 def eval_split(data_dir):

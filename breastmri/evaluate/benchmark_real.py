@@ -27,7 +27,6 @@ percentile) with data_range the 99.5th percentile of the 3T frames there.
 import logging
 import math
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import numpy as np
 
 from breastmri.data import preprocess
 from breastmri.data.manifest import _zero, noise_spectrum_of, read_manifest
-from breastmri.evaluate.benchmark_quality import workers_for
+from breastmri.evaluate.benchmark_quality import timed_call, workers_for
 from breastmri.evaluate.realism import frames_before_contrast
 from breastmri.restore.denoisers import MULTIFRAME, correct_rician_mean, denoise, denoise_frames
 from breastmri.restore.training import needs_rician_correction
@@ -178,14 +177,6 @@ def _classical_jobs(method, magnitude, positions, sigma_total, sigma_src, spectr
                 for k in positions]
     return [(denoise, (method, magnitude[t, k], sigma_total), dict(spectrum=spectrum, **common))
             for t in range(len(magnitude)) for k in positions]
-
-
-def timed_call(job):
-    """(fn(*args, **kwargs), seconds) of job = (fn, args[, kwargs]): a function of the module for parallel_map."""
-    fn, args, kwargs = job if len(job) == 3 else (*job, {})
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
 
 
 def _unet(enhancer, seen, positions, zero, sigma_total):
