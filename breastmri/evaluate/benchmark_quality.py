@@ -54,7 +54,6 @@ from breastmri.runtime import parallel_map
 
 METRICS = ("psnr", "ssim", "mse")
 CLASSICAL = ("nlm", "tv", "wavelet", "bm3d")   # one slice at a time (denoisers.METHODS)
-# stacks over time: denoisers.MULTIFRAME (bm4d, mppca, tpca, nordic); NOISE_GIVEN those given the noise level
 # the networks: the thesis autoencoder, the supervised default, and self-supervised runs (train.mode)
 MODELS = ("thesis", "unet", "noise2noise", "noise2void")
 MPPCA_RADII = (1, 2, 3)                        # mppca: in-plane patch radius (benchmark_calibration picks one)
@@ -261,9 +260,8 @@ class Stacks:
         return tuple(None if o is None else o[at] for o in outputs), ms, None
 
     def prefetch(self, method, rows, windows=None):
-        """Denoise the stacks that `rows` (with `windows`, one each; default whole slices) will ask denoise() for,
-        side by side (workers_for: one per core for a method that runs on one core, so that a run's ms per frame
-        stays its own). The results are denoise()'s."""
+        """Denoise the stacks that `rows` (with `windows`; default whole slices) will ask denoise() for, side by side
+        (workers_for), each run's ms per frame its own."""
         pending = {}
         for row, window in zip(rows, windows or [None] * len(rows)):
             job = self._job(method, row, window)
@@ -274,9 +272,8 @@ class Stacks:
         self._cache.update(zip(pending, parallel_map(timed_multiframe, jobs, workers_for(method))))
 
     def _job(self, method, row, window=None):
-        """(cache key, stack rows, index of the row's slice in the run's output, window) of the multi-frame run
-        that serves the row (window None: the whole slice); None when the row has no stack (one time point, or a
-        frame missing)."""
+        """(cache key, stack rows, the row's index in the run's output, window (None: whole)) of the run serving
+        the row; None when the row has no stack (one time point, or a frame missing)."""
         window = (slice(None), slice(None)) if window is None else tuple(window)
         whole = method == "mppca"
         stack_rows = self.rows_of(row, whole_series=whole)
@@ -293,14 +290,12 @@ class Stacks:
 
 
 def workers_for(method):
-    """Runs of a classical method to make side by side (runtime.parallel_map): one for the methods that use every
-    core on their own (denoisers.OWN_THREADS), else one per core."""
+    """Runs side by side for a classical method: 1 if it uses every core itself (denoisers.OWN_THREADS), else all."""
     return 1 if method in OWN_THREADS else None
 
 
 def timed_call(job):
-    """(fn(*args, **kwargs), seconds) of job = (fn, args[, kwargs]): what a worker of runtime.parallel_map runs,
-    so that each run's own time comes back with it."""
+    """(fn(*args, **kwargs), seconds) of job = (fn, args[, kwargs]): a run's own time, also in parallel_map."""
     fn, args, kwargs = job if len(job) == 3 else (*job, {})
     start = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -310,8 +305,7 @@ def timed_call(job):
 def timed_multiframe(job):
     """(multiframe_denoise's outputs, ms per frame of the run) of job = (method, frames, levels, param, window)."""
     outputs, seconds = timed_call((multiframe_denoise, job))
-    noisy = job[1]
-    return outputs, 1000 * seconds / (noisy.size // np.prod(noisy.shape[-2:]))
+    return outputs, 1000 * seconds / (job[1].size // np.prod(job[1].shape[-2:]))
 
 
 def eval_split(data_dir):
