@@ -34,6 +34,7 @@ from breastmri.data.context import (
     Context,
     context_slices,
     position_frames,
+    REGISTERED,
     projection_kind,
     temporal_projection,
 )
@@ -475,7 +476,7 @@ class PairedSlices(keras.utils.PyDataset):
         t, row = [_layout_of(r)[0] for r in rows], rows[0]
         if frames is None:
             return self._stored_projection(row, position, array, kind)[t][(slice(None),) + tuple(window)]
-        shifts = self._stored_shifts(row, position, array) if kind == "registered" else None
+        shifts = self._stored_shifts(row, position, array) if kind in REGISTERED else None
         return temporal_projection(frames, kind, window, shifts, which=t)
 
     def _stored_projection(self, row, projected, array, kind):

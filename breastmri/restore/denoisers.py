@@ -84,7 +84,8 @@ point with independent noise, so a denoiser that groups along time sees several 
   only on positions k +- 2 z-radius (mppca_slab): denoising that slab gives position k exactly what the whole
   volume gives, at a fraction of the cost (the benchmark scores single slices that way).
 - tpca: the local temporal projection the default U-Net gets as an input channel (context.temporal_projection,
-  kind "local", or "registered" with register=True), on its own: the (T, H, W) frames of one slice position, 8x8
+  kind "local", or "guarded" with register=True: registered, and put back towards the frame where it took off
+  more than noise), on its own: the (T, H, W) frames of one slice position, 8x8
   blocks every 4 px, each block's time courses shrunk towards the components above the Marchenko-Pastur edge. No
   parameter to calibrate; ~100x cheaper than mppca per frame. The benchmark runs it so that the network is
   compared with its own classical part.
@@ -294,7 +295,7 @@ def denoise_frames(method, frames, sigma=None, rician=True, reference_sigma=0.0,
             raise ValueError("tpca needs at least 2 time points (it denoises along the time axis)")
         from breastmri.data.context import temporal_projection
 
-        out = temporal_projection(frames, "registered" if register else "local", window).astype(np.float64)
+        out = temporal_projection(frames, "guarded" if register else "local", window).astype(np.float64)
     elif method == "nordic":
         if len(frames) < 2:
             raise ValueError("nordic needs at least 2 time points (it denoises along the time axis)")
