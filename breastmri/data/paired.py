@@ -31,10 +31,10 @@ import keras
 import numpy as np
 
 from breastmri.data.context import (
+    REGISTERED,
     Context,
     context_slices,
     position_frames,
-    REGISTERED,
     projection_kind,
     temporal_projection,
 )
