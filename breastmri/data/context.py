@@ -77,11 +77,16 @@ def reflect(i, n):
 #   projection) with alpha = that expected power / the residual's power, each in a Gaussian window of GUARD_WIDTH
 #   px, at most 1: Stein's unbiased risk of the blend (frame - alpha residual) is least at that alpha. So the
 #   network's channel falls back towards the frame itself where motion, pulsation, an end of the series or a time
-#   course of its own leave the temporal model wrong, and stays the projection where it holds. On 8 positions of
-#   the demo's validation patients (64 frames, body PSNR against the truth; input 33.52, worst frame gain of the
-#   projection -2.33 dB) the guard scored 35.76 against the registered projection's 35.46, worst frame +0.23;
-#   windows of 2 / 8 px 35.76 / 35.75; one alpha per frame 35.48. On the real ProstateX dynamic (70 frames, 3
-#   positions, against its 3T frames) +1.17 dB against +0.98, no frame worse (frame 69: +0.61 against -0.10).
+#   course of its own leave the temporal model wrong, and stays the projection where it holds. sigma^2 is the
+#   projection's own (its blocks'), so the guard needs no noise level from outside. On 8 positions of the demo's
+#   validation patients (64 frames, body PSNR against the truth; input 33.52) it scored 35.58 against the
+#   registered projection's 35.46, and its worst frame gained +0.26 dB where the projection's lost 2.33. On the real
+#   ProstateX dynamic (70 frames, 3 positions, against its 3T frames) +1.06 dB against +0.98, no frame worse
+#   (frame 69: +0.40 against -0.10). Trusting the projection more (the expected power x 1.25 / 1.5) scored
+#   35.74 / 35.77 on the phantom and +0.99 / +0.99 on the real dynamic, whose last frame then lost 0.06 dB at 1.5:
+#   the phantom and real data pull apart, and the unscaled risk keeps every real frame. GUARD_WIDTH 2 / 4 / 8 px:
+#   35.45 / 35.58 / 35.60 on the phantom, +1.20 / +1.06 / +1.01 on the real dynamic (whose 3T reference carries
+#   the scanner's noise, which favours putting back); 4 is within 0.02 dB of the phantom's best.
 # A repeated frame (a missing frame's fallback) makes the smallest eigenvalues ~0 and the projection ~the identity:
 # no denoising, no harm.
 PROJECTIONS = ("global", "local", "registered", "guarded")
