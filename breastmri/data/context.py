@@ -21,7 +21,7 @@ from breastmri.registration import register_shifts, shift_frames
 
 # What model.context asks the network to see (model.context_offsets builds it from the config): channel offsets
 # [(dt, dk)], the target (0, 0) first; the number of pre-contrast frames averaged into a guide (0: none); the kind of
-# projection channel that follows (None: none; "global" or "local", see temporal_projection).
+# projection channel that follows (None: none; one of PROJECTIONS, see temporal_projection).
 class Context(collections.namedtuple("Context", "offsets precontrast_frames projection", defaults=(0, None))):
     @property
     def single_frame(self):
@@ -63,7 +63,7 @@ def reflect(i, n):
 #   on the demo's validation positions it changes nothing. An earlier sweep on the 0.2 phantom set the rest:
 #   blocks of 12 or 16 lose 0.3 / 0.6 dB, stride 2 gains 0.26 dB at 4x the cost; stride 4 keeps a 512^2 slice of
 #   25 frames at ~0.1 s per frame on 2 cores.
-# - "registered" (the default): "local" on the frames moved onto the position's first frame (register_shifts), the
+# - "registered" (the default before 0.3): "local" on the frames moved onto the position's first frame (register_shifts), the
 #   output moved back onto each frame's own grid. A pixel's time course is only low-rank if it stays on the same
 #   tissue: at every edge the motion adds components the projection must keep, noise included. On the 0.2
 #   phantom's 16 benchmark slices the local projection alone scored 31.50 dB, registered 33.60; moved onto the
@@ -71,11 +71,11 @@ def reflect(i, n):
 #   instead of the Fourier shift, which smooths the noise of the moved frames unevenly and the target's twice,
 #   32.95; a linear one, 30.69 (the smoothed frames' lower noise fools the Marchenko-Pastur edge).
 # - "guarded" (the default since 0.3): "registered", and where the projection took off more than noise, part of it
-#   put back. Expected over the noise, the squared residual (frame - projection) at a pixel of frame t is
-#   sigma^2 (1 - P_tt) (P_tt: the projection's weight of the frame on itself, from its blocks' kept components and
-#   gains); what a time course the components miss leaves adds to it. The guard keeps frame - alpha (frame -
-#   projection) with alpha = that expected power / the residual's power, each in a Gaussian window of GUARD_WIDTH
-#   px, at most 1: Stein's unbiased risk of the blend (frame - alpha residual) is least at that alpha. So the
+#   put back. The guard keeps frame - alpha r (r = frame - projection) with alpha = sigma^2 (1 - P_tt) / r^2,
+#   numerator and denominator each averaged in a Gaussian window of GUARD_WIDTH px, at most 1 (P_tt: the
+#   projection's weight of the frame on itself, from its blocks' kept components and gains): Stein's unbiased
+#   risk of that blend, alpha^2 r^2 + 2 sigma^2 (1 - alpha (1 - P_tt)) - sigma^2, is least there (treating the
+#   components as fixed; what a time course they miss leaves in r raises r^2 and lowers alpha). So the
 #   network's channel falls back towards the frame itself where motion, pulsation, an end of the series or a time
 #   course of its own leave the temporal model wrong, and stays the projection where it holds. sigma^2 is the
 #   projection's own (its blocks'), so the guard needs no noise level from outside. On 8 positions of the demo's
@@ -114,7 +114,8 @@ def projection_kind(value):
 def temporal_projection(frames, kind="local", window=None, shifts=None, which=None):
     """(T, H, W) frames of one slice position over time -> (T, H, W), every frame projected onto the principal
     temporal components of the stack that stand above the noise (kind "global": of the whole slice; "local": of
-    each block around the pixel; "registered": "local" on the frames moved onto the first; see PROJECTIONS above).
+    each block around the pixel; "registered": "local" on the frames moved onto the first; "guarded": "registered"
+    put back towards the frame where it took off more than noise; see PROJECTIONS above).
 
     A DCE position holds few distinct time courses (fat, gland, vessels, lesion; Veraart's MP-PCA uses the same
     redundancy): their T x T temporal covariance has a few large eigenvalues and the rest near the noise level
@@ -122,10 +123,10 @@ def temporal_projection(frames, kind="local", window=None, shifts=None, which=No
     its variance. The network gets this as one channel beside the frame itself, never instead of it: a time course
     that few pixels share may fall under the edge. window: (rows, cols) slices: only that part of the output,
     computed from the blocks that cover it and those whose noise they average, so it equals the whole output
-    cropped (training crops this way; "registered" moves the whole slice and projects the window and a margin:
-    the whole output cropped to within 1e-6, tested). shifts:
-    "registered" only, the frames' register_shifts when the caller has them. which: indices of the frames to
-    return (default all; "registered" moves back only those). One frame (T = 1), or frames with non-finite values,
+    cropped (training crops this way; "registered" and "guarded" move the whole slice and project the window and
+    a margin: the whole output cropped to within 1e-6, tested). shifts: those two only, the frames'
+    register_shifts when the caller has them. which: indices of the frames to return (default all; they move
+    back only those). One frame (T = 1), or frames with non-finite values,
     are returned as they are."""
     frames, which = np.asarray(frames, np.float32), slice(None) if which is None else list(which)
     if kind == "guarded":
@@ -201,6 +202,8 @@ def _registered_projection(frames, shifts, window, which, expected=False):
     the expected residual power moved back alike."""
     region, inner = registered_region(window, frames.shape[1:], shifts)
     moved = _projection(shift_frames(frames, shifts), "local", region, expected)
+    if moved is None:  # no time axis to project along (expected only: the plain kinds return the frames)
+        return None
     back = lambda a: shift_frames(a[which], -shifts[which], spline=True)[(slice(None),) + inner]  # noqa: E731
     return tuple(back(a) for a in moved) if expected else back(moved)
 
@@ -328,7 +331,7 @@ def position_frames(lookup, k, n_times, fallback):
 
 def context_stack(images, layout, offsets, precontrast_frames, projection=None):
     """(n, H, W) normalized frames of one series -> (n, H, W, C) model inputs, by context_slices (and
-    temporal_projection of that kind, one per position, for a projection channel: None, "global" or "local").
+    temporal_projection of that kind, one per position, for a projection channel: None or one of PROJECTIONS).
     layout: (time_index, position_index) per frame (preprocessing's Series.layout)."""
     projection = projection_kind(projection)
     lookup = {tk: i for i, tk in enumerate(layout)}

@@ -230,10 +230,10 @@ def context_offsets(cfg):
     """What the network sees besides the target slice, from cfg["model"]["context"], as a Context:
     offsets [(dt, dk), ...] for every channel, the target (0, 0) first, then time points -1, +1, -2, +2, ... and
     slices -1, +1, ...; precontrast_frames: 0, or N for a channel holding the mean of the series' first N frames at
-    the target's position, the pre-contrast image a DCE series is read against; projection: "local" or "global"
-    for a last channel holding the target frame projected onto the principal time courses of its position
-    (context.temporal_projection), which brings every frame of the position into the input; false (None) for
-    none. true means "global", the only kind when a saved run config wrote it."""
+    the target's position, the pre-contrast image a DCE series is read against; projection: one of
+    context.PROJECTIONS for a last channel holding the target frame projected onto the principal time courses of
+    its position (context.temporal_projection), which brings every frame of the position into the input; false
+    (None) for none. true means "global", the only kind when a saved run config wrote it."""
     if _model_name(cfg) != "unet":
         return Context([(0, 0)])  # the thesis autoencoder takes one slice: model.context is the unet's
     context = cfg["model"].get("context") or {}

@@ -1,5 +1,5 @@
 """The learning curve of a run: validation body PSNR against the noise-free truth by training step, beside the
-degraded input, the registered temporal projection (tpca) and MP-PCA on the same validation frames.
+degraded input, the guarded temporal projection (tpca) and MP-PCA on the same validation frames.
 
     python -m breastmri.studies.learning_curve --run-dir runs/full --data data/processed_cohort \
         --out docs/learning_curve.png
@@ -24,7 +24,7 @@ from breastmri.config import load_run_config
 from breastmri.runtime import add_verbose_flag, quiet_start
 
 BASELINES = ("noisy", "tpca", "mppca")
-LABELS = {"noisy": "degraded input", "tpca": "tpca (registered projection)", "mppca": "MP-PCA (registered)"}
+LABELS = {"noisy": "degraded input", "tpca": "tpca (guarded projection)", "mppca": "MP-PCA (registered)"}
 
 
 def curve(run_dir):
