@@ -52,8 +52,7 @@ MODES = ("supervised", "noise2noise", "noise2void")
 # what a supervised target is (PairedSlices says each; the 3T frames' projection has ~5 dB less noise than the 3T frame)
 TARGETS = ("3t", "decorrelated", "projected", "truth", "expected")
 # kept projections per array kind (the stored draw's, the 3T image's): a QIN-BREAST series' fit (60 x 25 frames of
-# 512^2: 1.5 GiB), so whole-slice validation, which visits a series time point by time point, projects each
-# position once
+# 512^2: 1.5 GiB), so whole-slice validation, visiting a series time point by time point, projects each position once
 STORED_PROJECTION_BYTES = 2 ** 31
 
 
