@@ -63,13 +63,13 @@ def reflect(i, n):
 #   on the demo's validation positions it changes nothing. An earlier sweep on the 0.2 phantom set the rest:
 #   blocks of 12 or 16 lose 0.3 / 0.6 dB, stride 2 gains 0.26 dB at 4x the cost; stride 4 keeps a 512^2 slice of
 #   25 frames at ~0.1 s per frame on 2 cores.
-# - "registered" (the default before 0.3): "local" on the frames moved onto the position's first frame (register_shifts), the
-#   output moved back onto each frame's own grid. A pixel's time course is only low-rank if it stays on the same
-#   tissue: at every edge the motion adds components the projection must keep, noise included. On the 0.2
-#   phantom's 16 benchmark slices the local projection alone scored 31.50 dB, registered 33.60; moved onto the
-#   target frame instead (one projection per target frame, T times the cost) 33.67; moved with a cubic spline
-#   instead of the Fourier shift, which smooths the noise of the moved frames unevenly and the target's twice,
-#   32.95; a linear one, 30.69 (the smoothed frames' lower noise fools the Marchenko-Pastur edge).
+# - "registered" (the default before 0.3): "local" on the frames moved onto the position's first frame
+#   (register_shifts), the output moved back onto each frame's own grid. A pixel's time course is only low-rank if it
+#   stays on the same tissue: at every edge the motion adds components the projection must keep, noise included. On the
+#   0.2 phantom's 16 benchmark slices the local projection alone scored 31.50 dB, registered 33.60; moved onto the
+#   target frame instead (one projection per target frame, T times the cost) 33.67; moved with a cubic spline instead
+#   of the Fourier shift, which smooths the noise of the moved frames unevenly and the target's twice, 32.95; a linear
+#   one, 30.69 (the smoothed frames' lower noise fools the Marchenko-Pastur edge).
 # - "guarded" (the default since 0.3): "registered", and where the projection took off more than noise, part of it
 #   put back. The guard keeps frame - alpha r (r = frame - projection) with alpha = sigma^2 (1 - P_tt) / r^2,
 #   numerator and denominator each averaged in a Gaussian window of GUARD_WIDTH px, at most 1 (P_tt: the
@@ -164,8 +164,13 @@ def _guarded_projection(frames, window, shifts, which):
 def guard_region(window, shape):
     """(region, inner): a window of (H, W) = shape frames and the margin the guard's Gaussian reads around it (inside
     the frames: at their edges it reflects, as on the whole frames), and where the window lies in that region."""
+    return _around(window, shape, int(GUARD_TRUNCATE * GUARD_WIDTH + 0.5))  # scipy's radius of the Gaussian
+
+
+def _around(window, shape, margin):
+    """(region, inner): the (rows, cols) `window` of (H, W) = shape frames and `margin` px around it, inside the
+    frames, and where the window lies in that region. window None: all."""
     window = (slice(None), slice(None)) if window is None else tuple(window)
-    margin = int(GUARD_TRUNCATE * GUARD_WIDTH + 0.5)  # scipy's radius of the Gaussian
     bounds = [w.indices(n)[:2] for w, n in zip(window, shape)]
     region = tuple(slice(max(0, lo - margin), min(n, hi + margin)) for (lo, hi), n in zip(bounds, shape))
     return region, tuple(slice(lo - r.start, hi - r.start) for (lo, hi), r in zip(bounds, region))
@@ -213,11 +218,8 @@ def registered_region(window, shape, shifts):
     frames moved by `shifts` and moved back with the spline needs (the window and REGISTER_MARGIN px plus the
     largest shift around it, inside the frames: a pixel moved back reads |shift| px away, and the margin keeps the
     spline's mirrored edges out of the window), and where the window lies in that region. window None: all."""
-    window = (slice(None), slice(None)) if window is None else tuple(window)
-    bounds = [w.indices(n)[:2] for w, n in zip(window, shape)]
-    margin = REGISTER_MARGIN + int(np.ceil(np.abs(np.asarray(shifts, np.float32)).max(initial=0)))
-    region = tuple(slice(max(0, lo - margin), min(n, hi + margin)) for (lo, hi), n in zip(bounds, shape))
-    return region, tuple(slice(lo - r.start, hi - r.start) for (lo, hi), r in zip(bounds, region))
+    largest = int(np.ceil(np.abs(np.asarray(shifts, np.float32)).max(initial=0)))
+    return _around(window, shape, REGISTER_MARGIN + largest)
 
 
 def _block_range(window, size, block, stride):
