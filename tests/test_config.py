@@ -45,7 +45,7 @@ def test_a_saved_run_config_keeps_the_behaviour_of_keys_added_after_it(tmp_path)
     from breastmri.config import load_run_config, save_config
 
     cfg = load_config()
-    assert cfg["model"]["context"]["projection"] == "registered"           # today's default
+    assert cfg["model"]["context"]["projection"] == "guarded"              # today's default
     old = load_config()
     del old["model"]["context"]["projection"]
     del old["train"]["noise2noise_register"]
@@ -53,8 +53,8 @@ def test_a_saved_run_config_keeps_the_behaviour_of_keys_added_after_it(tmp_path)
     assert load_run_config(tmp_path / "old.yaml")["model"]["context"]["projection"] is False
     assert load_run_config(tmp_path / "old.yaml")["train"]["noise2noise_register"] is False  # trained unregistered
     save_config(cfg, tmp_path / "new.yaml")
-    assert load_run_config(tmp_path / "new.yaml")["model"]["context"]["projection"] == "registered"
-    assert load_config(tmp_path / "old.yaml")["model"]["context"]["projection"] == "registered"  # a user's partial YAML
+    assert load_run_config(tmp_path / "new.yaml")["model"]["context"]["projection"] == "guarded"
+    assert load_config(tmp_path / "old.yaml")["model"]["context"]["projection"] == "guarded"  # a user's partial YAML
     # --resume / --eval-only without --config read the run's own config the same way, overrides on top
     import main
 
