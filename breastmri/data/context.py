@@ -131,29 +131,27 @@ def temporal_projection(frames, kind="local", window=None, shifts=None, which=No
     frames, which = np.asarray(frames, np.float32), slice(None) if which is None else list(which)
     if kind == "guarded":
         return _guarded_projection(frames, window, shifts, which)
-    return _moved_projection(frames, kind, window, shifts, which)
+    return _moved_projection(frames, kind, window, shifts, which)[0]
 
 
 def _moved_projection(frames, kind, window, shifts, which, expected=False):
-    """temporal_projection's kinds but the guard; with `expected`, (projection, expected residual power) (see
-    _local_projection), or None where there is no time axis to project along."""
+    """(projection, expected residual power) of temporal_projection's kinds but the guard; the power (see
+    _local_projection) only with `expected` and a time axis to project along, else None. So do the helpers below."""
     if kind in REGISTERED and frames[0].size > len(frames) >= 2 and np.all(np.isfinite(frames)):
         shifts = register_shifts(frames) if shifts is None else np.asarray(shifts, np.float32)
         if np.any(shifts):
             return _registered_projection(frames, shifts, window, which, expected)
-    out = _projection(frames, kind, window, expected)
-    return out if out is None else (tuple(o[which] for o in out) if expected else out[which])
+    return tuple(None if a is None else a[which] for a in _projection(frames, kind, window, expected))
 
 
 def _guarded_projection(frames, window, shifts, which):
     """The "guarded" kind: the registered projection on the window and a margin (guard_region), each pixel put
     back towards the frame by alpha = expected residual power / residual power (Gaussian windows, at most 1)."""
     region, inner = guard_region(window, frames.shape[1:])
-    moved = _moved_projection(frames, "registered", region, shifts, which, expected=True)
+    projected, expected = _moved_projection(frames, "registered", region, shifts, which, expected=True)
     part = frames[which][(slice(None),) + region]
-    if moved is None:
+    if expected is None:  # no time axis: the frames as they are, as the other kinds
         return part[(slice(None),) + inner].copy()
-    projected, expected = moved
     residual = part - projected
     smooth = lambda a: ndimage.gaussian_filter(a, (0, GUARD_WIDTH, GUARD_WIDTH), mode="reflect",  # noqa: E731
                                                truncate=GUARD_TRUNCATE)
@@ -177,28 +175,28 @@ def _around(window, shape, margin):
 
 
 def _projection(frames, kind, window, expected=False):
-    """temporal_projection without its registration: "registered" is "local" here. expected: (projection, expected
-    residual power), None without a time axis."""
+    """(projection, expected residual power or None) of temporal_projection without its registration: "registered"
+    is "local" here."""
     if kind not in PROJECTIONS:
         raise ValueError(f"unknown projection {kind!r}; choose one of {', '.join(PROJECTIONS)}")
     frames = np.asarray(frames, np.float32)
     window = (slice(None), slice(None)) if window is None else tuple(window)
     n_times = len(frames)
     if n_times < 2 or frames[0].size <= n_times:  # no time axis, or too few pixels to measure the noise
-        return None if expected else frames[(slice(None),) + window].copy()
+        return frames[(slice(None),) + window].copy(), None
     x = frames.reshape(n_times, -1)
     mean = x.mean(1, keepdims=True, dtype=np.float64).astype(np.float32)
     x = x - mean
     covariance = (x @ x.T).astype(np.float64) / x.shape[1]
     if not np.all(np.isfinite(covariance)):  # NaN/inf: left as they are for the callers' checks
-        return None if expected else frames[(slice(None),) + window].copy()
+        return frames[(slice(None),) + window].copy(), None
     values, vectors = np.linalg.eigh(covariance)
     ratio = math.sqrt(n_times / x.shape[1])
     noise = max(values[0], 0.0) / (1 - ratio) ** 2
     if kind != "global":
         return _local_projection(frames, window, noise, expected)
     kept = vectors[:, values > PROJECTION_EDGE * noise * (1 + ratio) ** 2].astype(np.float32)
-    return ((kept @ (kept.T @ x)) + mean).reshape(frames.shape)[(slice(None),) + window]
+    return ((kept @ (kept.T @ x)) + mean).reshape(frames.shape)[(slice(None),) + window], None
 
 
 def _registered_projection(frames, shifts, window, which, expected=False):
@@ -207,10 +205,8 @@ def _registered_projection(frames, shifts, window, which, expected=False):
     the expected residual power moved back alike."""
     region, inner = registered_region(window, frames.shape[1:], shifts)
     moved = _projection(shift_frames(frames, shifts), "local", region, expected)
-    if moved is None:  # no time axis to project along (expected only: the plain kinds return the frames)
-        return None
-    back = lambda a: shift_frames(a[which], -shifts[which], spline=True)[(slice(None),) + inner]  # noqa: E731
-    return tuple(back(a) for a in moved) if expected else back(moved)
+    return tuple(None if a is None else shift_frames(a[which], -shifts[which], spline=True)[(slice(None),) + inner]
+                 for a in moved)
 
 
 def registered_region(window, shape, shifts):
@@ -306,9 +302,7 @@ def _local_projection(frames, window, ceiling=np.inf, expected=False):
     rows, cols = (w.indices(n) for w, n in zip(window, (height, width)))
     crop = (slice(None), slice(rows[0] - y0 * stride, rows[1] - y0 * stride),
             slice(cols[0] - x0 * stride, cols[1] - x0 * stride))
-    if expected:
-        return (out / total)[crop], (expected_out / total)[crop]
-    return (out / total)[crop]
+    return (out / total)[crop], (expected_out / total)[crop] if expected else None
 
 
 def context_slices(lookup, t, k, n_times, n_positions, offsets, precontrast_frames, fallback):

@@ -30,6 +30,7 @@ from breastmri.evaluate.benchmark_quality import (
     Stacks,
     classical_denoise,
     noise_levels,
+    timed_call,
     timed_multiframe,
     workers_for,
 )
@@ -41,11 +42,6 @@ SIGMA_SCALES = (0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0)
 MULTIFRAME_CANDIDATES = {"bm4d": SIGMA_SCALES, "mppca": MPPCA_RADII, "nordic": SIGMA_SCALES}
 MULTIFRAME_START = {"bm4d": 1.0, "mppca": MPPCA_RADII[1], "nordic": 1.0}
 CALIBRATION_CROP = 96                          # side of the in-plane window the multi-frame calibration scores
-
-
-def classical_run(job):
-    """classical_denoise(*job), job = (method, noisy, levels, scale): a function of the module for parallel_map."""
-    return classical_denoise(*job)
 
 
 def tissue_slices(data_dir, split, n, seed, min_body_fraction=0.1):
@@ -111,8 +107,9 @@ def calibrate(methods, data_dir, n_slices, seed=0, n_stacks=2):
     table, levels = {}, [noise_levels(row, noisy) for row, noisy, *_ in slices]
     for method in [m for m in methods if m in CLASSICAL]:
         def mean_psnr(scale):
-            outputs = parallel_map(classical_run, [(method, noisy, lv, scale)
-                                                   for (_, noisy, *_), lv in zip(slices, levels)], workers_for(method))
+            outputs = [out for out, _ in parallel_map(timed_call, [(classical_denoise, (method, noisy, lv, scale))
+                                                                   for (_, noisy, *_), lv in zip(slices, levels)],
+                                                      workers_for(method))]
             psnr = [slice_metrics(amplitude, truth, mask)["psnr"] if reference == "truth"
                     else slice_metrics(main_out, clean, mask)["psnr"]
                     for (_, _, clean, truth, mask), (main_out, _, amplitude) in zip(slices, outputs)]
