@@ -85,8 +85,11 @@ DEFAULTS = {
         # a single-slice denoiser. The frame and its local projection had the best validation PSNR of the
         # ablation and is within 0.07 dB of the best test PSNR (docs/results.md, breastmri/studies/ablation.py); registering the frames
         # first added 2 dB to the projection on the demo's moving frames, the guard (the default) 0.11 dB on
-        # average and 2.6 dB on the worst frame (context.py). The thesis autoencoder ignores it (one slice in).
-        "context": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": "guarded"},
+        # average and 2.6 dB on the worst frame (context.py). noise_map: true adds a last channel, the projection
+        # channel's noise level per pixel (context.temporal_projection's noise); it needs a projection. At the full
+        # budget neither it nor +-1 slices changed the validation PSNR (docs/results.md#context-at-the-full-budget).
+        # The thesis autoencoder ignores model.context (one slice in).
+        "context": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": "guarded", "noise_map": False},
         # thesis_autoencoder: 2x2 max-pools in the encoder (each mirrored by a 2x upsampling in the decoder), spread
         # evenly over its 8 convolutions: 8 = after every conv (the thesis text taken literally; a 512 slice is
         # squeezed to 2x2), 4 = after every pair of convs, 2 = after every fourth. Input sides: multiples of
@@ -218,7 +221,8 @@ def load_config(path=None, overrides=()):
 # behaviour before the key existed): a run trained before model.context.projection had no projection channel
 # (and one saved with projection: true has the global kind, see model.context_offsets); a noise2noise run saved
 # before train.noise2noise_register was trained on unregistered targets.
-ADDED_LATER = {("model", "context", "projection"): False, ("train", "noise2noise_register"): False}
+ADDED_LATER = {("model", "context", "projection"): False, ("model", "context", "noise_map"): False,
+               ("train", "noise2noise_register"): False}
 
 
 def load_run_config(path):

@@ -27,7 +27,7 @@ def test_reflect_does_not_repeat_the_edge():
 def test_channel_order_and_reflection_at_the_ends():
     cfg = load_config(overrides=["model.context.time=2", "model.context.slices=1",
                                  "model.context.precontrast_frames=3", "model.context.projection=false"])
-    offsets, pre, _ = context_offsets(cfg)
+    offsets, pre, _, _ = context_offsets(cfg)
     assert offsets == [(0, 0), (-1, 0), (1, 0), (-2, 0), (2, 0), (0, -1), (0, 1)] and pre == 3
     assert context_channels(cfg) == 8 and get_model(cfg).input_shape[-1] == 8
     channels, guide = context_slices(LOOKUP, 0, 0, 4, 3, offsets, pre, fallback=0)
@@ -39,6 +39,8 @@ def test_channel_order_and_reflection_at_the_ends():
     assert [index[c] for c in channels] == [(3, 2), (2, 2), (2, 2), (1, 2), (1, 2), (3, 1), (3, 1)]
     with pytest.raises(ValueError, match="model.context.time"):
         context_offsets(load_config(overrides=["model.context.time=-1"]))
+    with pytest.raises(ValueError, match="noise_map"):  # the projection's noise level needs a projection
+        context_offsets(load_config(overrides=["model.context.projection=false", "model.context.noise_map=true"]))
 
 
 def test_context_stack_of_a_series_matches_the_lookup():
@@ -247,6 +249,27 @@ def test_temporal_projection_keeps_the_time_courses_and_drops_noise(kind):
         temporal_projection(noisy, "mppca")
 
 
+@pytest.mark.parametrize("kind", ["global", "local", "registered", "guarded"])
+def test_the_noise_map_is_the_noise_the_projection_keeps(kind):
+    """Over 12 noise draws of three tissues, the noise map's RMS in each frame is within 20% of the standard
+    deviation of the projection across the draws (the noise it keeps, pixel by pixel), and a map of a (smooth)
+    frame without a time axis reads that frame's own noise (0.05) within 20%."""
+    clean, _, _ = _tissues()
+    rng = np.random.default_rng(1)
+    draws = [temporal_projection(clean + 0.05 * rng.standard_normal(clean.shape).astype(np.float32), kind,
+                                 noise=True) for _ in range(12)]
+    kept = np.std([out for out, _ in draws], axis=0, ddof=1)
+    mapped = np.sqrt(np.mean([level ** 2 for _, level in draws], axis=0))
+    assert all(level.shape == clean.shape and level.dtype == np.float32 for _, level in draws)
+    ratio = np.sqrt((mapped ** 2).mean((1, 2)) / (kept ** 2).mean((1, 2)))
+    assert np.all(np.abs(ratio - 1) < 0.2), ratio
+    assert np.all(kept.mean((1, 2)) < 0.8 * 0.05)  # it did take noise off
+    smooth = np.linspace(0.2, 1.0, 64, dtype=np.float32)[None, :, None] * np.ones((1, 64, 64), np.float32)
+    alone, level = temporal_projection(smooth + 0.05 * rng.standard_normal((1, 64, 64)).astype(np.float32), kind,
+                                       noise=True)
+    assert abs(level.mean() / 0.05 - 1) < 0.2
+
+
 def test_local_projection_keeps_a_small_lesion_and_crops_exactly():
     """A 6 x 6 px lesion with its own time course is too few pixels for the whole slice's components: the global
     projection bends its curve towards the other tissues, the local one (blocks of 8) keeps it. A window of the
@@ -319,20 +342,26 @@ def test_the_guard_puts_back_what_the_temporal_model_misses_and_keeps_what_it_ho
                                    window], atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["global", "local", "registered", "guarded"])
-def test_projection_channel_is_the_same_in_training_and_enhancement(kind, smoke_data):
-    """The dataset's projection channel equals context_stack's (enhance.py) on the stored draw, for whole slices
-    and for training crops (projected on the crop's window of the whole slices)."""
+@pytest.mark.parametrize("kind, noise_map", [("global", False), ("local", False), ("registered", False),
+                                             ("guarded", False), ("guarded", True)])
+def test_projection_channel_is_the_same_in_training_and_enhancement(kind, noise_map, smoke_data):
+    """The dataset's projection channel (and its noise map) equals context_stack's (enhance.py) on the stored draw,
+    for whole slices and for training crops (projected on the crop's window of the whole slices)."""
     cfg = load_config(overrides=["model.context.time=1", f"model.context.projection={kind}",
-                                 "model.context.precontrast_frames=2"])
+                                 "model.context.precontrast_frames=2", f"model.context.noise_map={noise_map}"])
     context = context_offsets(cfg)
-    assert context.projection == kind and context_channels(cfg) == 5 and get_model(cfg).input_shape[-1] == 5
+    channels = 5 + noise_map
+    assert context.projection == kind and context_channels(cfg) == channels == get_model(cfg).input_shape[-1]
     ds = PairedSlices(smoke_data, "test", batch_size=4, context=context)
     noisy, _ = ds[0]
     row = ds.batch_rows(0)[0]
     stack = context_stack(np.load(smoke_data / row["noisy_file"]), layout_of(smoke_data, row), *context)
     np.testing.assert_allclose(noisy[0], stack[row["slice_index"]], atol=1e-6)
     assert not np.allclose(noisy[0, ..., 4], noisy[0, ..., 0], atol=1e-3)   # not the frame itself
+    # the untrained network returns the projection (its start), never the noise map after it
+    np.testing.assert_allclose(get_model(cfg).predict(noisy[:1], verbose=0), noisy[:1, ..., 4:5], atol=1e-6)
+    if noise_map:  # a noise level: positive, below the frame's own noise where the projection took some off
+        assert np.all(noisy[..., 5] >= 0) and 0 < np.median(noisy[..., 5]) < 0.2
     crops = PairedSlices(smoke_data, "test", batch_size=4, context=context, patch_size=24, fresh_noise=False)
     noisy, clean = crops[0]
     for j, row in enumerate(crops.batch_rows(0)):

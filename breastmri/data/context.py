@@ -21,8 +21,10 @@ from breastmri.registration import register_shifts, shift_frames
 
 # What model.context asks the network to see (model.context_offsets builds it from the config): channel offsets
 # [(dt, dk)], the target (0, 0) first; the number of pre-contrast frames averaged into a guide (0: none); the kind of
-# projection channel that follows (None: none; one of PROJECTIONS, see temporal_projection).
-class Context(collections.namedtuple("Context", "offsets precontrast_frames projection", defaults=(0, None))):
+# projection channel that follows (None: none; one of PROJECTIONS, see temporal_projection); noise_map: a last
+# channel holding the noise level of the projection channel (temporal_projection's `noise`).
+class Context(collections.namedtuple("Context", "offsets precontrast_frames projection noise_map",
+                                     defaults=(0, None, False))):
     @property
     def single_frame(self):
         """True when the input is the target slice alone (no stack to build)."""
@@ -111,7 +113,7 @@ def projection_kind(value):
     return value
 
 
-def temporal_projection(frames, kind="local", window=None, shifts=None, which=None):
+def temporal_projection(frames, kind="local", window=None, shifts=None, which=None, noise=False):
     """(T, H, W) frames of one slice position over time -> (T, H, W), every frame projected onto the principal
     temporal components of the stack that stand above the noise (kind "global": of the whole slice; "local": of
     each block around the pixel; "registered": "local" on the frames moved onto the first; "guarded": "registered"
@@ -127,36 +129,61 @@ def temporal_projection(frames, kind="local", window=None, shifts=None, which=No
     a margin: the whole output cropped to within 1e-6, tested). shifts: those two only, the frames'
     register_shifts when the caller has them. which: indices of the frames to return (default all; they move
     back only those). One frame (T = 1), or frames with non-finite values,
-    are returned as they are."""
+    are returned as they are.
+
+    noise: (projection, noise level), the second the standard deviation of the noise the projection keeps, per pixel
+    and frame (what a noise map gives a network, as in FFDNet: Zhang et al. 2018, doi:10.1109/TIP.2018.2839891): of
+    a block whose noise variance is sigma^2 and projection P = V diag(gain) V^T, the output keeps sigma^2 (P^2)_tt of
+    frame t's (sigma^2 P_tt for the hard "global" kind); the guard's blend (1 - alpha) frame + alpha projection keeps
+    sigma^2 [(1 - alpha)^2 + 2 alpha (1 - alpha) P_tt + alpha^2 (P^2)_tt]; each averaged over the blocks as their
+    outputs are (what the overlapping blocks' averaging takes off besides is not counted). Frames without a time
+    axis keep all their noise, read from each frame's finest wavelet band (skimage.restoration.estimate_sigma)."""
     frames, which = np.asarray(frames, np.float32), slice(None) if which is None else list(which)
+    alpha = None
     if kind == "guarded":
-        return _guarded_projection(frames, window, shifts, which)
-    return _moved_projection(frames, kind, window, shifts, which)[0]
+        projected, powers, alpha = _guarded_projection(frames, window, shifts, which, 3 if noise else 0)
+    else:
+        projected, powers = _moved_projection(frames, kind, window, shifts, which, 3 if noise else 0)
+    if not noise:
+        return projected
+    if powers is None:  # no time axis, or frames not finite: the frames as they are, with all their noise
+        from skimage.restoration import estimate_sigma
+
+        level = [estimate_sigma(np.nan_to_num(f).astype(np.float64)) for f in projected]
+        return projected, np.broadcast_to(np.float32(level)[:, None, None], projected.shape).copy()
+    left, on_self, squared = powers[:, 0], powers[:, 1], powers[:, 2]
+    if alpha is not None:  # the guard's blend
+        squared = ((left + on_self) * (1 - alpha) ** 2 + 2 * alpha * (1 - alpha) * on_self + alpha ** 2 * squared)
+    return projected, np.sqrt(np.maximum(squared, 0)).astype(np.float32)
 
 
-def _moved_projection(frames, kind, window, shifts, which, expected=False):
-    """(projection, expected residual power) of temporal_projection's kinds but the guard; the power (see
-    _local_projection) only with `expected` and a time axis to project along, else None. So do the helpers below."""
+def _moved_projection(frames, kind, window, shifts, which, powers=0):
+    """(projection, expected powers) of temporal_projection's kinds but the guard; the powers (see
+    _local_projection) only with `powers` > 0 and a time axis to project along, else None. So do the helpers
+    below."""
     if kind in REGISTERED and frames[0].size > len(frames) >= 2 and np.all(np.isfinite(frames)):
         shifts = register_shifts(frames) if shifts is None else np.asarray(shifts, np.float32)
         if np.any(shifts):
-            return _registered_projection(frames, shifts, window, which, expected)
-    return tuple(None if a is None else a[which] for a in _projection(frames, kind, window, expected))
+            return _registered_projection(frames, shifts, window, which, powers)
+    return tuple(None if a is None else a[which] for a in _projection(frames, kind, window, powers))
 
 
-def _guarded_projection(frames, window, shifts, which):
+def _guarded_projection(frames, window, shifts, which, powers=0):
     """The "guarded" kind: the registered projection on the window and a margin (guard_region), each pixel put
-    back towards the frame by alpha = expected residual power / residual power (Gaussian windows, at most 1)."""
+    back towards the frame by alpha = expected residual power / residual power (Gaussian windows, at most 1).
+    (guarded, the registered projection's `powers` expected powers (at least the guard's), alpha) on the window;
+    the last two None without a time axis."""
     region, inner = guard_region(window, frames.shape[1:])
-    projected, expected = _moved_projection(frames, "registered", region, shifts, which, expected=True)
+    projected, expected = _moved_projection(frames, "registered", region, shifts, which, max(powers, 1))
     part = frames[which][(slice(None),) + region]
+    crop = (Ellipsis,) + inner
     if expected is None:  # no time axis: the frames as they are, as the other kinds
-        return part[(slice(None),) + inner].copy()
+        return part[crop].copy(), None, None
     residual = part - projected
     smooth = lambda a: ndimage.gaussian_filter(a, (0, GUARD_WIDTH, GUARD_WIDTH), mode="reflect",  # noqa: E731
                                                truncate=GUARD_TRUNCATE)
-    alpha = np.clip(smooth(expected) / np.maximum(smooth(residual * residual), 1e-30), 0, 1)
-    return (part - alpha * residual)[(slice(None),) + inner].astype(np.float32)
+    alpha = np.clip(smooth(expected[:, 0]) / np.maximum(smooth(residual * residual), 1e-30), 0, 1)
+    return (part - alpha * residual)[crop].astype(np.float32), expected[crop], alpha[crop]
 
 
 def guard_region(window, shape):
@@ -174,9 +201,9 @@ def _around(window, shape, margin):
     return region, tuple(slice(lo - r.start, hi - r.start) for (lo, hi), r in zip(bounds, region))
 
 
-def _projection(frames, kind, window, expected=False):
-    """(projection, expected residual power or None) of temporal_projection without its registration: "registered"
-    is "local" here."""
+def _projection(frames, kind, window, powers=0):
+    """(projection, expected powers or None) of temporal_projection without its registration: "registered" is
+    "local" here."""
     if kind not in PROJECTIONS:
         raise ValueError(f"unknown projection {kind!r}; choose one of {', '.join(PROJECTIONS)}")
     frames = np.asarray(frames, np.float32)
@@ -194,19 +221,31 @@ def _projection(frames, kind, window, expected=False):
     ratio = math.sqrt(n_times / x.shape[1])
     noise = max(values[0], 0.0) / (1 - ratio) ** 2
     if kind != "global":
-        return _local_projection(frames, window, noise, expected)
+        return _local_projection(frames, window, noise, powers)
     kept = vectors[:, values > PROJECTION_EDGE * noise * (1 + ratio) ** 2].astype(np.float32)
-    return ((kept @ (kept.T @ x)) + mean).reshape(frames.shape)[(slice(None),) + window], None
+    out = ((kept @ (kept.T @ x)) + mean).reshape(frames.shape)[(slice(None),) + window]
+    if not powers:
+        return out, None
+    on_self = (kept * kept).sum(1)  # a hard projection: P^2 = P
+    maps = (noise * np.stack([1 - on_self, on_self, on_self], 1)[:, :powers]).astype(np.float32)
+    return out, np.broadcast_to(maps[:, :, None, None], maps.shape + out.shape[1:]).copy()
 
 
-def _registered_projection(frames, shifts, window, which, expected=False):
+def _registered_projection(frames, shifts, window, which, powers=0):
     """The "registered" kind: the frames moved onto the first (Fourier shift), projected ("local") on the window's
-    registered_region, the frames `which` moved back there (spline) and cropped to the window; with `expected`,
-    the expected residual power moved back alike."""
+    registered_region, the frames `which` moved back there (spline) and cropped to the window; with `powers`, the
+    expected powers moved back alike."""
     region, inner = registered_region(window, frames.shape[1:], shifts)
-    moved = _projection(shift_frames(frames, shifts), "local", region, expected)
-    return tuple(None if a is None else shift_frames(a[which], -shifts[which], spline=True)[(slice(None),) + inner]
-                 for a in moved)
+    moved = _projection(shift_frames(frames, shifts), "local", region, powers)
+    back = -np.asarray(shifts, np.float32)[which]
+
+    def moved_back(a):  # (T, H, W) frames, or (T, K, H, W) K maps per frame
+        a = a[which]
+        per_frame = 1 if a.ndim == 3 else a.shape[1]
+        flat = shift_frames(a.reshape((-1,) + a.shape[-2:]), np.repeat(back, per_frame, axis=0), spline=True)
+        return flat.reshape(a.shape)[(Ellipsis,) + inner]
+
+    return tuple(None if a is None else moved_back(a) for a in moved)
 
 
 def registered_region(window, shape, shifts):
@@ -240,12 +279,13 @@ def block_noise(values, pixels):
     return means[np.arange(len(values)), last]
 
 
-def _local_projection(frames, window, ceiling=np.inf, expected=False):
+def _local_projection(frames, window, ceiling=np.inf, powers=0):
     """temporal_projection's "local" kind on the blocks covering `window`, each block's sigma^2 by block_noise
     averaged over NOISE_BLOCKS^2 blocks (those around the window are decomposed for it, so a window equals the
-    whole output cropped) and at most `ceiling` (the whole slice's sigma^2). expected: also the residual power
-    the noise alone leaves, per pixel and frame: each block's sigma^2 (1 - P_tt), P = V diag(gain) V^T its
-    projection, averaged over the blocks as their outputs are (the guard's numerator)."""
+    whole output cropped) and at most `ceiling` (the whole slice's sigma^2). powers 1 or 3: also (T, powers, h, w)
+    expected powers of the noise, per pixel and frame, each block's averaged over the blocks as their outputs are:
+    sigma^2 (1 - P_tt), the residual power the noise alone leaves (P = V diag(gain) V^T the block's projection;
+    the guard's numerator), then sigma^2 P_tt and sigma^2 (P^2)_tt (the noise the projection keeps)."""
     n_times, height, width = frames.shape
     block, stride, reach = LOCAL_BLOCK, LOCAL_STRIDE, NOISE_BLOCKS // 2
     (y0, y1, ny), (x0, x1, nx) = (_block_range(w, n, block, stride) for w, n in zip(window, (height, width)))
@@ -279,9 +319,11 @@ def _local_projection(frames, window, ceiling=np.inf, expected=False):
     projected = projected.reshape(n_times, by, bx, block, block)
     weight = (1.0 / (1.0 + kept.sum(1))).reshape(by, bx).astype(np.float32)
     out, total = np.zeros(part.shape, np.float32), np.zeros(part.shape[1:], np.float32)
-    if expected:  # sigma^2 (1 - P_tt) per block and frame, (by, bx, T)
-        power = (noise * (1 - np.einsum("btk,bk,btk->bt", vectors, gain, vectors))).reshape(by, bx, n_times)
-        expected_out = np.zeros(part.shape, np.float32)
+    if powers:  # per block and frame, (by, bx, T, powers)
+        on_self = np.einsum("btk,bk,btk->bt", vectors, gain, vectors)
+        maps = [1 - on_self, on_self, np.einsum("btk,bk,btk->bt", vectors, gain * gain, vectors)][:powers]
+        power = (noise[:, :, None] * np.stack(maps, -1)).reshape(by, bx, n_times, powers)
+        expected_out = np.zeros((n_times, powers) + part.shape[1:], np.float32)
     # every (block / stride)-th block along both axes tiles the image without overlap: add each such tiling at once
     if block % stride:
         raise ValueError(f"the local projection's block ({block} px) must be a multiple of its stride ({stride} px)")
@@ -296,13 +338,13 @@ def _local_projection(frames, window, ceiling=np.inf, expected=False):
             out[(slice(None),) + at] += tiles.transpose(0, 1, 3, 2, 4).reshape(n_times, tile_rows * block,
                                                                                 tile_cols * block)
             total[at] += np.repeat(np.repeat(tile_weight, block, 0), block, 1)
-            if expected:
-                tiled = (power[oy::step, ox::step] * tile_weight[:, :, None]).transpose(2, 0, 1)
-                expected_out[(slice(None),) + at] += np.repeat(np.repeat(tiled, block, 1), block, 2)
+            if powers:
+                tiled = (power[oy::step, ox::step] * tile_weight[:, :, None, None]).transpose(2, 3, 0, 1)
+                expected_out[(slice(None), slice(None)) + at] += np.repeat(np.repeat(tiled, block, 2), block, 3)
     rows, cols = (w.indices(n) for w, n in zip(window, (height, width)))
     crop = (slice(None), slice(rows[0] - y0 * stride, rows[1] - y0 * stride),
             slice(cols[0] - x0 * stride, cols[1] - x0 * stride))
-    return (out / total)[crop], (expected_out / total)[crop] if expected else None
+    return (out / total)[crop], (expected_out / total)[(slice(None),) + crop] if powers else None
 
 
 def context_slices(lookup, t, k, n_times, n_positions, offsets, precontrast_frames, fallback):
@@ -325,11 +367,18 @@ def position_frames(lookup, k, n_times, fallback):
     return [lookup.get((f, k), fallback) for f in range(n_times)]
 
 
-def context_stack(images, layout, offsets, precontrast_frames, projection=None):
+def projection_channels(frames, context, window=None, shifts=None, which=None):
+    """(T', C, h, w): temporal_projection(frames, context.projection, ...) of each returned frame, and with
+    context.noise_map its noise level (C = 2; else C = 1): the last channels of a context's input stack."""
+    out = temporal_projection(frames, context.projection, window, shifts, which, noise=context.noise_map)
+    return np.stack(out if context.noise_map else (out,), 1)
+
+
+def context_stack(images, layout, offsets, precontrast_frames, projection=None, noise_map=False):
     """(n, H, W) normalized frames of one series -> (n, H, W, C) model inputs, by context_slices (and
-    temporal_projection of that kind, one per position, for a projection channel: None or one of PROJECTIONS).
-    layout: (time_index, position_index) per frame (preprocessing's Series.layout)."""
-    projection = projection_kind(projection)
+    projection_channels, one per position, for a projection channel of that kind: None or one of PROJECTIONS,
+    and its noise map). layout: (time_index, position_index) per frame (preprocessing's Series.layout)."""
+    context = Context(offsets, precontrast_frames, projection_kind(projection), bool(noise_map))
     lookup = {tk: i for i, tk in enumerate(layout)}
     n_times, n_positions = 1 + max(t for t, _ in layout), 1 + max(k for _, k in layout)
     projected = {}
@@ -337,11 +386,10 @@ def context_stack(images, layout, offsets, precontrast_frames, projection=None):
     for i, (t, k) in enumerate(layout):
         channels, guide = context_slices(lookup, t, k, n_times, n_positions, offsets, precontrast_frames, i)
         stack = [images[c] for c in channels] + ([np.mean([images[g] for g in guide], axis=0)] if guide else [])
-        if projection:
+        if context.projection:
             frames = tuple(position_frames(lookup, k, n_times, i))
             if frames not in projected:
-                projected[frames] = temporal_projection(np.asarray(images)[list(frames)],
-                                                        projection)
-            stack.append(projected[frames][t])
+                projected[frames] = projection_channels(np.asarray(images)[list(frames)], context)
+            stack.extend(projected[frames][t])
         out.append(np.stack(stack, axis=-1))
     return np.stack(out).astype(np.float32)

@@ -36,7 +36,7 @@ from breastmri.data.context import (
     context_slices,
     position_frames,
     projection_kind,
-    temporal_projection,
+    projection_channels,
 )
 from breastmri.data.crops import crop_position, symmetry
 from breastmri.data.manifest import _layout_of, _simulated, _zero, noise_spectrum_of, read_manifest, spread_slices
@@ -64,25 +64,23 @@ class PairedSlices(keras.utils.PyDataset):
     batch_size: slices per batch. len(ds) = ceil(n / batch_size): the last batch may be smaller, so every slice
         is seen exactly once per epoch (no drop-remainder: with a few hundred slices dropping a partial batch
         would skip a different few percent each epoch; a fully convolutional model takes any batch size).
-    shuffle: visit slices in a new order every pass; pass p visits np.random.default_rng((seed, p))
-        .permutation(n). Without shuffle the order is the manifest's (series by series), and `rows` maps batch
-        items back to patient / series / slice (batch b holds rows[b * batch_size:(b + 1) * batch_size]).
+    shuffle: visit slices in a new order every pass (np.random.default_rng((seed, p)).permutation(n) for pass p).
+        Without shuffle the order is the manifest's (series by series); `rows` maps batch items back to patient /
+        series / slice (batch b holds rows[b * batch_size:(b + 1) * batch_size]).
     steps_per_epoch: None for one pass per epoch (pass = epoch, counted by on_epoch_end()). An int makes an
         epoch that many full batches taken from an endless stream of passes (epoch e, batch i starts at slice
         position (e * steps_per_epoch + i) * batch_size of the stream), so short or long epochs still see every
         slice once per pass and stay reproducible. Give it here rather than to model.fit(steps_per_epoch=...):
         Keras then keeps one iterator across epochs and calls on_epoch_end() in the middle of a pass, which
         would change the order mid-pass.
-    augment: random flips and 90-degree rotations (the 8 symmetries of the square), the same for noisy and
-        clean. Meant for training only.
+    augment: random flips and 90-degree rotations (the square's 8 symmetries), alike for noisy and clean (training).
     fresh_noise: draw the degraded image anew for every sample (degrade.add_noise with the series' recorded model
         and sigma_added, from the batch's generator seeded by (seed, epoch, index)) instead of reading the stored
         one, so the network never sees the same noise twice. Needs arrays at the acquisition matrix (noise is
         white there; after a resize it would not be). Validation and test keep the stored, recorded draw.
     context: a context.Context (model.context_offsets); the input stack is context_slices' channels, the guide
-        mean, then the projection of the position's whole slices (for a crop, of its window: what enhance.py
-        computes on the whole slice, cropped; for the stored draw, once per position, kept up to
-        STORED_PROJECTION_BYTES).
+        mean, then the projection channels of the position's whole slices (its noise map too; for a crop, of its
+        window: enhance.py's on the whole slice, cropped; for the stored draw, kept up to STORED_PROJECTION_BYTES).
     patch_size: None for whole slices (validation, evaluation, the thesis autoencoder), or the side of random
         square crops for training a fully convolutional model. Crops prefer tissue: `crop_candidates`
         positions are drawn and the one with the most clean pixels above `tissue_threshold` is kept, so few
@@ -145,11 +143,13 @@ class PairedSlices(keras.utils.PyDataset):
         self.data_dir, self.split, self.mode = Path(data_dir), split, mode
         context = Context(*(context or ([(0, 0)],)))
         self.context = Context(list(context.offsets), int(context.precontrast_frames),
-                               projection_kind(context.projection))
+                               projection_kind(context.projection), bool(context.noise_map))
         if mode == "noise2noise" and (any(dt for dt, _ in self.context.offsets) or self.context.precontrast_frames):
             raise ValueError("noise2noise cannot take time context or the pre-contrast guide (model.context time, "
                              "precontrast_frames): they hold the target frame, whose noise the network would copy. "
                              "Use slice context and the projection (it leaves the target frame out), or noise2void")
+        if mode != "supervised" and self.context.noise_map:
+            raise ValueError(f"{mode} cannot take a noise map (model.context.noise_map): set it to false")
         if mode == "noise2void" and self.context.precontrast_frames:
             raise ValueError("noise2void cannot take the pre-contrast guide (model.context.precontrast_frames): it "
                              "averages the target frame in, blind spots included; set it to 0")
@@ -431,24 +431,24 @@ class PairedSlices(keras.utils.PyDataset):
             noisy = np.asarray(self.array(first["noisy_file"])[frames][(slice(None),) + region], np.float32)
         noisy = noisy[which]
         if drawn:  # read whole, now cropped like the target
-            projection = self._projection_at(rows, projected, window, "noisy_file", self.context.projection,
+            projection = self._projection_at(rows, projected, window, "noisy_file", self.context,
                                              noisy[-len(drawn):])
             noisy = noisy[:, window[0], window[1]]
         elif projected:
-            projection = self._projection_at(rows, projected, window, "noisy_file", self.context.projection)
+            projection = self._projection_at(rows, projected, window, "noisy_file", self.context)
         targets = None
         if has_clean and self.target == "projected" and len(position) >= 3:  # the 3T frames' own projection
             # kept once per position; a training set too large to keep projects the window, once for the group
             kept = self.patch_size is None or self._clean_projections_fit
-            targets = self._projection_at(rows, position, window, "clean_file", "registered",
-                                          None if kept else np.asarray(clean_all[position], np.float32))
+            targets = self._projection_at(rows, position, window, "clean_file", Context([], 0, "registered"),
+                                          None if kept else np.asarray(clean_all[position], np.float32))[:, 0]
         out, start = [], 0
         for j, (row, (channels, guide)) in enumerate(zip(rows, contexts)):
             n, g = len(channels), len(guide)
             mine, start = noisy[start:start + n + g], start + n + g
             parts = [mine[:n]] + ([mine[n:].mean(0, keepdims=True)] if guide else [])
             if projected:
-                parts.append(projection[j:j + 1])
+                parts.append(projection[j])
             inputs = np.concatenate(parts)
             clean = None
             if targets is not None:
@@ -467,25 +467,25 @@ class PairedSlices(keras.utils.PyDataset):
                         None if clean is None else np.ascontiguousarray(clean, dtype=np.float32)[..., None]))
         return out
 
-    def _projection_at(self, rows, position, window, array, kind, frames=None):
-        """(len(rows), h, w): the rows' frames of the projection (of `kind`) of their position's frames, on
-        `window`. Without `frames`, the kept whole-slice projection of `array` (the stored draw's "noisy_file", the 3T image's
-        "clean_file"), cropped; with them (a fresh draw, or frames too many to keep), their projection of the window
-        alone, registered with the stored `array`'s shifts (equal to the whole projection cropped, tested)."""
+    def _projection_at(self, rows, position, window, array, context, frames=None):
+        """(len(rows), C, h, w): the rows' frames of a Context's projection channels (projection_channels) of their
+        position's frames, on `window`. Without `frames`, the kept whole-slice ones of `array` (the stored draw's
+        "noisy_file", the 3T image's "clean_file"), cropped; with them (a fresh draw, or frames too many to keep),
+        those of the window alone, registered with the stored `array`'s shifts (the whole ones cropped, tested)."""
         t, row = [_layout_of(r)[0] for r in rows], rows[0]
         if frames is None:
-            return self._stored_projection(row, position, array, kind)[t][(slice(None),) + tuple(window)]
-        shifts = self._stored_shifts(row, position, array) if kind in REGISTERED else None
-        return temporal_projection(frames, kind, window, shifts, which=t)
+            return self._stored_projection(row, position, array, context)[t][(Ellipsis,) + tuple(window)]
+        shifts = self._stored_shifts(row, position, array) if context.projection in REGISTERED else None
+        return projection_channels(frames, context, window, shifts, which=t)
 
-    def _stored_projection(self, row, projected, array, kind):
-        """The projection (of `kind`) of a position's frames `projected` of `array`, kept for its other frames;
+    def _stored_projection(self, row, projected, array, context):
+        """The projection channels of a position's frames `projected` of `array`, kept for its other frames;
         each array has its own STORED_PROJECTION_BYTES, oldest out first."""
-        key = (array, row[array], tuple(projected), kind)
+        key = (array, row[array], tuple(projected), context.projection, context.noise_map)
         value = self._projections.get(key)  # single dict operations (list() too): safe with threaded workers
         if value is None:
             frames = np.asarray(self.array(row[array])[projected], np.float32)
-            value = self._projections[key] = temporal_projection(frames, kind)
+            value = self._projections[key] = projection_channels(frames, context)
             same = [k for k in list(self._projections) if k[0] == array]
             total = sum(getattr(self._projections.get(k), "nbytes", 0) for k in same)
             for old in same[:-1]:  # oldest first

@@ -216,10 +216,11 @@ def get_model(cfg):
     if name == "unet":
         depth, filters = _unet_args(cfg)
         channels = context_channels(cfg)
-        # from the projection, the last channel; a saved run config's `projection: true` (the global kind) was
-        # trained from the frame, so --resume must rebuild it that way
+        # from the projection, the last channel but its noise map; a saved run config's `projection: true` (the
+        # global kind) was trained from the frame, so --resume must rebuild it that way
         legacy = cfg["model"].get("context", {}).get("projection") is True
-        start = channels - 1 if context_offsets(cfg).projection and not legacy else 0
+        context = context_offsets(cfg)
+        start = channels - 1 - int(context.noise_map) if context.projection and not legacy else 0
         # a blind-spot network has no identity path to the frame (see unet); its projection may start it
         residual = cfg.get("train", {}).get("mode") != "noise2void" or start > 0
         return unet(depth, filters, seed, channels=channels, residual=residual, start=start)
@@ -233,7 +234,8 @@ def context_offsets(cfg):
     the target's position, the pre-contrast image a DCE series is read against; projection: one of
     context.PROJECTIONS for a last channel holding the target frame projected onto the principal time courses of
     its position (context.temporal_projection), which brings every frame of the position into the input; false
-    (None) for none. true means "global", the only kind when a saved run config wrote it."""
+    (None) for none. true means "global", the only kind when a saved run config wrote it. noise_map: true for a
+    channel after the projection holding its noise level (context.projection_channels); it needs a projection."""
     if _model_name(cfg) != "unet":
         return Context([(0, 0)])  # the thesis autoencoder takes one slice: model.context is the unet's
     context = cfg["model"].get("context") or {}
@@ -242,17 +244,22 @@ def context_offsets(cfg):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"model.context.{key} must be an integer >= 0, got {value!r}")
     projection = projection_kind(context.get("projection", False))
+    noise_map = context.get("noise_map", False)
+    if not isinstance(noise_map, bool) or (noise_map and not projection):
+        raise ValueError(f"model.context.noise_map must be true or false, and true only with a projection (it is the "
+                         f"projection's noise level), got {noise_map!r} with projection {projection!r}")
     offsets = [(0, 0)]
     offsets += [(sign * d, 0) for d in range(1, values["time"] + 1) for sign in (-1, 1)]
     offsets += [(0, sign * d) for d in range(1, values["slices"] + 1) for sign in (-1, 1)]
-    return Context(offsets, values["precontrast_frames"], projection)
+    return Context(offsets, values["precontrast_frames"], projection, noise_map)
 
 
 def context_channels(cfg):
     """Input channels of the model: 1 + 2 x time + 2 x slices (+ 1 with a pre-contrast guide, + 1 with the
-    projection)."""
+    projection, + 1 with its noise map)."""
     context = context_offsets(cfg)
-    return len(context.offsets) + (1 if context.precontrast_frames else 0) + int(bool(context.projection))
+    return (len(context.offsets) + (1 if context.precontrast_frames else 0) + int(bool(context.projection))
+            + int(context.noise_map))
 
 
 def size_multiple(cfg):
