@@ -13,11 +13,11 @@ and this module turns one split of it into batches:
     model.fit(ds, epochs=...)         # Keras calls ds.on_epoch_end() after every epoch (Keras 3.15 also calls
                                       # it once before the first, so training starts at pass 1: still seeded)
 
-Memory does not depend on the dataset size: the arrays are opened with np.load(mmap_mode="r") the first time a
-batch needs them (one memmap per file, cached per process), and only the slices of the current batch are read
-(with a projection context, every frame of their positions).
-Arrays keep each series' acquisition matrix (preprocess.image_size null) or share one side S (resized): crops
-batch together whatever the size, whole slices of different sizes go into batches of one size each.
+Memory does not depend on the dataset size: arrays are memory-mapped when a batch first needs them (one np.memmap
+per file and process, reopened after a fork), and only the slices of the current batch are read (with a projection
+context, every frame of their positions). Arrays keep each series' acquisition matrix (preprocess.image_size null)
+or share one side S (resized): crops batch together whatever the size, whole slices of different sizes go into
+batches of one size each.
 
 Randomness (shuffling, crops, flips) is a pure function of (seed, epoch, batch index): a batch is the same
 whichever worker thread or process computes it, and the same when the run is repeated.
@@ -35,8 +35,8 @@ from breastmri.data.context import (
     Context,
     context_slices,
     position_frames,
-    projection_kind,
     projection_channels,
+    projection_kind,
 )
 from breastmri.data.crops import crop_position, symmetry
 from breastmri.data.manifest import _layout_of, _simulated, _zero, noise_spectrum_of, read_manifest, spread_slices
@@ -107,9 +107,6 @@ class PairedSlices(keras.utils.PyDataset):
         "noise2noise" (the input frame t and another pre-contrast frame t' < noise2noise_frames of its position as
         the target, registered onto it) or "noise2void" (blind spots of the frame itself); selfsup.py says how.
     **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`, passed to keras.utils.PyDataset.
-
-    Memory: the arrays are memory-mapped lazily, one np.memmap per file, cached per process (reopened after a
-    fork); a batch reads only its own slices.
     """
 
     def __init__(self, data_dir, split, batch_size=8, shuffle=False, augment=False, patch_size=None, seed=0,
@@ -134,10 +131,9 @@ class PairedSlices(keras.utils.PyDataset):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if patch_size is not None and (not isinstance(patch_size, (int, np.integer)) or patch_size < 1):
             raise ValueError(f"patch_size must be None (whole slices) or a positive integer, got {patch_size!r}")
-        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, (int, np.integer))
-                                            or steps_per_epoch < 1):
-            raise ValueError(f"steps_per_epoch must be None (one pass per epoch) or a positive integer, "
-                             f"got {steps_per_epoch!r}")
+        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, (int, np.integer)) or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be None (one pass per epoch) or a positive integer, got "
+                             f"{steps_per_epoch!r}")
         if not isinstance(crop_candidates, (int, np.integer)) or crop_candidates < 1:
             raise ValueError(f"crop_candidates must be a positive integer, got {crop_candidates!r}")
         self.data_dir, self.split, self.mode = Path(data_dir), split, mode
@@ -215,7 +211,7 @@ class PairedSlices(keras.utils.PyDataset):
                               if r.get("clean_file") and self.array(r["clean_file"]).shape[1:] != shape})
             if unequal:
                 raise ValueError(f"{unequal[0]} and its noisy array have different slice shapes; rerun preprocessing.py")
-        self._groups = None  # whole slices of several sizes: batches of one size each (see _batch_indices)
+        self._groups, self._orders = None, {}  # batches of one size each (see _batch_indices); order() per pass
         if self.patch_size is not None:
             side = min(min(shape) for shape in shapes)
             if self.patch_size > side:
@@ -317,13 +313,17 @@ class PairedSlices(keras.utils.PyDataset):
         epoch = self.epoch if epoch is None else epoch
         if not self.shuffle:
             return np.arange(len(self.rows))
-        rng = np.random.default_rng((self.seed, epoch))
-        if self.frames_per_draw == 1:
-            return rng.permutation(len(self.rows))
-        # each position's frames in a random order, cut into runs of frames_per_draw; the runs in a random order
-        runs = [run for members in self._positions.values() for members in [rng.permutation(members)]
-                for run in np.array_split(members, range(self.frames_per_draw, len(members), self.frames_per_draw))]
-        return np.concatenate([runs[i] for i in rng.permutation(len(runs))])
+        order = self._orders.get(epoch)  # once per pass, not per batch (single dict operations: thread-safe)
+        if order is None:
+            rng = np.random.default_rng((self.seed, epoch))
+            order = rng.permutation(len(self.rows)) if self.frames_per_draw == 1 else None
+            if order is None:  # each position's frames in a random order, cut into runs of frames_per_draw
+                runs = [run for members in self._positions.values() for members in [rng.permutation(members)]
+                        for run in np.array_split(members, range(self.frames_per_draw, len(members),
+                                                                 self.frames_per_draw))]
+                order = np.concatenate([runs[i] for i in rng.permutation(len(runs))])  # the runs in a random order
+            self._orders = {**dict(list(self._orders.items())[-2:]), epoch: order}
+        return order
 
     def batch_rows(self, index):
         """The manifest rows of batch `index` in the current epoch, in batch order (this shard's share of it)."""
