@@ -268,6 +268,9 @@ def test_the_noise_map_is_the_noise_the_projection_keeps(kind):
     alone, level = temporal_projection(smooth + 0.05 * rng.standard_normal((1, 64, 64)).astype(np.float32), kind,
                                        noise=True)
     assert abs(level.mean() / 0.05 - 1) < 0.2
+    frame = smooth + 0.05 * rng.standard_normal((1, 64, 64)).astype(np.float32)  # its map, too, crops exactly
+    np.testing.assert_array_equal(temporal_projection(frame, kind, (slice(5, 20), slice(0, 9)), noise=True)[1],
+                                  temporal_projection(frame, kind, noise=True)[1][:, 5:20, :9])
 
 
 def test_local_projection_keeps_a_small_lesion_and_crops_exactly():

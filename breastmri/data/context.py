@@ -1,9 +1,9 @@
 """What a slice's input stack holds besides the slice itself: its neighbours in time and space, a pre-contrast
-guide, and its projection onto the time courses of its position (model.context). One module for training
-(data_factory.PairedSlices) and inference (enhance.py), so both assemble the same stacks.
+guide, its projection onto the time courses of its position and that projection's noise map (model.context). One
+module for training (data.paired.PairedSlices) and inference (enhance.py), so both assemble the same stacks.
 
     channels, guide = context_slices(lookup, t, k, n_times, n_positions, offsets, precontrast_frames, fallback)
-    inputs = context_stack(normalized_series, layout, offsets, precontrast_frames, projection)   # (n, H, W, C)
+    inputs = context_stack(normalized_series, layout, *context)   # (n, H, W, C); context: a Context
 
 A DCE series images each slice position at T time points; (t, k) names a frame by its time index and position.
 Neighbours are reflected at the ends of the series and a missing frame falls back to the target itself, so any
@@ -136,8 +136,9 @@ def temporal_projection(frames, kind="local", window=None, shifts=None, which=No
     a block whose noise variance is sigma^2 and projection P = V diag(gain) V^T, the output keeps sigma^2 (P^2)_tt of
     frame t's (sigma^2 P_tt for the hard "global" kind); the guard's blend (1 - alpha) frame + alpha projection keeps
     sigma^2 [(1 - alpha)^2 + 2 alpha (1 - alpha) P_tt + alpha^2 (P^2)_tt]; each averaged over the blocks as their
-    outputs are (what the overlapping blocks' averaging takes off besides is not counted). Frames without a time
-    axis keep all their noise, read from each frame's finest wavelet band (skimage.restoration.estimate_sigma)."""
+    outputs are (what the overlapping blocks' averaging and the registered kinds' spline shift back take off besides
+    is not counted: the map errs high). Frames without a time axis keep all their noise, read from each whole
+    frame's finest wavelet band (skimage.restoration.estimate_sigma), so a window's map is the whole map cropped."""
     frames, which = np.asarray(frames, np.float32), slice(None) if which is None else list(which)
     alpha = None
     if kind == "guarded":
@@ -149,7 +150,7 @@ def temporal_projection(frames, kind="local", window=None, shifts=None, which=No
     if powers is None:  # no time axis, or frames not finite: the frames as they are, with all their noise
         from skimage.restoration import estimate_sigma
 
-        level = [estimate_sigma(np.nan_to_num(f).astype(np.float64)) for f in projected]
+        level = [estimate_sigma(np.nan_to_num(f).astype(np.float64)) for f in frames[which]]  # whole frames
         return projected, np.broadcast_to(np.float32(level)[:, None, None], projected.shape).copy()
     left, on_self, squared = powers[:, 0], powers[:, 1], powers[:, 2]
     if alpha is not None:  # the guard's blend

@@ -313,7 +313,7 @@ class PairedSlices(keras.utils.PyDataset):
         epoch = self.epoch if epoch is None else epoch
         if not self.shuffle:
             return np.arange(len(self.rows))
-        order = self._orders.get(epoch)  # once per pass, not per batch (single dict operations: thread-safe)
+        order = self._orders.get(epoch)  # once per pass, not per batch; the dict is replaced, never changed
         if order is None:
             rng = np.random.default_rng((self.seed, epoch))
             order = rng.permutation(len(self.rows)) if self.frames_per_draw == 1 else None

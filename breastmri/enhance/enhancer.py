@@ -46,7 +46,8 @@ class Enhancer:
 
     @property
     def context(self):
-        """(channel offsets, pre-contrast frames, projection) the model was trained with (model.context_offsets)."""
+        """The context.Context (channel offsets, pre-contrast frames, projection, noise map) the model was trained
+        with (model.context_offsets)."""
         from breastmri.restore.networks import context_offsets
 
         return context_offsets(self.cfg)
