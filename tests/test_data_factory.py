@@ -267,3 +267,34 @@ def test_arrays_are_memmaps_and_not_pickled(data_dir):
     assert len(pickle.dumps(ds)) == size_before
     clone = pickle.loads(pickle.dumps(ds))
     np.testing.assert_array_equal(clone[1][0], ds[1][0])
+
+
+def test_a_position_is_registered_once_for_every_run(smoke_data, monkeypatch):
+    """The registration of the stored draw's positions (what a registered projection of a fresh draw moves its
+    frames by) is kept beside the arrays: a second dataset (another run, worker or process) reads it instead of
+    registering again and makes the same batches; a rewritten array invalidates it."""
+    import breastmri.data.paired as paired
+    from breastmri.data.context import Context
+
+    for sidecar in (smoke_data / "arrays").glob("*.shifts.json"):
+        sidecar.unlink()
+
+    def batch():
+        ds = PairedSlices(smoke_data, "train", batch_size=4, shuffle=True, seed=3, patch_size=24, fresh_noise=True,
+                          context=Context([(0, 0)], 0, "guarded"), frames_per_draw=2)
+        return ds[0]
+
+    first = batch()
+    sidecars = sorted((smoke_data / "arrays").glob("*.shifts.json"))
+    assert sidecars
+    calls = []
+    monkeypatch.setattr(paired, "register_shifts",
+                        lambda frames: calls.append(len(frames)) or np.zeros((len(frames), 2), np.float32))
+    second = batch()
+    assert not calls
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    array = sidecars[0].with_name(sidecars[0].name.replace(".shifts.json", ""))
+    array.write_bytes(array.read_bytes())  # rewritten: a new modification time
+    batch()
+    assert calls

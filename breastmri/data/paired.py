@@ -41,6 +41,7 @@ from breastmri.data.context import (
 from breastmri.data.crops import crop_position, symmetry
 from breastmri.data.manifest import _layout_of, _simulated, _zero, noise_spectrum_of, read_manifest, spread_slices
 from breastmri.data.selfsup import selfsup_sample
+from breastmri.data.shift_cache import ShiftCache
 from breastmri.registration import register_shifts
 from breastmri.runtime import keep_freed_memory
 from breastmri.simulate.degrade import add_noise, decorrelated_target, expected_target
@@ -149,7 +150,7 @@ class PairedSlices(keras.utils.PyDataset):
         if mode == "noise2void" and self.context.precontrast_frames:
             raise ValueError("noise2void cannot take the pre-contrast guide (model.context.precontrast_frames): it "
                              "averages the target frame in, blind spots included; set it to 0")
-        self._projections, self._position_shifts = {}, {}
+        self._projections, self._position_shifts = {}, ShiftCache(self.data_dir)
         self.noise2noise_frames, self.register, self._shifts = int(noise2noise_frames), bool(register), {}
         self.mask_fraction, self.mask_radius = float(mask_fraction), int(mask_radius)
         if mode == "noise2void" and not (0 < self.mask_fraction <= 0.5 and self.mask_radius >= 1):
@@ -497,13 +498,10 @@ class PairedSlices(keras.utils.PyDataset):
     def _stored_shifts(self, row, projected, array):
         """The registration of a position's frames `projected` of `array` (registration.register_shifts), for a
         registered projection of a new draw of them or of a window: the motion is the anatomy's, and estimating it
-        again on every sample would cost as much as the projection of a crop."""
-        key = (row[array], tuple(projected))
-        shifts = self._position_shifts.get(key)  # a single dict operation: safe with threaded workers
-        if shifts is None:
-            shifts = self._position_shifts[key] = register_shifts(np.asarray(self.array(row[array])[projected],
-                                                                    np.float32))
-        return shifts
+        again on every sample would cost as much as the projection of a crop. Kept beside the arrays (ShiftCache)."""
+        return self._position_shifts.get(row[array], projected,
+                                         lambda: register_shifts(np.asarray(self.array(row[array])[projected],
+                                                                            np.float32)))
 
     @staticmethod
     def _stack(index, inputs, targets):
