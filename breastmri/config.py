@@ -153,7 +153,10 @@ DEFAULTS = {
         "distribute": "auto",
         "shard": "sample",       # multi_worker: each worker makes its share of every global batch (multiworker.py)
         "cpu_devices": 1,        # split the CPU into N logical devices (tests the multi-device path)
-        "workers": 1,            # PyDataset workers
+        # PyDataset worker threads building training batches (a batch is the same whichever thread builds it). 2
+        # on a 2-core CPU: pipeline cost 5% and 9% of the in-memory throughput against 12% and 28% with 1 (benchmark.py
+        # --parts speed --methods unet on runs/demo, alternating; docs/benchmark.md)
+        "workers": 2,
         "use_multiprocessing": False,
     },
 }
