@@ -6,6 +6,7 @@ import pytest
 
 from breastmri.config import load_config
 from breastmri.data.context import (
+    Context,
     context_slices,
     context_stack,
     reflect,
@@ -45,7 +46,7 @@ def test_channel_order_and_reflection_at_the_ends():
 
 def test_context_stack_of_a_series_matches_the_lookup():
     images = np.arange(len(LAYOUT), dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32)
-    stack = context_stack(images, LAYOUT, [(0, 0), (-1, 0), (1, 0)], 2)
+    stack = context_stack(images, LAYOUT, Context([(0, 0), (-1, 0), (1, 0)], 2))
     assert stack.shape == (12, 4, 4, 4)
     i = LOOKUP[(2, 1)]
     assert stack[i, 0, 0].tolist() == [LOOKUP[(2, 1)], LOOKUP[(1, 1)], LOOKUP[(3, 1)],
@@ -358,7 +359,7 @@ def test_projection_channel_is_the_same_in_training_and_enhancement(kind, noise_
     ds = PairedSlices(smoke_data, "test", batch_size=4, context=context)
     noisy, _ = ds[0]
     row = ds.batch_rows(0)[0]
-    stack = context_stack(np.load(smoke_data / row["noisy_file"]), layout_of(smoke_data, row), *context)
+    stack = context_stack(np.load(smoke_data / row["noisy_file"]), layout_of(smoke_data, row), context)
     np.testing.assert_allclose(noisy[0], stack[row["slice_index"]], atol=1e-6)
     assert not np.allclose(noisy[0, ..., 4], noisy[0, ..., 0], atol=1e-3)   # not the frame itself
     # the untrained network returns the projection (its start), never the noise map after it
@@ -371,7 +372,7 @@ def test_projection_channel_is_the_same_in_training_and_enhancement(kind, noise_
         whole_clean = np.load(smoke_data / row["clean_file"])[row["slice_index"]]
         y, x = next((y, x) for y in range(whole_clean.shape[0] - 23) for x in range(whole_clean.shape[1] - 23)
                     if np.array_equal(whole_clean[y:y + 24, x:x + 24], clean[j, ..., 0]))
-        stack = context_stack(np.load(smoke_data / row["noisy_file"]), layout_of(smoke_data, row), *context)
+        stack = context_stack(np.load(smoke_data / row["noisy_file"]), layout_of(smoke_data, row), context)
         np.testing.assert_allclose(noisy[j], stack[row["slice_index"], y:y + 24, x:x + 24], atol=1e-6)
     for mode in ("noise2void", "noise2noise"):  # the self-supervised modes take it too (test_selfsup: how)
         assert PairedSlices(smoke_data, "train", mode=mode, context=([(0, 0)], 0, True)).context.projection == "global"

@@ -3,7 +3,7 @@ guide, its projection onto the time courses of its position and that projection'
 module for training (data.paired.PairedSlices) and inference (enhance.py), so both assemble the same stacks.
 
     channels, guide = context_slices(lookup, t, k, n_times, n_positions, offsets, precontrast_frames, fallback)
-    inputs = context_stack(normalized_series, layout, *context)   # (n, H, W, C); context: a Context
+    inputs = context_stack(normalized_series, layout, context)   # (n, H, W, C); context: a Context
 
 A DCE series images each slice position at T time points; (t, k) names a frame by its time index and position.
 Neighbours are reflected at the ends of the series and a missing frame falls back to the target itself, so any
@@ -29,6 +29,16 @@ class Context(collections.namedtuple("Context", "offsets precontrast_frames proj
     def single_frame(self):
         """True when the input is the target slice alone (no stack to build)."""
         return len(self.offsets) == 1 and not self.precontrast_frames and not self.projection
+
+    @property
+    def channels(self):
+        """Channels of the input stack: the offsets', the guide's, the projection's and its noise map's."""
+        return len(self.offsets) + bool(self.precontrast_frames) + bool(self.projection) + bool(self.noise_map)
+
+    @property
+    def projection_channel(self):
+        """Index of the projection channel (None without one): after the guide, before the noise map."""
+        return self.channels - 1 - bool(self.noise_map) if self.projection else None
 
 
 def reflect(i, n):
@@ -375,11 +385,11 @@ def projection_channels(frames, context, window=None, shifts=None, which=None):
     return np.stack(out if context.noise_map else (out,), 1)
 
 
-def context_stack(images, layout, offsets, precontrast_frames, projection=None, noise_map=False):
-    """(n, H, W) normalized frames of one series -> (n, H, W, C) model inputs, by context_slices (and
-    projection_channels, one per position, for a projection channel of that kind: None or one of PROJECTIONS,
-    and its noise map). layout: (time_index, position_index) per frame (preprocessing's Series.layout)."""
-    context = Context(offsets, precontrast_frames, projection_kind(projection), bool(noise_map))
+def context_stack(images, layout, context):
+    """(n, H, W) normalized frames of one series -> (n, H, W, C) model inputs of a Context (model.context_offsets),
+    by context_slices (and projection_channels, one per position, for a projection channel and its noise map).
+    layout: (time_index, position_index) per frame (preprocessing's Series.layout)."""
+    images, offsets, precontrast_frames = np.asarray(images), context.offsets, context.precontrast_frames
     lookup = {tk: i for i, tk in enumerate(layout)}
     n_times, n_positions = 1 + max(t for t, _ in layout), 1 + max(k for _, k in layout)
     projected = {}
@@ -390,7 +400,7 @@ def context_stack(images, layout, offsets, precontrast_frames, projection=None, 
         if context.projection:
             frames = tuple(position_frames(lookup, k, n_times, i))
             if frames not in projected:
-                projected[frames] = projection_channels(np.asarray(images)[list(frames)], context)
+                projected[frames] = projection_channels(images[list(frames)], context)
             stack.extend(projected[frames][t])
         out.append(np.stack(stack, axis=-1))
     return np.stack(out).astype(np.float32)

@@ -118,7 +118,7 @@ def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, 
     def inputs(frames):
         if context.single_frame:
             return frames
-        return context_stack(frames, layout or [(0, i) for i in range(len(frames))], *context)
+        return context_stack(frames, layout or [(0, i) for i in range(len(frames))], context)
 
     timings = enhancer.timings
     size = enhancer.cfg["preprocess"]["image_size"]

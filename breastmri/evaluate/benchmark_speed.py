@@ -102,7 +102,7 @@ def time_context(cfg, size, min_reps):
     frames = shift_frames(np.repeat(rng.random((1, size, size), dtype=np.float32), CONTEXT_SPEED_FRAMES, 0), moves)
     frames += 0.05 * rng.standard_normal(frames.shape, dtype=np.float32)
     layout = [(t, 0) for t in range(CONTEXT_SPEED_FRAMES)]
-    seconds, reps = _median_seconds(lambda: context_stack(frames, layout, *context), min_reps)
+    seconds, reps = _median_seconds(lambda: context_stack(frames, layout, context), min_reps)
     return {"size": size, "frames": CONTEXT_SPEED_FRAMES, "ms_per_slice": 1000 * seconds / CONTEXT_SPEED_FRAMES,
             "reps": reps}
 

@@ -216,11 +216,10 @@ def get_model(cfg):
     if name == "unet":
         depth, filters = _unet_args(cfg)
         channels = context_channels(cfg)
-        # from the projection, the last channel but its noise map; a saved run config's `projection: true` (the
+        # from the projection channel (Context.projection_channel); a saved run config's `projection: true` (the
         # global kind) was trained from the frame, so --resume must rebuild it that way
         legacy = cfg["model"].get("context", {}).get("projection") is True
-        context = context_offsets(cfg)
-        start = channels - 1 - int(context.noise_map) if context.projection and not legacy else 0
+        start = 0 if legacy else context_offsets(cfg).projection_channel or 0
         # a blind-spot network has no identity path to the frame (see unet); its projection may start it
         residual = cfg.get("train", {}).get("mode") != "noise2void" or start > 0
         return unet(depth, filters, seed, channels=channels, residual=residual, start=start)
@@ -257,9 +256,7 @@ def context_offsets(cfg):
 def context_channels(cfg):
     """Input channels of the model: 1 + 2 x time + 2 x slices (+ 1 with a pre-contrast guide, + 1 with the
     projection, + 1 with its noise map)."""
-    context = context_offsets(cfg)
-    return (len(context.offsets) + (1 if context.precontrast_frames else 0) + int(bool(context.projection))
-            + int(context.noise_map))
+    return context_offsets(cfg).channels
 
 
 def size_multiple(cfg):
