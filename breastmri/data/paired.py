@@ -39,19 +39,14 @@ from breastmri.data.context import (
     projection_kind,
 )
 from breastmri.data.crops import crop_position, symmetry
-from breastmri.data.manifest import _layout_of, _simulated, _zero, noise_spectrum_of, read_manifest, spread_slices
+from breastmri.data.manifest import _layout_of, _zero, noise_spectrum_of, read_manifest, spread_slices
+from breastmri.data.paired_checks import check_arguments, check_data
 from breastmri.data.selfsup import selfsup_sample
 from breastmri.data.shift_cache import ShiftCache
 from breastmri.registration import register_shifts
 from breastmri.runtime import keep_freed_memory
 from breastmri.simulate.degrade import add_noise, decorrelated_target, expected_target
 
-# What a training sample's target is (train.mode in breastmri/config.py; main.py documents the choice):
-# supervised: the clean (3T) image; noise2noise: another noisy frame of the same slice position (Lehtinen 2018);
-# noise2void: the noisy frame itself, at blind-spot pixels hidden from the input (Krull 2019).
-MODES = ("supervised", "noise2noise", "noise2void")
-# what a supervised target is (PairedSlices says each; the 3T frames' projection has ~5 dB less noise than the 3T frame)
-TARGETS = ("3t", "decorrelated", "projected", "truth", "expected")
 # kept projections per array kind (the stored draw's, the 3T image's): a QIN-BREAST series' fit (60 x 25 frames of
 # 512^2: 1.5 GiB), so whole-slice validation, visiting a series time point by time point, projects each position once
 STORED_PROJECTION_BYTES = 2 ** 31
@@ -115,48 +110,19 @@ class PairedSlices(keras.utils.PyDataset):
                  context=None, mode="supervised", noise2noise_frames=3, register=True, mask_fraction=0.02,
                  mask_radius=2, target="3t", times_per_position=1, shard=None, frames_per_draw=1, **kwargs):
         super().__init__(**kwargs)
+        context = Context(*(context or ([(0, 0)],)))
+        self.context = Context(list(context.offsets), int(context.precontrast_frames),
+                               projection_kind(context.projection), bool(context.noise_map))
+        check_arguments(mode, target, batch_size, patch_size, steps_per_epoch, crop_candidates, shard, self.context,
+                        mask_fraction, mask_radius, frames_per_draw)
         # (index, count): this worker's share of every batch (multi-worker training, sharded by sample): batch_size
         # stays the global batch, of which this dataset makes samples [index * b, (index + 1) * b), b = batch_size /
         # count, each with random streams of its own, so the shares of all workers are the global batch
         self.shard = None if shard is None else (int(shard[0]), int(shard[1]))
-        if self.shard is not None and (not 0 <= self.shard[0] < self.shard[1] or batch_size % self.shard[1]):
-            raise ValueError(f"shard {shard}: the index must lie in [0, count) and batch_size {batch_size} must be "
-                             "a multiple of the count")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if target not in TARGETS or (target != "3t" and mode != "supervised"):
-            raise ValueError(f"target must be one of {', '.join(TARGETS)} (3t only for self-supervised modes), "
-                             f"got {target!r} with mode {mode}")
-        self.target = target
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if patch_size is not None and (not isinstance(patch_size, (int, np.integer)) or patch_size < 1):
-            raise ValueError(f"patch_size must be None (whole slices) or a positive integer, got {patch_size!r}")
-        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, (int, np.integer)) or steps_per_epoch < 1):
-            raise ValueError(f"steps_per_epoch must be None (one pass per epoch) or a positive integer, got "
-                             f"{steps_per_epoch!r}")
-        if not isinstance(crop_candidates, (int, np.integer)) or crop_candidates < 1:
-            raise ValueError(f"crop_candidates must be a positive integer, got {crop_candidates!r}")
-        self.data_dir, self.split, self.mode = Path(data_dir), split, mode
-        context = Context(*(context or ([(0, 0)],)))
-        self.context = Context(list(context.offsets), int(context.precontrast_frames),
-                               projection_kind(context.projection), bool(context.noise_map))
-        if mode == "noise2noise" and (any(dt for dt, _ in self.context.offsets) or self.context.precontrast_frames):
-            raise ValueError("noise2noise cannot take time context or the pre-contrast guide (model.context time, "
-                             "precontrast_frames): they hold the target frame, whose noise the network would copy. "
-                             "Use slice context and the projection (it leaves the target frame out), or noise2void")
-        if mode != "supervised" and self.context.noise_map:
-            raise ValueError(f"{mode} cannot take a noise map (model.context.noise_map): set it to false")
-        if mode == "noise2void" and self.context.precontrast_frames:
-            raise ValueError("noise2void cannot take the pre-contrast guide (model.context.precontrast_frames): it "
-                             "averages the target frame in, blind spots included; set it to 0")
+        self.data_dir, self.split, self.mode, self.target = Path(data_dir), split, mode, target
         self._projections, self._position_shifts = {}, ShiftCache(self.data_dir)
         self.noise2noise_frames, self.register, self._shifts = int(noise2noise_frames), bool(register), {}
         self.mask_fraction, self.mask_radius = float(mask_fraction), int(mask_radius)
-        if mode == "noise2void" and not (0 < self.mask_fraction <= 0.5 and self.mask_radius >= 1):
-            raise ValueError(f"noise2void needs 0 < mask_fraction <= 0.5 (every blind spot needs a pixel that is "
-                             f"not one to take its value from) and mask_radius >= 1, got {mask_fraction} and "
-                             f"{mask_radius}")
         rows = read_manifest(self.data_dir, split)
         # (time_index, position_index) -> slice index, per series, from the whole manifest: a max_slices subset
         # still finds the neighbours of its slices
@@ -175,16 +141,6 @@ class PairedSlices(keras.utils.PyDataset):
                                  f"{self.noise2noise_frames} time points (train.noise2noise_frames); split {split} "
                                  "has none (single-frame series?): use train.mode noise2void")
         self.rows = [rows[i] for i in spread_slices(rows, max_slices, times_per_position)]
-        if mode != "supervised" and self.context.projection:
-            short = sorted({r["series_uid"] for r in self.rows if _layout_of(r)[2] < 3})
-            if short:  # a noise2noise stack loses its target: 2 frames would leave the frame alone
-                raise ValueError(f"{mode} with a projection (model.context.projection) needs series of 3 or more "
-                                 f"time points; {len(short)} have fewer, e.g. {short[0]}: with fewer the projection "
-                                 "is (nearly) the frame itself, noise included. Set the projection to false")
-        if mode == "supervised" and (shuffle or augment or patch_size is not None or steps_per_epoch is not None) \
-                and not self.has_clean:
-            raise ValueError(f"{self.data_dir} has no clean images (degrade.model none: the input is the noisy "
-                             "scan): supervised training needs pairs; use train.mode noise2noise or noise2void")
         self.batch_size, self.shuffle, self.augment = int(batch_size), bool(shuffle), bool(augment)
         self.patch_size = None if patch_size is None else int(patch_size)
         self.seed = int(seed)
@@ -194,10 +150,6 @@ class PairedSlices(keras.utils.PyDataset):
             # empty share, or shares of unequal size whose averaged gradient is not the global batch's
             self.steps_per_epoch = max(1, len(self.rows) // self.batch_size)
         self.tissue_threshold, self.crop_candidates = float(tissue_threshold), int(crop_candidates)
-        if not isinstance(frames_per_draw, (int, np.integer)) or frames_per_draw < 1 or \
-                (frames_per_draw > 1 and mode != "supervised"):
-            raise ValueError(f"frames_per_draw must be a positive integer (above 1 only for supervised training), "
-                             f"got {frames_per_draw!r} with mode {mode}")
         self.frames_per_draw = int(frames_per_draw)
         self._positions = {}  # (series, position) -> its row indices: order() keeps frames_per_draw of them together
         for i, r in enumerate(self.rows):
@@ -206,56 +158,23 @@ class PairedSlices(keras.utils.PyDataset):
         self._arrays = {}            # path -> np.memmap, filled lazily by array()
         self._spectra = {}           # noisy_file -> the noise spectrum of its series, filled by noise_spectrum()
         self._arrays_pid = os.getpid()
+        self.fresh_noise = bool(fresh_noise)
         shapes = [tuple(self.array(r["noisy_file"]).shape[1:]) for r in self.rows]
-        if mode == "supervised":  # once here, not per sample (the self-supervised modes never open a clean file)
-            unequal = sorted({r["clean_file"] for r, shape in zip(self.rows, shapes)
-                              if r.get("clean_file") and self.array(r["clean_file"]).shape[1:] != shape})
-            if unequal:
-                raise ValueError(f"{unequal[0]} and its noisy array have different slice shapes; rerun preprocessing.py")
+        check_data(self, shapes)
         self._groups, self._orders = None, {}  # batches of one size each (see _batch_indices); order() per pass
-        if self.patch_size is not None:
-            side = min(min(shape) for shape in shapes)
-            if self.patch_size > side:
-                raise ValueError(f"patch_size {self.patch_size} is larger than the smallest slices ({side} px); "
-                                 "use a smaller patch_size or None for whole slices")
-        elif len(set(shapes)) > 1:
-            if self.shuffle or self.steps_per_epoch is not None:
-                raise ValueError(f"whole-slice training needs slices of one size, {self.split} has "
-                                 f"{sorted(set(shapes))}; train on crops (train.patch_size) or resize "
-                                 "(preprocess.image_size)")
-            # rows are series by series, so equal shapes come in runs; each run is cut into batches
+        if self.patch_size is None and len(set(shapes)) > 1:
+            # whole slices of several sizes (evaluation): rows are series by series, so equal shapes come in runs;
+            # each run is cut into batches
             self._groups, start = [], 0
             for end in range(1, len(shapes) + 1):
                 if end == len(shapes) or shapes[end] != shapes[start] or end - start == self.batch_size:
                     self._groups.append(np.arange(start, end))
                     start = end
-        if target in ("truth", "expected") and not self.has_truth:
-            raise ValueError(f"target {target} needs the phantom's noise-free truth (truth_file) for every slice; "
-                             "real data has none: use projected")
-        if target == "expected" and any(r.get("noise_channels") is None for r in self.rows):
-            raise ValueError("target expected needs the measured noise channels (manifest noise_channels), which "
-                             "this manifest predates: rerun preprocessing.py")
-        if target == "decorrelated":
-            unusable = sorted({r["noisy_file"] for r in self.rows if not _simulated(r)
-                               or not r["sigma_added"] > 0 or r.get("sigma_source") is None})
-            if unusable:
-                raise ValueError(f"a decorrelated target needs simulated noise with recorded sigmas (degrade.model "
-                                 f"field or gaussian); {len(unusable)} series have none, e.g. {unusable[0]}")
         # the 3T projections of the whole split, kept once per position, if they fit (the demo's: 50 MB);
         # otherwise training crops project their own window (the whole-slice projection, cropped: tested)
         self._clean_projections_fit = target == "projected" and sum(
             4 * math.prod(self.array(f).shape) for f in {r["clean_file"] for r in self.rows if r.get("clean_file")}
         ) <= STORED_PROJECTION_BYTES
-        self.fresh_noise = bool(fresh_noise)
-        if self.fresh_noise and mode != "supervised":
-            raise ValueError(f"{mode} reads the noisy images only; fresh noise would be drawn on the clean ones")
-        if self.fresh_noise:
-            unusable = sorted({r["noisy_file"] for r, shape in zip(self.rows, shapes)
-                               if not _simulated(r) or shape != (r.get("rows"), r.get("cols"))})
-            if unusable:
-                raise ValueError(f"fresh_noise needs arrays at the acquisition matrix with a recorded degradation "
-                                 f"(preprocess.image_size null); {len(unusable)} series are not, e.g. "
-                                 f"{unusable[0]}: use the stored pairs (train.fresh_noise false)")
 
     # -- state shared with worker processes ----------------------------------------------------------------
 

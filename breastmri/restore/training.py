@@ -38,7 +38,7 @@ MONITOR = "val_body_psnr"
 
 def training_mode(cfg):
     """cfg["train"]["mode"], checked: supervised | noise2noise | noise2void (data_factory.MODES)."""
-    from breastmri.data.paired import MODES
+    from breastmri.data.paired_checks import MODES
 
     mode = cfg["train"]["mode"]
     if mode not in MODES:
@@ -83,7 +83,8 @@ def needs_rician_correction(cfg, degrade_model):
 def load_splits(cfg, data_dir, shard=None):
     """Training (crops, shuffled, augmented as configured) and validation (whole slices) datasets."""
     from breastmri.data.manifest import read_manifest
-    from breastmri.data.paired import TARGETS, PairedSlices
+    from breastmri.data.paired import PairedSlices
+    from breastmri.data.paired_checks import TARGETS
     from breastmri.restore.networks import context_offsets
 
     t = cfg["train"]

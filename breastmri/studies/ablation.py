@@ -131,7 +131,7 @@ def markdown(rows, args):
 
 def main(argv=None):
     from breastmri.config import DEFAULTS
-    from breastmri.data.paired import TARGETS
+    from breastmri.data.paired_checks import TARGETS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="data/processed_demo")
