@@ -197,8 +197,9 @@ def test_include_kinds_is_checked():
 
 
 def test_three_plane_localizer_series_is_skipped_by_geometry(tmp_path):
-    """A localizer that only says M (as Siemens and Philips survey scans do): its images lie in three planes."""
-    write_mr_series(tmp_path / "loc", "P1", n_slices=3, rows=16, cols=16, description="scout")
+    """A localizer that only says M (as Siemens and Philips survey scans do) and whose name does not say it either:
+    its images lie in three planes."""
+    write_mr_series(tmp_path / "loc", "P1", n_slices=3, rows=16, cols=16, description="fl2d three planes")
     planes = [[1, 0, 0, 0, 1, 0], [0, 1, 0, 0, 0, -1], [1, 0, 0, 0, 0, -1]]
     for path, plane in zip(sorted((tmp_path / "loc").glob("*.dcm")), planes):
         ds = pydicom.dcmread(path)
@@ -268,3 +269,12 @@ def test_preprocessing_counts_each_kind_and_include_kinds_uses_it(tmp_path):
 def test_enhance_output_reason_is_distinct():
     assert ENHANCE_OUTPUT_REASON not in KIND_REASONS.values()
     assert "enhance" not in kinds.IMAGE_KINDS  # never includable
+
+
+@pytest.mark.parametrize("name", ["localizer", "AAHead_Scout", "SURVEY", "3-Plane Loc", "t2_Localiser"])
+def test_a_localizer_named_so_is_skipped_whatever_its_image_type(tmp_path, name):
+    """ProstateX's "localizer" is one image, ImageType ORIGINAL\\PRIMARY\\M\\ND: only its name tells it."""
+    write_mr_series(tmp_path / "loc", "P1", n_slices=1, rows=16, cols=16, description=name)
+    write_mr_series(tmp_path / "dce", "P1", n_slices=2, rows=16, cols=16, description="DCE", seed=1)
+    series, skipped, _ = index_tree(tmp_path)
+    assert [s.series_description for s in series] == ["DCE"] and skipped == {"localizer": 1}

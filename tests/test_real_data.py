@@ -47,8 +47,8 @@ def test_the_70_twist_series_are_one_dynamic_and_the_flip_angle_set_is_not(prost
     assert len(vibe) == 4 and all(s.dynamic is None and len(s.frames) == 10 for s in vibe)  # 2, 5, 10, 20 degrees
     dce = _twist(assembled)
     assert len(dce.frames) == 700 and {k for _, k in dce.layout} == set(range(10))
-    # localizers and the repeated-position series are skipped with their reasons, as before
-    assert skips.series["localizer (image orientations differ)"] == 2
+    # the localizers (two "t2localizer" series of three planes, one "localizer" image, ImageType M\ND) by name
+    assert skips.files["localizer"] == 27 and not any(s.series_description.endswith("localizer") for s in series)
 
 
 def test_preprocessing_records_the_dynamic(tmp_path):
@@ -94,10 +94,11 @@ def test_twist_noise_matches_its_own_frame_differences(prostatex):
     assert noise["sigma"] == pytest.approx(measured, rel=0.3), noise
 
 
-def test_philips_asl_label_and_control_pairs_are_skipped_by_name():
+def test_philips_asl_label_and_control_pairs_and_perfusion_maps_are_skipped():
     series, skips, _ = index(ASL)
-    assert skips.series[ASL_LABEL_CONTROL_REASON] == 2  # 2-D and 3-D pCASL source series
-    assert {s.series_description for s in series} == {"pCASL", "3D_pCASL_6mm"}  # the derived perfusion images
+    assert skips.series[ASL_LABEL_CONTROL_REASON] == 2  # 2-D and 3-D pCASL source series, by Label Type
+    assert series == []  # the scanner's perfusion images (label minus control, PERFUSION): parametric maps
+    assert skips.files["parametric map"] == 16
 
 
 def test_benchmark_scores_real_frames_one_by_one(smoke_run):

@@ -175,8 +175,12 @@ def process_series(series, out_dir, cfg, chash):
     zero = float(-np.float32(lo) / scale)
     if padding is not None:  # no signal there: the simulation gives it the noise of air
         clean[padding] = zero
-    noisy, info = degrade(clean, cfg["degrade"], series_rng(cfg["seed"], series.series_uid), zero=zero,
-                          layout=series.layout)
+    try:
+        noisy, info = degrade(clean, cfg["degrade"], series_rng(cfg["seed"], series.series_uid), zero=zero,
+                              layout=series.layout)
+    except Exception as error:  # noqa: BLE001 - a series the simulation cannot take skips alone, counted
+        return {"key": key, "status": "skipped", "reason": "simulation failed",
+                "detail": f"{type(error).__name__}: {error}"}
     # degrade.model none: the input is the noisy image and there is no clean one (noisy is clean, the same array)
     stacks = (noisy,) if noisy is clean else (clean, noisy)
     for stack in stacks:  # back to modality units, in place

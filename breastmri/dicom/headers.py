@@ -56,6 +56,20 @@ def _seconds(value):
     return days * 86400.0 + hours * 3600.0 + minutes * 60.0 + secs
 
 
+def _moment(ds, kind):
+    """Seconds of the file's Acquisition or Content moment (`kind`), its date included, so that a dynamic acquired
+    across midnight keeps its order: <kind>DateTime where present, else <kind>Time on <kind>Date (or, missing, on
+    the Series or Study date, the same for every file of a series), else the time of day alone; None without a
+    time."""
+    moment = _seconds(ds.get(f"{kind}DateTime")) if kind == "Acquisition" else None
+    if moment is not None:
+        return moment
+    time = str(ds.get(f"{kind}Time") or "").strip()
+    date = next((str(d).strip() for d in (ds.get(f"{kind}Date"), ds.get("SeriesDate"), ds.get("StudyDate"))
+                 if re.fullmatch(r"\s*\d{8}\s*", str(d or ""))), None)
+    return _seconds(date + time) if time and date and _seconds(time) is not None else _seconds(time)
+
+
 def _position(ipp, iop, fallback=None):
     """Position along the slice normal (mm): ImagePositionPatient . (row cosines x column cosines), else the
     fallback (SliceLocation); None when neither is a finite number ("NaN" parses, and never equals itself)."""
@@ -123,8 +137,8 @@ def _header_record(path, ds):
             "flip_deg": _number(ds.get("FlipAngle")), "ti_ms": _number(ds.get("InversionTime")),
             "image_type": _text_value(ds.get("ImageType")),
         },
-        "times": {"trigger_ms": _number(ds.get("TriggerTime")), "acquisition": _seconds(ds.get("AcquisitionTime")),
-                  "content": _seconds(ds.get("ContentTime")), "acquisition_number": _number(ds.get("AcquisitionNumber"))},
+        "times": {"trigger_ms": _number(ds.get("TriggerTime")), "acquisition": _moment(ds, "Acquisition"),
+                  "content": _moment(ds, "Content"), "acquisition_number": _number(ds.get("AcquisitionNumber"))},
     }
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     instance = _number(ds.get("InstanceNumber"), 0.0)
@@ -158,7 +172,7 @@ def _header_record(path, ds):
             record["frames"].append({
                 "frame": i if n_frames > 1 else None,
                 "temporal": _number(ds.get("TemporalPositionIdentifier")),
-                "position": position, "time": _seconds(ds.get("AcquisitionTime")),
+                "position": position, "time": _moment(ds, "Acquisition"),
                 "acquisition": _number(ds.get("AcquisitionNumber"), 0.0), "instance": instance,
                 "slope": slope0, "intercept": intercept0, "orientation": orientation})
     return record

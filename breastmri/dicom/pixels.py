@@ -12,12 +12,30 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from breastmri.dicom.dynamics import member_series
 
 # The noise-free truth of a demo DCE series: hidden sidecars in its folder (simulate.demo_dicom.write_truth).
 TRUTH_FILE, TRUTH_INDEX = ".demo_truth.npy", ".demo_truth.json"
 
+
+
+def open_dataset(path, stop_before_pixels=False):
+    """pydicom.dcmread(path, force=True) with a transfer syntax always stated: a file written without file meta
+    (no preamble, no group 0002, as old exports are) or whose meta lacks (0002,0010) is read in the encoding pydicom
+    found, which then becomes its TransferSyntaxUID, so its pixels decode like any other file's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+    if "TransferSyntaxUID" not in (getattr(ds, "file_meta", None) or {}):
+        implicit, little = ds.original_encoding
+        if getattr(ds, "file_meta", None) is None:
+            ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit is not False else
+                                          ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian)
+    return ds
 
 
 class SeriesReadError(Exception):
@@ -48,7 +66,7 @@ def read_series(series):
     for path, items in slots.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pixels = pydicom.dcmread(path, force=True).pixel_array
+            pixels = open_dataset(path).pixel_array
         if pixels.ndim == 2:
             pixels = pixels[None]
         if pixels.ndim != 3 or pixels.shape[1:] != (series.rows, series.cols):

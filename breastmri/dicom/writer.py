@@ -15,11 +15,13 @@ output).
 import hashlib
 import re
 import uuid
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.charset
+import pydicom.config
+import pydicom.multival
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import correct_ambiguous_vr
@@ -38,6 +40,7 @@ from breastmri.dicom.kinds import (
 SeriesError = pixels.SeriesReadError
 
 SERIES_NUMBER_OFFSET = 1000
+IS_MAX = 2 ** 31 - 1  # the largest Integer String value (PS3.5 6.2)
 DESCRIPTION_SUFFIX = " enhanced"
 UID_SOURCE = "mri-enhance"  # first part of the name of every UID we derive (a namespace of our own)
 # PS3.16 CID 7202 "Source Image Purpose of Reference": what the SourceImageSequence items are for.
@@ -148,8 +151,47 @@ def _portable_copy(ds, swap=False):
         if swap and elem.VR in _SWAP_WIDTH and isinstance(value, bytes) and len(value) % _SWAP_WIDTH[elem.VR] == 0:
             value = np.frombuffer(value, dtype=f">u{_SWAP_WIDTH[elem.VR]}").astype(
                 f"<u{_SWAP_WIDTH[elem.VR]}").tobytes()
-        out.add(DataElement(elem.tag, elem.VR, value))
+        try:
+            out.add(DataElement(elem.tag, elem.VR, value))
+        except (ValueError, TypeError, OverflowError):
+            repaired = _number_string(elem)
+            if repaired is not None:
+                out.add(repaired)
     return out
+
+
+def _number_string(elem):
+    """A DS or IS element whose value its VR cannot hold, read once more with a decimal comma taken for a point
+    (DS "1,625", as some exports write it); None when that fails too (the element is then dropped)."""
+    if elem.VR not in ("DS", "IS"):
+        return None
+    value = elem.value
+    values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    text = [(v.decode("ascii", "replace") if isinstance(v, bytes) else str(v)).replace(",", ".").strip(" \x00")
+            for v in values]
+    try:
+        with pydicom.config.strict_reading():
+            return DataElement(elem.tag, elem.VR, text if len(text) > 1 else text[0])
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _described(description, character_set):
+    """The output's SeriesDescription: the source's + DESCRIPTION_SUFFIX, the source's cut so that the whole fits
+    LO's 64 bytes in the dataset's character set (a character of a multi-byte set counts for 2-4)."""
+    encodings = pydicom.charset.convert_encodings(character_set or ["ISO_IR 6"])
+    while description and len(pydicom.charset.encode_string(description + DESCRIPTION_SUFFIX, encodings)) > 64:
+        description = description[:-1]
+    return description + DESCRIPTION_SUFFIX
+
+
+def _offset_number(number):
+    """The source's SeriesNumber + SERIES_NUMBER_OFFSET, or + 1 where that leaves the IS range (2^31 - 1), or 1
+    at its very top."""
+    for offset in (SERIES_NUMBER_OFFSET, 1):
+        if number + offset <= IS_MAX:
+            return number + offset
+    return 1
 
 
 def _image_type(value, enhanced=False):
@@ -303,10 +345,9 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
     ds.SOPInstanceUID = sop_uid
     ds.SOPClassUID = source_class  # same IOD as the input: viewers treat the output like the source
     ds.SeriesInstanceUID = new_series_uid
-    ds.SeriesNumber = (int(header.get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET if series_number is None
+    ds.SeriesNumber = (_offset_number(int(header.get("SeriesNumber") or 0)) if series_number is None
                        else series_number)
-    description = str(header.get("SeriesDescription", "") or "")
-    ds.SeriesDescription = description[:64 - len(DESCRIPTION_SUFFIX)] + DESCRIPTION_SUFFIX
+    ds.SeriesDescription = _described(str(header.get("SeriesDescription", "") or ""), ds.get("SpecificCharacterSet"))
     ds.ImageType = _image_type(header.get("ImageType"), enhanced)
     # The pixels are new: the instance and its content date from now (PS3.3 C.12.1 and C.7.6.1 / C.7.6.16).
     date, time_ = created.strftime("%Y%m%d"), created.strftime("%H%M%S")
@@ -363,9 +404,7 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
 
 
 def _read_header(path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    return pixels.open_dataset(path, stop_before_pixels=True)
 
 
 def _pixel_layout(header):
@@ -485,9 +524,9 @@ def output_series_numbers(series_list):
         taken.setdefault(s.study_uid, set()).add(int(s.series_number or 0))
     numbers = {}
     for s in series_list:
-        number = int(s.series_number or 0) + SERIES_NUMBER_OFFSET
+        number = _offset_number(int(s.series_number or 0))
         while number in taken[s.study_uid]:
-            number += 1
+            number = number + 1 if number < IS_MAX else 1
         taken[s.study_uid].add(number)
         numbers[s.series_uid] = number
     return numbers

@@ -357,13 +357,13 @@ def noise_spectrum(differences, max_lag=16):
 
 def spectrum_correlation(spectrum):
     """[rows, cols]: the lag-1 correlation of noise drawn with `spectrum` (the real part of the inverse Fourier
-    transform of each axis' power, at lag 1 over lag 0); [0, 0] for white noise."""
+    transform of each axis' power, at lag 1 over lag 0); [0, 0] for white noise, 0 along an axis of one pixel."""
     if spectrum is WHITE:
         return [0.0, 0.0]
     out = []
     for name in ("rows", "cols"):
         acf = np.fft.ifft(np.asarray(spectrum[name], np.float64)).real
-        out.append(float(acf[1] / acf[0]))
+        out.append(float(acf[1] / acf[0]) if len(acf) > 1 else 0.0)  # an axis of one pixel has no neighbour
     return out
 
 
