@@ -16,6 +16,7 @@ for the final tables.
 import argparse
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,16 @@ BASELINES = ("noisy", "tpca", "mppca")
 LABELS = {"noisy": "degraded input", "tpca": "tpca (guarded projection)", "mppca": "MP-PCA (registered)"}
 
 
-def curve(run_dir):
-    """[(step, val_truth_psnr)] of a run's history.csv, step 0 its start when it had one (metrics.json)."""
+def curve(run_dir, data_dir):
+    """[(step, val_truth_psnr)] of a run's history.csv, step 0 its start when it had one (metrics.json); an epoch
+    of a run without train.steps_per_epoch is one pass over the training slices of `data_dir`."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir / "config.yaml")
     steps = cfg["train"]["steps_per_epoch"]
+    if steps is None:
+        from breastmri.data.manifest import read_manifest
+
+        steps = math.ceil(len(read_manifest(data_dir, "train")) / cfg["train"]["batch_size"])
     with open(run_dir / "history.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("val_truth_psnr")]
     points = [((int(r["epoch"]) + 1) * steps, float(r["val_truth_psnr"])) for r in rows]
@@ -50,15 +56,27 @@ def baselines(data_dir, max_slices, mppca_radius):
     return {m: float(np.mean([r["truth_masked_psnr"] for r in rows if r["method"] == m])) for m in BASELINES}
 
 
-def plot(points, references, out, title):
+def kept_baselines(path, data_dir, max_slices):
+    """The baselines of an earlier learning_curve.json, when it scored the same slices (same data folder and
+    max_val_slices): they do not depend on the run, and MP-PCA takes most of the study's time."""
+    earlier = json.loads(Path(path).read_text())
+    if (Path(earlier["data"]).resolve(), earlier["max_val_slices"]) != (Path(data_dir).resolve(), max_slices):
+        raise SystemExit(f"{path} scored {earlier['max_val_slices']} slices of {earlier['data']}, not {max_slices} of "
+                         f"{data_dir}: score the baselines anew (no --baselines-from)")
+    return earlier["baselines"]
+
+
+def plot(curves, references, out, title):
+    """curves: [(label, [(step, psnr)])], the first in black, the others in grey."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    steps, values = zip(*points)
-    ax.plot(steps, values, "o-", color="k", label="U-Net (weight average)")
+    for (label, points), style in zip(curves, ("o-k", "s-", "^-", "v-")):
+        steps, values = zip(*points)
+        ax.plot(steps, values, style, label=label, **({} if style == "o-k" else {"color": "0.55", "markersize": 3}))
     for (method, value), style in zip(references.items(), (":", "--", "-.")):
         ax.axhline(value, linestyle=style, color="gray", label=f"{LABELS[method]} {value:.2f}")
     ax.set_xlabel("training step (16 crops of 96 px)")
@@ -77,17 +95,28 @@ def main(argv=None):
     p.add_argument("--out", help="figure (default: learning_curve.png in the run dir)")
     p.add_argument("--mppca-radius", type=int, default=3, help="MP-PCA's patch radius (the benchmark's calibrated "
                                                                   "value on the demo's training patients: 3)")
+    p.add_argument("--also", nargs="*", default=[], help="other runs on the same validation slices, drawn in grey "
+                                                           "(e.g. a shorter schedule)")
+    p.add_argument("--baselines-from", help="an earlier learning_curve.json of the same data and slices: its "
+                                            "baselines are reused instead of scored anew")
     add_verbose_flag(p)
     args = p.parse_args(argv)
-    cfg, points = curve(args.run_dir)
+    cfg, points = curve(args.run_dir, args.data)
     if not points:
         raise SystemExit(f"{args.run_dir}/history.csv has no val_truth_psnr (data without a truth?)")
-    references = baselines(args.data, cfg["train"]["max_val_slices"], args.mppca_radius)
+    max_slices = cfg["train"]["max_val_slices"]
+    others = [(run, curve(run, args.data)) for run in args.also]
+    if any(other_cfg["train"]["max_val_slices"] != max_slices for _, (other_cfg, _) in others):
+        raise SystemExit("--also runs must validate on the same number of slices (train.max_val_slices)")
+    references = (kept_baselines(args.baselines_from, args.data, max_slices) if args.baselines_from
+                  else baselines(args.data, max_slices, args.mppca_radius))
     result = {"run_dir": args.run_dir, "data": args.data, "max_val_slices": cfg["train"]["max_val_slices"],
               "steps": [s for s, _ in points], "val_truth_psnr": [v for _, v in points], "baselines": references}
     Path(args.run_dir, "learning_curve.json").write_text(json.dumps(result, indent=1))
     out = args.out or str(Path(args.run_dir) / "learning_curve.png")
-    plot(points, references, out, f"{args.run_dir}: validation patients, {cfg['train']['max_val_slices']} slices")
+    curves = [(f"U-Net (weight average), {args.run_dir}", points)]
+    curves += [(f"{run}, {len(p) and p[-1][0]} steps", p) for run, (_, p) in others]
+    plot(curves, references, out, f"validation patients, {max_slices} slices")
     print(json.dumps(result, indent=1))
 
 

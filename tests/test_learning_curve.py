@@ -1,0 +1,28 @@
+"""breastmri/studies/learning_curve.py on the smoke run: its curve from history.csv, the baselines scored on the same
+validation slices, reused from an earlier study only when that scored the same slices."""
+
+import json
+
+import pytest
+
+from breastmri.studies import learning_curve
+
+
+def test_the_curve_and_its_baselines_and_their_reuse(smoke_run, smoke_data, tmp_path):
+    args = ["--run-dir", str(smoke_run), "--data", str(smoke_data)]
+    learning_curve.main([*args, "--out", str(tmp_path / "first.png")])
+    first = json.loads((smoke_run / "learning_curve.json").read_text())
+    _, points = learning_curve.curve(smoke_run, smoke_data)
+    assert first["steps"] == [s for s, _ in points] and len(first["val_truth_psnr"]) == len(points) >= 1
+    assert set(first["baselines"]) == set(learning_curve.BASELINES)
+    assert first["baselines"]["tpca"] > first["baselines"]["noisy"]  # the projection denoises the smoke frames
+    kept = tmp_path / "kept.json"
+    kept.write_text(json.dumps(first))
+    learning_curve.main([*args, "--baselines-from", str(kept), "--also", str(smoke_run),
+                         "--out", str(tmp_path / "second.png")])
+    assert json.loads((smoke_run / "learning_curve.json").read_text())["baselines"] == first["baselines"]
+    assert (tmp_path / "second.png").stat().st_size > 0
+    other = 1 if first["max_val_slices"] is None else first["max_val_slices"] + 1  # other slices
+    kept.write_text(json.dumps(dict(first, max_val_slices=other)))
+    with pytest.raises(SystemExit, match="score the baselines anew"):
+        learning_curve.main([*args, "--baselines-from", str(kept)])
