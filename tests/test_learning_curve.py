@@ -26,3 +26,16 @@ def test_the_curve_and_its_baselines_and_their_reuse(smoke_run, smoke_data, tmp_
     kept.write_text(json.dumps(dict(first, max_val_slices=other)))
     with pytest.raises(SystemExit, match="score the baselines anew"):
         learning_curve.main([*args, "--baselines-from", str(kept)])
+
+
+def test_the_real_panel_reads_each_runs_kept_step_and_gains(smoke_run, smoke_data, tmp_path):
+    summary = {"against_3t": {"mean_gain_db": -0.25, "frames_worse": [3, 4]},
+               "against_held_back": {"mean_gain_db": 0.5, "frames_worse": []}}
+    bench = tmp_path / "benchmark.json"  # the shape benchmark.py --parts real writes (its first dynamic)
+    bench.write_text(json.dumps({"real": {"dynamics": [{k: {"summary": {"unet": v}} for k, v in summary.items()}]}}))
+    (row,) = learning_curve.real_gains([f"{smoke_run}={bench}"], smoke_data)
+    best = json.loads((smoke_run / "metrics.json").read_text())["train"]["selection"]["best_epoch"]
+    assert row == (learning_curve.curve(smoke_run, smoke_data)[1][best - 1][0], -0.25, 0.5, 2)
+    learning_curve.main(["--run-dir", str(smoke_run), "--data", str(smoke_data), "--out", str(tmp_path / "c.png"),
+                         "--real", f"{smoke_run}={bench}"])
+    assert json.loads((smoke_run / "learning_curve.json").read_text())["real"][0]["frames_worse"] == 2

@@ -66,14 +66,31 @@ def kept_baselines(path, data_dir, max_slices):
     return earlier["baselines"]
 
 
-def plot(curves, references, out, title):
-    """curves: [(label, [(step, psnr)])], the first in black, the others in grey."""
+def real_gains(pairs, data_dir):
+    """[(step, mean gain against the real 3T frames, against held-back frames, frames worse)] of runs scored on a
+    real dynamic: pairs RUN=BENCHMARK_JSON (benchmark.py --parts real of that run; its first dynamic's U-Net),
+    step = the kept epoch (metrics.json's selection) x steps per epoch."""
+    out = []
+    for pair in pairs:
+        run, _, path = pair.partition("=")
+        cfg, points = curve(run, data_dir)
+        best = json.loads(Path(run, "metrics.json").read_text())["train"]["selection"]["best_epoch"]
+        dynamic = json.loads(Path(path).read_text())["real"]["dynamics"][0]
+        gain, held = (dynamic[k]["summary"]["unet"] for k in ("against_3t", "against_held_back"))
+        out.append((points[best - 1][0], gain["mean_gain_db"], held["mean_gain_db"], len(gain["frames_worse"])))
+    return sorted(out)
+
+
+def plot(curves, references, out, title, real=()):
+    """curves: [(label, [(step, psnr)])], the first in black, the others in grey; real: real_gains' rows, a
+    second panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, axes = plt.subplots(1, 2 if real else 1, figsize=(11, 4) if real else (6.4, 4), squeeze=False)
+    ax = axes[0, 0]
     for (label, points), style in zip(curves, ("o-k", "s-", "^-", "v-")):
         steps, values = zip(*points)
         ax.plot(steps, values, style, label=label, **({} if style == "o-k" else {"color": "0.55", "markersize": 3}))
@@ -83,6 +100,18 @@ def plot(curves, references, out, title):
     ax.set_ylabel("body PSNR vs truth, dB (validation)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
+    if real:
+        ax = axes[0, 1]
+        steps, gains, held, worse = zip(*real)
+        ax.plot(steps, gains, "o-k", label="against each frame's real 3T image")
+        ax.plot(steps, held, "s--", color="0.45", label="against held-back pre-contrast frames")
+        for step, gain, n in zip(steps, gains, worse):
+            ax.annotate(f"{n} frames worse", (step, gain), textcoords="offset points", xytext=(4, 6), fontsize=7)
+        ax.axhline(0, color="gray", linewidth=0.8)
+        ax.set_xlabel("training step of the kept model")
+        ax.set_ylabel("real dynamic: mean gain over the input, dB")
+        ax.set_title("the same setup on real data (ProstateX TWIST DCE, 70 frames)", fontsize=9)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -97,6 +126,8 @@ def main(argv=None):
                                                                   "value on the demo's training patients: 3)")
     p.add_argument("--also", nargs="*", default=[], help="other runs on the same validation slices, drawn in grey "
                                                            "(e.g. a shorter schedule)")
+    p.add_argument("--real", nargs="*", default=[], metavar="RUN=BENCHMARK_JSON",
+                   help="runs of this setup scored on a real dynamic (benchmark.py --parts real): a second panel")
     p.add_argument("--baselines-from", help="an earlier learning_curve.json of the same data and slices: its "
                                             "baselines are reused instead of scored anew")
     add_verbose_flag(p)
@@ -116,7 +147,12 @@ def main(argv=None):
     out = args.out or str(Path(args.run_dir) / "learning_curve.png")
     curves = [(f"U-Net (weight average), {args.run_dir}", points)]
     curves += [(f"{run}, {len(p) and p[-1][0]} steps", p) for run, (_, p) in others]
-    plot(curves, references, out, f"validation patients, {max_slices} slices")
+    real = real_gains(args.real, args.data)
+    if real:
+        result["real"] = [dict(zip(("step", "gain_vs_3t_db", "gain_vs_held_back_db", "frames_worse"), row))
+                          for row in real]
+        Path(args.run_dir, "learning_curve.json").write_text(json.dumps(result, indent=1))
+    plot(curves, references, out, f"validation patients, {max_slices} slices", real)
     print(json.dumps(result, indent=1))
 
 
