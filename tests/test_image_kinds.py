@@ -94,8 +94,11 @@ CLASSIC_CASES = [
     ("siemens trace-weighted dwi", "DERIVED\\PRIMARY\\DIFFUSION\\TRACEW\\ND", None, None),
     ("philips magnitude", "ORIGINAL\\PRIMARY\\M_FFE\\M\\FFE", philips, None),
     ("enhanced-style t1 flavor", "ORIGINAL\\PRIMARY\\T1\\NONE", None, None),
+    ("perfusion flavor (a DCE frame)", "ORIGINAL\\PRIMARY\\PERFUSION\\NONE", None, None),
     ("ge magnitude (private 0)", "ORIGINAL\\PRIMARY\\OTHER", ge_complex(0), None),
     ("philips water (private)", "DERIVED\\PRIMARY\\OTHER", philips_code("W"), None),
+    ("philips asl perfusion (private)", "ORIGINAL\\PRIMARY\\PERFUSION_FFE\\PERFUSION\\FFE", philips_code("PERFUSION"),
+     MAP),
 ]
 
 

@@ -178,6 +178,8 @@ def process_series(series, out_dir, cfg, chash):
     try:
         noisy, info = degrade(clean, cfg["degrade"], series_rng(cfg["seed"], series.series_uid), zero=zero,
                               layout=series.layout)
+    except ConfigError:  # the settings, not the series: every series would fail
+        raise
     except Exception as error:  # noqa: BLE001 - a series the simulation cannot take skips alone, counted
         return {"key": key, "status": "skipped", "reason": "simulation failed",
                 "detail": f"{type(error).__name__}: {error}"}

@@ -37,15 +37,16 @@ _TYPE_VALUE_KINDS = {
         "ADC", "EADC", "FA", "FRACTIONALANISOTROPY", "DIFFUSIONANISO", "DIFFUSIONATTNTD", "DIFFUSIONMAP",
         "T1MAP", "T2MAP", "T2STARMAP", "R1MAP", "R2MAP", "R2STARMAP", "DENSITYMAP", "PROTONDENSITYMAP", "PDMAP",
         "VELOCITYMAP", "METABOLITEMAP", "SNRMAP", "RHO", "RCOEFFICIENT", "SCM", "TCURVE", "NEI", "TTP", "MTT",
-        "RCBF", "RCBV", "CBF", "CBV", "TTEST", "ZSCORE", "STDDEVIATION", "DIVISION", "PERFUSION"), "parametric_map"),
+        "RCBF", "RCBV", "CBF", "CBV", "TTEST", "ZSCORE", "STDDEVIATION", "DIVISION"), "parametric_map"),
     **dict.fromkeys(("LOCALIZER", "LOCALISER", "SURVEY", "SCOUT"), "localizer"),
     **dict.fromkeys(("SUB", "SUBTRACT", "SUBTRACTED", "SUBTRACTION", "MODULUSSUBTRACT"), "subtraction"),
     **dict.fromkeys(("MIP", "MAXIP", "MINIP", "MNIP", "MPRMIP", "PROJECTIONIMAGE", "MAXIMUM", "MINIMUM",
                      "VOLUMERENDER", "SURFACERENDER"), "projection"),
 }
-# Series and protocol names of scouts, whose ImageType often says nothing (Siemens "localizer", "AAHead_Scout",
-# Philips "SURVEY" / "FAST LOCALIZER", GE "3-Plane Loc", "3pl loc")
-_LOCALIZER_NAME = re.compile(r"locali[sz]er|scout|survey|\b3[ -]?pl(ane)?[ _-]?loc", re.IGNORECASE)
+# Series names of scouts, whose ImageType often says nothing (Siemens "localizer", "t2localizer", "AAHead_Scout",
+# Philips "SURVEY" / "FAST LOCALIZER", GE "3-Plane Loc", "3pl loc"); scout and survey as words ("Scouting" is not)
+_LOCALIZER_NAME = re.compile(r"locali[sz]er|(?<![a-z])(scout|survey)(?![a-z])|(?<![a-z0-9])3[ -]?pl(ane)?[ _-]?loc",
+                             re.IGNORECASE)
 _PROJECTION_PREFIXES = ("MIP", "MINIP", "MNIP")  # Siemens MIP_SAG, MIP_COR, MIP_TRA, MNIP_...
 # ComplexImageComponent (0008,9208), PS3.3 C.8.13.3.1.1 (top level of enhanced objects or per frame in the MR Image
 # Frame Type functional group). MAGNITUDE is kept; MIXED sends the check to the frames.
@@ -58,7 +59,8 @@ _GE_CREATOR, _GE_COMPLEX = "GEMS_PARM_01", {1: "phase", 2: "real", 3: "imaginary
 # Philips private (2005,xx11) of "Philips MR Imaging DD 001", the PAR/REC image_type_mr code, which classic Philips
 # objects also give as ImageType value 4 (ORIGINAL\PRIMARY\M_FFE\M\FFE). Codes M, W, IP, OP, F, T0, ANATOMIC,
 # DERIVED are magnitude images and kept; the BreVE breast DCE maps (MAXRELENH ... AREACURV) and the scanner's ASL
-# perfusion images (PERFUSION, also ImageType value 4: ORIGINAL\PRIMARY\PERFUSION_FFE\PERFUSION\FFE) are parametric.
+# perfusion images (PERFUSION, also ImageType value 4: ORIGINAL\PRIMARY\PERFUSION_FFE\PERFUSION\FFE) are parametric
+# (only as Philips' code: PERFUSION is also a standard image flavor, value 3, of enhanced MR DCE frames).
 _PHILIPS_CREATOR = "Philips MR Imaging DD 001"
 _PHILIPS_KINDS = {
     "P": "phase", "R": "real", "CR": "real", "I": "imaginary",
@@ -158,11 +160,11 @@ def image_kinds(ds):
 
     Looks at ImageType values 3+, ComplexImageComponent and VolumeBasedCalculationTechnique (top level and, for
     enhanced and legacy converted MR, in the MR Image Frame Type functional group of the shared item and of every
-    frame), the GE and Philips private image type codes, and a series or protocol named as a scout
-    (_LOCALIZER_NAME). A multi-frame object with any frame of a kind counts as
-    that kind (its frames are written back as one object by enhance.py, so it is used or skipped as a whole)."""
+    frame), the GE and Philips private image type codes, and a series named as a scout (_LOCALIZER_NAME). A
+    multi-frame object with any frame of a kind counts as that kind (its frames are written back as one object by
+    enhance.py, so it is used or skipped as a whole)."""
     kinds = _type_value_kinds(ds.get("ImageType")) | _description_kinds(ds)
-    if any(_LOCALIZER_NAME.search(str(ds.get(key, "") or "")) for key in ("SeriesDescription", "ProtocolName")):
+    if _LOCALIZER_NAME.search(str(ds.get("SeriesDescription", "") or "")):  # not ProtocolName: GE's names the exam
         kinds.add("localizer")  # a scout marked by its name alone (Siemens ORIGINAL\PRIMARY\M\ND "localizer")
     for vendor_kind in (_ge_kind(ds), _philips_kind(ds)):
         if vendor_kind is not None:

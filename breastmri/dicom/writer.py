@@ -154,6 +154,8 @@ def _portable_copy(ds, swap=False):
         try:
             out.add(DataElement(elem.tag, elem.VR, value))
         except (ValueError, TypeError, OverflowError):
+            if elem.VR not in ("DS", "IS"):
+                raise
             repaired = _number_string(elem)
             if repaired is not None:
                 out.add(repaired)
@@ -163,8 +165,6 @@ def _portable_copy(ds, swap=False):
 def _number_string(elem):
     """A DS or IS element whose value its VR cannot hold, read once more with a decimal comma taken for a point
     (DS "1,625", as some exports write it); None when that fails too (the element is then dropped)."""
-    if elem.VR not in ("DS", "IS"):
-        return None
     value = elem.value
     values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
     text = [(v.decode("ascii", "replace") if isinstance(v, bytes) else str(v)).replace(",", ".").strip(" \x00")

@@ -11,6 +11,10 @@ baselines are scored here by the benchmark's own code (evaluate/benchmark_qualit
 slices, spread_slices(max_val_slices) of the validation patients, with the same body masks (of the truth).
 Writes the figure and learning_curve.json beside history.csv. Validation patients only: the test patients are
 for the final tables.
+
+--also draws other runs of the same slices in grey (a shorter schedule); --baselines-from reuses the baselines of
+an earlier study of the same slices; --real RUN=BENCHMARK_JSON ... adds a panel: each run's gain on a real dynamic
+(benchmark.py --parts real) at the step of the model it kept, against the real 3T frames and held-back frames.
 """
 
 import argparse
@@ -33,11 +37,7 @@ def curve(run_dir, data_dir):
     of a run without train.steps_per_epoch is one pass over the training slices of `data_dir`."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir / "config.yaml")
-    steps = cfg["train"]["steps_per_epoch"]
-    if steps is None:
-        from breastmri.data.manifest import read_manifest
-
-        steps = math.ceil(len(read_manifest(data_dir, "train")) / cfg["train"]["batch_size"])
+    steps = steps_per_epoch(cfg, data_dir)
     with open(run_dir / "history.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("val_truth_psnr")]
     points = [((int(r["epoch"]) + 1) * steps, float(r["val_truth_psnr"])) for r in rows]
@@ -48,6 +48,16 @@ def curve(run_dir, data_dir):
     return cfg, points
 
 
+def steps_per_epoch(cfg, data_dir):
+    """A run's steps per epoch: train.steps_per_epoch, else one pass over the training slices of `data_dir`."""
+    steps = cfg["train"]["steps_per_epoch"]
+    if steps is None:
+        from breastmri.data.manifest import read_manifest
+
+        steps = math.ceil(len(read_manifest(data_dir, "train")) / cfg["train"]["batch_size"])
+    return steps
+
+
 def baselines(data_dir, max_slices, mppca_radius):
     """{method: mean body PSNR against the truth} of BASELINES on the validation slices validation scores."""
     from breastmri.evaluate.benchmark_quality import evaluate_quality
@@ -56,13 +66,16 @@ def baselines(data_dir, max_slices, mppca_radius):
     return {m: float(np.mean([r["truth_masked_psnr"] for r in rows if r["method"] == m])) for m in BASELINES}
 
 
-def kept_baselines(path, data_dir, max_slices):
+def kept_baselines(path, data_dir, max_slices, mppca_radius):
     """The baselines of an earlier learning_curve.json, when it scored the same slices (same data folder and
-    max_val_slices): they do not depend on the run, and MP-PCA takes most of the study's time."""
+    max_val_slices) with the same MP-PCA radius (3 where it does not say): they do not depend on the run, and
+    MP-PCA takes most of the study's time."""
     earlier = json.loads(Path(path).read_text())
-    if (Path(earlier["data"]).resolve(), earlier["max_val_slices"]) != (Path(data_dir).resolve(), max_slices):
-        raise SystemExit(f"{path} scored {earlier['max_val_slices']} slices of {earlier['data']}, not {max_slices} of "
-                         f"{data_dir}: score the baselines anew (no --baselines-from)")
+    if (Path(earlier["data"]).resolve(), earlier["max_val_slices"], earlier.get("mppca_radius", 3)) != \
+            (Path(data_dir).resolve(), max_slices, mppca_radius):
+        raise SystemExit(f"{path} scored {earlier['max_val_slices']} slices of {earlier['data']} (MP-PCA radius "
+                         f"{earlier.get('mppca_radius', 3)}), not {max_slices} of {data_dir} (radius {mppca_radius}): "
+                         "score the baselines anew (no --baselines-from)")
     return earlier["baselines"]
 
 
@@ -73,11 +86,11 @@ def real_gains(pairs, data_dir):
     out = []
     for pair in pairs:
         run, _, path = pair.partition("=")
-        cfg, points = curve(run, data_dir)
-        best = json.loads(Path(run, "metrics.json").read_text())["train"]["selection"]["best_epoch"]
+        steps = steps_per_epoch(load_run_config(Path(run) / "config.yaml"), data_dir)
+        best = json.loads(Path(run, "metrics.json").read_text())["train"]["selection"]["best_epoch"]  # 1-based
         dynamic = json.loads(Path(path).read_text())["real"]["dynamics"][0]
         gain, held = (dynamic[k]["summary"]["unet"] for k in ("against_3t", "against_held_back"))
-        out.append((points[best - 1][0], gain["mean_gain_db"], held["mean_gain_db"], len(gain["frames_worse"])))
+        out.append((best * steps, gain["mean_gain_db"], held["mean_gain_db"], len(gain["frames_worse"])))
     return sorted(out)
 
 
@@ -139,10 +152,11 @@ def main(argv=None):
     others = [(run, curve(run, args.data)) for run in args.also]
     if any(other_cfg["train"]["max_val_slices"] != max_slices for _, (other_cfg, _) in others):
         raise SystemExit("--also runs must validate on the same number of slices (train.max_val_slices)")
-    references = (kept_baselines(args.baselines_from, args.data, max_slices) if args.baselines_from
+    references = (kept_baselines(args.baselines_from, args.data, max_slices, args.mppca_radius) if args.baselines_from
                   else baselines(args.data, max_slices, args.mppca_radius))
-    result = {"run_dir": args.run_dir, "data": args.data, "max_val_slices": cfg["train"]["max_val_slices"],
-              "steps": [s for s, _ in points], "val_truth_psnr": [v for _, v in points], "baselines": references}
+    result = {"run_dir": args.run_dir, "data": args.data, "max_val_slices": max_slices,
+              "mppca_radius": args.mppca_radius, "steps": [s for s, _ in points],
+              "val_truth_psnr": [v for _, v in points], "baselines": references}
     Path(args.run_dir, "learning_curve.json").write_text(json.dumps(result, indent=1))
     out = args.out or str(Path(args.run_dir) / "learning_curve.png")
     curves = [(f"U-Net (weight average), {args.run_dir}", points)]
