@@ -216,7 +216,7 @@ def test_padding_is_no_image_in_training_as_in_enhance(tmp_path):
 def test_series_filter(tmp_path):
     root = tmp_path / "tree"
     write_mr_series(root / "a", "A1", n_slices=2, rows=24, cols=24, description="ax dyn DCE")
-    write_mr_series(root / "b", "A1", n_slices=3, rows=24, cols=24, description="localizer", seed=1)
+    write_mr_series(root / "b", "A1", n_slices=3, rows=24, cols=24, description="t2 tse", seed=1)
     series, skipped, _ = index_tree(root, series_filter="(?i)dce")
     assert [s.series_description for s in series] == ["ax dyn DCE"]
     assert skipped == {"series filter": 3}
