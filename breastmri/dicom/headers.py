@@ -65,9 +65,10 @@ def _moment(ds, kind):
     if moment is not None:
         return moment
     time = str(ds.get(f"{kind}Time") or "").strip()
-    date = next((str(d).strip() for d in (ds.get(f"{kind}Date"), ds.get("SeriesDate"), ds.get("StudyDate"))
-                 if re.fullmatch(r"\s*\d{8}\s*", str(d or ""))), None)
-    return _seconds(date + time) if time and date and _seconds(time) is not None else _seconds(time)
+    of_day = _seconds(time)
+    dates = (str(d or "").strip() for d in (ds.get(f"{kind}Date"), ds.get("SeriesDate"), ds.get("StudyDate")))
+    date = next((d for d in dates if re.fullmatch(r"\d{8}", d)), None)
+    return of_day if of_day is None or date is None else _seconds(date + time)
 
 
 def _position(ipp, iop, fallback=None):
@@ -117,6 +118,7 @@ def _header_record(path, ds):
     def text(keyword):
         return str(ds.get(keyword, "") or "").strip()
 
+    acquired = _moment(ds, "Acquisition")  # the file's; enhanced frames carry their own FrameAcquisitionDateTime
     record = {
         "path": str(path), "folder": str(Path(path).parent),
         "patient_id": text("PatientID"), "patient_name": text("PatientName"),
@@ -137,7 +139,7 @@ def _header_record(path, ds):
             "flip_deg": _number(ds.get("FlipAngle")), "ti_ms": _number(ds.get("InversionTime")),
             "image_type": _text_value(ds.get("ImageType")),
         },
-        "times": {"trigger_ms": _number(ds.get("TriggerTime")), "acquisition": _moment(ds, "Acquisition"),
+        "times": {"trigger_ms": _number(ds.get("TriggerTime")), "acquisition": acquired,
                   "content": _moment(ds, "Content"), "acquisition_number": _number(ds.get("AcquisitionNumber"))},
     }
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -172,7 +174,7 @@ def _header_record(path, ds):
             record["frames"].append({
                 "frame": i if n_frames > 1 else None,
                 "temporal": _number(ds.get("TemporalPositionIdentifier")),
-                "position": position, "time": _moment(ds, "Acquisition"),
+                "position": position, "time": acquired,
                 "acquisition": _number(ds.get("AcquisitionNumber"), 0.0), "instance": instance,
                 "slope": slope0, "intercept": intercept0, "orientation": orientation})
     return record

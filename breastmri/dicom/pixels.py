@@ -64,7 +64,7 @@ def read_series(series):
     for k, (path, frame) in enumerate(series.frames):
         slots[path].append((k, frame))
     for path, items in slots.items():
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # decoders warn too
             warnings.simplefilter("ignore")
             pixels = open_dataset(path).pixel_array
         if pixels.ndim == 2:

@@ -29,6 +29,7 @@ from breastmri.config import load_run_config
 from breastmri.runtime import add_verbose_flag, quiet_start
 
 BASELINES = ("noisy", "tpca", "mppca")
+MPPCA_RADIUS = 3  # MP-PCA's patch radius: the benchmark's calibrated value on the demo's training patients
 LABELS = {"noisy": "degraded input", "tpca": "tpca (guarded projection)", "mppca": "MP-PCA (registered)"}
 
 
@@ -68,14 +69,15 @@ def baselines(data_dir, max_slices, mppca_radius):
 
 def kept_baselines(path, data_dir, max_slices, mppca_radius):
     """The baselines of an earlier learning_curve.json, when it scored the same slices (same data folder and
-    max_val_slices) with the same MP-PCA radius (3 where it does not say): they do not depend on the run, and
+    max_val_slices) with the same MP-PCA radius (MPPCA_RADIUS where it does not say): they do not depend on the run, and
     MP-PCA takes most of the study's time."""
     earlier = json.loads(Path(path).read_text())
-    if (Path(earlier["data"]).resolve(), earlier["max_val_slices"], earlier.get("mppca_radius", 3)) != \
+    radius = earlier.get("mppca_radius", MPPCA_RADIUS)
+    if (Path(earlier["data"]).resolve(), earlier["max_val_slices"], radius) != \
             (Path(data_dir).resolve(), max_slices, mppca_radius):
         raise SystemExit(f"{path} scored {earlier['max_val_slices']} slices of {earlier['data']} (MP-PCA radius "
-                         f"{earlier.get('mppca_radius', 3)}), not {max_slices} of {data_dir} (radius {mppca_radius}): "
-                         "score the baselines anew (no --baselines-from)")
+                         f"{radius}), not {max_slices} of {data_dir} (radius {mppca_radius}): score the baselines "
+                         "anew (no --baselines-from)")
     return earlier["baselines"]
 
 
@@ -135,8 +137,7 @@ def main(argv=None):
     p.add_argument("--run-dir", required=True)
     p.add_argument("--data", required=True, help="the run's preprocessed data")
     p.add_argument("--out", help="figure (default: learning_curve.png in the run dir)")
-    p.add_argument("--mppca-radius", type=int, default=3, help="MP-PCA's patch radius (the benchmark's calibrated "
-                                                                  "value on the demo's training patients: 3)")
+    p.add_argument("--mppca-radius", type=int, default=MPPCA_RADIUS, help="MP-PCA's patch radius (MPPCA_RADIUS)")
     p.add_argument("--also", nargs="*", default=[], help="other runs on the same validation slices, drawn in grey "
                                                            "(e.g. a shorter schedule)")
     p.add_argument("--real", nargs="*", default=[], metavar="RUN=BENCHMARK_JSON",
