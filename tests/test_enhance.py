@@ -470,6 +470,30 @@ def test_failure_while_writing_leaves_no_partial_series(identity, tmp_path, monk
     assert [p.name for p in out.iterdir()] == ["enhance_summary.json"]  # one file was written, then removed
 
 
+@pytest.mark.parametrize("failure, reason", [(ValueError("a value its VR cannot hold"), "write failed"),
+                                             (TypeError("a bug in the writer"), pipeline.UNFORESEEN_REASON)])
+def test_a_bug_while_writing_is_not_passed_off_as_a_write_failure(identity, identity_run, tmp_path, monkeypatch,
+                                                                  failure, reason):
+    """A header value that cannot be written skips its series as "write failed" (exit 0, a data problem); any other
+    exception from the writer is unforeseen: counted as such, and the command line exits 1."""
+    write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=24, cols=24)
+
+    def failing(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(pipeline, "write_series", failing)
+    summary = run(identity, tmp_path / "in", tmp_path / "out")
+    assert summary["series_done"] == 0 and summary["series_skipped"] == {reason: 1}
+    assert not list((tmp_path / "out").glob(pipeline.TMP_PREFIX + "*"))
+    args = ["--model", str(identity_run), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "cli")]
+    if reason == "write failed":
+        enhance.main(args)
+    else:
+        with pytest.raises(SystemExit) as exit_:
+            enhance.main(args)
+        assert exit_.value.code == 1
+
+
 @pytest.mark.parametrize("missing", ["model", "input"])
 def test_cli_missing_model_or_input_exits_2(missing, identity_run, tmp_path):
     write_mr_series(tmp_path / "in", "P1", n_slices=1, rows=16, cols=16)

@@ -9,6 +9,7 @@ ending the run; enhance_summary.json lists every series with its outcome.
 import json
 import os
 import shutil
+import struct
 import time
 import traceback
 from collections import Counter
@@ -43,6 +44,10 @@ TMP_PREFIX = ".tmp-enhance-"
 SeriesError = pixels.SeriesReadError
 # An exception no check foresaw: its series is skipped and counted, the run goes on, and it exits with status 1.
 UNFORESEEN_REASON = "enhance failed"
+# What writing a series may meet that is not a bug: the disk (OSError), and a source header value that its VR
+# cannot hold once written (pydicom's ValueError/OverflowError, struct.error for binary VRs). Anything else raised
+# while writing is unforeseen, counted as UNFORESEEN_REASON.
+WRITE_FAILURES = (OSError, ValueError, OverflowError, struct.error)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -189,9 +194,7 @@ def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(final, old)
             os.replace(tmp, final)
-        except SeriesError:
-            raise
-        except Exception as error:  # noqa: BLE001 - an unwritable header, a full disk: skip, leave nothing
+        except WRITE_FAILURES as error:  # a full disk, a header value no VR can hold: skip, leave nothing
             raise SeriesError("write failed", f"{type(error).__name__}: {error}") from None
         shutil.rmtree(old, ignore_errors=True)
         return n_files
