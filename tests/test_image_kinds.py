@@ -92,6 +92,7 @@ CLASSIC_CASES = [
     ("siemens mpr reformat", "DERIVED\\PRIMARY\\MPR\\ND\\NORM", None, None),
     ("bundled derived secondary other", None, None, None),
     ("siemens trace-weighted dwi", "DERIVED\\PRIMARY\\DIFFUSION\\TRACEW\\ND", None, None),
+    ("siemens diffusion mosaic", "ORIGINAL\\PRIMARY\\DIFFUSION\\NONE\\ND\\MOSAIC", None, KIND_REASONS["mosaic"]),
     ("philips magnitude", "ORIGINAL\\PRIMARY\\M_FFE\\M\\FFE", philips, None),
     ("enhanced-style t1 flavor", "ORIGINAL\\PRIMARY\\T1\\NONE", None, None),
     ("perfusion flavor (a DCE frame)", "ORIGINAL\\PRIMARY\\PERFUSION\\NONE", None, None),

@@ -15,6 +15,7 @@ from breastmri.data import preprocess
 from breastmri.data.manifest import read_manifest
 from breastmri.dicom.dynamics import assemble_dynamics, describe_dynamic
 from breastmri.dicom.index import ASL_LABEL_CONTROL_REASON, index
+from breastmri.dicom.kinds import KIND_REASONS
 from breastmri.dicom.pixels import read_series
 from breastmri.enhance import pipeline
 from breastmri.simulate.noise import measure_noise, neighbour_correlation
@@ -49,6 +50,9 @@ def test_the_70_twist_series_are_one_dynamic_and_the_flip_angle_set_is_not(prost
     assert len(dce.frames) == 700 and {k for _, k in dce.layout} == set(range(10))
     # the localizers (two "t2localizer" series of three planes, one "localizer" image, ImageType M\ND) by name
     assert skips.files["localizer"] == 27 and not any(s.series_description.endswith("localizer") for s in series)
+    # the 12-direction diffusion series is stored as Siemens mosaics: 3 images of 520 x 640, each a volume's tiles
+    assert skips.files[KIND_REASONS["mosaic"]] == 3 and not any("MDDW12dirspair511b" == s.series_description[-18:]
+                                                                   for s in series)
 
 
 def test_preprocessing_records_the_dynamic(tmp_path):

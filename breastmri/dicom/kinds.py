@@ -16,10 +16,12 @@ from breastmri.config import ConfigError
 # image of another kind is skipped with its kind's reason unless preprocess.include_kinds names the kind. DERIVED
 # says nothing about the pixels: DERIVED\PRIMARY\M, MPR reformats, DERIVED\SECONDARY\OTHER and trace-weighted
 # DWI (Siemens TRACEW) are magnitude images and are kept.
-IMAGE_KINDS = ("phase", "real", "imaginary", "parametric_map", "localizer", "subtraction", "projection")
+# A Siemens mosaic (ImageType value MOSAIC: the slices of an EPI volume tiled into one image, unpacked by readers
+# such as dcm2niix) is magnitude, but not one slice: the network would see the tiles' borders as anatomy.
+IMAGE_KINDS = ("phase", "real", "imaginary", "parametric_map", "localizer", "subtraction", "projection", "mosaic")
 KIND_REASONS = {"phase": "phase image", "real": "real image", "imaginary": "imaginary image",
                 "parametric_map": "parametric map", "localizer": "localizer", "subtraction": "subtraction",
-                "projection": "projection (MIP)"}
+                "projection": "projection (MIP)", "mosaic": "mosaic (slices tiled in one image)"}
 # Values of ImageType (0008,0008) from value 3 on and of FrameType (0008,9007), normalized by _type_token (upper
 # case; spaces, "_" and "-" dropped; "*" spelled STAR). Sources: PS3.3 C.8.3.1.1.1 (MR Image Type value 3: PHASE
 # MAP, T1 MAP, T2 MAP, DENSITY MAP, DIFFUSION MAP, VELOCITY MAP, PHASE SUBTRACT, MODULUS SUBTRACT, PROJECTION IMAGE;
@@ -42,6 +44,7 @@ _TYPE_VALUE_KINDS = {
     **dict.fromkeys(("SUB", "SUBTRACT", "SUBTRACTED", "SUBTRACTION", "MODULUSSUBTRACT"), "subtraction"),
     **dict.fromkeys(("MIP", "MAXIP", "MINIP", "MNIP", "MPRMIP", "PROJECTIONIMAGE", "MAXIMUM", "MINIMUM",
                      "VOLUMERENDER", "SURFACERENDER"), "projection"),
+    "MOSAIC": "mosaic",
 }
 # Series names of scouts, whose ImageType often says nothing (Siemens "localizer", "t2localizer", "AAHead_Scout",
 # Philips "SURVEY" / "FAST LOCALIZER", GE "3-Plane Loc", "3pl loc"); scout and survey as words ("Scouting" is not)
