@@ -19,6 +19,7 @@ from dicom_fixtures import (
     enhanced_mr_jpegls_file,
     legacy_converted_mr_file,
     padded_mr_file,
+    write_dwi_series,
     write_mr_series,
 )
 from pydicom.data import get_testdata_file
@@ -122,3 +123,14 @@ def test_enhancing_adds_no_dciodvfy_error(kind, dciodvfy, identity, tmp_path):
     new = sorted(after - before)
     print(f"{kind}: dciodvfy errors source {len(before)}, enhanced {len(after)}, new {len(new)}")
     assert not new, f"enhancing {kind} added dciodvfy errors:\n" + "\n".join(new)
+
+
+def test_each_b_value_of_a_split_diffusion_series_adds_no_dciodvfy_error(dciodvfy, identity, tmp_path):
+    """A diffusion series of two b-values is written as two derived series (one per b-value): their files are as
+    valid as the source's."""
+    write_dwi_series(tmp_path / "in", "P1", b_values=(0, 800), n_slices=2)
+    summary = pipeline.run(identity, tmp_path / "in", tmp_path / "out", progress=False)
+    assert summary["series_done"] == 2, summary["series"]
+    before = set().union(*(errors(dciodvfy, p) for p in sorted((tmp_path / "in").glob("*.dcm"))))
+    after = set().union(*(errors(dciodvfy, p) for p in sorted((tmp_path / "out").rglob("*.dcm"))))
+    assert not sorted(after - before), "\n".join(sorted(after - before))

@@ -53,6 +53,10 @@ def test_the_70_twist_series_are_one_dynamic_and_the_flip_angle_set_is_not(prost
     # the 12-direction diffusion series is stored as Siemens mosaics: 3 images of 520 x 640, each a volume's tiles
     assert skips.files[KIND_REASONS["mosaic"]] == 3
     assert "ep2d-advdiff-MDDW-12dir_spair_511b" not in {s.series_description for s in series}
+    # the 4-b-value diffusion series is four series of one time point, one per b-value, not a dynamic of 4
+    diffusion = [s for s in assembled if s.series_description == "ep2d-advdiff-3Scan-4bval_spair_511b"]
+    assert [s.volume for s in diffusion] == ["b=0", "b=100", "b=400", "b=800"]
+    assert all(len(s.frames) == 10 and {t for t, _ in s.layout} == {0} and s.dynamic is None for s in diffusion)
 
 
 def test_preprocessing_records_the_dynamic(tmp_path):

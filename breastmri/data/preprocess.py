@@ -106,9 +106,9 @@ def image_range(stack, padding, percentiles, what=""):
 # --------------------------------------------------------------------------------------------------------------
 
 def series_key(series):
-    """<sanitized patient_id>_<sha1(series_uid)[:10]>: unique per series, readable per patient."""
+    """<sanitized patient_id>_<sha1(series id)[:10]>: unique per series (index.Series.id), readable per patient."""
     patient = re.sub(r"[^A-Za-z0-9._-]+", "-", series.patient_id).strip("-.")[:48] or "unknown"
-    return f"{patient}_{hashlib.sha1(series.series_uid.encode()).hexdigest()[:10]}"
+    return f"{patient}_{hashlib.sha1(series.id.encode()).hexdigest()[:10]}"
 
 
 def arrays_hash(cfg):
@@ -176,7 +176,7 @@ def process_series(series, out_dir, cfg, chash):
     if padding is not None:  # no signal there: the simulation gives it the noise of air
         clean[padding] = zero
     try:
-        noisy, info = degrade(clean, cfg["degrade"], series_rng(cfg["seed"], series.series_uid), zero=zero,
+        noisy, info = degrade(clean, cfg["degrade"], series_rng(cfg["seed"], series.id), zero=zero,
                               layout=series.layout)
     except ConfigError:  # the settings, not the series: every series would fail
         raise
@@ -224,7 +224,7 @@ def process_series(series, out_dir, cfg, chash):
     n_times, n_positions = 1 + max(t for t, _ in layout), 1 + max(k for _, k in layout)
     sources = source_series_uids(series)
     rows = [{
-        "patient_id": series.patient_id, "study_uid": series.study_uid, "series_uid": series.series_uid,
+        "patient_id": series.patient_id, "study_uid": series.study_uid, "series_uid": series.id,
         "series_description": series.series_description, "slice_index": i,
         "clean_file": clean_file, "noisy_file": f"arrays/{key}_noisy.npy",
         "norm_lo": lo, "norm_hi": hi, "sigma_source": info["sigma_source"], "sigma_added": info["sigma_added"],
@@ -340,7 +340,7 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
         for s in series_list:
             sidecar = _reusable(s, arrays, chash)
             if sidecar is not None:
-                results[s.series_uid] = {"key": series_key(s), "status": "reused", "slices": sidecar["slices"],
+                results[s.id] = {"key": series_key(s), "status": "reused", "slices": sidecar["slices"],
                                          "info": sidecar["info"]}
             else:
                 todo.append(s)
@@ -351,13 +351,13 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
                    disable=not progress or not todo, mininterval=1.0)
         if pool is None:
             for s in todo:
-                results[s.series_uid] = process_series(s, out, cfg, chash)
+                results[s.id] = process_series(s, out, cfg, chash)
                 bar.update(len(s.frames))
         else:
             futures = {pool.submit(process_series, s, out, cfg, chash): s for s in todo}
             for future in as_completed(futures):
                 s = futures[future]
-                results[s.series_uid] = future.result()
+                results[s.id] = future.result()
                 bar.update(len(s.frames))
         bar.close()
     except BaseException:  # Ctrl-C or a crash: drop queued series instead of finishing them
@@ -372,7 +372,7 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
 
     used = []
     for s in series_list:
-        result = results[s.series_uid]
+        result = results[s.id]
         if result["status"] == "skipped":
             skips.add_series(result["reason"], s.n_files, f"{result['key']}: {result['detail']}")
         else:
@@ -393,15 +393,15 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
     check_patient_split(rows)
     write_manifest(out / "manifest.csv", rows)
 
-    infos = [results[s.series_uid]["info"] for s in used]
+    infos = [results[s.id]["info"] for s in used]
     sigma_methods = Counter(i.get("sigma_method", "") for i in infos)
     field_strengths = Counter(str(s.field_strength_t) for s in used)
     summary = {
         "dicom_root": str(root), "out_dir": str(out), "files_seen": files_seen,
         "files_used": sum(s.n_files for s in used), "files_skipped": dict(sorted(skips.files.items())),
         "series_found": series_found, "series_used": len(used),
-        "series_processed": sum(results[s.series_uid]["status"] == "ok" for s in used),
-        "series_reused": sum(results[s.series_uid]["status"] == "reused" for s in used),
+        "series_processed": sum(results[s.id]["status"] == "ok" for s in used),
+        "series_reused": sum(results[s.id]["status"] == "reused" for s in used),
         "series_skipped": dict(sorted(skips.series.items())),
         "skip_examples": {r: str(e) for r, e in sorted(skips.examples.items())},
         "slices": len(rows),
@@ -413,10 +413,10 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
         "sigma_methods": dict(sigma_methods),
         # series whose noise estimates (background, frame difference, wavelet) differ by more than 30%: one of them
         # reads something other than the noise (masked air, motion, correlated noise, texture)
-        "sigma_disagreements": [{"series_uid": s.series_uid, "series_description": s.series_description,
-                                 "method": results[s.series_uid]["info"].get("sigma_method"),
-                                 "estimates": results[s.series_uid]["info"].get("sigma_estimates")}
-                                for s in used if results[s.series_uid]["info"].get("sigma_disagree")],
+        "sigma_disagreements": [{"series_uid": s.id, "series_description": s.series_description,
+                                 "method": results[s.id]["info"].get("sigma_method"),
+                                 "estimates": results[s.id]["info"].get("sigma_estimates")}
+                                for s in used if results[s.id]["info"].get("sigma_disagree")],
         "series_with_masked_background": sum(bool(i.get("masked_background")) for i in infos),
         "field_strengths_t": dict(field_strengths),
         "series_notes": dict(Counter(n for s in used for n in s.notes)),

@@ -7,9 +7,9 @@ Duke-Breast-Cancer-MRI stores its pre- and post-contrast phases as separate seri
 one-frame series and no temporal context can run on it. Series of one study are one dynamic when they share
 everything that makes their images comparable frame by frame (acquisition_key): frame of reference, orientation,
 the set of slice positions, matrix and pixel spacing, the sequence (ScanningSequence, SequenceName, the protocol
-name without its time token), TR, TE, flip angle and inversion time, and the image type. A variable-flip-angle
-T1 set (`fl3d_vibe_pre_flip_2deg`, `_5deg`, ...) differs in flip angle and is never merged, nor are echoes or
-series of another contrast. Only series of a single time point are merged; a series that is already a time series
+name without its time token), TR, TE, flip angle and inversion time, the image type and the b-value. A
+variable-flip-angle T1 set (`fl3d_vibe_pre_flip_2deg`, `_5deg`, ...) differs in flip angle and is never merged, nor
+are echoes, diffusion series of other b-values or series of another contrast. Only series of a single time point are merged; a series that is already a time series
 stays as it is.
 
 The members are ordered by the first tag that orders all of them: TemporalPositionIdentifier is per series and
@@ -58,7 +58,7 @@ def acquisition_key(series):
     return (series.patient_id, series.study_uid, a.get("frame_of_reference_uid"), orientation, a["positions"],
             a.get("rows"), a.get("cols"), a.get("pixel_spacing"), a.get("scanning_sequence"), a.get("sequence_name"),
             protocol_name(series), a.get("tr_ms"), a.get("te_ms"), a.get("flip_deg"), a.get("ti_ms"),
-            a.get("image_type"))
+            a.get("image_type"), a.get("b_value"))
 
 
 def order_members(members):

@@ -20,6 +20,30 @@ from breastmri.dicom.kinds import _private_value
 _PHILIPS_LABEL_TYPE = (0x2005, "Philips MR Imaging DD 005", 0x29)
 
 
+# The diffusion weighting of an image, where the standard DiffusionBValue (0018,9087) is missing: Siemens (0019,xx0C)
+# of "SIEMENS MR HEADER" (IS), GE (0043,xx39) of "GEMS_PARM_01" (IS, the first value; GE adds 10^9 to some), Philips
+# (2001,xx03) of "Philips Imaging DD 001" (FL). The sources: pydicom's private dictionary, dcm2niix's readers.
+_B_VALUE_PRIVATE = ((0x0019, "SIEMENS MR HEADER", 0x0C), (0x0043, "GEMS_PARM_01", 0x39),
+                    (0x2001, "Philips Imaging DD 001", 0x03))
+
+
+def _b_value(ds):
+    """The b-value (s/mm^2) of a classic image, or None: DiffusionBValue, else a vendor's private element."""
+    value = _number(ds.get("DiffusionBValue"))
+    for group, creator, offset in _B_VALUE_PRIVATE:
+        if value is not None:
+            break
+        raw = _private_value(ds, group, creator, offset)
+        if isinstance(raw, bytes):  # UN: Siemens and GE write decimal text
+            raw = raw.decode("ascii", "replace").split("\\")[0].strip("\x00 ")
+        elif isinstance(raw, (list, tuple, pydicom.multival.MultiValue)):
+            raw = raw[0] if len(raw) else None
+        value = _number(raw)
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    return round(value % 1e9, 1)  # GE's offset of 10^9 off
+
+
 def _orientation(iop):
     try:
         if iop is not None and len(iop) == 6:
@@ -138,6 +162,7 @@ def _header_record(path, ds):
             "tr_ms": _number(ds.get("RepetitionTime")), "te_ms": _number(ds.get("EchoTime")),
             "flip_deg": _number(ds.get("FlipAngle")), "ti_ms": _number(ds.get("InversionTime")),
             "image_type": _text_value(ds.get("ImageType")),
+            "b_value": _b_value(ds),  # a diffusion series stored one series per b-value is not a dynamic
         },
         "times": {"trigger_ms": _number(ds.get("TriggerTime")), "acquisition": acquired,
                   "content": _moment(ds, "Content"), "acquisition_number": _number(ds.get("AcquisitionNumber"))},
@@ -164,6 +189,7 @@ def _header_record(path, ds):
                 "position": _position(lookup("PlanePositionSequence", "ImagePositionPatient"),
                                       lookup("PlaneOrientationSequence", "ImageOrientationPatient")),
                 "time": _seconds(lookup("FrameContentSequence", "FrameAcquisitionDateTime")),
+                "b_value": _number(lookup("MRDiffusionSequence", "DiffusionBValue")),
                 "acquisition": 0.0, "instance": instance, "slope": slope, "intercept": intercept,
                 "orientation": _orientation(lookup("PlaneOrientationSequence", "ImageOrientationPatient"))})
     else:
@@ -174,7 +200,7 @@ def _header_record(path, ds):
             record["frames"].append({
                 "frame": i if n_frames > 1 else None,
                 "temporal": _number(ds.get("TemporalPositionIdentifier")),
-                "position": position, "time": acquired,
+                "position": position, "time": acquired, "b_value": record["acquisition"]["b_value"],
                 "acquisition": _number(ds.get("AcquisitionNumber"), 0.0), "instance": instance,
                 "slope": slope0, "intercept": intercept0, "orientation": orientation})
     return record

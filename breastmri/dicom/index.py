@@ -16,6 +16,11 @@ TemporalPositionIdentifier (classic MR) or TemporalPositionIndex (enhanced MR); 
 images share a slice position (a DCE series without the tag), the images at each position are ranked by
 AcquisitionTime (then AcquisitionNumber, InstanceNumber). So a DCE series is stored time point by time point,
 each time point as a spatially ordered stack.
+
+A diffusion series that holds several b-values at each slice position (the b-value from DiffusionBValue or the
+vendor's private element, headers._b_value) is not a dynamic: it is split into one Series per b-value (`volume`,
+"b=800"), as a scanner that stores each b-value apart gives them, so that no temporal model reads one diffusion
+weighting as the next time point of another. enhance.py writes one enhanced series per b-value.
 """
 
 import hashlib
@@ -99,6 +104,13 @@ class Series:
     # a dynamic assembled from series stored one per time point (dynamics.assemble_dynamics): its id, the tag that
     # ordered the members, and per member series its uid, number, description, folder of truth and frame range
     dynamic: dict = None
+    volume: str = None  # "b=800": the one b-value of a split diffusion series (module docstring), else None
+
+    @property
+    def id(self):
+        """What tells this series apart from every other of a tree: its SeriesInstanceUID (a dynamic's id), and
+        for one b-value of a split diffusion series that b-value too (the manifest's series_uid column)."""
+        return self.series_uid if self.volume is None else f"{self.series_uid}#{self.volume}"
 
 
 @dataclass
@@ -281,34 +293,62 @@ def group_series(records, root, skips, include_kinds=()):
         if "localizer" not in include_kinds and _orientations_differ(frames):
             skips.add_series(MIXED_PLANES_REASON, n_files, f"series {uid} ({first['series_description']})")
             continue
-        if not _assign_temporal(frames):
+        volumes = _volumes(frames)
+        if not all(_assign_temporal(part) for _, part in volumes):
             labelled = len({r["label_type"] for r in files}) > 1
             skips.add_series(ASL_LABEL_CONTROL_REASON if labelled else REPEATED_POSITION_REASON, n_files,
                              f"series {uid} ({first['series_description']})")
             continue
-        frames.sort(key=lambda f: (f["t"], f["position"] if f["position"] is not None else 0.0, f["instance"],
-                                   f["path"], f["frame"] or 0))
-        starts = {key: [r["times"][key] for r in files if r["times"][key] is not None] for key in first["times"]}
-        series_list.append(Series(
-            acquisition=dict(first["acquisition"], rows=first["rows"], cols=first["cols"],
-                             orientation=frames[0]["orientation"],
-                             positions=tuple(sorted({_position_key(f["position"]) for f in frames
-                                                     if f["position"] is not None}))),
-            start={key: min(values) if values else None for key, values in starts.items()},
-            patient_id=first["patient_id"], study_uid=first["study_uid"], series_uid=uid,
-            series_description=first["series_description"], modality="MR", rows=first["rows"],
-            cols=first["cols"], frames=[(f["path"], f["frame"]) for f in frames],
-            sop_instance_uids=[f["sop_uid"] for f in frames], slopes=[f["slope"] for f in frames],
-            intercepts=[f["intercept"] for f in frames], temporal_index=[f["t"] for f in frames],
-            times=[f["time"] for f in frames],
-            layout=_layout(frames),
-            series_number=first["series_number"],
-            field_strength_t=next((r["field_strength_t"] for r in files if r["field_strength_t"]), None),
-            padded=any(r["padded"] for r in files),
-            n_files=n_files, notes=sorted({n for r in files for n in r["notes"]}),
-            truth_dir=first["folder"] if (Path(first["folder"]) / TRUTH_FILE).is_file() else None))
-    series_list.sort(key=lambda s: (s.patient_id, s.study_uid, s.series_number, s.series_uid))
+        by_path = {r["path"]: r for r in files}
+        for volume, part in volumes:
+            series_list.append(_series(uid, [by_path[p] for p in dict.fromkeys(f["path"] for f in part)], part,
+                                       volume))
+    series_list.sort(key=lambda s: (s.patient_id, s.study_uid, s.series_number, s.series_uid))  # stable: b order
     return series_list
+
+
+def _series(uid, files, frames, volume):
+    """The Series of one uid (and b-value `volume`, or None) from its header records and frames (with "t")."""
+    first = files[0]
+    frames.sort(key=lambda f: (f["t"], f["position"] if f["position"] is not None else 0.0, f["instance"],
+                               f["path"], f["frame"] or 0))
+    starts = {key: [r["times"][key] for r in files if r["times"][key] is not None] for key in first["times"]}
+    acquisition = dict(first["acquisition"], rows=first["rows"], cols=first["cols"],
+                       orientation=frames[0]["orientation"],
+                       positions=tuple(sorted({_position_key(f["position"]) for f in frames
+                                               if f["position"] is not None})))
+    if volume is not None:
+        acquisition["b_value"] = frames[0]["b_value"]
+    return Series(
+        acquisition=acquisition, start={key: min(values) if values else None for key, values in starts.items()},
+        patient_id=first["patient_id"], study_uid=first["study_uid"], series_uid=uid,
+        series_description=first["series_description"], modality="MR", rows=first["rows"],
+        cols=first["cols"], frames=[(f["path"], f["frame"]) for f in frames],
+        sop_instance_uids=[f["sop_uid"] for f in frames], slopes=[f["slope"] for f in frames],
+        intercepts=[f["intercept"] for f in frames], temporal_index=[f["t"] for f in frames],
+        times=[f["time"] for f in frames],
+        layout=_layout(frames),
+        series_number=first["series_number"],
+        field_strength_t=next((r["field_strength_t"] for r in files if r["field_strength_t"]), None),
+        padded=any(r["padded"] for r in files),
+        n_files=len(files), notes=sorted({n for r in files for n in r["notes"]}),
+        truth_dir=first["folder"] if (Path(first["folder"]) / TRUTH_FILE).is_file() else None, volume=volume)
+
+
+def _volumes(frames):
+    """[(volume, frames)]: one per b-value, in increasing order, when the frames at one slice position differ in
+    b-value and every file holds one b-value (a multi-frame object stays whole: enhance.py writes objects back
+    whole); else [(None, frames)]."""
+    b_values = {f["b_value"] for f in frames}
+    if len(b_values) < 2 or None in b_values:
+        return [(None, frames)]
+    at_position, in_file = defaultdict(set), defaultdict(set)
+    for f in frames:
+        at_position[None if f["position"] is None else _position_key(f["position"])].add(f["b_value"])
+        in_file[f["path"]].add(f["b_value"])
+    if max(map(len, at_position.values())) < 2 or max(map(len, in_file.values())) > 1:
+        return [(None, frames)]
+    return [(f"b={b:g}", [f for f in frames if f["b_value"] == b]) for b in sorted(b_values)]
 
 
 def _layout(frames):

@@ -176,13 +176,15 @@ def _number_string(elem):
         return None
 
 
-def _described(description, character_set):
-    """The output's SeriesDescription: the source's + DESCRIPTION_SUFFIX, the source's cut so that the whole fits
-    LO's 64 bytes in the dataset's character set (a character of a multi-byte set counts for 2-4)."""
+def _described(description, character_set, label=None):
+    """The output's SeriesDescription: the source's + " " + label (the b-value of a split diffusion series) +
+    DESCRIPTION_SUFFIX, the source's cut so that the whole fits LO's 64 bytes in the dataset's character set (a
+    character of a multi-byte set counts for 2-4)."""
     encodings = pydicom.charset.convert_encodings(character_set or ["ISO_IR 6"])
-    while description and len(pydicom.charset.encode_string(description + DESCRIPTION_SUFFIX, encodings)) > 64:
+    suffix = (f" {label}" if label else "") + DESCRIPTION_SUFFIX
+    while description and len(pydicom.charset.encode_string(description + suffix, encodings)) > 64:
         description = description[:-1]
-    return description + DESCRIPTION_SUFFIX
+    return description + suffix
 
 
 def _offset_number(number):
@@ -312,7 +314,7 @@ def _mark_own_output(ds, enhancer):
 
 
 def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number=None,
-                    source_key="", study_uid=None):
+                    source_key="", study_uid=None, label=None):
     """The output object for one input file.
 
     header: the input's dataset without pixel data (dcmread stop_before_pixels). pixels: stored values, (rows,
@@ -320,7 +322,8 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
     (None for a single frame). series_number: the output SeriesNumber (default: the source's + 1000).
     source_key: what names the input file when it has no SOPInstanceUID, in its dataset or its file meta (the
     index's fallback), so that every output file gets its own UID. study_uid: the StudyInstanceUID written when
-    the input has none (Type 1). Returns a Dataset with file_meta, ready for save_as(enforce_file_format=True).
+    the input has none (Type 1). label: the b-value of a split diffusion series, for the description (index.Series
+    .volume). Returns a Dataset with file_meta, ready for save_as(enforce_file_format=True).
     """
     big_endian = header.original_encoding[1] is False
     ds = _portable_copy(header, swap=big_endian)
@@ -347,7 +350,8 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
     ds.SeriesInstanceUID = new_series_uid
     ds.SeriesNumber = (_offset_number(int(header.get("SeriesNumber") or 0)) if series_number is None
                        else series_number)
-    ds.SeriesDescription = _described(str(header.get("SeriesDescription", "") or ""), ds.get("SpecificCharacterSet"))
+    ds.SeriesDescription = _described(str(header.get("SeriesDescription", "") or ""), ds.get("SpecificCharacterSet"),
+                                      label)
     ds.ImageType = _image_type(header.get("ImageType"), enhanced)
     # The pixels are new: the instance and its content date from now (PS3.3 C.12.1 and C.7.6.1 / C.7.6.16).
     date, time_ = created.strftime("%Y%m%d"), created.strftime("%H%M%S")
@@ -510,15 +514,16 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
             pixels, frame_numbers = stored[0], None
         ds = derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number,
                              source_key=series.sop_instance_uids[index[0]],
-                             study_uid=series.study_uid or derived_uid("study", series.patient_id))
+                             study_uid=series.study_uid or derived_uid("study", series.patient_id),
+                             label=series.volume)
         ds.save_as(folder / f"{number:04d}.dcm", enforce_file_format=True)
     return len(files)
 
 
 def output_series_numbers(series_list):
-    """{source series_uid: output SeriesNumber}: the source's + 1000, moved up past every number already used in
-    the same study (by the series of the input tree and by outputs numbered before it), so a viewer never shows
-    two series of one study under one number."""
+    """{source series id (index.Series.id): output SeriesNumber}: the source's + 1000, moved up past every number
+    already used in the same study (by the series of the input tree and by outputs numbered before it), so a
+    viewer never shows two series of one study under one number (nor two b-values of a split diffusion series)."""
     taken = {}
     for s in series_list:
         taken.setdefault(s.study_uid, set()).add(int(s.series_number or 0))
@@ -528,5 +533,5 @@ def output_series_numbers(series_list):
         while number in taken[s.study_uid]:
             number = number + 1 if number < IS_MAX else 1
         taken[s.study_uid].add(number)
-        numbers[s.series_uid] = number
+        numbers[s.id] = number
     return numbers

@@ -79,7 +79,8 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
                   "patient_id": part.patient_id, "output_series_uid": new_uid,
                   "folder": os.path.relpath(final, out_dir), "slices": len(part.frames),
                   "rows": part.rows, "cols": part.cols,
-                  "dynamic": series.dynamic["id"] if series.dynamic else None, "time_points": time_points}
+                  "dynamic": series.dynamic["id"] if series.dynamic else None, "time_points": time_points,
+                  "volume": part.volume}
         if final.exists() and not overwrite:
             results.append(dict(result, status="skipped", reason="exists",
                                 detail="output series exists; use --overwrite"))
@@ -104,7 +105,7 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
         try:
             n_files = _write_atomically(part, enhanced[rows], None if padding is None else padding[rows], enhancer,
                                         out_dir, final, result["output_series_uid"],
-                                        series_numbers.get(part.series_uid),
+                                        series_numbers.get(part.id),
                                         {"norm_lo": lo, "norm_hi": hi, "size": info, "dynamic": result["dynamic"],
                                          "time_points": time_points})
         except Exception as error:  # noqa: BLE001 - as above, for this source series
