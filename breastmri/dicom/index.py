@@ -7,7 +7,7 @@ the file holds all of it). MR image objects (MR, Enhanced MR, Legacy Converted E
 by SeriesInstanceUID; everything else (CT, PT, SEG, SR, presentation states, MR spectroscopy, colour, non-DICOM,
 truncated or unreadable files) is skipped with a counted reason, never stopping the run. So is every MR image that
 is not magnitude anatomy (image_kinds: phase, real and imaginary images, parametric maps, localizers, subtractions,
-projections) unless include_kinds names its kind, and every object enhance.py wrote (written_by_enhance). A regex
+projections, Siemens mosaics) unless include_kinds names its kind, and every object enhance.py wrote (written_by_enhance). A regex
 on SeriesDescription (series_filter) can narrow the series.
 
 Slice order within a series (slice_index, the first array axis) is by
