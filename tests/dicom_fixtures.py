@@ -135,18 +135,23 @@ def write_mr_series(folder, patient_id, n_slices=4, rows=32, cols=32, seed=0, si
 def write_dwi_series(folder, patient_id, b_values=(0, 800), n_slices=3, rows=32, cols=32, vendor="standard",
                      series_uid=None, description="ep2d_diff", acquired_s=0):
     """One diffusion series: n_slices positions x len(b_values) single-frame files, no temporal tag, each b-value
-    acquired after the last (AcquisitionTime). The b-value in DiffusionBValue (vendor "standard") or only in
-    Siemens' private (0019,xx0C) of "SIEMENS MR HEADER" (vendor "siemens"). Returns the series_uid."""
+    acquired after the last (AcquisitionTime), echo planar. The b-value in DiffusionBValue (vendor "standard") or
+    only in Siemens' private (0019,xx0C) of "SIEMENS MR HEADER" (vendor "siemens"); a b-value None is left out of
+    the header. Returns the series_uid."""
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or uid(patient_id, description, "dwi", "series")
     for v, b in enumerate(b_values):
         for z in range(n_slices):
             k = v * n_slices + z
-            pixels = np.clip(np.round(phantom(rows, cols, seed=k) * np.exp(-b * 1e-3)), 0, 65535).astype(np.uint16)
+            pixels = np.clip(np.round(phantom(rows, cols, seed=k) * np.exp(-(b or 0) * 1e-3)), 0,
+                             65535).astype(np.uint16)
             ds = image_dataset(pixels, patient_id=patient_id, series_uid=series_uid, instance=k + 1,
                                position=2.5 * z, description=description,
                                acquisition_time=f"12{acquired_s // 60 + v:02d}00.{z:06d}")
-            if vendor == "siemens":
+            ds.ScanningSequence = "EP"  # echo planar, as every clinical diffusion sequence
+            if b is None:
+                pass  # some vendors leave the b=0 images without a b-value
+            elif vendor == "siemens":
                 block = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
                 block.add_new(0x0C, "IS", str(b))
             else:

@@ -2,17 +2,18 @@
 preprocessing and enhance.py then treat as single-time-point series (index module docstring). The real case,
 ProstateX's 4-b-value series: tests/test_real_data.py."""
 
+import numpy as np
 import pydicom
 import pytest
+from dicom_fixtures import enhanced_mr_dataset, write_dwi_series
 
 from breastmri.config import load_config
 from breastmri.data import preprocess
 from breastmri.data.manifest import read_manifest
 from breastmri.dicom.dynamics import assemble_dynamics
-from breastmri.dicom.index import index
+from breastmri.dicom.index import DIFFUSION_OBJECT_REASON, index
 from breastmri.enhance import pipeline
 from breastmri.enhance.enhancer import load_enhancer
-from tests.dicom_fixtures import write_dwi_series
 
 
 @pytest.mark.parametrize("vendor", ["standard", "siemens"])
@@ -56,3 +57,71 @@ def test_each_b_value_is_preprocessed_and_enhanced_on_its_own(tmp_path, identity
     (first,), (second,) = by_series.values()
     assert {first[0], second[0]} == {"ep2d_diff b=0 enhanced", "ep2d_diff b=800 enhanced"}
     assert first[1] != second[1]  # a viewer shows them as two series
+
+
+@pytest.mark.parametrize("case, make, expected", [
+    ("standard", lambda ds: setattr(ds, "DiffusionBValue", 800.0), 800.0),
+    ("siemens IS", lambda ds: ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "IS", "800"),
+     800.0),
+    ("ge with its 10^9 offset, multi-valued", lambda ds: ds.private_block(0x0043, "GEMS_PARM_01", create=True)
+     .add_new(0x39, "IS", ["1000000800", "8", "0", "0"]), 800.0),
+    ("philips FL", lambda ds: ds.private_block(0x2001, "Philips Imaging DD 001", create=True).add_new(0x03, "FL", 800.0),
+     800.0),
+    ("negative", lambda ds: setattr(ds, "DiffusionBValue", -5.0), None),
+    ("none", lambda ds: None, None),
+])
+def test_b_values_are_read_from_the_standard_and_the_vendors_elements(case, make, expected):
+    from breastmri.dicom.headers import _b_value
+
+    ds = pydicom.Dataset()
+    ds.ScanningSequence = ["SE", "EP"]
+    make(ds)
+    assert _b_value(ds) == expected
+    ds.ScanningSequence = "GR"  # a gradient-echo image (a DCE phase): GE's element is on every image, not a b-value
+    assert _b_value(ds) == (expected if case in ("standard", "negative") else None)
+
+
+def test_b_values_of_two_acquisitions_stay_apart(tmp_path):
+    """Two acquisitions of one diffusion protocol, each a series of b = 0 and 800: four series, none a dynamic (a
+    b-value part is never a time point, whatever else it shares)."""
+    write_dwi_series(tmp_path / "first", "P1", series_uid="1.2.3.1")
+    write_dwi_series(tmp_path / "second", "P1", series_uid="1.2.3.2", acquired_s=300)
+    series, _, _ = index(tmp_path)
+    assembled = assemble_dynamics(series)
+    assert len(assembled) == 4 and all(s.dynamic is None for s in assembled)
+    assert len({s.id for s in assembled}) == 4
+
+
+def test_images_without_a_b_value_are_a_volume_of_their_own(tmp_path):
+    uid = write_dwi_series(tmp_path, "P1", b_values=(None, 800))
+    series, _, _ = index(tmp_path)
+    assert [(s.series_uid, s.volume, len(s.frames)) for s in series] == [(uid, "b=unknown", 3), (uid, "b=800", 3)]
+
+
+def _enhanced_dwi(path, b_values, series_uid):
+    """An Enhanced MR object of 2 positions x len(b_values) frames, the b-value of each in its MRDiffusionSequence."""
+    n = 2 * len(b_values)
+    ds = enhanced_mr_dataset(np.full((n, 16, 16), 500, np.uint16), [2.5 * (i % 2) for i in range(n)], [1] * n,
+                             [1.0] * n, [0.0] * n, series_uid=series_uid)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = series_uid + ".1"
+    for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        content = item.FrameContentSequence[0]
+        del content.TemporalPositionIndex
+        diffusion = pydicom.Dataset()
+        diffusion.DiffusionBValue = float(b_values[i // 2])
+        item.MRDiffusionSequence = pydicom.Sequence([diffusion])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_multi_frame_diffusion_objects(tmp_path):
+    """One b-value per object, one series each: two series, not a dynamic. Several b-values in one object: it
+    cannot be split (enhance.py writes objects back whole), so it is skipped with its reason."""
+    _enhanced_dwi(tmp_path / "one" / "b0.dcm", (0,), "1.2.9.1")
+    _enhanced_dwi(tmp_path / "one" / "b800.dcm", (800,), "1.2.9.2")
+    series, _, _ = index(tmp_path / "one")
+    assert len(series) == 2 and {s.acquisition["b_value"] for s in series} == {0.0, 800.0}
+    assert all(s.dynamic is None for s in assemble_dynamics(series))
+    _enhanced_dwi(tmp_path / "both" / "dwi.dcm", (0, 800), "1.2.9.3")
+    series, skips, _ = index(tmp_path / "both")
+    assert series == [] and skips.series[DIFFUSION_OBJECT_REASON] == 1

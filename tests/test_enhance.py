@@ -470,18 +470,23 @@ def test_failure_while_writing_leaves_no_partial_series(identity, tmp_path, monk
     assert [p.name for p in out.iterdir()] == ["enhance_summary.json"]  # one file was written, then removed
 
 
-@pytest.mark.parametrize("failure, reason", [(ValueError("a value its VR cannot hold"), "write failed"),
-                                             (TypeError("a bug in the writer"), pipeline.UNFORESEEN_REASON)])
+@pytest.mark.parametrize("where, failure, reason", [
+    ("save_as", ValueError("could not convert string to float: '1,6'"), "write failed"),  # a source DS no VR holds
+    ("save_as", TypeError("a bug in the header"), pipeline.UNFORESEEN_REASON),
+    ("to_stored", ValueError("operands could not be broadcast"), pipeline.UNFORESEEN_REASON)])  # a pixel bug
 def test_a_bug_while_writing_is_not_passed_off_as_a_write_failure(identity, identity_run, tmp_path, monkeypatch,
-                                                                  failure, reason):
+                                                                  where, failure, reason):
     """A header value that cannot be written skips its series as "write failed" (exit 0, a data problem); any other
-    exception from the writer is unforeseen: counted as such, and the command line exits 1."""
+    exception while writing, a ValueError of the pixel conversion included, is unforeseen: counted as such, and the
+    command line exits 1."""
+    from breastmri.dicom import writer
+
     write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=24, cols=24)
 
     def failing(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(pipeline, "write_series", failing)
+    monkeypatch.setattr(Dataset if where == "save_as" else writer, where, failing)
     summary = run(identity, tmp_path / "in", tmp_path / "out")
     assert summary["series_done"] == 0 and summary["series_skipped"] == {reason: 1}
     assert not list((tmp_path / "out").glob(pipeline.TMP_PREFIX + "*"))

@@ -50,10 +50,10 @@ def protocol_name(series):
 
 def acquisition_key(series):
     """What two series must share to be time points of one dynamic; None for a series that cannot be a member
-    (more than one time point, or no slice positions to compare)."""
+    (more than one time point, no slice positions to compare, or one b-value of a split diffusion series)."""
     a = series.acquisition
-    if not a or not a.get("positions") or len({t for t, _ in series.layout}) != 1:
-        return None
+    if not a or not a.get("positions") or len({t for t, _ in series.layout}) != 1 or series.volume is not None:
+        return None  # a b-value of a split diffusion series is not a time point either
     orientation = tuple(round(v, 2) for v in a["orientation"]) if a.get("orientation") else None
     return (series.patient_id, series.study_uid, a.get("frame_of_reference_uid"), orientation, a["positions"],
             a.get("rows"), a.get("cols"), a.get("pixel_spacing"), a.get("scanning_sequence"), a.get("sequence_name"),

@@ -22,7 +22,9 @@ _PHILIPS_LABEL_TYPE = (0x2005, "Philips MR Imaging DD 005", 0x29)
 
 # The diffusion weighting of an image, where the standard DiffusionBValue (0018,9087) is missing: Siemens (0019,xx0C)
 # of "SIEMENS MR HEADER" (IS), GE (0043,xx39) of "GEMS_PARM_01" (IS, the first value; GE adds 10^9 to some), Philips
-# (2001,xx03) of "Philips Imaging DD 001" (FL). The sources: pydicom's private dictionary, dcm2niix's readers.
+# (2001,xx03) of "Philips Imaging DD 001" (FL). The sources: pydicom's private dictionary, dcm2niix's readers. GE
+# writes its element on every image, so the private elements are read only for an echo-planar image (ScanningSequence
+# EP, as every clinical diffusion sequence is): a gradient-echo DCE phase never gets a b-value from them.
 _B_VALUE_PRIVATE = ((0x0019, "SIEMENS MR HEADER", 0x0C), (0x0043, "GEMS_PARM_01", 0x39),
                     (0x2001, "Philips Imaging DD 001", 0x03))
 
@@ -30,8 +32,9 @@ _B_VALUE_PRIVATE = ((0x0019, "SIEMENS MR HEADER", 0x0C), (0x0043, "GEMS_PARM_01"
 def _b_value(ds):
     """The b-value (s/mm^2) of a classic image, or None: DiffusionBValue, else a vendor's private element."""
     value = _number(ds.get("DiffusionBValue"))
+    echo_planar = "EP" in _text_value(ds.get("ScanningSequence")).upper().split("\\")
     for group, creator, offset in _B_VALUE_PRIVATE:
-        if value is not None:
+        if value is not None or not echo_planar:
             break
         raw = _private_value(ds, group, creator, offset)
         if isinstance(raw, bytes):  # UN: Siemens and GE write decimal text

@@ -67,6 +67,9 @@ REPEATED_POSITION_REASON = "repeated slice position at one time point"
 # time): told apart by Philips' Label Type (2005,xx29 of "Philips MR Imaging DD 005"), they are counted as such,
 # so a user sees the case named. Their difference is the perfusion signal, not two frames of one anatomy.
 ASL_LABEL_CONTROL_REASON = "ASL label and control images at one time point"
+# A multi-frame object holding several b-values: it cannot be split (enhance.py writes an object back whole), and
+# read whole its b-values would be taken for time points.
+DIFFUSION_OBJECT_REASON = "several b-values in one multi-frame object"
 ORIENTATION_TOLERANCE = 0.01  # largest difference of direction cosines within one plane (~0.6 degrees)
 @dataclass
 class Series:
@@ -294,6 +297,9 @@ def group_series(records, root, skips, include_kinds=()):
             skips.add_series(MIXED_PLANES_REASON, n_files, f"series {uid} ({first['series_description']})")
             continue
         volumes = _volumes(frames)
+        if volumes is None:
+            skips.add_series(DIFFUSION_OBJECT_REASON, n_files, f"series {uid} ({first['series_description']})")
+            continue
         if not all(_assign_temporal(part) for _, part in volumes):
             labelled = len({r["label_type"] for r in files}) > 1
             skips.add_series(ASL_LABEL_CONTROL_REASON if labelled else REPEATED_POSITION_REASON, n_files,
@@ -317,8 +323,9 @@ def _series(uid, files, frames, volume):
                        orientation=frames[0]["orientation"],
                        positions=tuple(sorted({_position_key(f["position"]) for f in frames
                                                if f["position"] is not None})))
-    if volume is not None:
-        acquisition["b_value"] = frames[0]["b_value"]
+    b_values = {f["b_value"] for f in frames}
+    if len(b_values) == 1:  # one b-value throughout (a multi-frame object's are per frame): part of the acquisition
+        acquisition["b_value"] = b_values.pop()
     return Series(
         acquisition=acquisition, start={key: min(values) if values else None for key, values in starts.items()},
         patient_id=first["patient_id"], study_uid=first["study_uid"], series_uid=uid,
@@ -337,18 +344,21 @@ def _series(uid, files, frames, volume):
 
 def _volumes(frames):
     """[(volume, frames)]: one per b-value, in increasing order, when the frames at one slice position differ in
-    b-value and every file holds one b-value (a multi-frame object stays whole: enhance.py writes objects back
-    whole); else [(None, frames)]."""
+    b-value (images without one, as some vendors leave the b=0 images, are a volume of their own, "b=unknown");
+    else [(None, frames)]. None when a multi-frame object holds several b-values (DIFFUSION_OBJECT_REASON)."""
     b_values = {f["b_value"] for f in frames}
-    if len(b_values) < 2 or None in b_values:
+    if len(b_values) < 2:
         return [(None, frames)]
     at_position, in_file = defaultdict(set), defaultdict(set)
     for f in frames:
         at_position[None if f["position"] is None else _position_key(f["position"])].add(f["b_value"])
         in_file[f["path"]].add(f["b_value"])
-    if max(map(len, at_position.values())) < 2 or max(map(len, in_file.values())) > 1:
+    if max(map(len, at_position.values())) < 2:
         return [(None, frames)]
-    return [(f"b={b:g}", [f for f in frames if f["b_value"] == b]) for b in sorted(b_values)]
+    if max(map(len, in_file.values())) > 1:
+        return None
+    return [("b=unknown" if b is None else f"b={b:g}", [f for f in frames if f["b_value"] == b])
+            for b in sorted(b_values, key=lambda b: -1.0 if b is None else b)]
 
 
 def _layout(frames):

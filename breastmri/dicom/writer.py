@@ -512,11 +512,14 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
             pixels, frame_numbers = stored[order], [f + 1 for f in frames]
         else:
             pixels, frame_numbers = stored[0], None
-        ds = derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number,
-                             source_key=series.sop_instance_uids[index[0]],
-                             study_uid=series.study_uid or derived_uid("study", series.patient_id),
-                             label=series.volume)
-        ds.save_as(folder / f"{number:04d}.dcm", enforce_file_format=True)
+        try:
+            ds = derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number,
+                                 source_key=series.sop_instance_uids[index[0]],
+                                 study_uid=series.study_uid or derived_uid("study", series.patient_id),
+                                 label=series.volume)
+            ds.save_as(folder / f"{number:04d}.dcm", enforce_file_format=True)
+        except (ValueError, OverflowError) as error:  # a source header value no VR of its own can hold
+            raise SeriesError("write failed", f"{path}: {type(error).__name__}: {error}") from None
     return len(files)
 
 

@@ -9,7 +9,6 @@ ending the run; enhance_summary.json lists every series with its outcome.
 import json
 import os
 import shutil
-import struct
 import time
 import traceback
 from collections import Counter
@@ -44,10 +43,10 @@ TMP_PREFIX = ".tmp-enhance-"
 SeriesError = pixels.SeriesReadError
 # An exception no check foresaw: its series is skipped and counted, the run goes on, and it exits with status 1.
 UNFORESEEN_REASON = "enhance failed"
-# What writing a series may meet that is not a bug: the disk (OSError), and a source header value that its VR
-# cannot hold once written (pydicom's ValueError/OverflowError, struct.error for binary VRs). Anything else raised
-# while writing is unforeseen, counted as UNFORESEEN_REASON.
-WRITE_FAILURES = (OSError, ValueError, OverflowError, struct.error)
+# What writing a series may meet that is not a bug: the disk, and a source header value that its VR cannot hold once
+# written (pydicom raises OSError for a binary VR; writer.write_series turns a text VR's ValueError into a
+# SeriesError "write failed"). Anything else raised while writing is unforeseen, counted as UNFORESEEN_REASON.
+WRITE_FAILURES = (OSError,)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -187,7 +186,8 @@ def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid
             n_files = write_series(part, enhanced, enhancer, tmp, new_uid, created, padding, series_number)
             marker = {"source_series_uid": part.series_uid, "output_series_uid": new_uid,
                       "model": str(enhancer.model_path), "model_sha256": enhancer.model_sha,
-                      "config_hash": enhancer.config_hash, "slices": len(part.frames), "files": n_files,
+                      "config_hash": enhancer.config_hash, "volume": part.volume, "slices": len(part.frames),
+                      "files": n_files,
                       **record, "created": created.isoformat(timespec="seconds")}
             (tmp / MARKER).write_text(json.dumps(marker, indent=1, default=float) + "\n")  # last: complete
             final.parent.mkdir(parents=True, exist_ok=True)

@@ -181,6 +181,8 @@ def _detail(estimate, reference, body, sigma):
     moved). "detail_kept": per band of DETAIL_BANDS, the power of the estimate's temporal mean over that of the 3T
     frames' mean (nearly noise-free over many frames), each position's body box Hann-windowed; below 1 the
     method smooths away fine anatomy, above 1 it leaves noise or adds texture."""
+    if not sigma > 0 or min(np.count_nonzero(b.any(axis=1)) for b in body) < 16:
+        return {"common_error": None, "detail_kept": [None] * len(DETAIL_BANDS)}  # no noise to count in, or no box
     error = (estimate - reference).mean(axis=0)
     common = np.mean([np.mean(error[p][body[p]] ** 2) for p in range(len(body))]) / sigma ** 2
     kept = np.mean([band_power(estimate[:, p].mean(axis=0), body[p]) / band_power(reference[:, p].mean(axis=0),
@@ -244,6 +246,8 @@ def markdown(real):
                       "temporal mean kept, against the 3T frames' mean, by band in cycles per pixel)", "",
                       f"| method | common error | {bands} |", "|---|---|" + "---|" * len(DETAIL_BANDS)]
             for m, v in d["detail"].items():
+                if v["common_error"] is None:
+                    continue
                 kept = " | ".join(f"{k:.2f}" for k in v["detail_kept"])
                 lines.append(f"| {m} | {v['common_error']:.3f} | {kept} |")
             lines.append("")
