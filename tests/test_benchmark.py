@@ -157,7 +157,8 @@ def test_real_detail_tells_smoothed_anatomy_from_noise():
     noisy = reference + sigma * rng.standard_normal(reference.shape)
     blurred = gaussian_filter(noisy, (0, 0, 1.0, 1.0))
     body = np.ones((1, 64, 64), bool)
-    kept_noisy, kept_blurred = _detail(noisy, reference, body, sigma), _detail(blurred, reference, body, sigma)
+    detail = _detail({"noisy": noisy, "blurred": blurred}, reference, body, sigma)
+    kept_noisy, kept_blurred = detail["noisy"], detail["blurred"]
     assert kept_noisy["common_error"] == pytest.approx(1 / 20, rel=0.3)  # noise alone: its variance / T
     assert all(0.95 < k < 1.1 for k in kept_noisy["detail_kept"])
     assert kept_blurred["common_error"] > 10 * kept_noisy["common_error"]

@@ -42,7 +42,8 @@ def test_each_b_value_is_preprocessed_and_enhanced_on_its_own(tmp_path, identity
     preprocess.run(tmp_path / "in", tmp_path / "data", cfg, progress=False)
     rows = read_manifest(tmp_path / "data")
     assert {r["series_uid"] for r in rows} == {f"{uid}#b=0", f"{uid}#b=800"}
-    assert {(r["n_times"], r["time_index"]) for r in rows} == {(1, 0)} and {r["source_series_uid"] for r in rows} == {uid}
+    assert {(r["n_times"], r["time_index"]) for r in rows} == {(1, 0)}
+    assert {r["source_series_uid"] for r in rows} == {uid}
     assert len({r["noisy_file"] for r in rows}) == 2
 
     summary = pipeline.run(load_enhancer(identity_run), tmp_path / "in", tmp_path / "out", progress=False)
@@ -65,8 +66,8 @@ def test_each_b_value_is_preprocessed_and_enhanced_on_its_own(tmp_path, identity
      800.0),
     ("ge with its 10^9 offset, multi-valued", lambda ds: ds.private_block(0x0043, "GEMS_PARM_01", create=True)
      .add_new(0x39, "IS", ["1000000800", "8", "0", "0"]), 800.0),
-    ("philips FL", lambda ds: ds.private_block(0x2001, "Philips Imaging DD 001", create=True).add_new(0x03, "FL", 800.0),
-     800.0),
+    ("philips FL", lambda ds: ds.private_block(0x2001, "Philips Imaging DD 001", create=True)
+     .add_new(0x03, "FL", 800.0), 800.0),
     ("negative", lambda ds: setattr(ds, "DiffusionBValue", -5.0), None),
     ("none", lambda ds: None, None),
 ])

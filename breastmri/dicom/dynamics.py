@@ -9,8 +9,8 @@ everything that makes their images comparable frame by frame (acquisition_key): 
 the set of slice positions, matrix and pixel spacing, the sequence (ScanningSequence, SequenceName, the protocol
 name without its time token), TR, TE, flip angle and inversion time, the image type and the b-value. A
 variable-flip-angle T1 set (`fl3d_vibe_pre_flip_2deg`, `_5deg`, ...) differs in flip angle and is never merged, nor
-are echoes, diffusion series of other b-values or series of another contrast. Only series of a single time point are merged; a series that is already a time series
-stays as it is.
+are echoes, diffusion series of other b-values or series of another contrast. Only series of a single time point
+are merged; a series that is already a time series stays as it is.
 
 The members are ordered by the first tag that orders all of them: TemporalPositionIdentifier is per series and
 says nothing across series, so TriggerTime, then AcquisitionTime, then ContentTime, then AcquisitionNumber. The

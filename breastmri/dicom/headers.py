@@ -30,21 +30,24 @@ _B_VALUE_PRIVATE = ((0x0019, "SIEMENS MR HEADER", 0x0C), (0x0043, "GEMS_PARM_01"
 
 
 def _b_value(ds):
-    """The b-value (s/mm^2) of a classic image, or None: DiffusionBValue, else a vendor's private element."""
+    """The b-value (s/mm^2) of a classic image, or None: DiffusionBValue, else (an echo-planar image only) a vendor's
+    private element."""
     value = _number(ds.get("DiffusionBValue"))
-    echo_planar = "EP" in _text_value(ds.get("ScanningSequence")).upper().split("\\")
-    for group, creator, offset in _B_VALUE_PRIVATE:
-        if value is not None or not echo_planar:
-            break
-        raw = _private_value(ds, group, creator, offset)
-        if isinstance(raw, bytes):  # UN: Siemens and GE write decimal text
-            raw = raw.decode("ascii", "replace").split("\\")[0].strip("\x00 ")
-        elif isinstance(raw, (list, tuple, pydicom.multival.MultiValue)):
-            raw = raw[0] if len(raw) else None
-        value = _number(raw)
+    if value is None and "EP" in _text_value(ds.get("ScanningSequence")).upper().split("\\"):
+        value = next((v for v in (_private_number(ds, *where) for where in _B_VALUE_PRIVATE) if v is not None), None)
     if value is None or not math.isfinite(value) or value < 0:
         return None
     return round(value % 1e9, 1)  # GE's offset of 10^9 off
+
+
+def _private_number(ds, group, creator, offset):
+    """The first value of a private element as a number, or None; decimal text when it is UN (raw bytes)."""
+    raw = _private_value(ds, group, creator, offset)
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", "replace").split("\\")[0].strip("\x00 ")
+    elif isinstance(raw, (list, tuple, pydicom.multival.MultiValue)):
+        raw = raw[0] if len(raw) else None
+    return _number(raw)
 
 
 def _orientation(iop):
@@ -165,7 +168,6 @@ def _header_record(path, ds):
             "tr_ms": _number(ds.get("RepetitionTime")), "te_ms": _number(ds.get("EchoTime")),
             "flip_deg": _number(ds.get("FlipAngle")), "ti_ms": _number(ds.get("InversionTime")),
             "image_type": _text_value(ds.get("ImageType")),
-            "b_value": _b_value(ds),  # a diffusion series stored one series per b-value is not a dynamic
         },
         "times": {"trigger_ms": _number(ds.get("TriggerTime")), "acquisition": acquired,
                   "content": _moment(ds, "Content"), "acquisition_number": _number(ds.get("AcquisitionNumber"))},
@@ -199,11 +201,12 @@ def _header_record(path, ds):
         position = _position(ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"),
                              ds.get("SliceLocation"))
         orientation = _orientation(ds.get("ImageOrientationPatient"))
+        b_value = _b_value(ds)
         for i in range(n_frames):
             record["frames"].append({
                 "frame": i if n_frames > 1 else None,
                 "temporal": _number(ds.get("TemporalPositionIdentifier")),
-                "position": position, "time": acquired, "b_value": record["acquisition"]["b_value"],
+                "position": position, "time": acquired, "b_value": b_value,
                 "acquisition": _number(ds.get("AcquisitionNumber"), 0.0), "instance": instance,
                 "slope": slope0, "intercept": intercept0, "orientation": orientation})
     return record

@@ -7,8 +7,8 @@ the file holds all of it). MR image objects (MR, Enhanced MR, Legacy Converted E
 by SeriesInstanceUID; everything else (CT, PT, SEG, SR, presentation states, MR spectroscopy, colour, non-DICOM,
 truncated or unreadable files) is skipped with a counted reason, never stopping the run. So is every MR image that
 is not magnitude anatomy (image_kinds: phase, real and imaginary images, parametric maps, localizers, subtractions,
-projections, Siemens mosaics) unless include_kinds names its kind, and every object enhance.py wrote (written_by_enhance). A regex
-on SeriesDescription (series_filter) can narrow the series.
+projections, Siemens mosaics) unless include_kinds names its kind, and every object enhance.py wrote
+(written_by_enhance). A regex on SeriesDescription (series_filter) can narrow the series.
 
 Slice order within a series (slice_index, the first array axis) is by
 (temporal position, position along the slice normal, InstanceNumber, file, frame): the temporal position is
@@ -323,9 +323,8 @@ def _series(uid, files, frames, volume):
                        orientation=frames[0]["orientation"],
                        positions=tuple(sorted({_position_key(f["position"]) for f in frames
                                                if f["position"] is not None})))
-    b_values = {f["b_value"] for f in frames}
-    if len(b_values) == 1:  # one b-value throughout (a multi-frame object's are per frame): part of the acquisition
-        acquisition["b_value"] = b_values.pop()
+    b_values = {f["b_value"] for f in frames}  # one throughout: part of the acquisition (dynamics.acquisition_key)
+    acquisition["b_value"] = b_values.pop() if len(b_values) == 1 else None
     return Series(
         acquisition=acquisition, start={key: min(values) if values else None for key, values in starts.items()},
         patient_id=first["patient_id"], study_uid=first["study_uid"], series_uid=uid,

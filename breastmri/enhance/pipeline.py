@@ -43,10 +43,6 @@ TMP_PREFIX = ".tmp-enhance-"
 SeriesError = pixels.SeriesReadError
 # An exception no check foresaw: its series is skipped and counted, the run goes on, and it exits with status 1.
 UNFORESEEN_REASON = "enhance failed"
-# What writing a series may meet that is not a bug: the disk, and a source header value that its VR cannot hold once
-# written (pydicom raises OSError for a binary VR; writer.write_series turns a text VR's ValueError into a
-# SeriesError "write failed"). Anything else raised while writing is unforeseen, counted as UNFORESEEN_REASON.
-WRITE_FAILURES = (OSError,)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -195,7 +191,9 @@ def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(final, old)
             os.replace(tmp, final)
-        except WRITE_FAILURES as error:  # a full disk, a header value no VR can hold: skip, leave nothing
+        except OSError as error:  # a full disk, or a binary VR's value pydicom cannot pack: skip, leave nothing
+            # (write_series makes a text VR's unwritable value a SeriesError "write failed" itself; anything else
+            # raised while writing is unforeseen, counted as UNFORESEEN_REASON)
             raise SeriesError("write failed", f"{type(error).__name__}: {error}") from None
         shutil.rmtree(old, ignore_errors=True)
         return n_files

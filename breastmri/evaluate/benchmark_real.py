@@ -24,8 +24,8 @@ spatial frequency. A network whose phantom-taught prior smooths real anatomy sho
 
 Every number is per frame (the mean over the scored positions) as well as over the frames: a method that helps late
 frames and harms early ones shows it. The classical methods that run on one core are run side by side, one per core
-(runtime.parallel_map); a method's seconds are the sum of its runs' own. PSNR is taken inside the body (the mean frame above 10% of its 99th
-percentile) with data_range the 99.5th percentile of the 3T frames there.
+(runtime.parallel_map); a method's seconds are the sum of its runs' own. PSNR is taken inside the body (the mean
+frame above 10% of its 99th percentile) with data_range the 99.5th percentile of the 3T frames there.
 """
 
 import logging
@@ -149,7 +149,7 @@ def _score_dynamic(data_dir, rows, methods, enhancer, n_positions):
     outputs = run_all(all_frames)
     scores = {m: psnr(out, clean[:, positions]) for m, out in outputs.items()}
     result["against_3t"] = _table(scores, all_frames)
-    result["detail"] = {m: _detail(out, clean[:, positions], body, sigma_src) for m, out in outputs.items()}
+    result["detail"] = _detail(outputs, clean[:, positions], body, sigma_src)
     if pre >= HELD_BACK + 1:
         held = list(range(pre - HELD_BACK, pre))
         seen = [t for t in all_frames if t not in held]
@@ -173,22 +173,28 @@ def _table(scores, frames):
     return {"frames": frames, "input_psnr_db": base.round(3).tolist(), "gain_db": per_frame, "summary": summary}
 
 
-def _detail(estimate, reference, body, sigma):
-    """What a method did to the anatomy of a dynamic, beside its PSNR: estimate and reference (T, P, H, W), the
-    real 3T frames. "common_error": the power, in the body and in units of sigma^2 (sigma_source^2), of its error's
-    mean over the frames, the part that is the same in every frame: noise, independent from frame to frame, leaves
-    about its variance / T there, so a larger value is anatomy changed alike in every frame (edges blurred or
-    moved). "detail_kept": per band of DETAIL_BANDS, the power of the estimate's temporal mean over that of the 3T
-    frames' mean (nearly noise-free over many frames), each position's body box Hann-windowed; below 1 the
-    method smooths away fine anatomy, above 1 it leaves noise or adds texture."""
+def _detail(outputs, reference, body, sigma):
+    """What each method did to the anatomy of a dynamic, beside its PSNR: {method: {"common_error", "detail_kept"}}
+    for outputs {method: (T, P, H, W)} against the real 3T frames `reference` (T, P, H, W). "common_error": the
+    power, in the body and in units of sigma^2 (sigma_source^2), of the error's mean over the frames, the part that
+    is the same in every frame: noise, independent from frame to frame, leaves about its variance / T there, so a
+    larger value is anatomy changed alike in every frame (edges blurred or moved). "detail_kept": per band of
+    DETAIL_BANDS, the power of the output's temporal mean over that of the 3T frames' mean (nearly noise-free over
+    many frames), each position's body box Hann-windowed; below 1 the method smooths away fine anatomy, above 1 it
+    leaves noise or adds texture. None throughout without noise to count in (sigma 0) or a body box to window."""
     if not sigma > 0 or min(np.count_nonzero(b.any(axis=1)) for b in body) < 16:
-        return {"common_error": None, "detail_kept": [None] * len(DETAIL_BANDS)}  # no noise to count in, or no box
-    error = (estimate - reference).mean(axis=0)
-    common = np.mean([np.mean(error[p][body[p]] ** 2) for p in range(len(body))]) / sigma ** 2
-    kept = np.mean([band_power(estimate[:, p].mean(axis=0), body[p]) / band_power(reference[:, p].mean(axis=0),
-                                                                                  body[p])
-                    for p in range(len(body))], axis=0)
-    return {"common_error": round(float(common), 3), "detail_kept": [round(float(k), 3) for k in kept]}
+        return {m: {"common_error": None, "detail_kept": [None] * len(DETAIL_BANDS)} for m in outputs}
+    positions = range(len(body))
+    mean_3t = reference.mean(axis=0)
+    power_3t = [band_power(mean_3t[p], body[p]) for p in positions]
+    detail = {}
+    for m, estimate in outputs.items():
+        mean = estimate.mean(axis=0)
+        error = mean - mean_3t  # the error's mean over the frames
+        common = np.mean([np.mean(error[p][body[p]] ** 2) for p in positions]) / sigma ** 2
+        kept = np.mean([band_power(mean[p], body[p]) / power_3t[p] for p in positions], axis=0)
+        detail[m] = {"common_error": round(float(common), 3), "detail_kept": [round(float(k), 3) for k in kept]}
+    return detail
 
 
 def band_power(image, mask):

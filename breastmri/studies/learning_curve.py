@@ -158,15 +158,14 @@ def main(argv=None):
     result = {"run_dir": args.run_dir, "data": args.data, "max_val_slices": max_slices,
               "mppca_radius": args.mppca_radius, "steps": [s for s, _ in points],
               "val_truth_psnr": [v for _, v in points], "baselines": references}
-    Path(args.run_dir, "learning_curve.json").write_text(json.dumps(result, indent=1))
-    out = args.out or str(Path(args.run_dir) / "learning_curve.png")
-    curves = [(f"U-Net (weight average), {args.run_dir}", points)]
-    curves += [(f"{run}, {len(p) and p[-1][0]} steps", p) for run, (_, p) in others]
     real = real_gains(args.real, args.data)
     if real:
         result["real"] = [dict(zip(("step", "gain_vs_3t_db", "gain_vs_held_back_db", "frames_worse"), row))
                           for row in real]
-        Path(args.run_dir, "learning_curve.json").write_text(json.dumps(result, indent=1))
+    Path(args.run_dir, "learning_curve.json").write_text(json.dumps(result, indent=1))
+    out = args.out or str(Path(args.run_dir) / "learning_curve.png")
+    curves = [(f"U-Net (weight average), {args.run_dir}", points)]
+    curves += [(f"{run}, {len(p) and p[-1][0]} steps", p) for run, (_, p) in others]
     plot(curves, references, out, f"validation patients, {max_slices} slices", real)
     print(json.dumps(result, indent=1))
 
