@@ -160,6 +160,35 @@ def write_dwi_series(folder, patient_id, b_values=(0, 800), n_slices=3, rows=32,
     return series_uid
 
 
+def write_asl_series(folder, patient_id, n_slices=2, time_points=4, rows=24, cols=24, vendor="philips",
+                     series_uid=None, one_series_per_image=False, description="SOURCE - pCASL"):
+    """Arterial spin labelling source images: at every slice position and time point (TemporalPositionIdentifier) a
+    control and a label image, the label 1% darker (the perfusion signal), each with fresh noise. Label or control
+    in Philips' Label Type (vendor "philips") or the standard ASLContext ("standard"). one_series_per_image: every
+    (time point, label) its own series of one protocol, as a split archive stores them. Returns the series_uid (the
+    first one's with one_series_per_image)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or uid(patient_id, description, "asl", "series")
+    rng = np.random.default_rng(0)
+    for t in range(time_points):
+        for c, context in enumerate(("CONTROL", "LABEL")):
+            own_uid = uid(series_uid, t, context) if one_series_per_image and (t or c) else series_uid
+            for z in range(n_slices):
+                k = (t * 2 + c) * n_slices + z
+                signal = phantom(rows, cols, seed=z) * (0.99 if context == "LABEL" else 1.0)
+                pixels = np.clip(np.round(signal + 20 * rng.standard_normal(signal.shape)), 0, 65535)
+                ds = image_dataset(pixels.astype(np.uint16), patient_id=patient_id, series_uid=own_uid,
+                                   instance=k + 1, position=5.0 * z, description=description, temporal=t + 1,
+                                   acquisition_time=f"1200{t:02d}.{c}{z:05d}")
+                ds.ScanningSequence, ds.ProtocolName = "EP", "pCASL"
+                if vendor == "philips":
+                    ds.private_block(0x2005, "Philips MR Imaging DD 005", create=True).add_new(0x29, "CS", context)
+                else:
+                    ds.ASLContext = context
+                ds.save_as(folder / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
+    return series_uid
+
+
 def enhanced_mr_dataset(frames, positions, temporal, slopes, intercepts, *, patient_id="PE", series_uid=None,
                         file_order=None):
     """An Enhanced MR Image Storage object whose frames are stored in `file_order` (a permutation of the

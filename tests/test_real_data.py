@@ -14,7 +14,7 @@ from breastmri.config import load_config
 from breastmri.data import preprocess
 from breastmri.data.manifest import read_manifest
 from breastmri.dicom.dynamics import assemble_dynamics, describe_dynamic
-from breastmri.dicom.index import ASL_LABEL_CONTROL_REASON, index
+from breastmri.dicom.index import index
 from breastmri.dicom.kinds import KIND_REASONS
 from breastmri.dicom.pixels import read_series
 from breastmri.enhance import pipeline
@@ -102,11 +102,16 @@ def test_twist_noise_matches_its_own_frame_differences(prostatex):
     assert noise["sigma"] == pytest.approx(measured, rel=0.3), noise
 
 
-def test_philips_asl_label_and_control_pairs_and_perfusion_maps_are_skipped():
+def test_philips_asl_source_series_split_into_label_and_control_images():
+    """Each pCASL source series (a label and a control image at every position and time, told apart by Philips'
+    Label Type) becomes two series of repeated acquisitions; the scanner's perfusion images (label minus control,
+    PERFUSION) are parametric maps."""
     series, skips, _ = index(ASL)
-    assert skips.series[ASL_LABEL_CONTROL_REASON] == 2  # 2-D and 3-D pCASL source series, by Label Type
-    assert series == []  # the scanner's perfusion images (label minus control, PERFUSION): parametric maps
-    assert skips.files["parametric map"] == 16
+    assert [(s.series_description, s.volume, len({t for t, _ in s.layout})) for s in series] == [
+        ("SOURCE - pCASL", "control", 30), ("SOURCE - pCASL", "label", 30),
+        ("SOURCE - 3D_pCASL_6mm", "control", 8), ("SOURCE - 3D_pCASL_6mm", "label", 8)]
+    assert all(len(s.frames) == 8 * len({t for t, _ in s.layout}) for s in series)  # 8 positions at every time
+    assert skips.files["parametric map"] == 16 and not skips.series
 
 
 def test_benchmark_scores_real_frames_one_by_one(smoke_run):

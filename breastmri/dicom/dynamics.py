@@ -50,15 +50,15 @@ def protocol_name(series):
 
 def acquisition_key(series):
     """What two series must share to be time points of one dynamic; None for a series that cannot be a member
-    (more than one time point, no slice positions to compare, or one b-value of a split diffusion series)."""
+    (more than one time point, no slice positions to compare, or one volume of a split series)."""
     a = series.acquisition
     if not a or not a.get("positions") or len({t for t, _ in series.layout}) != 1 or series.volume is not None:
-        return None  # a b-value of a split diffusion series is not a time point either
+        return None  # a b-value or the label images of a split series is not a time point either
     orientation = tuple(round(v, 2) for v in a["orientation"]) if a.get("orientation") else None
     return (series.patient_id, series.study_uid, a.get("frame_of_reference_uid"), orientation, a["positions"],
             a.get("rows"), a.get("cols"), a.get("pixel_spacing"), a.get("scanning_sequence"), a.get("sequence_name"),
             protocol_name(series), a.get("tr_ms"), a.get("te_ms"), a.get("flip_deg"), a.get("ti_ms"),
-            a.get("image_type"), a.get("b_value"))
+            a.get("image_type"), a.get("b_value"), a.get("asl"))
 
 
 def order_members(members):

@@ -16,8 +16,22 @@ import pydicom
 
 from breastmri.dicom.kinds import _private_value
 
-# Philips' Label Type of arterial spin labelling source images (LABEL or CONTROL): (2005,xx29) of this creator.
+# Whether an arterial spin labelling source image is a label or a control image: the standard ASL Context
+# (0018,9257: LABEL, CONTROL, M_ZERO_SCAN; in a functional group of enhanced MR frames), else Philips' Label Type
+# ((2005,xx29) of this creator, LABEL or CONTROL, on classic images).
 _PHILIPS_LABEL_TYPE = (0x2005, "Philips MR Imaging DD 005", 0x29)
+
+
+def _asl_context(ds, *groups):
+    """"label", "control", "m_zero_scan" (lower case) or None: ASLContext in the first item of any sequence of the
+    functional group items `groups` (a frame's own, then the shared ones), at the top level, else Philips' Label
+    Type."""
+    for item in groups:
+        for element in item or ():
+            if element.VR == "SQ" and element.value and "ASLContext" in element.value[0]:
+                return _text_value(element.value[0].ASLContext).lower() or None
+    value = _text_value(ds.get("ASLContext")) or _text_value(_private_value(ds, *_PHILIPS_LABEL_TYPE))
+    return value.lower() or None
 
 
 # The diffusion weighting of an image, where the standard DiffusionBValue (0018,9087) is missing: Siemens (0019,xx0C)
@@ -158,7 +172,6 @@ def _header_record(path, ds):
         "rows": int(ds.Rows), "cols": int(ds.Columns),
         "field_strength_t": _number(ds.get("MagneticFieldStrength")),
         "padded": "PixelPaddingValue" in ds,
-        "label_type": _text_value(_private_value(ds, *_PHILIPS_LABEL_TYPE)),
         "frames": [],
         # what dynamics.assemble_dynamics compares across series (a DCE stored one series per time point)
         "acquisition": {
@@ -195,18 +208,19 @@ def _header_record(path, ds):
                                       lookup("PlaneOrientationSequence", "ImageOrientationPatient")),
                 "time": _seconds(lookup("FrameContentSequence", "FrameAcquisitionDateTime")),
                 "b_value": _number(lookup("MRDiffusionSequence", "DiffusionBValue")),
+                "asl": _asl_context(ds, own, shared),
                 "acquisition": 0.0, "instance": instance, "slope": slope, "intercept": intercept,
                 "orientation": _orientation(lookup("PlaneOrientationSequence", "ImageOrientationPatient"))})
     else:
         position = _position(ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"),
                              ds.get("SliceLocation"))
         orientation = _orientation(ds.get("ImageOrientationPatient"))
-        b_value = _b_value(ds)
+        b_value, asl = _b_value(ds), _asl_context(ds)
         for i in range(n_frames):
             record["frames"].append({
                 "frame": i if n_frames > 1 else None,
                 "temporal": _number(ds.get("TemporalPositionIdentifier")),
-                "position": position, "time": acquired, "b_value": b_value,
+                "position": position, "time": acquired, "b_value": b_value, "asl": asl,
                 "acquisition": _number(ds.get("AcquisitionNumber"), 0.0), "instance": instance,
                 "slope": slope0, "intercept": intercept0, "orientation": orientation})
     return record

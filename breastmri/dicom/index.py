@@ -17,10 +17,12 @@ images share a slice position (a DCE series without the tag), the images at each
 AcquisitionTime (then AcquisitionNumber, InstanceNumber). So a DCE series is stored time point by time point,
 each time point as a spatially ordered stack.
 
-A diffusion series that holds several b-values at each slice position (the b-value from DiffusionBValue or the
-vendor's private element, headers._b_value) is not a dynamic: it is split into one Series per b-value (`volume`,
-"b=800"), as a scanner that stores each b-value apart gives them, so that no temporal model reads one diffusion
-weighting as the next time point of another. enhance.py writes one enhanced series per b-value.
+A series that holds several kinds of image at each slice position is split into one Series per kind (`volume`), as
+a scanner that stores each kind apart gives them, so that no temporal model reads one kind as the next time point of
+another: a diffusion series into one per b-value ("b=800"; from DiffusionBValue or the vendor's private element,
+headers._b_value), an arterial spin labelling source series into its label and its control images ("label",
+"control"; ASL Context or Philips' Label Type, headers._asl_context), each a series of repeated acquisitions of one
+anatomy. enhance.py writes one enhanced series per volume.
 """
 
 import hashlib
@@ -63,13 +65,10 @@ MIXED_PLANES_REASON = "localizer (image orientations differ)"
 # series, a temporal tag that does not tell the dynamics apart and equal acquisition times): no (time, position)
 # layout tells them apart, so a context model would read one as the other's neighbour.
 REPEATED_POSITION_REASON = "repeated slice position at one time point"
-# The same for arterial spin labelling source series, which hold a label and a control image at each (position,
-# time): told apart by Philips' Label Type (2005,xx29 of "Philips MR Imaging DD 005"), they are counted as such,
-# so a user sees the case named. Their difference is the perfusion signal, not two frames of one anatomy.
-ASL_LABEL_CONTROL_REASON = "ASL label and control images at one time point"
-# A multi-frame object holding several b-values: it cannot be split (enhance.py writes an object back whole), and
-# read whole its b-values would be taken for time points.
+# A multi-frame object holding several volumes (module docstring: b-values, or ASL label and control images): it
+# cannot be split (enhance.py writes an object back whole), and read whole its volumes would be taken for time points.
 DIFFUSION_OBJECT_REASON = "several b-values in one multi-frame object"
+ASL_OBJECT_REASON = "ASL label and control images in one multi-frame object"
 ORIENTATION_TOLERANCE = 0.01  # largest difference of direction cosines within one plane (~0.6 degrees)
 @dataclass
 class Series:
@@ -107,12 +106,12 @@ class Series:
     # a dynamic assembled from series stored one per time point (dynamics.assemble_dynamics): its id, the tag that
     # ordered the members, and per member series its uid, number, description, folder of truth and frame range
     dynamic: dict = None
-    volume: str = None  # "b=800": the one b-value of a split diffusion series (module docstring), else None
+    volume: str = None  # "b=800", "control": which volume of a split series this is (module docstring), else None
 
     @property
     def id(self):
         """What tells this series apart from every other of a tree: its SeriesInstanceUID (a dynamic's id), and
-        for one b-value of a split diffusion series that b-value too (the manifest's series_uid column)."""
+        for one volume of a split series (a b-value, ASL label or control images) that volume too (the manifest's series_uid column)."""
         return self.series_uid if self.volume is None else f"{self.series_uid}#{self.volume}"
 
 
@@ -297,13 +296,11 @@ def group_series(records, root, skips, include_kinds=()):
             skips.add_series(MIXED_PLANES_REASON, n_files, f"series {uid} ({first['series_description']})")
             continue
         volumes = _volumes(frames)
-        if volumes is None:
-            skips.add_series(DIFFUSION_OBJECT_REASON, n_files, f"series {uid} ({first['series_description']})")
+        if isinstance(volumes, str):
+            skips.add_series(volumes, n_files, f"series {uid} ({first['series_description']})")
             continue
         if not all(_assign_temporal(part) for _, part in volumes):
-            labelled = len({r["label_type"] for r in files}) > 1
-            skips.add_series(ASL_LABEL_CONTROL_REASON if labelled else REPEATED_POSITION_REASON, n_files,
-                             f"series {uid} ({first['series_description']})")
+            skips.add_series(REPEATED_POSITION_REASON, n_files, f"series {uid} ({first['series_description']})")
             continue
         by_path = {r["path"]: r for r in files}
         for volume, part in volumes:
@@ -323,8 +320,9 @@ def _series(uid, files, frames, volume):
                        orientation=frames[0]["orientation"],
                        positions=tuple(sorted({_position_key(f["position"]) for f in frames
                                                if f["position"] is not None})))
-    b_values = {f["b_value"] for f in frames}  # one throughout: part of the acquisition (dynamics.acquisition_key)
-    acquisition["b_value"] = b_values.pop() if len(b_values) == 1 else None
+    for key in ("b_value", "asl"):  # one throughout: part of the acquisition (dynamics.acquisition_key)
+        values = {f.get(key) for f in frames}
+        acquisition[key] = values.pop() if len(values) == 1 else None
     return Series(
         acquisition=acquisition, start={key: min(values) if values else None for key, values in starts.items()},
         patient_id=first["patient_id"], study_uid=first["study_uid"], series_uid=uid,
@@ -342,22 +340,35 @@ def _series(uid, files, frames, volume):
 
 
 def _volumes(frames):
-    """[(volume, frames)]: one per b-value, in increasing order, when the frames at one slice position differ in
-    b-value (images without one, as some vendors leave the b=0 images, are a volume of their own, "b=unknown");
-    else [(None, frames)]. None when a multi-frame object holds several b-values (DIFFUSION_OBJECT_REASON)."""
-    b_values = {f["b_value"] for f in frames}
-    if len(b_values) < 2:
+    """[(volume, frames)]: one per kind of image (module docstring) when the frames at one slice position differ in
+    b-value or ASL context, in increasing b-value, then control before label; else [(None, frames)]. Images without
+    a b-value beside images with one (as some vendors leave the b=0 images) are a volume of their own,
+    "b=unknown". The reason to skip the series when a multi-frame object holds several volumes."""
+    kinds = {_volume_kind(f) for f in frames}
+    if len(kinds) < 2:
         return [(None, frames)]
     at_position, in_file = defaultdict(set), defaultdict(set)
     for f in frames:
-        at_position[None if f["position"] is None else _position_key(f["position"])].add(f["b_value"])
-        in_file[f["path"]].add(f["b_value"])
+        at_position[None if f["position"] is None else _position_key(f["position"])].add(_volume_kind(f))
+        in_file[f["path"]].add(_volume_kind(f))
     if max(map(len, at_position.values())) < 2:
         return [(None, frames)]
     if max(map(len, in_file.values())) > 1:
-        return None
-    return [("b=unknown" if b is None else f"b={b:g}", [f for f in frames if f["b_value"] == b])
-            for b in sorted(b_values, key=lambda b: -1.0 if b is None else b)]
+        return DIFFUSION_OBJECT_REASON if len({b for b, _ in kinds}) > 1 else ASL_OBJECT_REASON
+    split_b, split_asl = (len({kind[i] for kind in kinds}) > 1 for i in (0, 1))
+
+    def name(kind):
+        b, asl = kind
+        b_name = ("b=unknown" if b is None else f"b={b:g}") if split_b else None
+        return " ".join(n for n in (b_name, (asl or "unknown") if split_asl else None) if n)
+
+    order = sorted(kinds, key=lambda kind: (-1.0 if kind[0] is None else kind[0], str(kind[1])))
+    return [(name(kind), [f for f in frames if _volume_kind(f) == kind]) for kind in order]
+
+
+def _volume_kind(frame):
+    """What tells the volumes of a series apart (_volumes): (b-value, ASL context), either None."""
+    return frame["b_value"], frame.get("asl")
 
 
 def _layout(frames):

@@ -105,7 +105,9 @@ def _score_dynamic(data_dir, rows, methods, enhancer, n_positions):
     data_range = float(np.percentile(clean[:, positions][:, body], 99.5)) - zero
     level = np.array([clean[t, positions][body].mean() for t in range(n_times)]) - zero
     pre = frames_before_contrast(level)
-    result = {"series_description": row0["series_description"], "dynamic_id": row0.get("dynamic_id") or None,
+    volume = row0["series_uid"].partition("#")[2]  # one volume of a split series (dicom.index): "control"
+    result = {"series_description": " ".join(filter(None, (row0["series_description"], volume))),
+              "dynamic_id": row0.get("dynamic_id") or None,
               "time_points": n_times, "positions": positions, "pre_contrast_frames": pre,
               "sigma_source": sigma_src, "sigma_total": sigma_total, "data_range": data_range,
               "ceiling_db": 20 * math.log10(data_range / sigma_src) if sigma_src > 0 else None}

@@ -1,17 +1,19 @@
-"""A diffusion series of several b-values is not a dynamic: the index splits it into one series per b-value, which
-preprocessing and enhance.py then treat as single-time-point series (index module docstring). The real case,
-ProstateX's 4-b-value series: tests/test_real_data.py."""
+"""A series of several kinds of image at each slice position is split by the index (module docstring): a diffusion
+series of several b-values into one single-time-point series per b-value, an arterial spin labelling source series
+into its control and its label images, each a series of repeated acquisitions. Preprocessing and enhance.py then
+treat each part as a series of its own. The real cases, ProstateX's 4-b-value series and Philips' pCASL source
+series: tests/test_real_data.py."""
 
 import numpy as np
 import pydicom
 import pytest
-from dicom_fixtures import enhanced_mr_dataset, write_dwi_series
+from dicom_fixtures import enhanced_mr_dataset, write_asl_series, write_dwi_series
 
 from breastmri.config import load_config
 from breastmri.data import preprocess
 from breastmri.data.manifest import read_manifest
 from breastmri.dicom.dynamics import assemble_dynamics
-from breastmri.dicom.index import DIFFUSION_OBJECT_REASON, index
+from breastmri.dicom.index import ASL_OBJECT_REASON, DIFFUSION_OBJECT_REASON, index
 from breastmri.enhance import pipeline
 from breastmri.enhance.enhancer import load_enhancer
 
@@ -126,3 +128,65 @@ def test_multi_frame_diffusion_objects(tmp_path):
     _enhanced_dwi(tmp_path / "both" / "dwi.dcm", (0, 800), "1.2.9.3")
     series, skips, _ = index(tmp_path / "both")
     assert series == [] and skips.series[DIFFUSION_OBJECT_REASON] == 1
+
+
+@pytest.mark.parametrize("vendor", ["philips", "standard"])
+def test_asl_control_and_label_images_are_two_series_of_repeated_acquisitions(tmp_path, vendor):
+    uid = write_asl_series(tmp_path, "P1", vendor=vendor)
+    series, skips, _ = index(tmp_path)
+    assert [(s.series_uid, s.volume, s.id) for s in series] == [(uid, "control", f"{uid}#control"),
+                                                               (uid, "label", f"{uid}#label")]
+    for s in series:  # 4 time points x 2 positions each, one kind of image throughout
+        assert sorted(s.layout) == [(t, k) for t in range(4) for k in range(2)]
+        assert {s.acquisition["asl"]} == {s.volume}
+    assert not set(series[0].sop_instance_uids) & set(series[1].sop_instance_uids) and not skips.series
+    assert len(assemble_dynamics(series)) == 2
+
+
+def test_asl_images_stored_one_series_each_make_a_control_and_a_label_dynamic(tmp_path):
+    """Every (time point, label) its own series of one protocol: the control series are one dynamic and the label
+    series another, never one dynamic whose time points alternate between the two."""
+    write_asl_series(tmp_path, "P1", one_series_per_image=True)
+    series, _, _ = index(tmp_path)
+    assert len(series) == 8 and all(s.volume is None for s in series)
+    dynamics = assemble_dynamics(series)
+    assert sorted((s.acquisition["asl"], len({t for t, _ in s.layout})) for s in dynamics) == [("control", 4),
+                                                                                              ("label", 4)]
+
+
+def test_each_asl_part_is_preprocessed_and_enhanced_on_its_own(tmp_path, identity_run):
+    uid = write_asl_series(tmp_path / "in", "P1")
+    cfg = load_config(overrides=["preprocess.split=[1.0,0.0,0.0]"])
+    preprocess.run(tmp_path / "in", tmp_path / "data", cfg, progress=False)
+    rows = read_manifest(tmp_path / "data")
+    assert {r["series_uid"] for r in rows} == {f"{uid}#control", f"{uid}#label"}
+    assert {r["n_times"] for r in rows} == {4}
+    summary = pipeline.run(load_enhancer(identity_run), tmp_path / "in", tmp_path / "out", progress=False)
+    assert sorted((r["volume"], r["time_points"]) for r in summary["series"]) == [("control", 4), ("label", 4)]
+    descriptions = {pydicom.dcmread(p).SeriesDescription for p in (tmp_path / "out").rglob("*.dcm")}
+    assert descriptions == {"SOURCE - pCASL control enhanced", "SOURCE - pCASL label enhanced"}
+
+
+def test_multi_frame_asl_objects(tmp_path):
+    """ASLContext per frame, in a functional group: an object of control images and one of label images are two
+    series; one object of both cannot be split and is skipped with its reason."""
+    def write(path, contexts, series_uid):
+        n = 2 * len(contexts)
+        ds = enhanced_mr_dataset(np.full((n, 16, 16), 500, np.uint16), [2.5 * (i % 2) for i in range(n)],
+                                 [1 + i // 2 for i in range(n)], [1.0] * n, [0.0] * n, series_uid=series_uid)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = series_uid + ".1"
+        for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            asl = pydicom.Dataset()
+            asl.ASLContext = contexts[i // 2]
+            item.MRArterialSpinLabelingSequence = pydicom.Sequence([asl])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+
+    write(tmp_path / "apart" / "control.dcm", ("CONTROL", "CONTROL"), "1.2.8.1")
+    write(tmp_path / "apart" / "label.dcm", ("LABEL", "LABEL"), "1.2.8.2")
+    series, _, _ = index(tmp_path / "apart")
+    assert sorted(s.acquisition["asl"] for s in series) == ["control", "label"] and all(s.volume is None
+                                                                                         for s in series)
+    write(tmp_path / "both" / "asl.dcm", ("CONTROL", "LABEL"), "1.2.8.3")
+    series, skips, _ = index(tmp_path / "both")
+    assert series == [] and skips.series[ASL_OBJECT_REASON] == 1
