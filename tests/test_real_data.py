@@ -114,6 +114,21 @@ def test_philips_asl_source_series_split_into_label_and_control_images():
     assert skips.files["parametric map"] == 16 and not skips.series
 
 
+def test_the_pcasl_control_images_are_a_series_of_repeated_frames_with_a_masked_background(tmp_path):
+    """Preprocessed, the 2-D pCASL's control images are one series of 30 time points whose noise is read from the
+    frame differences (the air, masked to 0, reads about a third of it) and is spatially correlated."""
+    cfg = load_config(overrides=["preprocess.split=[1.0,0.0,0.0]", "preprocess.series_filter=^SOURCE - pCASL$"])
+    summary = preprocess.run(ASL, tmp_path, cfg, progress=False)
+    assert summary["series_processed"] == 2
+    rows = [r for r in read_manifest(tmp_path) if r["series_uid"].endswith("#control")]
+    assert len(rows) == 240 and {r["n_times"] for r in rows} == {30}
+    info = json.loads((tmp_path / rows[0]["noisy_file"].replace("_noisy.npy", ".json")).read_text())["info"]
+    assert info["masked_background"] and info["sigma_method"] == "frame_difference"
+    assert info["sigma_estimates"]["frame_difference"] > 3 * info["sigma_estimates"]["background"]
+    assert min(info["noise_correlation_source"]) > 0.5
+    assert np.allclose(info["noise_correlation_added"], info["noise_correlation_source"], atol=0.1)
+
+
 def test_benchmark_scores_real_frames_one_by_one(smoke_run):
     from breastmri.evaluate.benchmark_real import markdown, real_part
     from breastmri.evaluate.benchmark_runs import read_run
