@@ -28,6 +28,24 @@ def test_statistics_of_white_noise():
     assert s["noise_correlation"] == pytest.approx([0, 0], abs=0.05)
     assert s["frames_before_contrast"] == 4 and s["spacing_s"] == pytest.approx(16.4)
     assert s["largest_shift_px"] < 0.2
+    assert s["detail_kurtosis"] == pytest.approx(3, abs=0.5)  # the mean frame's detail is Gaussian noise
+
+
+def test_fine_detail_kurtosis_tells_sparse_structure_from_texture():
+    """The same body filled with a Gaussian texture or crossed by a few thin vessels of the same detail power: the
+    first reads about 3, the second far more."""
+    from scipy import ndimage
+
+    frames, body = _series(sigma=1.0)
+    rng = np.random.default_rng(3)
+    texture = ndimage.gaussian_filter(rng.standard_normal(body.shape), 1.0)
+    vessels = np.zeros(body.shape)
+    vessels[60, :] = vessels[45:55, 40] = 1.0  # the region (rows 43-65 once eroded) crossed by two
+    kurtosis = {}
+    for name, detail in (("texture", texture), ("vessels", vessels)):
+        detail = 30 * detail / detail[body].std()
+        kurtosis[name] = statistics(frames + np.where(body, detail, 0)[None])["detail_kurtosis"]
+    assert kurtosis["texture"] < 4 < 8 < kurtosis["vessels"], kurtosis
 
 
 def test_statistics_of_correlated_noise():

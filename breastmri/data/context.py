@@ -212,9 +212,10 @@ def _around(window, shape, margin):
     return region, tuple(slice(lo - r.start, hi - r.start) for (lo, hi), r in zip(bounds, region))
 
 
-def _projection(frames, kind, window, powers=0):
+def _projection(frames, kind, window, powers=0, block_noise_fit=True):
     """(projection, expected powers or None) of temporal_projection without its registration: "registered" is
-    "local" here."""
+    "local" here. block_noise_fit False: every block takes the whole slice's noise (the projection's first
+    definition, which the realism statistics keep so that their figures stay comparable)."""
     if kind not in PROJECTIONS:
         raise ValueError(f"unknown projection {kind!r}; choose one of {', '.join(PROJECTIONS)}")
     frames = np.asarray(frames, np.float32)
@@ -232,7 +233,7 @@ def _projection(frames, kind, window, powers=0):
     ratio = math.sqrt(n_times / x.shape[1])
     noise = max(values[0], 0.0) / (1 - ratio) ** 2
     if kind != "global":
-        return _local_projection(frames, window, noise, powers)
+        return _local_projection(frames, window, noise, powers, block_noise_fit)
     kept = vectors[:, values > PROJECTION_EDGE * noise * (1 + ratio) ** 2].astype(np.float32)
     out = ((kept @ (kept.T @ x)) + mean).reshape(frames.shape)[(slice(None),) + window]
     if not powers:
@@ -290,7 +291,7 @@ def block_noise(values, pixels):
     return means[np.arange(len(values)), last]
 
 
-def _local_projection(frames, window, ceiling=np.inf, powers=0):
+def _local_projection(frames, window, ceiling=np.inf, powers=0, block_noise_fit=True):
     """temporal_projection's "local" kind on the blocks covering `window`, each block's sigma^2 by block_noise
     averaged over NOISE_BLOCKS^2 blocks (those around the window are decomposed for it, so a window equals the
     whole output cropped) and at most `ceiling` (the whole slice's sigma^2). powers 1 or 3: also (T, powers, h, w)
@@ -316,7 +317,7 @@ def _local_projection(frames, window, ceiling=np.inf, powers=0):
     noise_values = values if len(spread) == n_times else np.linalg.eigvalsh(covariance[:, spread][:, :, spread])
     grid = blocks.shape[1:3]
     noise = np.minimum(ndimage.uniform_filter(block_noise(noise_values, x.shape[2]).reshape(grid), NOISE_BLOCKS,
-                                              mode="nearest"), ceiling)
+                                              mode="nearest"), ceiling) if block_noise_fit else np.full(grid, ceiling)
     inner = (slice(y0 - u0, y1 - u0 + 1), slice(x0 - v0, x1 - v0 + 1))       # the blocks that cover the window
     x, mean, values, vectors = (a.reshape(grid + a.shape[1:])[inner].reshape((-1,) + a.shape[1:])
                                 for a in (x, mean, values, vectors))
