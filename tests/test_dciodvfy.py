@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -133,4 +134,27 @@ def test_each_b_value_of_a_split_diffusion_series_adds_no_dciodvfy_error(dciodvf
     assert summary["series_done"] == 2, summary["series"]
     before = set().union(*(errors(dciodvfy, p) for p in sorted((tmp_path / "in").glob("*.dcm"))))
     after = set().union(*(errors(dciodvfy, p) for p in sorted((tmp_path / "out").rglob("*.dcm"))))
+    assert not sorted(after - before), "\n".join(sorted(after - before))
+
+
+PCASL = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "philips-asl-3t" / "202_SOURCE_-_pCASL"
+
+
+@pytest.mark.skipif(not PCASL.is_dir(), reason=f"real scanner files not found at {PCASL}")
+def test_the_real_pcasl_control_and_label_series_add_no_dciodvfy_error(dciodvfy, identity, tmp_path):
+    """A real Philips pCASL source series (its images at two positions and three time points), split into its
+    control and its label images and written as two derived series: as valid as the scanner's files."""
+    headers = {p: pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(PCASL.glob("*.dcm"))}
+    positions = sorted({round(float(ds.ImagePositionPatient[2]), 2) for ds in headers.values()})[:2]
+    picked = [p for p, ds in headers.items() if round(float(ds.ImagePositionPatient[2]), 2) in positions
+              and int(ds.TemporalPositionIdentifier) <= 3]
+    (tmp_path / "in").mkdir()
+    for p in picked:
+        shutil.copy(p, tmp_path / "in" / p.name)
+    summary = pipeline.run(identity, tmp_path / "in", tmp_path / "out", progress=False)
+    assert sorted(r["volume"] for r in summary["series"]) == ["control", "label"]
+    written = sorted((tmp_path / "out").rglob("*.dcm"))
+    assert len(written) == len(picked) == 12
+    before = set().union(*(errors(dciodvfy, p) for p in picked))
+    after = set().union(*(errors(dciodvfy, p) for p in written))
     assert not sorted(after - before), "\n".join(sorted(after - before))
