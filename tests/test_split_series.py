@@ -130,9 +130,15 @@ def test_multi_frame_diffusion_objects(tmp_path):
     assert series == [] and skips.series[DIFFUSION_OBJECT_REASON] == 1
 
 
-@pytest.mark.parametrize("vendor", ["philips", "standard"])
+@pytest.mark.parametrize("vendor", ["philips", "philips implicit VR", "standard"])
 def test_asl_control_and_label_images_are_two_series_of_repeated_acquisitions(tmp_path, vendor):
-    uid = write_asl_series(tmp_path, "P1", vendor=vendor)
+    """In an implicit-VR file Philips' Label Type is raw bytes (no dictionary entry): the same volumes."""
+    uid = write_asl_series(tmp_path, "P1", vendor=vendor.split()[0])
+    if vendor.endswith("implicit VR"):
+        for path in tmp_path.glob("*.dcm"):
+            ds = pydicom.dcmread(path)
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+            ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
     series, skips, _ = index(tmp_path)
     assert [(s.series_uid, s.volume, s.id) for s in series] == [(uid, "control", f"{uid}#control"),
                                                                (uid, "label", f"{uid}#label")]
@@ -168,25 +174,49 @@ def test_each_asl_part_is_preprocessed_and_enhanced_on_its_own(tmp_path, identit
 
 
 def test_multi_frame_asl_objects(tmp_path):
-    """ASLContext per frame, in a functional group: an object of control images and one of label images are two
-    series; one object of both cannot be split and is skipped with its reason."""
-    def write(path, contexts, series_uid):
+    """ASLContext per frame (MR Arterial Spin Labeling functional group) or shared by all frames: a control object
+    and a label object of one series are its two volumes, of two series two series that never make one dynamic;
+    one object of both cannot be split and is skipped with its reason."""
+    def write(path, contexts, series_uid, shared=False):
         n = 2 * len(contexts)
         ds = enhanced_mr_dataset(np.full((n, 16, 16), 500, np.uint16), [2.5 * (i % 2) for i in range(n)],
                                  [1 + i // 2 for i in range(n)], [1.0] * n, [0.0] * n, series_uid=series_uid)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = series_uid + ".1"
-        for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{series_uid}.{len(path.stem)}"
+        items = ds.SharedFunctionalGroupsSequence[:1] if shared else ds.PerFrameFunctionalGroupsSequence
+        for i, item in enumerate(items):
             asl = pydicom.Dataset()
             asl.ASLContext = contexts[i // 2]
             item.MRArterialSpinLabelingSequence = pydicom.Sequence([asl])
         path.parent.mkdir(parents=True, exist_ok=True)
         ds.save_as(path, enforce_file_format=True)
 
-    write(tmp_path / "apart" / "control.dcm", ("CONTROL", "CONTROL"), "1.2.8.1")
-    write(tmp_path / "apart" / "label.dcm", ("LABEL", "LABEL"), "1.2.8.2")
+    write(tmp_path / "one" / "control.dcm", ("CONTROL", "CONTROL"), "1.2.8.1")
+    write(tmp_path / "one" / "lab.dcm", ("LABEL", "LABEL"), "1.2.8.1", shared=True)
+    series, _, _ = index(tmp_path / "one")
+    assert [(s.series_uid, s.volume, len(s.frames)) for s in series] == [("1.2.8.1", "control", 4),
+                                                                         ("1.2.8.1", "label", 4)]
+    write(tmp_path / "apart" / "control.dcm", ("CONTROL", "CONTROL"), "1.2.8.2")
+    write(tmp_path / "apart" / "lab.dcm", ("LABEL", "LABEL"), "1.2.8.3", shared=True)
     series, _, _ = index(tmp_path / "apart")
-    assert sorted(s.acquisition["asl"] for s in series) == ["control", "label"] and all(s.volume is None
-                                                                                         for s in series)
-    write(tmp_path / "both" / "asl.dcm", ("CONTROL", "LABEL"), "1.2.8.3")
+    assert sorted(s.acquisition["asl"] for s in series) == ["control", "label"]
+    assert all(s.volume is None for s in series)
+    write(tmp_path / "both" / "asl.dcm", ("CONTROL", "LABEL"), "1.2.8.4")
     series, skips, _ = index(tmp_path / "both")
     assert series == [] and skips.series[ASL_OBJECT_REASON] == 1
+
+
+def test_volumes_are_ordered_and_an_object_of_several_is_skipped_for_what_it_holds():
+    """_volumes on header frames: b-value first, then control, label, m_zero_scan, images without a label last;
+    a series whose b-values are in separate files but one of whose objects holds two labels is skipped as ASL."""
+    from breastmri.dicom.index import _volumes
+
+    def frames(*kinds, one_file=False):
+        return [{"b_value": b, "asl": asl, "position": 0.0, "path": "f" if one_file else f"f{i}"}
+                for i, (b, asl) in enumerate(kinds)]
+
+    labels = frames((None, "label"), (None, None), (None, "m_zero_scan"), (None, "control"))
+    assert [name for name, _ in _volumes(labels)] == ["control", "label", "m_zero_scan", "unknown"]
+    mixed = frames((0.0, None), (800.0, None)) + [dict(f, path="multi") for f in frames((0.0, "control"),
+                                                                                       (0.0, "label"))]
+    assert _volumes(mixed) == ASL_OBJECT_REASON
+    assert _volumes(frames((0.0, None), (800.0, None), one_file=True)) == DIFFUSION_OBJECT_REASON

@@ -53,7 +53,7 @@ def acquisition_key(series):
     (more than one time point, no slice positions to compare, or one volume of a split series)."""
     a = series.acquisition
     if not a or not a.get("positions") or len({t for t, _ in series.layout}) != 1 or series.volume is not None:
-        return None  # a b-value or the label images of a split series is not a time point either
+        return None  # one volume of a split series (a b-value, control or label images) is not a time point either
     orientation = tuple(round(v, 2) for v in a["orientation"]) if a.get("orientation") else None
     return (series.patient_id, series.study_uid, a.get("frame_of_reference_uid"), orientation, a["positions"],
             a.get("rows"), a.get("cols"), a.get("pixel_spacing"), a.get("scanning_sequence"), a.get("sequence_name"),
@@ -93,7 +93,8 @@ def merge(members, ordered_by):
     uid = dynamic_id(members)
     truth_dir = first.truth_dir if all(m.truth_dir for m in members) else None
     return replace(
-        first, series_uid=uid, series_description=f"{protocol_name(first)} (dynamic of {len(members)} series)",
+        first, series_uid=uid, series_description=" ".join(filter(None, (protocol_name(first), first.acquisition.get(
+            "asl")))) + f" (dynamic of {len(members)} series)",
         frames=frames, sop_instance_uids=sops, slopes=slopes, intercepts=intercepts, times=times,
         temporal_index=[t for t, _ in layout], layout=layout, n_files=sum(m.n_files for m in members),
         padded=any(m.padded for m in members), truth_dir=truth_dir,

@@ -17,20 +17,20 @@ import pydicom
 from breastmri.dicom.kinds import _private_value
 
 # Whether an arterial spin labelling source image is a label or a control image: the standard ASL Context
-# (0018,9257: LABEL, CONTROL, M_ZERO_SCAN; in a functional group of enhanced MR frames), else Philips' Label Type
-# ((2005,xx29) of this creator, LABEL or CONTROL, on classic images).
+# (0018,9257: LABEL, CONTROL, M_ZERO_SCAN; in the MR Arterial Spin Labeling or the MR Image Frame Type functional
+# group of enhanced MR frames), else Philips' Label Type ((2005,xx29) of this creator, LABEL or CONTROL, on classic
+# images; raw bytes in implicit-VR files, as pydicom's dictionary lacks it). Philips' enhanced objects keep theirs in
+# a private per-frame sequence, which is not read: their label and control frames stay one series.
 _PHILIPS_LABEL_TYPE = (0x2005, "Philips MR Imaging DD 005", 0x29)
+_ASL_GROUPS = ("MRArterialSpinLabelingSequence", "MRImageFrameTypeSequence")
 
 
-def _asl_context(ds, *groups):
-    """"label", "control", "m_zero_scan" (lower case) or None: ASLContext in the first item of any sequence of the
-    functional group items `groups` (a frame's own, then the shared ones), at the top level, else Philips' Label
-    Type."""
-    for item in groups:
-        for element in item or ():
-            if element.VR == "SQ" and element.value and "ASLContext" in element.value[0]:
-                return _text_value(element.value[0].ASLContext).lower() or None
-    value = _text_value(ds.get("ASLContext")) or _text_value(_private_value(ds, *_PHILIPS_LABEL_TYPE))
+def _asl_context(ds):
+    """"label", "control", "m_zero_scan" (lower case) or None: a file's ASLContext, else Philips' Label Type."""
+    value = _text_value(ds.get("ASLContext"))
+    if not value:
+        raw = _private_value(ds, *_PHILIPS_LABEL_TYPE)
+        value = raw.decode("ascii", "replace").strip("\x00 ") if isinstance(raw, bytes) else _text_value(raw)
     return value.lower() or None
 
 
@@ -190,6 +190,7 @@ def _header_record(path, ds):
     slope0, intercept0 = _number(ds.get("RescaleSlope"), 1.0), _number(ds.get("RescaleIntercept"), 0.0)
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
         # Enhanced / legacy converted MR: geometry, rescale and timing per frame, or shared by all frames.
+        asl = _asl_context(ds)
         shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
         per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
         for i in range(n_frames):
@@ -208,7 +209,8 @@ def _header_record(path, ds):
                                       lookup("PlaneOrientationSequence", "ImageOrientationPatient")),
                 "time": _seconds(lookup("FrameContentSequence", "FrameAcquisitionDateTime")),
                 "b_value": _number(lookup("MRDiffusionSequence", "DiffusionBValue")),
-                "asl": _asl_context(ds, own, shared),
+                "asl": next((_text_value(v).lower() for v in (lookup(g, "ASLContext") for g in _ASL_GROUPS)
+                             if _text_value(v)), asl),
                 "acquisition": 0.0, "instance": instance, "slope": slope, "intercept": intercept,
                 "orientation": _orientation(lookup("PlaneOrientationSequence", "ImageOrientationPatient"))})
     else:

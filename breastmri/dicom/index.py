@@ -111,7 +111,8 @@ class Series:
     @property
     def id(self):
         """What tells this series apart from every other of a tree: its SeriesInstanceUID (a dynamic's id), and
-        for one volume of a split series (a b-value, ASL label or control images) that volume too (the manifest's series_uid column)."""
+        for one volume of a split series (a b-value, ASL control or label images) that volume too (the manifest's
+        series_uid column)."""
         return self.series_uid if self.volume is None else f"{self.series_uid}#{self.volume}"
 
 
@@ -311,7 +312,8 @@ def group_series(records, root, skips, include_kinds=()):
 
 
 def _series(uid, files, frames, volume):
-    """The Series of one uid (and b-value `volume`, or None) from its header records and frames (with "t")."""
+    """The Series of one uid (and `volume` of a split series, or None) from its header records and frames (with
+    "t")."""
     first = files[0]
     frames.sort(key=lambda f: (f["t"], f["position"] if f["position"] is not None else 0.0, f["instance"],
                                f["path"], f["frame"] or 0))
@@ -341,9 +343,9 @@ def _series(uid, files, frames, volume):
 
 def _volumes(frames):
     """[(volume, frames)]: one per kind of image (module docstring) when the frames at one slice position differ in
-    b-value or ASL context, in increasing b-value, then control before label; else [(None, frames)]. Images without
-    a b-value beside images with one (as some vendors leave the b=0 images) are a volume of their own,
-    "b=unknown". The reason to skip the series when a multi-frame object holds several volumes."""
+    b-value or ASL context; else [(None, frames)]. In increasing b-value (images without one, as some vendors leave
+    the b=0 images, first: "b=unknown"), then control, label, m_zero_scan and images without a label ("unknown").
+    The reason to skip the series when a multi-frame object holds several volumes."""
     kinds = {_volume_kind(f) for f in frames}
     if len(kinds) < 2:
         return [(None, frames)]
@@ -353,8 +355,9 @@ def _volumes(frames):
         in_file[f["path"]].add(_volume_kind(f))
     if max(map(len, at_position.values())) < 2:
         return [(None, frames)]
-    if max(map(len, in_file.values())) > 1:
-        return DIFFUSION_OBJECT_REASON if len({b for b, _ in kinds}) > 1 else ASL_OBJECT_REASON
+    mixed = [held for held in in_file.values() if len(held) > 1]
+    if mixed:
+        return DIFFUSION_OBJECT_REASON if any(len({b for b, _ in held}) > 1 for held in mixed) else ASL_OBJECT_REASON
     split_b, split_asl = (len({kind[i] for kind in kinds}) > 1 for i in (0, 1))
 
     def name(kind):
@@ -362,8 +365,14 @@ def _volumes(frames):
         b_name = ("b=unknown" if b is None else f"b={b:g}") if split_b else None
         return " ".join(n for n in (b_name, (asl or "unknown") if split_asl else None) if n)
 
-    order = sorted(kinds, key=lambda kind: (-1.0 if kind[0] is None else kind[0], str(kind[1])))
-    return [(name(kind), [f for f in frames if _volume_kind(f) == kind]) for kind in order]
+    def order(kind):
+        b, asl = kind
+        return -1.0 if b is None else b, _ASL_ORDER.index(asl) if asl in _ASL_ORDER else len(_ASL_ORDER), str(asl)
+
+    return [(name(kind), [f for f in frames if _volume_kind(f) == kind]) for kind in sorted(kinds, key=order)]
+
+
+_ASL_ORDER = ("control", "label", "m_zero_scan")
 
 
 def _volume_kind(frame):

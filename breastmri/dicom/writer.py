@@ -177,9 +177,9 @@ def _number_string(elem):
 
 
 def _described(description, character_set, label=None):
-    """The output's SeriesDescription: the source's + " " + label (the b-value of a split diffusion series) +
-    DESCRIPTION_SUFFIX, the source's cut so that the whole fits LO's 64 bytes in the dataset's character set (a
-    character of a multi-byte set counts for 2-4)."""
+    """The output's SeriesDescription: the source's + " " + label (the volume of a split series: a b-value, ASL
+    control or label) + DESCRIPTION_SUFFIX, the source's cut so that the whole fits LO's 64 bytes in the dataset's
+    character set (a character of a multi-byte set counts for 2-4)."""
     encodings = pydicom.charset.convert_encodings(character_set or ["ISO_IR 6"])
     suffix = (f" {label}" if label else "") + DESCRIPTION_SUFFIX
     while description and len(pydicom.charset.encode_string(description + suffix, encodings)) > 64:
@@ -322,8 +322,8 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
     (None for a single frame). series_number: the output SeriesNumber (default: the source's + 1000).
     source_key: what names the input file when it has no SOPInstanceUID, in its dataset or its file meta (the
     index's fallback), so that every output file gets its own UID. study_uid: the StudyInstanceUID written when
-    the input has none (Type 1). label: the b-value of a split diffusion series, for the description (index.Series
-    .volume). Returns a Dataset with file_meta, ready for save_as(enforce_file_format=True).
+    the input has none (Type 1). label: the volume of a split series (a b-value, ASL control or label), for the
+    description (index.Series.volume). Returns a Dataset with file_meta, ready for save_as(enforce_file_format=True).
     """
     big_endian = header.original_encoding[1] is False
     ds = _portable_copy(header, swap=big_endian)
@@ -526,7 +526,7 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
 def output_series_numbers(series_list):
     """{source series id (index.Series.id): output SeriesNumber}: the source's + 1000, moved up past every number
     already used in the same study (by the series of the input tree and by outputs numbered before it), so a
-    viewer never shows two series of one study under one number (nor two b-values of a split diffusion series)."""
+    viewer never shows two series of one study under one number (nor two volumes of a split series)."""
     taken = {}
     for s in series_list:
         taken.setdefault(s.study_uid, set()).add(int(s.series_number or 0))
