@@ -38,27 +38,31 @@ def test_b_values_stored_as_separate_series_are_not_a_dynamic(tmp_path):
     assert all(s.dynamic is None for s in assemble_dynamics(series))
 
 
-def test_each_b_value_is_preprocessed_and_enhanced_on_its_own(tmp_path, identity_run):
-    uid = write_dwi_series(tmp_path / "in", "P1")
+@pytest.mark.parametrize("kind, volumes, time_points, description", [
+    ("diffusion", ("b=0", "b=800"), 1, "ep2d_diff"), ("asl", ("control", "label"), 4, "SOURCE - pCASL")])
+def test_each_volume_is_preprocessed_and_enhanced_on_its_own(tmp_path, identity_run, kind, volumes, time_points,
+                                                             description):
+    """Each b-value of a diffusion series (one time point each), each of an ASL series' control and label images
+    (4 repeated time points each): its own arrays, and its own derived series with its own SeriesNumber."""
+    uid = (write_dwi_series if kind == "diffusion" else write_asl_series)(tmp_path / "in", "P1")
     cfg = load_config(overrides=["preprocess.split=[1.0,0.0,0.0]"])
     preprocess.run(tmp_path / "in", tmp_path / "data", cfg, progress=False)
     rows = read_manifest(tmp_path / "data")
-    assert {r["series_uid"] for r in rows} == {f"{uid}#b=0", f"{uid}#b=800"}
-    assert {(r["n_times"], r["time_index"]) for r in rows} == {(1, 0)}
+    assert {r["series_uid"] for r in rows} == {f"{uid}#{v}" for v in volumes}
+    assert {r["n_times"] for r in rows} == {time_points}
     assert {r["source_series_uid"] for r in rows} == {uid}
     assert len({r["noisy_file"] for r in rows}) == 2
 
     summary = pipeline.run(load_enhancer(identity_run), tmp_path / "in", tmp_path / "out", progress=False)
     assert summary["series_done"] == 2
-    assert sorted((r["volume"], r["time_points"], r["slices"]) for r in summary["series"]) == [("b=0", 1, 3),
-                                                                                              ("b=800", 1, 3)]
+    assert sorted((r["volume"], r["time_points"]) for r in summary["series"]) == [(v, time_points) for v in volumes]
     written = [pydicom.dcmread(p) for p in sorted((tmp_path / "out").rglob("*.dcm"))]
     by_series = {}
     for ds in written:
         by_series.setdefault(ds.SeriesInstanceUID, set()).add((ds.SeriesDescription, int(ds.SeriesNumber)))
     assert len(by_series) == 2 and all(len(v) == 1 for v in by_series.values())
     (first,), (second,) = by_series.values()
-    assert {first[0], second[0]} == {"ep2d_diff b=0 enhanced", "ep2d_diff b=800 enhanced"}
+    assert {first[0], second[0]} == {f"{description} {v} enhanced" for v in volumes}
     assert first[1] != second[1]  # a viewer shows them as two series
 
 
@@ -158,19 +162,6 @@ def test_asl_images_stored_one_series_each_make_a_control_and_a_label_dynamic(tm
     dynamics = assemble_dynamics(series)
     assert sorted((s.acquisition["asl"], len({t for t, _ in s.layout})) for s in dynamics) == [("control", 4),
                                                                                               ("label", 4)]
-
-
-def test_each_asl_part_is_preprocessed_and_enhanced_on_its_own(tmp_path, identity_run):
-    uid = write_asl_series(tmp_path / "in", "P1")
-    cfg = load_config(overrides=["preprocess.split=[1.0,0.0,0.0]"])
-    preprocess.run(tmp_path / "in", tmp_path / "data", cfg, progress=False)
-    rows = read_manifest(tmp_path / "data")
-    assert {r["series_uid"] for r in rows} == {f"{uid}#control", f"{uid}#label"}
-    assert {r["n_times"] for r in rows} == {4}
-    summary = pipeline.run(load_enhancer(identity_run), tmp_path / "in", tmp_path / "out", progress=False)
-    assert sorted((r["volume"], r["time_points"]) for r in summary["series"]) == [("control", 4), ("label", 4)]
-    descriptions = {pydicom.dcmread(p).SeriesDescription for p in (tmp_path / "out").rglob("*.dcm")}
-    assert descriptions == {"SOURCE - pCASL control enhanced", "SOURCE - pCASL label enhanced"}
 
 
 def test_multi_frame_asl_objects(tmp_path):
