@@ -25,13 +25,10 @@ _PHILIPS_LABEL_TYPE = (0x2005, "Philips MR Imaging DD 005", 0x29)
 _ASL_GROUPS = ("MRArterialSpinLabelingSequence", "MRImageFrameTypeSequence")
 
 
-def _asl_context(ds):
-    """"label", "control", "m_zero_scan" (lower case) or None: a file's ASLContext, else Philips' Label Type."""
-    value = _text_value(ds.get("ASLContext"))
-    if not value:
-        raw = _private_value(ds, *_PHILIPS_LABEL_TYPE)
-        value = raw.decode("ascii", "replace").strip("\x00 ") if isinstance(raw, bytes) else _text_value(raw)
-    return value.lower() or None
+def _asl_context(*values):
+    """"label", "control", "m_zero_scan" (lower case) or None: the first of `values` (ASL Context, Label Type) that
+    says one."""
+    return next((text.lower() for text in map(_text_value, values) if text), None)
 
 
 # The diffusion weighting of an image, where the standard DiffusionBValue (0018,9087) is missing: Siemens (0019,xx0C)
@@ -54,14 +51,16 @@ def _b_value(ds):
     return round(value % 1e9, 1)  # GE's offset of 10^9 off
 
 
-def _private_number(ds, group, creator, offset):
-    """The first value of a private element as a number, or None; decimal text when it is UN (raw bytes)."""
+def _private_text(ds, group, creator, offset):
+    """A private element's value as text ("" when missing), multiple values joined by backslashes; raw bytes (an UN
+    element: a file re-encoded without the private dictionary, or implicit VR) decoded."""
     raw = _private_value(ds, group, creator, offset)
-    if isinstance(raw, bytes):
-        raw = raw.decode("ascii", "replace").split("\\")[0].strip("\x00 ")
-    elif isinstance(raw, (list, tuple, pydicom.multival.MultiValue)):
-        raw = raw[0] if len(raw) else None
-    return _number(raw)
+    return raw.decode("ascii", "replace").strip("\x00 ") if isinstance(raw, bytes) else _text_value(raw)
+
+
+def _private_number(ds, group, creator, offset):
+    """The first value of a private element as a number, or None."""
+    return _number(_private_text(ds, group, creator, offset).split("\\")[0].strip())
 
 
 def _orientation(iop):
@@ -188,9 +187,9 @@ def _header_record(path, ds):
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     instance = _number(ds.get("InstanceNumber"), 0.0)
     slope0, intercept0 = _number(ds.get("RescaleSlope"), 1.0), _number(ds.get("RescaleIntercept"), 0.0)
+    asl = _asl_context(ds.get("ASLContext"), _private_text(ds, *_PHILIPS_LABEL_TYPE))  # the file's
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
         # Enhanced / legacy converted MR: geometry, rescale and timing per frame, or shared by all frames.
-        asl = _asl_context(ds)
         shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
         per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
         for i in range(n_frames):
@@ -209,15 +208,14 @@ def _header_record(path, ds):
                                       lookup("PlaneOrientationSequence", "ImageOrientationPatient")),
                 "time": _seconds(lookup("FrameContentSequence", "FrameAcquisitionDateTime")),
                 "b_value": _number(lookup("MRDiffusionSequence", "DiffusionBValue")),
-                "asl": next((_text_value(v).lower() for v in (lookup(g, "ASLContext") for g in _ASL_GROUPS)
-                             if _text_value(v)), asl),
+                "asl": _asl_context(*(lookup(group, "ASLContext") for group in _ASL_GROUPS), asl),
                 "acquisition": 0.0, "instance": instance, "slope": slope, "intercept": intercept,
                 "orientation": _orientation(lookup("PlaneOrientationSequence", "ImageOrientationPatient"))})
     else:
         position = _position(ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"),
                              ds.get("SliceLocation"))
         orientation = _orientation(ds.get("ImageOrientationPatient"))
-        b_value, asl = _b_value(ds), _asl_context(ds)
+        b_value = _b_value(ds)
         for i in range(n_frames):
             record["frames"].append({
                 "frame": i if n_frames > 1 else None,

@@ -69,6 +69,7 @@ REPEATED_POSITION_REASON = "repeated slice position at one time point"
 # cannot be split (enhance.py writes an object back whole), and read whole its volumes would be taken for time points.
 DIFFUSION_OBJECT_REASON = "several b-values in one multi-frame object"
 ASL_OBJECT_REASON = "ASL label and control images in one multi-frame object"
+VOLUME_SEPARATOR = "#"  # the Series.id of one volume of a split series: "<SeriesInstanceUID>#<volume>"
 ORIENTATION_TOLERANCE = 0.01  # largest difference of direction cosines within one plane (~0.6 degrees)
 @dataclass
 class Series:
@@ -113,7 +114,7 @@ class Series:
         """What tells this series apart from every other of a tree: its SeriesInstanceUID (a dynamic's id), and
         for one volume of a split series (a b-value, ASL control or label images) that volume too (the manifest's
         series_uid column)."""
-        return self.series_uid if self.volume is None else f"{self.series_uid}#{self.volume}"
+        return self.series_uid if self.volume is None else f"{self.series_uid}{VOLUME_SEPARATOR}{self.volume}"
 
 
 @dataclass
@@ -311,6 +312,11 @@ def group_series(records, root, skips, include_kinds=()):
     return series_list
 
 
+def volume_of(series_id):
+    """The volume named in a Series.id (a manifest's series_uid), "" for a series that was not split."""
+    return series_id.partition(VOLUME_SEPARATOR)[2]
+
+
 def _series(uid, files, frames, volume):
     """The Series of one uid (and `volume` of a split series, or None) from its header records and frames (with
     "t")."""
@@ -346,13 +352,14 @@ def _volumes(frames):
     b-value or ASL context; else [(None, frames)]. In increasing b-value (images without one, as some vendors leave
     the b=0 images, first: "b=unknown"), then control, label, m_zero_scan and images without a label ("unknown").
     The reason to skip the series when a multi-frame object holds several volumes."""
-    kinds = {_volume_kind(f) for f in frames}
+    kind_of = [(f["b_value"], f.get("asl")) for f in frames]  # what tells the volumes apart, either None
+    kinds = set(kind_of)
     if len(kinds) < 2:
         return [(None, frames)]
     at_position, in_file = defaultdict(set), defaultdict(set)
-    for f in frames:
-        at_position[None if f["position"] is None else _position_key(f["position"])].add(_volume_kind(f))
-        in_file[f["path"]].add(_volume_kind(f))
+    for f, kind in zip(frames, kind_of):
+        at_position[None if f["position"] is None else _position_key(f["position"])].add(kind)
+        in_file[f["path"]].add(kind)
     if max(map(len, at_position.values())) < 2:
         return [(None, frames)]
     mixed = [held for held in in_file.values() if len(held) > 1]
@@ -369,15 +376,10 @@ def _volumes(frames):
         b, asl = kind
         return -1.0 if b is None else b, _ASL_ORDER.index(asl) if asl in _ASL_ORDER else len(_ASL_ORDER), str(asl)
 
-    return [(name(kind), [f for f in frames if _volume_kind(f) == kind]) for kind in sorted(kinds, key=order)]
+    return [(name(kind), [f for f, k in zip(frames, kind_of) if k == kind]) for kind in sorted(kinds, key=order)]
 
 
 _ASL_ORDER = ("control", "label", "m_zero_scan")
-
-
-def _volume_kind(frame):
-    """What tells the volumes of a series apart (_volumes): (b-value, ASL context), either None."""
-    return frame["b_value"], frame.get("asl")
 
 
 def _layout(frames):

@@ -191,9 +191,9 @@ def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(final, old)
             os.replace(tmp, final)
-        except OSError as error:  # a full disk, or a binary VR's value pydicom cannot pack: skip, leave nothing
-            # (write_series makes a text VR's unwritable value a SeriesError "write failed" itself; anything else
-            # raised while writing is unforeseen, counted as UNFORESEEN_REASON)
+        except OSError as error:  # a full disk: skip, leave nothing (write_series makes a header value its VR
+            # cannot hold a SeriesError "write failed" itself; anything else raised while writing is unforeseen,
+            # counted as UNFORESEEN_REASON)
             raise SeriesError("write failed", f"{type(error).__name__}: {error}") from None
         shutil.rmtree(old, ignore_errors=True)
         return n_files

@@ -38,6 +38,7 @@ import numpy as np
 
 from breastmri.data import preprocess
 from breastmri.data.manifest import _zero, noise_spectrum_of, read_manifest
+from breastmri.dicom.index import volume_of
 from breastmri.evaluate.benchmark_quality import timed_call, workers_for
 from breastmri.evaluate.realism import frames_before_contrast
 from breastmri.restore.denoisers import MULTIFRAME, correct_rician_mean, denoise, denoise_frames
@@ -105,8 +106,8 @@ def _score_dynamic(data_dir, rows, methods, enhancer, n_positions):
     data_range = float(np.percentile(clean[:, positions][:, body], 99.5)) - zero
     level = np.array([clean[t, positions][body].mean() for t in range(n_times)]) - zero
     pre = frames_before_contrast(level)
-    volume = row0["series_uid"].partition("#")[2]  # one volume of a split series (dicom.index): "control"
-    result = {"series_description": " ".join(filter(None, (row0["series_description"], volume))),
+    described = (row0["series_description"], volume_of(row0["series_uid"]))  # and which volume of a split series
+    result = {"series_description": " ".join(filter(None, described)),
               "dynamic_id": row0.get("dynamic_id") or None,
               "time_points": n_times, "positions": positions, "pre_contrast_frames": pre,
               "sigma_source": sigma_src, "sigma_total": sigma_total, "data_range": data_range,
