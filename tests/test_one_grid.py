@@ -23,7 +23,7 @@ from breastmri.data.paired import PairedSlices
 from breastmri.enhance import pipeline
 from breastmri.evaluate import evaluation
 from breastmri.restore import losses, training
-from breastmri.restore.networks import context_offsets, size_multiple
+from breastmri.restore.networks import context_offsets, keeps_common, size_multiple
 
 ROOT = Path(__file__).resolve().parents[1]
 # The degraded series goes through DICOM as 16-bit integers: quantization costs at most ~2e-5 in normalized units,
@@ -105,10 +105,11 @@ def test_enhance_equals_evaluation_on_the_same_slices(image_size, context, smoke
     model = losses.load_model(run_dir / "model.keras")
     ds = PairedSlices(data, "test", batch_size=len(rows), context=context_offsets(cfg))
     evaluated = {}
+    rician = training.needs_rician_correction(cfg, rows[0]["degrade_model"])  # self-supervised output
+    keeps = keeps_common(cfg)  # the change common to a position's frames taken back (the default with a projection)
     for b in range(len(ds)):
-        rician = training.needs_rician_correction(cfg, rows[0]["degrade_model"])  # self-supervised output
         for meta, (_, _, _, pred) in zip(ds.batch_rows(b), evaluation.predict_slices(model, ds, b, size_multiple(cfg),
-                                                                               rician)):
+                                                                               rician, keeps=keeps)):
             evaluated[meta["sop_instance_uid"]] = pred
     lo, hi = rows[0]["norm_lo"], rows[0]["norm_hi"]
     compared = 0
@@ -118,7 +119,7 @@ def test_enhance_equals_evaluation_on_the_same_slices(image_size, context, smoke
         enhanced = ds_out.pixel_array * float(ds_out.RescaleSlope) + float(ds_out.RescaleIntercept)
         normalized = (enhanced - lo) / (hi - lo)
         assert normalized.shape == evaluated[source].shape
-        if rician:
+        if rician or keeps:
             # the Rician inverse is steep just above the noise floor (dA/dE -> inf at sigma sqrt(pi/2)): the 16-bit
             # DICOM copy of the series (vs float arrays) moves the sigma each path measures, and the projection's
             # input, a little, which moves a few air pixels by ~1e-3 (one of 4096 by 1.08e-3, measured)

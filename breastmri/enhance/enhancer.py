@@ -17,17 +17,20 @@ import numpy as np
 from breastmri.config import ConfigError, config_hash, load_run_config
 from breastmri.data.context import context_stack
 from breastmri.data.grid import resize_square, unresize_square
+from breastmri.restore.networks import keeps_common
 from breastmri.restore.predict import (
     MAX_PIXELS,
     EnhanceError,
     check_tile,
     default_tile,
+    keep_common,
     pad_to_multiple,
     predict_padded,
     predict_tiled,
     receptive_margin,
 )
 from breastmri.restore.shipped import resolve_model
+from breastmri.simulate.noise import series_sigma
 
 
 @dataclass
@@ -97,7 +100,7 @@ def load_enhancer(path):
 
 
 def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, max_pixels=MAX_PIXELS,
-                  zero=0.0, layout=None):
+                  zero=0.0, layout=None, sigma=None):
     """Model output for a normalized stack of frames, float32 (n, H, W) -> float32 (n, H, W), same normalized
     units.
 
@@ -109,16 +112,31 @@ def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, 
     A context model (model.context) gets its input stacks built on that grid, by context.context_stack from the
     series' (time point, slice position) `layout`, as training built them from the preprocessed arrays: after the
     resize, so that a projection channel sees the pixels it saw in training.
+    A model with model.common_anatomy projection then has the change it made alike in every frame of a slice
+    position taken back (predict.keep_common), the projection moved between noise floors with `sigma`, the
+    series' noise (default: noise.series_sigma of the stack, as main.py's evaluation measures it).
     Returns (output, info) with info = {"method", "tiled", "tile", "margin", "model_shape"}.
     """
     stack = np.ascontiguousarray(stack, dtype=np.float32)
     n, rows, cols = stack.shape[:3]
     context = enhancer.context
+    keeps = keeps_common(enhancer.cfg)
+    layout = layout or [(0, i) for i in range(n)]
+    if keeps and sigma is None:
+        sigma = series_sigma(stack, zero, layout)[0]
+
+    def common(out, inputs):
+        if keeps:
+            positions = {}
+            for i, (_, k) in enumerate(layout):
+                positions.setdefault(k, []).append(i)
+            keep_common(out, inputs, list(positions.values()), keeps[0], sigma, keeps[1], zero)
+        return out
 
     def inputs(frames):
         if context.single_frame:
             return frames
-        return context_stack(frames, layout or [(0, i) for i in range(len(frames))], context)
+        return context_stack(frames, layout, context)
 
     timings = enhancer.timings
     size = enhancer.cfg["preprocess"]["image_size"]
@@ -126,7 +144,7 @@ def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, 
         size = int(size)
         per_call = max(1, min(batch_size, max_pixels // (size * size)))
         square = inputs(resize_square(stack, size, pad_value=zero))
-        out = predict_padded(enhancer.model, square, enhancer.multiple, per_call, timings)
+        out = common(predict_padded(enhancer.model, square, enhancer.multiple, per_call, timings), square)
         return unresize_square(out, (rows, cols)), {
             "method": "resize", "tiled": False, "tile": None, "margin": 0, "model_shape": [size, size]}
     stack = inputs(stack)
@@ -146,5 +164,5 @@ def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, 
     else:
         per_call = max(1, min(batch_size, max_pixels // (p_rows * p_cols)))
         out = predict_padded(enhancer.model, stack, enhancer.multiple, per_call, timings)
-    return out, {"method": "pad", "tiled": bool(tiled), "tile": tile if tiled else None,
+    return common(out, stack), {"method": "pad", "tiled": bool(tiled), "tile": tile if tiled else None,
                  "margin": enhancer.margin, "model_shape": [int(p_rows), int(p_cols)]}

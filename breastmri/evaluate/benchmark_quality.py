@@ -369,21 +369,17 @@ def _slices(ds):
                    None if truth is None else truth[j, ..., 0])
 
 
-def model_prediction(run, model, inputs, rows, dataset, sigmas):
-    """A network's output for a batch of inputs (B, H, W, C) -> float32 (B, H, W), as main.py evaluates it:
-    self-supervised runs get the Rician mean inverted with the sigma of each slice's noisy series
-    (training.needs_rician_correction; sigmas caches one measurement per series)."""
+def model_prediction(run, model, inputs, rows, dataset, cache):
+    """A network's output for a batch of whole-slice inputs (B, H, W, C) -> float32 (B, H, W), as main.py evaluates
+    it (evaluation.network_output: the change common to a position's frames taken back, model.common_anatomy;
+    self-supervised runs get the Rician mean inverted; cache keeps the series' noise and the positions' maps)."""
+    from breastmri.evaluate.evaluation import network_output
     from breastmri.restore import training
-    from breastmri.restore.denoisers import correct_rician_mean
-    from breastmri.simulate.noise import series_sigma
+    from breastmri.restore.networks import keeps_common, size_multiple
 
-    pred = np.asarray(model.predict_on_batch(inputs), dtype=np.float32)[..., 0]
-    for j, row in enumerate(rows):
-        if training.needs_rician_correction(run["cfg"], row.get("degrade_model")):
-            if row["noisy_file"] not in sigmas:
-                sigmas[row["noisy_file"]] = series_sigma(dataset.array(row["noisy_file"]), _zero(row))[0]
-            pred[j] = correct_rician_mean(pred[j], sigmas[row["noisy_file"]], _zero(row))
-    return pred
+    rician = training.needs_rician_correction(run["cfg"], rows[0].get("degrade_model"))
+    return network_output(model, inputs, rows, dataset, size_multiple(run["cfg"]), rician,
+                          keeps_common(run["cfg"]), cache)
 
 
 def evaluate_quality(methods, models, data_dir, max_slices, params, split="test", stacks=None, times_per_position=1):

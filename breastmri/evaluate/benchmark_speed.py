@@ -86,9 +86,11 @@ CONTEXT_SPEED_FRAMES = 25
 
 def time_context(cfg, size, min_reps):
     """ms per size x size frame of building a context model's input stacks (context.context_stack on the
-    CONTEXT_SPEED_FRAMES frames of one slice position), or None for a model that takes the slice alone."""
+    CONTEXT_SPEED_FRAMES frames of one slice position) and, with model.common_anatomy projection, of taking back
+    the output's change common to them (predict.keep_common), or None for a model that takes the slice alone."""
     from breastmri.data.context import context_stack
-    from breastmri.restore.networks import context_offsets
+    from breastmri.restore.networks import context_offsets, keeps_common
+    from breastmri.restore.predict import keep_common
 
     context = context_offsets(cfg)
     if context.single_frame:
@@ -102,7 +104,14 @@ def time_context(cfg, size, min_reps):
     frames = shift_frames(np.repeat(rng.random((1, size, size), dtype=np.float32), CONTEXT_SPEED_FRAMES, 0), moves)
     frames += 0.05 * rng.standard_normal(frames.shape, dtype=np.float32)
     layout = [(t, 0) for t in range(CONTEXT_SPEED_FRAMES)]
-    seconds, reps = _median_seconds(lambda: context_stack(frames, layout, context), min_reps)
+    keeps = keeps_common(cfg)
+
+    def stacks():
+        inputs = context_stack(frames, layout, context)
+        if keeps:  # the change common to the position's frames taken back, on an output of the frames' shape
+            keep_common(frames.copy(), inputs, [list(range(CONTEXT_SPEED_FRAMES))], keeps[0], 0.05, keeps[1])
+
+    seconds, reps = _median_seconds(stacks, min_reps)
     return {"size": size, "frames": CONTEXT_SPEED_FRAMES, "ms_per_slice": 1000 * seconds / CONTEXT_SPEED_FRAMES,
             "reps": reps}
 

@@ -11,6 +11,8 @@ import csv
 import json
 import time
 
+import numpy as np
+
 from breastmri.config import config_hash
 from breastmri.data.splits import split_record
 from breastmri.restore.losses import load_model
@@ -19,33 +21,23 @@ from breastmri.restore.training import needs_rician_correction
 # -----------------------------------------------------------------------------
 # evaluation
 
-def predict_slices(model, dataset, index, multiple, rician=False, sigma_cache=None):
+def predict_slices(model, dataset, index, multiple, rician=False, sigma_cache=None, keeps=None):
     """[(noisy, clean or None, truth or None, pred)] of batch `index`, one tuple of float32 (rows, cols) per slice.
 
-    The model runs on the stored grid through enhance.predict_padded (what enhance.py runs on a DICOM series).
-    rician (needs_rician_correction): the Rician mean is inverted with the sigma of the slice's whole noisy series
-    (denoisers.correct_rician_mean, as enhance.py does on the series it enhances); sigma_cache keeps one stack per
-    series from being measured again. When
-    the arrays were resized (preprocess.image_size), all four are mapped back to each slice's acquisition matrix with
-    grid.unresize_square, which also drops the square padding: metrics are taken on the grid the images
-    were acquired on, as enhance.py writes its output."""
+    The model runs on the stored grid through network_output (what enhance.py runs on a DICOM series: the change
+    common to a slice position's frames taken back with keeps, networks.keeps_common; rician,
+    needs_rician_correction: the Rician mean inverted). When the arrays were resized (preprocess.image_size), all
+    four are mapped back to each slice's acquisition matrix with grid.unresize_square, which also drops the square
+    padding: metrics are taken on the grid the images were acquired on, as enhance.py writes its output."""
     from breastmri.data.grid import unresize_square
-    from breastmri.data.manifest import _zero
-    from breastmri.restore.denoisers import correct_rician_mean
-    from breastmri.restore.predict import predict_padded
-    from breastmri.simulate.noise import series_sigma
 
-    sigma_cache = {} if sigma_cache is None else sigma_cache
     noisy, clean = dataset[index]  # noisy (B, H, W, C): the target slice first, then its context
     truth = dataset.truth_batch(index)
-    pred = predict_padded(model, noisy, multiple, len(noisy))
+    rows = dataset.batch_rows(index)
+    pred = network_output(model, noisy, rows, dataset, multiple, rician, keeps,
+                          {} if sigma_cache is None else sigma_cache)
     slices = []
-    for j, row in enumerate(dataset.batch_rows(index)):
-        if rician:
-            key = row["noisy_file"]
-            if key not in sigma_cache:
-                sigma_cache[key] = series_sigma(dataset.array(key), _zero(row))[0]
-            pred[j] = correct_rician_mean(pred[j], sigma_cache[key], _zero(row))
+    for j, row in enumerate(rows):
         images = (noisy[j, ..., 0], None if clean is None else clean[j, ..., 0],
                   None if truth is None else truth[j, ..., 0], pred[j])
         shape = (row.get("rows"), row.get("cols"))
@@ -55,15 +47,62 @@ def predict_slices(model, dataset, index, multiple, rician=False, sigma_cache=No
     return slices
 
 
-def evaluate(model, dataset, multiple, n_examples=3, rician=False):
+def network_output(model, inputs, rows, dataset, multiple, rician, keeps, cache):
+    """The network's output for whole-slice inputs (B, H, W, C) of manifest `rows` of `dataset` -> float32
+    (B, H, W), as enhance.py makes it for the same slices (enhancer.predict_stack), shared by main.py's evaluation
+    and the benchmark:
+
+    - keeps (networks.keeps_common: the projection channel and the reference ratio; None: off): the change the
+      network made alike in every frame of the slice's position is taken back (predict.common_change), measured
+      on all the position's frames (PairedSlices.position_inputs), once per position;
+    - rician (training.needs_rician_correction): the Rician mean inverted (denoisers.correct_rician_mean).
+
+    Both use the noise of the slice's whole noisy series, measured as enhance.py measures it (noise.series_sigma
+    with the series' layout). cache keeps the measurements and the positions' maps between calls."""
+    from breastmri.data.manifest import _layout_of, _zero
+    from breastmri.restore.denoisers import correct_rician_mean
+    from breastmri.restore.predict import MIN_COMMON_FRAMES, common_change, predict_padded
+
+    pred = predict_padded(model, inputs, multiple, len(inputs))
+    for j, row in enumerate(rows):
+        zero = _zero(row)
+        if keeps:
+            key = ("common", row["noisy_file"], _layout_of(row)[1])
+            if key not in cache:
+                position_rows, position = dataset.position_inputs(row)
+                cache[key] = None
+                if len(position_rows) >= MIN_COMMON_FRAMES:
+                    out = predict_padded(model, position, multiple, len(inputs))
+                    cache[key] = common_change(out - np.float32(zero), position[..., keeps[0]] - np.float32(zero),
+                                               _series_noise(dataset, row, cache), keeps[1])
+            if cache[key] is not None:
+                pred[j] -= cache[key]
+        if rician:
+            pred[j] = correct_rician_mean(pred[j], _series_noise(dataset, row, cache), zero)
+    return pred
+
+
+def _series_noise(dataset, row, cache):
+    """The noise of the row's whole noisy series (noise.series_sigma, with its layout, as enhance.py measures it),
+    measured once per series."""
+    from breastmri.data.manifest import _zero
+    from breastmri.simulate.noise import series_sigma
+
+    key = ("sigma", row["noisy_file"])
+    if key not in cache:
+        cache[key] = series_sigma(dataset.array(row["noisy_file"]), _zero(row), dataset.series_layout(row))[0]
+    return cache[key]
+
+
+def evaluate(model, dataset, multiple, n_examples=3, rician=False, keeps=None):
     """Metrics of the model output and of the degraded input, per slice of a whole-slice dataset.
 
     Against two references: the 3T image (columns of metrics.pair_metrics) and, when the data has it, the
     noise-free truth (the same columns prefixed "truth_"). Both use one body mask per slice, computed on the
     truth when there is one (it has no noise to threshold) and on the 3T image otherwise. Data without clean images
     (degrade.model none) has only the truth columns, or none at all (real 1.5T data: nothing to score against).
-    Slices are predicted and scored as predict_slices says (enhance.py's path, acquisition grid; rician: the Rician
-    correction of self-supervised output). multiple: model.size_multiple.
+    Slices are predicted and scored as predict_slices says (enhance.py's path, acquisition grid; keeps: the common
+    change taken back; rician: the Rician correction of self-supervised output). multiple: model.size_multiple.
     Returns (rows, examples): one dict per slice (manifest identity + metrics) and, for up to `n_examples`
     patients, the slice with the most tissue (arrays for reconstructions.png).
     """
@@ -72,7 +111,7 @@ def evaluate(model, dataset, multiple, n_examples=3, rician=False):
     rows, best, sigmas = [], {}, {}
     for b in range(len(dataset)):
         for meta, (n, c, t, p) in zip(dataset.batch_rows(b), predict_slices(model, dataset, b, multiple, rician,
-                                                                             sigmas)):
+                                                                             sigmas, keeps)):
             if c is None and t is None:
                 continue  # no reference for this slice
             mask = body_mask(c if t is None else t)
@@ -121,7 +160,7 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
     from breastmri.data.paired import PairedSlices
     from breastmri.evaluate import figures
     from breastmri.metrics import format_table, json_safe
-    from breastmri.restore.networks import context_offsets
+    from breastmri.restore.networks import context_offsets, keeps_common
 
     model_path = run_dir / "model.keras"
     if not model_path.is_file():
@@ -143,21 +182,23 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
 
     test = dataset(split)
     rician = needs_rician_correction(cfg, test.rows[0].get("degrade_model"))
-    rows, examples = evaluate(model, test, size_multiple(cfg), rician=rician)
+    keeps = keeps_common(cfg)
+    rows, examples = evaluate(model, test, size_multiple(cfg), rician=rician, keeps=keeps)
     seconds = time.perf_counter() - start
     summary = {"split": split, "model_name": cfg["model"]["name"], "mode": cfg["train"]["mode"],
                "data_dir": str(data_dir), "config_hash": config_hash(cfg)}
     if rows:
         write_csv(rows, run_dir / "metrics_per_slice.csv")
         summary.update(summarize_both(rows))
-        summary.update({"reference": "3T image (noisy); the 'truth' section: the noise-free signal (demo data only)"
+        summary.update({"common_anatomy": cfg["model"]["common_anatomy"] if keeps else "network",
+                        "reference": "3T image (noisy); the 'truth' section: the noise-free signal (demo data only)"
                         if "model" in summary else "the noise-free truth only ('truth' section): the data has no "
                         "clean images (degrade.model none)",
                         "rician_correction": rician, "eval_seconds": round(seconds, 1),
                         "eval_ms_per_slice": round(1000 * seconds / len(rows), 1)})
         if split == "test" and "val" in present:
             summary["val"] = summarize_both(evaluate(model, dataset("val"), size_multiple(cfg), n_examples=0,
-                                                     rician=rician)[0])
+                                                     rician=rician, keeps=keeps)[0])
         summary["patients"] = (patients or split_record(data_dir))["patients"]
     else:
         summary["reference"] = None

@@ -136,3 +136,45 @@ def predict_padded(model, stack, multiple, batch_size=8, timings=None):
     padded, (top, left) = pad_to_multiple(stack, multiple)
     out = _forward_batched(model, np.ascontiguousarray(padded), batch_size, timings)
     return np.ascontiguousarray(out[:, top:top + rows, left:left + cols])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The anatomy common to a slice position's frames: the projection's (model.common_anatomy)
+# --------------------------------------------------------------------------------------------------------------
+
+MIN_COMMON_FRAMES = 3  # fewer frames at a position: their mean is no better than a frame, nothing is taken back
+
+
+def common_change(pred, projection, sigma, reference_ratio):
+    """(H, W): what the network changed alike in every frame of one slice position, against its projection
+    channel: the mean over the frames of pred - the projection, the projection first moved from the degraded
+    input's noise floor to the target's (Rician mean inverted with the input's sigma, put back with sigma x
+    reference_ratio: the target's noise relative to the input's, networks.keeps_common; 0 puts none back, None
+    leaves the floor alone: Gaussian data), as tpca is scored against the 3T image.
+
+    pred, projection: (T, H, W) on the normalized scale, zero signal at 0. Subtracting the map from every frame
+    (model.common_anatomy projection) leaves the network what differs between the frames and gives the anatomy
+    they share, averaged over T frames and nearly free of noise, back to the projection: a spatial prior learned
+    on the phantom's anatomy then cannot rewrite a real scan's anatomy in every frame alike
+    (docs/real_data.md). sigma 0 (no noise measured): the projection as it is."""
+    from breastmri.restore.denoisers import rician_bias_correction, rician_mean
+
+    projection = np.asarray(projection, np.float32)
+    if sigma > 0 and reference_ratio is not None:
+        projection = rician_bias_correction(np.maximum(projection, 0), sigma)
+        if reference_ratio > 0:
+            projection = rician_mean(projection, sigma * reference_ratio)
+    return np.mean(np.asarray(pred, np.float32) - projection, axis=0).astype(np.float32)
+
+
+def keep_common(pred, inputs, groups, channel, sigma, reference_ratio, zero=0.0):
+    """pred (n, H, W) with each group's common_change taken back from its frames, in place; groups: lists of
+    indices into pred and inputs (n, H, W, C), the frames of one slice position each (fewer than
+    MIN_COMMON_FRAMES: left alone); channel: the projection channel of inputs; zero: the normalized value of no
+    signal in both. Returns pred."""
+    zero = np.float32(zero)
+    for group in groups:
+        if len(group) >= MIN_COMMON_FRAMES:
+            pred[group] -= common_change(pred[group] - zero, inputs[group][..., channel] - zero, sigma,
+                                         reference_ratio)
+    return pred
