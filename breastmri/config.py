@@ -90,13 +90,13 @@ DEFAULTS = {
         # budget neither it nor +-1 slices changed the validation PSNR (docs/results.md#context-at-the-full-budget).
         # The thesis autoencoder ignores model.context (one slice in).
         "context": {"time": 0, "slices": 0, "precontrast_frames": 0, "projection": "guarded", "noise_map": False},
-        # unet with a projection channel: projection (the default) takes back what the network changed alike in
-        # every frame of a slice position (predict.common_change: the anatomy the frames share, nearly free of noise
-        # in their mean, stays the projection's), wherever it is applied (evaluation, the benchmark, enhance.py);
-        # network: its output as it is. On the real dynamics a phantom-trained network rewrote the anatomy alike in
-        # every frame, and more the longer it trained; taken back, the phantom's validation PSNR moved by -0.04 to
-        # +0.07 dB (docs/real_data.md#the-anatomy-common-to-every-frame).
-        "common_anatomy": "projection",
+        # unet with a projection channel: projection takes back what the network changed alike in every frame of a
+        # slice position (predict.common_change: the anatomy the frames share, nearly free of noise in their mean,
+        # stays the projection's), wherever it is applied (evaluation, the benchmark, enhance.py); network (the
+        # default): its output as it is. Not the default: it moves the projection between noise floors with the
+        # series' measured noise, and that measurement failed on a real dynamic with frames held back
+        # (docs/real_data.md#the-anatomy-common-to-every-frame).
+        "common_anatomy": "network",
         # thesis_autoencoder: 2x2 max-pools in the encoder (each mirrored by a 2x upsampling in the decoder), spread
         # evenly over its 8 convolutions: 8 = after every conv (the thesis text taken literally; a 512 slice is
         # squeezed to 2x2), 4 = after every pair of convs, 2 = after every fourth. Input sides: multiples of

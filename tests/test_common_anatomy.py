@@ -61,17 +61,19 @@ def test_positions_with_too_few_frames_are_left_alone():
 
 
 def test_config_default_old_runs_and_bad_values(tmp_path):
-    cfg = load_config()
+    assert keeps_common(load_config()) is None                          # the default: the network's output
+    on = ["model.common_anatomy=projection"]
+    cfg = load_config(overrides=on)
     channel, ratio = keeps_common(cfg)
     assert channel == 1 and ratio == pytest.approx(0.5)                 # frame + guarded projection; 1.5T / 3T
-    assert keeps_common(load_config(overrides=["model.common_anatomy=network"])) is None
-    assert keeps_common(load_config(overrides=["model.context.projection=false"])) is None  # nothing to keep to
-    assert keeps_common(load_config(overrides=["train.target=truth"]))[1] == 0.0
-    assert keeps_common(load_config(overrides=["train.mode=noise2void"]))[1] == 1.0
+    assert keeps_common(load_config(overrides=on + ["model.context.projection=false"])) is None  # nothing to keep
+    assert keeps_common(load_config(overrides=on + ["train.target=truth"]))[1] == 0.0
+    assert keeps_common(load_config(overrides=on + ["train.mode=noise2void"]))[1] == 1.0
     with pytest.raises(ValueError, match="common_anatomy"):
         keeps_common(load_config(overrides=["model.common_anatomy=mean"]))
     # a run saved before the key existed was evaluated on the network's output as it is, and still is
     save_config(cfg, tmp_path / "config.yaml")
     text = (tmp_path / "config.yaml").read_text().replace("  common_anatomy: projection\n", "")
+    assert "common_anatomy" not in text
     (tmp_path / "config.yaml").write_text(text)
     assert keeps_common(load_run_config(tmp_path / "config.yaml")) is None

@@ -72,8 +72,11 @@ def roughen(model_path, seed=0):
             "model.context.projection=local"]),
     (None, ["train.mode=noise2void", "model.context.time=1", "model.context.precontrast_frames=0",
             "model.context.projection=false"]),
-    (None, ["train.mode=noise2void", "model.context.precontrast_frames=0", "model.context.projection=local"])],
-    ids=["native", "resized", "native-context", "native-noise2void", "native-noise2void-projection"])
+    (None, ["train.mode=noise2void", "model.context.precontrast_frames=0", "model.context.projection=local",
+            "model.common_anatomy=projection"]),
+    (None, ["model.common_anatomy=projection"])],
+    ids=["native", "resized", "native-context", "native-noise2void", "native-noise2void-projection",
+         "native-common-anatomy"])
 def test_enhance_equals_evaluation_on_the_same_slices(image_size, context, smoke_dicom, tmp_path):
     from breastmri.data import preprocess
 
