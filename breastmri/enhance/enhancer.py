@@ -30,7 +30,6 @@ from breastmri.restore.predict import (
     receptive_margin,
 )
 from breastmri.restore.shipped import resolve_model
-from breastmri.simulate.noise import series_sigma
 
 
 @dataclass
@@ -100,7 +99,7 @@ def load_enhancer(path):
 
 
 def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, max_pixels=MAX_PIXELS,
-                  zero=0.0, layout=None, sigma=None):
+                  zero=0.0, layout=None):
     """Model output for a normalized stack of frames, float32 (n, H, W) -> float32 (n, H, W), same normalized
     units.
 
@@ -113,24 +112,21 @@ def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, 
     series' (time point, slice position) `layout`, as training built them from the preprocessed arrays: after the
     resize, so that a projection channel sees the pixels it saw in training.
     A model with model.common_anatomy projection then has the change it made alike in every frame of a slice
-    position taken back (predict.keep_common), the projection moved between noise floors with `sigma`, the
-    series' noise (default: noise.series_sigma of the stack, as main.py's evaluation measures it).
+    position taken back (predict.keep_common), as main.py's evaluation does (evaluation.network_output).
     Returns (output, info) with info = {"method", "tiled", "tile", "margin", "model_shape"}.
     """
     stack = np.ascontiguousarray(stack, dtype=np.float32)
     n, rows, cols = stack.shape[:3]
     context = enhancer.context
-    keeps = keeps_common(enhancer.cfg)
+    channel = keeps_common(enhancer.cfg)
     layout = layout or [(0, i) for i in range(n)]
-    if keeps and sigma is None:
-        sigma = series_sigma(stack, zero, layout)[0]
 
     def common(out, inputs):
-        if keeps:
+        if channel is not None:
             positions = {}
             for i, (_, k) in enumerate(layout):
                 positions.setdefault(k, []).append(i)
-            keep_common(out, inputs, list(positions.values()), keeps[0], sigma, keeps[1], zero)
+            keep_common(out, inputs, list(positions.values()), channel)
         return out
 
     def inputs(frames):

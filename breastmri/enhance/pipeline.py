@@ -146,32 +146,26 @@ def _enhanced(series, enhancer, batch_size, tile, force_tiling, max_pixels):
     if padding is not None:
         normalized[padding] = 0.0
     zero = float(-np.float32(lo) / scale)
-    from breastmri.restore import training
-    from breastmri.restore.networks import keeps_common
-
-    rician = training.needs_rician_correction(enhancer.cfg, enhancer.cfg["degrade"]["model"])
-    sigma = None
-    if rician or keeps_common(enhancer.cfg):
-        # this series' noise, measured as main.py's evaluation measures it on the same normalized series; padding
-        # counts as no signal (it is written back as padding), not as a spike at lo
-        from breastmri.simulate.noise import series_sigma
-
-        measured = normalized if padding is None else np.where(padding, np.float32(zero), normalized)
-        sigma = series_sigma(measured, zero, series.layout)[0]
     try:
         # context models: the same stacks PairedSlices gives the network in training, from this series'
         # (time point, slice position) layout
         pred, info = predict_stack(enhancer, normalized, batch_size, tile, force_tiling, max_pixels, zero=zero,
-                                   layout=series.layout, sigma=sigma)
+                                   layout=series.layout)
     except EnhanceError:
         raise
     except Exception as error:  # noqa: BLE001 - e.g. out of memory on a huge slice: report, go on
         raise SeriesError("inference failed", f"{type(error).__name__}: {error}") from None
-    if rician:
-        # a self-supervised run learned E[magnitude]: invert the Rician mean with the series' noise
-        from breastmri.restore.denoisers import correct_rician_mean
+    from breastmri.restore import training
 
-        pred = correct_rician_mean(pred, sigma, zero)
+    if training.needs_rician_correction(enhancer.cfg, enhancer.cfg["degrade"]["model"]):
+        # a self-supervised run learned E[magnitude]: invert the Rician mean with this series' noise, measured
+        # as main.py's evaluation measures it on the same normalized series
+        from breastmri.restore.denoisers import correct_rician_mean
+        from breastmri.simulate.noise import series_sigma
+
+        # padding counts as no signal (it is written back as padding), not as a spike at lo
+        measured = normalized if padding is None else np.where(padding, np.float32(zero), normalized)
+        pred = correct_rician_mean(pred, series_sigma(measured, zero, series.layout)[0], zero)
     return raw, pred.astype(np.float64) * float(scale) + lo, padding, lo, hi, info
 
 

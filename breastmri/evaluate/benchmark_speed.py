@@ -108,8 +108,8 @@ def time_context(cfg, size, min_reps):
 
     def stacks():
         inputs = context_stack(frames, layout, context)
-        if keeps:  # the change common to the position's frames taken back, on an output of the frames' shape
-            keep_common(frames.copy(), inputs, [list(range(CONTEXT_SPEED_FRAMES))], keeps[0], 0.05, keeps[1])
+        if keeps is not None:  # the change common to the position's frames taken back, on an output of their shape
+            keep_common(frames.copy(), inputs, [list(range(CONTEXT_SPEED_FRAMES))], keeps)
 
     seconds, reps = _median_seconds(stacks, min_reps)
     return {"size": size, "frames": CONTEXT_SPEED_FRAMES, "ms_per_slice": 1000 * seconds / CONTEXT_SPEED_FRAMES,

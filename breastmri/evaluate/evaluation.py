@@ -11,8 +11,6 @@ import csv
 import json
 import time
 
-import numpy as np
-
 from breastmri.config import config_hash
 from breastmri.data.splits import split_record
 from breastmri.restore.losses import load_model
@@ -52,33 +50,32 @@ def network_output(model, inputs, rows, dataset, multiple, rician, keeps, cache)
     (B, H, W), as enhance.py makes it for the same slices (enhancer.predict_stack), shared by main.py's evaluation
     and the benchmark:
 
-    - keeps (networks.keeps_common: the projection channel and the reference ratio; None: off): the change the
-      network made alike in every frame of the slice's position is taken back (predict.common_change), measured
-      on all the position's frames (PairedSlices.position_inputs), once per position;
-    - rician (training.needs_rician_correction): the Rician mean inverted (denoisers.correct_rician_mean).
+    - keeps (networks.keeps_common: the projection channel; None: off): the change the network made alike in
+      every frame of the slice's position is taken back (predict.common_change), measured on all the position's
+      frames (PairedSlices.position_inputs), once per position;
+    - rician (training.needs_rician_correction): the Rician mean inverted (denoisers.correct_rician_mean) with the
+      noise of the slice's whole noisy series, measured as enhance.py measures it (noise.series_sigma with the
+      series' layout).
 
-    Both use the noise of the slice's whole noisy series, measured as enhance.py measures it (noise.series_sigma
-    with the series' layout). cache keeps the measurements and the positions' maps between calls."""
+    cache keeps the measurements and the positions' maps between calls."""
     from breastmri.data.manifest import _layout_of, _zero
     from breastmri.restore.denoisers import correct_rician_mean
     from breastmri.restore.predict import MIN_COMMON_FRAMES, common_change, predict_padded
 
     pred = predict_padded(model, inputs, multiple, len(inputs))
     for j, row in enumerate(rows):
-        zero = _zero(row)
-        if keeps:
+        if keeps is not None:
             key = ("common", row["noisy_file"], _layout_of(row)[1])
             if key not in cache:
                 position_rows, position = dataset.position_inputs(row)
                 cache[key] = None
                 if len(position_rows) >= MIN_COMMON_FRAMES:
                     out = predict_padded(model, position, multiple, len(inputs))
-                    cache[key] = common_change(out - np.float32(zero), position[..., keeps[0]] - np.float32(zero),
-                                               _series_noise(dataset, row, cache), keeps[1])
+                    cache[key] = common_change(out, position[..., keeps])
             if cache[key] is not None:
                 pred[j] -= cache[key]
         if rician:
-            pred[j] = correct_rician_mean(pred[j], _series_noise(dataset, row, cache), zero)
+            pred[j] = correct_rician_mean(pred[j], _series_noise(dataset, row, cache), _zero(row))
     return pred
 
 
@@ -190,7 +187,7 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
     if rows:
         write_csv(rows, run_dir / "metrics_per_slice.csv")
         summary.update(summarize_both(rows))
-        summary.update({"common_anatomy": cfg["model"]["common_anatomy"] if keeps else "network",
+        summary.update({"common_anatomy": "network" if keeps is None else "projection",
                         "reference": "3T image (noisy); the 'truth' section: the noise-free signal (demo data only)"
                         if "model" in summary else "the noise-free truth only ('truth' section): the data has no "
                         "clean images (degrade.model none)",

@@ -254,27 +254,14 @@ def context_offsets(cfg):
 
 
 def keeps_common(cfg):
-    """(channel, reference_ratio) when model.common_anatomy takes back the network's change common to a slice
+    """The projection channel when model.common_anatomy takes back the network's change common to a slice
     position's frames (predict.keep_common): a U-Net with a projection channel and common_anatomy "projection";
-    None otherwise ("network", or nothing to take it back to). reference_ratio, the noise floor of what the network
-    learned relative to its input's: degrade.snr_ratio for the 3T image's (train.target 3t, expected, projected,
-    decorrelated), 0 for the truth's, 1 for a self-supervised run's (E[magnitude] of its input, corrected
-    afterwards), None for data without a Rician floor (degrade.model gaussian)."""
+    None otherwise ("network", or nothing to take it back to)."""
     value = cfg["model"].get("common_anatomy", "network")
     if value not in ("projection", "network"):
         raise ValueError(f"model.common_anatomy must be projection or network, got {value!r}")
     context = context_offsets(cfg)
-    if value == "network" or not context.projection:
-        return None
-    if cfg["train"]["mode"] != "supervised":
-        return context.projection_channel, 1.0
-    if cfg["degrade"]["model"] == "gaussian":
-        return context.projection_channel, None
-    if cfg["train"]["target"] == "truth":
-        return context.projection_channel, 0.0
-    from breastmri.simulate.degrade import snr_ratio
-
-    return context.projection_channel, snr_ratio(cfg["degrade"])
+    return context.projection_channel if value == "projection" and context.projection else None
 
 
 def context_channels(cfg):

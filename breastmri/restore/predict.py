@@ -143,38 +143,46 @@ def predict_padded(model, stack, multiple, batch_size=8, timings=None):
 # --------------------------------------------------------------------------------------------------------------
 
 MIN_COMMON_FRAMES = 3  # fewer frames at a position: their mean is no better than a frame, nothing is taken back
+LEVEL_BINS = 24        # signal levels the floor's change is read in: log-spaced over LEVEL_DECADES below the top
+LEVEL_DECADES = 3
 
 
-def common_change(pred, projection, sigma, reference_ratio):
+def common_change(pred, projection, bins=LEVEL_BINS):
     """(H, W): what the network changed alike in every frame of one slice position, against its projection
-    channel: the mean over the frames of pred - the projection, the projection first moved from the degraded
-    input's noise floor to the target's (Rician mean inverted with the input's sigma, put back with sigma x
-    reference_ratio: the target's noise relative to the input's, networks.keeps_common; 0 puts none back, None
-    leaves the floor alone: Gaussian data), as tpca is scored against the 3T image.
+    channel, less the part that follows the signal level alone.
 
-    pred, projection: (T, H, W) on the normalized scale, zero signal at 0. Subtracting the map from every frame
-    (model.common_anatomy projection) leaves the network what differs between the frames and gives the anatomy
-    they share, averaged over T frames and nearly free of noise, back to the projection: a spatial prior learned
-    on the phantom's anatomy then cannot rewrite a real scan's anatomy in every frame alike
-    (docs/real_data.md). sigma 0 (no noise measured): the projection as it is."""
-    from breastmri.restore.denoisers import rician_bias_correction, rician_mean
+    pred, projection: (T, H, W) on the normalized scale. The change alike in every frame is the mean over the
+    frames of pred - projection. Part of it is the noise floor the network learned (a 3T-like target has a lower
+    floor than the degraded input, the same shift wherever the signal is the same, largest in the dark and
+    falling off as sigma^2 / level above it): a smooth function of the signal level, read here as the change's mean
+    in `bins` bins of the frames' mean projection (above its darkest 0.1%), log-spaced over LEVEL_DECADES below
+    the brightest pixel so that the dark levels, where the floor moves, are resolved and the bright ones, where
+    tissue texture lives, are not (a bin there spans a third of its level: the texture is not read as a level),
+    interpolated between the bins' mean levels and kept. What is left, anatomy moved or smoothed alike in every
+    frame, is returned to be taken back (model.common_anatomy projection, keep_common): the anatomy the frames
+    share, averaged over T frames and nearly free of noise, stays the projection's, and a spatial prior learned on
+    the phantom's anatomy cannot rewrite a real scan's anatomy in every frame alike (docs/real_data.md). No noise
+    level is needed."""
+    change = np.mean(np.asarray(pred, np.float64) - np.asarray(projection, np.float64), axis=0)
+    level = np.mean(np.asarray(projection, np.float64), axis=0)
+    level = level - np.percentile(level, 0.1)
+    top = float(level.max())
+    if not top > 0:  # a flat image: nothing follows the level but a constant
+        return (change - change.mean()).astype(np.float32)
+    edges = np.geomspace(top * 10.0 ** -LEVEL_DECADES, top, bins)
+    which = np.searchsorted(edges, level).ravel()          # 0: at or below the lowest edge
+    count = np.bincount(which, minlength=bins + 1)
+    filled = count > 0
+    mean_change = np.bincount(which, change.ravel(), bins + 1)[filled] / count[filled]
+    centre = np.bincount(which, level.ravel(), bins + 1)[filled] / count[filled]
+    return (change - np.interp(level, centre, mean_change)).astype(np.float32)
 
-    projection = np.asarray(projection, np.float32)
-    if sigma > 0 and reference_ratio is not None:
-        projection = rician_bias_correction(np.maximum(projection, 0), sigma)
-        if reference_ratio > 0:
-            projection = rician_mean(projection, sigma * reference_ratio)
-    return np.mean(np.asarray(pred, np.float32) - projection, axis=0).astype(np.float32)
 
-
-def keep_common(pred, inputs, groups, channel, sigma, reference_ratio, zero=0.0):
+def keep_common(pred, inputs, groups, channel):
     """pred (n, H, W) with each group's common_change taken back from its frames, in place; groups: lists of
     indices into pred and inputs (n, H, W, C), the frames of one slice position each (fewer than
-    MIN_COMMON_FRAMES: left alone); channel: the projection channel of inputs; zero: the normalized value of no
-    signal in both. Returns pred."""
-    zero = np.float32(zero)
+    MIN_COMMON_FRAMES: left alone); channel: the projection channel of inputs. Returns pred."""
     for group in groups:
         if len(group) >= MIN_COMMON_FRAMES:
-            pred[group] -= common_change(pred[group] - zero, inputs[group][..., channel] - zero, sigma,
-                                         reference_ratio)
+            pred[group] -= common_change(pred[group], inputs[group][..., channel])
     return pred

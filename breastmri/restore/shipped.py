@@ -40,8 +40,9 @@ def resolve_model(path):
     return path, config_file
 
 
-def ship(run_dir, data_dir, out_dir=DEFAULT_MODEL):
-    """Copy a run's SHIPPED_FILES into out_dir (replaced as a whole, atomically) with training.json beside them."""
+def ship(run_dir, data_dir, out_dir=DEFAULT_MODEL, command="make default-model"):
+    """Copy a run's SHIPPED_FILES into out_dir (replaced as a whole, atomically) with training.json beside them;
+    `command`: how the run was made, as the record should say it."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     missing = [f for f in SHIPPED_FILES if not (run_dir / f).is_file()]
     if missing:
@@ -53,7 +54,7 @@ def ship(run_dir, data_dir, out_dir=DEFAULT_MODEL):
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     summary = Path(data_dir) / "summary.json"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    record = {"command": "make default-model", "run_dir": str(run_dir), "commit": commit or None,
+    record = {"command": command, "run_dir": str(run_dir), "commit": commit or None,
               "train": metrics.get("train"),
               "data": {k: v for k, v in json.loads(summary.read_text()).items()
                        if k in ("dicom_root", "slices", "patients", "patients_per_split", "config")}
@@ -78,8 +79,9 @@ def main(argv=None):
     p.add_argument("run_dir")
     p.add_argument("--data", required=True, help="the run's preprocessed data (its summary.json is recorded)")
     p.add_argument("--out", default=str(DEFAULT_MODEL))
+    p.add_argument("--command", default="make default-model", help="how the run was made, for training.json")
     args = p.parse_args(argv)
-    print(f"shipped: {ship(args.run_dir, args.data, args.out)}")
+    print(f"shipped: {ship(args.run_dir, args.data, args.out, args.command)}")
 
 
 if __name__ == "__main__":
