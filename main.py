@@ -29,6 +29,7 @@ from breastmri.config import ConfigError, load_config, load_run_config
 from breastmri.data.splits import SplitMismatch, check_split_record
 from breastmri.evaluate.evaluation import evaluate_run
 from breastmri.restore.multiworker import is_chief, tf_config
+from breastmri.restore.networks import keeps_common
 from breastmri.restore.training import train
 from breastmri.runtime import add_verbose_flag, quiet_start, setup_devices
 
@@ -74,6 +75,7 @@ def main(argv=None):
         if os.environ.get("TF_CONFIG") and not args.eval_only:  # one worker of several (multiworker.py)
             args.set.append("train.distribute=multi_worker")
         cfg = resolve_config(args)
+        keeps_common(cfg)  # model.common_anatomy checked before training, not after it
     except (ConfigError, ValueError) as e:
         sys.exit(f"config error: {e}")
     run_dir = Path(args.run_dir or f"runs/{cfg['model']['name']}")

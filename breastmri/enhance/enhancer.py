@@ -74,7 +74,8 @@ def load_enhancer(path):
     model_path, config_file = resolve_model(path)
     try:
         cfg = load_run_config(config_file)
-    except ConfigError as error:
+        keeps_common(cfg)  # a bad model.common_anatomy is said here, not once per series
+    except (ConfigError, ValueError) as error:
         raise EnhanceError(f"{config_file}: {error}") from None
     import tensorflow as tf
 

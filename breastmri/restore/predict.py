@@ -145,6 +145,7 @@ def predict_padded(model, stack, multiple, batch_size=8, timings=None):
 MIN_COMMON_FRAMES = 3  # fewer frames at a position: their mean is no better than a frame, nothing is taken back
 LEVEL_BINS = 24        # signal levels the floor's change is read in: log-spaced over LEVEL_DECADES below the top
 LEVEL_DECADES = 3
+LEVEL_MIN_PIXELS = 32  # a level read from fewer pixels is left to its neighbours' (too few to average the anatomy out)
 
 
 def common_change(pred, projection, bins=LEVEL_BINS):
@@ -172,7 +173,7 @@ def common_change(pred, projection, bins=LEVEL_BINS):
     edges = np.geomspace(top * 10.0 ** -LEVEL_DECADES, top, bins)
     which = np.searchsorted(edges, level).ravel()          # 0: at or below the lowest edge
     count = np.bincount(which, minlength=bins + 1)
-    filled = count > 0
+    filled = count >= min(LEVEL_MIN_PIXELS, count.max())
     mean_change = np.bincount(which, change.ravel(), bins + 1)[filled] / count[filled]
     centre = np.bincount(which, level.ravel(), bins + 1)[filled] / count[filled]
     return (change - np.interp(level, centre, mean_change)).astype(np.float32)
