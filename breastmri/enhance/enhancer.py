@@ -17,7 +17,6 @@ import numpy as np
 from breastmri.config import ConfigError, config_hash, load_run_config
 from breastmri.data.context import context_stack
 from breastmri.data.grid import resize_square, unresize_square
-from breastmri.restore.networks import keeps_common
 from breastmri.restore.predict import (
     MAX_PIXELS,
     EnhanceError,
@@ -72,6 +71,8 @@ class Enhancer:
 def load_enhancer(path):
     """Load model.keras (compile=False) with the custom objects of main.py registered, and its config."""
     model_path, config_file = resolve_model(path)
+    from breastmri.restore.networks import keeps_common  # keras: after the CLI's quiet start
+
     try:
         cfg = load_run_config(config_file)
         keeps_common(cfg)  # a bad model.common_anatomy is said here, not once per series
@@ -118,6 +119,8 @@ def predict_stack(enhancer, stack, batch_size=8, tile=None, force_tiling=False, 
     """
     stack = np.ascontiguousarray(stack, dtype=np.float32)
     n, rows, cols = stack.shape[:3]
+    from breastmri.restore.networks import keeps_common
+
     context = enhancer.context
     channel = keeps_common(enhancer.cfg)
     layout = layout or [(0, i) for i in range(n)]

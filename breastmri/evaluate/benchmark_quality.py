@@ -377,10 +377,8 @@ def model_prediction(run, model, inputs, rows, dataset, cache):
     from breastmri.restore import training
     from breastmri.restore.networks import keeps_common, size_multiple
 
-    def rician(row):
-        return training.needs_rician_correction(run["cfg"], row.get("degrade_model"))
-
-    return network_output(model, inputs, rows, dataset, size_multiple(run["cfg"]), rician,
+    return network_output(model, inputs, rows, dataset, size_multiple(run["cfg"]),
+                          lambda row: training.needs_rician_correction(run["cfg"], row.get("degrade_model")),
                           keeps_common(run["cfg"]), cache)
 
 
