@@ -449,15 +449,13 @@ class PairedSlices(keras.utils.PyDataset):
         return position_frames(self._lookup[row["series_uid"]], k, n_times, row["slice_index"])
 
     def position_inputs(self, row):
-        """(rows, inputs): the manifest rows of every frame at the row's slice position (time order) and their
-        whole-slice inputs, float32 (T, H, W, C), as a batch gives them (the stored draw, no crop, no flips): what
-        the network's change common to the position's frames is measured on (evaluation.common_changes)."""
+        """Float32 (T, H, W, C): the whole-slice inputs of every frame present at a row's slice position (a row of a
+        manifest with the layout columns), in time order, as a batch gives them (the stored draw, no crop, no
+        flips): what the network's change common to the position's frames is measured on (evaluation.common_maps)."""
         _, k, n_times, _ = _layout_of(row)
-        if row.get("time_index") is None:
-            return [row], np.stack([self._supervised_group([row], None, None)[0][0]])
         lookup = self._lookup[row["series_uid"]]
         rows = [dict(row, slice_index=lookup[(t, k)], time_index=t) for t in range(n_times) if (t, k) in lookup]
-        return rows, np.stack([inputs for inputs, _ in self._supervised_group(rows, None, None)])
+        return np.stack([inputs for inputs, _ in self._supervised_group(rows, None, None)])
 
     def series_layout(self, row):
         """[(time_index, position_index)] of every slice of the row's series' arrays, by slice index (the layout

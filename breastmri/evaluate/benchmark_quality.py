@@ -434,12 +434,12 @@ def evaluate_quality(methods, models, data_dir, max_slices, params, split="test"
             ds = PairedSlices(data_dir, split, batch_size=run["cfg"]["train"]["batch_size"], max_slices=max_slices,
                               times_per_position=times_per_position, context=context_offsets(run["cfg"]))
             model.predict_on_batch(ds[0][0])  # warm-up: tracing is not inference time
-            sigmas = {}
+            sigmas, keeps, multiple = {}, keeps_common(run["cfg"]), size_multiple(run["cfg"])
             for b in range(len(ds)):
                 noisy, clean = ds[b]
                 truth = ds.truth_batch(b)
-                common_maps(model, ds.batch_rows(b), ds, size_multiple(run["cfg"]), keeps_common(run["cfg"]),
-                            sigmas)  # the common change's maps first: enhance.py predicts every frame once anyway
+                # the common change's maps first: enhance.py predicts every frame once anyway
+                common_maps(model, ds.batch_rows(b), ds, multiple, keeps, sigmas)
                 start = time.perf_counter()
                 pred = model_prediction(run, model, noisy, ds.batch_rows(b), ds, sigmas)
                 ms = 1000 * (time.perf_counter() - start) / len(noisy)

@@ -32,7 +32,7 @@ def predict_slices(model, dataset, index, multiple, rician=False, sigma_cache=No
     noisy, clean = dataset[index]  # noisy (B, H, W, C): the target slice first, then its context
     truth = dataset.truth_batch(index)
     rows = dataset.batch_rows(index)
-    pred = network_output(model, noisy, rows, dataset, multiple, rician, keeps,
+    pred = network_output(model, noisy, rows, dataset, multiple, lambda row: rician, keeps,
                           {} if sigma_cache is None else sigma_cache)
     slices = []
     for j, row in enumerate(rows):
@@ -53,7 +53,7 @@ def network_output(model, inputs, rows, dataset, multiple, rician, keeps, cache)
     - keeps (networks.keeps_common: the projection channel; None: off): the change the network made alike in
       every frame of the slice's position is taken back (predict.common_change), measured on all the position's
       frames (PairedSlices.position_inputs), once per position;
-    - rician (training.needs_rician_correction, a bool or a function of the row): the Rician mean inverted
+    - rician (a function of the row: training.needs_rician_correction): the Rician mean inverted
       (denoisers.correct_rician_mean) with the noise of the slice's whole noisy series, measured as enhance.py
       measures it (noise.series_sigma with the series' layout).
 
@@ -67,7 +67,7 @@ def network_output(model, inputs, rows, dataset, multiple, rician, keeps, cache)
     for j, row in enumerate(rows):
         if maps[j] is not None:
             pred[j] -= maps[j]
-        if rician(row) if callable(rician) else rician:
+        if rician(row):
             pred[j] = correct_rician_mean(pred[j], _series_noise(dataset, row, cache), _zero(row))
     return pred
 
@@ -75,9 +75,10 @@ def network_output(model, inputs, rows, dataset, multiple, rician, keeps, cache)
 def common_maps(model, rows, dataset, multiple, keeps, cache):
     """[(H, W) or None] per row: predict.common_change of the row's slice position, from the network's output on
     every frame there (PairedSlices.position_inputs), once per position; None without keeps or with fewer than
-    MIN_COMMON_FRAMES frames. The benchmark calls it before it times a batch: enhance.py predicts every frame once
-    anyway, so the maps are not inference time. cache keeps the maps of one series at a time (rows come series by
-    series; a whole split's would not fit)."""
+    MIN_COMMON_FRAMES frames (a manifest without the layout columns reads as one frame per position). The
+    benchmark calls it before it times a batch: enhance.py predicts every frame once anyway, so the maps are not
+    inference time. cache keeps the maps of one series at a time (rows come series by series; a whole split's
+    would not fit)."""
     from breastmri.data.manifest import _layout_of
     from breastmri.restore.predict import MIN_COMMON_FRAMES, common_change, predict_padded
 
@@ -89,9 +90,9 @@ def common_maps(model, rows, dataset, multiple, keeps, cache):
         if key not in cache:
             for old in [k for k in cache if k[0] == "common" and k[1] != row["noisy_file"]]:
                 del cache[old]
-            position_rows, position = dataset.position_inputs(row)
             cache[key] = None
-            if len(position_rows) >= MIN_COMMON_FRAMES:
+            position = dataset.position_inputs(row) if _layout_of(row)[2] >= MIN_COMMON_FRAMES else ()
+            if len(position) >= MIN_COMMON_FRAMES:
                 out = predict_padded(model, position, multiple, len(rows))
                 cache[key] = common_change(out, position[..., keeps])
         maps.append(cache[key])
