@@ -1,0 +1,144 @@
+"""One setup trained with several seeds, scored on the same test slices beside the methods it must beat.
+
+    python -m breastmri.studies.seeds --seeds runs/demo runs/demo_seed1 runs/demo_seed2 \
+        --against runs/demo/bench_nordic/benchmark_per_slice.csv runs/demo/bench_headline/benchmark_per_slice.csv \
+        --methods noisy,nordic,tpca --out runs/seeds_demo
+
+--seeds: one score per seed, either a main.py run dir (its metrics_per_slice.csv, the model's columns) or a
+benchmark_per_slice.csv of benchmark.py (its `unet` rows). --against: benchmark_per_slice.csv files whose other
+methods (the degraded input, tpca, NORDIC, ...) are the comparison. Every source must have scored the very same
+slices, matched by (series_uid, slice_index); that is asserted, not assumed.
+
+The score is body PSNR against the noise-free truth (the headline's). The table gives each seed's mean [95%
+t-interval over patient means], the mean over seeds, and each compared method with the paired difference per
+patient: the U-Net's patient mean averaged over the seeds, minus the method's patient mean, t-interval over the
+patients; per seed too, so the spread the seeds add is in view. Writes <out>/seeds.md and seeds.json.
+"""
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from breastmri.data.manifest import write_text_atomic
+from breastmri.metrics import mean_ci
+from breastmri.runtime import add_verbose_flag, quiet_start
+
+MODEL = "unet"  # the benchmark's name of the run it was given
+
+
+def slice_scores(source, method=MODEL):
+    """{(series_uid, slice_index): (patient_id, body PSNR vs truth)} of `method` in `source`: a main.py run dir
+    (method "unet" reads the model's column, "noisy" the input's) or a benchmark_per_slice.csv."""
+    source = Path(source)
+    if source.is_dir():
+        column = {MODEL: "truth_model_masked_psnr", "noisy": "truth_noisy_masked_psnr"}[method]
+        rows, source = _read(source / "metrics_per_slice.csv"), source / "metrics_per_slice.csv"
+    else:
+        rows, column = [r for r in _read(source) if r["method"] == method], "truth_masked_psnr"
+    if not rows or column not in rows[0]:
+        raise ValueError(f"{source}: no {method} rows with {column} (a run against the noise-free truth?)")
+    return {(r["series_uid"], int(r["slice_index"])): (r["patient_id"], float(r[column])) for r in rows}
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def methods_in(path):
+    return list(dict.fromkeys(r["method"] for r in _read(path) if r["method"] != MODEL))
+
+
+def patient_means(scores):
+    """{patient_id: mean score over its slices}."""
+    by = {}
+    for patient, value in scores.values():
+        by.setdefault(patient, []).append(value)
+    return {p: float(np.mean(v)) for p, v in by.items()}
+
+
+def ci_of(by_patient, patients):
+    return mean_ci([by_patient[p] for p in patients])
+
+
+def compare(seeds, against, only=None):
+    """The study's numbers against the methods named in `only` (None: every method of `against`): {"slices",
+    "patients", "seeds": [{"source", "psnr", "minus": {method: ci}}], "mean_over_seeds": {"psnr", "minus": {method:
+    ci}}, "methods": {method: {"source", "psnr"}}, "seed_spread"}."""
+    seed_scores = [(str(s), slice_scores(s)) for s in seeds]
+    keys = set(seed_scores[0][1])
+    methods = {}
+    for path in against:
+        for method in methods_in(path):
+            if only is None or method in only:
+                methods.setdefault(method, (str(path), slice_scores(path, method)))
+    if only is not None and set(only) - set(methods):
+        raise ValueError(f"no rows of {', '.join(sorted(set(only) - set(methods)))} in {', '.join(map(str, against))}")
+    for name, scores in seed_scores + list(methods.values()):
+        if set(scores) != keys:
+            raise ValueError(f"{name} scored {len(set(scores) ^ keys)} slices the first seed did not (or the "
+                             f"reverse): every source must score the same slices")
+    patients = sorted({p for p, _ in seed_scores[0][1].values()})
+    seed_means = [patient_means(scores) for _, scores in seed_scores]
+    over_seeds = {p: float(np.mean([m[p] for m in seed_means])) for p in patients}
+    method_means = {m: patient_means(scores) for m, (_, scores) in methods.items()}
+
+    def minus(model):
+        return {m: ci_of({p: model[p] - means[p] for p in patients}, patients) for m, means in method_means.items()}
+
+    return {"slices": len(keys), "patients": patients,
+            "seeds": [{"source": name, "psnr": ci_of(means, patients), "minus": minus(means)}
+                      for (name, _), means in zip(seed_scores, seed_means)],
+            "mean_over_seeds": {"psnr": ci_of(over_seeds, patients), "minus": minus(over_seeds)},
+            "seed_spread": float(np.std([ci_of(m, patients)["mean"] for m in seed_means], ddof=1))
+            if len(seed_means) > 1 else float("nan"),
+            "methods": {m: {"source": source, "psnr": ci_of(method_means[m], patients)}
+                        for m, (source, _) in methods.items()}}
+
+
+def _ci(c, sign=False):
+    fmt = "{:+.2f}" if sign else "{:.2f}"
+    return f"{fmt.format(c['mean'])} [{fmt.format(c['ci_low'])}, {fmt.format(c['ci_high'])}]"
+
+
+def markdown(result):
+    methods = list(result["methods"])
+    head = ["", "body PSNR vs truth (dB)"] + [f"minus {m}, paired per patient" for m in methods]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, seed in enumerate(result["seeds"]):
+        lines.append(f"| U-Net, seed {i + 1} (`{seed['source']}`) | {_ci(seed['psnr'])} | "
+                     + " | ".join(_ci(seed["minus"][m], True) for m in methods) + " |")
+    mean = result["mean_over_seeds"]
+    lines.append(f"| **U-Net, mean over seeds** | **{_ci(mean['psnr'])}** | "
+                 + " | ".join(f"**{_ci(mean['minus'][m], True)}**" for m in methods) + " |")
+    for m, info in result["methods"].items():
+        lines.append(f"| {m} (`{info['source']}`) | {_ci(info['psnr'])} |" + " |" * len(methods))
+    return "\n".join(lines + ["", f"{result['slices']} slices of {len(result['patients'])} patients; the spread of "
+                              f"the seeds' means (std): {result['seed_spread']:.2f} dB."])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", nargs="+", required=True, help="main.py run dirs or benchmark_per_slice.csv files")
+    p.add_argument("--against", nargs="+", required=True, help="benchmark_per_slice.csv files")
+    p.add_argument("--methods", help="the compared methods, comma-separated (default: every method of --against)")
+    p.add_argument("--out", required=True)
+    add_verbose_flag(p)
+    args = p.parse_args(argv)
+    only = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    result = compare(args.seeds, args.against, only)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(result)
+    write_text_atomic(out / "seeds.json", json.dumps(result, indent=1))
+    write_text_atomic(out / "seeds.md", text + "\n")
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    quiet_start()
+    main()
