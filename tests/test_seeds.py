@@ -47,7 +47,7 @@ def test_paired_differences_average_the_seeds_per_patient_first(tmp_path):
     assert mean["minus"]["nordic"]["mean"] == pytest.approx((0.5 + 0.5 - 1) / 3)
     assert result["seeds"][1]["minus"]["nordic"]["mean"] == pytest.approx((1 + 1 - 1) / 3)
     assert result["seed_spread"] == pytest.approx(abs((37 + 38 + 40) / 3 - (38 + 39 + 40) / 3) / 2 ** 0.5)
-    assert (tmp_path / "out" / "seeds.md").read_text().count("| U-Net, seed") == 2
+    assert (tmp_path / "out" / "seeds.md").read_text().count("| U-Net (") == 2
 
 
 def test_a_source_of_other_slices_is_refused(tmp_path):

@@ -108,8 +108,8 @@ def markdown(result):
     methods = list(result["methods"])
     head = ["", "body PSNR vs truth (dB)"] + [f"minus {m}, paired per patient" for m in methods]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, seed in enumerate(result["seeds"]):
-        lines.append(f"| U-Net, seed {i + 1} (`{seed['source']}`) | {_ci(seed['psnr'])} | "
+    for seed in result["seeds"]:
+        lines.append(f"| U-Net (`{seed['source']}`) | {_ci(seed['psnr'])} | "
                      + " | ".join(_ci(seed["minus"][m], True) for m in methods) + " |")
     mean = result["mean_over_seeds"]
     lines.append(f"| **U-Net, mean over seeds** | **{_ci(mean['psnr'])}** | "
