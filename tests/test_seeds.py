@@ -64,3 +64,26 @@ def test_only_the_methods_named_are_compared_and_a_missing_one_is_refused(tmp_pa
     assert list(seeds.compare([a], [bench], only=["nordic"])["methods"]) == ["nordic"]
     with pytest.raises(ValueError, match="no rows of bm4d"):
         seeds.compare([a], [bench], only=["nordic", "bm4d"])
+
+
+def test_a_slice_without_a_score_leaves_every_source_and_its_patient_stays(tmp_path):
+    a = write_run(tmp_path / "a", [36, float("nan"), 38, 40], [30, 30, 31, 32])
+    bench = write_benchmark(tmp_path / "b.csv", {"nordic": [37, 39, 38, 41]})
+    result = seeds.compare([a], [bench])
+    assert result["slices"] == 3 and result["dropped_without_score"] == 1
+    assert result["seeds"][0]["minus"]["nordic"]["n"] == 3  # p1 kept, scored on its one slice with a score
+    assert result["seeds"][0]["minus"]["nordic"]["mean"] == pytest.approx((-1 + 0 - 1) / 3)
+
+
+def test_conflicting_sources_are_refused(tmp_path):
+    a = write_run(tmp_path / "a", [36, 38, 38, 40], [30, 30, 31, 32])
+    one = write_benchmark(tmp_path / "one.csv", {"noisy": [30, 30, 31, 32]})
+    other = write_benchmark(tmp_path / "other.csv", {"noisy": [30, 30, 31, 33]})
+    with pytest.raises(ValueError, match="scores differ"):
+        seeds.compare([a], [one, other])
+    relabelled = [("p9", "s1", 0), ("p1", "s1", 1), ("p2", "s2", 0), ("p3", "s3", 0)]
+    with pytest.raises(ValueError, match="patients"):
+        seeds.compare([a], [write_benchmark(tmp_path / "r.csv", {"nordic": [1, 2, 3, 4]}, slices=relabelled)])
+    doubled = write_benchmark(tmp_path / "d.csv", {"unet": [1, 2, 3, 4]}, slices=[SLICES[0]] * 4)
+    with pytest.raises(ValueError, match="scored before"):
+        seeds.slice_scores(doubled)

@@ -12,7 +12,9 @@ slices, matched by (series_uid, slice_index); that is asserted, not assumed.
 The score is body PSNR against the noise-free truth (the headline's). The table gives each seed's mean [95%
 t-interval over patient means], the mean over seeds, and each compared method with the paired difference per
 patient: the U-Net's patient mean averaged over the seeds, minus the method's patient mean, t-interval over the
-patients; per seed too, so the spread the seeds add is in view. Writes <out>/seeds.md and seeds.json.
+patients; per seed too, so the spread the seeds add is in view. The intervals are over patients, for these seeds:
+the spread between seeds is not in them (its std is reported beside them). A slice that a source could not score
+(NaN: no body in it) is left out of every source. Writes <out>/seeds.md and seeds.json.
 """
 
 import argparse
@@ -40,7 +42,10 @@ def slice_scores(source, method=MODEL):
         rows, column = [r for r in _read(source) if r["method"] == method], "truth_masked_psnr"
     if not rows or column not in rows[0]:
         raise ValueError(f"{source}: no {method} rows with {column} (a run against the noise-free truth?)")
-    return {(r["series_uid"], int(r["slice_index"])): (r["patient_id"], float(r[column])) for r in rows}
+    scores = {(r["series_uid"], int(r["slice_index"])): (r["patient_id"], float(r[column])) for r in rows}
+    if len(scores) != len(rows):
+        raise ValueError(f"{source}: {len(rows) - len(scores)} {method} rows score a slice scored before")
+    return scores
 
 
 def _read(path):
@@ -69,19 +74,31 @@ def compare(seeds, against, only=None):
     "patients", "seeds": [{"source", "psnr", "minus": {method: ci}}], "mean_over_seeds": {"psnr", "minus": {method:
     ci}}, "methods": {method: {"source", "psnr"}}, "seed_spread"}."""
     seed_scores = [(str(s), slice_scores(s)) for s in seeds]
-    keys = set(seed_scores[0][1])
+    first = seed_scores[0][1]
     methods = {}
     for path in against:
         for method in methods_in(path):
             if only is None or method in only:
-                methods.setdefault(method, (str(path), slice_scores(path, method)))
+                scores = slice_scores(path, method)
+                if method in methods and methods[method][1] != scores:
+                    raise ValueError(f"{method} scores differ between {methods[method][0]} and {path}")
+                methods.setdefault(method, (str(path), scores))
     if only is not None and set(only) - set(methods):
         raise ValueError(f"no rows of {', '.join(sorted(set(only) - set(methods)))} in {', '.join(map(str, against))}")
-    for name, scores in seed_scores + list(methods.values()):
-        if set(scores) != keys:
-            raise ValueError(f"{name} scored {len(set(scores) ^ keys)} slices the first seed did not (or the "
+    sources = seed_scores + list(methods.values())
+    for name, scores in sources:
+        if set(scores) != set(first):
+            raise ValueError(f"{name} scored {len(set(scores) ^ set(first))} slices the first seed did not (or the "
                              f"reverse): every source must score the same slices")
-    patients = sorted({p for p, _ in seed_scores[0][1].values()})
+        if any(scores[k][0] != first[k][0] for k in first):
+            raise ValueError(f"{name} names the patients of the first seed's slices otherwise")
+    # a slice without a score in any source (NaN: no body in it) leaves every source, so all average the same slices
+    dropped = {k for _, scores in sources for k, (_, value) in scores.items() if np.isnan(value)}
+    for _, scores in sources:
+        for k in dropped:
+            del scores[k]
+    keys = set(first)
+    patients = sorted({p for p, _ in first.values()})
     seed_means = [patient_means(scores) for _, scores in seed_scores]
     over_seeds = {p: float(np.mean([m[p] for m in seed_means])) for p in patients}
     method_means = {m: patient_means(scores) for m, (_, scores) in methods.items()}
@@ -89,7 +106,7 @@ def compare(seeds, against, only=None):
     def minus(model):
         return {m: ci_of({p: model[p] - means[p] for p in patients}, patients) for m, means in method_means.items()}
 
-    return {"slices": len(keys), "patients": patients,
+    return {"slices": len(keys), "dropped_without_score": len(dropped), "patients": patients,
             "seeds": [{"source": name, "psnr": ci_of(means, patients), "minus": minus(means)}
                       for (name, _), means in zip(seed_scores, seed_means)],
             "mean_over_seeds": {"psnr": ci_of(over_seeds, patients), "minus": minus(over_seeds)},
@@ -116,8 +133,9 @@ def markdown(result):
                  + " | ".join(f"**{_ci(mean['minus'][m], True)}**" for m in methods) + " |")
     for m, info in result["methods"].items():
         lines.append(f"| {m} (`{info['source']}`) | {_ci(info['psnr'])} |" + " |" * len(methods))
-    return "\n".join(lines + ["", f"{result['slices']} slices of {len(result['patients'])} patients; the spread of "
-                              f"the seeds' means (std): {result['seed_spread']:.2f} dB."])
+    return "\n".join(lines + ["", f"{result['slices']} slices of {len(result['patients'])} patients (left out, without "
+                              f"a score in some source: {result['dropped_without_score']}); intervals over patients; "
+                              f"the spread of the seeds' means (std): {result['seed_spread']:.2f} dB."])
 
 
 def main(argv=None):
