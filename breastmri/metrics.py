@@ -226,6 +226,18 @@ def thesis_psnr(pred, clean, peak=1.0):
 # ---------------------------------------------------------------------------------------------
 # Aggregation
 
+def group_means(values, groups):
+    """{label: mean of its values} for one group label per value, labels in first-seen order, NaN values dropped
+    first (a label whose values are all NaN is left out)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    groups = np.asarray(groups).ravel()
+    if groups.shape != values.shape:
+        raise ValueError(f"got {values.size} values but {groups.size} group labels")
+    keep = ~np.isnan(values)
+    values, groups = values[keep], groups[keep]
+    return {label: float(values[groups == label].mean()) for label in dict.fromkeys(groups.tolist())}
+
+
 def mean_ci(values, groups=None, confidence=0.95):
     """Mean, sample std and Student-t confidence interval; {"mean", "std", "ci_low", "ci_high", "n"}.
 
@@ -241,13 +253,7 @@ def mean_ci(values, groups=None, confidence=0.95):
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
     if groups is not None:
-        groups = np.asarray(groups).ravel()
-        if groups.shape != values.shape:
-            raise ValueError(f"got {values.size} values but {groups.size} group labels")
-        keep = ~np.isnan(values)
-        values, groups = values[keep], groups[keep]
-        labels = list(dict.fromkeys(groups.tolist()))
-        values = np.array([values[groups == label].mean() for label in labels], dtype=np.float64)
+        values = np.array(list(group_means(values, groups).values()), dtype=np.float64)
     else:
         values = values[~np.isnan(values)]
 

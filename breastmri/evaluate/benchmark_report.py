@@ -132,20 +132,21 @@ def quality_notes(report, noise, scales, table, calib_note, summary, skipped, cl
     return notes
 
 
-def _num(value, digits=2, scientific=False):
+def _num(value, digits=2, scientific=False, sign=False):
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
-    return f"{value:.{digits}e}" if scientific else f"{value:.{digits}f}"
+    return f"{value:{'+' if sign else ''}.{digits}{'e' if scientific else 'f'}}"
 
 
-def _ci_cell(ci, digits, scientific=False):
-    """'mean [low, high]', or the mean alone when there is no interval (one patient)."""
+def ci_cell(ci, digits, scientific=False, sign=False):
+    """'mean [low, high]' of a metrics.mean_ci, or the mean alone when there is no interval (one patient); sign:
+    '+' before positive numbers (a difference)."""
     if ci is None:
         return "—"
-    mean = _num(ci["mean"], digits, scientific)
+    mean = _num(ci["mean"], digits, scientific, sign)
     if ci.get("ci_low") is None or not math.isfinite(ci["ci_low"]):
         return mean
-    return f"{mean} [{_num(ci['ci_low'], digits, scientific)}, {_num(ci['ci_high'], digits, scientific)}]"
+    return f"{mean} [{_num(ci['ci_low'], digits, scientific, sign)}, {_num(ci['ci_high'], digits, scientific, sign)}]"
 
 
 def _ms(value):
@@ -224,10 +225,10 @@ def markdown(report):
                     lines.append(f"| {name} | skipped: {q['skipped'].get(name, 'not run')} |  |  |  |  |  |  |")
                     continue
                 w, k = s[f"{prefix}whole"], s[f"{prefix}masked"]
-                gain = (_ci_cell(s["gain_vs_noisy"][f"{prefix}masked"]["psnr"], 2) if "gain_vs_noisy" in s
+                gain = (ci_cell(s["gain_vs_noisy"][f"{prefix}masked"]["psnr"], 2) if "gain_vs_noisy" in s
                         else "—")
-                lines.append(f"| {name} | {_ci_cell(k['psnr'], 2)} | {_ci_cell(k['ssim'], 3)} | {gain} | "
-                             f"{_ci_cell(w['psnr'], 2)} | {_ci_cell(w['ssim'], 3)} | {_ci_cell(w['mse'], 2, True)} | "
+                lines.append(f"| {name} | {ci_cell(k['psnr'], 2)} | {ci_cell(k['ssim'], 3)} | {gain} | "
+                             f"{ci_cell(w['psnr'], 2)} | {ci_cell(w['ssim'], 3)} | {ci_cell(w['mse'], 2, True)} | "
                              f"{_ms(s['ms_per_slice'])} |")
             lines.append("")
         c = q.get("ceilings")

@@ -25,21 +25,24 @@ from pathlib import Path
 import numpy as np
 
 from breastmri.data.manifest import write_text_atomic
-from breastmri.metrics import mean_ci
+from breastmri.evaluate.benchmark_report import ci_cell
+from breastmri.metrics import group_means, mean_ci
 from breastmri.runtime import add_verbose_flag, quiet_start
 
 MODEL = "unet"  # the benchmark's name of the run it was given
 
 
-def slice_scores(source, method=MODEL):
+def slice_scores(source, method=MODEL, rows=None):
     """{(series_uid, slice_index): (patient_id, body PSNR vs truth)} of `method` in `source`: a main.py run dir
-    (method "unet" reads the model's column, "noisy" the input's) or a benchmark_per_slice.csv."""
+    (method "unet" reads the model's column, "noisy" the input's) or a benchmark_per_slice.csv (`rows`: its rows,
+    when they were read already)."""
     source = Path(source)
     if source.is_dir():
         column = {MODEL: "truth_model_masked_psnr", "noisy": "truth_noisy_masked_psnr"}[method]
         rows, source = _read(source / "metrics_per_slice.csv"), source / "metrics_per_slice.csv"
     else:
-        rows, column = [r for r in _read(source) if r["method"] == method], "truth_masked_psnr"
+        rows = [r for r in (_read(source) if rows is None else rows) if r["method"] == method]
+        column = "truth_masked_psnr"
     if not rows or column not in rows[0]:
         raise ValueError(f"{source}: no {method} rows with {column} (a run against the noise-free truth?)")
     scores = {(r["series_uid"], int(r["slice_index"])): (r["patient_id"], float(r[column])) for r in rows}
@@ -53,16 +56,9 @@ def _read(path):
         return list(csv.DictReader(f))
 
 
-def methods_in(path):
-    return list(dict.fromkeys(r["method"] for r in _read(path) if r["method"] != MODEL))
-
-
 def patient_means(scores):
     """{patient_id: mean score over its slices}."""
-    by = {}
-    for patient, value in scores.values():
-        by.setdefault(patient, []).append(value)
-    return {p: float(np.mean(v)) for p, v in by.items()}
+    return group_means([v for _, v in scores.values()], [p for p, _ in scores.values()])
 
 
 def ci_of(by_patient, patients):
@@ -77,9 +73,10 @@ def compare(seeds, against, only=None):
     first = seed_scores[0][1]
     methods = {}
     for path in against:
-        for method in methods_in(path):
+        rows = _read(path)
+        for method in dict.fromkeys(r["method"] for r in rows if r["method"] != MODEL):
             if only is None or method in only:
-                scores = slice_scores(path, method)
+                scores = slice_scores(path, method, rows)
                 if method in methods and methods[method][1] != scores:
                     raise ValueError(f"{method} scores differ between {methods[method][0]} and {path}")
                 methods.setdefault(method, (str(path), scores))
@@ -116,23 +113,18 @@ def compare(seeds, against, only=None):
                         for m, (source, _) in methods.items()}}
 
 
-def _ci(c, sign=False):
-    fmt = "{:+.2f}" if sign else "{:.2f}"
-    return f"{fmt.format(c['mean'])} [{fmt.format(c['ci_low'])}, {fmt.format(c['ci_high'])}]"
-
-
 def markdown(result):
     methods = list(result["methods"])
     head = ["", "body PSNR vs truth (dB)"] + [f"minus {m}, paired per patient" for m in methods]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for seed in result["seeds"]:
-        lines.append(f"| U-Net (`{seed['source']}`) | {_ci(seed['psnr'])} | "
-                     + " | ".join(_ci(seed["minus"][m], True) for m in methods) + " |")
+        lines.append(f"| U-Net (`{seed['source']}`) | {ci_cell(seed['psnr'], 2)} | "
+                     + " | ".join(ci_cell(seed["minus"][m], 2, sign=True) for m in methods) + " |")
     mean = result["mean_over_seeds"]
-    lines.append(f"| **U-Net, mean over seeds** | **{_ci(mean['psnr'])}** | "
-                 + " | ".join(f"**{_ci(mean['minus'][m], True)}**" for m in methods) + " |")
+    lines.append(f"| **U-Net, mean over seeds** | **{ci_cell(mean['psnr'], 2)}** | "
+                 + " | ".join(f"**{ci_cell(mean['minus'][m], 2, sign=True)}**" for m in methods) + " |")
     for m, info in result["methods"].items():
-        lines.append(f"| {m} (`{info['source']}`) | {_ci(info['psnr'])} |" + " |" * len(methods))
+        lines.append(f"| {m} (`{info['source']}`) | {ci_cell(info['psnr'], 2)} |" + " |" * len(methods))
     return "\n".join(lines + ["", f"{result['slices']} slices of {len(result['patients'])} patients (left out, without "
                               f"a score in some source: {result['dropped_without_score']}); intervals over patients; "
                               f"the spread of the seeds' means (std): {result['seed_spread']:.2f} dB."])
