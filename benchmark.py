@@ -15,7 +15,7 @@ import sys
 from breastmri.config import ConfigError
 from breastmri.evaluate.benchmark_calibration import CALIBRATION_CROP
 from breastmri.evaluate.benchmark_quality import BenchmarkError
-from breastmri.evaluate.benchmark_real import DEFAULT_REAL_METHODS, REAL_METHODS
+from breastmri.evaluate.benchmark_real import DEFAULT_REAL_METHODS, MIN_TIME_POINTS, REAL_METHODS
 from breastmri.evaluate.benchmark_speed import scaling_child
 from breastmri.evaluate.benchmark_suite import METHODS, PARTS, run_benchmark
 from breastmri.runtime import add_verbose_flag, quiet_start
@@ -54,6 +54,9 @@ def parse_args(argv=None):
                                        "dynamics frame by frame against their real 3T frames (adds 'real' to --parts)")
     p.add_argument("--real-positions", type=int, default=3,
                    help="slice positions scored per real dynamic, in its middle (default 3)")
+    p.add_argument("--real-chunk", type=int, default=0,
+                   help="0 (default): every method sees a real dynamic whole; L: consecutive runs of at least L frames "
+                        f"(>= {MIN_TIME_POINTS}), one at a time, as if it were several shorter dynamics")
     p.add_argument("--real-filter", default="", help="regex on SeriesDescription for the real part (default: all)")
     p.add_argument("--real-methods", default=",".join(DEFAULT_REAL_METHODS),
                    help=f"methods of the real part, a subset of {','.join(REAL_METHODS)} (default "
@@ -99,6 +102,8 @@ def parse_args(argv=None):
         p.error(f"--real-methods: choose from {', '.join(REAL_METHODS)}")
     if "real" in args.parts and not args.real_data:
         p.error("--parts real needs --real-data DIR (a folder of real DICOM series)")
+    if args.real_chunk and args.real_chunk < MIN_TIME_POINTS:
+        p.error(f"--real-chunk must be 0 or at least {MIN_TIME_POINTS}")
     for name, given, known in (("--methods", args.methods, METHODS), ("--parts", args.parts, PARTS)):
         unknown = [g for g in given if g not in known]
         if unknown or not given:

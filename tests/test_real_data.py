@@ -152,6 +152,12 @@ def test_benchmark_scores_real_frames_one_by_one(smoke_run):
         assert detail["common_error"] < 0.2 and all(0.9 < k < 1.1 for k in detail["detail_kept"]), (method, detail)
     text = markdown(real)
     assert "Real data, frame by frame" in text and "| 69 |" in text and "| common error |" in text
+    # seen in two runs of 35 frames: every frame still scored, the projection of each run its own
+    halves = real_part(PROSTATEX, read_run(smoke_run), ["noisy", "tpca"], positions=1, series_filter="Twist",
+                       log=lambda message: None, chunk=35)
+    table2 = halves["dynamics"][0]["against_3t"]
+    assert table2["frames"] == table["frames"] and table2["input_psnr_db"] == table["input_psnr_db"]
+    assert table2["gain_db"]["tpca"] != table["gain_db"]["tpca"] and "at least 35 consecutive" in markdown(halves)
 
 
 def test_realism_statistics_of_the_twist_dynamic():
@@ -162,3 +168,14 @@ def test_realism_statistics_of_the_twist_dynamic():
     assert s["time_points"] == 70 and s["spacing_s"] == pytest.approx(4.2, abs=0.1)
     assert min(s["noise_correlation"]) > 0.4  # a scanner's noise: correlated between neighbouring pixels
     assert s["largest_shift_px"] < 0.5 and s["snr"] > 10
+
+
+def test_chunks_cover_every_frame_once_in_order_and_none_is_shorter_than_asked():
+    from breastmri.evaluate.benchmark_real import chunks_of
+
+    assert chunks_of(range(70), 0) == [list(range(70))]
+    assert chunks_of(range(15), 8) == [list(range(15))]  # two runs would leave one of 7
+    runs = chunks_of(range(70), 8)
+    assert [f for run in runs for f in run] == list(range(70))
+    assert len(runs) == 8 and min(map(len, runs)) == 8 and max(map(len, runs)) == 9
+    assert [len(run) for run in chunks_of(range(5, 75), 35)] == [35, 35] and chunks_of(range(5, 75), 35)[1][0] == 40

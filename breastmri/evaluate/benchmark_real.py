@@ -23,7 +23,8 @@ cannot be, and how much of the fine detail of the 3T frames' temporal mean its o
 spatial frequency. A network whose phantom-taught prior smooths real anatomy shows it there.
 
 Every number is per frame (the mean over the scored positions) as well as over the frames: a method that helps late
-frames and harms early ones shows it. The classical methods that run on one core are run side by side, one per core
+frames and harms early ones shows it. With a chunk (--real-chunk L) every method sees a dynamic in consecutive runs of at
+least L frames, one at a time, and every frame is still scored: does series length decide a ranking? The classical methods that run on one core are run side by side, one per core
 (runtime.parallel_map); a method's seconds are the sum of its runs' own. PSNR is taken inside the body (the mean
 frame above 10% of its 99th percentile) with data_range the 99.5th percentile of the 3T frames there.
 """
@@ -53,9 +54,13 @@ DEFAULT_REAL_METHODS = ("noisy", "mppca", "tpca", "nordic", "unet")  # bm3d: abo
 DETAIL_BANDS = ((0.08, 0.16), (0.16, 0.24), (0.24, 0.32), (0.32, 0.40), (0.40, 0.50))  # cycles per pixel
 
 
-def real_part(real_root, run, methods, positions=3, series_filter="", log=print):
+def real_part(real_root, run, methods, positions=3, series_filter="", log=print, chunk=0):
     """{"source", "dynamics": [per dynamic: frames, references, per-frame and summary gains], "methods"} for the
-    methods of REAL_METHODS named in `methods`; `run` is benchmark_runs.read_run's record of the model's run."""
+    methods of REAL_METHODS named in `methods`; `run` is benchmark_runs.read_run's record of the model's run.
+    chunk: 0, every method sees every frame of a dynamic; L >= MIN_TIME_POINTS, it sees consecutive runs of at
+    least L of them, one at a time (chunks_of), as if the dynamic were several shorter ones."""
+    if chunk and chunk < MIN_TIME_POINTS:
+        raise ValueError(f"chunk must be 0 or at least {MIN_TIME_POINTS} frames, got {chunk}")
     chosen = [m for m in REAL_METHODS if m in methods or m == "noisy"]
     cfg = dict(run["cfg"], preprocess=dict(run["cfg"]["preprocess"], series_filter=series_filter))
     if cfg["degrade"]["model"] == "none":  # a self-supervised run on 1.5T scans: the benchmark needs the 3T pair
@@ -82,13 +87,22 @@ def real_part(real_root, run, methods, positions=3, series_filter="", log=print)
             if series_rows[0]["n_times"] < MIN_TIME_POINTS:
                 continue
             log(f"real data: {series_rows[0]['series_description']} ({series_rows[0]['n_times']} time points)")
-            dynamics.append(_score_dynamic(Path(tmp), series_rows, chosen, enhancer, positions))
-    return {"source": str(real_root), "methods": chosen, "positions_per_dynamic": positions,
+            dynamics.append(_score_dynamic(Path(tmp), series_rows, chosen, enhancer, positions, chunk))
+    return {"source": str(real_root), "methods": chosen, "positions_per_dynamic": positions, "chunk": chunk,
             "series_found": summary["series_found"], "dynamics": dynamics,
             "degradation": {k: cfg["degrade"][k] for k in ("model", "snr_ratio", "field_exponent", "noise_spectrum")}}
 
 
-def _score_dynamic(data_dir, rows, methods, enhancer, n_positions):
+def chunks_of(frames, chunk):
+    """`frames` cut into consecutive runs of at least `chunk` (0: one run of all): len // chunk runs, as even as
+    np.array_split makes them, so a short tail joins the runs before it rather than being seen alone."""
+    frames = list(frames)
+    if not chunk or len(frames) < 2 * chunk:
+        return [frames]
+    return [list(map(int, run)) for run in np.array_split(frames, len(frames) // chunk)]
+
+
+def _score_dynamic(data_dir, rows, methods, enhancer, n_positions, chunk=0):
     row0 = rows[0]
     clean_all = np.load(data_dir / row0["clean_file"])
     noisy_all = np.load(data_dir / row0["noisy_file"])
@@ -123,8 +137,13 @@ def _score_dynamic(data_dir, rows, methods, enhancer, n_positions):
     seconds = {}
 
     def run_all(frames):
-        """{method: its (len(frames), P, H, W) output}; each method's seconds (its runs' own) added to `seconds`.
-        The single-core classical runs go side by side; the U-Net runs here, with its model."""
+        """{method: its (len(frames), P, H, W) output}, each chunk of `frames` (chunks_of) run on its own."""
+        parts = [run_frames(run) for run in chunks_of(frames, chunk)]
+        return {m: np.concatenate([part[m] for part in parts]) for m in parts[0]}
+
+    def run_frames(frames):
+        """{method: its output of `frames`, seen together}; each method's seconds (its runs' own) added to
+        `seconds`. The single-core classical runs go side by side; the U-Net runs here, with its model."""
         seen = noisy[frames]
         pooled = {m: _classical_jobs(m, seen - np.float32(zero), positions, sigma_total, sigma_src, spectrum)
                   for m in methods if m not in ("noisy", "unet")}
@@ -241,7 +260,9 @@ def markdown(real):
              f"Source: `{real['source']}`; degradation {real['degradation']}; methods run on every frame, scored at "
              f"{real['positions_per_dynamic']} slice positions in the middle of each dynamic, inside the body "
              "(breastmri/evaluate/benchmark_real.py). Gain: dB of PSNR over the degraded input, per frame the mean "
-             "over the positions."]
+             "over the positions."
+             + (f" Each method saw runs of at least {real['chunk']} consecutive frames, one at a time "
+                "(--real-chunk), not the whole dynamic." if real.get("chunk") else "")]
     for d in real["dynamics"]:
         lines += ["", f"### {d['series_description']}: {d['time_points']} time points, positions {d['positions']}, "
                       f"{d['pre_contrast_frames']} before contrast", "",

@@ -257,7 +257,8 @@ def run_benchmark(args):
     if "real" in args.parts:
         from breastmri.evaluate.benchmark_real import real_part
 
-        report["real"] = real_part(args.real_data, run, args.real_methods, args.real_positions, args.real_filter, _log)
+        report["real"] = real_part(args.real_data, run, args.real_methods, args.real_positions, args.real_filter, _log,
+                                   args.real_chunk)
         lap("real")
     report["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 1)}
 
