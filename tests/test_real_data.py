@@ -140,6 +140,7 @@ def test_benchmark_scores_real_frames_one_by_one(smoke_run):
     table = dynamic["against_3t"]
     assert table["frames"] == list(range(70)) and len(table["gain_db"]["tpca"]) == 70
     assert np.all(np.isfinite(table["input_psnr_db"])) and dynamic["ceiling_db"] > max(table["input_psnr_db"])
+    assert dynamic["difference_correlation"] > -0.2  # TWIST shares k-space, so noise, between neighbouring frames
     summary = table["summary"]["tpca"]
     assert summary["worst_gain_db"] == min(table["gain_db"]["tpca"])
     assert summary["frames_worse"] == [f for f, g in zip(table["frames"], table["gain_db"]["tpca"]) if g < 0]
@@ -152,6 +153,7 @@ def test_benchmark_scores_real_frames_one_by_one(smoke_run):
         assert detail["common_error"] < 0.2 and all(0.9 < k < 1.1 for k in detail["detail_kept"]), (method, detail)
     text = markdown(real)
     assert "Real data, frame by frame" in text and "| 69 |" in text and "| common error |" in text
+    assert "neighbouring frames share noise" in text
     # seen in two runs of 35 frames: every frame still scored, the projection of each run its own
     halves = real_part(PROSTATEX, read_run(smoke_run), ["noisy", "tpca"], positions=1, series_filter="Twist",
                        log=lambda message: None, chunk=35)
@@ -179,3 +181,17 @@ def test_chunks_cover_every_frame_once_in_order_and_none_is_shorter_than_asked()
     assert [f for run in runs for f in run] == list(range(70))
     assert len(runs) == 8 and min(map(len, runs)) == 8 and max(map(len, runs)) == 9
     assert [len(run) for run in chunks_of(range(5, 75), 35)] == [35, 35] and chunks_of(range(5, 75), 35)[1][0] == 40
+
+
+def test_difference_correlation_tells_noise_shared_between_frames_from_independent_noise():
+    from breastmri.evaluate.benchmark_real import SHARED_NOISE_CORRELATION, difference_correlation
+
+    rng = np.random.default_rng(0)
+    anatomy = rng.uniform(1, 2, (1, 1, 64, 64))
+    body = np.ones((1, 64, 64), bool)
+    independent = anatomy + 0.1 * rng.standard_normal((12, 1, 64, 64))
+    assert abs(difference_correlation(independent, body) + 0.5) < 0.03
+    white = 0.1 * rng.standard_normal((13, 1, 64, 64))
+    shared = anatomy + (white[1:] + white[:-1]) / np.sqrt(2)  # each frame shares half its noise with the next
+    assert difference_correlation(shared, body) > SHARED_NOISE_CORRELATION > difference_correlation(independent, body)
+    assert difference_correlation(independent[:2], body) is None
