@@ -265,4 +265,6 @@ def config_hash(cfg, sections=None):
 
 
 def save_config(cfg, path):
-    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    from breastmri.data.manifest import write_text_atomic  # here: manifest imports this module's errors
+
+    write_text_atomic(path, yaml.safe_dump(cfg, sort_keys=False))

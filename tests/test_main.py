@@ -108,6 +108,21 @@ def test_resume_continues_from_saved_epoch(smoke_run, smoke_data, tmp_path):
     assert history_epochs(run_dir) == [0]
     main.main(["--run-dir", str(run_dir), "--data", str(smoke_data), "--resume", "--epochs", "2"])
     assert history_epochs(run_dir) == [0, 1]  # epoch 0 was not trained again
+    assert (run_dir / "model.keras").is_file() and not list(run_dir.glob(".tmp-*"))  # saved, then renamed
+
+
+def test_an_error_while_writing_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    from breastmri.data.manifest import atomic_path, write_text_atomic
+
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]
 
 
 def test_eval_only_reevaluates_saved_model(smoke_run, smoke_data, tmp_path):

@@ -195,3 +195,20 @@ def test_difference_correlation_tells_noise_shared_between_frames_from_independe
     shared = anatomy + (white[1:] + white[:-1]) / np.sqrt(2)  # each frame shares half its noise with the next
     assert difference_correlation(shared, body) > SHARED_NOISE_CORRELATION > difference_correlation(independent, body)
     assert difference_correlation(independent[:2], body) is None
+
+
+def test_a_real_only_benchmark_needs_no_phantom_data(smoke_run, tmp_path, monkeypatch):
+    import benchmark
+
+    run = tmp_path / "shipped"  # a run dir as models/default is: config.yaml and model.keras, no metrics.json
+    run.mkdir()
+    for name in ("config.yaml", "model.keras"):
+        shutil.copy(Path(smoke_run) / name, run / name)
+    monkeypatch.chdir(tmp_path)  # no data/processed here
+    report = benchmark.main(["--run-dir", str(run), "--parts", "real", "--real-data", str(PROSTATEX),
+                             "--real-filter", "Twist", "--real-methods", "noisy", "--real-positions", "1",
+                             "--out", str(tmp_path / "out")])
+    assert report["data"] is None and report["real"]["dynamics"][0]["time_points"] == 70
+    text = (tmp_path / "out" / "benchmark.md").read_text()
+    assert "real data only" in text and "Real data, frame by frame" in text
+    assert not list((tmp_path / "out").glob(".tmp-*"))  # written through temporary names, none left

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -159,15 +160,37 @@ def temporary_path(path):
     return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
 
 
-def write_text_atomic(path, text):
+@contextmanager
+def atomic_path(path):
+    """The temporary name to write `path` through (temporary_path: the same suffix, so writers that read the
+    format from it still can); renamed into place when the block ends, removed if it raises."""
     path = Path(path)
     tmp = temporary_path(path)
     try:
-        tmp.write_text(text)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_text_atomic(path, text):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_csv(rows, path, columns=None):
+    """rows (dicts) as a CSV at path, written atomically; columns: rows[0]'s keys unless given."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns or list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_figure_atomic(fig, path, **kwargs):
+    """fig.savefig(path, **kwargs) through a temporary name."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **kwargs)
 
 
 def write_manifest(path, rows):

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from breastmri.config import ConfigError
 from breastmri.data import preprocess
+from breastmri.data.manifest import save_figure_atomic
 from breastmri.dicom import index, pixels
 from breastmri.dicom.dynamics import assemble_dynamics, member_series
 from breastmri.dicom.kinds import check_include_kinds
@@ -238,7 +239,7 @@ def save_preview(original, enhanced, path, title=""):
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return Path(path)
 

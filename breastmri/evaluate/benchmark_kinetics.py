@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from breastmri.data.manifest import save_figure_atomic
+
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 # The multi-frame classical methods run on the lesion's bounding box and this margin only (px of the data's grid),
 # a fraction of the slice (about a quarter of a 192^2 demo slice; bm4d runs 3x faster). mppca's and tpca's curves
@@ -359,6 +361,6 @@ def plot_kinetics(kinetics, shown, out_png, max_lesions=6):
         ax.axis("off")
     fig.suptitle("Lesion enhancement curves (S(t) - S0) / S0 in the lesion ROI, test split", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    save_figure_atomic(fig, out_png, dpi=110)
     plt.close(fig)
     return Path(out_png)

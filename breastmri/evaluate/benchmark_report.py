@@ -7,7 +7,6 @@ quality table (how the classical methods were run, calibrated, and what fell bac
 and body PSNR against ms per slice. benchmark_kinetics.png: benchmark_kinetics.plot_kinetics.
 """
 
-import csv
 import json
 import math
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from breastmri.data.manifest import save_figure_atomic, write_csv
 from breastmri.evaluate.benchmark_calibration import CALIBRATION_CROP
 from breastmri.evaluate.benchmark_quality import FALLBACK_2D, MULTIFRAME, REGISTER
 
@@ -165,24 +165,29 @@ def quality_rows(report):
     return names
 
 
-def markdown(report):
-    """benchmark.md: a header (data, degradation, budget, machine) and one table per part that ran."""
-    d, m = report["data"], report["machine"]
+def _data_lines(d):
+    """The header's data and degradation lines of a report's phantom `data` (data_info)."""
     deg = d.get("degrade_config") or {}
     if "field" in d["degrade_model"]:
         degradation = (f"field model (Rician), {deg.get('source_field_t', '?')} T -> {deg.get('target_field_t', '?')} "
                        f"T, SNR ratio {_num(d['snr_ratio'], 3)}")
     else:
         degradation = f"{', '.join(d['degrade_model'])} model (additive Gaussian, the thesis)"
-    lines = [
-        "# Benchmark: restoring simulated 1.5T from 3T breast MRI", "",
+    return [
         f"- **Data**: `{d['data_dir']}`, {d['split']} split: {d['eval_slices_used']} of {d['eval_slices_total']} "
         f"slices ({d.get('eval_positions', '?')} slice positions evenly spaced, each at up to "
         f"{d.get('eval_times_per_position', '?')} time point(s)) from "
         f"{d['eval_patients']} patient(s), {d['image_size'][0]}x{d['image_size'][1]} "
         f"(acquired {', '.join(d['acquisition_matrix']) or '?'}); {d['train_slices']} training slices.",
         f"- **Degradation**: {degradation}; mean sigma_source {_num(d['sigma_source'], 4)}, sigma_added "
-        f"{_num(d['sigma_added'], 4)} (normalized units, acquisition resolution).",
+        f"{_num(d['sigma_added'], 4)} (normalized units, acquisition resolution)."]
+
+
+def markdown(report):
+    """benchmark.md: a header (data, degradation, budget, machine) and one table per part that ran."""
+    d, m = report["data"], report["machine"]
+    lines = ["# Benchmark: restoring simulated 1.5T from 3T breast MRI", ""] + (_data_lines(d) if d else [
+        "- **Data**: real data only (the real part below); no phantom read."]) + [
         f"- **Machine**: {m['platform']}, {m['cpus_usable']} of {m['cpu_count']} CPUs ({m['cpu']}), "
         f"device {m['device']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, Python {m['python']}.",
         f"- **Run**: {report['date']}, `{report['command']}`."]
@@ -426,7 +431,7 @@ def plot(report, out_png):
     right.set_title("Quality against time", fontsize=10)
     right.grid(True, which="both", alpha=0.3)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(out_png, dpi=110)
+    save_figure_atomic(fig, out_png, dpi=110)
     plt.close(fig)
     return Path(out_png)
 
@@ -435,7 +440,4 @@ def write_per_slice(rows, path):
     columns = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, path, columns)

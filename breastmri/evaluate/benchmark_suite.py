@@ -103,6 +103,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from breastmri.data.manifest import write_text_atomic
 from breastmri.evaluate.benchmark_calibration import calibrate
 from breastmri.evaluate.benchmark_quality import (
     CLASSICAL,
@@ -161,7 +162,8 @@ def run_benchmark(args):
 
     started = time.perf_counter()
     run = read_run(args.run_dir)
-    data_dir = resolve_data_dir(args, run)
+    phantom = [p for p in args.parts if p != "real"]  # the parts that read the preprocessed phantom
+    data_dir = resolve_data_dir(args, run) if phantom else None
     out = Path(args.out) if args.out else run["dir"] / "benchmark"
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache"
@@ -173,7 +175,8 @@ def run_benchmark(args):
         _log(f"devices: {e}")
 
     runs, notes = {run["method"]: run}, []
-    thesis_dir = args.thesis_run or (find_thesis_run(run["dir"], data_dir) if run["method"] != "thesis" else None)
+    thesis_dir = args.thesis_run or (find_thesis_run(run["dir"], data_dir)
+                                     if run["method"] != "thesis" and phantom else None)
     if thesis_dir and run["method"] != "thesis":
         runs["thesis"] = read_run(thesis_dir)
         if runs["thesis"]["method"] != "thesis":
@@ -190,28 +193,29 @@ def run_benchmark(args):
             args.methods.append(r["method"])
     for method, r in runs.items():
         recorded = r["metrics"].get("data_dir")
-        if recorded and Path(recorded).resolve() != data_dir.resolve():
+        if recorded and phantom and Path(recorded).resolve() != data_dir.resolve():
             notes.append(f"{method} was evaluated on {recorded}, not on {data_dir}")
     # the speed part times the supervised networks; a self-supervised U-Net runs at the same speed
     wanted_models = [m for m in MODELS if m in args.methods
                      or ("speed" in args.parts and m in runs and m in ("thesis", "unet"))]
-    models = {m: (runs[m], load_model(runs[m])) for m in wanted_models if m in runs}
+    models = {m: (runs[m], load_model(runs[m])) for m in wanted_models if m in runs} if phantom else {}
     budgets = {m: budget(r) for m, r in runs.items()}
 
-    split = eval_split(data_dir)
-    if split != "test":
-        notes.append(f"{data_dir} has no test patients: every number is on the validation patients, on which the "
-                     "networks' checkpoints were selected")
-    held_out = PairedSlices(data_dir, split, batch_size=1, max_slices=max_slices,
-                            times_per_position=args.times_per_position)
     report = {"date": datetime.now().isoformat(timespec="seconds"),
               "command": args.command, "methods": args.methods, "parts": args.parts,
-              "machine": machine_info(), "data": data_info(data_dir, held_out.rows, held_out.image_shape, split),
+              "machine": machine_info(), "data": None,  # None: real data only, no phantom read
               "budget": budgets, "budget_note": compare_budgets(budgets), "notes": notes}
-    d = report["data"]
-    _log(f"data: {d['eval_slices_used']} of {d['eval_slices_total']} {split} slices from {d['eval_patients']} "
-         f"patient(s), {d['image_size'][0]}x{d['image_size'][1]}, degradation {', '.join(d['degrade_model'])}; "
-         "models: " + ", ".join(f"{m} ({r['dir']})" for m, r in runs.items()))
+    if phantom:
+        split = eval_split(data_dir)
+        if split != "test":
+            notes.append(f"{data_dir} has no test patients: every number is on the validation patients, on which "
+                         "the networks' checkpoints were selected")
+        held_out = PairedSlices(data_dir, split, batch_size=1, max_slices=max_slices,
+                                times_per_position=args.times_per_position)
+        d = report["data"] = data_info(data_dir, held_out.rows, held_out.image_shape, split)
+        _log(f"data: {d['eval_slices_used']} of {d['eval_slices_total']} {split} slices from {d['eval_patients']} "
+             f"patient(s), {d['image_size'][0]}x{d['image_size'][1]}, degradation {', '.join(d['degrade_model'])}")
+    _log("models: " + ", ".join(f"{m} ({r['dir']})" for m, r in runs.items()))
     classical = [m for m in args.methods if m in CLASSICAL + MULTIFRAME]
     scales = {}
     # wall seconds of each step (and of everything up to the report, "total"), so a run says where its time went
@@ -267,13 +271,13 @@ def run_benchmark(args):
 
     from breastmri.metrics import json_safe
 
-    (out / "benchmark.json").write_text(json.dumps(json_safe(report), indent=2, default=str))
+    write_text_atomic(out / "benchmark.json", json.dumps(json_safe(report), indent=2, default=str))
     text = markdown(report)
     if "real" in report:
         from breastmri.evaluate.benchmark_real import markdown as real_markdown
 
         text += "\n\n" + real_markdown(report["real"])
-    (out / "benchmark.md").write_text(text + "\n")
+    write_text_atomic(out / "benchmark.md", text + "\n")
     written = ["benchmark.json", "benchmark.md"]
     if "quality" in report:
         plot(report, out / "benchmark.png")

@@ -7,11 +7,11 @@ against the 3T image and, where the data has it, the noise-free truth; self-supe
 get their Rician mean inverted first (training.needs_rician_correction).
 """
 
-import csv
 import json
 import time
 
 from breastmri.config import config_hash
+from breastmri.data.manifest import write_csv, write_text_atomic
 from breastmri.data.splits import split_record
 from breastmri.restore.losses import load_model
 from breastmri.restore.training import needs_rician_correction
@@ -163,13 +163,6 @@ def summarize_both(rows):
     return summary
 
 
-def write_csv(rows, path):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
     """Score the run's model.keras on the test patients (on val when the data has no test patients, said so),
     and on the validation patients separately; write metrics.json, metrics_per_slice.csv and the figures."""
@@ -222,7 +215,7 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
         print(f"no reference to score against: {data_dir} has neither clean images (degrade.model none) nor a "
               "noise-free truth (demo data only). The model is trained; apply it with enhance.py.")
     summary.update(extra or {})
-    (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2))
+    write_text_atomic(run_dir / "metrics.json", json.dumps(json_safe(summary), indent=2))
     if (run_dir / "history.csv").exists():
         figures.plot_loss_curve(run_dir / "history.csv", run_dir / "loss_curve.png",
                                 title=f"{cfg['model']['name']}: loss (MSE+MAE)" if cfg["train"]["loss"] == "mse+mae"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from breastmri.data.manifest import save_figure_atomic
+
 
 def _pyplot():
     import matplotlib
@@ -35,7 +37,7 @@ def plot_loss_curve(history_csv, out_png, title="Training and validation loss"):
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
+    save_figure_atomic(fig, out_png, dpi=120)
     plt.close(fig)
     return Path(out_png)
 
@@ -73,6 +75,6 @@ def plot_reconstructions(examples, out_png, vmax=1.0, error_vmax=0.2):
             row[0].text(-0.05, 0.5, ex["title"], transform=row[0].transAxes, rotation=90,
                         va="center", ha="right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    save_figure_atomic(fig, out_png, dpi=110)
     plt.close(fig)
     return Path(out_png)

@@ -10,6 +10,7 @@ test patients are never read here.
 import csv
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from breastmri.config import ConfigError, save_config
+from breastmri.data.manifest import atomic_path, temporary_path, write_text_atomic
 from breastmri.data.splits import check_split_record, split_record
 from breastmri.restore.losses import get_loss, pixel_loss, psnr_metric
 from breastmri.restore.multiworker import (
@@ -72,6 +74,13 @@ def selection(cfg):
     if cfg["train"]["target"] == "truth":
         return MONITOR, "max", "body PSNR against the phantom's noise-free truth", "truth (phantom)"
     return MONITOR, "max", "body PSNR against the 3T image", "3T"
+
+
+def _into_place(path):
+    """Rename the file ModelCheckpoint saved under temporary_path(path), if it saved one this epoch, to path."""
+    saved = temporary_path(path)
+    if saved.exists():
+        os.replace(saved, path)
 
 
 def needs_rician_correction(cfg, degrade_model):
@@ -281,7 +290,7 @@ def train(cfg, data_dir, run_dir, resume=False):
     else:
         shutil.rmtree(backup_dir, ignore_errors=True)
         history_csv.unlink(missing_ok=True)
-        (own_dir / "split.json").write_text(json.dumps(split_record(data_dir), indent=1))
+        write_text_atomic(own_dir / "split.json", json.dumps(split_record(data_dir), indent=1))
     save_config(cfg, own_dir / "config.yaml")
 
     t = cfg["train"]
@@ -316,7 +325,8 @@ def train(cfg, data_dir, run_dir, resume=False):
         initial = validate(model, val_ds, t["loss"], size_multiple(cfg))
         print(f"start ({t['init_from']}): " + ", ".join(f"{k} {v:.4f}" for k, v in initial.items()))
         if best_so_far is None:
-            model.save(own_dir / "model.keras")
+            with atomic_path(own_dir / "model.keras") as tmp:
+                model.save(tmp)
             best_so_far = initial[monitor]
     callbacks = [
         # the training state as it is (the raw weights, their average in the optimizer), before the swap below
@@ -325,8 +335,10 @@ def train(cfg, data_dir, run_dir, resume=False):
         *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema > 0 else []),
         # before the rest: they read the numbers it logs
         body_validation(val_ds, t["loss"], size_multiple(cfg), mode),
-        keras.callbacks.ModelCheckpoint(str(own_dir / "model.keras"), monitor=monitor, mode=direction,
-                                        save_best_only=True, initial_value_threshold=best_so_far),
+        # the best epoch's model, saved under a temporary name and then renamed into place: never a half file
+        keras.callbacks.ModelCheckpoint(str(temporary_path(own_dir / "model.keras")), monitor=monitor,
+                                        mode=direction, save_best_only=True, initial_value_threshold=best_so_far),
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: _into_place(own_dir / "model.keras")),
         keras.callbacks.CSVLogger(str(history_csv), append=resume),
         keras.callbacks.TensorBoard(str(own_dir / "logs"), write_graph=False, profile_batch=0),
         keras.callbacks.TerminateOnNaN(),

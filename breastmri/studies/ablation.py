@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from breastmri.config import load_config
+from breastmri.data.manifest import write_text_atomic
 from breastmri.evaluate.evaluation import evaluate_run
 from breastmri.restore.training import train
 from breastmri.runtime import add_verbose_flag, quiet_start
@@ -163,9 +164,9 @@ def main(argv=None):
     fresh = {name: row(name, VARIANTS[name], run_variant(name, VARIANTS[name], args), args) for name in names}
     by_name = {r["variant"]: r for r in kept} | fresh
     rows = [by_name[name] for name in VARIANTS if name in by_name]
-    (out / "ablation.json").write_text(json.dumps(rows, indent=1))
+    write_text_atomic(out / "ablation.json", json.dumps(rows, indent=1))
     text = markdown(rows, args)
-    (out / "ablation.md").write_text(text + "\n")
+    write_text_atomic(out / "ablation.md", text + "\n")
     print(text)
     return rows
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from breastmri.config import load_run_config
+from breastmri.data.manifest import save_figure_atomic
 from breastmri.runtime import add_verbose_flag, quiet_start
 
 BASELINES = ("noisy", "tpca", "mppca")
@@ -128,7 +129,7 @@ def plot(curves, references, out, title, real=()):
         ax.set_title("the same setup on real data (ProstateX TWIST DCE, 70 frames)", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    save_figure_atomic(fig, out, dpi=110)
     plt.close(fig)
 
 
