@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from breastmri.files import write_text_atomic
+
 DEFAULTS = {
     # Global seed: patient split, per-series noise, shuffling, crops, weight init. Recorded everywhere.
     "seed": 0,
@@ -265,6 +267,4 @@ def config_hash(cfg, sections=None):
 
 
 def save_config(cfg, path):
-    from breastmri.data.manifest import write_text_atomic  # here: manifest imports this module's errors
-
     write_text_atomic(path, yaml.safe_dump(cfg, sort_keys=False))

@@ -112,7 +112,7 @@ def test_resume_continues_from_saved_epoch(smoke_run, smoke_data, tmp_path):
 
 
 def test_an_error_while_writing_leaves_the_old_file_and_no_temporary_one(tmp_path):
-    from breastmri.data.manifest import atomic_path, write_text_atomic
+    from breastmri.files import atomic_path, write_text_atomic
 
     path = tmp_path / "metrics.json"
     path.write_text("old")

@@ -12,12 +12,11 @@ import csv
 import io
 import json
 import math
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from breastmri.files import write_text_atomic
 from breastmri.simulate.degrade import NOISE_MODELS
 
 # The columns preprocessing.py writes, in this order (a list: csv's fieldnames compare equal to it).
@@ -148,49 +147,8 @@ def spread_slices(rows, count, times_per_position=1):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Writing: atomically, so an interrupted run never leaves a half file that looks complete
+# Writing: atomically (breastmri.files), so an interrupted run never leaves a half file that looks complete
 # --------------------------------------------------------------------------------------------------------------
-
-TMP_PREFIX = ".tmp-"  # temporary names; a run removes those its interrupted predecessors left
-
-
-def temporary_path(path):
-    """Where `path` is written before it is renamed into place."""
-    path = Path(path)
-    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
-
-
-@contextmanager
-def atomic_path(path):
-    """The temporary name to write `path` through (temporary_path: the same suffix, so writers that read the
-    format from it still can); renamed into place when the block ends, removed if it raises."""
-    path = Path(path)
-    tmp = temporary_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text_atomic(path, text):
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_csv(rows, path, columns=None):
-    """rows (dicts) as a CSV at path, written atomically; columns: rows[0]'s keys unless given."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns or list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def save_figure_atomic(fig, path, **kwargs):
-    """fig.savefig(path, **kwargs) through a temporary name."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, **kwargs)
 
 
 def write_manifest(path, rows):

@@ -55,13 +55,14 @@ from tqdm import tqdm
 
 from breastmri.config import ConfigError, config_hash
 from breastmri.data.grid import square_slice
-from breastmri.data.manifest import TMP_PREFIX, temporary_path, write_manifest, write_text_atomic
+from breastmri.data.manifest import write_manifest
 from breastmri.data.shards import in_share
 from breastmri.data.splits import SPLITS, check_patient_split, check_split_fractions, split_patients, split_warnings
 from breastmri.dicom.dynamics import assemble_dynamics, check_mode, describe_dynamic, source_series_uids
 from breastmri.dicom.index import scan_tree
 from breastmri.dicom.kinds import check_include_kinds
 from breastmri.dicom.pixels import SeriesReadError, read_series, read_truth
+from breastmri.files import TMP_PREFIX, temporary_path, write_text_atomic
 from breastmri.simulate.degrade import MODELS, SPECTRA, degrade, series_rng, snr_ratio
 
 log = logging.getLogger("preprocessing")

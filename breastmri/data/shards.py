@@ -18,8 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 from breastmri.config import ConfigError
-from breastmri.data.manifest import read_manifest, temporary_path, write_manifest, write_text_atomic
+from breastmri.data.manifest import read_manifest, write_manifest
 from breastmri.data.splits import SPLITS, check_patient_split
+from breastmri.files import temporary_path, write_text_atomic
 
 
 def parse_shard(text):

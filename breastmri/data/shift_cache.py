@@ -11,7 +11,7 @@ most of its 1096 training positions only once or twice, so kept in memory alone 
 
 Each array gets a sidecar `<array>.shifts.json`: the array file's size and modification time (a rewritten array
 invalidates it) and the shifts of every position computed so far, keyed by its frames' slice indices. Shifts are
-float32 and JSON keeps them exactly. The sidecar is replaced atomically (manifest.write_text_atomic); two writers
+float32 and JSON keeps them exactly. The sidecar is replaced atomically (files.write_text_atomic); two writers
 adding positions at once may drop one's entry (or, threads of one process sharing a temporary name, leave a file
 that does not parse), which is then computed again, never read wrong. A data folder that cannot be written keeps
 them in memory only.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from breastmri.data.manifest import write_text_atomic
+from breastmri.files import write_text_atomic
 
 
 class ShiftCache:

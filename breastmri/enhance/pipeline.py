@@ -20,7 +20,6 @@ from tqdm import tqdm
 
 from breastmri.config import ConfigError
 from breastmri.data import preprocess
-from breastmri.data.manifest import save_figure_atomic
 from breastmri.dicom import index, pixels
 from breastmri.dicom.dynamics import assemble_dynamics, member_series
 from breastmri.dicom.kinds import check_include_kinds
@@ -32,6 +31,7 @@ from breastmri.dicom.writer import (
     write_series,
 )
 from breastmri.enhance.enhancer import Enhancer, load_enhancer, predict_stack
+from breastmri.files import save_figure_atomic
 from breastmri.restore.predict import MAX_PIXELS, EnhanceError, check_tile, default_tile
 
 MARKER = "enhance.json"

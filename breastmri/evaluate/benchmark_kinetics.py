@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from breastmri.data.manifest import save_figure_atomic
+from breastmri.files import save_figure_atomic
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 # The multi-frame classical methods run on the lesion's bounding box and this margin only (px of the data's grid),

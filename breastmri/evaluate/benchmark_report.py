@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from breastmri.data.manifest import save_figure_atomic, write_csv
 from breastmri.evaluate.benchmark_calibration import CALIBRATION_CROP
 from breastmri.evaluate.benchmark_quality import FALLBACK_2D, MULTIFRAME, REGISTER
+from breastmri.files import save_figure_atomic, write_csv
 
 # -----------------------------------------------------------------------------
 # header

@@ -103,7 +103,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from breastmri.data.manifest import write_text_atomic
 from breastmri.evaluate.benchmark_calibration import calibrate
 from breastmri.evaluate.benchmark_quality import (
     CLASSICAL,
@@ -138,6 +137,7 @@ from breastmri.evaluate.benchmark_speed import (
     scaling_part,
     speed_part,
 )
+from breastmri.files import write_text_atomic
 
 METHODS = ("noisy", "nlm", "tv", "wavelet", "bm3d", "bm4d", "mppca", "tpca", "nordic", "thesis", "unet",
            "noise2noise", "noise2void")

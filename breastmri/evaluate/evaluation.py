@@ -11,8 +11,8 @@ import json
 import time
 
 from breastmri.config import config_hash
-from breastmri.data.manifest import write_csv, write_text_atomic
 from breastmri.data.splits import split_record
+from breastmri.files import write_csv, write_text_atomic
 from breastmri.restore.losses import load_model
 from breastmri.restore.training import needs_rician_correction
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from breastmri.data.manifest import save_figure_atomic
+from breastmri.files import save_figure_atomic
 
 
 def _pyplot():

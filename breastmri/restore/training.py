@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from breastmri.config import ConfigError, save_config
-from breastmri.data.manifest import atomic_path, temporary_path, write_text_atomic
 from breastmri.data.splits import check_split_record, split_record
+from breastmri.files import atomic_path, temporary_path, write_text_atomic
 from breastmri.restore.losses import get_loss, pixel_loss, psnr_metric
 from breastmri.restore.multiworker import (
     SHARDS,

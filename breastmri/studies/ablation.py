@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from breastmri.config import load_config
-from breastmri.data.manifest import write_text_atomic
 from breastmri.evaluate.evaluation import evaluate_run
+from breastmri.files import write_text_atomic
 from breastmri.restore.training import train
 from breastmri.runtime import add_verbose_flag, quiet_start
 

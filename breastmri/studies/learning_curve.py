@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from breastmri.config import load_run_config
-from breastmri.data.manifest import save_figure_atomic
+from breastmri.files import save_figure_atomic
 from breastmri.runtime import add_verbose_flag, quiet_start
 
 BASELINES = ("noisy", "tpca", "mppca")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from breastmri.data.manifest import write_text_atomic
 from breastmri.evaluate.benchmark_report import ci_cell
+from breastmri.files import write_text_atomic
 from breastmri.metrics import group_means, mean_ci
 from breastmri.runtime import add_verbose_flag, quiet_start
 
