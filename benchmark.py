@@ -104,6 +104,8 @@ def parse_args(argv=None):
         p.error("--parts real needs --real-data DIR (a folder of real DICOM series)")
     if args.real_chunk and args.real_chunk < MIN_TIME_POINTS:
         p.error(f"--real-chunk must be 0 or at least {MIN_TIME_POINTS}")
+    if args.real_chunk and "real" not in args.parts:
+        p.error("--real-chunk applies to the real part: give --real-data DIR")
     for name, given, known in (("--methods", args.methods, METHODS), ("--parts", args.parts, PARTS)):
         unknown = [g for g in given if g not in known]
         if unknown or not given:
