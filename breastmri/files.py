@@ -5,8 +5,9 @@ interrupted run never leaves a half file that looks complete (a rename within on
         write(tmp)
     write_text_atomic(path, text); write_csv(rows, path); save_figure_atomic(fig, path, dpi=110)
 
-Every output of the package goes through here: preprocessing's arrays and manifest, the run dir's reports and
-model, the benchmark's and the studies' reports.
+Outputs of the package go through here: preprocessing's arrays and manifest, the run dir's reports and model
+(history.csv is appended epoch by epoch, TensorBoard's logs/ are its own), the benchmark's and the studies'
+reports; enhance.py writes each series into a temporary folder renamed when complete.
 """
 
 import csv
@@ -14,7 +15,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-TMP_PREFIX = ".tmp-"  # temporary names; a run removes those its interrupted predecessors left
+TMP_PREFIX = ".tmp-"  # temporary names; preprocessing sweeps those its interrupted predecessors left
 
 
 def temporary_path(path):
@@ -31,6 +32,8 @@ def atomic_path(path):
     tmp = temporary_path(path)
     try:
         yield tmp
+        with open(tmp, "rb") as f:  # on disk before the rename, so a power loss cannot leave the new name half
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

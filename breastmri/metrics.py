@@ -49,6 +49,8 @@ import warnings
 import numpy as np
 from scipy import ndimage, stats
 
+from breastmri.files import write_text_atomic
+
 DATA_RANGE = 1.0
 METRICS = ("mse", "rmse", "psnr", "ssim")
 
@@ -445,5 +447,4 @@ if __name__ == "__main__":
         result = summarize(_read_rows(args.csv))
         print(format_table(result))
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(json_safe(result), f, indent=2)
+            write_text_atomic(args.json, json.dumps(json_safe(result), indent=2))

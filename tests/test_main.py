@@ -193,3 +193,27 @@ def test_cosine_schedule_trains_and_a_bad_schedule_is_named(smoke_data, tmp_path
     with pytest.raises(ConfigError, match="lr_schedule"):
         training.train(load_config(ROOT / "configs" / "smoke.yaml", ["train.lr_schedule=step"]), smoke_data,
                    tmp_path / "bad")
+
+
+def test_the_checkpoint_never_takes_a_file_an_interrupted_save_left(tmp_path):
+    import keras
+
+    from breastmri.files import temporary_path
+    from breastmri.restore.training import atomic_checkpoint
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    final = tmp_path / "model.keras"
+    model.save(final)
+    temporary_path(final).write_bytes(b"half a model")  # an earlier save of this process, killed midway
+    x = np.zeros((4, 2), np.float32)
+    # an epoch that does not beat the best so far saves nothing: the good model stays, the half one goes
+    model.fit(x, x[:, :1], epochs=1, verbose=0,
+              callbacks=[atomic_checkpoint(final, monitor="loss", mode="min", initial_value_threshold=-1.0)])
+    keras.models.load_model(final)
+    assert not temporary_path(final).exists()
+    # an epoch that does: saved under the temporary name, then renamed into place
+    before = final.stat().st_mtime_ns
+    model.fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[atomic_checkpoint(final, monitor="loss", mode="min")])
+    assert final.stat().st_mtime_ns != before and not temporary_path(final).exists()
+    keras.models.load_model(final)

@@ -73,8 +73,9 @@ scaling  Time and peak memory as the work grows, each size in a fresh child proc
          resident memory (RssAnon from /proc, sampled after every batch): the memory the process really owns.
          At the defaults the part takes about a minute on 2 cores (most of it importing TensorFlow 3 times).
 
-Models: --run-dir is a main.py run (config.yaml, model.keras, metrics.json); its model is "unet" (or "thesis"
-when it is a thesis_autoencoder run). The thesis autoencoder is --thesis-run, or else found: the newest
+Models: --run-dir is a main.py run (config.yaml, model.keras, metrics.json; the shipped models/default has no
+metrics.json, so give --data); its model is "unet" (or "thesis" when it is a thesis_autoencoder run). The real
+part alone (--parts real) reads no phantom and needs no --data. The thesis autoencoder is --thesis-run, or else found: the newest
 sibling run dir whose config.yaml has model.name thesis_autoencoder and whose metrics.json has the same
 data_dir. Both runs' training budget (epochs, steps, batch, patch, learning rate, training seconds) goes into
 the report. The thesis autoencoder takes exactly image_size^2 slices; on data of another size it is skipped
@@ -164,6 +165,8 @@ def run_benchmark(args):
     run = read_run(args.run_dir)
     phantom = [p for p in args.parts if p != "real"]  # the parts that read the preprocessed phantom
     data_dir = resolve_data_dir(args, run) if phantom else None
+    if args.data and not phantom:
+        _log(f"--data {args.data} not read: the real part alone reads no phantom")
     out = Path(args.out) if args.out else run["dir"] / "benchmark"
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache"

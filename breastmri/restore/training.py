@@ -76,11 +76,28 @@ def selection(cfg):
     return MONITOR, "max", "body PSNR against the 3T image", "3T"
 
 
-def _into_place(path):
-    """Rename the file ModelCheckpoint saved under temporary_path(path), if it saved one this epoch, to path."""
-    saved = temporary_path(path)
-    if saved.exists():
-        os.replace(saved, path)
+def atomic_checkpoint(path, **kwargs):
+    """keras' ModelCheckpoint (save_best_only, kwargs its own) that never leaves a half model at `path`: each epoch
+    it clears the temporary name (temporary_path), lets ModelCheckpoint save there if the epoch is the best so far,
+    and renames only a file saved in this epoch into place; a file an interrupted save left is never taken."""
+    import keras
+
+    class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
+        def __init__(self):
+            self.final, self.staged = Path(path), temporary_path(path)
+            super().__init__(str(self.staged), save_best_only=True, **kwargs)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.staged.unlink(missing_ok=True)
+            super().on_epoch_end(epoch, logs)
+            if self.staged.exists():
+                os.replace(self.staged, self.final)
+
+        def on_train_end(self, logs=None):
+            self.staged.unlink(missing_ok=True)
+            super().on_train_end(logs)
+
+    return AtomicCheckpoint()
 
 
 def needs_rician_correction(cfg, degrade_model):
@@ -336,9 +353,8 @@ def train(cfg, data_dir, run_dir, resume=False):
         # before the rest: they read the numbers it logs
         body_validation(val_ds, t["loss"], size_multiple(cfg), mode),
         # the best epoch's model, saved under a temporary name and then renamed into place: never a half file
-        keras.callbacks.ModelCheckpoint(str(temporary_path(own_dir / "model.keras")), monitor=monitor,
-                                        mode=direction, save_best_only=True, initial_value_threshold=best_so_far),
-        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: _into_place(own_dir / "model.keras")),
+        atomic_checkpoint(own_dir / "model.keras", monitor=monitor, mode=direction,
+                          initial_value_threshold=best_so_far),
         keras.callbacks.CSVLogger(str(history_csv), append=resume),
         keras.callbacks.TensorBoard(str(own_dir / "logs"), write_graph=False, profile_batch=0),
         keras.callbacks.TerminateOnNaN(),

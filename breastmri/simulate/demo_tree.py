@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from breastmri.files import save_figure_atomic
 from breastmri.simulate.acquisition import (
     dce_series,
     dwi_series,
@@ -413,6 +414,6 @@ def save_preview(tree_dir, path=None):
     fig.suptitle(f"Synthetic QIN-BREAST-like DCE (3T SPGR, sagittal, slice {k + 1}): {title}", fontsize=10)
     fig.tight_layout()
     path = Path(path) if path else tree_dir / "preview.png"
-    fig.savefig(path, dpi=90)
+    save_figure_atomic(fig, path, dpi=90)
     plt.close(fig)
     return path

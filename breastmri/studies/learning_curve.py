@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from breastmri.config import load_run_config
-from breastmri.files import save_figure_atomic
+from breastmri.files import save_figure_atomic, write_text_atomic
 from breastmri.runtime import add_verbose_flag, quiet_start
 
 BASELINES = ("noisy", "tpca", "mppca")
@@ -163,7 +163,7 @@ def main(argv=None):
     if real:
         result["real"] = [dict(zip(("step", "gain_vs_3t_db", "gain_vs_held_back_db", "frames_worse"), row))
                           for row in real]
-    Path(args.run_dir, "learning_curve.json").write_text(json.dumps(result, indent=1))
+    write_text_atomic(Path(args.run_dir, "learning_curve.json"), json.dumps(result, indent=1))
     out = args.out or str(Path(args.run_dir) / "learning_curve.png")
     curves = [(f"U-Net (weight average), {args.run_dir}", points)]
     curves += [(f"{run}, {len(p) and p[-1][0]} steps", p) for run, (_, p) in others]

@@ -39,7 +39,6 @@ reconstructed, the thesis' layout) and study.md (the table).
 """
 
 import argparse
-import csv
 import json
 import math
 import time
@@ -50,6 +49,7 @@ import numpy as np
 from breastmri.config import load_config, save_config
 from breastmri.data.manifest import read_manifest
 from breastmri.data.paired import PairedSlices
+from breastmri.files import atomic_path, save_figure_atomic, write_csv, write_text_atomic
 from breastmri.metrics import DATA_RANGE, json_safe, slice_metrics, thesis_mse
 from breastmri.runtime import quiet_start
 
@@ -289,7 +289,7 @@ def plot_reconstructions(model, dataset, normalization, out_png, count=3):
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    save_figure_atomic(fig, out_png, dpi=110)
     plt.close(fig)
 
 
@@ -368,11 +368,10 @@ def run_study(args):
     if chosen not in results:
         raise ValueError(f"the chosen reading pools={chosen} was not trained (--readings {readings})")
     best, cfg = results[chosen]["metrics"]["model"], reading_config(args, chosen)
-    models[chosen].save(run_dir / "model.keras")
+    with atomic_path(run_dir / "model.keras") as tmp:
+        models[chosen].save(tmp)
     save_config(cfg, run_dir / "config.yaml")
-    with open(run_dir / "history.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader(), writer.writerows(history)
+    write_csv(history, run_dir / "history.csv")
     plot_reconstructions(models[chosen], val, args.normalization, run_dir / "reconstructions.png")
     gain = {s: best[s]["psnr"]["mean"] - noisy[s]["psnr"]["mean"] for s in SCALES}
     summary = {"chosen_pools": chosen, "model": best, "noisy_input": noisy, "psnr_gain_db": gain,
@@ -386,14 +385,14 @@ def run_study(args):
                           "output_activation": args.output_activation,
                           "seconds_total": round(sum(r["seconds"] for r in results.values()), 1)},
                "config": cfg}
-    (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2))
+    write_text_atomic(run_dir / "metrics.json", json.dumps(json_safe(summary), indent=2))
     tables = {s: study_table(results, noisy, s) for s in SCALES}
-    (run_dir / "study.md").write_text(
+    write_text_atomic(run_dir / "study.md", (
         f"# Thesis reproduction study\n\nsteps {args.steps} x batch {args.batch_size} per reading, "
         f"{args.image_size}², lr {args.learning_rate:g}, {args.normalization} normalization, "
         f"{args.output_activation} output; {len(val.rows)} validation slices. Chosen: pools {chosen}.\n\n"
         f"## On the thesis' min-max scale (what its Table 1 used)\n\n{tables['minmax']}\n\n"
-        f"## On our scale (preprocessing's percentiles)\n\n{tables['ours']}\n")
+        f"## On our scale (preprocessing's percentiles)\n\n{tables['ours']}\n"))
     print(f"\n{tables['minmax']}\n\n(our scale)\n{tables['ours']}\n\nchosen reading: pools {chosen}, whole-image PSNR "
           f"gain {gain['ours']:+.2f} dB (ours), {gain['minmax']:+.2f} dB (min-max); wrote {run_dir}/")
     return summary
