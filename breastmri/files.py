@@ -32,9 +32,8 @@ def atomic_path(path):
     tmp = temporary_path(path)
     try:
         yield tmp
-        with open(tmp, "rb") as f:  # on disk before the rename, so a power loss cannot leave the new name half
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # no fsync: against an interrupted process, not a power loss (preprocessing streams
+        # every series through here, and a sync per file would wait for the disk each time)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -62,7 +62,7 @@ from breastmri.dicom.dynamics import assemble_dynamics, check_mode, describe_dyn
 from breastmri.dicom.index import scan_tree
 from breastmri.dicom.kinds import check_include_kinds
 from breastmri.dicom.pixels import SeriesReadError, read_series, read_truth
-from breastmri.files import TMP_PREFIX, temporary_path, write_text_atomic
+from breastmri.files import TMP_PREFIX, atomic_path, write_text_atomic
 from breastmri.simulate.degrade import MODELS, SPECTRA, degrade, series_rng, snr_ratio
 
 log = logging.getLogger("preprocessing")
@@ -132,20 +132,14 @@ def _save_square(path, stack, size, pad_value, dtype):
     """Pad+resize `stack` slice by slice (size None: keep the acquisition matrix, no padding) and stream the slices
     into an .npy under a temporary name, then rename it. Memory stays at one acquisition-resolution stack whatever
     the output size, and no msync is forced (an np.memmap flush would wait for the disk on every series)."""
-    tmp = temporary_path(path)
     shape = stack.shape[1:] if size is None else (size, size)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
               "shape": (len(stack),) + tuple(shape)}
-    try:
-        with open(tmp, "wb") as fp:
-            np.lib.format.write_array_header_1_0(fp, header)
-            for img in stack:
-                img = img if size is None else square_slice(img, size, pad_value)
-                fp.write(np.ascontiguousarray(img).astype(dtype, copy=False).tobytes())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as fp:
+        np.lib.format.write_array_header_1_0(fp, header)
+        for img in stack:
+            img = img if size is None else square_slice(img, size, pad_value)
+            fp.write(np.ascontiguousarray(img).astype(dtype, copy=False).tobytes())
 
 
 def process_series(series, out_dir, cfg, chash):
