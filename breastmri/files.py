@@ -7,15 +7,18 @@ interrupted run never leaves a half file that looks complete (a rename within on
 
 Outputs of the package go through here: preprocessing's arrays and manifest, the run dir's reports and model
 (history.csv is appended epoch by epoch, TensorBoard's logs/ are its own), the benchmark's and the studies'
-reports; enhance.py writes each series into a temporary folder renamed when complete.
+reports; enhance.py writes each series into a temporary folder renamed when complete. What a killed run left under
+a temporary name is swept by the next run in that folder (sweep_stale: preprocessing's arrays, the run dir and
+its training backup, enhance.py's output folder).
 """
 
 import csv
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-TMP_PREFIX = ".tmp-"  # temporary names; preprocessing sweeps those its interrupted predecessors left
+TMP_PREFIX = ".tmp-"  # temporary names: TMP_PREFIX, the writer's process id, "-", the final name
 
 
 def temporary_path(path):
@@ -56,3 +59,30 @@ def save_figure_atomic(fig, path, **kwargs):
     """fig.savefig(path, **kwargs) through a temporary name."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, **kwargs)
+
+
+def sweep_stale(folder, prefix=TMP_PREFIX):
+    """Remove what killed runs left in `folder` under temporary names (`prefix`, a process id, "-"...): files or
+    folders whose process no longer exists (or whose name holds no id). A live process' own, another run's still
+    writing there, and this process' are kept. Returns the number removed."""
+    removed = 0
+    for tmp in Path(folder).glob(prefix + "*"):
+        pid = tmp.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or _alive(int(pid))):
+            continue
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True

@@ -125,6 +125,56 @@ def test_an_error_while_writing_leaves_the_old_file_and_no_temporary_one(tmp_pat
     assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]
 
 
+def test_sweep_stale_removes_only_what_killed_runs_left(tmp_path):
+    from breastmri.files import sweep_stale
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # a process id that no longer runs
+    (tmp_path / f".tmp-{ended.pid}-model.keras").write_text("half")
+    (tmp_path / f".tmp-{ended.pid}-series").mkdir()
+    (tmp_path / f".tmp-{ended.pid}-series" / "IM1.dcm").write_text("half")
+    (tmp_path / ".tmp-noid").write_text("?")
+    kept = {f".tmp-{os.getpid()}-mine", ".tmp-1-another-run", "model.keras"}  # this process', a live one's, a result
+    for name in kept:
+        (tmp_path / name).write_text("x")
+    assert sweep_stale(tmp_path) == 3
+    assert {p.name for p in tmp_path.iterdir()} == kept
+
+
+def test_a_backup_killed_while_saving_leaves_the_previous_epochs_and_resumes(tmp_path, monkeypatch):
+    import keras
+
+    from breastmri.restore.training import atomic_backup
+
+    def model():
+        m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        m.compile(optimizer="sgd", loss="mse")
+        return m
+
+    backup, x = tmp_path / "backup", np.ones((4, 2), np.float32)
+    first = model()
+    first.fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[atomic_backup(backup)])
+    weights, record = backup / "latest.weights.h5", backup / "training_metadata.json"  # keras' names, kept
+    saved = weights.read_bytes()
+    assert json.loads(record.read_text())["epoch"] == 1
+
+    def killed(filepath, overwrite=True):  # the save writes half a file, then the run dies
+        Path(filepath).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    callback = atomic_backup(backup)
+    callback.set_model(first)
+    callback._current_epoch = 2
+    monkeypatch.setattr(first, "save_weights", killed)
+    with pytest.raises(KeyboardInterrupt):
+        callback._save_model()
+    assert weights.read_bytes() == saved and json.loads(record.read_text())["epoch"] == 1
+    assert sorted(p.name for p in backup.iterdir()) == ["latest.weights.h5", "training_metadata.json"]
+    resumed = model().fit(x, x[:, :1], epochs=3, verbose=0, callbacks=[atomic_backup(backup)])
+    assert resumed.epoch == [1, 2]  # epoch 0's backup was read: only the two after it were trained
+    assert json.loads(record.read_text())["epoch"] == 3
+
+
 def test_eval_only_reevaluates_saved_model(smoke_run, smoke_data, tmp_path):
     run_dir = tmp_path / "eval"
     shutil.copytree(smoke_run, run_dir)

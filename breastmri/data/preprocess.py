@@ -62,7 +62,7 @@ from breastmri.dicom.dynamics import assemble_dynamics, check_mode, describe_dyn
 from breastmri.dicom.index import scan_tree
 from breastmri.dicom.kinds import check_include_kinds
 from breastmri.dicom.pixels import SeriesReadError, read_series, read_truth
-from breastmri.files import TMP_PREFIX, atomic_path, write_text_atomic
+from breastmri.files import atomic_path, sweep_stale, write_text_atomic
 from breastmri.simulate.degrade import MODELS, SPECTRA, degrade, series_rng, snr_ratio
 
 log = logging.getLogger("preprocessing")
@@ -328,8 +328,7 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
                  indexed - started, len(series_list), n_slices, len({s.patient_id for s in series_list}))
         arrays = out / "arrays"
         arrays.mkdir(parents=True, exist_ok=True)
-        for stale in arrays.glob(TMP_PREFIX + "*"):  # left by an interrupted run (one run per --out at a time)
-            stale.unlink(missing_ok=True)
+        sweep_stale(arrays)  # left by an interrupted run
         chash = arrays_hash(cfg)
         results, todo = {}, []
         for s in series_list:

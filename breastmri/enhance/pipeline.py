@@ -31,7 +31,7 @@ from breastmri.dicom.writer import (
     write_series,
 )
 from breastmri.enhance.enhancer import Enhancer, load_enhancer, predict_stack
-from breastmri.files import save_figure_atomic
+from breastmri.files import save_figure_atomic, sweep_stale
 from breastmri.restore.predict import MAX_PIXELS, EnhanceError, check_tile, default_tile
 
 MARKER = "enhance.json"
@@ -281,27 +281,6 @@ def collect_series(input_path, out_dir=None, series_filter="", include_kinds=(),
     return kept, skips, files_seen, skipped
 
 
-def _remove_stale_tmp(out_dir):
-    """Remove temporary series folders left by runs that were killed (their process no longer exists)."""
-    for tmp in Path(out_dir).glob(TMP_PREFIX + "*"):
-        pid = tmp.name[len(TMP_PREFIX):].split("-", 1)[0]
-        alive = False
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-                alive = True
-            except ProcessLookupError:
-                alive = False
-            except PermissionError:  # exists, owned by someone else
-                alive = True
-        if alive:
-            continue
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-
-
 def _device():
     import tensorflow as tf
 
@@ -327,7 +306,7 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
     if tile is not None and enhancer.name == "unet":
         check_tile(tile, enhancer.multiple, enhancer.margin)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(out_dir)
+    sweep_stale(out_dir, TMP_PREFIX)  # series folders of runs that were killed
 
     pre = enhancer.cfg["preprocess"]
     try:

@@ -20,7 +20,7 @@ import numpy as np
 
 from breastmri.config import ConfigError, save_config
 from breastmri.data.splits import check_split_record, split_record
-from breastmri.files import atomic_path, temporary_path, write_text_atomic
+from breastmri.files import atomic_path, sweep_stale, temporary_path, write_text_atomic
 from breastmri.restore.losses import get_loss, pixel_loss, psnr_metric
 from breastmri.restore.multiworker import (
     SHARDS,
@@ -98,6 +98,30 @@ def atomic_checkpoint(path, **kwargs):
             super().on_train_end(logs)
 
     return AtomicCheckpoint()
+
+
+def atomic_backup(backup_dir):
+    """keras' BackupAndRestore (the training state at each epoch's end, which --resume reads) whose weights and
+    epoch record are saved under temporary names and renamed into place, the weights first: a run killed while
+    saving leaves the previous epoch's backup whole (killed between the two renames: the newer weights with the
+    older epoch, which is then trained again from them)."""
+    import keras
+
+    class AtomicBackup(keras.callbacks.BackupAndRestore):
+        def __init__(self):
+            super().__init__(str(backup_dir), delete_checkpoint=False)
+            self.final = self._weights_path, self._training_metadata_path  # keras' own names (a test checks them)
+
+        def _save_model(self):
+            weights, record = self.final
+            with atomic_path(record) as staged_record, atomic_path(weights) as staged_weights:  # inner renamed first
+                self._weights_path, self._training_metadata_path = str(staged_weights), str(staged_record)
+                try:
+                    super()._save_model()
+                finally:
+                    self._weights_path, self._training_metadata_path = weights, record
+
+    return AtomicBackup()
 
 
 def needs_rician_correction(cfg, degrade_model):
@@ -302,6 +326,8 @@ def train(cfg, data_dir, run_dir, resume=False):
     if resume and not backup_dir.exists():
         print(f"--resume: no saved state in {backup_dir}, starting from epoch 1")
         resume = False
+    for folder in (own_dir, backup_dir):  # what a killed run left under temporary names
+        sweep_stale(folder)
     if resume:
         check_split_record(run_dir, data_dir)
     else:
@@ -347,7 +373,7 @@ def train(cfg, data_dir, run_dir, resume=False):
             best_so_far = initial[monitor]
     callbacks = [
         # the training state as it is (the raw weights, their average in the optimizer), before the swap below
-        keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
+        atomic_backup(backup_dir),
         # the average in the model from here to the next epoch's start (at the last epoch for good)
         *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema > 0 else []),
         # before the rest: they read the numbers it logs
