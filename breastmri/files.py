@@ -62,13 +62,15 @@ def save_figure_atomic(fig, path, **kwargs):
 
 
 def sweep_stale(folder, prefix=TMP_PREFIX):
-    """Remove what killed runs left in `folder` under temporary names (`prefix`, a process id, "-"...): files or
-    folders whose process no longer exists (or whose name holds no id). A live process' own, another run's still
-    writing there, and this process' are kept. Returns the number removed."""
+    """Remove what killed runs left in `folder` under temporary names (`prefix`, then the writer's process id, "-"):
+    files or folders whose process no longer runs on this machine. This process' and live ones' are kept, and so is
+    any name without a process id after `prefix` (another writer's, e.g. enhance.py's ".tmp-enhance-" under the
+    generic prefix). Process ids are this machine's: a writer on another machine sharing the folder looks ended.
+    Returns the number removed."""
     removed = 0
     for tmp in Path(folder).glob(prefix + "*"):
         pid = tmp.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and (int(pid) == os.getpid() or _alive(int(pid))):
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
             continue
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -79,10 +81,11 @@ def sweep_stale(folder, prefix=TMP_PREFIX):
 
 
 def _alive(pid):
+    """False only when no process `pid` exists (an id os.kill cannot take counts as alive: the file is kept)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # it exists, owned by someone else
+    except (OSError, OverflowError):  # PermissionError: it exists, owned by someone else
         return True
     return True

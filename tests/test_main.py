@@ -106,9 +106,15 @@ def test_resume_continues_from_saved_epoch(smoke_run, smoke_data, tmp_path):
     run_dir = tmp_path / "resumed"
     shutil.copytree(smoke_run, run_dir)
     assert history_epochs(run_dir) == [0]
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    for folder in (run_dir, run_dir / "backup"):  # what a run killed while saving left
+        (folder / f".tmp-{ended.pid}-latest.weights.h5").write_bytes(b"half")
     main.main(["--run-dir", str(run_dir), "--data", str(smoke_data), "--resume", "--epochs", "2"])
     assert history_epochs(run_dir) == [0, 1]  # epoch 0 was not trained again
-    assert (run_dir / "model.keras").is_file() and not list(run_dir.glob(".tmp-*"))  # saved, then renamed
+    assert (run_dir / "model.keras").is_file()
+    assert not list(run_dir.glob(".tmp-*")) and not list((run_dir / "backup").glob(".tmp-*"))  # swept, renamed
+    assert json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"] == 2
 
 
 def test_an_error_while_writing_leaves_the_old_file_and_no_temporary_one(tmp_path):
@@ -133,11 +139,12 @@ def test_sweep_stale_removes_only_what_killed_runs_left(tmp_path):
     (tmp_path / f".tmp-{ended.pid}-model.keras").write_text("half")
     (tmp_path / f".tmp-{ended.pid}-series").mkdir()
     (tmp_path / f".tmp-{ended.pid}-series" / "IM1.dcm").write_text("half")
-    (tmp_path / ".tmp-noid").write_text("?")
-    kept = {f".tmp-{os.getpid()}-mine", ".tmp-1-another-run", "model.keras"}  # this process', a live one's, a result
-    for name in kept:
+    (tmp_path / f".tmp-9{2 ** 64}-huge").write_text("?")  # an id os.kill cannot take: kept
+    kept = {f".tmp-{os.getpid()}-mine", ".tmp-1-another-run", "model.keras",  # this process', a live one's, a result
+            f".tmp-enhance-{ended.pid}-series", ".tmp-noid", f".tmp-9{2 ** 64}-huge"}  # not this prefix's names
+    for name in kept - {f".tmp-9{2 ** 64}-huge"}:
         (tmp_path / name).write_text("x")
-    assert sweep_stale(tmp_path) == 3
+    assert sweep_stale(tmp_path) == 2
     assert {p.name for p in tmp_path.iterdir()} == kept
 
 

@@ -31,7 +31,9 @@ def test_sharded_and_merged_preprocessing_is_one_run(smoke_dicom, smoke_cfg, tmp
     for i in range(2):
         preprocess.run(smoke_dicom, tmp_path / f"part{i}", smoke_cfg, progress=False, shard=(i, 2))
     parts = [tmp_path / f"part{i}" for i in range(2)]
+    (parts[0] / "arrays" / ".tmp-1-x_noisy.npy").write_bytes(b"half")  # a killed shard's leftover: not merged
     merged = merge(parts, tmp_path / "merged")
+    assert not list((tmp_path / "merged" / "arrays").glob(".tmp-*"))
     assert (tmp_path / "merged" / "manifest.csv").read_text() == (tmp_path / "whole" / "manifest.csv").read_text()
     assert merged["slices"] == whole["slices"] and merged["patients_per_split"] == whole["patients_per_split"]
     for row in read_manifest(tmp_path / "merged"):  # every array the manifest names is there, the same bytes

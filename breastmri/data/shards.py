@@ -20,7 +20,7 @@ from pathlib import Path
 from breastmri.config import ConfigError
 from breastmri.data.manifest import read_manifest, write_manifest
 from breastmri.data.splits import SPLITS, check_patient_split
-from breastmri.files import temporary_path, write_text_atomic
+from breastmri.files import TMP_PREFIX, temporary_path, write_text_atomic
 
 
 def parse_shard(text):
@@ -72,6 +72,8 @@ def merge(dirs, out_dir):
     (out / "arrays").mkdir(parents=True, exist_ok=True)
     for d in dirs:
         for source in (d / "arrays").iterdir():
+            if source.name.startswith(TMP_PREFIX):  # what a killed preprocessing run left, not an array
+                continue
             target = out / "arrays" / source.name
             if target.exists() and os.path.samefile(source, target):
                 continue
