@@ -404,3 +404,23 @@ def test_a_long_series_reads_its_noise_from_spread_frames():
     assert np.mean((out - clean) ** 2) < 0.25 * np.mean((noisy - clean) ** 2)
     window = (slice(10, 40), slice(33, 64))
     np.testing.assert_allclose(temporal_projection(noisy, "local", window), out[:, 10:40, 33:64], atol=1e-6)
+
+
+def test_fine_structure_draws_sparse_lines_into_the_3t_frames_and_their_target_alike(smoke_data):
+    from breastmri.data.crops import fine_structure
+
+    s = fine_structure(np.random.default_rng(0), (96, 96), 0.5) - 1
+    assert s.max() > 0.2 and s.min() < -0.2                     # bright lines and dark ones
+    assert np.mean(np.abs(s) > 0.05) < 0.35                     # sparse: most pixels untouched
+    assert np.mean(s ** 4) / np.mean(s ** 2) ** 2 > 4           # a few large values, not a texture
+    low = (np.hypot(*np.meshgrid(np.fft.fftfreq(96), np.fft.fftfreq(96))) < 0.1).astype(float)
+    smooth = fine_structure(np.random.default_rng(0), (96, 96), 0.5, gain=low) - 1
+    assert np.abs(np.diff(smooth, axis=1)).mean() < 0.5 * np.abs(np.diff(s, axis=1)).mean()  # band-limited
+    # in training: the same crops, the 3T target multiplied by the lines (the input's frames too, before the noise)
+    args = dict(batch_size=4, patch_size=32, fresh_noise=True, seed=3, steps_per_epoch=2, shuffle=True)
+    _, plain = PairedSlices(smoke_data, "train", **args)[1]
+    _, lined = PairedSlices(smoke_data, "train", fine_structure=0.5, **args)[1]
+    ratio = (lined / plain)[plain > 0.05]
+    assert ratio.max() > 1.05 and ratio.min() < 0.95 and abs(np.median(ratio) - 1) < 0.02
+    with pytest.raises(ValueError, match="fine_structure"):
+        PairedSlices(smoke_data, "train", fine_structure=0.5, patch_size=32)  # stored noise: no clean draw to line

@@ -38,7 +38,7 @@ from breastmri.data.context import (
     projection_channels,
     projection_kind,
 )
-from breastmri.data.crops import crop_position, symmetry
+from breastmri.data.crops import crop_position, fine_structure, symmetry
 from breastmri.data.manifest import _layout_of, _zero, noise_spectrum_of, read_manifest, spread_slices
 from breastmri.data.paired_checks import check_arguments, check_data
 from breastmri.data.selfsup import selfsup_sample
@@ -46,6 +46,7 @@ from breastmri.data.shift_cache import ShiftCache
 from breastmri.registration import register_shifts
 from breastmri.runtime import keep_freed_memory
 from breastmri.simulate.degrade import add_noise, decorrelated_target, expected_target
+from breastmri.simulate.noise import spectrum_power
 
 # kept projections per array kind (the stored draw's, the 3T image's): a QIN-BREAST series' fit (60 x 25 frames of
 # 512^2: 1.5 GiB), so whole-slice validation, visiting a series time point by time point, projects each position once
@@ -85,6 +86,9 @@ class PairedSlices(keras.utils.PyDataset):
         (each position's frames in a random order, cut into runs of N), and each run shares one crop window, one
         fresh noise draw and one projection of it, as enhance.py projects a position once for all its frames: the
         projection of a crop costs about as much as a training step, and this divides it by N (train.frames_per_draw).
+    fine_structure: A > 0, training crops with fresh noise only: one multiplier of thin lines (crops.fine_structure,
+        contrast around A, band-limited by the series' noise spectrum) per group, drawn into its 3T frames before
+        the noise and into its targets alike (train.fine_structure).
     seed: seeds shuffling, crops and augmentation together with the epoch and batch index.
     max_slices: keep only this many slices, evenly spaced over the split (deterministic; quick evaluation);
         with times_per_position > 1, as that many time points of fewer slice positions (spread_slices: the
@@ -108,7 +112,8 @@ class PairedSlices(keras.utils.PyDataset):
     def __init__(self, data_dir, split, batch_size=8, shuffle=False, augment=False, patch_size=None, seed=0,
                  max_slices=None, steps_per_epoch=None, tissue_threshold=0.1, crop_candidates=4, fresh_noise=False,
                  context=None, mode="supervised", noise2noise_frames=3, register=True, mask_fraction=0.02,
-                 mask_radius=2, target="3t", times_per_position=1, shard=None, frames_per_draw=1, **kwargs):
+                 mask_radius=2, target="3t", times_per_position=1, shard=None, frames_per_draw=1, fine_structure=0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         context = Context(*(context or ([(0, 0)],)))
         self.context = Context(list(context.offsets), int(context.precontrast_frames),
@@ -159,6 +164,11 @@ class PairedSlices(keras.utils.PyDataset):
         self._spectra = {}           # noisy_file -> the noise spectrum of its series, filled by noise_spectrum()
         self._arrays_pid = os.getpid()
         self.fresh_noise = bool(fresh_noise)
+        self.fine_structure = float(fine_structure)
+        if self.fine_structure and not (self.fresh_noise and mode == "supervised"
+                                        and target in ("3t", "truth", "expected")):
+            raise ValueError("fine_structure needs fresh noise, supervised training and a target of 3t, truth or "
+                             "expected")
         shapes = [tuple(self.array(r["noisy_file"]).shape[1:]) for r in self.rows]
         check_data(self, shapes)
         self._groups, self._orders = None, {}  # batches of one size each (see _batch_indices); order() per pass
@@ -343,8 +353,12 @@ class PairedSlices(keras.utils.PyDataset):
             y, x = self._crop_position(clean_all[first["slice_index"]], rng)
             window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
         region = (slice(None), slice(None)) if drawn else window  # a projection needs whole slices
+        lines = None  # train.fine_structure: one multiplier drawn into every frame of the group and its targets
+        if self.fine_structure and self.patch_size is not None:
+            lines = self._fine_structure(first, clean_all.shape[1:], noise_rng)
         if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
-            noisy = add_noise(np.asarray(clean_all[frames][(slice(None),) + region], np.float32),
+            source = np.asarray(clean_all[frames][(slice(None),) + region], np.float32)
+            noisy = add_noise(source if lines is None else source * lines[region],
                               first["degrade_model"], first["sigma_added"], noise_rng, zero=_zero(first),
                               spectrum=self.noise_spectrum(first))
         else:
@@ -376,6 +390,8 @@ class PairedSlices(keras.utils.PyDataset):
             elif has_clean:
                 source = self.array(row["truth_file"]) if self.target in ("truth", "expected") else clean_all
                 clean = np.asarray(source[row["slice_index"]][window], np.float32)
+                if lines is not None:
+                    clean = clean * lines[window]
                 if self.target == "expected":
                     clean = expected_target(clean, row["sigma_source"], row["noise_channels"], _zero(row))
             if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
@@ -386,6 +402,14 @@ class PairedSlices(keras.utils.PyDataset):
             out.append((np.ascontiguousarray(inputs, dtype=np.float32),
                         None if clean is None else np.ascontiguousarray(clean, dtype=np.float32)[..., None]))
         return out
+
+    def _fine_structure(self, row, shape, rng):
+        """crops.fine_structure of a (H, W) slice, band-limited like the series' noise (its k-space window)."""
+        spectrum, gain = self.noise_spectrum(row), None
+        if spectrum is not None:
+            gain = np.sqrt(spectrum_power(spectrum, shape))
+            gain /= gain[0, 0]
+        return fine_structure(rng, shape, self.fine_structure, gain)
 
     def _projection_at(self, rows, position, window, array, context, frames=None):
         """(len(rows), C, h, w): the rows' frames of a Context's projection channels (projection_channels) of their

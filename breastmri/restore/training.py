@@ -154,6 +154,7 @@ def load_splits(cfg, data_dir, shard=None):
     train_args = dict(shuffle=True, augment=t["augment"], patch_size=t["patch_size"], shard=shard,
                       steps_per_epoch=t["steps_per_epoch"], workers=t["workers"],
                       frames_per_draw=t["frames_per_draw"] if mode == "supervised" else 1,
+                      fine_structure=t["fine_structure"],
                       use_multiprocessing=t["use_multiprocessing"], **common)
     fresh = t["fresh_noise"]
     if fresh not in ("auto", True, False):
