@@ -147,8 +147,9 @@ DEFAULTS = {
         # supervised: N frames of one slice position share one crop window, one fresh noise draw and one projection
         # (data.paired.PairedSlices), which makes the batches N times cheaper; 1: every sample its own
         "frames_per_draw": 1,
-        # > 0: draw thin bright and dark lines (crops.fine_structure, contrast around this fraction of the signal,
-        # band-limited like the series' noise) into every training crop's 3T frames and target alike; 0: off
+        # in [0, 2/3): multiply every training crop's 3T frames and target alike by thin bright and dark lines
+        # (crops.fine_structure, contrast around this fraction, filtered by the series' measured noise spectrum);
+        # 0: off (docs/results.md#fine-structure-in-the-training-crops: tried, not adopted)
         "fine_structure": 0.0,
         # a trained run (its dir or model.keras) whose weights training starts from, e.g. the shipped models/default
         # (restore/shipped.py); it must share the model section and never have trained on this data's validation or

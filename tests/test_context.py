@@ -406,7 +406,7 @@ def test_a_long_series_reads_its_noise_from_spread_frames():
     np.testing.assert_allclose(temporal_projection(noisy, "local", window), out[:, 10:40, 33:64], atol=1e-6)
 
 
-def test_fine_structure_draws_sparse_lines_into_the_3t_frames_and_their_target_alike(smoke_data):
+def test_fine_structure_draws_sparse_lines_into_the_3t_frames_and_their_target_alike(smoke_data, monkeypatch):
     from breastmri.data.crops import fine_structure
 
     s = fine_structure(np.random.default_rng(0), (96, 96), 0.5) - 1
@@ -422,5 +422,15 @@ def test_fine_structure_draws_sparse_lines_into_the_3t_frames_and_their_target_a
     _, lined = PairedSlices(smoke_data, "train", fine_structure=0.5, **args)[1]
     ratio = (lined / plain)[plain > 0.05]
     assert ratio.max() > 1.05 and ratio.min() < 0.95 and abs(np.median(ratio) - 1) < 0.02
+    # the input frame carries the same lines at the same pixels, flips included (noise left out to see it)
+    import breastmri.data.paired as paired
+
+    monkeypatch.setattr(paired, "add_noise", lambda frames, *a, **k: frames)
+    frame_plain, target_plain = PairedSlices(smoke_data, "train", **args)[1]
+    frame_lined, target_lined = PairedSlices(smoke_data, "train", fine_structure=0.5, **args)[1]
+    bright = target_plain > 0.05
+    np.testing.assert_allclose((frame_lined / frame_plain)[bright], (target_lined / target_plain)[bright], rtol=1e-4)
     with pytest.raises(ValueError, match="fine_structure"):
         PairedSlices(smoke_data, "train", fine_structure=0.5, patch_size=32)  # stored noise: no clean draw to line
+    with pytest.raises(ValueError, match="fine_structure"):
+        PairedSlices(smoke_data, "train", fine_structure=0.7, **args)  # a dark line would turn the signal negative

@@ -43,8 +43,9 @@ def fine_structure(rng, shape, amplitude, gain=None):
     bright (vessels) and dark (septa), each the zero crossings of a smooth random field, their contrast drawn
     around `amplitude` (relative to the signal). Real anatomy's fine detail is such a few large values (its
     high-pass kurtosis 13 on a real dynamic, about 3 on the phantom); a network that never saw any learns to smooth
-    it away. gain: (H, W) k-space amplitude of the acquisition (unshifted FFT layout, 1 at the centre), which the
-    lines are filtered by, so they are no sharper than the scan's band limit allows."""
+    it away. gain: (H, W) k-space amplitude of the acquisition (unshifted FFT layout, at most 1, 1 at the centre),
+    which the lines are filtered by, so that they are about as sharp as the scan's band limit allows (a product of
+    two band-limited images reaches a little beyond it)."""
     from scipy import ndimage
 
     s = np.zeros(shape, np.float64)

@@ -86,9 +86,10 @@ class PairedSlices(keras.utils.PyDataset):
         (each position's frames in a random order, cut into runs of N), and each run shares one crop window, one
         fresh noise draw and one projection of it, as enhance.py projects a position once for all its frames: the
         projection of a crop costs about as much as a training step, and this divides it by N (train.frames_per_draw).
-    fine_structure: A > 0, training crops with fresh noise only: one multiplier of thin lines (crops.fine_structure,
-        contrast around A, band-limited by the series' noise spectrum) per group, drawn into its 3T frames before
-        the noise and into its targets alike (train.fine_structure).
+    fine_structure: A in (0, 2/3), training crops with fresh noise only: one multiplier of thin lines per group
+        (crops.fine_structure, contrast around A, filtered by the series' noise spectrum where one was measured), at
+        the same pixels in every frame, multiplied into its 3T frames before the noise and into its targets alike
+        (train.fine_structure; tried, not adopted: docs/results.md).
     seed: seeds shuffling, crops and augmentation together with the epoch and batch index.
     max_slices: keep only this many slices, evenly spaced over the split (deterministic; quick evaluation);
         with times_per_position > 1, as that many time points of fewer slice positions (spread_slices: the
@@ -165,10 +166,12 @@ class PairedSlices(keras.utils.PyDataset):
         self._arrays_pid = os.getpid()
         self.fresh_noise = bool(fresh_noise)
         self.fine_structure = float(fine_structure)
-        if self.fine_structure and not (self.fresh_noise and mode == "supervised"
+        if self.fine_structure and not (self.fresh_noise and mode == "supervised" and patch_size is not None
                                         and target in ("3t", "truth", "expected")):
-            raise ValueError("fine_structure needs fresh noise, supervised training and a target of 3t, truth or "
-                             "expected")
+            raise ValueError("fine_structure needs training crops with fresh noise, supervised, and a target of 3t, "
+                             "truth or expected")
+        if not 0 <= self.fine_structure < 2 / 3:  # a dark line takes up to 1.5 A off: the multiplier stays positive
+            raise ValueError(f"fine_structure must lie in [0, 2/3), not {fine_structure}")
         shapes = [tuple(self.array(r["noisy_file"]).shape[1:]) for r in self.rows]
         check_data(self, shapes)
         self._groups, self._orders = None, {}  # batches of one size each (see _batch_indices); order() per pass
@@ -354,7 +357,7 @@ class PairedSlices(keras.utils.PyDataset):
             window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
         region = (slice(None), slice(None)) if drawn else window  # a projection needs whole slices
         lines = None  # train.fine_structure: one multiplier drawn into every frame of the group and its targets
-        if self.fine_structure and self.patch_size is not None:
+        if self.fine_structure:
             lines = self._fine_structure(first, clean_all.shape[1:], noise_rng)
         if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
             source = np.asarray(clean_all[frames][(slice(None),) + region], np.float32)
@@ -408,7 +411,7 @@ class PairedSlices(keras.utils.PyDataset):
         spectrum, gain = self.noise_spectrum(row), None
         if spectrum is not None:
             gain = np.sqrt(spectrum_power(spectrum, shape))
-            gain /= gain[0, 0]
+            gain = np.minimum(gain / max(float(gain[0, 0]), 1e-12), 1.0)  # 1 at the centre, never above
         return fine_structure(rng, shape, self.fine_structure, gain)
 
     def _projection_at(self, rows, position, window, array, context, frames=None):
