@@ -2,6 +2,7 @@
 PairedSlices (supervised) and selfsup.selfsup_sample (self-supervised) draw both from the batch's generator."""
 
 import numpy as np
+from scipy import ndimage
 
 
 def crop_position(clean, rng, patch, candidates, threshold):
@@ -46,8 +47,6 @@ def fine_structure(rng, shape, amplitude, gain=None):
     it away. gain: (H, W) k-space amplitude of the acquisition (unshifted FFT layout, at most 1, 1 at the centre),
     which the lines are filtered by, so that they are about as sharp as the scan's band limit allows (a product of
     two band-limited images reaches a little beyond it)."""
-    from scipy import ndimage
-
     s = np.zeros(shape, np.float64)
     for sign in (1.0, -1.0):
         field = ndimage.gaussian_filter(rng.standard_normal(shape), rng.uniform(*FINE_SCALE_PX), mode="wrap")

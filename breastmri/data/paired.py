@@ -360,8 +360,8 @@ class PairedSlices(keras.utils.PyDataset):
         if self.fine_structure:
             lines = self._fine_structure(first, clean_all.shape[1:], noise_rng)
         if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
-            source = np.asarray(clean_all[frames][(slice(None),) + region], np.float32)
-            noisy = add_noise(source if lines is None else source * lines[region],
+            frames_3t = np.asarray(clean_all[frames][(slice(None),) + region], np.float32)
+            noisy = add_noise(frames_3t if lines is None else frames_3t * lines[region],
                               first["degrade_model"], first["sigma_added"], noise_rng, zero=_zero(first),
                               spectrum=self.noise_spectrum(first))
         else:

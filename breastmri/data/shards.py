@@ -20,7 +20,7 @@ from pathlib import Path
 from breastmri.config import ConfigError
 from breastmri.data.manifest import read_manifest, write_manifest
 from breastmri.data.splits import SPLITS, check_patient_split
-from breastmri.files import TMP_PREFIX, temporary_path, write_text_atomic
+from breastmri.files import TMP_PREFIX, atomic_path, write_text_atomic
 
 
 def parse_shard(text):
@@ -77,12 +77,11 @@ def merge(dirs, out_dir):
             target = out / "arrays" / source.name
             if target.exists() and os.path.samefile(source, target):
                 continue
-            staged = temporary_path(target)  # a stale file of an earlier merge is replaced, never kept
-            try:
-                os.link(source, staged)
-            except OSError:  # another file system: copy
-                shutil.copy2(source, staged)
-            os.replace(staged, target)
+            with atomic_path(target) as staged:  # a stale file of an earlier merge is replaced, never kept
+                try:
+                    os.link(source, staged)
+                except OSError:  # another file system (or a leftover under the staged name): copy
+                    shutil.copy2(source, staged)
     write_manifest(out / "manifest.csv", rows)
     summary = _merged_summary(summaries, rows, dirs, out)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
