@@ -147,8 +147,9 @@ DEFAULTS = {
         # supervised: N frames of one slice position share one crop window, one fresh noise draw and one projection
         # (data.paired.PairedSlices), which makes the batches N times cheaper; 1: every sample its own
         "frames_per_draw": 1,
-        # in [0, 2/3): multiply every training crop's 3T frames and target alike by thin bright and dark lines
-        # (crops.fine_structure, contrast around this fraction, filtered by the series' measured noise spectrum);
+        # in [0, 2/3): add thin bright and dark lines, this fraction of the signal, to every training crop's 3T
+        # frames and target alike, moving with each frame's anatomy (crops.fine_structure, filtered by the series'
+        # measured k-space window; none where it was not measured; data.paired.PairedSlices._fine_structure);
         # 0: off (docs/results.md#fine-structure-in-the-training-crops: tried, not adopted)
         "fine_structure": 0.0,
         # a trained run (its dir or model.keras) whose weights training starts from, e.g. the shipped models/default

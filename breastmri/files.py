@@ -69,8 +69,7 @@ def sweep_stale(folder, prefix=TMP_PREFIX):
     Returns the number removed."""
     removed = 0
     for tmp in Path(folder).glob(prefix + "*"):
-        pid = tmp.name[len(prefix):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not left_by_ended_run(tmp.name, prefix):
             continue
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -78,6 +77,12 @@ def sweep_stale(folder, prefix=TMP_PREFIX):
             tmp.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def left_by_ended_run(name, prefix=TMP_PREFIX):
+    """True when `name` is a temporary name (`prefix`, a process id, "-") whose process no longer runs here."""
+    pid = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
+    return pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
 
 
 def _alive(pid):

@@ -416,7 +416,7 @@ def test_fine_structure_draws_sparse_lines_into_the_3t_frames_and_their_target_a
     low = (np.hypot(*np.meshgrid(np.fft.fftfreq(96), np.fft.fftfreq(96))) < 0.1).astype(float)
     smooth = fine_structure(np.random.default_rng(0), (96, 96), 0.5, gain=low) - 1
     assert np.abs(np.diff(smooth, axis=1)).mean() < 0.5 * np.abs(np.diff(s, axis=1)).mean()  # band-limited
-    # in training: the same crops, the 3T target multiplied by the lines (the input's frames too, before the noise)
+    # in training: the same crops, the lines added to the target as a fraction of its signal, none in air
     args = dict(batch_size=4, patch_size=32, fresh_noise=True, seed=3, steps_per_epoch=2, shuffle=True)
     _, plain = PairedSlices(smoke_data, "train", **args)[1]
     _, lined = PairedSlices(smoke_data, "train", fine_structure=0.5, **args)[1]
@@ -428,8 +428,20 @@ def test_fine_structure_draws_sparse_lines_into_the_3t_frames_and_their_target_a
     monkeypatch.setattr(paired, "add_noise", lambda frames, *a, **k: frames)
     frame_plain, target_plain = PairedSlices(smoke_data, "train", **args)[1]
     frame_lined, target_lined = PairedSlices(smoke_data, "train", fine_structure=0.5, **args)[1]
-    bright = target_plain > 0.05
-    np.testing.assert_allclose((frame_lined / frame_plain)[bright], (target_lined / target_plain)[bright], rtol=1e-4)
+    np.testing.assert_allclose(frame_lined[..., :1] - frame_plain[..., :1], target_lined - target_plain, atol=1e-5)
+    # the lines move with each frame's anatomy: registered, every frame's lines land where the first frame's are
+    data = PairedSlices(smoke_data, "train", fine_structure=0.5, **args)
+    row = next(r for r in data.rows if data.noise_spectrum(r) is not None)
+    position = data.position_of(row)
+    motion = np.array([(0.0, 0.0)] + [(1.5 * k, -0.7 * k) for k in range(1, len(position))], np.float32)
+    monkeypatch.setattr(data, "_stored_shifts", lambda r, frames, array: motion[[position.index(i) for i in frames]])
+    lines, signal = data._fine_structure(row, position, position, data.image_shape, np.random.default_rng(1))
+    assert signal is data.array(row["truth_file"] if row.get("truth_file") else row["clean_file"])
+    from breastmri.registration import register_shifts
+
+    np.testing.assert_allclose(register_shifts(np.stack([lines[i] for i in position])), motion, atol=0.1)
+    monkeypatch.setattr(data, "noise_spectrum", lambda r: None)  # no k-space window measured: no lines
+    assert data._fine_structure(row, position, position, data.image_shape, np.random.default_rng(1)) == (None, None)
     with pytest.raises(ValueError, match="fine_structure"):
         PairedSlices(smoke_data, "train", fine_structure=0.5, patch_size=32)  # stored noise: no clean draw to line
     with pytest.raises(ValueError, match="fine_structure"):

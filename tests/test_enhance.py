@@ -360,6 +360,17 @@ def test_existing_output_is_kept_unless_overwrite(identity, tmp_path):
     assert list(after) == list(before) and all(after[p] != before[p] for p in before)
     assert not list(out.glob(pipeline.TMP_PREFIX + "*"))
 
+    # an --overwrite killed between its two renames: the old series aside, the new one half written; the next run
+    # puts the old one back (and resumes: nothing to do), removes the half one, and leaves no temporary name
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # a process id that no longer runs
+    folder = next(out.rglob("*.dcm")).parent
+    folder.rename(folder.with_name(f"{pipeline.TMP_PREFIX}{ended.pid}{pipeline.SWAPPED}{folder.name}"))
+    (out / f"{pipeline.TMP_PREFIX}{ended.pid}-{third['series'][0]['output_series_uid']}").mkdir()
+    fourth = run(identity, tmp_path / "in", out)
+    assert fourth["series_done"] == 0 and fourth["series_skipped"] == {"exists": 1}
+    assert mtimes(out) == after and not list(out.rglob(pipeline.TMP_PREFIX + "*"))
+
 
 def test_output_inside_the_input_tree_is_not_enhanced_again(identity, tmp_path):
     write_mr_series(tmp_path / "tree" / "mr", "P1", n_slices=2, rows=24, cols=24)

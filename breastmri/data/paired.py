@@ -43,7 +43,7 @@ from breastmri.data.manifest import _layout_of, _zero, noise_spectrum_of, read_m
 from breastmri.data.paired_checks import check_arguments, check_data
 from breastmri.data.selfsup import selfsup_sample
 from breastmri.data.shift_cache import ShiftCache
-from breastmri.registration import register_shifts
+from breastmri.registration import register_shifts, shift_frames
 from breastmri.runtime import keep_freed_memory
 from breastmri.simulate.degrade import add_noise, decorrelated_target, expected_target
 from breastmri.simulate.noise import spectrum_power
@@ -86,10 +86,10 @@ class PairedSlices(keras.utils.PyDataset):
         (each position's frames in a random order, cut into runs of N), and each run shares one crop window, one
         fresh noise draw and one projection of it, as enhance.py projects a position once for all its frames: the
         projection of a crop costs about as much as a training step, and this divides it by N (train.frames_per_draw).
-    fine_structure: A in (0, 2/3), training crops with fresh noise only: one multiplier of thin lines per group
-        (crops.fine_structure, contrast around A, filtered by the series' noise spectrum where one was measured), at
-        the same pixels in every frame, multiplied into its 3T frames before the noise and into its targets alike
-        (train.fine_structure; tried, not adopted: docs/results.md).
+    fine_structure: A in (0, 2/3), training crops with fresh noise only: one pattern of thin lines per group
+        (crops.fine_structure, contrast around A, filtered by the series' k-space window; none where it was not
+        measured), moved with each frame's anatomy and added as that fraction of its signal to its 3T frames before
+        the noise and to its targets alike (_fine_structure; train.fine_structure, not adopted: docs/results.md).
     seed: seeds shuffling, crops and augmentation together with the epoch and batch index.
     max_slices: keep only this many slices, evenly spaced over the split (deterministic; quick evaluation);
         with times_per_position > 1, as that many time points of fewer slice positions (spread_slices: the
@@ -356,13 +356,16 @@ class PairedSlices(keras.utils.PyDataset):
             y, x = self._crop_position(clean_all[first["slice_index"]], rng)
             window = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
         region = (slice(None), slice(None)) if drawn else window  # a projection needs whole slices
-        lines = None  # train.fine_structure: one multiplier drawn into every frame of the group and its targets
+        lines = None  # train.fine_structure: {slice index: its lines}, added to the 3T frames and targets alike
         if self.fine_structure:
-            lines = self._fine_structure(first, clean_all.shape[1:], noise_rng)
+            lines, signal = self._fine_structure(first, position, set(frames) | {r["slice_index"] for r in rows},
+                                                 clean_all.shape[1:], noise_rng)
         if self.fresh_noise:  # a new draw of the recorded degradation for every frame, independently
             frames_3t = np.asarray(clean_all[frames][(slice(None),) + region], np.float32)
-            noisy = add_noise(frames_3t if lines is None else frames_3t * lines[region],
-                              first["degrade_model"], first["sigma_added"], noise_rng, zero=_zero(first),
+            if lines is not None:
+                frames_3t += np.stack([lines[i][region] for i in frames]) * (signal[frames][(slice(None),) + region]
+                                                                             - _zero(first))
+            noisy = add_noise(frames_3t, first["degrade_model"], first["sigma_added"], noise_rng, zero=_zero(first),
                               spectrum=self.noise_spectrum(first))
         else:
             noisy = np.asarray(self.array(first["noisy_file"])[frames][(slice(None),) + region], np.float32)
@@ -394,7 +397,8 @@ class PairedSlices(keras.utils.PyDataset):
                 source = self.array(row["truth_file"]) if self.target in ("truth", "expected") else clean_all
                 clean = np.asarray(source[row["slice_index"]][window], np.float32)
                 if lines is not None:
-                    clean = clean * lines[window]
+                    i = row["slice_index"]
+                    clean = clean + lines[i][window] * (np.asarray(signal[i][window], np.float32) - _zero(row))
                 if self.target == "expected":
                     clean = expected_target(clean, row["sigma_source"], row["noise_channels"], _zero(row))
             if self.target == "decorrelated" and clean is not None:  # channel 0 is the target frame's input
@@ -406,13 +410,24 @@ class PairedSlices(keras.utils.PyDataset):
                         None if clean is None else np.ascontiguousarray(clean, dtype=np.float32)[..., None]))
         return out
 
-    def _fine_structure(self, row, shape, rng):
-        """crops.fine_structure of a (H, W) slice, band-limited like the series' noise (its k-space window)."""
-        spectrum, gain = self.noise_spectrum(row), None
-        if spectrum is not None:
-            gain = np.sqrt(spectrum_power(spectrum, shape))
-            gain = np.minimum(gain / max(float(gain[0, 0]), 1e-12), 1.0)  # 1 at the centre, never above
-        return fine_structure(rng, shape, self.fine_structure, gain)
+    def _fine_structure(self, row, position, indices, shape, rng):
+        """({slice index: (H, W) lines s}, signal) for train.fine_structure, or (None, None) where the series' noise
+        spectrum (its k-space window) was not measured. One pattern (crops.fine_structure minus 1, band-limited by
+        that window) drawn where the position's first frame is and moved with each frame's anatomy (the
+        registration of `signal`, the truth where there is one, else the 3T image); a frame gets s times its
+        signal, so the lines are anatomy, moving with it and absent from air, never its noise floor."""
+        spectrum = self.noise_spectrum(row)
+        if spectrum is None:
+            return None, None
+        gain = np.sqrt(spectrum_power(spectrum, shape))
+        gain = np.minimum(gain / max(float(gain[0, 0]), 1e-12), 1.0)  # 1 at the centre, never above
+        s = fine_structure(rng, shape, self.fine_structure, gain) - 1
+        source = "truth_file" if row.get("truth_file") else "clean_file"
+        onto_first = dict(zip(position, self._stored_shifts(row, position, source)))
+        indices = sorted(indices)
+        moved = shift_frames(np.repeat(s[None], len(indices), 0),
+                             [-onto_first.get(i, np.zeros(2, np.float32)) for i in indices])
+        return dict(zip(indices, moved)), self.array(row[source])
 
     def _projection_at(self, rows, position, window, array, context, frames=None):
         """(len(rows), C, h, w): the rows' frames of a Context's projection channels (projection_channels) of their

@@ -31,12 +31,13 @@ from breastmri.dicom.writer import (
     write_series,
 )
 from breastmri.enhance.enhancer import Enhancer, load_enhancer, predict_stack
-from breastmri.files import save_figure_atomic, sweep_stale
+from breastmri.files import left_by_ended_run, save_figure_atomic, sweep_stale
 from breastmri.restore.predict import MAX_PIXELS, EnhanceError, check_tile, default_tile
 
 MARKER = "enhance.json"
 SUMMARY = "enhance_summary.json"
 TMP_PREFIX = ".tmp-enhance-"
+SWAPPED = "-old-"  # an --overwrite's old series, moved aside beside its folder until the new one is in place
 
 
 # One series cannot be enhanced: the same exception preprocessing skips a series with; its `reason` is the short
@@ -174,7 +175,7 @@ def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid
     """Write one derived series under a temporary name, its marker last, then rename it into place (an
     --overwrite swaps the old series out first and puts it back if the new one fails). Returns the file count."""
     tmp = Path(out_dir) / f"{TMP_PREFIX}{os.getpid()}-{new_uid}"
-    old = Path(out_dir) / f"{TMP_PREFIX}{os.getpid()}-old-{new_uid}"
+    old = final.parent / f"{TMP_PREFIX}{os.getpid()}{SWAPPED}{final.name}"  # beside its place: restore_swapped
     created = datetime.now()
     try:
         try:
@@ -204,6 +205,22 @@ def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def restore_swapped(out_dir):
+    """Put back every old series an --overwrite moved aside and a killed run left there (its process ended): into
+    its folder where no new series took its place, else removed. Returns the number put back."""
+    restored = 0
+    for old in Path(out_dir).rglob(f"{TMP_PREFIX}*{SWAPPED}*"):
+        if not left_by_ended_run(old.name, TMP_PREFIX):
+            continue
+        final = old.with_name(old.name.split(SWAPPED, 1)[1])
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+            restored += 1
+    return restored
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -306,6 +323,7 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
     if tile is not None and enhancer.name == "unet":
         check_tile(tile, enhancer.multiple, enhancer.margin)
     out_dir.mkdir(parents=True, exist_ok=True)
+    restore_swapped(out_dir)  # an --overwrite killed between its renames: the old series back
     sweep_stale(out_dir, TMP_PREFIX)  # series folders of runs that were killed
 
     pre = enhancer.cfg["preprocess"]
