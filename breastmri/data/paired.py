@@ -423,10 +423,11 @@ class PairedSlices(keras.utils.PyDataset):
         gain = np.minimum(gain / max(float(gain[0, 0]), 1e-12), 1.0)  # 1 at the centre, never above
         s = fine_structure(rng, shape, self.fine_structure, gain) - 1
         source = "truth_file" if row.get("truth_file") else "clean_file"
-        onto_first = dict(zip(position, self._stored_shifts(row, position, source)))
+        layout = self.series_layout(row)  # a neighbouring slice's frame moves as this position's at its time
+        onto_first = {layout[i][0]: shift for i, shift in zip(position, self._stored_shifts(row, position, source))}
         indices = sorted(indices)
         moved = shift_frames(np.repeat(s[None], len(indices), 0),
-                             [-onto_first.get(i, np.zeros(2, np.float32)) for i in indices])
+                             [-onto_first.get(layout[i][0], np.zeros(2, np.float32)) for i in indices])
         return dict(zip(indices, moved)), self.array(row[source])
 
     def _projection_at(self, rows, position, window, array, context, frames=None):
