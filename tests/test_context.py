@@ -435,19 +435,11 @@ def test_fine_structure_draws_sparse_lines_into_the_3t_frames_and_their_target_a
     position = data.position_of(row)
     motion = np.array([(0.0, 0.0)] + [(1.5 * k, -0.7 * k) for k in range(1, len(position))], np.float32)
     monkeypatch.setattr(data, "_stored_shifts", lambda r, frames, array: motion[[position.index(i) for i in frames]])
-    from breastmri.registration import shift_frames
+    lines, signal = data._fine_structure(row, position, position, data.image_shape, np.random.default_rng(1))
+    assert signal is data.array(row["truth_file"] if row.get("truth_file") else row["clean_file"])
+    from breastmri.registration import register_shifts
 
-    spans = []
-    for seed in range(4):
-        lines, signal = data._fine_structure(row, position, position, data.image_shape, np.random.default_rng(seed))
-        assert signal is data.array(row["truth_file"] if row.get("truth_file") else row["clean_file"])
-        aligned = shift_frames(np.stack([lines[i] for i in position]), motion)[:, 12:-12, 12:-12]  # onto the first
-        ref = aligned[-1]
-        scale = (aligned * ref).sum((1, 2)) / (ref ** 2).sum()
-        np.testing.assert_allclose(aligned, scale[:, None, None] * ref, atol=0.05 * np.abs(ref).max())  # one pattern
-        assert np.all(np.diff(scale) >= -1e-4)  # whose contrast arrives over the frames (crops.wash_in)
-        spans.append(np.ptp(scale))
-    assert max(spans) > 0.3
+    np.testing.assert_allclose(register_shifts(np.stack([lines[i] for i in position])), motion, atol=0.1)
     monkeypatch.setattr(data, "noise_spectrum", lambda r: None)  # no k-space window measured: no lines
     assert data._fine_structure(row, position, position, data.image_shape, np.random.default_rng(1)) == (None, None)
     with pytest.raises(ValueError, match="fine_structure"):

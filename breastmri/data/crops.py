@@ -39,15 +39,6 @@ FINE_SCALE_PX = (3.0, 6.0)  # the smooth fields whose zero crossings draw the li
 FINE_WIDTH = 0.08           # a line is where |field| < ~FINE_WIDTH (unit-variance field): about a pixel wide
 
 
-def wash_in(rng, n_times):
-    """(n_times,) float32 contrast course of fine structure over a dynamic's time points, in [0, 1]: a static share
-    and the rest arriving linearly from a random time over a random span (vessels and septa that enhance), so that
-    part of the structure differs between frames, as contrast arriving in fine structure does in a real DCE."""
-    static, start = rng.uniform(0.0, 1.0), rng.uniform(0.0, n_times)
-    rise = rng.uniform(1.0, max(1.0, n_times / 2))
-    return (static + (1 - static) * np.clip((np.arange(n_times) - start) / rise, 0, 1)).astype(np.float32)
-
-
 def fine_structure(rng, shape, amplitude, gain=None):
     """A multiplier (1 + s) of shape (H, W) that draws sparse fine structure into an image: thin curvilinear lines,
     bright (vessels) and dark (septa), each the zero crossings of a smooth random field, their contrast drawn

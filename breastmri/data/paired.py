@@ -38,7 +38,7 @@ from breastmri.data.context import (
     projection_channels,
     projection_kind,
 )
-from breastmri.data.crops import crop_position, fine_structure, symmetry, wash_in
+from breastmri.data.crops import crop_position, fine_structure, symmetry
 from breastmri.data.manifest import _layout_of, _zero, noise_spectrum_of, read_manifest, spread_slices
 from breastmri.data.paired_checks import check_arguments, check_data
 from breastmri.data.selfsup import selfsup_sample
@@ -414,9 +414,8 @@ class PairedSlices(keras.utils.PyDataset):
         """({slice index: (H, W) lines s}, signal) for train.fine_structure, or (None, None) where the series' noise
         spectrum (its k-space window) was not measured. One pattern (crops.fine_structure minus 1, band-limited by
         that window) drawn where the position's first frame is and moved with each frame's anatomy (the
-        registration of `signal`, the truth where there is one, else the 3T image), its contrast following one
-        crops.wash_in course over the frames; a frame gets s times its signal, so the lines are anatomy, moving
-        with it and absent from air, never its noise floor."""
+        registration of `signal`, the truth where there is one, else the 3T image); a frame gets s times its
+        signal, so the lines are anatomy, moving with it and absent from air, never its noise floor."""
         spectrum = self.noise_spectrum(row)
         if spectrum is None:
             return None, None
@@ -429,8 +428,7 @@ class PairedSlices(keras.utils.PyDataset):
         indices = sorted(indices)
         moved = shift_frames(np.repeat(s[None], len(indices), 0),
                              [-onto_first.get(layout[i][0], np.zeros(2, np.float32)) for i in indices])
-        course = wash_in(rng, 1 + max(t for t, _ in filter(None, layout)))
-        return {i: m * course[layout[i][0]] for i, m in zip(indices, moved)}, self.array(row[source])
+        return dict(zip(indices, moved)), self.array(row[source])
 
     def _projection_at(self, rows, position, window, array, context, frames=None):
         """(len(rows), C, h, w): the rows' frames of a Context's projection channels (projection_channels) of their
