@@ -409,12 +409,12 @@ def test_a_long_series_reads_its_noise_from_spread_frames():
 def test_fine_structure_draws_sparse_lines_into_the_3t_frames_and_their_target_alike(smoke_data, monkeypatch):
     from breastmri.data.crops import fine_structure
 
-    s = fine_structure(np.random.default_rng(0), (96, 96), 0.5) - 1
+    s = fine_structure(np.random.default_rng(0), (96, 96), 0.5)
     assert s.max() > 0.2 and s.min() < -0.2                     # bright lines and dark ones
     assert np.mean(np.abs(s) > 0.05) < 0.35                     # sparse: most pixels untouched
     assert np.mean(s ** 4) / np.mean(s ** 2) ** 2 > 4           # a few large values, not a texture
     low = (np.hypot(*np.meshgrid(np.fft.fftfreq(96), np.fft.fftfreq(96))) < 0.1).astype(float)
-    smooth = fine_structure(np.random.default_rng(0), (96, 96), 0.5, gain=low) - 1
+    smooth = fine_structure(np.random.default_rng(0), (96, 96), 0.5, gain=low)
     assert np.abs(np.diff(smooth, axis=1)).mean() < 0.5 * np.abs(np.diff(s, axis=1)).mean()  # band-limited
     # in training: the same crops, the lines added to the target as a fraction of its signal, none in air
     args = dict(batch_size=4, patch_size=32, fresh_noise=True, seed=3, steps_per_epoch=2, shuffle=True)

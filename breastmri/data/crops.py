@@ -40,7 +40,7 @@ FINE_WIDTH = 0.08           # a line is where |field| < ~FINE_WIDTH (unit-varian
 
 
 def fine_structure(rng, shape, amplitude, gain=None):
-    """A multiplier (1 + s) of shape (H, W) that draws sparse fine structure into an image: thin curvilinear lines,
+    """Lines s of shape (H, W), a fraction of the signal to add to it (signal (1 + s)): sparse thin curvilinear lines,
     bright (vessels) and dark (septa), each the zero crossings of a smooth random field, their contrast drawn
     around `amplitude` (relative to the signal). Real anatomy's fine detail is such a few large values (its
     high-pass kurtosis 13 on a real dynamic, about 3 on the phantom); a network that never saw any learns to smooth
@@ -54,4 +54,4 @@ def fine_structure(rng, shape, amplitude, gain=None):
         s += sign * amplitude * rng.uniform(0.5, 1.5) * np.exp(-(field / FINE_WIDTH) ** 2)
     if gain is not None:
         s = np.fft.ifft2(np.fft.fft2(s) * gain).real
-    return (1.0 + s).astype(np.float32)
+    return s.astype(np.float32)

@@ -170,7 +170,7 @@ class PairedSlices(keras.utils.PyDataset):
                                         and target in ("3t", "truth", "expected")):
             raise ValueError("fine_structure needs training crops with fresh noise, supervised, and a target of 3t, "
                              "truth or expected")
-        if not 0 <= self.fine_structure < 2 / 3:  # a dark line takes up to 1.5 A off: the multiplier stays positive
+        if not 0 <= self.fine_structure < 2 / 3:  # a dark line takes up to 1.5 A off: the signal stays positive
             raise ValueError(f"fine_structure must lie in [0, 2/3), not {fine_structure}")
         shapes = [tuple(self.array(r["noisy_file"]).shape[1:]) for r in self.rows]
         check_data(self, shapes)
@@ -412,7 +412,7 @@ class PairedSlices(keras.utils.PyDataset):
 
     def _fine_structure(self, row, position, indices, shape, rng):
         """({slice index: (H, W) lines s}, signal) for train.fine_structure, or (None, None) where the series' noise
-        spectrum (its k-space window) was not measured. One pattern (crops.fine_structure minus 1, band-limited by
+        spectrum (its k-space window) was not measured. One pattern (crops.fine_structure, band-limited by
         that window) drawn where the position's first frame is and moved with each frame's anatomy (the
         registration of `signal`, the truth where there is one, else the 3T image); a frame gets s times its
         signal, so the lines are anatomy, moving with it and absent from air, never its noise floor."""
@@ -421,7 +421,7 @@ class PairedSlices(keras.utils.PyDataset):
             return None, None
         gain = np.sqrt(spectrum_power(spectrum, shape))
         gain = np.minimum(gain / max(float(gain[0, 0]), 1e-12), 1.0)  # 1 at the centre, never above
-        s = fine_structure(rng, shape, self.fine_structure, gain) - 1
+        s = fine_structure(rng, shape, self.fine_structure, gain)
         source = "truth_file" if row.get("truth_file") else "clean_file"
         layout = self.series_layout(row)  # a neighbouring slice's frame moves as this position's at its time
         onto_first = {layout[i][0]: shift for i, shift in zip(position, self._stored_shifts(row, position, source))}
