@@ -4,7 +4,7 @@
     python benchmark.py --run-dir runs/demo --parts quality --methods noisy,bm3d,unet
     python benchmark.py --run-dir runs/demo --thesis-run runs/demo_thesis --parts speed,scaling
 
-Writes benchmark.md, benchmark.json, benchmark.png and the per-slice CSV into --out (default runs/benchmark).
+Writes benchmark.md, benchmark.json, benchmark.png and the per-slice CSV into --out (default <run-dir>/benchmark).
 What each part measures and how: breastmri/evaluate/benchmark_suite.py.
 """
 

@@ -10,8 +10,8 @@ normalization (preprocess.norm_percentiles) and, for the thesis autoencoder, the
 setting is repeated here. --input is one DICOM file, a series folder or a whole tree: it is indexed with
 index.index under the run's own preprocess.series_filter and preprocess.include_kinds, so exactly the
 series preprocessing would have used are enhanced: magnitude MR images. Everything else is skipped with a counted
-reason: non-MR objects, phase / real / imaginary images, parametric maps, localizers, subtractions, projections
-(kinds.image_kinds), series the filter leaves out, and every object enhance.py wrote itself
+reason: non-MR objects, phase / real / imaginary images, parametric maps, localizers, subtractions, projections,
+mosaics (kinds.image_kinds), series the filter leaves out, and every object enhance.py wrote itself
 (kinds.written_by_enhance), so a tree that holds earlier outputs is never enhanced twice.
 
 Output layout (--output DIR):

@@ -26,7 +26,8 @@ DEFAULTS = {
         "out": "data/demo_dicom",
         "patients": 12,          # 12 gives train/val/test 5/2/5 patients with the default split and seed
         "slices": 8,             # sagittal slices per DCE series (the real series has 20; --full gives it)
-        "time_points": 8,        # temporal positions per DCE series (the real series has 25; 3 before contrast)
+        "time_points": 8,        # temporal positions per DCE series (the real series has 25; 4 before contrast,
+                                 # protocol.PRE_CONTRAST_FRAMES)
         "matrix": 192,           # rows = columns of the MR images (the real series: 192x192)
         "seed": 0,
         "texture_beta": 1.8,     # power-law exponent of the gland/fat texture (Chen 2012: 1.7-1.9, thin slices)
@@ -44,7 +45,8 @@ DEFAULTS = {
         # Only magnitude anatomy is degraded, trained on and enhanced: phase/real/imaginary images, parametric maps,
         # localizers, subtractions and projections (MIP) are skipped with a counted reason (preprocessing.py, "Which
         # MR images are magnitude anatomy", says how each is recognized). Name kinds here to keep them deliberately,
-        # e.g. ["localizer"]. Choices: phase, real, imaginary, parametric_map, localizer, subtraction, projection.
+        # e.g. ["localizer"]. Choices: phase, real, imaginary, parametric_map, localizer, subtraction, projection,
+        # mosaic (kinds.IMAGE_KINDS).
         # enhance.py applies the run's value too; its own output is always skipped.
         "include_kinds": [],
         # auto: series of one study stored one per time point (Siemens TWIST/VIBE, GE DISCO, split archives) that
@@ -78,7 +80,7 @@ DEFAULTS = {
         # unet: what the network sees besides the target slice (model.context_offsets): neighbouring time points
         # of the same slice position (+-time, reflected at the ends of the series), neighbouring slices of the same
         # time point (+-slices), and with precontrast_frames N > 0 the mean of the first N frames at the same
-        # position as a guide (QIN-BREAST: 3 frames before contrast); projection guarded | registered | local |
+        # position as a guide (QIN-BREAST: 4 frames before contrast); projection guarded | registered | local |
         # global adds the target frame projected onto the principal time courses of its position (all its frames;
         # of 8x8 blocks around each pixel, registered: after moving the frames onto the first, guarded: registered
         # and put back towards the frame where it took off more than noise, or of the whole slice;

@@ -136,7 +136,7 @@ def registered_target(ds, key, reference, moving):
     """(frame `moving` shifted onto frame `reference`, weight), whole slices; key names the pair for the cache.
 
     A noise2noise target must show the input's anatomy, or the network learns the motion between them as blur:
-    the demo's pre-contrast frames, each moved by up to 1.5 mm, differ by 23.6 dB in truth PSNR, worse than
+    the 0.2 demo's pre-contrast frames, each moved by up to 1.5 mm, differed by 23.6 dB in truth PSNR, worse than
     their noise; registered, by 34.0 dB. Rigid, the registration the projection gets (registration.register_shifts,
     cached per pair; registration.shift_frames, a Fourier shift, which keeps the target's noise zero-mean and
     independent of the input's); pixels whose source lies outside the slice get weight 0. Elastic motion is
