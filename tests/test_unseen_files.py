@@ -106,3 +106,101 @@ def test_enhanced_headers_fit_their_vrs_whatever_the_source_wrote(identity_run, 
         assert out.SeriesDescription.endswith(writer.DESCRIPTION_SUFFIX)
         assert 0 < int(out.SeriesNumber) <= writer.IS_MAX
         assert [float(v) for v in out.PixelSpacing] == [1.625, 1.625]
+
+
+def test_float_pixel_data_is_skipped_with_its_reason(tmp_path):
+    """An MR image in Float Pixel Data (a derived object; enhance.py could not write it back in stored integers)
+    is a counted skip, not an output that no reader opens."""
+    write_mr_series(tmp_path / "ok", "P1", n_slices=2, rows=8, cols=8)
+    write_mr_series(tmp_path / "float", "P2", n_slices=2, rows=8, cols=8)
+    for path in (tmp_path / "float").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        values = ds.pixel_array.astype("<f4") / 1000
+        del ds.PixelData, ds.BitsStored, ds.HighBit, ds.PixelRepresentation
+        ds.BitsAllocated = 32
+        ds.FloatPixelData = values.tobytes()
+        ds.save_as(path, enforce_file_format=True)
+    series, skips, _ = index(tmp_path)
+    assert [s.patient_id for s in series] == ["P1"]
+    assert skips.files == {"float pixel data": 2}
+
+
+def test_linked_folders_are_read_once(tmp_path):
+    """Patient folders that are links (an archive of links) are followed; a link back up the tree and a second
+    link to one folder add nothing."""
+    write_mr_series(tmp_path / "store" / "a", "P1", n_slices=2, rows=8, cols=8)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "P1").symlink_to(tmp_path / "store")
+    (tree / "P1 again").symlink_to(tmp_path / "store")
+    (tmp_path / "store" / "loop").symlink_to(tree)
+    series, skips, seen = index(tree)
+    assert [(s.patient_id, len(s.frames)) for s in series] == [("P1", 2)] and not skips.files
+
+
+def _trigger_dce(folder, acquisition_time):
+    """A GE-style DCE in one series: 3 phases x 2 slices, no TemporalPositionIdentifier, the phase's delay in
+    TriggerTime, one AcquisitionTime for all (or none), no InstanceNumber, files named against the time order.
+    Returns the phases' means, in time order."""
+    folder.mkdir(parents=True)
+    series_uid = uid("trigger", acquisition_time)
+    for t in range(3):
+        for z in range(2):
+            pixels = np.full((8, 8), 1000 + 100 * t + z, np.uint16)
+            ds = image_dataset(pixels, patient_id="PT", series_uid=series_uid, sop_uid=uid(series_uid, t, z),
+                               position=3.0 * z, acquisition_time=acquisition_time)
+            del ds.InstanceNumber
+            ds.TriggerTime = 30000 * t
+            ds.save_as(folder / f"IM{9 - 2 * t - z}.dcm", enforce_file_format=True)
+    return [1000.5, 1100.5, 1200.5]
+
+
+@pytest.mark.parametrize("acquisition_time", ["101500", None], ids=["one acquisition time", "none"])
+def test_phases_told_apart_by_trigger_time_are_time_points_in_order(tmp_path, acquisition_time):
+    expected = _trigger_dce(tmp_path / "s", acquisition_time)
+    (series,), skips, _ = index(tmp_path)
+    frames = read_series(series)
+    means = [frames[[i for i, (t, _) in enumerate(series.layout) if t == time]].mean() for time in range(3)]
+    assert np.allclose(means, expected), means
+
+
+def test_a_series_uid_shared_by_two_patients_is_skipped(tmp_path):
+    """Two patients whose files carry one SeriesInstanceUID (a broken anonymization) are not one series: merged,
+    one patient's images would cross the patient split."""
+    shared = uid("shared series")
+    write_mr_series(tmp_path / "a", "PA", n_slices=2, rows=8, cols=8, series_uid=shared)
+    write_mr_series(tmp_path / "b", "PB", n_slices=2, rows=8, cols=8, series_uid=shared, seed=1)
+    write_mr_series(tmp_path / "c", "PC", n_slices=2, rows=8, cols=8)
+    series, skips, _ = index(tmp_path)
+    assert [s.patient_id for s in series] == ["PC"]
+    assert skips.series == {"one series UID for several patients or studies": 1}
+
+
+def test_an_image_without_a_position_in_a_placed_series_skips_the_series(tmp_path):
+    """One file of a DCE lacks ImagePositionPatient: numbered on its own it would land on another slice's place."""
+    write_mr_series(tmp_path / "s", "P1", n_slices=3, rows=8, cols=8, time_points=2)
+    path = sorted((tmp_path / "s").glob("*.dcm"))[0]
+    ds = pydicom.dcmread(path)
+    del ds.ImagePositionPatient
+    ds.save_as(path, enforce_file_format=True)
+    series, skips, _ = index(tmp_path)
+    assert not series and skips.series == {"slice position missing on some images": 1}
+
+
+def test_duke_phases_named_pre_and_nth_pass_are_one_dynamic(tmp_path):
+    """Duke-Breast-Cancer-MRI stores a DCE as "ax dyn pre", "ax dyn 1st pass", ... without a protocol name: one
+    dynamic, in acquisition order."""
+    names = ["ax dyn 2nd pass", "ax dyn pre", "ax dyn 3rd pass", "ax dyn 1st pass"]
+    order = [2, 0, 3, 1]
+    for name, t in zip(names, order):
+        for z in range(2):
+            pixels = np.full((8, 8), 1000 + 100 * t, np.uint16)
+            ds = image_dataset(pixels, patient_id="PD", series_uid=uid("duke", name), instance=z + 1,
+                               position=3.0 * z, description=name, acquisition_time=f"10{t:02d}00")
+            (tmp_path / name).mkdir(exist_ok=True)
+            ds.save_as(tmp_path / name / f"IM{z}.dcm", enforce_file_format=True)
+    series, _, _ = index(tmp_path)
+    (dynamic,) = assemble_dynamics(series)
+    frames = read_series(dynamic)
+    means = [frames[[i for i, (t, _) in enumerate(dynamic.layout) if t == time]].mean() for time in range(4)]
+    assert np.allclose(means, [1000, 1100, 1200, 1300]), means

@@ -29,8 +29,11 @@ MODES = ("auto", "off")
 # The tags that can order the members, in the order they are tried (Series.start keys).
 ORDER_TAGS = (("trigger_ms", "TriggerTime"), ("acquisition", "AcquisitionTime"), ("content", "ContentTime"),
               ("acquisition_number", "AcquisitionNumber"))
-# Time tokens in a protocol name or description: "TT=8.0s" (Siemens TWIST), "12.2s", "ph3", "phase 2", "t=30".
-TIME_TOKEN = re.compile(r"(TT\s*=\s*)?\d+(\.\d+)?\s*s(ec)?\b|\b(ph|phase|dyn)\s*[=_ -]?\s*\d+\b",
+# Time tokens in a protocol name or description: "TT=8.0s" (Siemens TWIST), "12.2s", "ph3", "phase 2", "t=30",
+# and Duke-Breast-Cancer-MRI's phases: "ax dyn pre", "ax dyn 1st pass" ... ("pre", "post", "3rd", "2nd_pass";
+# bounded by anything but a letter or digit, as names join words with underscores).
+TIME_TOKEN = re.compile(r"(TT\s*=\s*)?\d+(\.\d+)?\s*s(ec)?\b|\b(ph|phase|dyn)\s*[=_ -]?\s*\d+\b"
+                        r"|(?<![a-z0-9])(pre|post|\d+(st|nd|rd|th)([\s_]*(pass|phase|post))?)(?![a-z0-9])",
                         re.IGNORECASE)
 
 

@@ -209,7 +209,7 @@ def _header_record(path, ds):
                 "time": _seconds(lookup("FrameContentSequence", "FrameAcquisitionDateTime")),
                 "b_value": _number(lookup("MRDiffusionSequence", "DiffusionBValue")),
                 "asl": _asl_context(*(lookup(group, "ASLContext") for group in _ASL_GROUPS), asl),
-                "acquisition": 0.0, "instance": instance, "slope": slope, "intercept": intercept,
+                "acquisition": 0.0, "trigger": None, "instance": instance, "slope": slope, "intercept": intercept,
                 "orientation": _orientation(lookup("PlaneOrientationSequence", "ImageOrientationPatient"))})
     else:
         position = _position(ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"),
@@ -221,6 +221,7 @@ def _header_record(path, ds):
                 "frame": i if n_frames > 1 else None,
                 "temporal": _number(ds.get("TemporalPositionIdentifier")),
                 "position": position, "time": acquired, "b_value": b_value, "asl": asl,
-                "acquisition": _number(ds.get("AcquisitionNumber"), 0.0), "instance": instance,
+                "acquisition": _number(ds.get("AcquisitionNumber"), 0.0), "trigger": record["times"]["trigger_ms"],
+                "instance": instance,
                 "slope": slope0, "intercept": intercept0, "orientation": orientation})
     return record

@@ -56,6 +56,10 @@ MR_IMAGE_SOP_CLASSES = {
 }
 
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}  # Pixel / Float / Double Float Pixel Data
+# Float and Double Float Pixel Data (PS3.3 C.7.6.24, parametric maps and other derived objects): enhance.py writes
+# stored integers through the source's rescale and could not give such a file back, so it is skipped everywhere.
+_FLOAT_PIXEL_TAGS = {(0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+FLOAT_PIXELS_REASON = "float pixel data"
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV"}
 
 # A series whose images lie in different planes (a three-plane localizer / survey in one series) cannot be one
@@ -68,6 +72,12 @@ REPEATED_POSITION_REASON = "repeated slice position at one time point"
 # A multi-frame object holding several volumes (module docstring: b-values, or ASL label and control images): it
 # cannot be split (enhance.py writes an object back whole), and read whole its volumes would be taken for time points.
 DIFFUSION_OBJECT_REASON = "several b-values in one multi-frame object"
+# A series whose images mix those with a slice position and those without one: the latter cannot be placed among
+# the former (numbered on their own, they would land on positions the others hold).
+PARTLY_PLACED_REASON = "slice position missing on some images"
+# One SeriesInstanceUID (or, without one, one folder) whose files belong to several patients or studies: a broken
+# export or anonymization; merged, one patient's images would join another's series and cross the patient split.
+SHARED_UID_REASON = "one series UID for several patients or studies"
 ASL_OBJECT_REASON = "ASL label and control images in one multi-frame object"
 VOLUME_SEPARATOR = "#"  # the Series.id of one volume of a split series: "<SeriesInstanceUID>#<volume>"
 ORIENTATION_TOLERANCE = 0.01  # largest difference of direction cosines within one plane (~0.6 degrees)
@@ -140,12 +150,19 @@ class Skips:
 
 def list_files(root, exclude=None):
     """Every regular file under root in a stable (sorted) order. Hidden files and folders (".name") are not
-    looked at, nor is `exclude` (the output folder, if it lies inside the tree)."""
+    looked at, nor is `exclude` (the output folder, if it lies inside the tree). Linked folders are followed (an
+    archive of links to patient folders), each real folder once, so a link back up the tree ends there."""
     root, files = Path(root), []
     exclude = Path(exclude).resolve() if exclude is not None else None
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and (exclude is None or Path(folder, d).resolve() != exclude))
+    visited = {Path(root).resolve()}
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            where = Path(folder, d).resolve()
+            if where != exclude and where not in visited:
+                visited.add(where)
+                kept.append(d)
+        dirs[:] = kept
         files.extend(os.path.join(folder, n) for n in sorted(names) if not n.startswith("."))
     return files
 
@@ -202,6 +219,14 @@ def _skip_reason(ds):
     return None
 
 
+def _owners_differ(files):
+    """True when the header records name more than one patient (PatientID or PatientName; ids made up from a
+    study or folder are not compared) or more than one StudyInstanceUID."""
+    patients = {r["patient_id"] for r in files if "patient_id from study/folder" not in r["notes"]}
+    studies = {r["study_uid"] for r in files if r["study_uid"]}
+    return len(patients) > 1 or len(studies) > 1
+
+
 def _orientations_differ(frames):
     """True when the frames' ImageOrientationPatient differ by more than ORIENTATION_TOLERANCE (frames without
     one are not compared)."""
@@ -213,7 +238,8 @@ def _orientations_differ(frames):
 
 
 def _pixel_status(fp, ds, file_size):
-    """None if the pixel data element is present and complete, else "no pixel data" or "truncated".
+    """None if the pixel data element is present and complete, else "no pixel data", "truncated" or
+    FLOAT_PIXELS_REASON.
     fp must stand where stop_before_pixels left it (at the pixel data tag, or at the end of the file)."""
     meta = getattr(ds, "file_meta", None)
     if meta is not None and meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
@@ -226,8 +252,11 @@ def _pixel_status(fp, ds, file_size):
     if len(head) < 8:
         return "no pixel data"
     endian = "<" if little else ">"
-    if struct.unpack(endian + "HH", head[:4]) not in _PIXEL_TAGS:
+    tag = struct.unpack(endian + "HH", head[:4])
+    if tag not in _PIXEL_TAGS:
         return "no pixel data"
+    if tag in _FLOAT_PIXEL_TAGS:
+        return FLOAT_PIXELS_REASON
     if implicit:
         (length,), header = struct.unpack(endian + "L", head[4:8]), 8
     elif head[4:6] in _LONG_VRS:
@@ -296,6 +325,12 @@ def group_series(records, root, skips, include_kinds=()):
             continue
         if "localizer" not in include_kinds and _orientations_differ(frames):
             skips.add_series(MIXED_PLANES_REASON, n_files, f"series {uid} ({first['series_description']})")
+            continue
+        if _owners_differ(files):
+            skips.add_series(SHARED_UID_REASON, n_files, f"series {uid} ({first['series_description']})")
+            continue
+        if len({f["position"] is None for f in frames}) > 1:
+            skips.add_series(PARTLY_PLACED_REASON, n_files, f"series {uid} ({first['series_description']})")
             continue
         volumes = _volumes(frames)
         if isinstance(volumes, str):
@@ -410,10 +445,10 @@ def _position_key(position):
 def _assign_temporal(frames):
     """Set f["t"]: the temporal position tag when every frame has one and it tells the images at each position
     apart; else, when slice positions repeat (DCE without the tag, or with one that never changes), the rank by
-    acquisition time among the frames at the same position; else 0. False (nothing to lay out) when two frames
-    at one position share their acquisition time and number: images of one dynamic (water and fat, echoes), not
-    two time points (REPEATED_POSITION_REASON); dynamics with dummy, equal times are told apart by their
-    AcquisitionNumber."""
+    acquisition time, then TriggerTime (GE writes each phase's delay there, its AcquisitionTime may be the
+    series' start), then AcquisitionNumber among the frames at the same position; else 0. False (nothing to lay
+    out) when two frames at one position share all three: images of one dynamic (water and fat, echoes), not two
+    time points (REPEATED_POSITION_REASON)."""
     positions = [f["position"] for f in frames]
     if all(f["temporal"] is not None for f in frames):
         for f in frames:
@@ -428,10 +463,12 @@ def _assign_temporal(frames):
     for f in frames:
         at_position[_position_key(f["position"])].append(f)
     for group in at_position.values():
-        times = [(f["time"], f["acquisition"]) for f in group if f["time"] is not None]
+        times = [(f["time"], f["trigger"], f["acquisition"]) for f in group
+                 if f["time"] is not None or f["trigger"] is not None]
         if len(set(times)) < len(times):
             return False
-        group.sort(key=lambda f: (f["time"] if f["time"] is not None else math.inf, f["acquisition"],
+        group.sort(key=lambda f: (f["time"] if f["time"] is not None else math.inf,
+                                  f["trigger"] if f["trigger"] is not None else math.inf, f["acquisition"],
                                   f["instance"], f["path"], f["frame"] or 0))
         for rank, f in enumerate(group):
             f["t"] = rank

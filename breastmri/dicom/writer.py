@@ -416,8 +416,6 @@ def _pixel_layout(header):
     bits_allocated = int(header.get("BitsAllocated") or 16)
     bits_stored = int(header.get("BitsStored") or bits_allocated)
     signed = int(header.get("PixelRepresentation") or 0) == 1
-    if "FloatPixelData" in header or "DoubleFloatPixelData" in header:
-        raise SeriesError("unsupported pixel format", "float pixel data")
     if not 1 <= bits_stored <= bits_allocated:
         raise SeriesError("unsupported pixel format", f"BitsStored {bits_stored}, BitsAllocated {bits_allocated}")
     stored_dtype(bits_allocated, signed)
