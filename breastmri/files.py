@@ -19,12 +19,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"  # temporary names: TMP_PREFIX, the writer's process id, "-", the final name
+# The temporary names this process gave out (temporary_name). A name with this process' id that is not here was left
+# by an earlier process that had the same id: in a container every run is process 1.
+_GIVEN = set()
+
+
+def temporary_name(name, prefix=TMP_PREFIX, separator="-"):
+    """`prefix`, this process' id, `separator`, `name`: a temporary name this process owns (left_by_ended_run)."""
+    given = f"{prefix}{os.getpid()}{separator}{name}"
+    _GIVEN.add(given)
+    return given
 
 
 def temporary_path(path):
     """Where `path` is written before it is renamed into place."""
     path = Path(path)
-    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
+    return path.with_name(temporary_name(path.name))
 
 
 @contextmanager
@@ -63,7 +73,8 @@ def save_figure_atomic(fig, path, **kwargs):
 
 def sweep_stale(folder, prefix=TMP_PREFIX):
     """Remove what killed runs left in `folder` under temporary names (`prefix`, then the writer's process id, "-"):
-    files or folders whose process no longer runs on this machine. This process' and live ones' are kept, and so is
+    files or folders whose process no longer runs on this machine (left_by_ended_run). This process' and live ones'
+    are kept, and so is
     any name without a process id after `prefix` (another writer's, e.g. enhance.py's ".tmp-enhance-" under the
     generic prefix). Process ids are this machine's: a writer on another machine sharing the folder looks ended.
     Returns the number removed."""
@@ -80,9 +91,14 @@ def sweep_stale(folder, prefix=TMP_PREFIX):
 
 
 def left_by_ended_run(name, prefix=TMP_PREFIX):
-    """True when `name` is a temporary name (`prefix`, a process id, "-") whose process no longer runs here."""
+    """True when `name` is a temporary name (`prefix`, a process id, "-") whose process no longer runs here, or one
+    with this process' id that this process did not give out (an earlier process with the same id)."""
     pid = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
-    return pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
+    if not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return name not in _GIVEN
+    return not _alive(int(pid))
 
 
 def _alive(pid):

@@ -99,6 +99,24 @@ def _padded(folder):
     padded_mr_file(folder / "source.dcm")
 
 
+def _classic_multiframe(folder):
+    """MR Image Storage (a single-frame IOD) holding 3 frames, as some exports write it: the output's references
+    may not give frame numbers."""
+    ds = pydicom.dcmread(bundled("MR_small.dcm"))
+    frame = ds.pixel_array
+    ds.NumberOfFrames = 3
+    ds.PixelData = b"".join(frame.astype(frame.dtype.newbyteorder("<")).tobytes() for _ in range(3))
+    ds.save_as(folder / "source.dcm", little_endian=True, implicit_vr=False)
+
+
+def _enhanced_without_image_type(folder):
+    """An Enhanced MR source without ImageType (Type 1 there): the output still needs its four values."""
+    enhanced_mr_jpegls_file(folder / "source.dcm")
+    ds = pydicom.dcmread(folder / "source.dcm")
+    del ds.ImageType
+    ds.save_as(folder / "source.dcm")
+
+
 INPUT_KINDS = {
     "classic_mr": _copy("MR_small.dcm"),
     "classic_mr_jpeg2000": _copy("MR_small_jp2klossless.dcm"),
@@ -108,6 +126,8 @@ INPUT_KINDS = {
     "emri_small_jpegls": _emri_small,
     "legacy_converted_enhanced_mr": _legacy_converted,
     "padded_mr": _padded,
+    "classic_mr_of_three_frames": _classic_multiframe,
+    "enhanced_mr_without_image_type": _enhanced_without_image_type,
 }
 
 

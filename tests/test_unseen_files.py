@@ -204,3 +204,11 @@ def test_duke_phases_named_pre_and_nth_pass_are_one_dynamic(tmp_path):
     frames = read_series(dynamic)
     means = [frames[[i for i, (t, _) in enumerate(dynamic.layout) if t == time]].mean() for time in range(4)]
     assert np.allclose(means, [1000, 1100, 1200, 1300]), means
+
+
+def test_a_backslash_in_a_description_is_read_as_written(tmp_path):
+    """A backslash splits a text value into several (PS3.5 6.2): "T1\\fs dyn" reads back as written, not as the
+    text of a Python list, in the index (which the series filter searches) and in enhance.py's description."""
+    write_mr_series(tmp_path / "s", "P1", n_slices=2, rows=8, cols=8, description="T1\\fs dyn")
+    (series,), _, _ = index(tmp_path)
+    assert series.series_description == "T1\\fs dyn"

@@ -28,7 +28,7 @@ _ASL_GROUPS = ("MRArterialSpinLabelingSequence", "MRImageFrameTypeSequence")
 def _asl_context(*values):
     """"label", "control", "m_zero_scan" (lower case) or None: the first of `values` (ASL Context, Label Type) that
     says one."""
-    return next((text.lower() for text in map(_text_value, values) if text), None)
+    return next((text.lower() for text in map(text_value, values) if text), None)
 
 
 # The diffusion weighting of an image, where the standard DiffusionBValue (0018,9087) is missing: Siemens (0019,xx0C)
@@ -44,7 +44,7 @@ def _b_value(ds):
     """The b-value (s/mm^2) of a classic image, or None: DiffusionBValue, else (an echo-planar image only) a vendor's
     private element."""
     value = _number(ds.get("DiffusionBValue"))
-    if value is None and "EP" in _text_value(ds.get("ScanningSequence")).upper().split("\\"):
+    if value is None and "EP" in text_value(ds.get("ScanningSequence")).upper().split("\\"):
         value = next((v for v in (_private_number(ds, *where) for where in _B_VALUE_PRIVATE) if v is not None), None)
     if value is None or not math.isfinite(value) or value < 0:
         return None
@@ -55,7 +55,7 @@ def _private_text(ds, group, creator, offset):
     """A private element's value as text ("" when missing), multiple values joined by backslashes; raw bytes (an UN
     element: a file re-encoded without the private dictionary, or implicit VR) decoded."""
     raw = _private_value(ds, group, creator, offset)
-    return raw.decode("ascii", "replace").strip("\x00 ") if isinstance(raw, bytes) else _text_value(raw)
+    return raw.decode("ascii", "replace").strip("\x00 ") if isinstance(raw, bytes) else text_value(raw)
 
 
 def _private_number(ds, group, creator, offset):
@@ -139,7 +139,7 @@ def _number(value, default=None):
         return default
 
 
-def _text_value(value):
+def text_value(value):
     """A multi-valued text attribute (ScanningSequence, ImageType) as one backslash-joined string."""
     if value is None:
         return ""
@@ -158,8 +158,8 @@ def _rounded(values, digits=3):
 
 def _header_record(path, ds):
     """The header fields the pipeline needs, as a small picklable dict (one frame entry per frame)."""
-    def text(keyword):
-        return str(ds.get(keyword, "") or "").strip()
+    def text(keyword):  # a value with a backslash reads as several; joined back as written
+        return text_value(ds.get(keyword, "") or "")
 
     acquired = _moment(ds, "Acquisition")  # the file's; enhanced frames carry their own FrameAcquisitionDateTime
     record = {
@@ -175,11 +175,11 @@ def _header_record(path, ds):
         # what dynamics.assemble_dynamics compares across series (a DCE stored one series per time point)
         "acquisition": {
             "frame_of_reference_uid": text("FrameOfReferenceUID"), "protocol": text("ProtocolName"),
-            "scanning_sequence": _text_value(ds.get("ScanningSequence")), "sequence_name": text("SequenceName"),
+            "scanning_sequence": text_value(ds.get("ScanningSequence")), "sequence_name": text("SequenceName"),
             "pixel_spacing": _rounded(ds.get("PixelSpacing")),
             "tr_ms": _number(ds.get("RepetitionTime")), "te_ms": _number(ds.get("EchoTime")),
             "flip_deg": _number(ds.get("FlipAngle")), "ti_ms": _number(ds.get("InversionTime")),
-            "image_type": _text_value(ds.get("ImageType")),
+            "image_type": text_value(ds.get("ImageType")),
         },
         "times": {"trigger_ms": _number(ds.get("TriggerTime")), "acquisition": acquired,
                   "content": _moment(ds, "Content"), "acquisition_number": _number(ds.get("AcquisitionNumber"))},

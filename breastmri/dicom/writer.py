@@ -29,6 +29,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from breastmri.dicom import pixels
+from breastmri.dicom.headers import text_value
 from breastmri.dicom.kinds import (
     ENHANCE_DERIVATION_PREFIX,
     ENHANCE_PRIVATE_CREATOR,
@@ -120,10 +121,12 @@ def derived_uid(*parts):
     return UID(f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}")
 
 
-def derived_series_uid(series, enhancer):
+def derived_series_uid(series, enhancer, context=None):
     """UID of the enhanced series: from the source series UID, the model's config hash and file sha256, and the
-    source SOPInstanceUIDs (see the module docstring)."""
-    sops = hashlib.sha256("\\".join(sorted(series.sop_instance_uids)).encode()).hexdigest()
+    SOPInstanceUIDs of what the model saw (see the module docstring): `context`, the assembled dynamic a source
+    series was enhanced in, else the series itself. A time point enhanced alone and within its dynamic differ."""
+    seen = (context or series).sop_instance_uids
+    sops = hashlib.sha256("\\".join(sorted(seen)).encode()).hexdigest()
     return derived_uid(series.series_uid, enhancer.config_hash, enhancer.model_sha, sops)
 
 
@@ -198,14 +201,16 @@ def _offset_number(number):
 
 def _image_type(value, enhanced=False):
     """DERIVED\\SECONDARY followed by the original values after the first two (e.g. M\\FFE); DERIVED\\PRIMARY
-    for enhanced MR objects, whose value 2 may only be PRIMARY (PS3.3 C.8.16.1)."""
+    for enhanced MR objects, whose value 2 may only be PRIMARY and which need all four values (PS3.3 C.8.16.1:
+    Image Flavor and Derived Pixel Contrast; a source without them gets OTHER and NONE)."""
     if value is None:
         original = []
     elif isinstance(value, str):
         original = [value]
     else:
         original = list(value)
-    return ["DERIVED", "PRIMARY" if enhanced else "SECONDARY"] + [str(v) for v in original[2:]]
+    values = ["DERIVED", "PRIMARY" if enhanced else "SECONDARY"] + [str(v) for v in original[2:]]
+    return values + ["OTHER", "NONE"][len(values) - 2:] if enhanced and len(values) < 4 else values
 
 
 def _functional_groups(ds):
@@ -350,7 +355,7 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
     ds.SeriesInstanceUID = new_series_uid
     ds.SeriesNumber = (_offset_number(int(header.get("SeriesNumber") or 0)) if series_number is None
                        else series_number)
-    ds.SeriesDescription = _described(str(header.get("SeriesDescription", "") or ""), ds.get("SpecificCharacterSet"),
+    ds.SeriesDescription = _described(text_value(header.get("SeriesDescription")), ds.get("SpecificCharacterSet"),
                                       label)
     ds.ImageType = _image_type(header.get("ImageType"), enhanced)
     # The pixels are new: the instance and its content date from now (PS3.3 C.12.1 and C.7.6.1 / C.7.6.16).
@@ -390,9 +395,10 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
         # Classic MR: General Image module (PS3.3 C.7.6.1) carries the derivation and the source references.
         ds.DerivationDescription = derivation
         ds.DerivationCodeSequence = Sequence([_code_item(*DERIVATION_SMOOTHING)])
-        if source_sop:  # an input without a UID cannot be referenced (Type 1 in the reference macro)
-            ds.SourceImageSequence = Sequence([_source_reference(source_class, source_sop, number)
-                                               for number in frame_numbers or [None]])
+        if source_sop:  # an input without a UID cannot be referenced (Type 1 in the reference macro); no frame
+            # numbers: they may only reference a multi-frame SOP class, which MR Image Storage is not, whatever
+            # NumberOfFrames a source wrote
+            ds.SourceImageSequence = Sequence([_source_reference(source_class, source_sop, None)])
 
     data = np.ascontiguousarray(pixels).tobytes()
     ds.PixelData = data + (b"\0" if len(data) % 2 else b"")  # values have even length
@@ -521,11 +527,12 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
     return len(files)
 
 
-def output_series_numbers(series_list):
+def output_series_numbers(series_list, taken_by_outputs=None):
     """{source series id (index.Series.id): output SeriesNumber}: the source's + 1000, moved up past every number
-    already used in the same study (by the series of the input tree and by outputs numbered before it), so a
-    viewer never shows two series of one study under one number (nor two volumes of a split series)."""
-    taken = {}
+    already used in the same study (by the series of the input tree, by enhanced series already in the output
+    folder, taken_by_outputs {study uid: numbers}, and by outputs numbered before it), so a viewer never shows two
+    series of one study under one number (nor two volumes of a split series)."""
+    taken = {study: set(numbers) for study, numbers in (taken_by_outputs or {}).items()}
     for s in series_list:
         taken.setdefault(s.study_uid, set()).add(int(s.series_number or 0))
     numbers = {}

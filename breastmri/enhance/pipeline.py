@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from breastmri import files
 from breastmri.config import ConfigError
 from breastmri.data import preprocess
 from breastmri.dicom import index, pixels
@@ -31,7 +32,7 @@ from breastmri.dicom.writer import (
     write_series,
 )
 from breastmri.enhance.enhancer import Enhancer, load_enhancer, predict_stack
-from breastmri.files import left_by_ended_run, save_figure_atomic, sweep_stale
+from breastmri.files import left_by_ended_run, save_figure_atomic, sweep_stale, temporary_name, write_text_atomic
 from breastmri.restore.predict import MAX_PIXELS, EnhanceError, check_tile, default_tile
 
 MARKER = "enhance.json"
@@ -70,7 +71,7 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
     time_points = 1 + max((t for t, _ in series.layout), default=0)
     pending, results = [], []
     for part, rows in source_parts(series):
-        new_uid = derived_series_uid(part, enhancer)
+        new_uid = derived_series_uid(part, enhancer, series)
         final = series_folder(out_dir, part, new_uid)
         result = {"source_series_uid": part.series_uid, "series_description": part.series_description,
                   "patient_id": part.patient_id, "output_series_uid": new_uid,
@@ -99,6 +100,13 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
     seconds = (time.perf_counter() - started) / len(pending)
     inference = (sum(enhancer.timings) - inference_before) / len(pending)
     for part, rows, final, result in pending:
+        if preview:  # before the series is in place: a run killed between the two redoes both
+            try:
+                png = save_preview(raw[rows], enhanced[rows], final.parent / f"{final.name}.png",
+                                   f"{part.patient_id} {part.series_description}")
+                result["preview"] = os.path.relpath(png, out_dir)
+            except Exception as error:  # noqa: BLE001 - a figure problem must not fail the series
+                result["preview_error"] = f"{type(error).__name__}: {error}"
         try:
             n_files = _write_atomically(part, enhanced[rows], None if padding is None else padding[rows], enhancer,
                                         out_dir, final, result["output_series_uid"],
@@ -107,15 +115,10 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
                                          "time_points": time_points})
         except Exception as error:  # noqa: BLE001 - as above, for this source series
             error = _counted(error)
+            if "preview" in result:  # no preview of a series that is not there
+                (Path(out_dir) / result.pop("preview")).unlink(missing_ok=True)
             results.append(dict(result, status="skipped", reason=error.reason, detail=str(error)))
             continue
-        if preview:
-            try:
-                png = save_preview(raw[rows], enhanced[rows], final.parent / f"{final.name}.png",
-                                   f"{part.patient_id} {part.series_description}")
-                result["preview"] = os.path.relpath(png, out_dir)
-            except Exception as error:  # noqa: BLE001 - a figure problem must not fail a series already written
-                result["preview_error"] = f"{type(error).__name__}: {error}"
         results.append(dict(result, status="done", files=n_files, norm_lo=lo, norm_hi=hi, size=info,
                             seconds=round(seconds, 3), inference_seconds=round(inference, 3)))
     return results
@@ -174,8 +177,8 @@ def _enhanced(series, enhancer, batch_size, tile, force_tiling, max_pixels):
 def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid, series_number, record):
     """Write one derived series under a temporary name, its marker last, then rename it into place (an
     --overwrite swaps the old series out first and puts it back if the new one fails). Returns the file count."""
-    tmp = Path(out_dir) / f"{TMP_PREFIX}{os.getpid()}-{new_uid}"
-    old = final.parent / f"{TMP_PREFIX}{os.getpid()}{SWAPPED}{final.name}"  # beside its place: restore_swapped
+    tmp = Path(out_dir) / temporary_name(new_uid, TMP_PREFIX)
+    old = final.parent / temporary_name(final.name, TMP_PREFIX, SWAPPED)  # beside its place: restore_swapped
     created = datetime.now()
     try:
         try:
@@ -205,6 +208,28 @@ def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def numbers_in_output(out_dir, parts, enhancer, overwrite=False):
+    """{study uid: SeriesNumbers of the enhanced series already in out_dir for that study} (read from one file of
+    each; parts: (source series, the series it is enhanced in)): an earlier run's outputs keep their numbers, and a
+    series of this run never takes one of them. With overwrite, the folders this run rewrites are left out."""
+    ours = {series_folder(out_dir, part, derived_series_uid(part, enhancer, seen))
+            for part, seen in parts} if overwrite else set()
+    numbers = {}
+    for study_uid, study in {part.study_uid: series_folder(out_dir, part, "x").parent for part, _ in parts}.items():
+        for marker in study.glob(f"*/{MARKER}") if study.is_dir() else ():
+            folder = marker.parent
+            first = next(iter(sorted(folder.glob("*.dcm"))), None)
+            if folder in ours or first is None:
+                continue
+            try:
+                number = pixels.open_dataset(first, stop_before_pixels=True).get("SeriesNumber")
+            except Exception:  # noqa: BLE001 - an unreadable earlier output only loses its number's reservation
+                continue
+            if number not in (None, ""):
+                numbers.setdefault(study_uid, set()).add(int(number))
+    return numbers
 
 
 def restore_swapped(out_dir):
@@ -256,6 +281,7 @@ def save_preview(original, enhanced, path, title=""):
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return Path(path)
@@ -317,14 +343,21 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
         raise EnhanceError(f"--input {input_path} does not exist")
     if out_dir.exists() and not out_dir.is_dir():
         raise EnhanceError(f"--output {out_dir} is a file; give a folder")
+    if out_dir.resolve() == input_path.resolve() or out_dir.resolve() in input_path.resolve().parents:
+        raise EnhanceError(f"--output {out_dir} holds --input {input_path}: give a folder outside it (or inside it)")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise EnhanceError(f"--batch-size {batch_size}: give an integer >= 1")
     enhancer = model if isinstance(model, Enhancer) else load_enhancer(model)
     if tile is not None and enhancer.name == "unet":
         check_tile(tile, enhancer.multiple, enhancer.margin)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    restore_swapped(out_dir)  # an --overwrite killed between its renames: the old series back
-    sweep_stale(out_dir, TMP_PREFIX)  # series folders of runs that were killed
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        restore_swapped(out_dir)  # an --overwrite killed between its renames: the old series back
+        sweep_stale(out_dir, TMP_PREFIX)  # series folders of runs that were killed
+        for folder in {path.parent for path in out_dir.rglob(f"{files.TMP_PREFIX}*")}:
+            sweep_stale(folder)  # a preview whose writer was killed
+    except OSError as error:
+        raise EnhanceError(f"--output {out_dir}: {error}") from None
 
     pre = enhancer.cfg["preprocess"]
     try:
@@ -338,7 +371,9 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
           f"model {enhancer.name} ({enhancer.model_path}, config {enhancer.config_hash})")
     inference_before = sum(enhancer.timings)
     bar = tqdm(total=n_slices, unit="slice", desc="enhance", disable=not progress or not n_slices)
-    series_numbers = output_series_numbers([part for s in series_list for part, _ in source_parts(s)])
+    parts = [(part, s) for s in series_list for part, _ in source_parts(s)]
+    series_numbers = output_series_numbers([part for part, _ in parts],
+                                           numbers_in_output(out_dir, parts, enhancer, overwrite))
     for s in series_list:
         results.extend(enhance_series(s, enhancer, out_dir, batch_size, tile, force_tiling, max_pixels,
                                       overwrite, preview, series_numbers))
@@ -369,9 +404,10 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
         "batch_size": batch_size, "device": _device(),
         "series": results,
     }
-    tmp = out_dir / f"{TMP_PREFIX}{os.getpid()}-{SUMMARY}"
-    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    os.replace(tmp, out_dir / SUMMARY)
+    try:
+        write_text_atomic(out_dir / SUMMARY, json.dumps(summary, indent=2, default=float) + "\n")
+    except OSError as error:
+        raise EnhanceError(f"cannot write {out_dir / SUMMARY}: {error}") from None
     skipped = ", ".join(f"{reason}: {n}" for reason, n in summary["series_skipped"].items()) or "none"
     speed = f" ({summary['ms_per_slice']} ms/slice inference)" if slices else ""
     print(f"enhanced {len(done)} series, {slices} slices in {seconds:.1f} s{speed}; series skipped: {skipped}; "
