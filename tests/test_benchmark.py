@@ -588,3 +588,29 @@ def test_voxelwise_tofts_fit_recovers_known_parameters_and_fails_on_a_flattened_
     flat = truth.copy()
     flat[4:] = flat[4:].mean(0)
     assert map_errors(flat, truth, mask, times, 4, 55.0, aif)["ktrans_error"] > 0.2
+
+
+def test_real_part_scores_what_a_user_tree_allows_and_says_what_it_cannot(smoke_run, tmp_path):
+    """A dynamic with a file missing from one frame is scored at the positions that have every frame; one whose
+    scored positions hold no signal is reported as not scored; a tree without a dynamic says so. None stops the
+    run."""
+    from dicom_fixtures import write_mr_series
+
+    from breastmri.evaluate.benchmark_real import markdown, real_part
+    from breastmri.evaluate.benchmark_runs import read_run
+
+    write_mr_series(tmp_path / "tree" / "gap", "PG", n_slices=4, rows=24, cols=24, time_points=8)
+    (tmp_path / "tree" / "gap" / "IM0003.dcm").unlink()  # files are named in reverse: a frame of the last time point
+    # modality values all below zero (an intercept far below the stored values): no body above the air's level
+    write_mr_series(tmp_path / "tree" / "dark", "PD", n_slices=3, rows=24, cols=24, time_points=8, slope=1.0,
+                    intercept=-5000.0)
+    real = real_part(tmp_path / "tree", read_run(smoke_run), ["noisy", "tpca"], positions=3, log=lambda m: None)
+    by_patient = {d["patient_id"]: d for d in real["dynamics"]}
+    gap = by_patient["PG"]
+    assert len(gap["positions"]) == 3 and len(gap["against_3t"]["frames"]) == 8
+    assert by_patient["PD"]["skipped"] == "no signal above the air at a scored position"
+    text = markdown(real)
+    assert "### PG" in text and "Not scored: no signal above the air" in text
+    write_mr_series(tmp_path / "short" / "s", "PS", n_slices=2, rows=24, cols=24, time_points=5)
+    short = real_part(tmp_path / "short", read_run(smoke_run), ["noisy"], positions=1, log=lambda m: None)
+    assert not short["dynamics"] and "No dynamic of at least 8 time points" in markdown(short)

@@ -239,3 +239,29 @@ def test_the_added_noise_raises_the_mean_square_by_its_own_power_whatever_the_ch
         noisy = add_noise(source.astype(np.float32), "field", added, rng)
         assert (noisy.astype(np.float64) ** 2).mean() - (source.astype(np.float64) ** 2).mean() == pytest.approx(
             2 * added ** 2, rel=0.03)
+
+
+@pytest.mark.parametrize("pre_contrast", [1, 4])
+def test_noise_is_read_from_two_frames_without_contrast_arriving(pre_contrast):
+    """A breast DCE of one pre-contrast frame (Duke, I-SPY): its first two frames differ by the contrast arriving,
+    which read as noise (and as strongly correlated noise); the last two then give the noise. With four frames
+    before contrast the first two do, as before."""
+    from breastmri.simulate.noise import frame_difference_sigma, frames_before_contrast
+
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[:64, :64]
+    body = np.hypot(y - 32, x - 32) < 26
+    enhancing = 40.0 * np.exp(-((y - 28.0) ** 2 + (x - 36.0) ** 2) / (2 * 12.0 ** 2))  # a third of the body
+    times, positions, sigma = 8, 2, 2.0
+    frames, layout = [], []
+    for t in range(times):
+        # enhancement arrives at `pre_contrast`, broad and smooth, then grows slowly
+        share = 0.0 if t < pre_contrast else 0.7 + 0.3 * (t - pre_contrast) / times
+        for k in range(positions):
+            signal = 100.0 + enhancing * share + 20.0 * np.sin(x / 5.0 + k)
+            frames.append(signal * body + sigma * rng.standard_normal((64, 64)))
+            layout.append((t, k))
+    frames = np.asarray(frames, np.float32)
+    stack = frames.reshape(times, positions, 64, 64)
+    assert frames_before_contrast(stack) == pre_contrast
+    assert frame_difference_sigma(frames, layout) == pytest.approx(sigma, rel=0.1)

@@ -18,7 +18,7 @@ from breastmri.dicom.index import index
 from breastmri.dicom.kinds import KIND_REASONS
 from breastmri.dicom.pixels import read_series
 from breastmri.enhance import pipeline
-from breastmri.simulate.noise import measure_noise, neighbour_correlation
+from breastmri.simulate.noise import body_of, frames_before_contrast, measure_noise, neighbour_correlation
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 PROSTATEX, ASL = REAL / "prostatex-0218", REAL / "philips-asl-3t"
@@ -100,6 +100,39 @@ def test_twist_noise_matches_its_own_frame_differences(prostatex):
     diff = (second - first)[body] / math.sqrt(2)
     measured = 1.4826 * np.median(np.abs(diff - np.median(diff)))
     assert noise["sigma"] == pytest.approx(measured, rel=0.3), noise
+
+
+def _positions(series, frames, positions):
+    """(T, P, H, W) of a series' frames at the given slice positions."""
+    at = {tk: i for i, tk in enumerate(series.layout)}
+    times = sorted({t for t, _ in series.layout})
+    return frames[np.array([[at[(t, k)] for k in positions] for t in times])].astype(np.float64)
+
+
+def test_contrast_arrival_is_read_where_the_enhancing_pixels_rise(prostatex):
+    """The TWIST dynamic's body mean stays within 3% of frame 0 for 30 frames (what the benchmark once took for the
+    frames before contrast), while its most-enhancing pixels pass a tenth of their rise at frame 10; the pCASL
+    control images, repeated acquisitions, have no contrast at all."""
+    dce = _twist(prostatex[2])
+    frames = _positions(dce, read_series(dce), [4, 5, 6])
+    body = body_of(frames.mean(axis=0))
+    level = np.array([frame[body].mean() for frame in frames])
+    assert np.all(np.abs(level[:30] / level[0] - 1) < 0.03)
+    assert frames_before_contrast(frames, body) == 10
+    control = next(s for s in index(ASL)[0] if s.volume == "control" and "3D" not in s.series_description)
+    assert frames_before_contrast(_positions(control, read_series(control), [3, 4, 5])) == 30
+
+
+def test_an_air_fit_on_dark_tissue_gives_way_to_the_frame_differences(prostatex):
+    """Air is a few percent of this pelvis: with its values dithered (as a rescale slope leaves them) the air fit
+    settles on dark tissue and reads the noise some ten times too high; the frame differences decide then."""
+    dce = _twist(prostatex[2])
+    frames = read_series(dce)[:120].astype(np.float32)  # 12 time points of 10 positions
+    dithered = frames + np.random.default_rng(0).uniform(-0.5, 0.5, frames.shape).astype(np.float32)
+    noise = measure_noise(dithered, dce.layout[:120])
+    assert noise["estimates"]["background"] > 5 * noise["estimates"]["frame_difference"]
+    assert noise["method"] == "frame_difference"
+    assert noise["sigma"] == pytest.approx(noise["estimates"]["frame_difference"], rel=1e-5)
 
 
 def test_philips_asl_source_series_split_into_label_and_control_images():

@@ -99,12 +99,17 @@ def _layout_of(row):
     return row["time_index"], row["position_index"], row["n_times"], row["n_positions"]
 
 
+def series_info(data_dir, row):
+    """What preprocessing recorded of a row's series (its sidecar's info: the noise, its spectrum and where they
+    were measured; {} without a sidecar)."""
+    sidecar = Path(data_dir) / row["noisy_file"].replace("_noisy.npy", ".json")
+    return json.loads(sidecar.read_text()).get("info", {}) if sidecar.is_file() else {}
+
+
 def noise_spectrum_of(data_dir, row):
     """The spectrum of the noise preprocessing added to a row's series: its sidecar's info.noise_spectrum (None:
     white, or no sidecar)."""
-    sidecar = Path(data_dir) / row["noisy_file"].replace("_noisy.npy", ".json")
-    info = json.loads(sidecar.read_text()).get("info", {}) if sidecar.is_file() else {}
-    return info.get("noise_spectrum")
+    return series_info(data_dir, row).get("noise_spectrum")
 
 
 def evenly_spaced(n, count):

@@ -40,17 +40,17 @@ from pathlib import Path
 import numpy as np
 
 from breastmri.data import preprocess
-from breastmri.data.manifest import _zero, noise_spectrum_of, read_manifest
+from breastmri.data.manifest import _zero, noise_spectrum_of, read_manifest, series_info
 from breastmri.dicom.index import volume_of
 from breastmri.evaluate.benchmark_quality import timed_call, workers_for
-from breastmri.evaluate.realism import frames_before_contrast
 from breastmri.restore.denoisers import MULTIFRAME, correct_rician_mean, denoise, denoise_frames
 from breastmri.restore.training import needs_rician_correction
 from breastmri.runtime import parallel_map
-from breastmri.simulate.noise import body_of
+from breastmri.simulate.noise import body_of, frames_before_contrast
 
 MIN_TIME_POINTS = 8
 HELD_BACK = 2          # pre-contrast frames held back as the independent reference
+PRE_CONTRAST_MARGIN = 2  # frames before the detected contrast onset not taken as free of it (frames_before_contrast)
 REAL_METHODS = ("noisy", "bm3d", "mppca", "tpca", "nordic", "unet")
 DEFAULT_REAL_METHODS = ("noisy", "mppca", "tpca", "nordic", "unet")  # bm3d: about 1 s per frame and pass
 SHARED_NOISE_CORRELATION = -0.3  # difference_correlation above it: the 3T frames share noise between neighbours
@@ -90,8 +90,15 @@ def real_part(real_root, run, methods, positions=3, series_filter="", log=print,
         for uid, series_rows in by_series.items():
             if series_rows[0]["n_times"] < MIN_TIME_POINTS:
                 continue
-            log(f"real data: {series_rows[0]['series_description']} ({series_rows[0]['n_times']} time points)")
-            dynamics.append(_score_dynamic(Path(tmp), series_rows, chosen, enhancer, positions, chunk))
+            row0 = series_rows[0]
+            log(f"real data: {row0['patient_id']} {row0['series_description']} ({row0['n_times']} time points)")
+            scored = _score_dynamic(Path(tmp), series_rows, chosen, enhancer, positions, chunk)
+            if "skipped" in scored:
+                log(f"real data: skipped, {scored['skipped']}")
+            dynamics.append(scored)
+        if not dynamics:
+            log(f"real data: no dynamic of at least {MIN_TIME_POINTS} time points among the "
+                f"{summary['series_used']} series used under {real_root}")
     return {"source": str(real_root), "methods": chosen, "positions_per_dynamic": positions, "chunk": chunk,
             "series_found": summary["series_found"], "dynamics": dynamics,
             "degradation": {k: cfg["degrade"][k] for k in ("model", "snr_ratio", "field_exponent", "noise_spectrum")}}
@@ -112,25 +119,37 @@ def _score_dynamic(data_dir, rows, methods, enhancer, n_positions, chunk=0):
     noisy_all = np.load(data_dir / row0["noisy_file"])
     index = {(r["time_index"], r["position_index"]): r["slice_index"] for r in rows}
     n_times, total_positions = row0["n_times"], row0["n_positions"]
-    middle = total_positions // 2
-    positions = sorted(range(total_positions), key=lambda k: abs(k - middle))[:n_positions]
-    positions.sort()
-    grid = np.array([[index[(t, k)] for k in range(total_positions)] for t in range(n_times)])  # (T, Z)
-    clean, noisy = clean_all[grid], noisy_all[grid]                                               # (T, Z, H, W)
+    described = (row0["series_description"], volume_of(row0["series_uid"]))  # and which volume of a split series
+    info = series_info(data_dir, row0)
+    result = {"patient_id": row0["patient_id"], "series_description": " ".join(filter(None, described)),
+              "dynamic_id": row0.get("dynamic_id") or row0["series_uid"], "time_points": n_times,
+              "noise": {key: info.get(key) for key in ("sigma_method", "sigma_estimates", "noise_correlation_source")}}
+    # the slice positions with every time point (a file missing from one frame drops its position), the
+    # n_positions of them nearest the middle scored
+    complete = [k for k in range(total_positions) if all((t, k) in index for t in range(n_times))]
+    if not complete:
+        return dict(result, skipped="no slice position has every time point")
+    middle = (complete[0] + complete[-1]) / 2
+    scored_positions = sorted(sorted(complete, key=lambda k: abs(k - middle))[:n_positions])
+    positions = [complete.index(k) for k in scored_positions]  # among the complete positions, which the methods see
+    grid = np.array([[index[(t, k)] for k in complete] for t in range(n_times)])  # (T, Z)
+    clean, noisy = clean_all[grid], noisy_all[grid]                                 # (T, Z, H, W)
     zero, sigma_src = _zero(row0), row0["sigma_source"]
     spectrum = noise_spectrum_of(data_dir, row0)  # of the source noise and the added noise alike
     sigma_total = math.hypot(sigma_src, row0["sigma_added"])
-    body = body_of(clean[:, positions].mean(axis=0))                                              # (P, H, W)
+    body = body_of(clean[:, positions].mean(axis=0))                                # (P, H, W)
+    if not body.any(axis=(-2, -1)).all():
+        return dict(result, skipped="no signal above the air at a scored position")
     data_range = float(np.percentile(clean[:, positions][:, body], 99.5)) - zero
-    level = np.array([clean[t, positions][body].mean() for t in range(n_times)]) - zero
-    pre = frames_before_contrast(level)
-    described = (row0["series_description"], volume_of(row0["series_uid"]))  # and which volume of a split series
-    result = {"series_description": " ".join(filter(None, described)),
-              "dynamic_id": row0.get("dynamic_id") or None,
-              "time_points": n_times, "positions": positions, "pre_contrast_frames": pre,
+    # the frames before contrast; the onset the detector reads lags the first traces by a frame or two, so the
+    # pre-contrast frames used here (held back and scored, and the difference correlation) stop two frames
+    # earlier when contrast arrives
+    pre = frames_before_contrast(clean[:, positions] - zero, body)
+    clear = max(pre - PRE_CONTRAST_MARGIN, 0) if pre < n_times else pre
+    result.update({"positions": scored_positions, "pre_contrast_frames": pre, "pre_contrast_frames_used": clear,
               "sigma_source": sigma_src, "sigma_total": sigma_total, "data_range": data_range,
               "ceiling_db": 20 * math.log10(data_range / sigma_src) if sigma_src > 0 else None,
-              "difference_correlation": difference_correlation(clean[:pre, positions], body)}
+              "difference_correlation": difference_correlation(clean[:clear, positions], body)})
 
     def psnr(estimate, reference):
         """(T', P) PSNR in dB inside each position's body."""
@@ -177,10 +196,10 @@ def _score_dynamic(data_dir, rows, methods, enhancer, n_positions, chunk=0):
     scores = {m: psnr(out, clean[:, positions]) for m, out in outputs.items()}
     result["against_3t"] = _table(scores, all_frames)
     result["detail"] = _detail(outputs, clean[:, positions], body, sigma_src)
-    if pre >= HELD_BACK + 1:
-        held = list(range(pre - HELD_BACK, pre))
+    if clear >= HELD_BACK + 1:
+        held = list(range(clear - HELD_BACK, clear))
         seen = [t for t in all_frames if t not in held]
-        scored = list(range(pre - HELD_BACK))
+        scored = list(range(clear - HELD_BACK))
         reference = clean[held][:, positions].mean(axis=0, keepdims=True)
         outputs = run_all(seen)
         scores = {m: psnr(out[:len(scored)], np.repeat(reference, len(scored), 0)) for m, out in outputs.items()}
@@ -289,12 +308,20 @@ def markdown(real):
              "over the positions."
              + (f" Each method saw runs of at least {real['chunk']} consecutive frames, one at a time "
                 "(--real-chunk), not the whole dynamic." if real.get("chunk") else "")]
+    if not real["dynamics"]:
+        lines += ["", f"No dynamic of at least {MIN_TIME_POINTS} time points among the {real['series_found']} series "
+                      "found."]
     for d in real["dynamics"]:
-        lines += ["", f"### {d['series_description']}: {d['time_points']} time points, positions {d['positions']}, "
-                      f"{d['pre_contrast_frames']} before contrast", "",
-                  f"Reference noise sigma_source {d['sigma_source']:.4f}, degraded input sigma {d['sigma_total']:.4f} "
-                  f"(normalized units); data_range {d['data_range']:.3f}. Against the real 3T frames even a "
-                  f"noise-free estimate scores at most about {d['ceiling_db']:.1f} dB.", ""]
+        heading = f"### {d.get('patient_id', '')} {d['series_description']}: {d['time_points']} time points"
+        if "skipped" in d:
+            lines += ["", heading, "", f"Not scored: {d['skipped']}."]
+            continue
+        noise = d.get("noise") or {}
+        lines += ["", f"{heading}, positions {d['positions']}, {d['pre_contrast_frames']} before contrast", "",
+                  f"Reference noise sigma_source {d['sigma_source']:.4f} (measured from the "
+                  f"{noise.get('sigma_method') or '?'}; estimates {noise.get('sigma_estimates')}), degraded input "
+                  f"sigma {d['sigma_total']:.4f} (normalized units); data_range {d['data_range']:.3f}. Against the "
+                  f"real 3T frames even a noise-free estimate scores at most about {d['ceiling_db']:.1f} dB.", ""]
         if d.get("difference_correlation") is not None:
             c = d["difference_correlation"]
             lines += [f"Successive differences of the pre-contrast 3T frames correlate {c:+.2f} in the body (-0.50 for "

@@ -19,8 +19,8 @@ or the series stored one per time point, assembled as preprocessing assembles th
 - fine-detail kurtosis: the kurtosis (3 for a Gaussian) of the high-pass detail of the mean frame (the mean frame
   minus its Gaussian blur of DETAIL_BLUR_PX) in the region eroded by DETAIL_EROSION_PX: real anatomy's fine
   structure is sparse (edges, vessels, septa: a few large values), a texture's is not;
-- time points, their spacing (the median gap of the acquisition times), the frames before contrast arrives (until
-  the region's mean moves more than 3% from frame 0), and the largest rigid shift of a frame from frame 0 (phase
+- time points, their spacing (the median gap of the acquisition times), the frames before contrast arrives (its most-enhancing
+  pixels in the region rise: noise.frames_before_contrast), and the largest rigid shift of a frame from frame 0 (phase
   correlation, pixels).
 """
 
@@ -34,10 +34,9 @@ from breastmri.dicom.dynamics import assemble_dynamics, select_frames
 from breastmri.dicom.index import index
 from breastmri.dicom.pixels import read_series
 from breastmri.registration import register_shifts
-from breastmri.simulate.noise import body_of, neighbour_correlation
+from breastmri.simulate.noise import body_of, frames_before_contrast, neighbour_correlation
 
 BREAST_FRACTION = 0.55
-PRE_CONTRAST_CHANGE = 0.03
 DETAIL_BLUR_PX, DETAIL_EROSION_PX = 1.5, 4  # fine-detail kurtosis: the blur it takes off, the region's edge left out
 
 
@@ -60,13 +59,6 @@ def _times(series, indices):
     """Acquisition times (s) of the picked frames, as the index read them; None when a frame has none."""
     times = [series.times[i] for i in indices] if series.times else []
     return None if not times or None in times else np.asarray(times)
-
-
-def frames_before_contrast(levels, change=PRE_CONTRAST_CHANGE):
-    """How many frames come before contrast arrives: those whose mean signal levels (T,) (zero signal at 0) stay
-    within `change` (3%) of frame 0's; all of them when none moves."""
-    moved = np.abs(np.asarray(levels, np.float64) / levels[0] - 1) > change
-    return int(np.argmax(moved)) if moved.any() else len(levels)
 
 
 def breast_region(frames):
@@ -107,7 +99,7 @@ def statistics(frames, times_s=None):
     return {
         "time_points": len(frames),
         "spacing_s": None if times_s is None else round(float(np.median(np.diff(times_s))), 2),
-        "frames_before_contrast": frames_before_contrast(frames[:, region].mean(axis=1)),
+        "frames_before_contrast": frames_before_contrast(frames, region),
         "snr": round(float(frames[0][region].mean()) / noise, 1) if noise > 0 else None,
         "noise_correlation": correlation,
         "projection_residual_db": round(10 * math.log10(data_range ** 2 / mse), 1) if mse > 0 else None,

@@ -4,15 +4,17 @@
 
 Three estimates, each in the units of the series:
 - background: the Rayleigh fit of the air (estimate_background_sigma), the classic estimate when there is air;
-- frame_difference: the robust spread of the difference of the first two time points at each slice position,
-  inside the body, divided by sqrt(2) (both frames carry independent noise of the same level). Dynamic series
-  repeat their anatomy before contrast arrives, so this needs no air at all;
+- frame_difference: the robust spread of the difference of two time points at each slice position (the first
+  two, both before contrast; else the last two), inside the body, divided by sqrt(2) (both frames carry
+  independent noise of the same level). Dynamic series repeat their anatomy before contrast arrives, so this
+  needs no air at all;
 - wavelet: the finest wavelet detail coefficients (Donoho & Johnstone), biased high by textured tissue.
 
 A background masked to 0 (Philips, anonymised or processed archives) leaves no air to fit: the few dark pixels
 left are partial-volume edges and read the noise several times too low. When the zeros form a spike (more than
 2% of the pixels, which a Rayleigh background cannot produce) or the fit finds no air, the frame difference
-decides; the wavelet estimate comes only after both.
+decides; the wavelet estimate comes only after both. An air fit far above the frame differences' estimate
+(AIR_FIT_EXCESS) took dark tissue for air and is not taken either.
 """
 
 import functools
@@ -184,12 +186,20 @@ def frame_difference_sigma(magnitude, layout, differences=None):
     return float(1.4826 * np.median(np.abs(diff - np.median(diff))))
 
 
+# Where air is a few percent of the image (a pelvis or a chest filling the field of view) the air fit can settle on
+# dark tissue and read the noise many times too high (ProstateX's TWIST with its values dithered: 42 for 3.5). Each
+# other failure reads high too (frame differences hold motion or contrast; view sharing, which makes them read low,
+# not by a factor of 3 on that TWIST): an air fit above AIR_FIT_EXCESS times the frame differences' estimate is not taken.
+AIR_FIT_EXCESS = 3.0
+
+
 def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
     """{"sigma", "method", "estimates": {method: value}, "masked_background": bool, "disagree": bool,
     "background_channels": the chi law's channels the air fits (0: none)}.
 
     method: background where the air is real (not masked) and fits a chi law (Rayleigh for one channel, the sum of
-    squares of several); else frame_difference where
+    squares of several) at no more than AIR_FIT_EXCESS times the frame differences' estimate; else frame_difference
+    where
     the series repeats its anatomy; else wavelet; else none (a noise-free image). disagree: two finite estimates
     differ by more than `disagreement` (30%), which preprocessing reports: one of them reads something else than
     the noise (masking, motion, correlated noise, texture)."""
@@ -200,6 +210,9 @@ def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
     background, channels = estimate_background_sigma(magnitude, with_channels=True)
     estimates = {"background": background, "frame_difference": frame_difference_sigma(magnitude, layout, differences)}
     usable = {name: value for name, value in estimates.items() if np.isfinite(value) and value > floor}
+    if "background" in usable and "frame_difference" in usable \
+            and usable["background"] > AIR_FIT_EXCESS * usable["frame_difference"]:
+        usable.pop("background")  # the fit took dark tissue for air (see AIR_FIT_EXCESS)
     if "background" in usable and not masked:
         method = "background"
     elif "frame_difference" in usable:
@@ -248,9 +261,47 @@ def body_of(image, fraction=0.1):
     return image > fraction * np.percentile(image, 99, axis=(-2, -1), keepdims=True)
 
 
+# Contrast arrival (frames_before_contrast): the ENHANCING_SHARE of the body whose later half gains most over frame
+# 0, their mean signal (smoothed by CONTRAST_BLUR_PX); contrast is there when it rises by more than MIN_ENHANCEMENT
+# of frame 0's, and has arrived at the first of ARRIVAL_HOLD frames in a row that rise by more than ARRIVAL_SHARE
+# of the largest rise.
+ENHANCING_SHARE, CONTRAST_BLUR_PX, MIN_ENHANCEMENT, ARRIVAL_SHARE, ARRIVAL_HOLD = 0.02, 2.0, 0.2, 0.1, 3
+
+
+def frames_before_contrast(frames, region=None):
+    """How many frames come before contrast arrives in a dynamic `frames` (T, ..., H, W), zero signal at 0; all of
+    them when its most-enhancing pixels (ENHANCING_SHARE of `region`, boolean (..., H, W); default the body of the
+    mean frame) rise by less than MIN_ENHANCEMENT (no contrast: repeated acquisitions). Arrival is the first frame
+    from which they stay above ARRIVAL_SHARE of their largest rise for ARRIVAL_HOLD frames (a pulsating vessel
+    does not); smoothed first, frame 0's noise does not choose them. The later half of the dynamic must be mostly
+    after contrast (a real DCE is: its post-contrast frames span minutes). The mean of a whole region is no
+    detector: the bowel, a breathing chest or the heart's ghosts move it by several percent before contrast, and
+    an enhancing lesion or vessel is a few percent of it (ProstateX's TWIST: the body mean stays within 3% of
+    frame 0 for 30 frames; its most-enhancing pixels show the first traces at frame 8 and pass a tenth of their
+    rise at frame 10). The onset read at a share of the rise lags the first traces: a caller that needs frames
+    free of contrast stops a frame or two earlier."""
+    from scipy import ndimage
+
+    frames = np.asarray(frames, np.float64)
+    region = body_of(frames.mean(axis=0)) if region is None else np.asarray(region, bool)
+    if len(frames) < 2 or not region.any():
+        return len(frames)
+    smooth = ndimage.gaussian_filter(frames, (0,) * (frames.ndim - 2) + (CONTRAST_BLUR_PX,) * 2)
+    gain = smooth[len(frames) // 2:].mean(axis=0) - smooth[0]
+    chosen = region & (gain >= np.quantile(gain[region], 1 - ENHANCING_SHARE))
+    curve = np.array([frame[chosen].mean() for frame in smooth])
+    rise = curve - curve[0]
+    if curve[0] <= 0 or rise.max() < MIN_ENHANCEMENT * curve[0]:
+        return len(frames)
+    above = rise > ARRIVAL_SHARE * rise.max()
+    return next((t for t in range(len(frames)) if above[t:t + ARRIVAL_HOLD].all()), len(frames))
+
+
 def difference_images(magnitude, layout, body_fraction=0.1):
-    """(noise images (m, H, W), body masks (m, H, W)) from the first two time points at each slice position that
-    has both, or None (fewer than two time points, or no body).
+    """(noise images (m, H, W), body masks (m, H, W)) from two time points at each slice position that has both,
+    or None (fewer than two time points, or no body): the first two when both come before contrast
+    (_noise_pair), else the last two (a breast DCE of one pre-contrast frame: the first pair holds contrast
+    arriving, which would read as noise, and strongly correlated noise).
 
     magnitude: (n, H, W) with zero signal at 0; layout: (time_index, position_index) per slice. The second frame
     is first moved onto the first (registration.register_shifts and shift_frames: phase correlation to 1/20 px,
@@ -267,11 +318,12 @@ def difference_images(magnitude, layout, body_fraction=0.1):
     times = sorted({t for t, _ in layout})
     if len(times) < 2:
         return None
+    t0, t1 = _noise_pair(magnitude, index, times)
     images, masks = [], []
     for t, k in layout:
-        if t != times[0] or (times[1], k) not in index:
+        if t != t0 or (t1, k) not in index:
             continue
-        a, b = index[(t, k)], index[(times[1], k)]
+        a, b = index[(t, k)], index[(t1, k)]
         pair = np.asarray(magnitude[[a, b]], np.float32)
         first = pair[0].astype(np.float64)
         second = shift_frames(pair[1:], register_shifts(pair)[1:])[0].astype(np.float64)
@@ -290,6 +342,20 @@ def difference_images(magnitude, layout, body_fraction=0.1):
         images.append(np.where(body, diff, 0.0))
         masks.append(body)
     return (np.stack(images), np.stack(masks)) if images else None
+
+
+def _noise_pair(magnitude, index, times, positions=3):
+    """The two time points difference_images reads the noise from: the first two when frames_before_contrast, on
+    the `positions` middle slice positions that have every time point, puts both before contrast (or cannot tell),
+    else the last two."""
+    if len(times) < 3:
+        return times[0], times[1]
+    complete = sorted({k for _, k in index if all((t, k) in index for t in times)})
+    if not complete:
+        return times[0], times[1]
+    middle = complete[len(complete) // 2 - positions // 2:][:positions]
+    stack = np.stack([magnitude[[index[(t, k)] for k in middle]] for t in times])  # (T, P, H, W)
+    return (times[0], times[1]) if frames_before_contrast(stack) >= 2 else (times[-2], times[-1])
 
 
 def _quiet_blocks(diff, body, block=QUIET_BLOCK, limit=QUIET_LIMIT):
