@@ -129,7 +129,7 @@ def _score_dynamic(data_dir, rows, methods, enhancer, n_positions, chunk=0):
     complete = [k for k in range(total_positions) if all((t, k) in index for t in range(n_times))]
     if not complete:
         return dict(result, skipped="no slice position has every time point")
-    middle = (complete[0] + complete[-1]) / 2
+    middle = complete[len(complete) // 2]
     scored_positions = sorted(sorted(complete, key=lambda k: abs(k - middle))[:n_positions])
     positions = [complete.index(k) for k in scored_positions]  # among the complete positions, which the methods see
     grid = np.array([[index[(t, k)] for k in complete] for t in range(n_times)])  # (T, Z)
