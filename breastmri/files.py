@@ -71,6 +71,15 @@ def save_figure_atomic(fig, path, **kwargs):
         fig.savefig(tmp, **kwargs)
 
 
+def remove_path(path):
+    """Remove a file, a link or a folder with all it holds; nothing when it is not there."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def sweep_stale(folder, prefix=TMP_PREFIX):
     """Remove what killed runs left in `folder` under temporary names (`prefix`, then the writer's process id, "-"):
     files or folders whose process no longer runs on this machine (left_by_ended_run). This process' and live ones'
@@ -82,10 +91,7 @@ def sweep_stale(folder, prefix=TMP_PREFIX):
     for tmp in Path(folder).glob(prefix + "*"):
         if not left_by_ended_run(tmp.name, prefix):
             continue
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        remove_path(tmp)
         removed += 1
     return removed
 

@@ -125,3 +125,19 @@ def test_a_time_point_enhanced_alone_is_not_the_one_enhanced_within_its_dynamic(
     whole = run(identity, tmp_path / "in", out)
     assert whole["series_done"] == 3, whole["series_skipped"]
     assert alone["series"][0]["output_series_uid"] not in {r["output_series_uid"] for r in whole["series"]}
+
+
+def test_something_else_in_a_series_place_is_not_taken_for_it(identity, tmp_path):
+    """A file or a folder without enhance.json where a series would go is no finished series: it is reported
+    (nothing of it touched), and --overwrite replaces it and leaves nothing of it behind."""
+    write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=16, cols=16)
+    out = tmp_path / "out"
+    first = run(identity, tmp_path / "in", out)
+    folder = out / first["series"][0]["folder"]
+    files.remove_path(folder)
+    folder.write_text("a note someone left")
+    again = run(identity, tmp_path / "in", out)
+    assert again["series_skipped"] == {"output path taken": 1} and folder.read_text() == "a note someone left"
+    replaced = run(identity, tmp_path / "in", out, overwrite=True)
+    assert replaced["series_done"] == 1 and (folder / pipeline.MARKER).is_file()
+    assert not [p for p in out.rglob(".tmp-*")]

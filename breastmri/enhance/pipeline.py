@@ -32,7 +32,14 @@ from breastmri.dicom.writer import (
     write_series,
 )
 from breastmri.enhance.enhancer import Enhancer, load_enhancer, predict_stack
-from breastmri.files import left_by_ended_run, save_figure_atomic, sweep_stale, temporary_name, write_text_atomic
+from breastmri.files import (
+    left_by_ended_run,
+    remove_path,
+    save_figure_atomic,
+    sweep_stale,
+    temporary_name,
+    write_text_atomic,
+)
 from breastmri.restore.predict import MAX_PIXELS, EnhanceError, check_tile, default_tile
 
 MARKER = "enhance.json"
@@ -80,8 +87,10 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
                   "dynamic": series.dynamic["id"] if series.dynamic else None, "time_points": time_points,
                   "volume": part.volume}
         if final.exists() and not overwrite:
-            results.append(dict(result, status="skipped", reason="exists",
-                                detail="output series exists; use --overwrite"))
+            done = (final / MARKER).is_file()  # a complete series of ours, else something else in its place
+            results.append(dict(result, status="skipped", reason="exists" if done else "output path taken",
+                                detail="output series exists; use --overwrite" if done else
+                                f"{final} is not an enhanced series (no {MARKER}); move it or use --overwrite"))
         else:
             pending.append((part, rows, final, result))
     if not pending:
@@ -193,14 +202,14 @@ def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid
             (tmp / MARKER).write_text(json.dumps(marker, indent=1, default=float) + "\n")  # last: complete
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # --overwrite: swap the old series out, the new one in, then delete the old one
-                shutil.rmtree(old, ignore_errors=True)
+                remove_path(old)
                 os.replace(final, old)
             os.replace(tmp, final)
         except OSError as error:  # a full disk: skip, leave nothing (write_series makes a header value its VR
             # cannot hold a SeriesError "write failed" itself; anything else raised while writing is unforeseen,
             # counted as UNFORESEEN_REASON)
             raise SeriesError("write failed", f"{type(error).__name__}: {error}") from None
-        shutil.rmtree(old, ignore_errors=True)
+        remove_path(old)
         return n_files
     except BaseException:
         if old.exists() and not final.exists():
@@ -241,7 +250,7 @@ def restore_swapped(out_dir):
             continue
         final = old.with_name(old.name.split(SWAPPED, 1)[1])
         if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
+            remove_path(old)
         else:
             os.replace(old, final)
             restored += 1
