@@ -58,10 +58,11 @@ Choices:
 - UIDs: root 2.25 (UUID-derived, PS3.5 B.2; needs no registered organizational root): '2.25.' + the decimal
   value of a name-based UUID (RFC 4122 version 5) of the inputs below (derived_uid; pydicom's
   generate_uid(prefix=None, entropy_srcs=...) would be random, see there). The SeriesInstanceUID is deterministic
-  from (source SeriesInstanceUID, model config hash, model file sha256, the source SOPInstanceUIDs), so a re-run
-  on the same input with the same model maps to the same folder, which is then reported as "exists" and left
-  alone unless --overwrite. The source SOPInstanceUIDs are part of it so that enhancing two parts of one series
-  (one file, then the folder) gives two distinct series; the model sha256 so that a model retrained with the same
+  from (source SeriesInstanceUID, model config hash, model file sha256, the SOPInstanceUIDs the model saw: the
+  series', or those of the whole dynamic it was assembled into), so a re-run on the same input with the same model
+  maps to the same folder, which is then reported as "exists" and left alone unless --overwrite. The
+  SOPInstanceUIDs seen are part of it so that enhancing two parts of one series (one file, then the folder), or one
+  time point alone and then within its dynamic, gives distinct series; the model sha256 so that a model retrained with the same
   config is not mistaken for the old one. SOPInstanceUIDs derive from (new series UID, source SOPInstanceUID).
 - A series is written into DIR/.tmp-enhance-<pid>-<uid>/ and renamed into place when complete, so a failing
   series (unreadable pixels, a write error) leaves nothing behind; it is counted in the summary with its reason.

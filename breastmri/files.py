@@ -82,8 +82,8 @@ def remove_path(path):
 
 def sweep_stale(folder, prefix=TMP_PREFIX):
     """Remove what killed runs left in `folder` under temporary names (`prefix`, then the writer's process id, "-"):
-    files or folders whose process no longer runs on this machine (left_by_ended_run). This process' and live ones'
-    are kept, and so is
+    files or folders whose process no longer runs on this machine (left_by_ended_run). Those this process gave out
+    (temporary_name) and live processes' are kept, and so is
     any name without a process id after `prefix` (another writer's, e.g. enhance.py's ".tmp-enhance-" under the
     generic prefix). Process ids are this machine's: a writer on another machine sharing the folder looks ended.
     Returns the number removed."""

@@ -591,7 +591,8 @@ def test_voxelwise_tofts_fit_recovers_known_parameters_and_fails_on_a_flattened_
 
 
 def test_real_part_scores_what_a_user_tree_allows_and_says_what_it_cannot(smoke_run, tmp_path):
-    """A dynamic with a file missing from one frame is scored at the positions that have every frame; one whose
+    """A dynamic with a file missing from one frame is scored at the longest run of neighbouring positions that have
+    every frame; one whose
     scored positions hold no signal is reported as not scored; a tree without a dynamic says so. None stops the
     run."""
     from dicom_fixtures import write_mr_series
@@ -607,7 +608,8 @@ def test_real_part_scores_what_a_user_tree_allows_and_says_what_it_cannot(smoke_
     real = real_part(tmp_path / "tree", read_run(smoke_run), ["noisy", "tpca"], positions=3, log=lambda m: None)
     by_patient = {d["patient_id"]: d for d in real["dynamics"]}
     gap = by_patient["PG"]
-    assert len(gap["positions"]) == 3 and len(gap["against_3t"]["frames"]) == 8
+    assert gap["positions"] == [2, 3] and gap["positions_left_out"] == [0, 1]  # IM0003: the last frame of slice 1
+    assert len(gap["against_3t"]["frames"]) == 8
     assert by_patient["PD"]["skipped"] == "no signal above the air at a scored position"
     text = markdown(real)
     assert "### PG" in text and "Not scored: no signal above the air" in text

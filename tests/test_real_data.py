@@ -131,7 +131,7 @@ def test_an_air_fit_on_dark_tissue_gives_way_to_the_frame_differences(prostatex)
     dithered = frames + np.random.default_rng(0).uniform(-0.5, 0.5, frames.shape).astype(np.float32)
     noise = measure_noise(dithered, dce.layout[:120])
     assert noise["estimates"]["background"] > 5 * noise["estimates"]["frame_difference"]
-    assert noise["method"] == "frame_difference"
+    assert noise["method"] == "frame_difference" and noise["air_fit_rejected"] and noise["disagree"]
     assert noise["sigma"] == pytest.approx(noise["estimates"]["frame_difference"], rel=1e-5)
 
 

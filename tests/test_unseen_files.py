@@ -138,6 +138,22 @@ def test_linked_folders_are_read_once(tmp_path):
     assert [(s.patient_id, len(s.frames)) for s in series] == [("P1", 2)] and not skips.files
 
 
+def test_a_trigger_time_of_0_on_every_image_orders_nothing(tmp_path):
+    """Ungated series often write TriggerTime 0 on every image: with no acquisition time it tells nothing apart,
+    and the frames are ordered as without it (by InstanceNumber), not skipped as repeated positions."""
+    series_uid = uid("trigger0")
+    for t in range(3):
+        for z in range(2):
+            ds = image_dataset(np.full((8, 8), 1000 + 100 * t, np.uint16), patient_id="P0", series_uid=series_uid,
+                               instance=1 + 2 * t + z, position=3.0 * z)
+            ds.TriggerTime = 0
+            ds.save_as(tmp_path / f"IM{9 - 2 * t - z}.dcm", enforce_file_format=True)
+    (series,), skips, _ = index(tmp_path)
+    frames = read_series(series)
+    means = [frames[[i for i, (t, _) in enumerate(series.layout) if t == time]].mean() for time in range(3)]
+    assert np.allclose(means, [1000, 1100, 1200]), means
+
+
 def _trigger_dce(folder, acquisition_time):
     """A GE-style DCE in one series: 3 phases x 2 slices, no TemporalPositionIdentifier, the phase's delay in
     TriggerTime, one AcquisitionTime for all (or none), no InstanceNumber, files named against the time order.

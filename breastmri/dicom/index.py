@@ -463,12 +463,14 @@ def _assign_temporal(frames):
     for f in frames:
         at_position[_position_key(f["position"])].append(f)
     for group in at_position.values():
-        times = [(f["time"], f["trigger"], f["acquisition"]) for f in group
-                 if f["time"] is not None or f["trigger"] is not None]
+        # TriggerTime only where it varies: a series that writes 0 on every image is ordered as without it
+        trigger = (lambda f: f["trigger"]) if len({f["trigger"] for f in group}) > 1 else (lambda f: None)
+        times = [(f["time"], trigger(f), f["acquisition"]) for f in group
+                 if f["time"] is not None or trigger(f) is not None]
         if len(set(times)) < len(times):
             return False
         group.sort(key=lambda f: (f["time"] if f["time"] is not None else math.inf,
-                                  f["trigger"] if f["trigger"] is not None else math.inf, f["acquisition"],
+                                  trigger(f) if trigger(f) is not None else math.inf, f["acquisition"],
                                   f["instance"], f["path"], f["frame"] or 0))
         for rank, f in enumerate(group):
             f["t"] = rank

@@ -527,16 +527,19 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
     return len(files)
 
 
-def output_series_numbers(series_list, taken_by_outputs=None):
+def output_series_numbers(series_list, taken_by_outputs=None, numbered=None):
     """{source series id (index.Series.id): output SeriesNumber}: the source's + 1000, moved up past every number
     already used in the same study (by the series of the input tree, by enhanced series already in the output
     folder, taken_by_outputs {study uid: numbers}, and by outputs numbered before it), so a viewer never shows two
-    series of one study under one number (nor two volumes of a split series)."""
+    series of one study under one number (nor two volumes of a split series). numbered: the ids to number (default
+    all; a series whose output exists already keeps the number it has)."""
     taken = {study: set(numbers) for study, numbers in (taken_by_outputs or {}).items()}
     for s in series_list:
         taken.setdefault(s.study_uid, set()).add(int(s.series_number or 0))
     numbers = {}
     for s in series_list:
+        if numbered is not None and s.id not in numbered:
+            continue
         number = _offset_number(int(s.series_number or 0))
         while number in taken[s.study_uid]:
             number = number + 1 if number < IS_MAX else 1

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from breastmri import files
 from breastmri.config import ConfigError
 from breastmri.data import preprocess
 from breastmri.dicom import index, pixels
@@ -109,11 +108,11 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
     seconds = (time.perf_counter() - started) / len(pending)
     inference = (sum(enhancer.timings) - inference_before) / len(pending)
     for part, rows, final, result in pending:
-        if preview:  # before the series is in place: a run killed between the two redoes both
+        staged = None
+        if preview:  # drawn before the series is written, renamed into place right after it
             try:
-                png = save_preview(raw[rows], enhanced[rows], final.parent / f"{final.name}.png",
-                                   f"{part.patient_id} {part.series_description}")
-                result["preview"] = os.path.relpath(png, out_dir)
+                staged = save_preview(raw[rows], enhanced[rows], final.parent / temporary_name(f"{final.name}.png"),
+                                      f"{part.patient_id} {part.series_description}")
             except Exception as error:  # noqa: BLE001 - a figure problem must not fail the series
                 result["preview_error"] = f"{type(error).__name__}: {error}"
         try:
@@ -124,10 +123,14 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
                                          "time_points": time_points})
         except Exception as error:  # noqa: BLE001 - as above, for this source series
             error = _counted(error)
-            if "preview" in result:  # no preview of a series that is not there
-                (Path(out_dir) / result.pop("preview")).unlink(missing_ok=True)
+            if staged is not None:  # no preview of a series that is not there; an old one stays with its series
+                staged.unlink(missing_ok=True)
             results.append(dict(result, status="skipped", reason=error.reason, detail=str(error)))
             continue
+        if staged is not None:
+            png = final.parent / f"{final.name}.png"
+            os.replace(staged, png)
+            result["preview"] = os.path.relpath(png, out_dir)
         results.append(dict(result, status="done", files=n_files, norm_lo=lo, norm_hi=hi, size=info,
                             seconds=round(seconds, 3), inference_seconds=round(inference, 3)))
     return results
@@ -363,8 +366,8 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
         out_dir.mkdir(parents=True, exist_ok=True)
         restore_swapped(out_dir)  # an --overwrite killed between its renames: the old series back
         sweep_stale(out_dir, TMP_PREFIX)  # series folders of runs that were killed
-        for folder in {path.parent for path in out_dir.rglob(f"{files.TMP_PREFIX}*")}:
-            sweep_stale(folder)  # a preview whose writer was killed
+        for study in out_dir.glob("*/*/"):
+            sweep_stale(study)  # a preview whose writer was killed
     except OSError as error:
         raise EnhanceError(f"--output {out_dir}: {error}") from None
 
@@ -381,8 +384,10 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
     inference_before = sum(enhancer.timings)
     bar = tqdm(total=n_slices, unit="slice", desc="enhance", disable=not progress or not n_slices)
     parts = [(part, s) for s in series_list for part, _ in source_parts(s)]
+    pending = {part.id for part, seen in parts if overwrite or not (series_folder(
+        out_dir, part, derived_series_uid(part, enhancer, seen)) / MARKER).is_file()}
     series_numbers = output_series_numbers([part for part, _ in parts],
-                                           numbers_in_output(out_dir, parts, enhancer, overwrite))
+                                           numbers_in_output(out_dir, parts, enhancer, overwrite), pending)
     for s in series_list:
         results.extend(enhance_series(s, enhancer, out_dir, batch_size, tile, force_tiling, max_pixels,
                                       overwrite, preview, series_numbers))

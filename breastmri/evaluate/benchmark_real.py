@@ -124,11 +124,19 @@ def _score_dynamic(data_dir, rows, methods, enhancer, n_positions, chunk=0):
     result = {"patient_id": row0["patient_id"], "series_description": " ".join(filter(None, described)),
               "dynamic_id": row0.get("dynamic_id") or row0["series_uid"], "time_points": n_times,
               "noise": {key: info.get(key) for key in ("sigma_method", "sigma_estimates", "noise_correlation_source")}}
-    # the slice positions with every time point (a file missing from one frame drops its position), the
-    # n_positions of them nearest the middle scored
-    complete = [k for k in range(total_positions) if all((t, k) in index for t in range(n_times))]
+    # the longest run of neighbouring slice positions with every time point (a file missing from one frame drops
+    # its position; a run keeps the methods' neighbouring slices neighbours), the n_positions nearest its middle
+    # scored
+    runs = [[]]
+    for k in range(total_positions):
+        if all((t, k) in index for t in range(n_times)):
+            runs[-1].append(k)
+        elif runs[-1]:
+            runs.append([])
+    complete = max(runs, key=lambda run: (len(run), -abs(sum(run[:1] + run[-1:]) / 2 - total_positions / 2)))
     if not complete:
         return dict(result, skipped="no slice position has every time point")
+    result["positions_left_out"] = [k for k in range(total_positions) if k not in complete]
     middle = complete[len(complete) // 2]
     scored_positions = sorted(sorted(complete, key=lambda k: abs(k - middle))[:n_positions])
     positions = [complete.index(k) for k in scored_positions]  # among the complete positions, which the methods see

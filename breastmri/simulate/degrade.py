@@ -202,7 +202,8 @@ def _source_shape(magnitude, layout, differences, mode, noise):
 def _noise_record(noise):
     """What degrade() records of the noise measurement beside sigma_source and sigma_method."""
     return {"sigma_estimates": noise["estimates"], "masked_background": noise["masked_background"],
-            "sigma_disagree": noise["disagree"], "background_channels": noise.get("background_channels", 0)}
+            "sigma_disagree": noise["disagree"], "background_channels": noise.get("background_channels", 0),
+            **({"air_fit_rejected": True} if noise.get("air_fit_rejected") else {})}
 
 
 def add_noise(clean, model, sigma, rng, zero=0.0, spectrum=None):

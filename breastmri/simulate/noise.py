@@ -175,7 +175,8 @@ def wavelet_sigma(stack):
 
 
 def frame_difference_sigma(magnitude, layout, differences=None):
-    """Noise sigma from the first two time points of a series: 1.4826 x the median absolute deviation of their
+    """Noise sigma from two time points of a series (difference_images: the first two, or the last two when the
+    first two hold contrast arriving): 1.4826 x the median absolute deviation of their
     registered, scaled difference over the body (difference_images), at every slice position that has both, or
     nan (fewer than two time points, or too few body pixels). differences: difference_images' result, when the
     caller has it already."""
@@ -195,7 +196,7 @@ AIR_FIT_EXCESS = 3.0
 
 def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
     """{"sigma", "method", "estimates": {method: value}, "masked_background": bool, "disagree": bool,
-    "background_channels": the chi law's channels the air fits (0: none)}.
+    "air_fit_rejected": bool (AIR_FIT_EXCESS), "background_channels": the chi law's channels the air fits (0: none)}.
 
     method: background where the air is real (not masked) and fits a chi law (Rayleigh for one channel, the sum of
     squares of several) at no more than AIR_FIT_EXCESS times the frame differences' estimate; else frame_difference
@@ -210,8 +211,10 @@ def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
     background, channels = estimate_background_sigma(magnitude, with_channels=True)
     estimates = {"background": background, "frame_difference": frame_difference_sigma(magnitude, layout, differences)}
     usable = {name: value for name, value in estimates.items() if np.isfinite(value) and value > floor}
-    if "background" in usable and "frame_difference" in usable \
-            and usable["background"] > AIR_FIT_EXCESS * usable["frame_difference"]:
+    found = list(usable.values())  # every finite estimate, for `disagree`
+    rejected = "background" in usable and "frame_difference" in usable \
+        and usable["background"] > AIR_FIT_EXCESS * usable["frame_difference"]
+    if rejected:
         usable.pop("background")  # the fit took dark tissue for air (see AIR_FIT_EXCESS)
     if "background" in usable and not masked:
         method = "background"
@@ -224,9 +227,10 @@ def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
     # A noise-free (synthetic) image: the field model then has nothing to scale and adds no noise; use
     # degrade.model=gaussian for such data. preprocessing.py reports these series in its summary.
     sigma = usable.get(method, 0.0)
-    values = list(usable.values())
+    values = found + [usable[name] for name in usable if name == "wavelet"]
     disagree = len(values) > 1 and max(values) > (1 + disagreement) * min(values)
     return {"sigma": float(sigma), "method": method, "masked_background": masked, "disagree": bool(disagree),
+            "air_fit_rejected": bool(rejected),
             "estimates": {name: round(float(v), 6) for name, v in estimates.items() if np.isfinite(v)},
             "background_channels": int(channels)}
 
@@ -348,7 +352,7 @@ def _noise_pair(magnitude, index, times, positions=3):
     """The two time points difference_images reads the noise from: the first two when frames_before_contrast, on
     the `positions` middle slice positions that have every time point, puts both before contrast (or cannot tell),
     else the last two."""
-    if len(times) < 3:
+    if len(times) < 4:  # too few frames for frames_before_contrast to choose its pixels from a later half
         return times[0], times[1]
     complete = sorted({k for _, k in index if all((t, k) in index for t in times)})
     if not complete:

@@ -91,7 +91,7 @@ def real_gains(pairs, data_dir):
         run, _, path = pair.partition("=")
         steps = steps_per_epoch(load_run_config(Path(run) / "config.yaml"), data_dir)
         best = json.loads(Path(run, "metrics.json").read_text())["train"]["selection"]["best_epoch"]  # 1-based
-        dynamic = json.loads(Path(path).read_text())["real"]["dynamics"][0]
+        dynamic = next(d for d in json.loads(Path(path).read_text())["real"]["dynamics"] if "skipped" not in d)
         gain, held = (dynamic[k]["summary"]["unet"] for k in ("against_3t", "against_held_back"))
         out.append((best * steps, gain["mean_gain_db"], held["mean_gain_db"], len(gain["frames_worse"])))
     return sorted(out)
