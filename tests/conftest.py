@@ -66,3 +66,12 @@ def identity_run(tmp_path_factory, smoke_cfg):
     get_model(cfg).save(run_dir / "model.keras")
     save_config(cfg, run_dir / "config.yaml")
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def identity(identity_run):
+    """identity_run's model loaded (enhancer.Enhancer): header conformance and the writing do not depend on the
+    weights."""
+    from breastmri.enhance.enhancer import load_enhancer
+
+    return load_enhancer(identity_run)

@@ -26,7 +26,6 @@ from dicom_fixtures import (
 from pydicom.data import get_testdata_file
 
 from breastmri.enhance import pipeline
-from breastmri.enhance.enhancer import load_enhancer
 
 DCIODVFY = shutil.which("dciodvfy")
 
@@ -40,12 +39,6 @@ def dciodvfy():
         pytest.skip("dciodvfy not found on PATH: install the Debian package dicom3tools "
                     "(`apt-get install dicom3tools`) to validate enhance.py's DICOM output")
     return DCIODVFY
-
-
-@pytest.fixture(scope="module")
-def identity(identity_run):
-    """The untrained smoke-size U-Net (the identity): header conformance does not depend on the weights."""
-    return load_enhancer(identity_run)
 
 
 def errors(dciodvfy, path):

@@ -36,7 +36,7 @@ from breastmri.config import load_config, save_config
 from breastmri.data import preprocess
 from breastmri.dicom import index, kinds, pixels, writer
 from breastmri.enhance import pipeline
-from breastmri.enhance.enhancer import Enhancer, load_enhancer, predict_stack
+from breastmri.enhance.enhancer import Enhancer, predict_stack
 from breastmri.restore import predict
 from breastmri.simulate.degrade import degrade, series_rng
 
@@ -48,11 +48,6 @@ BIT_TAGS = ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation")
 
 # --------------------------------------------------------------------------------------------------------------
 # helpers
-
-@pytest.fixture(scope="module")
-def identity(identity_run):
-    return load_enhancer(identity_run)
-
 
 def run(model, input_path, out, **kwargs):
     return pipeline.run(model, input_path, out, progress=False, **kwargs)

@@ -7,20 +7,11 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_fixtures import image_dataset, uid, write_mr_series
+from test_enhance import run
 
 from breastmri import files
 from breastmri.enhance import pipeline
-from breastmri.enhance.enhancer import load_enhancer
 from breastmri.restore.predict import EnhanceError
-
-
-@pytest.fixture(scope="module")
-def identity(identity_run):
-    return load_enhancer(identity_run)
-
-
-def run(model, input_path, out, **kwargs):
-    return pipeline.run(model, input_path, out, progress=False, **kwargs)
 
 
 def series_numbers(out):
