@@ -52,17 +52,34 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+# What a run's model is and what it learned: --resume and --eval-only take them from the run, never from a
+# --config or --set (a resume that rebuilt the network differently could not load its own state, and an
+# evaluation would score the run as something it is not).
+FIXED_BY_THE_RUN = (("model",), ("train", "mode"), ("train", "target"))
+
+
 def resolve_config(args):
-    """Config file (or, when resuming/evaluating without one, the run's own config.yaml) + overrides."""
+    """Config file (or, when resuming/evaluating without one, the run's own config.yaml) + overrides; ConfigError
+    when a resumed or evaluated run would get other FIXED_BY_THE_RUN settings than it was trained with."""
     overrides = list(args.set)
     if args.epochs is not None:
         overrides.append({"train": {"epochs": args.epochs}})
-    path = args.config
-    if path is None and (args.resume or args.eval_only) and args.run_dir:
-        saved = Path(args.run_dir) / "config.yaml"
-        if saved.is_file():  # as the run was trained, keys added since included (config.ADDED_LATER)
-            return load_config(overrides=[load_run_config(saved), *overrides])
-    return load_config(path, overrides)
+    saved = Path(args.run_dir) / "config.yaml" if (args.resume or args.eval_only) and args.run_dir else None
+    if saved is None or not saved.is_file():
+        return load_config(args.config, overrides)
+    run_cfg = load_run_config(saved)  # as the run was trained, keys added since included (config.ADDED_LATER)
+    cfg = load_config(overrides=[run_cfg, *overrides]) if args.config is None else load_config(args.config,
+                                                                                               overrides)
+    trained = load_config(overrides=[run_cfg])
+    for keys in FIXED_BY_THE_RUN:
+        now, then = cfg, trained
+        for key in keys:
+            now, then = now[key], then[key]
+        if now != then:
+            raise ConfigError(f"{'.'.join(keys)} differs from the run's {saved} ({then!r}, here {now!r}): "
+                              f"--resume and --eval-only use the run's own; drop the --config or --set that "
+                              f"changes it, or train a new run")
+    return cfg
 
 
 def main(argv=None):

@@ -117,6 +117,28 @@ def test_resume_continues_from_saved_epoch(smoke_run, smoke_data, tmp_path):
     assert json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"] == 2
 
 
+def test_a_resume_records_the_kept_epoch_of_the_whole_run_and_keeps_its_settings(smoke_run, smoke_data, tmp_path):
+    """best_epoch names the epoch model.keras holds among every epoch of the run (history.csv), also after a resume
+    that ran none; a resume or an evaluation that would change what the model is refuses before writing."""
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(smoke_run, run_dir)
+    first = json.loads((run_dir / "metrics.json").read_text())["train"]["selection"]["best_epoch"]
+    main.main(["--run-dir", str(run_dir), "--data", str(smoke_data), "--resume", "--epochs", "2"])
+    with open(run_dir / "history.csv") as f:
+        values = [float(r["val_body_psnr"]) for r in csv.DictReader(f)]
+    selection = json.loads((run_dir / "metrics.json").read_text())["train"]["selection"]
+    assert selection["best_epoch"] == 1 + int(np.argmax(values)) and selection["epochs_in_history"] == 2
+    main.main(["--run-dir", str(run_dir), "--data", str(smoke_data), "--resume"])  # nothing left to run
+    again = json.loads((run_dir / "metrics.json").read_text())["train"]["selection"]
+    assert again["best_epoch"] == selection["best_epoch"] and again["best_value"] == selection["best_value"]
+    assert first == 1
+    config = (run_dir / "config.yaml").read_text()
+    for flag in ("--resume", "--eval-only"):
+        with pytest.raises(SystemExit, match="model.filters|model differs"):
+            main.main(["--run-dir", str(run_dir), "--data", str(smoke_data), flag, "--set", "model.filters=16"])
+    assert (run_dir / "config.yaml").read_text() == config
+
+
 def test_an_error_while_writing_leaves_the_old_file_and_no_temporary_one(tmp_path):
     from breastmri.files import atomic_path, write_text_atomic
 

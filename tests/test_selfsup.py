@@ -321,3 +321,22 @@ def test_noise2noise_target_is_registered_onto_its_input(smoke_data, tmp_path):
         else:
             np.testing.assert_array_equal(target[..., 0], noisy[partner])
             assert error > 0.02
+
+
+def test_self_supervised_training_leaves_out_series_too_short_to_project(tmp_path, capsys):
+    """A real tree holds a DCE beside single-frame series (a T2): noise2void with a projection trains on the
+    dynamic and leaves the others out, saying so, where it refused the whole tree."""
+    from test_data_factory import write_processed
+
+    from breastmri.data.manifest import read_manifest, write_manifest
+
+    rows = write_processed(tmp_path)
+    dynamic = rows[0]["series_uid"]  # P1's 5 slices become 5 time points of one position
+    for r in rows:
+        r.update(time_index=r["slice_index"], position_index=0, n_times=5, n_positions=1) if r["series_uid"] == \
+            dynamic else r.update(time_index=0, position_index=r["slice_index"], n_times=1, n_positions=5)
+    write_manifest(tmp_path / "manifest.csv", rows)
+    ds = PairedSlices(tmp_path, "train", mode="noise2void", context=([(0, 0)], 0, "local"), patch_size=16,
+                      batch_size=2)
+    assert {r["series_uid"] for r in ds.rows} == {dynamic} and len(read_manifest(tmp_path, "train")) == 10
+    assert "1 series of fewer than 3 time points left out of train" in capsys.readouterr().out

@@ -146,6 +146,13 @@ class PairedSlices(keras.utils.PyDataset):
                 raise ValueError(f"noise2noise needs slice positions with at least 2 of the first "
                                  f"{self.noise2noise_frames} time points (train.noise2noise_frames); split {split} "
                                  "has none (single-frame series?): use train.mode noise2void")
+        if mode != "supervised" and self.context.projection and (shuffle or patch_size or steps_per_epoch):
+            # training leaves out series too short to project (a T2 beside a DCE); check_data refuses the rest
+            kept = [r for r in rows if _layout_of(r)[2] >= 3] or rows
+            if len(kept) < len(rows):
+                print(f"{mode}: {len({r['series_uid'] for r in rows}) - len({r['series_uid'] for r in kept})} "
+                      f"series of fewer than 3 time points left out of {split} (their projection is the frame)")
+            rows = kept
         self.rows = [rows[i] for i in spread_slices(rows, max_slices, times_per_position)]
         self.batch_size, self.shuffle, self.augment = int(batch_size), bool(shuffle), bool(augment)
         self.patch_size = None if patch_size is None else int(patch_size)

@@ -71,7 +71,7 @@ def check_data(ds, shapes):
         if short:  # a noise2noise stack loses its target: 2 frames would leave the frame alone
             raise ValueError(f"{ds.mode} with a projection (model.context.projection) needs series of 3 or more "
                              f"time points; {len(short)} have fewer, e.g. {short[0]}: with fewer the projection "
-                             "is (nearly) the frame itself, noise included. Set the projection to false")
+                             "is (nearly) the frame itself, noise included. Set model.context.projection to false")
     training = ds.shuffle or ds.augment or ds.patch_size is not None or ds.steps_per_epoch is not None
     if ds.mode == "supervised" and training and not ds.has_clean:
         raise ValueError(f"{ds.data_dir} has no clean images (degrade.model none: the input is the noisy "

@@ -59,12 +59,15 @@ def split_warnings(split, fractions):
     notes = []
     if len(split) < 3:
         notes.append(f"only {len(split)} patient(s): a train/val/test split needs at least 3; "
-                     "main.py can train and validate but cannot report held-out test numbers")
+                     + ("main.py can train and validate but cannot report held-out test numbers" if len(split) == 2
+                        else "main.py cannot train on one (it needs a train and a val patient); use the tree for "
+                        "enhance.py or benchmark.py --parts real, or add patients"))
     for name, fraction in zip(SPLITS, check_split_fractions(fractions)):
         if fraction > 0 and counts[name] == 0:
             consequence = {"train": "nothing to train on", "val": "no checkpoint selection: main.py refuses to "
                            "train", "test": "main.py reports on val and says so"}[name]
-            notes.append(f"no {name} patients ({consequence}); add patients or change preprocess.split")
+            notes.append(f"no {name} patients ({consequence}); add patients, or change preprocess.split or seed (the "
+                         "patients' hash decides their split)")
     return notes
 
 

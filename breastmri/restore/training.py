@@ -145,7 +145,9 @@ def load_splits(cfg, data_dir, shard=None):
         if name not in present:
             raise ValueError(f"{data_dir} has no {name} patients (preprocess.split {cfg['preprocess']['split']}); "
                              "training needs both: a checkpoint selected without validation patients would be "
-                             "selected on the patients it is scored on. Add patients or change preprocess.split.")
+                             "selected on the patients it is scored on. It needs at least 2 patients (this tree has "
+                             f"{len({r['patient_id'] for r in read_manifest(data_dir)})}); add patients, or change "
+                             "preprocess.split or seed and preprocess again (the patients' hash decides their split).")
     mode = training_mode(cfg)
     common = dict(batch_size=t["batch_size"], seed=cfg["seed"], context=context_offsets(cfg), mode=mode,
                   noise2noise_frames=t["noise2noise_frames"], register=t["noise2noise_register"],
@@ -408,8 +410,12 @@ def train(cfg, data_dir, run_dir, resume=False):
             f"training stopped: the loss became {losses[-1]} (not finite) at epoch {len(losses)}. "
             f"Lower train.learning_rate (now {t['learning_rate']}) or check the data for NaN/inf values.")
     images = len(train_ds) * t["batch_size"] * len(losses)
-    monitored = history.history.get(monitor, [])
-    best = (int(np.argmax(monitored) if direction == "max" else np.argmin(monitored))) if monitored else None
+    # the kept epoch among all epochs of the run (a resumed run's earlier ones are in history.csv), 1-based
+    monitored = list(enumerate(history.history.get(monitor, []), start=1))
+    if history_csv.is_file():
+        with open(history_csv) as f:
+            monitored = [(int(r["epoch"]) + 1, float(r[monitor])) for r in csv.DictReader(f) if r.get(monitor)]
+    best = (max if direction == "max" else min)(monitored, key=lambda pair: pair[1], default=None)
     # wall time of fit(), per-epoch validation included; benchmark.py measures training steps alone
     return {"seconds": round(seconds, 1), "epochs_run": len(losses),
             "distribute": {"strategy": STRATEGY_NAME if distributed else "mirrored" if isinstance(
@@ -422,6 +428,7 @@ def train(cfg, data_dir, run_dir, resume=False):
             "selection": {"monitor": monitor, "mode": direction, "split": "val", "what": monitored_what,
                           "reference": reference, "init_from": t["init_from"],
                           "start": None if initial is None else {k: round(v, 6) for k, v in initial.items()},
-                          # among the epochs this call ran (a resumed run's earlier epochs are in history.csv)
-                          "best_epoch": None if best is None else best + 1,
-                          "best_value": None if best is None else round(monitored[best], 6)}}
+                          # among every epoch of the run, those of earlier calls of a resumed run too
+                          "epochs_in_history": len(monitored),
+                          "best_epoch": None if best is None else best[0],
+                          "best_value": None if best is None else round(best[1], 6)}}
