@@ -392,7 +392,8 @@ def format_table(summary, confidence=0.95, split="Test", reference="clean 3T"):
     if "patient_ci" in summary:
         ci = summary["patient_ci"]
         n = ci["model"]["psnr"]["n"]
-        lines += ["", f"Patient level: mean [{confidence:.0%} CI] over {n} patient means (Student t).", "",
+        alone = " (one patient: an interval needs two, so it reads nan)" if n == 1 else ""
+        lines += ["", f"Patient level: mean [{confidence:.0%} CI] over {n} patient means (Student t){alone}.", "",
                   f"| Image vs. {reference} | Region | PSNR (dB) | SSIM |", "|---|---|---|---|"]
         labels = dict(labels, gain="Gain (model - noisy)")
         for region, block in (("whole image", ci), ("body mask", ci["masked"])):

@@ -248,3 +248,9 @@ def test_format_table_rows():
     for label in ("Model output", "Noisy input"):
         for region in ("whole image", "body mask"):
             assert any(label in line and region in line for line in lines)
+
+
+def test_a_patient_table_of_one_patient_says_why_its_intervals_are_nan():
+    one = [r for r in make_rows() if r["patient_id"] == "P1"]
+    assert "one patient: an interval needs two" in format_table(summarize(one))
+    assert "one patient" not in format_table(summarize(make_rows()))

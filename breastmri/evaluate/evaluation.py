@@ -212,8 +212,10 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
         summary["patients"] = (patients or split_record(data_dir))["patients"]
     else:
         summary["reference"] = None
+        for stale in ("metrics_per_slice.csv", "reconstructions.png"):  # an earlier evaluation's, of other data
+            (run_dir / stale).unlink(missing_ok=True)
         print(f"no reference to score against: {data_dir} has neither clean images (degrade.model none) nor a "
-              "noise-free truth (demo data only). The model is trained; apply it with enhance.py.")
+              "noise-free truth (demo data only); apply the model with enhance.py.")
     summary.update(extra or {})
     write_text_atomic(run_dir / "metrics.json", json.dumps(json_safe(summary), indent=2))
     if (run_dir / "history.csv").exists():
