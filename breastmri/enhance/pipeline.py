@@ -222,18 +222,16 @@ def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def numbers_in_output(out_dir, parts, enhancer, overwrite=False):
-    """{study uid: SeriesNumbers of the enhanced series already in out_dir for that study} (read from one file of
-    each; parts: (source series, the series it is enhanced in)): an earlier run's outputs keep their numbers, and a
-    series of this run never takes one of them. With overwrite, the folders this run rewrites are left out."""
-    ours = {series_folder(out_dir, part, derived_series_uid(part, enhancer, seen))
-            for part, seen in parts} if overwrite else set()
+def numbers_in_output(studies, rewritten):
+    """{study uid: SeriesNumbers of the enhanced series already in its study folder} (studies: {study uid: folder};
+    read from one file of each): an earlier run's outputs keep their numbers, and a series of this run never takes
+    one of them. The `rewritten` series folders (this run writes them) are left out."""
     numbers = {}
-    for study_uid, study in {part.study_uid: series_folder(out_dir, part, "x").parent for part, _ in parts}.items():
+    for study_uid, study in studies.items():
         for marker in study.glob(f"*/{MARKER}") if study.is_dir() else ():
             folder = marker.parent
             first = next(iter(sorted(folder.glob("*.dcm"))), None)
-            if folder in ours or first is None:
+            if folder in rewritten or first is None:
                 continue
             try:
                 number = pixels.open_dataset(first, stop_before_pixels=True).get("SeriesNumber")
@@ -383,11 +381,14 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
           f"model {enhancer.name} ({enhancer.model_path}, config {enhancer.config_hash})")
     inference_before = sum(enhancer.timings)
     bar = tqdm(total=n_slices, unit="slice", desc="enhance", disable=not progress or not n_slices)
-    parts = [(part, s) for s in series_list for part, _ in source_parts(s)]
-    pending = {part.id for part, seen in parts if overwrite or not (series_folder(
-        out_dir, part, derived_series_uid(part, enhancer, seen)) / MARKER).is_file()}
-    series_numbers = output_series_numbers([part for part, _ in parts],
-                                           numbers_in_output(out_dir, parts, enhancer, overwrite), pending)
+    # each source series' output folder; those this run writes (new, or --overwrite) are numbered
+    parts = [(part, series_folder(out_dir, part, derived_series_uid(part, enhancer, s)))
+             for s in series_list for part, _ in source_parts(s)]
+    written = {part.id: folder for part, folder in parts if overwrite or not (folder / MARKER).is_file()}
+    series_numbers = output_series_numbers(
+        [part for part, _ in parts],
+        numbers_in_output({part.study_uid: folder.parent for part, folder in parts}, set(written.values())),
+        set(written))
     for s in series_list:
         results.extend(enhance_series(s, enhancer, out_dir, batch_size, tile, force_tiling, max_pixels,
                                       overwrite, preview, series_numbers))

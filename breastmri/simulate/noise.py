@@ -211,7 +211,6 @@ def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
     background, channels = estimate_background_sigma(magnitude, with_channels=True)
     estimates = {"background": background, "frame_difference": frame_difference_sigma(magnitude, layout, differences)}
     usable = {name: value for name, value in estimates.items() if np.isfinite(value) and value > floor}
-    found = list(usable.values())  # every finite estimate, for `disagree`
     rejected = "background" in usable and "frame_difference" in usable \
         and usable["background"] > AIR_FIT_EXCESS * usable["frame_difference"]
     if rejected:
@@ -227,7 +226,7 @@ def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
     # A noise-free (synthetic) image: the field model then has nothing to scale and adds no noise; use
     # degrade.model=gaussian for such data. preprocessing.py reports these series in its summary.
     sigma = usable.get(method, 0.0)
-    values = found + [usable[name] for name in usable if name == "wavelet"]
+    values = [v for v in estimates.values() if np.isfinite(v) and v > floor]  # a rejected air fit among them
     disagree = len(values) > 1 and max(values) > (1 + disagreement) * min(values)
     return {"sigma": float(sigma), "method": method, "masked_background": masked, "disagree": bool(disagree),
             "air_fit_rejected": bool(rejected),
