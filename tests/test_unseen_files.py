@@ -228,3 +228,116 @@ def test_a_backslash_in_a_description_is_read_as_written(tmp_path):
     write_mr_series(tmp_path / "s", "P1", n_slices=2, rows=8, cols=8, description="T1\\fs dyn")
     (series,), _, _ = index(tmp_path)
     assert series.series_description == "T1\\fs dyn"
+
+
+def _philips_dynamic(root):
+    """A Philips-style dynamic of 3 time points x 2 positions whose images are each scaled to fill 12 bits and
+    say by how much in the private Scale Slope (2005,xx0E), RescaleSlope 1: the stored values' scale changes
+    from time point to time point, the signal's (the original stack) does not beyond 20% per time point."""
+    _, stack = write_mr_series(root, "PP", n_slices=2, rows=16, cols=16, time_points=3)
+    signal = {}
+    for path in sorted(root.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.Manufacturer = "Philips Medical Systems"
+        original = ds.pixel_array.astype(np.float64)
+        scale = 4095.0 / original.max()
+        ds.BitsStored, ds.HighBit = 12, 11
+        ds.PixelData = np.rint(original * scale).astype("<u2").tobytes()
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True).add_new(0x0E, "FL", scale)
+        ds.save_as(path, enforce_file_format=True)
+        signal[ds.SOPInstanceUID] = original
+    return signal
+
+
+def test_philips_private_scale_slope_gives_the_measured_signal(identity_run, tmp_path):
+    """Read as display values, the tissue of the Philips dynamic is alike at every time point (each image fills
+    12 bits); read as the measured signal (dcm2niix's precise values) it keeps the original's time course. The
+    enhanced series goes back to the source's stored values (its own rescale, the identity model)."""
+    signal = _philips_dynamic(tmp_path / "in")
+    (series,), _, _ = index(tmp_path / "in")
+    values = read_series(series)
+    expected = np.stack([signal[u] for u in series.sop_instance_uids])
+    assert np.allclose(values, expected, rtol=2e-3, atol=1.0)
+    summary = pipeline.run(load_enhancer(identity_run), tmp_path / "in", tmp_path / "out", progress=False)
+    assert summary["series_done"] == 1, summary["series"]
+    sources = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p).pixel_array for p in (tmp_path / "in").glob("*")}
+    for path in (tmp_path / "out").rglob("*.dcm"):
+        out = pydicom.dcmread(path)
+        source = sources[out.SourceImageSequence[0].ReferencedSOPInstanceUID]
+        assert np.abs(out.pixel_array.astype(int) - source.astype(int)).max() <= 8
+
+
+def _misstated(ds, case):
+    """Edit one image of a 16-bit series so that its header misstates its pixel data (`case`)."""
+    pixels = ds.pixel_array.astype(np.uint16)
+    if case == "values in the top 12 bits":
+        ds.BitsStored, ds.HighBit = 12, 15
+        ds.PixelData = ((pixels >> 4) << 4).astype("<u2").tobytes()
+    elif case == "values above 12 bits":
+        ds.BitsStored, ds.HighBit = 12, 11
+        ds.PixelData = (pixels | 0x1000).astype("<u2").tobytes()  # every value reaches bit 12
+    elif case == "16-bit data labelled 8-bit":
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    elif case == "rescale slope 0":
+        ds.RescaleSlope, ds.RescaleIntercept = 0, 0
+    return ds
+
+
+MISSTATED = {"values in the top 12 bits": "HighBit is not BitsStored - 1",
+             "values above 12 bits": "stored values above BitsStored",
+             "16-bit data labelled 8-bit": "pixel data longer than the header describes",
+             "rescale slope 0": "invalid rescale"}
+
+
+@pytest.mark.parametrize("case", list(MISSTATED))
+def test_pixel_data_its_header_misstates_is_skipped_before_anything_is_made_of_it(identity_run, tmp_path, case):
+    """Decoders mask bits above BitsStored, ignore HighBit and read as many bytes as the header says: each case
+    read an image that is not the stored one (or, with slope 0, a blank one) and trained on it or enhanced it
+    without a word. Preprocessing and enhance.py skip the series with the same counted reason, the other series
+    of the tree go on."""
+    write_mr_series(tmp_path / "tree" / "ok", "P1", n_slices=2, rows=16, cols=16)
+    write_mr_series(tmp_path / "tree" / "bad", "P2", n_slices=2, rows=16, cols=16)
+    for path in (tmp_path / "tree" / "bad").glob("*.dcm"):
+        _misstated(pydicom.dcmread(path), case).save_as(path, enforce_file_format=True)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+    summary = preprocess.run(tmp_path / "tree", tmp_path / "pairs", cfg, progress=False)
+    assert summary["series_processed"] == 1
+    reasons = {**summary["series_skipped"], **summary.get("files_skipped", {})}
+    assert MISSTATED[case] in reasons, summary
+    out = pipeline.run(load_enhancer(identity_run), tmp_path / "tree", tmp_path / "out", progress=False)
+    assert out["series_done"] == 1, [s for s in out["series"]]
+    assert MISSTATED[case] in str(out), out
+
+
+@pytest.mark.parametrize("lossy", [False, True], ids=["reversible wavelet", "irreversible wavelet"])
+def test_a_lossy_jpeg_2000_source_is_named_so_in_the_summary_and_the_output(identity_run, tmp_path, lossy):
+    """JPEG 2000 (1.2.840.10008.1.2.4.91) may be lossless or lossy; only its codestream says which. A source
+    encoded with the irreversible wavelet was written back uncompressed without LossyImageCompression, and
+    preprocessing used it as a clean target without a word: its outputs now keep the mark (PS3.3 C.7.6.1.1.5) and
+    its series carries a counted note. The reversible wavelet gets neither."""
+    from pydicom.uid import JPEG2000, JPEG2000Lossless
+
+    write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=32, cols=32)
+    for path in (tmp_path / "in").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.BitsStored, ds.HighBit = 12, 11
+        ds.PixelData = np.minimum(ds.pixel_array, 4095).astype("<u2").tobytes()
+        if lossy:
+            ds.compress(JPEG2000, j2k_cr=[20])
+        else:  # the reversible codestream under the syntax that allows either (what a PACS may write)
+            ds.compress(JPEG2000Lossless)
+            ds.file_meta.TransferSyntaxUID = JPEG2000
+        ds.save_as(path, enforce_file_format=True)
+    note = "lossy compressed source (ISO_15444_1)"
+    (series,), _, _ = index(tmp_path / "in")
+    assert (note in series.notes) == lossy
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+    summary = preprocess.run(tmp_path / "in", tmp_path / "pairs", cfg, progress=False)
+    assert summary["series_notes"].get(note, 0) == lossy
+    out = pipeline.run(load_enhancer(identity_run), tmp_path / "in", tmp_path / "out", progress=False)
+    assert out["series_done"] == 1, [s for s in out["series"]]
+    for path in (tmp_path / "out").rglob("*.dcm"):
+        written = pydicom.dcmread(path)
+        assert (written.get("LossyImageCompression") == "01") == lossy
+        assert (written.get("LossyImageCompressionMethod") == "ISO_15444_1") == lossy

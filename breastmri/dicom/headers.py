@@ -8,6 +8,7 @@ frame or shared in functional groups. Missing or malformed values become None, n
 
 import math
 import re
+import struct
 from datetime import datetime
 from pathlib import Path
 
@@ -49,6 +50,36 @@ def _b_value(ds):
     if value is None or not math.isfinite(value) or value < 0:
         return None
     return round(value % 1e9, 1)  # GE's offset of 10^9 off
+
+
+# Philips scales each image to fill its integer range and says by how much in a private Scale Slope ((2005,xx0E) of
+# "Philips MR Imaging DD 001", FL): the display values (RescaleSlope and RescaleIntercept) then differ from the
+# measured signal by a factor that may change from image to image, e.g. between the dynamics of a DCE, whose time
+# courses would be false. The measured ("precise") value is DV / (RescaleSlope x ScaleSlope) (Chenevert et al.,
+# Transl Oncol 2014;7:65-71; dcm2niix's default): stored values map to it with slope 1 / ScaleSlope and intercept
+# RescaleIntercept / (RescaleSlope x ScaleSlope). Philips' enhanced objects keep it per frame in their private
+# sequence (2005,xx0F of "Philips MR Imaging DD 005"), read there too.
+_PHILIPS_SCALE_SLOPE = (0x2005, "Philips MR Imaging DD 001", 0x0E)
+_PHILIPS_FRAME_PRIVATE = (0x2005, "Philips MR Imaging DD 005", 0x0F)
+
+
+def _philips_scale(item):
+    """The Philips Scale Slope of a dataset or functional group item (a positive finite number), or None."""
+    if item is None:
+        return None
+    raw = _private_value(item, *_PHILIPS_SCALE_SLOPE)
+    if isinstance(raw, bytes):  # UN (re-encoded without the private dictionary): one little endian float
+        raw = struct.unpack("<f", raw[:4])[0] if len(raw) >= 4 else None
+    value = _number(text_value(raw).split("\\")[0].strip()) if raw is not None else None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
+def _precise(scale, slope, intercept):
+    """(slope, intercept) from stored values to the measured signal: the rescale itself without a Philips Scale
+    Slope (or with a rescale slope of 0, which read_series refuses), else the precise value's (above)."""
+    if scale is None or not slope:
+        return slope, intercept
+    return 1.0 / scale, intercept / (slope * scale)
 
 
 def _private_text(ds, group, creator, offset):
@@ -187,6 +218,8 @@ def _header_record(path, ds):
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     instance = _number(ds.get("InstanceNumber"), 0.0)
     slope0, intercept0 = _number(ds.get("RescaleSlope"), 1.0), _number(ds.get("RescaleIntercept"), 0.0)
+    philips = "PHILIPS" in text_value(ds.get("Manufacturer")).upper()
+    scale0 = _philips_scale(ds) if philips else None
     asl = _asl_context(ds.get("ASLContext"), _private_text(ds, *_PHILIPS_LABEL_TYPE))  # the file's
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
         # Enhanced / legacy converted MR: geometry, rescale and timing per frame, or shared by all frames.
@@ -201,6 +234,10 @@ def _header_record(path, ds):
 
             slope = _number(lookup("PixelValueTransformationSequence", "RescaleSlope"), slope0)
             intercept = _number(lookup("PixelValueTransformationSequence", "RescaleIntercept"), intercept0)
+            if philips:
+                private = _private_value(own, *_PHILIPS_FRAME_PRIVATE) if own is not None else None
+                scale = _philips_scale(private[0] if isinstance(private, pydicom.Sequence) and private else None)
+                slope, intercept = _precise(scale or scale0, slope, intercept)
             record["frames"].append({
                 "frame": i,
                 "temporal": _number(lookup("FrameContentSequence", "TemporalPositionIndex")),
@@ -216,6 +253,7 @@ def _header_record(path, ds):
                              ds.get("SliceLocation"))
         orientation = _orientation(ds.get("ImageOrientationPatient"))
         b_value = _b_value(ds)
+        precise = _precise(scale0, slope0, intercept0)
         for i in range(n_frames):
             record["frames"].append({
                 "frame": i if n_frames > 1 else None,
@@ -223,5 +261,5 @@ def _header_record(path, ds):
                 "position": position, "time": acquired, "b_value": b_value, "asl": asl,
                 "acquisition": _number(ds.get("AcquisitionNumber"), 0.0), "trigger": record["times"]["trigger_ms"],
                 "instance": instance,
-                "slope": slope0, "intercept": intercept0, "orientation": orientation})
+                "slope": precise[0], "intercept": precise[1], "orientation": orientation})
     return record

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from breastmri.config import ConfigError
 from breastmri.dicom.headers import _header_record
 from breastmri.dicom.kinds import _kind_reason, check_include_kinds
-from breastmri.dicom.pixels import TRUTH_FILE
+from breastmri.dicom.pixels import TRUTH_FILE, lossy_method
 
 # MR image storage SOP classes we turn into slices (PS3.4 Annex B). Enhanced MR Color, MR Spectroscopy and
 # Raw Data are MR too but carry no grayscale image and are skipped with their SOP class as the reason.
@@ -60,6 +60,10 @@ _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}  # Pixel / 
 # stored integers through the source's rescale and could not give such a file back, so it is skipped everywhere.
 _FLOAT_PIXEL_TAGS = {(0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 FLOAT_PIXELS_REASON = "float pixel data"
+# Pixel data whose layout the header misstates: values above HighBit, or more bytes than Rows x Columns x frames x
+# BitsAllocated describe (a 16-bit image labelled 8-bit decodes as interleaved halves).
+BIT_LAYOUT_REASON = "HighBit is not BitsStored - 1"
+LENGTH_REASON = "pixel data longer than the header describes"
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV"}
 
 # A series whose images lie in different planes (a three-plane localizer / survey in one series) cannot be one
@@ -191,7 +195,9 @@ def scan_file(path, include_kinds=()):
             reason = _pixel_status(fp, ds, size)
             if reason:
                 return reason
-            return _header_record(path, ds)
+            record = _header_record(path, ds)
+            record["lossy"] = lossy_method(path)  # reads on only where the transfer syntax may be lossy
+            return record
     except InvalidDicomError:
         return "not DICOM"
     except Exception:  # noqa: BLE001 - any parser failure of one file is a counted skip, never a crash
@@ -216,6 +222,12 @@ def _skip_reason(ds):
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip()
     if photometric != "MONOCHROME2":
         return f"photometric {photometric}"  # MONOCHROME1 (inverted) or palette: not seen in MR, not handled
+    # Decoders read the low BitsStored bits and ignore HighBit: values stored higher up (HighBit 15 of 12 bits)
+    # would be read wrong, every one of them.
+    stored, high = ds.get("BitsStored"), ds.get("HighBit")
+    if stored is not None and high is not None and (int(high) != int(stored) - 1
+                                                    or int(stored) > int(ds.BitsAllocated)):
+        return BIT_LAYOUT_REASON
     return None
 
 
@@ -274,6 +286,8 @@ def _pixel_status(fp, ds, file_size):
     expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.BitsAllocated) // 8
     if available < length or length < expected:
         return "truncated"
+    if length > expected + expected % 2:  # more data than the header describes: its matrix or bits are wrong
+        return LENGTH_REASON
     return None
 
 
@@ -304,6 +318,8 @@ def group_series(records, root, skips, include_kinds=()):
                 notes.append("patient_id from study/folder")
         if not record["sop_uid"]:
             record["sop_uid"] = "file:" + os.path.relpath(record["path"], root)
+        if record.get("lossy"):  # its values are not the scanner's: preprocessing's summary counts the note
+            notes.append(f"lossy compressed source ({record['lossy']})")
         record["notes"] = notes
         groups[record["series_uid"]].append(record)
 

@@ -38,6 +38,10 @@ def open_dataset(path, stop_before_pixels=False):
     return ds
 
 
+INVALID_RESCALE = "invalid rescale"  # the writer's reason too
+VALUES_ABOVE_BITS_STORED = "stored values above BitsStored"
+
+
 class SeriesReadError(Exception):
     """A series whose pixels cannot be read as one stack; `reason` is the short counted skip reason."""
 
@@ -66,7 +70,9 @@ def read_series(series):
     for path, items in slots.items():
         with warnings.catch_warnings():  # decoders warn too
             warnings.simplefilter("ignore")
-            pixels = open_dataset(path).pixel_array
+            dataset = open_dataset(path)
+            pixels = dataset.pixel_array
+        _check_unused_bits(dataset)
         if pixels.ndim == 2:
             pixels = pixels[None]
         if pixels.ndim != 3 or pixels.shape[1:] != (series.rows, series.cols):
@@ -76,12 +82,68 @@ def read_series(series):
             out[k] = pixels[frame or 0]
     slopes = np.asarray(series.slopes, dtype=np.float32)
     intercepts = np.asarray(series.intercepts, dtype=np.float32)
+    if np.any(slopes == 0):  # every value would read 0; enhance.py could not write it back either
+        raise SeriesReadError(INVALID_RESCALE, "RescaleSlope 0")
     if len(slopes) == len(out) and (np.any(slopes != 1) or np.any(intercepts != 0)):
         out *= slopes[:, None, None]
         out += intercepts[:, None, None]
     if not np.all(np.isfinite(out)):  # e.g. RescaleSlope "NaN", which pydicom parses
         raise SeriesReadError("pixel read failed", "non-finite values after rescale")
     return out
+
+
+# LossyImageCompressionMethod (PS3.3 C.7.6.1.1.5) of the transfer syntaxes that always lose information (JPEG's
+# DCT processes), and of those that may or may not, which only their codestream tells: JPEG 2000 (and High
+# Throughput JPEG 2000) by the wavelet of its COD marker segment (0: the irreversible 9/7), JPEG-LS by the NEAR
+# parameter of its start of scan (above 0: near-lossless, i.e. lossy).
+LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1"}
+MAYBE_LOSSY = {"1.2.840.10008.1.2.4.91": "ISO_15444_1", "1.2.840.10008.1.2.4.203": "ISO_15444_15",
+               "1.2.840.10008.1.2.4.81": "ISO_14495_1"}
+_CODESTREAM_HEAD = 4096  # bytes of the first fragment read: the main header of either codestream is shorter
+
+
+def lossy_method(path):
+    """The LossyImageCompressionMethod of the file's pixel data ("ISO_10918_1", "ISO_15444_1", ...) when its
+    encoding lost information (LOSSY_SYNTAXES, MAYBE_LOSSY), else None; None too when the codestream cannot be
+    read (the pixel read then says why). Reads the header and the start of the first fragment only."""
+    with open(path, "rb") as fp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+        syntax = str((getattr(ds, "file_meta", None) or {}).get("TransferSyntaxUID", ""))
+        if syntax in LOSSY_SYNTAXES or syntax not in MAYBE_LOSSY:
+            return LOSSY_SYNTAXES.get(syntax)
+        head = fp.read(20)  # Pixel Data: tag, OB, 0000, undefined length; then the Basic Offset Table item
+        if len(head) < 20 or head[8:12] != b"\xff\xff\xff\xff" or head[12:16] != b"\xfe\xff\x00\xe0":
+            return None
+        fp.seek(int.from_bytes(head[16:20], "little"), 1)
+        item = fp.read(8)
+        if len(item) < 8 or item[:4] != b"\xfe\xff\x00\xe0":
+            return None
+        stream = fp.read(min(int.from_bytes(item[4:8], "little"), _CODESTREAM_HEAD))
+    if syntax == "1.2.840.10008.1.2.4.81":
+        at = stream.find(b"\xff\xda")  # start of scan: length (2), components Ns (1), 2 Ns bytes, then NEAR
+        near = at + 5 + 2 * stream[at + 4] if 0 <= at and at + 4 < len(stream) else len(stream)
+        lossy = near < len(stream) and stream[near] > 0
+    else:
+        at = stream.find(b"\xff\x52")  # COD: length (2), Scod, order, layers (2), MCT, levels, block w, h, style,
+        lossy = 0 <= at and at + 13 < len(stream) and stream[at + 13] == 0  # then the wavelet
+    return MAYBE_LOSSY[syntax] if lossy else None
+
+
+def _check_unused_bits(dataset):
+    """Raise SeriesReadError when uncompressed, unsigned stored values reach above BitsStored and no overlay is
+    embedded there: decoders mask those bits off (right for an old overlay plane, wrong for a mislabelled
+    export, whose image they would silently change)."""
+    allocated, stored = int(dataset.BitsAllocated), int(dataset.get("BitsStored", dataset.BitsAllocated))
+    if stored >= allocated or allocated not in (8, 16) or int(dataset.get("PixelRepresentation", 0)) \
+            or dataset.file_meta.TransferSyntaxUID.is_compressed or "PixelData" not in dataset:
+        return
+    if any(element.tag.element == 0x0102 and 0x6000 <= element.tag.group <= 0x601E for element in dataset):
+        return  # an overlay embedded in the unused bits (retired; old GE exports still write it)
+    endian = "<" if dataset.file_meta.TransferSyntaxUID.is_little_endian else ">"
+    raw = np.frombuffer(dataset.PixelData, dtype=f"{endian}u{allocated // 8}")
+    if np.any(raw >> stored):
+        raise SeriesReadError(VALUES_ABOVE_BITS_STORED, f"values above {stored} bits")
 
 
 def read_truth(series):

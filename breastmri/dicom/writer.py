@@ -29,6 +29,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from breastmri.dicom import pixels
+from breastmri.dicom.pixels import lossy_method
 from breastmri.dicom.headers import text_value
 from breastmri.dicom.kinds import (
     ENHANCE_DERIVATION_PREFIX,
@@ -67,10 +68,6 @@ PULSE_SEQUENCE_TAGS = (
 # Enhanced General Equipment module (PS3.3 C.7.5.2): Type 1 in enhanced MR objects, often empty in converted or
 # anonymized ones. Filled (only where missing or empty) with "UNKNOWN", since we cannot know the scanner's.
 ENHANCED_EQUIPMENT_TAGS = ("Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions")
-# Transfer syntaxes whose encoding always loses information (JPEG DCT processes, PS3.5 A.4.1): an output decoded
-# from one keeps the mark (PS3.3 C.7.6.1.1.5: once lossy compressed, LossyImageCompression "01" for good). The
-# syntaxes that may be lossy or lossless (JPEG-LS near-lossless, JPEG 2000) do not say which from the syntax alone.
-LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1"}
 # Values derived from the pixels of the input; they would be wrong for the output, and readers need none of them.
 STALE_TAGS = ("SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries",
               "LargestPixelValueInSeries", "IconImageSequence", "InstanceCreatorUID", "ExtendedOffsetTable",
@@ -319,7 +316,7 @@ def _mark_own_output(ds, enhancer):
 
 
 def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number=None,
-                    source_key="", study_uid=None, label=None):
+                    source_key="", study_uid=None, label=None, lossy_method=None):
     """The output object for one input file.
 
     header: the input's dataset without pixel data (dcmread stop_before_pixels). pixels: stored values, (rows,
@@ -328,7 +325,9 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
     source_key: what names the input file when it has no SOPInstanceUID, in its dataset or its file meta (the
     index's fallback), so that every output file gets its own UID. study_uid: the StudyInstanceUID written when
     the input has none (Type 1). label: the volume of a split series (a b-value, ASL control or label), for the
-    description (index.Series.volume). Returns a Dataset with file_meta, ready for save_as(enforce_file_format=True).
+    description (index.Series.volume). lossy_method: how the input's pixel data lost information
+    (pixels.lossy_method), if it did: an output decoded from it keeps the mark (PS3.3 C.7.6.1.1.5: once lossy
+    compressed, LossyImageCompression "01" for good). Returns a Dataset with file_meta, ready for save_as(enforce_file_format=True).
     """
     big_endian = header.original_encoding[1] is False
     ds = _portable_copy(header, swap=big_endian)
@@ -344,7 +343,6 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
         ds.StudyInstanceUID = study_uid
     # Classic MR only (General Image module, Type 3): in Enhanced MR the attribute is Type 1 with a ratio this
     # header cannot give, and a valid enhanced source already carries all three, copied as they are.
-    lossy_method = LOSSY_SYNTAXES.get(str(meta.get("TransferSyntaxUID", "")))
     if lossy_method and not enhanced and str(ds.get("LossyImageCompression", "")) != "01":
         ds.LossyImageCompression = "01"
         if not ds.get("LossyImageCompressionMethod"):
@@ -500,6 +498,7 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
         files.setdefault(path, []).append((k, frame))
     for number, (path, items) in enumerate(files.items(), start=1):
         header = _read_header(path)
+        source_lossy = lossy_method(path)
         bits_allocated, bits_stored, signed = _pixel_layout(header)
         index = [k for k, _ in items]
         stored = to_stored(modality[index], [series.slopes[k] for k in index],
@@ -520,7 +519,7 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
             ds = derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number,
                                  source_key=series.sop_instance_uids[index[0]],
                                  study_uid=series.study_uid or derived_uid("study", series.patient_id),
-                                 label=series.volume)
+                                 label=series.volume, lossy_method=source_lossy)
             ds.save_as(folder / f"{number:04d}.dcm", enforce_file_format=True)
         except (ValueError, OverflowError) as error:  # a source header value no VR of its own can hold
             raise SeriesError("write failed", f"{path}: {type(error).__name__}: {error}") from None
