@@ -265,3 +265,26 @@ def test_noise_is_read_from_two_frames_without_contrast_arriving(pre_contrast):
     stack = frames.reshape(times, positions, 64, 64)
     assert frames_before_contrast(stack) == pre_contrast
     assert frame_difference_sigma(frames, layout) == pytest.approx(sigma, rel=0.1)
+
+
+@pytest.mark.parametrize("shared", [0.0, 0.5])
+def test_noise_is_read_from_frames_that_do_not_share_it(shared):
+    """View sharing (TWIST, DISCO) gives neighbouring frames a share of the same noise: frame t's noise here is
+    sqrt(1 - shared) w(t) + sqrt(shared) w(t - 1), so frames one apart share `shared` of it and frames two apart
+    nothing. Frames 0 and 1 then differ by sqrt(1 - shared) of the noise (0.71 of it at 0.5, what ProstateX's TWIST
+    reads); frames 0 and 2 by all of it. Independent frames keep the first two."""
+    from breastmri.simulate.noise import _noise_pair, frame_difference_sigma
+
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[:64, :64]
+    body = np.hypot(y - 32, x - 32) < 28  # no air to fit outside: masked to 0
+    times, positions, sigma = 10, 3, 2.0
+    white = rng.standard_normal((times + 1, positions, 64, 64))
+    noise = math.sqrt(1 - shared) * white[1:] + math.sqrt(shared) * white[:-1]
+    signal = (100.0 + 20.0 * np.sin(x / 5.0) * np.cos(y / 7.0)) * body
+    frames = (signal + sigma * noise) * body  # (T, P, H, W): no contrast, repeated anatomy
+    layout = [(t, k) for t in range(times) for k in range(positions)]
+    flat = frames.reshape(-1, 64, 64).astype(np.float32)
+    index = {tk: i for i, tk in enumerate(layout)}
+    assert _noise_pair(flat, index, list(range(times))) == ((0, 1) if shared == 0 else (0, 2))
+    assert frame_difference_sigma(flat, layout) == pytest.approx(sigma, rel=0.08)

@@ -5,9 +5,10 @@
 Three estimates, each in the units of the series:
 - background: the Rayleigh fit of the air (estimate_background_sigma), the classic estimate when there is air;
 - frame_difference: the robust spread of the difference of two time points at each slice position (the first
-  two, both before contrast; else the last two), inside the body, divided by sqrt(2) (both frames carry
-  independent noise of the same level). Dynamic series repeat their anatomy before contrast arrives, so this
-  needs no air at all;
+  two, both before contrast, or the first and the closest after it that shares none of its noise where the
+  dynamic shares noise between neighbouring frames (view sharing); else the last two), inside the body, divided
+  by sqrt(2) (both frames carry independent noise of the same level). Dynamic series repeat their anatomy before
+  contrast arrives, so this needs no air at all;
 - wavelet: the finest wavelet detail coefficients (Donoho & Johnstone), biased high by textured tissue.
 
 A background masked to 0 (Philips, anonymised or processed archives) leaves no air to fit: the few dark pixels
@@ -175,8 +176,8 @@ def wavelet_sigma(stack):
 
 
 def frame_difference_sigma(magnitude, layout, differences=None):
-    """Noise sigma from two time points of a series (difference_images: the first two, or the last two when the
-    first two hold contrast arriving): 1.4826 x the median absolute deviation of their
+    """Noise sigma from two time points of a series (difference_images: two before contrast that share no noise,
+    or the last two when the first two hold contrast arriving): 1.4826 x the median absolute deviation of their
     registered, scaled difference over the body (difference_images), at every slice position that has both, or
     nan (fewer than two time points, or too few body pixels). differences: difference_images' result, when the
     caller has it already."""
@@ -302,19 +303,13 @@ def frames_before_contrast(frames, region=None):
 
 def difference_images(magnitude, layout, body_fraction=0.1):
     """(noise images (m, H, W), body masks (m, H, W)) from two time points at each slice position that has both,
-    or None (fewer than two time points, or no body): the first two when both come before contrast
-    (_noise_pair), else the last two (a breast DCE of one pre-contrast frame: the first pair holds contrast
-    arriving, which would read as noise, and strongly correlated noise).
+    or None (fewer than two time points, or no body): the closest pair of frames before contrast whose noise is
+    independent (_noise_pair: the first two, unless the dynamic shares noise between neighbouring frames), else
+    the last two (a breast DCE of one pre-contrast frame: the first pair holds contrast arriving, which would read
+    as noise, and strongly correlated noise).
 
-    magnitude: (n, H, W) with zero signal at 0; layout: (time_index, position_index) per slice. The second frame
-    is first moved onto the first (registration.register_shifts and shift_frames: phase correlation to 1/20 px,
-    then a Fourier shift, which is all-pass and keeps white noise white at the same level) and scaled to it (the median ratio in the body: a b-value or a T1
-    saturation changes the level of all tissue alike); the difference of two frames with independent noise of
-    level sigma, d = (f1 - a f0) / sqrt(1 + a^2), then has level sigma. The body is where the mean of the two
-    frames exceeds body_fraction of its 99th percentile and neither frame is masked to 0: there the magnitude is
-    close to Gaussian. Blocks that change more than the typical block (a breathing chest, a beating heart and its
-    ghosts: _quiet_blocks) and pixels more than 3.5 robust sigmas off (contrast arriving between the frames, motion
-    left at an edge after the rigid shift) are left out of the mask."""
+    magnitude: (n, H, W) with zero signal at 0; layout: (time_index, position_index) per slice. Each pair is
+    _pair_difference's."""
     if layout is None or len(layout) != len(magnitude):
         return None
     index = {tk: i for i, tk in enumerate(layout)}
@@ -322,35 +317,57 @@ def difference_images(magnitude, layout, body_fraction=0.1):
     if len(times) < 2:
         return None
     t0, t1 = _noise_pair(magnitude, index, times)
-    images, masks = [], []
-    for t, k in layout:
-        if t != t0 or (t1, k) not in index:
-            continue
-        a, b = index[(t, k)], index[(t1, k)]
-        pair = np.asarray(magnitude[[a, b]], np.float32)
-        first = pair[0].astype(np.float64)
-        second = shift_frames(pair[1:], register_shifts(pair)[1:])[0].astype(np.float64)
-        mean = (first + second) / 2
-        body = body_of(mean, body_fraction) & (first != 0) & (magnitude[b] != 0)
-        if np.count_nonzero(body) < 16:
-            continue
-        scale = float(np.median(second[body]) / np.median(first[body]))
-        diff = (second - scale * first) / math.sqrt(1 + scale * scale)
-        # pixels whose difference is not noise (contrast arriving, motion left at an edge) would dominate the
-        # correlation and the spectrum, which are means: they are left out beyond 3.5 robust sigmas
-        body &= _quiet_blocks(diff, body)
-        centre = np.median(diff[body])
-        spread = 1.4826 * np.median(np.abs(diff[body] - centre))
-        body &= np.abs(diff - centre) <= 3.5 * spread
-        images.append(np.where(body, diff, 0.0))
-        masks.append(body)
-    return (np.stack(images), np.stack(masks)) if images else None
+    found = [_pair_difference(magnitude, index[(t0, k)], index[(t1, k)], body_fraction)
+             for t, k in layout if t == t0 and (t1, k) in index]
+    found = [pair for pair in found if pair is not None]
+    return (np.stack([d for d, _ in found]), np.stack([m for _, m in found])) if found else None
+
+
+def _pair_difference(magnitude, a, b, body_fraction=0.1):
+    """(noise image (H, W), body mask (H, W)) of slices a and b of `magnitude` (one position, two time points), or
+    None (too little body). The second frame is first moved onto the first (registration.register_shifts and
+    shift_frames: phase correlation to 1/20 px, then a Fourier shift, which is all-pass and keeps white noise white
+    at the same level) and scaled to it (the median ratio in the body: a b-value or a T1 saturation changes the
+    level of all tissue alike); the difference of two frames with independent noise of level sigma,
+    d = (f1 - a f0) / sqrt(1 + a^2), then has level sigma. The body is where the mean of the two frames exceeds
+    body_fraction of its 99th percentile and neither frame is masked to 0: there the magnitude is close to
+    Gaussian. Blocks that change more than the typical block (a breathing chest, a beating heart and its ghosts:
+    _quiet_blocks) and pixels more than 3.5 robust sigmas off (contrast arriving between the frames, motion left
+    at an edge after the rigid shift) are left out of the mask."""
+    pair = np.asarray(magnitude[[a, b]], np.float32)
+    first = pair[0].astype(np.float64)
+    second = shift_frames(pair[1:], register_shifts(pair)[1:])[0].astype(np.float64)
+    mean = (first + second) / 2
+    body = body_of(mean, body_fraction) & (first != 0) & (magnitude[b] != 0)
+    if np.count_nonzero(body) < 16:
+        return None
+    scale = float(np.median(second[body]) / np.median(first[body]))
+    diff = (second - scale * first) / math.sqrt(1 + scale * scale)
+    # pixels whose difference is not noise (contrast arriving, motion left at an edge) would dominate the
+    # correlation and the spectrum, which are means: they are left out beyond 3.5 robust sigmas
+    body &= _quiet_blocks(diff, body)
+    centre = np.median(diff[body])
+    spread = 1.4826 * np.median(np.abs(diff[body] - centre))
+    body &= np.abs(diff - centre) <= 3.5 * spread
+    return np.where(body, diff, 0.0), body
+
+
+# View sharing (Siemens TWIST, GE DISCO, Philips keyhole) fills part of each frame's k-space from its neighbours, so
+# neighbouring frames share part of their noise: their difference reads the noise low and more correlated in space
+# than it is (ProstateX's TWIST: 3.37 from frames 0-1, 4.3-4.6 two frames apart). The differences of three equally
+# spaced frames, d1 = f(g) - f(0) and d2 = f(2g) - f(g), correlate -0.5 when the frames' noise is independent and
+# (2 r(g) - r(2g) - 1) / (2 - 2 r(g)) when frames g apart share a fraction r(g) of it, i.e. towards 0 (ProstateX:
+# -0.19 at g = 1, -0.45 at g = 2). The noise is read from the closest frames whose differences correlate at most
+# SHARED_NOISE.
+SHARED_NOISE = -0.35
 
 
 def _noise_pair(magnitude, index, times, positions=3):
-    """The two time points difference_images reads the noise from: the first two when frames_before_contrast, on
-    the `positions` middle slice positions that have every time point, puts both before contrast (or cannot tell),
-    else the last two."""
+    """The two time points difference_images reads the noise from. frames_before_contrast, on the `positions`
+    middle slice positions that have every time point, says which frames come before contrast: the first frame
+    and the closest one whose noise is independent of it (the first gap g whose frames 0, g, 2g all come before
+    contrast and differ as independent noise does: SHARED_NOISE; the next frame when none does, or when too few
+    frames come before contrast to tell). The last two when fewer than two frames come before contrast."""
     if len(times) < 4:  # too few frames for frames_before_contrast to choose its pixels from a later half
         return times[0], times[1]
     complete = sorted({k for _, k in index if all((t, k) in index for t in times)})
@@ -358,7 +375,30 @@ def _noise_pair(magnitude, index, times, positions=3):
         return times[0], times[1]
     middle = complete[len(complete) // 2 - positions // 2:][:positions]
     stack = np.stack([magnitude[[index[(t, k)] for k in middle]] for t in times])  # (T, P, H, W)
-    return (times[0], times[1]) if frames_before_contrast(stack) >= 2 else (times[-2], times[-1])
+    before = frames_before_contrast(stack)
+    if before < 2:
+        return times[-2], times[-1]
+    for gap in range(1, (before - 1) // 2 + 1):
+        if _difference_correlation(magnitude, index, [times[0], times[gap], times[2 * gap]], middle) \
+                <= SHARED_NOISE:
+            return times[0], times[gap]
+    return times[0], times[1]
+
+
+def _difference_correlation(magnitude, index, frames, positions):
+    """The correlation of the differences f1 - f0 and f2 - f1 of three frames (_pair_difference) over `positions`,
+    where both are noise; nan with too little body."""
+    first, second = [], []
+    for k in positions:
+        d1 = _pair_difference(magnitude, index[(frames[0], k)], index[(frames[1], k)])
+        d2 = _pair_difference(magnitude, index[(frames[1], k)], index[(frames[2], k)])
+        if d1 is not None and d2 is not None:
+            both = d1[1] & d2[1]
+            first.append(d1[0][both])
+            second.append(d2[0][both])
+    if sum(len(x) for x in first) < MIN_BACKGROUND_PIXELS:
+        return float("nan")
+    return float(np.corrcoef(np.concatenate(first), np.concatenate(second))[0, 1])
 
 
 def _quiet_blocks(diff, body, block=QUIET_BLOCK, limit=QUIET_LIMIT):
