@@ -429,6 +429,11 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
     if summary["sigma_disagreements"]:
         log.warning("%d series have noise estimates more than 30%% apart (summary.json sigma_disagreements); the "
                     "recorded sigma_method decides", len(summary["sigma_disagreements"]))
+    if sigma_methods.get("wavelet"):
+        log.warning("%d series have neither air nor repeated frames to read their noise from: it was read from their "
+                    "finest texture (sigma_method wavelet), which reads it up to several times off either way (a "
+                    "masked T2 or single-phase series), so their simulated 1.5T may be far from the configured SNR "
+                    "ratio; preprocess.series_filter can leave them out", sigma_methods["wavelet"])
     if sigma_methods.get("none"):
         log.warning("%d series had no measurable noise: the field model added none to them (use "
                     "degrade.model=gaussian for noise-free data)", sigma_methods["none"])
