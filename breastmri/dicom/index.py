@@ -60,8 +60,7 @@ _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}  # Pixel / 
 # stored integers through the source's rescale and could not give such a file back, so it is skipped everywhere.
 _FLOAT_PIXEL_TAGS = {(0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 FLOAT_PIXELS_REASON = "float pixel data"
-# Pixel data whose layout the header misstates: values above HighBit, or more bytes than Rows x Columns x frames x
-# BitsAllocated describe (a 16-bit image labelled 8-bit decodes as interleaved halves).
+# Pixel data the header misstates: bits above HighBit, more bytes than Rows x Columns x frames x BitsAllocated.
 BIT_LAYOUT_REASON = "HighBit is not BitsStored - 1"
 LENGTH_REASON = "pixel data longer than the header describes"
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV"}
@@ -195,9 +194,7 @@ def scan_file(path, include_kinds=()):
             reason = _pixel_status(fp, ds, size)
             if reason:
                 return reason
-            record = _header_record(path, ds)
-            record["lossy"] = lossy_method(path)  # reads on only where the transfer syntax may be lossy
-            return record
+            return dict(_header_record(path, ds), lossy=lossy_method(path))  # reads on only where it may be lossy
     except InvalidDicomError:
         return "not DICOM"
     except Exception:  # noqa: BLE001 - any parser failure of one file is a counted skip, never a crash
@@ -222,12 +219,9 @@ def _skip_reason(ds):
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip()
     if photometric != "MONOCHROME2":
         return f"photometric {photometric}"  # MONOCHROME1 (inverted) or palette: not seen in MR, not handled
-    # Decoders read the low BitsStored bits and ignore HighBit: values stored higher up (HighBit 15 of 12 bits)
-    # would be read wrong, every one of them.
-    stored, high = ds.get("BitsStored"), ds.get("HighBit")
-    if stored is not None and high is not None and (int(high) != int(stored) - 1
-                                                    or int(stored) > int(ds.BitsAllocated)):
-        return BIT_LAYOUT_REASON
+    stored, high, allocated = (int(ds.get(key, 0) or 0) for key in ("BitsStored", "HighBit", "BitsAllocated"))
+    if "BitsStored" in ds and "HighBit" in ds and (high != stored - 1 or stored > allocated):
+        return BIT_LAYOUT_REASON  # decoders read the low BitsStored bits: values stored higher up would read wrong
     return None
 
 
