@@ -29,7 +29,6 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from breastmri.dicom import pixels
-from breastmri.dicom.pixels import lossy_method
 from breastmri.dicom.headers import text_value
 from breastmri.dicom.kinds import (
     ENHANCE_DERIVATION_PREFIX,
@@ -37,6 +36,7 @@ from breastmri.dicom.kinds import (
     ENHANCE_PRIVATE_GROUP,
     ENHANCE_SOFTWARE_NAME,
 )
+from breastmri.dicom.pixels import lossy_method
 
 # One series cannot be written: the exception preprocessing skips a series with; `reason` is the counted reason.
 SeriesError = pixels.SeriesReadError

@@ -163,37 +163,54 @@ def summarize_both(rows):
     return summary
 
 
+def scored_split(data_dir, wanted="test"):
+    """The split to score: `wanted`, or the validation patients when the test patients were wanted and the data has
+    none (said so: those numbers are not held out from the checkpoint selection). main.py's evaluation and the
+    notebook choose alike. Raises ValueError when neither is there."""
+    from breastmri.data.manifest import read_manifest
+
+    present = {r["split"] for r in read_manifest(data_dir)}
+    if wanted in present:
+        return wanted
+    if wanted == "test" and "val" in present:
+        print(f"warning: {data_dir} has no test patients (preprocess.split); the numbers below are VALIDATION "
+              "numbers, on the patients the checkpoint was selected on")
+        return "val"
+    raise ValueError(f"{data_dir} has no {wanted} patients (splits present: {sorted(present)})")
+
+
+def score_split(model, cfg, data_dir, split, max_slices=None, n_examples=3):
+    """(rows, examples, dataset): `model` scored on the patients of `split` as main.py's evaluation scores them, the
+    notebook too: the run's context, the Rician correction of a self-supervised run's output, and the change common
+    to a position's frames taken back (model.common_anatomy); evaluate's rows and examples."""
+    from breastmri.data.paired import PairedSlices
+    from breastmri.restore.networks import context_offsets, keeps_common, size_multiple
+
+    dataset = PairedSlices(data_dir, split, batch_size=cfg["train"]["batch_size"], context=context_offsets(cfg),
+                           max_slices=max_slices, seed=cfg["seed"])
+    rician = needs_rician_correction(cfg, dataset.rows[0].get("degrade_model"))
+    rows, examples = evaluate(model, dataset, size_multiple(cfg), n_examples=n_examples, rician=rician,
+                              keeps=keeps_common(cfg))
+    return rows, examples, dataset
+
+
 def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
     """Score the run's model.keras on the test patients (on val when the data has no test patients, said so),
     and on the validation patients separately; write metrics.json, metrics_per_slice.csv and the figures."""
     from breastmri.data.manifest import read_manifest
-    from breastmri.data.paired import PairedSlices
     from breastmri.evaluate import figures
     from breastmri.metrics import format_table, json_safe
-    from breastmri.restore.networks import context_offsets, keeps_common
+    from breastmri.restore.networks import keeps_common
 
     model_path = run_dir / "model.keras"
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} does not exist; train first (python main.py --run-dir {run_dir})")
     model = load_model(model_path)
     present = {r["split"] for r in read_manifest(data_dir)}
-    split = "test" if "test" in present else "val"
-    if split != "test":
-        print(f"warning: {data_dir} has no test patients (preprocess.split {cfg['preprocess']['split']}); the "
-              "numbers below are VALIDATION numbers, on the patients the checkpoint was selected on")
-
-    def dataset(name):
-        cap = cfg["train"]["max_eval_slices"] if name == split else cfg["train"]["max_val_slices"]
-        return PairedSlices(data_dir, name, batch_size=cfg["train"]["batch_size"], context=context_offsets(cfg),
-                            max_slices=cap, seed=cfg["seed"])
-
+    split = scored_split(data_dir)
     start = time.perf_counter()
-    from breastmri.restore.networks import size_multiple
-
-    test = dataset(split)
-    rician = needs_rician_correction(cfg, test.rows[0].get("degrade_model"))
-    keeps = keeps_common(cfg)
-    rows, examples = evaluate(model, test, size_multiple(cfg), rician=rician, keeps=keeps)
+    rows, examples, test = score_split(model, cfg, data_dir, split, cfg["train"]["max_eval_slices"])
+    rician, keeps = needs_rician_correction(cfg, test.rows[0].get("degrade_model")), keeps_common(cfg)
     seconds = time.perf_counter() - start
     summary = {"split": split, "model_name": cfg["model"]["name"], "mode": cfg["train"]["mode"],
                "data_dir": str(data_dir), "config_hash": config_hash(cfg)}
@@ -207,8 +224,8 @@ def evaluate_run(cfg, data_dir, run_dir, extra=None, patients=None):
                         "rician_correction": rician, "eval_seconds": round(seconds, 1),
                         "eval_ms_per_slice": round(1000 * seconds / len(rows), 1)})
         if split == "test" and "val" in present:
-            summary["val"] = summarize_both(evaluate(model, dataset("val"), size_multiple(cfg), n_examples=0,
-                                                     rician=rician, keeps=keeps)[0])
+            summary["val"] = summarize_both(score_split(model, cfg, data_dir, "val", cfg["train"]["max_val_slices"],
+                                                        n_examples=0)[0])
         summary["patients"] = (patients or split_record(data_dir))["patients"]
     else:
         summary["reference"] = None
