@@ -25,13 +25,17 @@ import sys
 import traceback
 from pathlib import Path
 
+from breastmri.runtime import add_verbose_flag, quiet_start, setup_devices
+
+if __name__ == "__main__":
+    quiet_start()  # before the imports below load TensorFlow, whose start-up lines it keeps off the terminal
+
 from breastmri.config import ConfigError, load_config, load_run_config
 from breastmri.data.splits import SplitMismatch, check_split_record
 from breastmri.evaluate.evaluation import evaluate_run
 from breastmri.restore.multiworker import is_chief, tf_config
 from breastmri.restore.networks import keeps_common
 from breastmri.restore.training import train
-from breastmri.runtime import add_verbose_flag, quiet_start, setup_devices
 
 
 def parse_args(argv=None):
@@ -143,7 +147,6 @@ def main_of_worker(argv=None):
 
 
 if __name__ == "__main__":
-    quiet_start()
     if os.environ.get("TF_CONFIG") or "--worker-hosts" in sys.argv:
         main_of_worker()
     main()

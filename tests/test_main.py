@@ -299,3 +299,14 @@ def test_the_checkpoint_never_takes_a_file_an_interrupted_save_left(tmp_path):
     model.fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[atomic_checkpoint(final, monitor="loss", mode="min")])
     assert final.stat().st_mtime_ns != before and not temporary_path(final).exists()
     keras.models.load_model(final)
+
+
+@pytest.mark.parametrize("script", ["main.py", "enhance.py", "benchmark.py"])
+def test_commands_start_quietly(script):
+    """TensorFlow's start-up lines (oneDNN, CUDA stubs, `failed call to cuInit`) stay off the terminal unless
+    --verbose: main.py imported TensorFlow before silencing it, so every call, --help included, printed them."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0
+    assert not [line for line in done.stderr.splitlines() if "cuInit" in line or "oneDNN" in line], done.stderr
