@@ -81,7 +81,13 @@ def main(argv=None):
     except ValueError as err:
         parser.error(str(err))
     if args.realism:
-        print(realism_table(args.realism, params, args.realism_patients))
+        if not Path(args.realism).is_dir():
+            parser.error(f"--realism {args.realism} is not a folder; give the folder that holds a DCE series (or "
+                         "every time point's series of one)")
+        try:
+            print(realism_table(args.realism, params, args.realism_patients))
+        except ValueError as err:  # no dynamic of at least 3 time points there
+            parser.error(f"{err} (a DCE stored one series per time point: give the folder holding them all)")
         return
 
     out = Path(args.out)

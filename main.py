@@ -101,6 +101,10 @@ def main(argv=None):
         sys.exit(f"config error: {e}")
     run_dir = Path(args.run_dir or f"runs/{cfg['model']['name']}")
     data_dir = Path(args.data)
+    if args.eval_only and not (run_dir / "model.keras").is_file():
+        print(f"error: {run_dir}/model.keras not found: --eval-only evaluates a trained run (give its --run-dir)",
+              file=sys.stderr)
+        sys.exit(2)
     if not (data_dir / "manifest.csv").is_file():
         sys.exit(f"error: {data_dir}/manifest.csv not found; run `python preprocessing.py --out {data_dir}` first")
 

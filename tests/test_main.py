@@ -310,3 +310,11 @@ def test_commands_start_quietly(script):
                           timeout=300)
     assert done.returncode == 0
     assert not [line for line in done.stderr.splitlines() if "cuInit" in line or "oneDNN" in line], done.stderr
+
+
+def test_eval_only_of_a_run_that_is_not_there_says_so(smoke_data, tmp_path):
+    """A mistyped --run-dir with --eval-only warned about split records, then ended in a FileNotFoundError
+    traceback: one line now, exit status 2."""
+    result = run_cli("--run-dir", str(tmp_path / "no_such_run"), "--data", str(smoke_data), "--eval-only")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "model.keras not found" in result.stderr and "Traceback" not in result.stderr

@@ -72,3 +72,18 @@ def test_realism_table_puts_generated_patients_and_their_median_beside_a_series(
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]] for line in lines[2:]}
     assert rows["time points"] == ["6"] * 4
     assert rows["SNR in the breast"][0] == rows["SNR in the breast"][1]  # the folder is patient 1's tree
+
+
+def test_realism_of_a_folder_without_a_dynamic_is_a_usage_error(tmp_path, capsys):
+    """One time point's folder of a DCE stored one series per time point (the layout the README names) ended in a
+    ValueError traceback, and so did a path that is not there: both are one-line usage errors now."""
+    import demo_data
+    from dicom_fixtures import write_mr_series
+
+    write_mr_series(tmp_path / "one_time_point", "P1", n_slices=2, rows=8, cols=8)
+    for folder in (tmp_path / "one_time_point", tmp_path / "missing"):
+        with pytest.raises(SystemExit) as end:
+            demo_data.main(["--realism", str(folder)])
+        assert end.value.code == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and "Traceback" not in err, err

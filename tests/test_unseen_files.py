@@ -357,3 +357,12 @@ def test_a_series_whose_noise_is_read_from_texture_is_named_in_a_warning(tmp_pat
         summary = preprocess.run(tmp_path / "tree", tmp_path / "pairs", cfg, progress=False)
     assert summary["sigma_methods"] == {"wavelet": 1}
     assert any("sigma_method wavelet" in r.getMessage() for r in caplog.records)
+
+
+def test_an_out_folder_that_cannot_be_written_ends_preprocessing_in_one_line(tmp_path):
+    """--out on a file (or a read-only place) ended in an OSError traceback, after the whole tree was indexed."""
+    write_mr_series(tmp_path / "tree", "P1", n_slices=2, rows=8, cols=8)
+    (tmp_path / "taken").write_text("a file")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+    with pytest.raises(preprocess.PreprocessError, match="--out"):
+        preprocess.run(tmp_path / "tree", tmp_path / "taken" / "pairs", cfg, progress=False)

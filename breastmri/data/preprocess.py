@@ -297,6 +297,11 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
     root, out = Path(dicom_root), Path(out_dir)
     if not root.is_dir():
         raise PreprocessError(f"DICOM root {root} does not exist or is not a folder")
+    try:  # before the tree is indexed: an --out that cannot be written ends the run now, in one line
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as error:
+        raise PreprocessError(f"--out {out}: {error.strerror or error}") from None
     # pydicom logs per-file warnings and decoder tracebacks; the problems are counted and reported instead.
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     pool = None
