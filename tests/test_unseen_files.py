@@ -366,3 +366,23 @@ def test_an_out_folder_that_cannot_be_written_ends_preprocessing_in_one_line(tmp
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
     with pytest.raises(preprocess.PreprocessError, match="--out"):
         preprocess.run(tmp_path / "tree", tmp_path / "taken" / "pairs", cfg, progress=False)
+
+
+def test_a_time_point_with_a_missing_image_is_named_not_silently_left_alone(identity_run, tmp_path):
+    """A DCE stored one series per time point, one image of time point 1 truncated: that time point has fewer
+    slice positions, is not assembled with the others, and was enhanced alone, without its time context, with
+    nothing said. Preprocessing's series_notes and enhance.py's record of the series now name it."""
+    from breastmri.dicom.dynamics import LEFT_OUT_NOTE
+
+    _midnight_tree(tmp_path / "in", split=True)
+    (tmp_path / "in" / "s1" / "IM6.dcm").write_bytes(b"")  # time point 1, one of its two positions
+    series, skips, _ = index(tmp_path / "in")
+    assembled = assemble_dynamics(series)
+    assert [s.dynamic["time_points"] for s in assembled if s.dynamic] == [3]
+    (alone,) = [s for s in assembled if not s.dynamic]
+    assert LEFT_OUT_NOTE in alone.notes
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+    summary = preprocess.run(tmp_path / "in", tmp_path / "pairs", cfg, progress=False)
+    assert summary["series_notes"].get(LEFT_OUT_NOTE) == 1
+    out = pipeline.run(load_enhancer(identity_run), tmp_path / "in", tmp_path / "out", progress=False)
+    assert [LEFT_OUT_NOTE in r["notes"] for r in out["series"]].count(True) == 1, out["series"]

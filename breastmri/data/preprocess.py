@@ -58,7 +58,7 @@ from breastmri.data.grid import square_slice
 from breastmri.data.manifest import write_manifest
 from breastmri.data.shards import in_share
 from breastmri.data.splits import SPLITS, check_patient_split, check_split_fractions, split_patients, split_warnings
-from breastmri.dicom.dynamics import assemble_dynamics, check_mode, describe_dynamic, source_series_uids
+from breastmri.dicom.dynamics import LEFT_OUT_NOTE, assemble_dynamics, check_mode, describe_dynamic, source_series_uids
 from breastmri.dicom.index import scan_tree
 from breastmri.dicom.kinds import check_include_kinds
 from breastmri.dicom.pixels import SeriesReadError, read_series, read_truth
@@ -434,6 +434,10 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
     if summary["sigma_disagreements"]:
         log.warning("%d series have noise estimates more than 30%% apart (summary.json sigma_disagreements); the "
                     "recorded sigma_method decides", len(summary["sigma_disagreements"]))
+    if summary["series_notes"].get(LEFT_OUT_NOTE):
+        log.warning("%d series are time points of a dynamic with some of their images missing (unreadable or not "
+                    "there): each is processed alone, without its time context (series_notes)",
+                    summary["series_notes"][LEFT_OUT_NOTE])
     if sigma_methods.get("wavelet"):
         log.warning("%d series have neither air nor repeated frames to read their noise from: it was read from their "
                     "finest texture (sigma_method wavelet), which reads it up to several times off either way (a "

@@ -107,7 +107,8 @@ def merge(members, ordered_by):
 
 def assemble_dynamics(series_list, mode="auto"):
     """The series list with each dynamic's members replaced by one assembled Series, at the first member's place
-    (described by describe_dynamic)."""
+    (described by describe_dynamic); a series that would be a time point of one but lacks some of its slice
+    positions stays apart with LEFT_OUT_NOTE."""
     if check_mode(mode) == "off":
         return list(series_list)
     groups = {}
@@ -115,14 +116,35 @@ def assemble_dynamics(series_list, mode="auto"):
         key = acquisition_key(s)
         if key is not None:
             groups.setdefault(key, []).append(s)  # in series_list's order: members[0] comes first
-    replaced = {}
-    for members in groups.values():
+    replaced, assembled = {}, {}
+    for key, members in groups.items():
         ordered, tag = order_members(members) if len(members) > 1 else (None, None)
         if ordered is not None:
             replaced.update({m.series_uid: None for m in members})
             replaced[members[0].series_uid] = merge(ordered, tag)
-    out = [replaced.get(s.series_uid, s) for s in series_list]
-    return [s for s in out if s is not None]
+            assembled[_without_positions(key)] = set(key[4])
+    out = []
+    for s in series_list:
+        if s.series_uid in replaced:
+            if replaced[s.series_uid] is not None:
+                out.append(replaced[s.series_uid])
+            continue
+        key = acquisition_key(s)
+        if key is not None and set(key[4]) < assembled.get(_without_positions(key), set()):
+            s = replace(s, notes=sorted(set(s.notes) | {LEFT_OUT_NOTE}))
+        out.append(s)
+    return out
+
+
+# A time point some of whose images are missing (unreadable, truncated, not exported) has fewer slice positions than
+# the others, so it is not a member of their dynamic: it is enhanced and trained on alone, without its time context.
+# It is not assembled with its missing positions (every method reads each position at every time point); it is
+# named instead, in preprocessing's series_notes and enhance.py's record of the series.
+LEFT_OUT_NOTE = "time point with missing images, left out of its dynamic"
+
+
+def _without_positions(key):
+    return key[:4] + key[5:]
 
 
 def describe_dynamic(series):

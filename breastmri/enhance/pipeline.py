@@ -84,7 +84,7 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
                   "folder": os.path.relpath(final, out_dir), "slices": len(part.frames),
                   "rows": part.rows, "cols": part.cols,
                   "dynamic": series.dynamic["id"] if series.dynamic else None, "time_points": time_points,
-                  "volume": part.volume}
+                  "volume": part.volume, "notes": list(series.notes)}
         if final.exists() and not overwrite:
             done = (final / MARKER).is_file()  # a complete series of ours, else something else in its place
             results.append(dict(result, status="skipped", reason="exists" if done else "output path taken",
