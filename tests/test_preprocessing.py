@@ -3,6 +3,7 @@ with pydicom (one per transfer syntax). Images are 24-64 pixels; the whole file 
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -530,3 +531,53 @@ def test_cli_writes_outputs(tmp_path):
     assert "6 slices of 3 series" in result.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["slices"] == 6 and summary["config"]["preprocess"]["image_size"] == 16
+
+
+def _children(pid):
+    """Process ids whose parent is pid (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_workers_end_when_preprocessing_is_killed(tmp_path):
+    """kill -9 of a `--workers 2` run left both workers (and multiprocessing's resource tracker) running for
+    good: each worker now ends within seconds of its parent."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dicom_fixtures import write_mr_series
+
+    for p in range(4):
+        write_mr_series(tmp_path / "tree" / f"p{p}", f"P{p}", n_slices=4, rows=32, cols=32)
+    run = subprocess.Popen([sys.executable, "preprocessing.py", "--dicom-root", str(tmp_path / "tree"), "--out",
+                            str(tmp_path / "out"), "--workers", "2"], cwd=Path(__file__).resolve().parents[1],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(_children(run.pid)) < 2 and time.time() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    children = _children(run.pid)
+    assert len(children) >= 2, "the workers never started"
+    time.sleep(0.5)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    deadline = time.time() + 20
+    while [c for c in children if Path(f"/proc/{c}").exists()] and time.time() < deadline:
+        time.sleep(0.2)
+        for c in children:  # reap what the test's own process inherited, if anything
+            try:
+                os.waitpid(c, os.WNOHANG)
+            except ChildProcessError:
+                pass
+    alive = [c for c in children if Path(f"/proc/{c}").exists()
+             and Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not alive, f"workers still running: {alive}"

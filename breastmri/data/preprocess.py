@@ -44,6 +44,7 @@ import os
 import re
 import resource
 import tempfile
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -255,9 +256,18 @@ def _reusable(series, arrays, chash):
     return sidecar
 
 
-def _init_worker():
+def _init_worker(parent):
     cv2.setNumThreads(1)  # one process per core already; cv2's own threads would only oversubscribe
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    threading.Thread(target=_end_with_parent, args=(parent,), daemon=True).start()
+
+
+def _end_with_parent(parent):
+    """A worker's watch: when the process that started it is gone (killed; SIGKILL leaves it no time to stop its
+    pool) the worker ends too, instead of working on for nobody."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def check_config(cfg):
@@ -309,7 +319,7 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
         import multiprocessing
 
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker)
+                                   initializer=_init_worker, initargs=(os.getpid(),))
         for _ in range(workers):  # start the workers now: they import while this process reads headers
             pool.submit(os.getpid)
     try:
