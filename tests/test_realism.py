@@ -77,8 +77,9 @@ def test_realism_table_puts_generated_patients_and_their_median_beside_a_series(
 def test_realism_of_a_folder_without_a_dynamic_is_a_usage_error(tmp_path, capsys):
     """One time point's folder of a DCE stored one series per time point (the layout the README names) ended in a
     ValueError traceback, and so did a path that is not there: both are one-line usage errors now."""
-    import demo_data
     from dicom_fixtures import write_mr_series
+
+    import demo_data
 
     write_mr_series(tmp_path / "one_time_point", "P1", n_slices=2, rows=8, cols=8)
     for folder in (tmp_path / "one_time_point", tmp_path / "missing"):
