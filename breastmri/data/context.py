@@ -93,7 +93,8 @@ def reflect(i, n):
 #   projection's own (its blocks'), so the guard needs no noise level from outside. On 8 positions of the demo's
 #   validation patients (64 frames, body PSNR against the truth; input 33.52) it scored 35.58 against the
 #   registered projection's 35.46, and its worst frame gained +0.26 dB where the projection's lost 2.33. On the real
-#   ProstateX dynamic (70 frames, 3 positions, against its 3T frames) +1.06 dB against +0.98, no frame worse
+#   ProstateX dynamic (70 frames, 3 positions, against its 3T frames; its noise then read from frames 0 and 1, a
+#   milder 1.5T than now, where the guarded projection gains +2.48) +1.06 dB against +0.98, no frame worse
 #   (frame 69: +0.40 against -0.10). Trusting the projection more (the expected power x 1.25 / 1.5) scored
 #   35.74 / 35.77 on the phantom and +0.99 / +0.99 on the real dynamic, whose last frame then lost 0.06 dB at 1.5:
 #   the phantom and real data pull apart, and the unscaled risk keeps every real frame. GUARD_WIDTH 2 / 4 / 8 px:
