@@ -32,7 +32,7 @@ if __name__ == "__main__":
 
 from breastmri.config import ConfigError, load_config, load_run_config
 from breastmri.data.splits import SplitMismatch, check_split_record
-from breastmri.evaluate.evaluation import evaluate_run
+from breastmri.evaluate.evaluation import NoHeldOutPatients, evaluate_run
 from breastmri.restore.multiworker import is_chief, tf_config
 from breastmri.restore.networks import keeps_common
 from breastmri.restore.training import train
@@ -127,7 +127,10 @@ def main(argv=None):
         previous = run_dir / "metrics.json"
         if previous.is_file() and "train" in json.loads(previous.read_text()):
             extra = {"train": json.loads(previous.read_text())["train"]}  # keep the training figures
-    return evaluate_run(cfg, data_dir, run_dir, extra)
+    try:
+        return evaluate_run(cfg, data_dir, run_dir, extra)
+    except NoHeldOutPatients as e:
+        sys.exit(f"error: {e}: nothing held out to evaluate on")
 
 
 def main_of_worker(argv=None):

@@ -309,3 +309,40 @@ def test_suppressed_fat_is_not_fitted_as_air(fat_sigmas):
     layout = [(t, 0) for t in range(times)]
     noise = measure_noise(frames, layout)
     assert noise["sigma"] == pytest.approx(sigma, rel=0.1), noise
+
+
+def test_an_air_fit_far_above_the_frame_differences_is_not_taken():
+    """An air that fits its chi law but reads the noise more than AIR_FIT_EXCESS times the frame differences'
+    estimate is not taken (here the frames share most of their noise, so the air's level is not the frames'
+    independent noise); the frame differences decide, the rejection is recorded and counts as a disagreement."""
+    from breastmri.simulate.noise import measure_noise
+
+    rng = np.random.default_rng(2)
+    y, x = np.mgrid[:96, :96]
+    body = np.hypot(y - 48, x - 48) < 30
+    signal = np.where(body, 100.0 + 20.0 * np.sin(x / 5.0), 0.0)
+    shared = 3.0 * (rng.standard_normal((96, 96)) + 1j * rng.standard_normal((96, 96)))
+    frames = np.stack([np.abs(signal + shared + 0.5 * (rng.standard_normal((96, 96))
+                                                       + 1j * rng.standard_normal((96, 96)))) for _ in range(6)])
+    noise = measure_noise(frames.astype(np.float32), [(t, 0) for t in range(6)])
+    assert noise["estimates"]["background"] > 3 * noise["estimates"]["frame_difference"]
+    assert noise["method"] == "frame_difference" and noise["air_fit_rejected"] and noise["disagree"]
+
+
+def test_motion_between_frames_is_not_read_as_shared_noise():
+    """Independent noise, every other frame moved by half a pixel: registered apart in each difference, frame 1's
+    noise was shifted between the two differences and their correlation read -0.31 (shared noise); the three frames
+    are now moved onto frame 0 together, and the first two frames stay the pair."""
+    from scipy.ndimage import fourier_shift
+
+    from breastmri.simulate.noise import _noise_pair
+
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[:96, :96]
+    body = np.hypot(y - 48, x - 48) < 44
+    signal = (100.0 + 20.0 * np.sin(x / 5.0) * np.cos(y / 7.0)) * body
+    moved = np.real(np.fft.ifft2(fourier_shift(np.fft.fft2(signal), (0, 0.5))))
+    frames = np.stack([(moved if t % 2 else signal) + 2.0 * rng.standard_normal((3, 96, 96)) for t in range(10)])
+    flat = (frames * body).reshape(-1, 96, 96).astype(np.float32)
+    index = {(t, k): t * 3 + k for t in range(10) for k in range(3)}
+    assert _noise_pair(flat, index, list(range(10))) == (0, 1)

@@ -43,5 +43,5 @@ def test_notebook_reports_what_main_py_reported(smoke_run, smoke_data, tmp_path)
                    for o in c.get("outputs", []) if o.get("output_type") == "stream")
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     for patient, scores in metrics["truth"]["per_patient"].items():
-        line = next(line for line in text.splitlines() if line.startswith(patient))
+        line = next(line for line in text.splitlines() if line.split()[:1] == [patient])
         assert float(line.split()[3]) == round(scores["masked"]["model"]["psnr"], 2), (line, scores["masked"])

@@ -125,13 +125,14 @@ def test_contrast_arrival_is_read_where_the_enhancing_pixels_rise(prostatex):
 
 def test_an_air_fit_on_dark_tissue_gives_way_to_the_frame_differences(prostatex):
     """Air is a few percent of this pelvis: with its values dithered (as a rescale slope leaves them) the air fit
-    settles on dark tissue and reads the noise some ten times too high; the frame differences decide then."""
+    settled on dark tissue and read the noise some ten times too high. Such a fit misses the chi law by more than
+    KS_TOLERANCE and is refused; the frame differences decide."""
     dce = _twist(prostatex[2])
     frames = read_series(dce)[:120].astype(np.float32)  # 12 time points of 10 positions
     dithered = frames + np.random.default_rng(0).uniform(-0.5, 0.5, frames.shape).astype(np.float32)
     noise = measure_noise(dithered, dce.layout[:120])
-    assert noise["estimates"]["background"] > 5 * noise["estimates"]["frame_difference"]
-    assert noise["method"] == "frame_difference" and noise["air_fit_rejected"] and noise["disagree"]
+    assert "background" not in noise["estimates"]
+    assert noise["method"] == "frame_difference"
     assert noise["sigma"] == pytest.approx(noise["estimates"]["frame_difference"], rel=1e-5)
 
 

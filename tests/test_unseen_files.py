@@ -310,12 +310,13 @@ def test_pixel_data_its_header_misstates_is_skipped_before_anything_is_made_of_i
     assert MISSTATED[case] in str(out), out
 
 
-@pytest.mark.parametrize("lossy", [False, True], ids=["reversible wavelet", "irreversible wavelet"])
-def test_a_lossy_jpeg_2000_source_is_named_so_in_the_summary_and_the_output(identity_run, tmp_path, lossy):
+@pytest.mark.parametrize("kind", ["reversible wavelet", "irreversible wavelet", "marked lossy, uncompressed"])
+def test_a_lossy_source_is_named_so_in_the_summary_and_the_output(identity_run, tmp_path, kind):
     """JPEG 2000 (1.2.840.10008.1.2.4.91) may be lossless or lossy; only its codestream says which. A source
     encoded with the irreversible wavelet was written back uncompressed without LossyImageCompression, and
     preprocessing used it as a clean target without a word: its outputs now keep the mark (PS3.3 C.7.6.1.1.5) and
-    its series carries a counted note. The reversible wavelet gets neither."""
+    its series carries a counted note, as does an uncompressed source that says it was lossy compressed before. The
+    reversible wavelet gets neither."""
     from pydicom.uid import JPEG2000, JPEG2000Lossless
 
     write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=32, cols=32)
@@ -323,12 +324,15 @@ def test_a_lossy_jpeg_2000_source_is_named_so_in_the_summary_and_the_output(iden
         ds = pydicom.dcmread(path)
         ds.BitsStored, ds.HighBit = 12, 11
         ds.PixelData = np.minimum(ds.pixel_array, 4095).astype("<u2").tobytes()
-        if lossy:
+        if kind == "irreversible wavelet":
             ds.compress(JPEG2000, j2k_cr=[20])
-        else:  # the reversible codestream under the syntax that allows either (what a PACS may write)
+        elif kind == "reversible wavelet":  # the reversible codestream under the syntax that allows either
             ds.compress(JPEG2000Lossless)
             ds.file_meta.TransferSyntaxUID = JPEG2000
+        else:
+            ds.LossyImageCompression, ds.LossyImageCompressionMethod = "01", "ISO_15444_1"
         ds.save_as(path, enforce_file_format=True)
+    lossy = kind != "reversible wavelet"
     note = "lossy compressed source (ISO_15444_1)"
     (series,), _, _ = index(tmp_path / "in")
     assert (note in series.notes) == lossy

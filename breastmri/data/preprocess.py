@@ -65,6 +65,7 @@ from breastmri.dicom.kinds import check_include_kinds
 from breastmri.dicom.pixels import SeriesReadError, read_series, read_truth
 from breastmri.files import atomic_path, sweep_stale, write_text_atomic
 from breastmri.simulate.degrade import MODELS, SPECTRA, degrade, series_rng, snr_ratio
+from breastmri.simulate.noise import NOISE_RULES
 
 log = logging.getLogger("preprocessing")
 
@@ -114,8 +115,9 @@ def series_key(series):
 
 
 def arrays_hash(cfg):
-    """Hash of the settings the arrays depend on: seed, degrade, and the preprocess keys that change pixels."""
-    part = {"seed": cfg["seed"], "degrade": cfg["degrade"],
+    """Hash of what the arrays depend on: seed, degrade, the preprocess keys that change pixels, and the version of
+    the rules that read a series' noise (noise.NOISE_RULES)."""
+    part = {"seed": cfg["seed"], "degrade": cfg["degrade"], "noise_rules": NOISE_RULES,
             "preprocess": {k: cfg["preprocess"][k] for k in ARRAY_PREPROCESS_KEYS}}
     return config_hash(part)
 

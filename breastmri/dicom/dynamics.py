@@ -122,7 +122,7 @@ def assemble_dynamics(series_list, mode="auto"):
         if ordered is not None:
             replaced.update({m.series_uid: None for m in members})
             replaced[members[0].series_uid] = merge(ordered, tag)
-            assembled[_without_positions(key)] = set(key[4])
+            assembled.setdefault(_without_positions(key), []).append(set(key[4]))
     out = []
     for s in series_list:
         if s.series_uid in replaced:
@@ -130,7 +130,7 @@ def assemble_dynamics(series_list, mode="auto"):
                 out.append(replaced[s.series_uid])
             continue
         key = acquisition_key(s)
-        if key is not None and set(key[4]) < assembled.get(_without_positions(key), set()):
+        if key is not None and any(set(key[4]) < whole for whole in assembled.get(_without_positions(key), [])):
             s = replace(s, notes=sorted(set(s.notes) | {LEFT_OUT_NOTE}))
         out.append(s)
     return out

@@ -194,7 +194,7 @@ def scan_file(path, include_kinds=()):
             reason = _pixel_status(fp, ds, size)
             if reason:
                 return reason
-            return dict(_header_record(path, ds), lossy=lossy_method(path))  # reads on only where it may be lossy
+            return dict(_header_record(path, ds), lossy=lossy_method(path, ds))
     except InvalidDicomError:
         return "not DICOM"
     except Exception:  # noqa: BLE001 - any parser failure of one file is a counted skip, never a crash

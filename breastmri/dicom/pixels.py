@@ -16,6 +16,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from breastmri.dicom.dynamics import member_series
+from breastmri.dicom.headers import text_value
 
 # The noise-free truth of a demo DCE series: hidden sidecars in its folder (simulate.demo_dicom.write_truth).
 TRUTH_FILE, TRUTH_INDEX = ".demo_truth.npy", ".demo_truth.json"
@@ -102,32 +103,43 @@ MAYBE_LOSSY = {"1.2.840.10008.1.2.4.91": "ISO_15444_1", "1.2.840.10008.1.2.4.203
 _CODESTREAM_HEAD = 4096  # bytes of the first fragment read: the main header of either codestream is shorter
 
 
-def lossy_method(path):
+def lossy_method(path, header=None):
     """The LossyImageCompressionMethod of the file's pixel data ("ISO_10918_1", "ISO_15444_1", ...) when its
-    encoding lost information (LOSSY_SYNTAXES, MAYBE_LOSSY), else None; None too when the codestream cannot be
-    read (the pixel read then says why). Reads the header and the start of the first fragment only."""
+    encoding lost information (LOSSY_SYNTAXES, MAYBE_LOSSY), or when the file says it was lossy compressed before
+    (LossyImageCompression 01: its method, else "lossy"); else None. header: the file's dataset without pixel data,
+    when the caller has read it: the file is then opened again only for a codestream that may be lossy. A reversible
+    JPEG 2000 codestream cut short by rate control is lossy too and not told apart."""
+    header = open_dataset(path, stop_before_pixels=True) if header is None else header
+    syntax = str((getattr(header, "file_meta", None) or {}).get("TransferSyntaxUID", ""))
+    if syntax in LOSSY_SYNTAXES:
+        return LOSSY_SYNTAXES[syntax]
+    if syntax in MAYBE_LOSSY and _lossy_codestream(path, syntax):
+        return MAYBE_LOSSY[syntax]
+    if str(header.get("LossyImageCompression", "") or "").strip() == "01":
+        return text_value(header.get("LossyImageCompressionMethod")) or "lossy"
+    return None
+
+
+def _lossy_codestream(path, syntax):
+    """Whether the first fragment's codestream (MAYBE_LOSSY) lost information; False when it cannot be read (the
+    pixel read then says why)."""
     with open(path, "rb") as fp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
-        syntax = str((getattr(ds, "file_meta", None) or {}).get("TransferSyntaxUID", ""))
-        if syntax in LOSSY_SYNTAXES or syntax not in MAYBE_LOSSY:
-            return LOSSY_SYNTAXES.get(syntax)
+        pydicom.dcmread(fp, stop_before_pixels=True, force=True)  # to the pixel data element
         head = fp.read(20)  # Pixel Data: tag, OB, 0000, undefined length; then the Basic Offset Table item
         if len(head) < 20 or head[8:12] != b"\xff\xff\xff\xff" or head[12:16] != b"\xfe\xff\x00\xe0":
-            return None
+            return False
         fp.seek(int.from_bytes(head[16:20], "little"), 1)
         item = fp.read(8)
         if len(item) < 8 or item[:4] != b"\xfe\xff\x00\xe0":
-            return None
+            return False
         stream = fp.read(min(int.from_bytes(item[4:8], "little"), _CODESTREAM_HEAD))
     if syntax == "1.2.840.10008.1.2.4.81":
         at = stream.find(b"\xff\xda")  # start of scan: length (2), components Ns (1), 2 Ns bytes, then NEAR
         near = at + 5 + 2 * stream[at + 4] if 0 <= at and at + 4 < len(stream) else len(stream)
-        lossy = near < len(stream) and stream[near] > 0
-    else:
-        at = stream.find(b"\xff\x52")  # COD: length (2), Scod, order, layers (2), MCT, levels, block w, h, style,
-        lossy = 0 <= at and at + 13 < len(stream) and stream[at + 13] == 0  # then the wavelet
-    return MAYBE_LOSSY[syntax] if lossy else None
+        return near < len(stream) and stream[near] > 0
+    at = stream.find(b"\xff\x52")  # COD: length (2), Scod, order, layers (2), MCT, levels, block w, h, style,
+    return 0 <= at and at + 13 < len(stream) and stream[at + 13] == 0  # then the wavelet (0: irreversible 9/7)
 
 
 def _check_unused_bits(dataset):

@@ -498,7 +498,7 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
         files.setdefault(path, []).append((k, frame))
     for number, (path, items) in enumerate(files.items(), start=1):
         header = _read_header(path)
-        source_lossy = lossy_method(path)
+        source_lossy = lossy_method(path, header)
         bits_allocated, bits_stored, signed = _pixel_layout(header)
         index = [k for k, _ in items]
         stored = to_stored(modality[index], [series.slopes[k] for k in index],

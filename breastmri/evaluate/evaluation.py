@@ -163,6 +163,10 @@ def summarize_both(rows):
     return summary
 
 
+class NoHeldOutPatients(ValueError):
+    """The data holds none of the patients asked for, nor the validation patients to fall back on."""
+
+
 def scored_split(data_dir, wanted="test"):
     """The split to score: `wanted`, or the validation patients when the test patients were wanted and the data has
     none (said so: those numbers are not held out from the checkpoint selection). main.py's evaluation and the
@@ -176,7 +180,7 @@ def scored_split(data_dir, wanted="test"):
         print(f"warning: {data_dir} has no test patients (preprocess.split); the numbers below are VALIDATION "
               "numbers, on the patients the checkpoint was selected on")
         return "val"
-    raise ValueError(f"{data_dir} has no {wanted} patients (splits present: {sorted(present)})")
+    raise NoHeldOutPatients(f"{data_dir} has no {wanted} patients (splits present: {sorted(present)})")
 
 
 def score_split(model, cfg, data_dir, split, max_slices=None, n_examples=3):

@@ -27,6 +27,10 @@ from scipy import special
 
 from breastmri.registration import register_shifts, shift_frames
 
+# The version of the rules above and below that decide a series' noise: preprocessing's arrays_hash holds it, so
+# arrays degraded under earlier rules are made again rather than reused (2: view-sharing pairs, KS_TOLERANCE).
+NOISE_RULES = 2
+
 # Background selection for the fit: air pixels are taken as those below the law's 86% quantile (for one channel,
 # Rayleigh, that is 2 sigma: 1 - exp(-2) = 86%), so the cut keeps most of the air while excluding the
 # partial-volume pixels at the body edge, which sit just above the noise and bias a looser cut upwards (on a
@@ -366,6 +370,7 @@ def _pair_difference(magnitude, a, b, body_fraction=0.1):
 # -0.19 at g = 1, -0.45 at g = 2). The noise is read from the closest frames whose differences correlate at most
 # SHARED_NOISE.
 SHARED_NOISE = -0.35
+MIN_CORRELATION_PIXELS = 2000  # a correlation's standard error is about 1/sqrt(n): 0.02 here
 
 
 def _noise_pair(magnitude, index, times, positions=3):
@@ -392,17 +397,25 @@ def _noise_pair(magnitude, index, times, positions=3):
 
 
 def _difference_correlation(magnitude, index, frames, positions):
-    """The correlation of the differences f1 - f0 and f2 - f1 of three frames (_pair_difference) over `positions`,
-    where both are noise; nan with too little body."""
+    """The correlation of the differences f1 - f0 and f2 - f1 of three frames over `positions`, where both are
+    noise (the body of their mean, quiet blocks, within 3.5 robust sigmas), or nan with fewer than
+    MIN_CORRELATION_PIXELS. All three are moved onto f0 first: f1 registered apart in each difference would read
+    motion between the frames as shared noise."""
     first, second = [], []
     for k in positions:
-        d1 = _pair_difference(magnitude, index[(frames[0], k)], index[(frames[1], k)])
-        d2 = _pair_difference(magnitude, index[(frames[1], k)], index[(frames[2], k)])
-        if d1 is not None and d2 is not None:
-            both = d1[1] & d2[1]
-            first.append(d1[0][both])
-            second.append(d2[0][both])
-    if sum(len(x) for x in first) < MIN_BACKGROUND_PIXELS:
+        stack = np.asarray(magnitude[[index[(t, k)] for t in frames]], np.float32)
+        moved = np.concatenate([stack[:1], shift_frames(stack[1:], register_shifts(stack)[1:])]).astype(np.float64)
+        body = body_of(moved.mean(axis=0)) & np.all(stack != 0, axis=0)
+        d1, d2 = moved[1] - moved[0], moved[2] - moved[1]
+        for d in (d1, d2):
+            if np.count_nonzero(body) < 16:
+                break
+            body &= _quiet_blocks(d, body)
+            centre = np.median(d[body])
+            body &= np.abs(d - centre) <= 3.5 * 1.4826 * np.median(np.abs(d[body] - centre))
+        first.append(d1[body])
+        second.append(d2[body])
+    if sum(len(x) for x in first) < MIN_CORRELATION_PIXELS:
         return float("nan")
     return float(np.corrcoef(np.concatenate(first), np.concatenate(second))[0, 1])
 
