@@ -250,6 +250,13 @@ def test_degrade_none_writes_no_clean_and_trains_self_supervised_only(smoke_dico
                *overrides("noise2void", "degrade.model=none")])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "model" not in metrics and "truth" in metrics  # no 3T reference exists, the truth does (demo data)
+    # the notebook shows such a run against the truth alone (its panels read the missing clean image before)
+    import papermill
+
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "inspect_reconstructions.ipynb"
+    papermill.execute_notebook(str(notebook), str(tmp_path / "executed.ipynb"), cwd=str(notebook.parents[1]),
+                               kernel_name="python3", progress_bar=False,
+                               parameters={"run_dir": str(run_dir), "data_dir": str(data), "n_examples": 1})
 
 
 def test_noise2void_network_has_no_identity_path_to_the_centre_pixel():
