@@ -390,3 +390,23 @@ def test_a_time_point_with_a_missing_image_is_named_not_silently_left_alone(iden
     assert summary["series_notes"].get(LEFT_OUT_NOTE) == 1
     out = pipeline.run(load_enhancer(identity_run), tmp_path / "in", tmp_path / "out", progress=False)
     assert [LEFT_OUT_NOTE in r["notes"] for r in out["series"]].count(True) == 1, out["series"]
+
+
+def test_a_compressed_file_cut_short_is_skipped_as_truncated(tmp_path):
+    """A download cut short in a compressed (encapsulated) file passed the index, which only asked for 16 bytes of
+    pixel data, and failed the pixel read: the whole series was skipped as "pixel read failed". The index now
+    walks the fragments' item headers: the file is skipped as "truncated", the rest of its series goes on, as for
+    an uncompressed file."""
+    from pydicom.uid import RLELossless
+
+    write_mr_series(tmp_path / "in", "P1", n_slices=3, rows=32, cols=32)
+    paths = sorted((tmp_path / "in").glob("*.dcm"))
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)
+        ds.save_as(path, enforce_file_format=True)
+    data = paths[0].read_bytes()
+    paths[0].write_bytes(data[: len(data) - 600])  # the last fragment's end is missing
+    (series,), skips, _ = index(tmp_path / "in")
+    assert skips.files == {"truncated": 1} and len(series.frames) == 2
+    assert read_series(series).shape == (2, 32, 32)

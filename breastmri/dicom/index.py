@@ -29,7 +29,6 @@ import hashlib
 import math
 import os
 import re
-import struct
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from tqdm import tqdm
 from breastmri.config import ConfigError
 from breastmri.dicom.headers import _header_record
 from breastmri.dicom.kinds import _kind_reason, check_include_kinds
-from breastmri.dicom.pixels import TRUTH_FILE, lossy_method
+from breastmri.dicom.pixels import TRUTH_FILE, lossy_method, pixel_status
 
 # MR image storage SOP classes we turn into slices (PS3.4 Annex B). Enhanced MR Color, MR Spectroscopy and
 # Raw Data are MR too but carry no grayscale image and are skipped with their SOP class as the reason.
@@ -55,15 +54,8 @@ MR_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
 }
 
-_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}  # Pixel / Float / Double Float Pixel Data
-# Float and Double Float Pixel Data (PS3.3 C.7.6.24, parametric maps and other derived objects): enhance.py writes
-# stored integers through the source's rescale and could not give such a file back, so it is skipped everywhere.
-_FLOAT_PIXEL_TAGS = {(0x7FE0, 0x0008), (0x7FE0, 0x0009)}
-FLOAT_PIXELS_REASON = "float pixel data"
-# Pixel data the header misstates: bits above HighBit, more bytes than Rows x Columns x frames x BitsAllocated.
+# Pixel data the header misstates: bits above HighBit (the pixel element's own checks: pixels.pixel_status).
 BIT_LAYOUT_REASON = "HighBit is not BitsStored - 1"
-LENGTH_REASON = "pixel data longer than the header describes"
-_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV"}
 
 # A series whose images lie in different planes (a three-plane localizer / survey in one series) cannot be one
 # stack; counted separately from an image marked LOCALIZER, as it is recognized by geometry, not by a tag.
@@ -191,7 +183,7 @@ def scan_file(path, include_kinds=()):
             reason = _skip_reason(ds) or _kind_reason(ds, include_kinds)
             if reason:
                 return reason
-            reason = _pixel_status(fp, ds, size)
+            reason = pixel_status(fp, ds, size)
             if reason:
                 return reason
             return dict(_header_record(path, ds), lossy=lossy_method(path, ds))
@@ -241,48 +233,6 @@ def _orientations_differ(frames):
         return False
     values = np.asarray(orientations, float)
     return bool(np.max(np.abs(values - values[0])) > ORIENTATION_TOLERANCE)
-
-
-def _pixel_status(fp, ds, file_size):
-    """None if the pixel data element is present and complete, else "no pixel data", "truncated" or
-    FLOAT_PIXELS_REASON.
-    fp must stand where stop_before_pixels left it (at the pixel data tag, or at the end of the file)."""
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
-        return None  # the file position is meaningless in a deflated stream; the pixel read will tell
-    implicit, little = ds.original_encoding
-    if implicit is None:
-        return None
-    start = fp.tell()
-    head = fp.read(12)
-    if len(head) < 8:
-        return "no pixel data"
-    endian = "<" if little else ">"
-    tag = struct.unpack(endian + "HH", head[:4])
-    if tag not in _PIXEL_TAGS:
-        return "no pixel data"
-    if tag in _FLOAT_PIXEL_TAGS:
-        return FLOAT_PIXELS_REASON
-    if implicit:
-        (length,), header = struct.unpack(endian + "L", head[4:8]), 8
-    elif head[4:6] in _LONG_VRS:
-        if len(head) < 12:
-            return "truncated"
-        (length,), header = struct.unpack(endian + "L", head[8:12]), 12
-    else:
-        (length,), header = struct.unpack(endian + "H", head[6:8]), 8
-    available = file_size - start - header
-    if length == 0xFFFFFFFF:  # encapsulated (compressed): at least a basic offset table item and a fragment
-        return None if available >= 16 else "truncated"
-    if length == 0:
-        return "no pixel data"
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.BitsAllocated) // 8
-    if available < length or length < expected:
-        return "truncated"
-    if length > expected + expected % 2:  # more data than the header describes: its matrix or bits are wrong
-        return LENGTH_REASON
-    return None
 
 
 def group_series(records, root, skips, include_kinds=()):

@@ -1,11 +1,13 @@
 """Pixels of an indexed series in modality units, and the noise-free truth the demo generator leaves beside them.
 
-read_series decodes each file once (pydicom's handlers, pylibjpeg for compressed syntaxes) and applies the
-modality rescale per frame; read_truth reads the demo's hidden sidecars (TRUTH_FILE, TRUTH_INDEX), which real
+pixel_status checks one file's pixel data element as the index reads headers (present, complete, of integers, no
+longer than its header says); read_series decodes each file once (pydicom's handlers, pylibjpeg for compressed
+syntaxes) and applies the modality rescale per frame; read_truth reads the demo's hidden sidecars (TRUTH_FILE, TRUTH_INDEX), which real
 data never has. Problems a series can have are SeriesReadError(reason, detail): callers count the reason and go on.
 """
 
 import json
+import struct
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -39,6 +41,15 @@ def open_dataset(path, stop_before_pixels=False):
     return ds
 
 
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}  # Pixel / Float / Double Float Pixel Data
+# Float and Double Float Pixel Data (PS3.3 C.7.6.24, parametric maps and other derived objects): enhance.py writes
+# stored integers through the source's rescale and could not give such a file back, so it is skipped everywhere.
+_FLOAT_PIXEL_TAGS = {(0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+FLOAT_PIXELS_REASON = "float pixel data"
+# Pixel data longer than Rows x Columns x frames x BitsAllocated describe (the header misstates it).
+LENGTH_REASON = "pixel data longer than the header describes"
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV"}
+
 INVALID_RESCALE = "invalid rescale"  # the writer's reason too
 VALUES_ABOVE_BITS_STORED = "stored values above BitsStored"
 
@@ -56,6 +67,68 @@ class SeriesReadError(Exception):
 # --------------------------------------------------------------------------------------------------------------
 # 2-5. Pixels, normalization, geometry
 # --------------------------------------------------------------------------------------------------------------
+
+def pixel_status(fp, ds, file_size):
+    """None if the pixel data element is present and complete, else "no pixel data", "truncated",
+    FLOAT_PIXELS_REASON or LENGTH_REASON (the index's check of each file; only the element's header and, for
+    compressed data, its items' headers are read).
+    fp must stand where stop_before_pixels left it (at the pixel data tag, or at the end of the file)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return None  # the file position is meaningless in a deflated stream; the pixel read will tell
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return None
+    start = fp.tell()
+    head = fp.read(12)
+    if len(head) < 8:
+        return "no pixel data"
+    endian = "<" if little else ">"
+    tag = struct.unpack(endian + "HH", head[:4])
+    if tag not in _PIXEL_TAGS:
+        return "no pixel data"
+    if tag in _FLOAT_PIXEL_TAGS:
+        return FLOAT_PIXELS_REASON
+    if implicit:
+        (length,), header = struct.unpack(endian + "L", head[4:8]), 8
+    elif head[4:6] in _LONG_VRS:
+        if len(head) < 12:
+            return "truncated"
+        (length,), header = struct.unpack(endian + "L", head[8:12]), 12
+    else:
+        (length,), header = struct.unpack(endian + "H", head[6:8]), 8
+    available = file_size - start - header
+    if length == 0xFFFFFFFF:  # encapsulated (compressed): a basic offset table item, then the fragments
+        return _fragments_status(fp, start + header, file_size)
+    if length == 0:
+        return "no pixel data"
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.BitsAllocated) // 8
+    if available < length or length < expected:
+        return "truncated"
+    if length > expected + expected % 2:  # more data than the header describes: its matrix or bits are wrong
+        return LENGTH_REASON
+    return None
+
+
+def _fragments_status(fp, offset, file_size):
+    """None when the items of encapsulated pixel data from `offset` (the offset table, then at least one fragment)
+    lie within the file, "truncated" when the file ends before one does (a download cut short): only the item
+    headers are read. Anything else odd is left to the pixel read, which says what it is."""
+    fp.seek(offset)
+    for items in range(1_000_000):
+        head = fp.read(8)
+        if len(head) < 8:
+            return None if items >= 2 else "truncated"
+        group, element, length = struct.unpack("<HHL", head)
+        if (group, element) != (0xFFFE, 0xE000):  # the sequence delimiter, or something else
+            return None if (group, element) != (0xFFFE, 0xE0DD) or items >= 2 else "truncated"
+        offset += 8 + length
+        if offset > file_size:
+            return "truncated"
+        fp.seek(offset)
+    return None
+
 
 def read_series(series):
     """float32 (n, rows, cols) in modality units: stored values * RescaleSlope + RescaleIntercept, per frame.
