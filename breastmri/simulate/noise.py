@@ -353,13 +353,18 @@ def _pair_difference(magnitude, a, b, body_fraction=0.1):
         return None
     scale = float(np.median(second[body]) / np.median(first[body]))
     diff = (second - scale * first) / math.sqrt(1 + scale * scale)
-    # pixels whose difference is not noise (contrast arriving, motion left at an edge) would dominate the
-    # correlation and the spectrum, which are means: they are left out beyond 3.5 robust sigmas
-    body &= _quiet_blocks(diff, body)
+    body = _noise_only(diff, body)
+    return np.where(body, diff, 0.0), body
+
+
+def _noise_only(diff, body):
+    """body (boolean (H, W)) less where the difference image `diff` is not noise: the blocks that change more than the
+    typical block (_quiet_blocks) and pixels beyond 3.5 robust sigmas (contrast arriving, motion left at an edge),
+    which would dominate the correlations and the spectrum read from it, means all."""
+    body = body & _quiet_blocks(diff, body)
     centre = np.median(diff[body])
     spread = 1.4826 * np.median(np.abs(diff[body] - centre))
-    body &= np.abs(diff - centre) <= 3.5 * spread
-    return np.where(body, diff, 0.0), body
+    return body & (np.abs(diff - centre) <= 3.5 * spread)
 
 
 # View sharing (Siemens TWIST, GE DISCO, Philips keyhole) fills part of each frame's k-space from its neighbours, so
@@ -410,9 +415,7 @@ def _difference_correlation(magnitude, index, frames, positions):
         for d in (d1, d2):
             if np.count_nonzero(body) < 16:
                 break
-            body &= _quiet_blocks(d, body)
-            centre = np.median(d[body])
-            body &= np.abs(d - centre) <= 3.5 * 1.4826 * np.median(np.abs(d[body] - centre))
+            body = _noise_only(d, body)
         first.append(d1[body])
         second.append(d2[body])
     if sum(len(x) for x in first) < MIN_CORRELATION_PIXELS:
