@@ -6,6 +6,7 @@ syntaxes) and applies the modality rescale per frame; read_truth reads the demo'
 data never has. Problems a series can have are SeriesReadError(reason, detail): callers count the reason and go on.
 """
 
+import itertools
 import json
 import struct
 import warnings
@@ -113,21 +114,27 @@ def pixel_status(fp, ds, file_size):
 
 def _fragments_status(fp, offset, file_size):
     """None when the items of encapsulated pixel data from `offset` (the offset table, then at least one fragment)
-    lie within the file, "truncated" when the file ends before one does (a download cut short): only the item
-    headers are read. Anything else odd is left to the pixel read, which says what it is."""
-    fp.seek(offset)
-    for items in range(1_000_000):
-        head = fp.read(8)
-        if len(head) < 8:
-            return None if items >= 2 else "truncated"
-        group, element, length = struct.unpack("<HHL", head)
-        if (group, element) != (0xFFFE, 0xE000):  # the sequence delimiter, or something else
-            return None if (group, element) != (0xFFFE, 0xE0DD) or items >= 2 else "truncated"
-        offset += 8 + length
-        if offset > file_size:
+    lie within the file, "truncated" when the file ends before one does (a download cut short) or holds fewer than
+    two: only the item headers are read (_items)."""
+    count = 0
+    for count, (_, end) in enumerate(_items(fp, offset), start=1):
+        if end > file_size:
             return "truncated"
+    return None if count >= 2 else "truncated"
+
+
+def _items(fp, offset):
+    """(start, end) of the value of each item of encapsulated pixel data from `offset` (the Basic Offset Table, then
+    the fragments), read from their 8-byte headers (little endian, as encapsulation is), up to the sequence
+    delimiter, anything else or the end of the file."""
+    for _ in range(1_000_000):
         fp.seek(offset)
-    return None
+        head = fp.read(8)
+        if len(head) < 8 or head[:4] != b"\xfe\xff\x00\xe0":
+            return
+        start = offset + 8
+        offset = start + int.from_bytes(head[4:8], "little")
+        yield start, offset
 
 
 def read_series(series):
@@ -199,14 +206,13 @@ def _lossy_codestream(path, syntax):
     with open(path, "rb") as fp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pydicom.dcmread(fp, stop_before_pixels=True, force=True)  # to the pixel data element
-        head = fp.read(20)  # Pixel Data: tag, OB, 0000, undefined length; then the Basic Offset Table item
-        if len(head) < 20 or head[8:12] != b"\xff\xff\xff\xff" or head[12:16] != b"\xfe\xff\x00\xe0":
+        head = fp.read(12)  # Pixel Data: tag, OB, 0000, undefined length; then its items
+        fragments = list(itertools.islice(_items(fp, fp.tell()), 2)) if head[8:12] == b"\xff\xff\xff\xff" else []
+        if len(fragments) < 2:  # the Basic Offset Table, then the first fragment
             return False
-        fp.seek(int.from_bytes(head[16:20], "little"), 1)
-        item = fp.read(8)
-        if len(item) < 8 or item[:4] != b"\xfe\xff\x00\xe0":
-            return False
-        stream = fp.read(min(int.from_bytes(item[4:8], "little"), _CODESTREAM_HEAD))
+        start, end = fragments[1]
+        fp.seek(start)
+        stream = fp.read(min(end - start, _CODESTREAM_HEAD))
     if syntax == "1.2.840.10008.1.2.4.81":
         at = stream.find(b"\xff\xda")  # start of scan: length (2), components Ns (1), 2 Ns bytes, then NEAR
         near = at + 5 + 2 * stream[at + 4] if 0 <= at and at + 4 < len(stream) else len(stream)
