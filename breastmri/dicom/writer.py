@@ -316,7 +316,7 @@ def _mark_own_output(ds, enhancer):
 
 
 def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number=None,
-                    source_key="", study_uid=None, label=None, lossy_method=None):
+                    source_key="", study_uid=None, label=None, lossy=None):
     """The output object for one input file.
 
     header: the input's dataset without pixel data (dcmread stop_before_pixels). pixels: stored values, (rows,
@@ -325,7 +325,7 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
     source_key: what names the input file when it has no SOPInstanceUID, in its dataset or its file meta (the
     index's fallback), so that every output file gets its own UID. study_uid: the StudyInstanceUID written when
     the input has none (Type 1). label: the volume of a split series (a b-value, ASL control or label), for the
-    description (index.Series.volume). lossy_method: how the input's pixel data lost information
+    description (index.Series.volume). lossy: how the input's pixel data lost information
     (pixels.lossy_method), if it did: an output decoded from it keeps the mark (PS3.3 C.7.6.1.1.5: once lossy
     compressed, LossyImageCompression "01" for good). Returns a Dataset with file_meta, ready for save_as(enforce_file_format=True).
     """
@@ -343,10 +343,10 @@ def derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, cre
         ds.StudyInstanceUID = study_uid
     # Classic MR only (General Image module, Type 3): in Enhanced MR the attribute is Type 1 with a ratio this
     # header cannot give, and a valid enhanced source already carries all three, copied as they are.
-    if lossy_method and not enhanced and str(ds.get("LossyImageCompression", "")) != "01":
+    if lossy and not enhanced and str(ds.get("LossyImageCompression", "")) != "01":
         ds.LossyImageCompression = "01"
         if not ds.get("LossyImageCompressionMethod"):
-            ds.LossyImageCompressionMethod = lossy_method
+            ds.LossyImageCompressionMethod = lossy
 
     ds.SOPInstanceUID = sop_uid
     ds.SOPClassUID = source_class  # same IOD as the input: viewers treat the output like the source
@@ -498,7 +498,6 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
         files.setdefault(path, []).append((k, frame))
     for number, (path, items) in enumerate(files.items(), start=1):
         header = _read_header(path)
-        source_lossy = lossy_method(path, header)
         bits_allocated, bits_stored, signed = _pixel_layout(header)
         index = [k for k, _ in items]
         stored = to_stored(modality[index], [series.slopes[k] for k in index],
@@ -519,7 +518,7 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
             ds = derived_dataset(header, pixels, new_series_uid, frame_numbers, enhancer, created, series_number,
                                  source_key=series.sop_instance_uids[index[0]],
                                  study_uid=series.study_uid or derived_uid("study", series.patient_id),
-                                 label=series.volume, lossy_method=source_lossy)
+                                 label=series.volume, lossy=lossy_method(path, header))
             ds.save_as(folder / f"{number:04d}.dcm", enforce_file_format=True)
         except (ValueError, OverflowError) as error:  # a source header value no VR of its own can hold
             raise SeriesError("write failed", f"{path}: {type(error).__name__}: {error}") from None
