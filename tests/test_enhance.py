@@ -302,8 +302,9 @@ def test_enhancing_a_degraded_series_raises_psnr(smoke_dicom, smoke_run, smoke_c
     degraded = {}
     for k, (path, _) in enumerate(series.frames):
         ds = pydicom.dcmread(path)
-        stored = writer.to_stored(noisy_modality[k:k + 1], [series.slopes[k]], [series.intercepts[k]],
-                                   int(ds.BitsStored), int(ds.BitsAllocated), False)[0]
+        stored, _ = writer.to_stored(noisy_modality[k:k + 1], [series.slopes[k]], [series.intercepts[k]],
+                                      int(ds.BitsStored), int(ds.BitsAllocated), False)
+        stored = stored[0]
         ds.PixelData = stored.tobytes()
         ds.SeriesInstanceUID = new_series
         ds.SOPInstanceUID = generate_uid()

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_fixtures import image_dataset, uid, write_mr_series
+from dicom_fixtures import enhanced_mr_dataset, image_dataset, uid, write_mr_series
 from pydicom.dataset import FileMetaDataset
 
 from breastmri.config import load_config
@@ -268,6 +268,38 @@ def test_philips_private_scale_slope_gives_the_measured_signal(identity_run, tmp
         assert np.abs(out.pixel_array.astype(int) - source.astype(int)).max() <= 8
 
 
+@pytest.mark.parametrize("place", ["own frame", "shared", "top level"])
+def test_an_enhanced_philips_object_reads_its_scale_slope_wherever_it_is_kept(tmp_path, place):
+    """Philips' enhanced objects keep the Scale Slope in the private sequence (2005,xx0F) of each frame's group, of
+    the group shared by all frames, or at the top level of the file: read at each place, the frames' values are the
+    measured signal (500, 600, 700), not the stored values scaled to fill 12 bits."""
+    signal = np.array([500.0, 600.0, 700.0])
+    scales = 4095.0 / signal if place == "own frame" else np.full(3, 4095.0 / signal.max())
+    frames = np.rint(signal[:, None, None] * scales[:, None, None] * np.ones((3, 8, 8)))
+    ds = enhanced_mr_dataset(frames, [0.0, 0.0, 0.0], [1, 2, 3], [1.0] * 3, [0.0] * 3)
+    ds.Manufacturer = "Philips Medical Systems"
+    ds.BitsStored, ds.HighBit = 12, 11
+
+    def private_scale(group, scale):
+        item = pydicom.Dataset()
+        item.private_block(0x2005, "Philips MR Imaging DD 001", create=True).add_new(0x0E, "FL", float(scale))
+        group.private_block(0x2005, "Philips MR Imaging DD 005", create=True).add_new(0x0F, "SQ",
+                                                                                   pydicom.Sequence([item]))
+
+    if place == "own frame":
+        for group, scale in zip(ds.PerFrameFunctionalGroupsSequence, scales):
+            private_scale(group, scale)
+    elif place == "shared":
+        private_scale(ds.SharedFunctionalGroupsSequence[0], scales[0])
+    else:
+        ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True).add_new(0x0E, "FL", float(scales[0]))
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "enhanced.dcm", enforce_file_format=True)
+    (series,), _, _ = index(tmp_path / "in")
+    values = read_series(series)
+    assert np.allclose(values.mean(axis=(1, 2)), signal, rtol=2e-3)
+
+
 def _misstated(ds, case):
     """Edit one image of a 16-bit series so that its header misstates its pixel data (`case`)."""
     pixels = ds.pixel_array.astype(np.uint16)
@@ -410,3 +442,27 @@ def test_a_compressed_file_cut_short_is_skipped_as_truncated(tmp_path):
     (series,), skips, _ = index(tmp_path / "in")
     assert skips.files == {"truncated": 1} and len(series.frames) == 2
     assert read_series(series).shape == (2, 32, 32)
+
+
+def test_values_past_the_stored_range_are_counted_and_named(identity_run, tmp_path, monkeypatch):
+    """A network that brightens tissue past what the source's 12 bits hold is clipped there (the output keeps the
+    source's pixel format); the count and a series note say so instead of hiding it. The identity model clips
+    nothing."""
+    _, stack = write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=16, cols=16)
+    assert 512 < stack.max() < 4096
+    for path in (tmp_path / "in").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.BitsStored, ds.HighBit = 12, 11
+        ds.save_as(path, enforce_file_format=True)
+    enhancer = load_enhancer(identity_run)
+    plain = pipeline.run(enhancer, tmp_path / "in", tmp_path / "plain", progress=False)["series"][0]
+    assert plain["clipped_pixels"] == 0 and pipeline.CLIPPED_NOTE not in plain["notes"]
+
+    predict = pipeline.predict_stack
+    monkeypatch.setattr(pipeline, "predict_stack",
+                        lambda *args, **kwargs: (lambda pred, info: (pred * 8.0, info))(*predict(*args, **kwargs)))
+    bright = pipeline.run(enhancer, tmp_path / "in", tmp_path / "bright", progress=False)["series"][0]
+    assert bright["status"] == "done" and bright["clipped_pixels"] > 0
+    assert pipeline.CLIPPED_NOTE in bright["notes"]
+    top = max(int(pydicom.dcmread(p).pixel_array.max()) for p in (tmp_path / "bright").rglob("*.dcm"))
+    assert top == 4095

@@ -58,7 +58,8 @@ def _b_value(ds):
 # courses would be false. The measured ("precise") value is DV / (RescaleSlope x ScaleSlope) (Chenevert et al.,
 # Transl Oncol 2014;7:65-71; dcm2niix's default): stored values map to it with slope 1 / ScaleSlope and intercept
 # RescaleIntercept / (RescaleSlope x ScaleSlope). Philips' enhanced objects keep it per frame in their private
-# sequence (2005,xx0F of "Philips MR Imaging DD 005"), read there too.
+# sequence (2005,xx0F of "Philips MR Imaging DD 005"), read there too: a frame's own group first, then the groups
+# shared by all frames, then the top level (_group_scale).
 _PHILIPS_SCALE_SLOPE = (0x2005, "Philips MR Imaging DD 001", 0x0E)
 _PHILIPS_FRAME_PRIVATE = (0x2005, "Philips MR Imaging DD 005", 0x0F)
 
@@ -72,6 +73,15 @@ def _philips_scale(item):
         raw = struct.unpack("<f", raw[:4])[0] if len(raw) >= 4 else None
     value = _number(text_value(raw).split("\\")[0].strip()) if raw is not None else None
     return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
+def _group_scale(group):
+    """The Philips Scale Slope of a functional group item: in its private sequence, else in the item itself."""
+    if group is None:
+        return None
+    private = _private_value(group, *_PHILIPS_FRAME_PRIVATE)
+    inner = _philips_scale(private[0]) if isinstance(private, pydicom.Sequence) and len(private) else None
+    return inner or _philips_scale(group)
 
 
 def _precise(scale, slope, intercept):
@@ -235,9 +245,8 @@ def _header_record(path, ds):
             slope = _number(lookup("PixelValueTransformationSequence", "RescaleSlope"), slope0)
             intercept = _number(lookup("PixelValueTransformationSequence", "RescaleIntercept"), intercept0)
             if philips:
-                private = _private_value(own, *_PHILIPS_FRAME_PRIVATE) if own is not None else None
-                scale = _philips_scale(private[0] if isinstance(private, pydicom.Sequence) and private else None)
-                slope, intercept = _precise(scale or scale0, slope, intercept)
+                scale = _group_scale(own) or _group_scale(shared) or scale0
+                slope, intercept = _precise(scale, slope, intercept)
             record["frames"].append({
                 "frame": i,
                 "temporal": _number(lookup("FrameContentSequence", "TemporalPositionIndex")),

@@ -1,7 +1,8 @@
 """Writing an enhanced series as DICOM: enhance.py's steps 3 and 4 (see its docstring for the rules).
 
-    stored = to_stored(modality, slopes, intercepts, bits_stored, bits_allocated, signed)
-    write_series(series, enhanced_modality_values, enhancer, folder, new_series_uid, created, padding)
+    stored, clipped = to_stored(modality, slopes, intercepts, bits_stored, bits_allocated, signed)
+    n_files, clipped = write_series(series, enhanced_modality_values, enhancer, folder, new_series_uid, created,
+                                    padding)
 
 The output of a series is the input files' headers with the enhanced pixels in the stored units: a derived object
 of the same SOP class (classic MR stays MR Image, Enhanced and legacy converted MR stay multi-frame), new UIDs
@@ -94,16 +95,18 @@ def stored_range(bits_stored, signed):
 
 
 def to_stored(modality, slopes, intercepts, bits_stored, bits_allocated, signed):
-    """Modality values (n, H, W) -> stored integers: (value - intercept) / slope per frame, rounded to the
-    nearest integer, clipped to the BitsStored range, in the pixel cell dtype."""
+    """Modality values (n, H, W) -> (stored integers, clipped): (value - intercept) / slope per frame, rounded to
+    the nearest integer, clipped to the BitsStored range, in the pixel cell dtype; clipped counts the values that
+    fell outside that range (brighter than the source's format can hold, or below its lowest value)."""
     slopes = np.asarray(slopes, dtype=np.float64)[:, None, None]
     intercepts = np.asarray(intercepts, dtype=np.float64)[:, None, None]
     if np.any(slopes == 0) or not np.all(np.isfinite(slopes)):
         raise SeriesError("invalid rescale", "RescaleSlope is 0 or not finite")
     values = np.rint((np.asarray(modality, dtype=np.float64) - intercepts) / slopes)
     low, high = stored_range(bits_stored, signed)
-    values = np.clip(np.nan_to_num(values, nan=0.0), low, high)
-    return values.astype(stored_dtype(bits_allocated, signed))
+    values = np.nan_to_num(values, nan=0.0)
+    clipped = int(np.count_nonzero((values < low) | (values > high)))
+    return np.clip(values, low, high).astype(stored_dtype(bits_allocated, signed)), clipped
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -492,16 +495,18 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
 
     modality: enhanced values (n, H, W) in series order. padding: boolean (n, H, W) of padded source pixels
     (padding_mask) or None. series_number: the output SeriesNumber (None: the source's + 1000). Files are named
-    0001.dcm ... in the order of their first slice in the series. Returns the number of files written."""
-    files = {}
+    0001.dcm ... in the order of their first slice in the series. Returns (files written, pixels clipped to the
+    stored range: to_stored)."""
+    files, clipped = {}, 0
     for k, (path, frame) in enumerate(series.frames):
         files.setdefault(path, []).append((k, frame))
     for number, (path, items) in enumerate(files.items(), start=1):
         header = _read_header(path)
         bits_allocated, bits_stored, signed = _pixel_layout(header)
         index = [k for k, _ in items]
-        stored = to_stored(modality[index], [series.slopes[k] for k in index],
-                           [series.intercepts[k] for k in index], bits_stored, bits_allocated, signed)
+        stored, n_clipped = to_stored(modality[index], [series.slopes[k] for k in index],
+                                      [series.intercepts[k] for k in index], bits_stored, bits_allocated, signed)
+        clipped += n_clipped
         limits = padding_range(header)
         if limits is not None:
             stored = keep_padding(stored, None if padding is None else padding[index], limits, bits_stored, signed)
@@ -522,7 +527,7 @@ def write_series(series, modality, enhancer, folder, new_series_uid, created, pa
             ds.save_as(folder / f"{number:04d}.dcm", enforce_file_format=True)
         except (ValueError, OverflowError) as error:  # a source header value no VR of its own can hold
             raise SeriesError("write failed", f"{path}: {type(error).__name__}: {error}") from None
-    return len(files)
+    return len(files), clipped
 
 
 def output_series_numbers(series_list, taken_by_outputs=None, numbered=None):

@@ -45,6 +45,8 @@ MARKER = "enhance.json"
 SUMMARY = "enhance_summary.json"
 TMP_PREFIX = ".tmp-enhance-"
 SWAPPED = "-old-"  # an --overwrite's old series, moved aside beside its folder until the new one is in place
+# A series whose enhanced values ran past what its source's BitsStored holds: its count is "clipped_pixels".
+CLIPPED_NOTE = "values clipped to the source's stored range (BitsStored)"
 
 
 # One series cannot be enhanced: the same exception preprocessing skips a series with; its `reason` is the short
@@ -116,11 +118,10 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
             except Exception as error:  # noqa: BLE001 - a figure problem must not fail the series
                 result["preview_error"] = f"{type(error).__name__}: {error}"
         try:
-            n_files = _write_atomically(part, enhanced[rows], None if padding is None else padding[rows], enhancer,
-                                        out_dir, final, result["output_series_uid"],
-                                        series_numbers.get(part.id),
-                                        {"norm_lo": lo, "norm_hi": hi, "size": info, "dynamic": result["dynamic"],
-                                         "time_points": time_points})
+            n_files, clipped = _write_atomically(
+                part, enhanced[rows], None if padding is None else padding[rows], enhancer, out_dir, final,
+                result["output_series_uid"], series_numbers.get(part.id),
+                {"norm_lo": lo, "norm_hi": hi, "size": info, "dynamic": result["dynamic"], "time_points": time_points})
         except Exception as error:  # noqa: BLE001 - as above, for this source series
             error = _counted(error)
             if staged is not None:  # no preview of a series that is not there; an old one stays with its series
@@ -131,8 +132,10 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
             png = final.parent / f"{final.name}.png"
             os.replace(staged, png)
             result["preview"] = os.path.relpath(png, out_dir)
-        results.append(dict(result, status="done", files=n_files, norm_lo=lo, norm_hi=hi, size=info,
-                            seconds=round(seconds, 3), inference_seconds=round(inference, 3)))
+        if clipped:  # brighter than the source's BitsStored can hold (or below its lowest value): said, not hidden
+            result["notes"] = sorted(set(result["notes"]) | {CLIPPED_NOTE})
+        results.append(dict(result, status="done", files=n_files, clipped_pixels=clipped, norm_lo=lo, norm_hi=hi,
+                            size=info, seconds=round(seconds, 3), inference_seconds=round(inference, 3)))
     return results
 
 
@@ -188,7 +191,8 @@ def _enhanced(series, enhancer, batch_size, tile, force_tiling, max_pixels):
 
 def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid, series_number, record):
     """Write one derived series under a temporary name, its marker last, then rename it into place (an
-    --overwrite swaps the old series out first and puts it back if the new one fails). Returns the file count."""
+    --overwrite swaps the old series out first and puts it back if the new one fails). Returns (files, pixels
+    clipped to the source's stored range)."""
     tmp = Path(out_dir) / temporary_name(new_uid, TMP_PREFIX)
     old = final.parent / temporary_name(final.name, TMP_PREFIX, SWAPPED)  # beside its place: restore_swapped
     created = datetime.now()
@@ -196,11 +200,12 @@ def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            n_files = write_series(part, enhanced, enhancer, tmp, new_uid, created, padding, series_number)
+            n_files, clipped = write_series(part, enhanced, enhancer, tmp, new_uid, created, padding,
+                                            series_number)
             marker = {"source_series_uid": part.series_uid, "output_series_uid": new_uid,
                       "model": str(enhancer.model_path), "model_sha256": enhancer.model_sha,
                       "config_hash": enhancer.config_hash, "volume": part.volume, "slices": len(part.frames),
-                      "files": n_files,
+                      "files": n_files, "clipped_pixels": clipped,
                       **record, "created": created.isoformat(timespec="seconds")}
             (tmp / MARKER).write_text(json.dumps(marker, indent=1, default=float) + "\n")  # last: complete
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +218,7 @@ def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid
             # counted as UNFORESEEN_REASON)
             raise SeriesError("write failed", f"{type(error).__name__}: {error}") from None
         remove_path(old)
-        return n_files
+        return n_files, clipped
     except BaseException:
         if old.exists() and not final.exists():
             os.replace(old, final)  # the new series failed after the old one was moved away: put it back
