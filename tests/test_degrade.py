@@ -267,12 +267,14 @@ def test_noise_is_read_from_two_frames_without_contrast_arriving(pre_contrast):
     assert frame_difference_sigma(frames, layout) == pytest.approx(sigma, rel=0.1)
 
 
+@pytest.mark.parametrize("pre_contrast", [10, 1], ids=["no contrast", "one frame before contrast"])
 @pytest.mark.parametrize("shared", [0.0, 0.5])
-def test_noise_is_read_from_frames_that_do_not_share_it(shared):
+def test_noise_is_read_from_frames_that_do_not_share_it(shared, pre_contrast):
     """View sharing (TWIST, DISCO) gives neighbouring frames a share of the same noise: frame t's noise here is
     sqrt(1 - shared) w(t) + sqrt(shared) w(t - 1), so frames one apart share `shared` of it and frames two apart
     nothing. Frames 0 and 1 then differ by sqrt(1 - shared) of the noise (0.71 of it at 0.5, what ProstateX's TWIST
-    reads); frames 0 and 2 by all of it. Independent frames keep the first two."""
+    reads); frames 0 and 2 by all of it. Independent frames keep the first two. With one frame before contrast
+    (the rest enhanced alike) the pair is read the same way from the last frame back."""
     from breastmri.simulate.noise import _noise_pair, frame_difference_sigma
 
     rng = np.random.default_rng(5)
@@ -282,11 +284,14 @@ def test_noise_is_read_from_frames_that_do_not_share_it(shared):
     white = rng.standard_normal((times + 1, positions, 64, 64))
     noise = math.sqrt(1 - shared) * white[1:] + math.sqrt(shared) * white[:-1]
     signal = (100.0 + 20.0 * np.sin(x / 5.0) * np.cos(y / 7.0)) * body
-    frames = (signal + sigma * noise) * body  # (T, P, H, W): no contrast, repeated anatomy
+    enhancement = np.where(np.arange(times) < pre_contrast, 1.0, 1.6)[:, None, None, None]
+    frames = (signal * enhancement + sigma * noise) * body  # (T, P, H, W): repeated anatomy
     layout = [(t, k) for t in range(times) for k in range(positions)]
     flat = frames.reshape(-1, 64, 64).astype(np.float32)
     index = {tk: i for i, tk in enumerate(layout)}
-    assert _noise_pair(flat, index, list(range(times))) == ((0, 1) if shared == 0 else (0, 2))
+    first, last = (0, 1) if pre_contrast > 1 else (times - 2, times - 1)
+    expected = (first, last) if shared == 0 else ((0, 2) if pre_contrast > 1 else (times - 3, times - 1))
+    assert _noise_pair(flat, index, list(range(times))) == expected
     assert frame_difference_sigma(flat, layout) == pytest.approx(sigma, rel=0.08)
 
 

@@ -28,8 +28,9 @@ from scipy import special
 from breastmri.registration import register_shifts, shift_frames
 
 # The version of the rules above and below that decide a series' noise: preprocessing's arrays_hash holds it, so
-# arrays degraded under earlier rules are made again rather than reused (2: view-sharing pairs, KS_TOLERANCE).
-NOISE_RULES = 2
+# arrays degraded under earlier rules are made again rather than reused (2: view-sharing pairs, KS_TOLERANCE; 3:
+# view-sharing pairs from the last frame back when fewer than two frames come before contrast).
+NOISE_RULES = 3
 
 # Background selection for the fit: air pixels are taken as those below the law's 86% quantile (for one channel,
 # Rayleigh, that is 2 sigma: 1 - exp(-2) = 86%), so the cut keeps most of the air while excluding the
@@ -383,7 +384,8 @@ def _noise_pair(magnitude, index, times, positions=3):
     middle slice positions that have every time point, says which frames come before contrast: the first frame
     and the closest one whose noise is independent of it (the first gap g whose frames 0, g, 2g all come before
     contrast and differ as independent noise does: SHARED_NOISE; the next frame when none does, or when too few
-    frames come before contrast to tell). The last two when fewer than two frames come before contrast."""
+    frames come before contrast to tell). With fewer than two frames before contrast the same from the last frame
+    back over the dynamic's later half (frames -1, -1 - g, -1 - 2g), where the signal changes least."""
     if len(times) < 4:  # too few frames for frames_before_contrast to choose its pixels from a later half
         return times[0], times[1]
     complete = sorted({k for _, k in index if all((t, k) in index for t in times)})
@@ -392,13 +394,15 @@ def _noise_pair(magnitude, index, times, positions=3):
     middle = complete[len(complete) // 2 - positions // 2:][:positions]
     stack = np.stack([magnitude[[index[(t, k)] for k in middle]] for t in times])  # (T, P, H, W)
     before = frames_before_contrast(stack)
-    if before < 2:
-        return times[-2], times[-1]
-    for gap in range(1, (before - 1) // 2 + 1):
-        if _difference_correlation(magnitude, index, [times[0], times[gap], times[2 * gap]], middle) \
+    if before >= 2:
+        first, usable = times, before
+    else:
+        first, usable = times[::-1], len(times) // 2
+    for gap in range(1, (usable - 1) // 2 + 1):
+        if _difference_correlation(magnitude, index, [first[0], first[gap], first[2 * gap]], middle) \
                 <= SHARED_NOISE:
-            return times[0], times[gap]
-    return times[0], times[1]
+            return tuple(sorted((first[0], first[gap]), key=times.index))
+    return tuple(sorted((first[0], first[1]), key=times.index))
 
 
 def _difference_correlation(magnitude, index, frames, positions):
