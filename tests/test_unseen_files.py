@@ -180,6 +180,23 @@ def test_phases_told_apart_by_trigger_time_are_time_points_in_order(tmp_path, ac
     assert np.allclose(means, expected), means
 
 
+def test_a_missing_image_keeps_the_later_phases_of_its_position_in_place(tmp_path):
+    """The same GE-style DCE without phase 1 of slice 1 (not exported): ranked at each position, that slice's phase
+    2 became its time point 1, beside slice 0's phase 1, and the context paired frames 90 s apart without a word.
+    Each phase's TriggerTime is shared by every position, so the rank is among the series' phases; the hole is
+    named in the series' notes."""
+    from breastmri.dicom.index import MISSING_IMAGES_NOTE
+
+    _trigger_dce(tmp_path / "s", "101500")
+    missing = next(p for p in (tmp_path / "s").glob("*.dcm") if pydicom.dcmread(p).pixel_array[0, 0] == 1101)
+    missing.unlink()
+    (series,), _, _ = index(tmp_path)
+    frames = read_series(series)
+    for (t, k), frame in zip(series.layout, frames):
+        assert frame[0, 0] == 1000 + 100 * t + k, (t, k, frame[0, 0])
+    assert (1, 1) not in series.layout and MISSING_IMAGES_NOTE in series.notes
+
+
 def test_a_series_uid_shared_by_two_patients_is_skipped(tmp_path):
     """Two patients whose files carry one SeriesInstanceUID (a broken anonymization) are not one series: merged,
     one patient's images would cross the patient split."""

@@ -74,6 +74,9 @@ PARTLY_PLACED_REASON = "slice position missing on some images"
 # export or anonymization; merged, one patient's images would join another's series and cross the patient split.
 SHARED_UID_REASON = "one series UID for several patients or studies"
 ASL_OBJECT_REASON = "ASL label and control images in one multi-frame object"
+# A time series some of whose (time point, slice position) images are missing (unreadable, not exported): the others
+# keep their places, and a context there is made of the time points the position has.
+MISSING_IMAGES_NOTE = "images missing at some time points of some slice positions"
 VOLUME_SEPARATOR = "#"  # the Series.id of one volume of a split series: "<SeriesInstanceUID>#<volume>"
 ORIENTATION_TOLERANCE = 0.01  # largest difference of direction cosines within one plane (~0.6 degrees)
 @dataclass
@@ -326,6 +329,7 @@ def _series(uid, files, frames, volume):
     for key in ("b_value", "asl"):  # one throughout: part of the acquisition (dynamics.acquisition_key)
         values = {f.get(key) for f in frames}
         acquisition[key] = values.pop() if len(values) == 1 else None
+    layout = _layout(frames)
     return Series(
         acquisition=acquisition, start={key: min(values) if values else None for key, values in starts.items()},
         patient_id=first["patient_id"], study_uid=first["study_uid"], series_uid=uid,
@@ -333,12 +337,11 @@ def _series(uid, files, frames, volume):
         cols=first["cols"], frames=[(f["path"], f["frame"]) for f in frames],
         sop_instance_uids=[f["sop_uid"] for f in frames], slopes=[f["slope"] for f in frames],
         intercepts=[f["intercept"] for f in frames], temporal_index=[f["t"] for f in frames],
-        times=[f["time"] for f in frames],
-        layout=_layout(frames),
+        times=[f["time"] for f in frames], layout=layout,
         series_number=first["series_number"],
         field_strength_t=next((r["field_strength_t"] for r in files if r["field_strength_t"]), None),
         padded=any(r["padded"] for r in files),
-        n_files=len(files), notes=sorted({n for r in files for n in r["notes"]}),
+        n_files=len(files), notes=sorted({n for r in files for n in r["notes"]} | _missing_images(layout)),
         truth_dir=first["folder"] if (Path(first["folder"]) / TRUTH_FILE).is_file() else None, volume=volume)
 
 
@@ -377,6 +380,12 @@ def _volumes(frames):
 _ASL_ORDER = ("control", "label", "m_zero_scan")
 
 
+def _missing_images(layout):
+    """{MISSING_IMAGES_NOTE} when the (time, position) grid of a time series has holes, else an empty set."""
+    times, positions = {t for t, _ in layout}, {k for _, k in layout}
+    return {MISSING_IMAGES_NOTE} if len(times) > 1 and len(set(layout)) < len(times) * len(positions) else set()
+
+
 def _layout(frames):
     """(time_index, position_index) of each frame in a sorted series: the rank of its temporal position and of
     its position along the slice normal (0.01 mm apart counts as the same), so frame (t, k) of a DCE series can
@@ -406,7 +415,8 @@ def _assign_temporal(frames):
     """Set f["t"]: the temporal position tag when every frame has one and it tells the images at each position
     apart; else, when slice positions repeat (DCE without the tag, or with one that never changes), the rank by
     acquisition time, then TriggerTime (GE writes each phase's delay there, its AcquisitionTime may be the
-    series' start), then AcquisitionNumber among the frames at the same position; else 0. False (nothing to lay
+    series' start), then AcquisitionNumber: among the series' phases when each phase's time is shared by every
+    position, else among the frames at the same position; else 0. False (nothing to lay
     out) when two frames at one position share all three: images of one dynamic (water and fat, echoes), not two
     time points (REPEATED_POSITION_REASON)."""
     positions = [f["position"] for f in frames]
@@ -422,18 +432,29 @@ def _assign_temporal(frames):
     at_position = defaultdict(list)
     for f in frames:
         at_position[_position_key(f["position"])].append(f)
+    # TriggerTime only where it varies: a series that writes 0 on every image is ordered as without it
+    varies = len({f["trigger"] for f in frames}) > 1
+
+    def when(f):
+        return (f["time"] if f["time"] is not None else math.inf,
+                f["trigger"] if varies and f["trigger"] is not None else math.inf, f["acquisition"])
+
     for group in at_position.values():
-        # TriggerTime only where it varies: a series that writes 0 on every image is ordered as without it
-        trigger = (lambda f: f["trigger"]) if len({f["trigger"] for f in group}) > 1 else (lambda f: None)
-        times = [(f["time"], trigger(f), f["acquisition"]) for f in group
-                 if f["time"] is not None or trigger(f) is not None]
+        times = [when(f) for f in group if f["time"] is not None or (varies and f["trigger"] is not None)]
         if len(set(times)) < len(times):
             return False
-        group.sort(key=lambda f: (f["time"] if f["time"] is not None else math.inf,
-                                  trigger(f) if trigger(f) is not None else math.inf, f["acquisition"],
-                                  f["instance"], f["path"], f["frame"] or 0))
-        for rank, f in enumerate(group):
-            f["t"] = rank
+        group.sort(key=lambda f: (when(f), f["instance"], f["path"], f["frame"] or 0))
+    # A phase's time shared by every slice position (a 3-D acquisition, or GE's TriggerTime per phase): the rank
+    # among the series' phases, so a position that misses an image keeps its later phases in their place; times of
+    # each slice its own (a 2-D acquisition): the rank at its position
+    phases = sorted({when(f) for f in frames})
+    if len(phases) == max(len(group) for group in at_position.values()):
+        for f in frames:
+            f["t"] = phases.index(when(f))
+    else:
+        for group in at_position.values():
+            for rank, f in enumerate(group):
+                f["t"] = rank
     return True
 
 
