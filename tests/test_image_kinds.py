@@ -282,3 +282,20 @@ def test_a_localizer_named_so_is_skipped_whatever_its_image_type(tmp_path, name)
     write_mr_series(tmp_path / "dce", "P1", n_slices=2, rows=16, cols=16, description="DCE", seed=1)
     series, skipped, _ = index_tree(tmp_path)
     assert [s.series_description for s in series] == ["DCE"] and skipped == {"localizer": 1}
+
+
+@pytest.mark.parametrize("name, reason", [("ax_vibe_dyn_SUB_2", SUBTRACTION), ("MIP SUB 2", None),
+                                          ("Sub-1 t1_fl3d", SUBTRACTION), ("MIP_TRA", PROJECTION),
+                                          ("t1 subject positioning", "kept")])
+def test_a_subtraction_or_mip_named_so_is_skipped_whatever_its_image_type(tmp_path, name, reason):
+    """A scanner's or workstation's subtractions and MIPs of a DCE are often written DERIVED\\PRIMARY\\M or
+    DERIVED\\SECONDARY\\OTHER: only the name tells them, and they were trained on and enhanced as anatomy ("MIP SUB
+    2" is both: either reason). A word that merely begins so ("subject") is kept."""
+    write_mr_series(tmp_path / "derived", "P1", n_slices=1, rows=16, cols=16, description=name)
+    write_mr_series(tmp_path / "dce", "P1", n_slices=2, rows=16, cols=16, description="DCE", seed=1)
+    series, skipped, _ = index_tree(tmp_path)
+    if reason == "kept":
+        assert len(series) == 2 and not skipped
+    else:
+        assert [s.series_description for s in series] == ["DCE"]
+        assert set(skipped) == {reason} if reason else set(skipped) <= {SUBTRACTION, PROJECTION}

@@ -239,6 +239,61 @@ def test_duke_phases_named_pre_and_nth_pass_are_one_dynamic(tmp_path):
     assert np.allclose(means, [1000, 1100, 1200, 1300]), means
 
 
+def _single_phase_series(root, name, t, protocol="BREAST BILAT MRI", options="FAST_GEMS\\FS"):
+    """One time point of 2 slice positions as its own series, GE-style: ProtocolName names the exam."""
+    for z in range(2):
+        ds = image_dataset(np.full((8, 8), 1000 + 100 * t, np.uint16), patient_id="PG", series_uid=uid("ge", name),
+                           instance=z + 1, position=3.0 * z, description=name, acquisition_time=f"10{t:02d}00")
+        ds.ProtocolName, ds.ScanOptions = protocol, options
+        (root / name).mkdir(parents=True, exist_ok=True)
+        ds.save_as(root / name / f"IM{z}.dcm", enforce_file_format=True)
+
+
+@pytest.mark.parametrize("case", ["fat-sat and not", "Dixon images", "pre and post n"])
+def test_series_of_one_exam_are_one_dynamic_only_when_acquired_alike(tmp_path, case):
+    """GE's ProtocolName names the whole exam, so it told nothing apart: a fat-suppressed pre-contrast series and
+    one without (ScanOptions, the description), or the water, fat, in- and opposed-phase series of one Dixon
+    acquisition, were assembled into a "dynamic" and each enhanced in the other's time context. Phases named pre,
+    post 1, post 2 are one dynamic."""
+    if case == "fat-sat and not":
+        _single_phase_series(tmp_path, "Ax VIBRANT pre nonFS", 0, options="FAST_GEMS")
+        _single_phase_series(tmp_path, "Ax VIBRANT pre", 1)
+        _single_phase_series(tmp_path, "Ax VIBRANT fs off", 2, options="FAST_GEMS")
+    elif case == "Dixon images":
+        for t, name in enumerate(["WATER", "FAT", "IN PHASE", "OUT PHASE"]):
+            _single_phase_series(tmp_path, f"Ax VIBRANT-Flex {name}", t)
+    else:
+        for t, name in enumerate(["Ax VIBRANT pre", "Ax VIBRANT post 1", "Ax VIBRANT post_2"]):
+            _single_phase_series(tmp_path, name, t)
+    series, _, _ = index(tmp_path)
+    assembled = assemble_dynamics(series)
+    if case == "pre and post n":
+        assert [s.dynamic["time_points"] for s in assembled] == [3]
+    else:
+        assert all(s.dynamic is None for s in assembled) and len(assembled) == len(series)
+
+
+def test_enhanced_objects_of_two_echo_times_are_not_one_dynamic(tmp_path):
+    """Enhanced MR keeps TR, TE and the flip angle in its functional groups, where the top-level reading found
+    None on both sides: the opposed- and in-phase objects of one Dixon acquisition (same description) were
+    assembled as two time points. Read from the groups, they stay apart; with one echo time they assemble."""
+    for te_in in (2.46, 1.23):
+        root = tmp_path / str(te_in)
+        for t, te in enumerate((1.23, te_in)):
+            ds = enhanced_mr_dataset(np.full((2, 8, 8), 1000 + 100 * t), [0.0, 3.0], [1, 1], [1.0] * 2, [0.0] * 2,
+                                     series_uid=uid("dixon", te_in, t))
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid("dixon sop", te_in, t)
+            ds.SeriesDescription, ds.AcquisitionTime = "t1_vibe_dixon_tra", f"10{t:02d}00"
+            echo = pydicom.Dataset()
+            echo.EffectiveEchoTime = te
+            ds.SharedFunctionalGroupsSequence[0].MREchoSequence = pydicom.Sequence([echo])
+            root.mkdir(exist_ok=True)
+            ds.save_as(root / f"e{t}.dcm", enforce_file_format=True)
+        series, _, _ = index(root)
+        assembled = assemble_dynamics(series)
+        assert len(assembled) == (2 if te_in == 2.46 else 1), [s.series_description for s in assembled]
+
+
 def test_a_backslash_in_a_description_is_read_as_written(tmp_path):
     """A backslash splits a text value into several (PS3.5 6.2): "T1\\fs dyn" reads back as written, not as the
     text of a Python list, in the index (which the series filter searches) and in enhance.py's description."""

@@ -6,10 +6,13 @@ Siemens (TWIST and VIBE dynamics), GE (DISCO) and many archives store a DCE acqu
 Duke-Breast-Cancer-MRI stores its pre- and post-contrast phases as separate series. Read one by one, each is a
 one-frame series and no temporal context can run on it. Series of one study are one dynamic when they share
 everything that makes their images comparable frame by frame (acquisition_key): frame of reference, orientation,
-the set of slice positions, matrix and pixel spacing, the sequence (ScanningSequence, SequenceName, the protocol
-name without its time token), TR, TE, flip angle and inversion time, the image type and the b-value. A
+the set of slice positions, matrix and pixel spacing, the sequence (ScanningSequence, SequenceName, SequenceVariant,
+ScanOptions, the protocol name and the series description without their time tokens), TR, TE, flip angle and
+inversion time (of an enhanced object, from its functional groups), the image type and the b-value. A
 variable-flip-angle T1 set (`fl3d_vibe_pre_flip_2deg`, `_5deg`, ...) differs in flip angle and is never merged, nor
-are echoes, diffusion series of other b-values or series of another contrast. Only series of a single time point
+are echoes, diffusion series of other b-values or series of another contrast; nor a fat-suppressed series and one
+without (ScanOptions FS, or its name), nor the water, fat, in- and opposed-phase series of one Dixon acquisition
+(their names or image types): GE's ProtocolName names the whole exam, so the description tells them apart. Only series of a single time point
 are merged; a series that is already a time series stays as it is.
 
 The members are ordered by the first tag that orders all of them: TemporalPositionIdentifier is per series and
@@ -33,8 +36,8 @@ ORDER_TAGS = (("trigger_ms", "TriggerTime"), ("acquisition", "AcquisitionTime"),
 # and Duke-Breast-Cancer-MRI's phases: "ax dyn pre", "ax dyn 1st pass" ... ("pre", "post", "3rd", "2nd_pass";
 # bounded by anything but a letter or digit, as names join words with underscores).
 TIME_TOKEN = re.compile(r"(TT\s*=\s*)?\d+(\.\d+)?\s*s(ec)?\b|\b(ph|phase|dyn)\s*[=_ -]?\s*\d+\b"
-                        r"|(?<![a-z0-9])(pre|post|\d+(st|nd|rd|th)([\s_]*(pass|phase|post))?)(?![a-z0-9])",
-                        re.IGNORECASE)
+                        r"|(?<![a-z0-9])((pre|post)([\s_-]*\d+)?|\d+(st|nd|rd|th)([\s_]*(pass|phase|post))?)"
+                        r"(?![a-z0-9])", re.IGNORECASE)
 
 
 def check_mode(mode):
@@ -46,9 +49,11 @@ def check_mode(mode):
 def protocol_name(series):
     """The protocol name (or, without one, the description) without its time token, spaces and separators
     normalized: 'Twist_dynamic_Wip576_TT=8.0s' -> 'twist dynamic wip576'."""
-    text = series.acquisition.get("protocol") or series.series_description
-    text = TIME_TOKEN.sub(" ", text)
-    return " ".join(re.split(r"[\s_=\-]+", text.lower())).strip()
+    return _timeless(series.acquisition.get("protocol") or series.series_description)
+
+
+def _timeless(text):
+    return " ".join(re.split(r"[\s_=\-]+", TIME_TOKEN.sub(" ", text or "").lower())).strip()
 
 
 def acquisition_key(series):
@@ -60,8 +65,9 @@ def acquisition_key(series):
     orientation = tuple(round(v, 2) for v in a["orientation"]) if a.get("orientation") else None
     return (series.patient_id, series.study_uid, a.get("frame_of_reference_uid"), orientation, a["positions"],
             a.get("rows"), a.get("cols"), a.get("pixel_spacing"), a.get("scanning_sequence"), a.get("sequence_name"),
-            protocol_name(series), a.get("tr_ms"), a.get("te_ms"), a.get("flip_deg"), a.get("ti_ms"),
-            a.get("image_type"), a.get("b_value"), a.get("asl"))
+            protocol_name(series), _timeless(series.series_description), a.get("tr_ms"), a.get("te_ms"),
+            a.get("flip_deg"), a.get("ti_ms"), a.get("image_type"), a.get("scan_options"), a.get("sequence_variant"),
+            a.get("b_value"), a.get("asl"))
 
 
 def order_members(members):

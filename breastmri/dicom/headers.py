@@ -197,6 +197,43 @@ def _rounded(values, digits=3):
         return ()
 
 
+# Where an enhanced (multi-frame) MR object keeps what a classic image has at its top level: the functional groups
+# (PS3.3 C.8.13.5) of the first frame, else of the shared item. (acquisition key, sequence, keyword, multi-valued)
+_ENHANCED_ACQUISITION = (
+    ("tr_ms", "MRTimingAndRelatedParametersSequence", "RepetitionTime", False),
+    ("flip_deg", "MRTimingAndRelatedParametersSequence", "FlipAngle", False),
+    ("te_ms", "MREchoSequence", "EffectiveEchoTime", False),
+    ("ti_ms", "MRModifierSequence", "InversionTimes", True),
+    ("pixel_spacing", "PixelMeasuresSequence", "PixelSpacing", True),
+    ("image_type", "MRImageFrameTypeSequence", "FrameType", True))
+
+
+def _enhanced_acquisition(ds, acquisition):
+    """Fill `acquisition` (headers' record) from an enhanced object's functional groups where its top level has
+    nothing: two series whose echo times live there would otherwise both read None and compare equal
+    (dynamics.acquisition_key), e.g. the opposed- and in-phase series of one Dixon acquisition."""
+    groups = [g for key in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence")
+              for g in list(ds.get(key) or [])[:1]]
+    if not groups:
+        return
+    for key, sequence, keyword, multi in _ENHANCED_ACQUISITION:
+        if acquisition.get(key) not in (None, "", ()):
+            continue
+        value = next((v for v in (_first(g, sequence, keyword) for g in groups) if v not in (None, "")), None)
+        if value is None:
+            continue
+        if key == "pixel_spacing":
+            acquisition[key] = _rounded(value)
+        elif key == "image_type":
+            acquisition[key] = text_value(value)
+        else:
+            acquisition[key] = _number(value[0] if multi and not isinstance(value, str) else value)
+    if not acquisition.get("sequence_name"):
+        acquisition["sequence_name"] = text_value(ds.get("PulseSequenceName"))
+    if not acquisition.get("scanning_sequence"):
+        acquisition["scanning_sequence"] = text_value(ds.get("EchoPulseSequence"))
+
+
 def _header_record(path, ds):
     """The header fields the pipeline needs, as a small picklable dict (one frame entry per frame)."""
     def text(keyword):  # a value with a backslash reads as several; joined back as written
@@ -220,11 +257,13 @@ def _header_record(path, ds):
             "pixel_spacing": _rounded(ds.get("PixelSpacing")),
             "tr_ms": _number(ds.get("RepetitionTime")), "te_ms": _number(ds.get("EchoTime")),
             "flip_deg": _number(ds.get("FlipAngle")), "ti_ms": _number(ds.get("InversionTime")),
-            "image_type": text_value(ds.get("ImageType")),
+            "image_type": text_value(ds.get("ImageType")), "scan_options": text("ScanOptions"),
+            "sequence_variant": text("SequenceVariant"),
         },
         "times": {"trigger_ms": _number(ds.get("TriggerTime")), "acquisition": acquired,
                   "content": _moment(ds, "Content"), "acquisition_number": _number(ds.get("AcquisitionNumber"))},
     }
+    _enhanced_acquisition(ds, record["acquisition"])
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     instance = _number(ds.get("InstanceNumber"), 0.0)
     slope0, intercept0 = _number(ds.get("RescaleSlope"), 1.0), _number(ds.get("RescaleIntercept"), 0.0)
