@@ -334,6 +334,37 @@ def test_an_air_fit_far_above_the_frame_differences_is_not_taken():
     assert noise["method"] == "frame_difference" and noise["air_fit_rejected"] and noise["disagree"]
 
 
+@pytest.mark.parametrize("spread", [1.0, 1.5, 2.0])
+def test_noise_that_varies_over_a_prescan_normalized_image_is_read_in_the_tissue(spread):
+    """Prescan normalization divides a 16-channel sum of squares by the coils' sensitivity (here varying `spread`x
+    along the diagonal), so the noise varies over the image. The air's chi-law fit took the mixture for 6-8
+    channels of a sigma 1.7-2x the body's, above the noise anywhere in it (an SNR ratio of 0.28-0.34 for 0.5); an
+    air fit above AIR_FIT_EXCESS times the frame differences is not taken, and the noise is read in the tissue.
+    Uniform noise is still read from the air."""
+    from breastmri.simulate.noise import measure_noise
+
+    rng = np.random.default_rng(0)
+    rows, cols, times, channels, sigma = 96, 128, 6, 16, 12.0
+    y, x = np.mgrid[:rows, :cols].astype(float)
+    image = np.zeros((rows, cols))
+    image[((y - 0.95 * rows) / (0.42 * rows)) ** 2 + ((x - cols / 2) / (0.47 * cols)) ** 2 < 1] = 420.0  # chest
+    for cx in (0.28, 0.72):  # two fat-suppressed breasts with their glands
+        breast = (((y - 0.55 * rows) / (0.38 * rows)) ** 2 + ((x - cx * cols) / (0.2 * cols)) ** 2 < 1) & (y < 0.62 * rows)
+        image[breast] = 60.0
+        gland = breast & (((y - 0.42 * rows) / (0.12 * rows)) ** 2 + ((x - cx * cols) / (0.1 * cols)) ** 2 < 1)
+        image[gland] = 300.0 + 10.0 * np.sin(x[gland] / 2.0) * np.cos(y[gland] / 3.0)
+    sensitivity = np.exp(np.log(spread) * ((x / (cols - 1) + y / (rows - 1)) / 2 - 0.5))
+    frames = []
+    for _ in range(times):
+        coils = image * sensitivity / np.sqrt(channels) + sigma * rng.standard_normal((channels, rows, cols))
+        squares = (coils ** 2).sum(axis=0) + ((sigma * rng.standard_normal((channels, rows, cols))) ** 2).sum(axis=0)
+        frames.append(np.rint(np.sqrt(squares) / sensitivity))
+    noise = measure_noise(np.stack(frames).astype(np.float32), [(t, 0) for t in range(times)])
+    body_noise = float(np.median((sigma / sensitivity)[image > 0]))
+    assert noise["method"] == ("background" if spread == 1.0 else "frame_difference"), noise
+    assert 0.8 < noise["sigma"] / body_noise < 1.2, (noise, body_noise)
+
+
 def test_motion_between_frames_is_not_read_as_shared_noise():
     """Independent noise, every other frame moved by half a pixel: registered apart in each difference, frame 1's
     noise was shifted between the two differences and their correlation read -0.31 (shared noise); the three frames
