@@ -538,3 +538,23 @@ def test_values_past_the_stored_range_are_counted_and_named(identity_run, tmp_pa
     assert pipeline.CLIPPED_NOTE in bright["notes"]
     top = max(int(pydicom.dcmread(p).pixel_array.max()) for p in (tmp_path / "bright").rglob("*.dcm"))
     assert top == 4095
+
+
+def test_a_masked_background_stays_0_in_the_enhanced_series(identity_run, tmp_path, monkeypatch):
+    """Air the scanner set to 0 (here 60% of the image) was written back as whatever the network made of it (5-17
+    on a 16-channel breast series): it stays 0, as padding stays padding; the tissue is the network's."""
+    _, stack = write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=16, cols=16)
+    for path in (tmp_path / "in").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array.copy()
+        pixels[:, :10] = 0
+        ds.PixelData = pixels.astype("<u2").tobytes()
+        ds.save_as(path, enforce_file_format=True)
+    predict = pipeline.predict_stack
+    monkeypatch.setattr(pipeline, "predict_stack",
+                        lambda *args, **kwargs: (lambda pred, info: (pred + 0.05, info))(*predict(*args, **kwargs)))
+    summary = pipeline.run(load_enhancer(identity_run), tmp_path / "in", tmp_path / "out", progress=False)
+    assert summary["series_done"] == 1
+    for path in (tmp_path / "out").rglob("*.dcm"):
+        out = pydicom.dcmread(path).pixel_array
+        assert (out[:, :10] == 0).all() and (out[:, 10:] > 0).all()

@@ -40,6 +40,7 @@ from breastmri.files import (
     write_text_atomic,
 )
 from breastmri.restore.predict import MAX_PIXELS, EnhanceError, check_tile, default_tile
+from breastmri.simulate.noise import masked_background
 
 MARKER = "enhance.json"
 SUMMARY = "enhance_summary.json"
@@ -186,7 +187,10 @@ def _enhanced(series, enhancer, batch_size, tile, force_tiling, max_pixels):
         # padding counts as no signal (it is written back as padding), not as a spike at lo
         measured = normalized if padding is None else np.where(padding, np.float32(zero), normalized)
         pred = correct_rician_mean(pred, series_sigma(measured, zero, series.layout)[0], zero)
-    return raw, pred.astype(np.float64) * float(scale) + lo, padding, lo, hi, info
+    enhanced = pred.astype(np.float64) * float(scale) + lo
+    if masked_background(raw):  # the air the scanner set to 0 stays 0, as PixelPaddingValue's pixels stay padding
+        enhanced[raw == 0] = 0.0
+    return raw, enhanced, padding, lo, hi, info
 
 
 def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid, series_number, record):

@@ -103,7 +103,7 @@ def estimate_background_sigma(image, with_channels=False):
     if x.size == 0:
         return nothing
     x = x[x >= 0]  # magnitudes; negative values are not noise of any kind we model
-    if np.count_nonzero(x == 0) > 0.02 * x.size:
+    if masked_background(x):
         x = x[x != 0]
     if x.size > 1_000_000:  # a regular subsample is plenty for a histogram and a second moment
         x = x[:: x.size // 500_000]
@@ -210,6 +210,13 @@ def frame_difference_sigma(magnitude, layout, differences=None):
 AIR_FIT_EXCESS = 1.5
 
 
+def masked_background(magnitude):
+    """True when more than 2% of a series' pixels are exactly 0: an air the scanner or an archive set to 0, which no
+    noise (Rician or chi) produces."""
+    magnitude = np.asarray(magnitude)
+    return bool(np.count_nonzero(magnitude == 0) > 0.02 * magnitude.size)
+
+
 def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
     """{"sigma", "method", "estimates": {method: value}, "masked_background": bool, "disagree": bool,
     "air_fit_rejected": bool (AIR_FIT_EXCESS), "background_channels": the chi law's channels the air fits (0: none)}.
@@ -223,7 +230,7 @@ def measure_noise(magnitude, layout=None, disagreement=0.3, differences=None):
     magnitude = np.asarray(magnitude, np.float32)
     # Below a millionth of the brightest value there is no noise worth the name (float round-off, edges).
     floor = 1e-6 * float(np.max(np.abs(magnitude), initial=0.0))
-    masked = bool(np.count_nonzero(magnitude == 0) > 0.02 * magnitude.size)
+    masked = masked_background(magnitude)
     background, channels = estimate_background_sigma(magnitude, with_channels=True)
     estimates = {"background": background, "frame_difference": frame_difference_sigma(magnitude, layout, differences)}
     usable = {name: value for name, value in estimates.items() if np.isfinite(value) and value > floor}
