@@ -111,6 +111,10 @@ def main(argv=None):
     except EnhanceError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # every series written so far is complete; the next run skips them ("exists")
+        print("\ninterrupted: the series written so far are complete; run the same command again to go on",
+              file=sys.stderr)
+        sys.exit(130)
     failed = summary["series_skipped"].get(UNFORESEEN_REASON, 0)
     if failed:  # the other series are written, but a bug must not pass for a clean run (exit status 1)
         print(f"error: {failed} series failed in a way enhance.py does not foresee ({UNFORESEEN_REASON}); "

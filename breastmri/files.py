@@ -18,15 +18,32 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-TMP_PREFIX = ".tmp-"  # temporary names: TMP_PREFIX, the writer's process id, "-", the final name
+TMP_PREFIX = ".tmp-"  # temporary names: TMP_PREFIX, the writer's process tag, "-", the final name
 # The temporary names this process gave out (temporary_name). A name with this process' id that is not here was left
 # by an earlier process that had the same id: in a container every run is process 1.
 _GIVEN = set()
 
 
+def _started(pid):
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat), or None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fp:
+            return int(fp.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _process_tag(pid):
+    """"PID@START" (START: _started), or "PID" where the start cannot be read: a process id alone is reused, and
+    a killed run's leftovers would be kept for good while another process holds its id (a run that was process 1
+    in a container, the next one run on the host)."""
+    started = _started(pid)
+    return str(pid) if started is None else f"{pid}@{started}"
+
+
 def temporary_name(name, prefix=TMP_PREFIX, separator="-"):
-    """`prefix`, this process' id, `separator`, `name`: a temporary name this process owns (left_by_ended_run)."""
-    given = f"{prefix}{os.getpid()}{separator}{name}"
+    """`prefix`, this process' tag, `separator`, `name`: a temporary name this process owns (left_by_ended_run)."""
+    given = f"{prefix}{_process_tag(os.getpid())}{separator}{name}"
     _GIVEN.add(given)
     return given
 
@@ -81,7 +98,7 @@ def remove_path(path):
 
 
 def sweep_stale(folder, prefix=TMP_PREFIX):
-    """Remove what killed runs left in `folder` under temporary names (`prefix`, then the writer's process id, "-"):
+    """Remove what killed runs left in `folder` under temporary names (`prefix`, then the writer's process tag, "-"):
     files or folders whose process no longer runs on this machine (left_by_ended_run). Those this process gave out
     (temporary_name) and live processes' are kept, and so is
     any name without a process id after `prefix` (another writer's, e.g. enhance.py's ".tmp-enhance-" under the
@@ -97,14 +114,19 @@ def sweep_stale(folder, prefix=TMP_PREFIX):
 
 
 def left_by_ended_run(name, prefix=TMP_PREFIX):
-    """True when `name` is a temporary name (`prefix`, a process id, "-") whose process no longer runs here, or one
-    with this process' id that this process did not give out (an earlier process with the same id)."""
-    pid = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
+    """True when `name` is a temporary name (`prefix`, a process tag, "-") whose process no longer runs here (its
+    id is free, or held by a process that started at another time), or one with this process' id that this process
+    did not give out (an earlier process with the same id)."""
+    tag = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
+    pid, _, started = tag.partition("@")
     if not pid.isdigit():
         return False
     if int(pid) == os.getpid():
         return name not in _GIVEN
-    return not _alive(int(pid))
+    if not _alive(int(pid)):
+        return True
+    now = _started(int(pid))
+    return started.isdigit() and now is not None and now != int(started)
 
 
 def _alive(pid):

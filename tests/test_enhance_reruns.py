@@ -2,6 +2,7 @@
 killed, repeated and containerized runs found each case below."""
 
 import os
+import pathlib
 
 import numpy as np
 import pydicom
@@ -38,6 +39,31 @@ def test_leftovers_of_an_earlier_process_with_this_process_id_are_cleared(identi
     again = run(identity, tmp_path / "in", out)
     assert again["series_skipped"] == {"exists": 1} and folder.is_dir()
     assert not [p for p in out.rglob(".tmp-*")]
+
+
+def test_ctrl_c_while_an_overwrite_deletes_the_old_series_leaves_none_of_it(identity, tmp_path, monkeypatch):
+    """Ctrl-C while --overwrite deleted the old series (moved aside once the new one was in place) left half of it
+    in a hidden folder until a later run: files with the new series' UIDs beside it. The interrupted run finishes
+    the deletion before it stops."""
+    write_mr_series(tmp_path / "in", "P1", n_slices=3, rows=16, cols=16)
+    out = tmp_path / "out"
+    run(identity, tmp_path / "in", out)
+    remove = pipeline.remove_path
+
+    def interrupted(path):
+        path = pathlib.Path(path)
+        if pipeline.SWAPPED in path.name and path.is_dir() and not interrupted.done:
+            interrupted.done = True
+            next(path.glob("*.dcm")).unlink()  # one file gone, then Ctrl-C
+            raise KeyboardInterrupt
+        return remove(path)
+
+    interrupted.done = False
+    monkeypatch.setattr(pipeline, "remove_path", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(identity, tmp_path / "in", out, overwrite=True)
+    assert interrupted.done and not [p for p in out.rglob("*") if pipeline.SWAPPED in p.name]
+    assert len(list(out.rglob("*.dcm"))) == 3
 
 
 def test_a_series_that_fails_to_write_leaves_no_preview(identity, tmp_path, monkeypatch):
@@ -132,3 +158,21 @@ def test_something_else_in_a_series_place_is_not_taken_for_it(identity, tmp_path
     replaced = run(identity, tmp_path / "in", out, overwrite=True)
     assert replaced["series_done"] == 1 and (folder / pipeline.MARKER).is_file()
     assert not [p for p in out.rglob(".tmp-*")]
+
+
+def test_ctrl_c_ends_enhance_in_one_line_that_says_how_to_go_on(identity_run, tmp_path, monkeypatch, capsys):
+    """Ctrl-C printed a KeyboardInterrupt traceback; it says what is kept and how to go on, exit status 130, after
+    the series being written when it came left nothing behind (test above)."""
+    import enhance
+
+    write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=16, cols=16)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "write_series", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        enhance.main(["--model", str(identity_run), "--input", str(tmp_path / "in"),
+                      "--output", str(tmp_path / "out")])
+    assert exit_.value.code == 130 and "run the same command again" in capsys.readouterr().err
+    assert not list((tmp_path / "out").rglob("*.dcm"))

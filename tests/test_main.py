@@ -154,7 +154,7 @@ def test_an_error_while_writing_leaves_the_old_file_and_no_temporary_one(tmp_pat
 
 
 def test_sweep_stale_removes_only_what_killed_runs_left(tmp_path):
-    from breastmri.files import sweep_stale, temporary_name
+    from breastmri.files import _started, sweep_stale, temporary_name
 
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()  # a process id that no longer runs
@@ -165,11 +165,15 @@ def test_sweep_stale_removes_only_what_killed_runs_left(tmp_path):
     # this process' id on a name it did not give out: an earlier process with the same id (in a container every
     # run is process 1)
     (tmp_path / f".tmp-{os.getpid()}-before").write_text("half")
+    # a live process' id (this one's parent) with another start time: a killed run whose id is now another's
+    parent, started = os.getppid(), _started(os.getppid())
+    (tmp_path / f".tmp-{parent}@{started + 1}-reused").write_text("half")
     kept = {temporary_name("mine"), ".tmp-1-another-run", "model.keras",  # this process', a live one's, a result
+            f".tmp-{parent}@{started}-running",  # the live process itself
             f".tmp-enhance-{ended.pid}-series", ".tmp-noid", f".tmp-9{2 ** 64}-huge"}  # not this prefix's names
     for name in kept - {f".tmp-9{2 ** 64}-huge"}:
         (tmp_path / name).write_text("x")
-    assert sweep_stale(tmp_path) == 3
+    assert sweep_stale(tmp_path) == 4
     assert {p.name for p in tmp_path.iterdir()} == kept
 
 

@@ -558,3 +558,70 @@ def test_a_masked_background_stays_0_in_the_enhanced_series(identity_run, tmp_pa
     for path in (tmp_path / "out").rglob("*.dcm"):
         out = pydicom.dcmread(path).pixel_array
         assert (out[:, :10] == 0).all() and (out[:, 10:] > 0).all()
+
+
+def test_hidden_files_and_folders_that_cannot_be_listed_are_counted(tmp_path, monkeypatch):
+    """A hidden image (".IM5.dcm"), the files of a hidden folder and a folder that cannot be listed were dropped
+    before counting: files_seen did not hold them, and nothing said so. Each is counted under its reason now, so
+    files_seen still equals the files used plus those skipped."""
+    import os
+
+    from breastmri.dicom.index import HIDDEN_REASON, UNLISTABLE_REASON
+
+    write_mr_series(tmp_path / "s", "P1", n_slices=3, rows=8, cols=8)
+    (tmp_path / ".backup").mkdir()
+    for path in sorted((tmp_path / "s").glob("*.dcm"))[:2]:
+        (tmp_path / ".backup" / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "s" / ".DS_Store").write_bytes(b"\0" * 16)
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "IM1.dcm").write_bytes(b"\0" * 16)
+    scandir = os.scandir
+
+    def refuse_locked(path="."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse_locked)
+    series, skips, files_seen = index(tmp_path)
+    assert skips.files == {HIDDEN_REASON: 3, UNLISTABLE_REASON: 1}
+    assert files_seen == sum(len(s.frames) for s in series) + sum(skips.files.values()) == 7
+
+
+def test_enhance_accounts_for_every_file_it_saw(identity_run, tmp_path):
+    """The files of a series skipped after indexing (here a constant image, and on a second run every series
+    whose output exists) were in no count of enhance_summary.json: files_seen now equals the files written plus
+    those skipped, on the first run and on the second."""
+    write_mr_series(tmp_path / "in" / "ok", "P1", n_slices=3, rows=16, cols=16)
+    _, stack = write_mr_series(tmp_path / "in" / "flat", "P2", n_slices=2, rows=16, cols=16)
+    for path in (tmp_path / "in" / "flat").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.PixelData = np.full((16, 16), 700, "<u2").tobytes()
+        ds.save_as(path, enforce_file_format=True)
+    enhancer = load_enhancer(identity_run)
+    for run in range(2):
+        summary = pipeline.run(enhancer, tmp_path / "in", tmp_path / "out", progress=False)
+        written = sum(r["files"] for r in summary["series"] if r["status"] == "done")
+        assert summary["files_seen"] == 5 == written + sum(summary["files_skipped"].values()), summary
+    assert summary["files_skipped"]["exists"] == 3
+
+
+@pytest.mark.parametrize("copy", ["identical", "other pixels"])
+def test_a_second_file_of_one_sop_instance(tmp_path, copy):
+    """An identical copy of an image (exported twice) is counted as a duplicate and the series is used. A copy
+    with other pixels (sent again after an edit, or damaged) replaced the original when its path sorted first,
+    without a word: which one is the image cannot be told, so the series is skipped, every file counted."""
+    from breastmri.dicom.index import CONFLICTING_DUPLICATE_REASON
+
+    write_mr_series(tmp_path / "b", "P1", n_slices=3, rows=8, cols=8)
+    ds = pydicom.dcmread(sorted((tmp_path / "b").glob("*.dcm"))[0])
+    if copy == "other pixels":
+        ds.PixelData = (ds.pixel_array + 300).astype("<u2").tobytes()
+    (tmp_path / "a").mkdir()
+    ds.save_as(tmp_path / "a" / "IM.dcm", enforce_file_format=True)  # sorts first
+    series, skips, files_seen = index(tmp_path)
+    assert files_seen == 4
+    if copy == "identical":
+        assert len(series) == 1 and skips.files == {"duplicate SOP instance": 1}
+    else:
+        assert not series and skips.files == {CONFLICTING_DUPLICATE_REASON: 4}

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from breastmri.config import ConfigError
 from breastmri.dicom.headers import _header_record
 from breastmri.dicom.kinds import _kind_reason, check_include_kinds
-from breastmri.dicom.pixels import TRUTH_FILE, lossy_method, pixel_status
+from breastmri.dicom.pixels import TRUTH_FILE, lossy_method, open_dataset, pixel_status
 
 # MR image storage SOP classes we turn into slices (PS3.4 Annex B). Enhanced MR Color, MR Spectroscopy and
 # Raw Data are MR too but carry no grayscale image and are skipped with their SOP class as the reason.
@@ -74,6 +74,9 @@ PARTLY_PLACED_REASON = "slice position missing on some images"
 # export or anonymization; merged, one patient's images would join another's series and cross the patient split.
 SHARED_UID_REASON = "one series UID for several patients or studies"
 ASL_OBJECT_REASON = "ASL label and control images in one multi-frame object"
+# Two files of one SOPInstanceUID whose pixel data differ (an image sent again after an edit, or damaged): which one
+# is the image cannot be told, so the series is skipped. Identical copies are counted as "duplicate SOP instance".
+CONFLICTING_DUPLICATE_REASON = "one SOP instance UID for different pixel data"
 # A time series some of whose (time point, slice position) images are missing (unreadable, not exported): the others
 # keep their places, and a context there is made of the time points the position has.
 MISSING_IMAGES_NOTE = "images missing at some time points of some slice positions"
@@ -146,22 +149,44 @@ class Skips:
 # 1. Index: headers only
 # --------------------------------------------------------------------------------------------------------------
 
-def list_files(root, exclude=None):
-    """Every regular file under root in a stable (sorted) order. Hidden files and folders (".name") are not
-    looked at, nor is `exclude` (the output folder, if it lies inside the tree). Linked folders are followed (an
-    archive of links to patient folders), each real folder once, so a link back up the tree ends there."""
+HIDDEN_REASON = "hidden file (name starts with '.')"
+UNLISTABLE_REASON = "folder that cannot be listed"
+
+
+def list_files(root, exclude=None, skips=None):
+    """Every regular file under root in a stable (sorted) order. Hidden files and the files of hidden folders
+    (".name": .DS_Store, AppleDouble "._" copies, the demo's truth files, a killed run's temporary folders) are not
+    read but counted in `skips` (HIDDEN_REASON), and so is each folder that cannot be listed (UNLISTABLE_REASON,
+    one per folder: its files cannot be counted); `exclude` (the output folder, if it lies inside the tree) is left
+    out. Linked folders are followed (an archive of links to patient folders), each real folder once, so a link
+    back up the tree ends there."""
     root, files = Path(root), []
+    skips = skips if skips is not None else Skips()
     exclude = Path(exclude).resolve() if exclude is not None else None
     visited = {Path(root).resolve()}
-    for folder, dirs, names in os.walk(root, followlinks=True):
+
+    def unlistable(error):
+        skips.add_file(UNLISTABLE_REASON, str(error.filename))
+
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=unlistable):
         kept = []
-        for d in sorted(d for d in dirs if not d.startswith(".")):
+        for d in sorted(dirs):
             where = Path(folder, d).resolve()
-            if where != exclude and where not in visited:
-                visited.add(where)
+            if where == exclude or where in visited:
+                continue
+            visited.add(where)
+            if d.startswith("."):
+                for hidden_folder, _, hidden in os.walk(Path(folder, d), onerror=unlistable):
+                    for n in hidden:
+                        skips.add_file(HIDDEN_REASON, os.path.join(hidden_folder, n))
+            else:
                 kept.append(d)
         dirs[:] = kept
-        files.extend(os.path.join(folder, n) for n in sorted(names) if not n.startswith("."))
+        for n in sorted(names):
+            if n.startswith("."):
+                skips.add_file(HIDDEN_REASON, os.path.join(folder, n))
+            else:
+                files.append(os.path.join(folder, n))
     return files
 
 
@@ -273,16 +298,23 @@ def group_series(records, root, skips, include_kinds=()):
     series_list = []
     for uid, files in groups.items():
         first = files[0]
-        frames, seen = [], set()
+        frames, seen, duplicates = [], {}, []
         for record in files:
             keys = [(record["sop_uid"], f["frame"]) for f in record["frames"]]
-            if any(k in seen for k in keys):
-                skips.add_file("duplicate SOP instance", record["path"])
+            kept = next((seen[k] for k in keys if k in seen), None)
+            if kept is not None:
+                duplicates.append((record["path"], _same_pixels(kept, record["path"])))
                 continue
-            seen.update(keys)
+            seen.update(dict.fromkeys(keys, record["path"]))
             frames.extend(dict(f, path=record["path"], sop_uid=record["sop_uid"], rows=record["rows"],
                                cols=record["cols"]) for f in record["frames"])
         n_files = len({f["path"] for f in frames})
+        if not all(same for _, same in duplicates):
+            skips.add_series(CONFLICTING_DUPLICATE_REASON, n_files + len(duplicates),
+                             next(path for path, same in duplicates if not same))
+            continue
+        for path, _ in duplicates:
+            skips.add_file("duplicate SOP instance", path)
         if len({(f["rows"], f["cols"]) for f in frames}) > 1:
             skips.add_series("mismatched shapes", n_files, f"series {uid}")
             continue
@@ -378,6 +410,14 @@ def _volumes(frames):
 
 
 _ASL_ORDER = ("control", "label", "m_zero_scan")
+
+
+def _same_pixels(first, second):
+    """Whether two files of one SOPInstanceUID hold the same pixel data (as stored; read only for duplicates)."""
+    try:
+        return open_dataset(first).get("PixelData") == open_dataset(second).get("PixelData")
+    except Exception:  # noqa: BLE001 - a copy that cannot be read is not known to be the same
+        return False
 
 
 def _missing_images(layout):
@@ -502,8 +542,9 @@ def _scan_all(paths, pool=None, workers=1, progress=True, include_kinds=()):
 def scan_tree(root, series_filter, pool=None, workers=1, exclude=None, progress=True, include_kinds=()):
     """(series_list, Skips, files_seen): the shared body of index_tree, index and run."""
     include_kinds = check_include_kinds(include_kinds)
-    paths = list_files(root, exclude=exclude)
     skips, records = Skips(), []
+    paths = list_files(root, exclude=exclude, skips=skips)
+    listed = sum(skips.files.values())  # hidden files and unlistable folders, counted but not read
     for path, result in zip(paths, _scan_all(paths, pool, workers, progress, include_kinds)):
         if isinstance(result, str):
             skips.add_file(result, path)
@@ -511,7 +552,7 @@ def scan_tree(root, series_filter, pool=None, workers=1, exclude=None, progress=
             records.append(result)
     series_list = group_series(records, root, skips, include_kinds)
     series_list = filter_series(series_list, series_filter, skips)
-    return series_list, skips, len(paths)
+    return series_list, skips, len(paths) + listed
 
 
 def index(root, series_filter="", include_kinds=(), exclude=None):

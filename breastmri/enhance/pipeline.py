@@ -84,7 +84,7 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
         final = series_folder(out_dir, part, new_uid)
         result = {"source_series_uid": part.series_uid, "series_description": part.series_description,
                   "patient_id": part.patient_id, "output_series_uid": new_uid,
-                  "folder": os.path.relpath(final, out_dir), "slices": len(part.frames),
+                  "folder": os.path.relpath(final, out_dir), "slices": len(part.frames), "files": part.n_files,
                   "rows": part.rows, "cols": part.cols,
                   "dynamic": series.dynamic["id"] if series.dynamic else None, "time_points": time_points,
                   "volume": part.volume, "notes": list(series.notes)}
@@ -226,6 +226,8 @@ def _write_atomically(part, enhanced, padding, enhancer, out_dir, final, new_uid
     except BaseException:
         if old.exists() and not final.exists():
             os.replace(old, final)  # the new series failed after the old one was moved away: put it back
+        elif old.exists():
+            remove_path(old)  # interrupted (Ctrl-C) while deleting the old series: finish, leave no half of it
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -336,7 +338,8 @@ def collect_series(input_path, out_dir=None, series_filter="", include_kinds=(),
     for s in series_list:
         if out is not None and out in Path(s.frames[0][0]).resolve().parents:
             skipped.append({"source_series_uid": s.series_uid, "series_description": s.series_description,
-                            "patient_id": s.patient_id, "slices": len(s.frames), "status": "skipped",
+                            "patient_id": s.patient_id, "slices": len(s.frames), "files": s.n_files,
+                            "status": "skipped",
                             "reason": "inside output folder", "detail": "series lies inside --output"})
         else:
             kept.append(s)
@@ -384,7 +387,6 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
                                                                  pre["include_kinds"], pre["assemble_dynamics"])
     except ConfigError as error:
         raise EnhanceError(f"{enhancer.model_path.parent / 'config.yaml'}: {error}") from None
-    file_skips = skips.files
     n_slices = sum(len(s.frames) for s in series_list)
     print(f"enhance: {len(series_list)} MR series ({n_slices} slices) in {files_seen} files under {input_path}; "
           f"model {enhancer.name} ({enhancer.model_path}, config {enhancer.config_hash})")
@@ -405,6 +407,11 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
     bar.close()
 
     done = [r for r in results if r["status"] == "done"]
+    # every file seen is written or counted: those skipped while indexing, and those of each series skipped since
+    file_skips = Counter(skips.files)
+    for r in results:
+        if r["status"] == "skipped":
+            file_skips[r["reason"]] += r["files"]
     slices = sum(r["slices"] for r in done)
     seconds = time.perf_counter() - started
     inference = sum(enhancer.timings) - inference_before
