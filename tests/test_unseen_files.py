@@ -625,3 +625,19 @@ def test_a_second_file_of_one_sop_instance(tmp_path, copy):
         assert len(series) == 1 and skips.files == {"duplicate SOP instance": 1}
     else:
         assert not series and skips.files == {CONFLICTING_DUPLICATE_REASON: 4}
+
+
+def test_a_file_cut_short_in_its_header_is_counted_as_truncated(tmp_path):
+    """An MR file cut at any point after its preamble: pydicom reads what is there without a word, so a SOPClassUID
+    cut mid-value was counted as a made-up SOP class ("SOP class 1.2.840.10"), a header cut before Modality as
+    "modality missing". Whatever the cut, the reason is now "truncated" (or, cut between elements just before the
+    pixel data, "no pixel data"; cut inside a tag, "unreadable"), never another kind of object."""
+    from breastmri.dicom.index import scan_file
+
+    write_mr_series(tmp_path / "s", "P1", n_slices=1, rows=8, cols=8)
+    data = next((tmp_path / "s").glob("*.dcm")).read_bytes()
+    reasons = {}
+    for cut in range(133, len(data) - 1, 2):
+        (tmp_path / "cut.dcm").write_bytes(data[:cut])
+        reasons.setdefault(scan_file(str(tmp_path / "cut.dcm")), cut)
+    assert set(reasons) <= {"truncated", "no pixel data", "unreadable"}, reasons

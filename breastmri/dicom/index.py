@@ -208,6 +208,8 @@ def scan_file(path, include_kinds=()):
             if head[128:132] != b"DICM" and not raw:
                 return "not DICOM"
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=raw)
+            if _cut_short(ds, size):
+                return "truncated"
             reason = _skip_reason(ds) or _kind_reason(ds, include_kinds)
             if reason:
                 return reason
@@ -219,6 +221,22 @@ def scan_file(path, include_kinds=()):
         return "not DICOM"
     except Exception:  # noqa: BLE001 - any parser failure of one file is a counted skip, never a crash
         return "unreadable"
+
+
+def _cut_short(ds, size):
+    """Whether the file ends inside its header: before the end its file meta group declares, or inside the value of
+    the last element read (pydicom reads what is there without a word, so a SOPClassUID cut mid-value read as a
+    made-up SOP class, and a header cut before Modality as "modality missing")."""
+    meta = getattr(ds, "file_meta", None) or {}
+    if not meta and not ds.keys():  # "DICM" and nothing readable after it
+        return True
+    group_length = meta.get("FileMetaInformationGroupLength")
+    if group_length is not None and size < 132 + 12 + int(group_length):  # preamble, DICM, the group length itself
+        return True
+    last = max(ds.keys(), default=None)
+    raw = ds.get_item(last) if last is not None else None
+    return isinstance(raw, pydicom.dataelem.RawDataElement) and raw.value is not None \
+        and raw.length != 0xFFFFFFFF and len(raw.value) < raw.length
 
 
 def _skip_reason(ds):

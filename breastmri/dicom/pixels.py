@@ -82,8 +82,8 @@ def pixel_status(fp, ds, file_size):
         return None
     start = fp.tell()
     head = fp.read(12)
-    if len(head) < 8:
-        return "no pixel data"
+    if len(head) < 8:  # nothing after the header, or the file ends inside the next element's tag and length
+        return "truncated" if head else "no pixel data"
     endian = "<" if little else ">"
     tag = struct.unpack(endian + "HH", head[:4])
     if tag not in _PIXEL_TAGS:
