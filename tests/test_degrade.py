@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from breastmri.config import ConfigError, load_config
+from breastmri.simulate.air import estimate_background_sigma
 from breastmri.simulate.degrade import (
     add_noise,
     decorrelated_target,
@@ -16,7 +17,6 @@ from breastmri.simulate.degrade import (
     series_rng,
     snr_ratio,
 )
-from breastmri.simulate.noise import estimate_background_sigma
 
 
 def rician(signal, sigma, rng):

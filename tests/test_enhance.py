@@ -34,7 +34,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGLSLossless, generate_ui
 import enhance
 from breastmri.config import load_config, save_config
 from breastmri.data import preprocess
-from breastmri.dicom import index, kinds, pixels, writer
+from breastmri.dicom import index, kinds, pixels, scan, writer
 from breastmri.enhance import pipeline
 from breastmri.enhance.enhancer import Enhancer, predict_stack
 from breastmri.restore import predict
@@ -413,7 +413,7 @@ def test_enhanced_mr_output_is_recognized(identity, tmp_path):
     stripped.remove_private_tags()
     del stripped.ContributingEquipmentSequence
     assert kinds.written_by_enhance(stripped)  # by the per-frame DerivationDescription
-    assert index.scan_file(path) == kinds.ENHANCE_OUTPUT_REASON
+    assert scan.scan_file(path) == kinds.ENHANCE_OUTPUT_REASON
 
 
 def test_enhance_applies_the_runs_series_filter_and_image_kinds(identity_run, tmp_path):

@@ -15,8 +15,9 @@ from pydicom.sequence import Sequence
 from breastmri.config import ConfigError, load_config
 from breastmri.data import preprocess
 from breastmri.dicom import kinds
-from breastmri.dicom.index import MIXED_PLANES_REASON, index_tree, scan_file
+from breastmri.dicom.index import MIXED_PLANES_REASON, index_tree
 from breastmri.dicom.kinds import ENHANCE_OUTPUT_REASON, KIND_REASONS
+from breastmri.dicom.scan import scan_file
 
 
 def classic(path, image_type=None, edit=None):

@@ -566,7 +566,7 @@ def test_hidden_files_and_folders_that_cannot_be_listed_are_counted(tmp_path, mo
     files_seen still equals the files used plus those skipped."""
     import os
 
-    from breastmri.dicom.index import HIDDEN_REASON, UNLISTABLE_REASON
+    from breastmri.dicom.scan import HIDDEN_REASON, UNLISTABLE_REASON
 
     write_mr_series(tmp_path / "s", "P1", n_slices=3, rows=8, cols=8)
     (tmp_path / ".backup").mkdir()
@@ -632,7 +632,7 @@ def test_a_file_cut_short_in_its_header_is_counted_as_truncated(tmp_path):
     cut mid-value was counted as a made-up SOP class ("SOP class 1.2.840.10"), a header cut before Modality as
     "modality missing". Whatever the cut, the reason is now "truncated" (or, cut between elements just before the
     pixel data, "no pixel data"; cut inside a tag, "unreadable"), never another kind of object."""
-    from breastmri.dicom.index import scan_file
+    from breastmri.dicom.scan import scan_file
 
     write_mr_series(tmp_path / "s", "P1", n_slices=1, rows=8, cols=8)
     data = next((tmp_path / "s").glob("*.dcm")).read_bytes()

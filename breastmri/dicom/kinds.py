@@ -3,7 +3,7 @@
     kinds = image_kinds(ds)              # e.g. {"phase"}; empty for magnitude anatomy
     reason = _kind_reason(ds, include_kinds=())   # the counted skip reason, or None to keep the image
 
-index.scan_file asks _kind_reason of every MR image header; preprocess.include_kinds keeps a kind on purpose.
+scan.scan_file asks _kind_reason of every MR image header; preprocess.include_kinds keeps a kind on purpose.
 """
 
 import re

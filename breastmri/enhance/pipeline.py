@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from breastmri.config import ConfigError
 from breastmri.data import preprocess
-from breastmri.dicom import index, pixels
+from breastmri.dicom import index, pixels, scan
 from breastmri.dicom.dynamics import assemble_dynamics, member_series
 from breastmri.dicom.kinds import check_include_kinds
 from breastmri.dicom.writer import (
@@ -40,7 +40,7 @@ from breastmri.files import (
     write_text_atomic,
 )
 from breastmri.restore.predict import MAX_PIXELS, EnhanceError, check_tile, default_tile
-from breastmri.simulate.noise import masked_background
+from breastmri.simulate.air import masked_background
 
 MARKER = "enhance.json"
 SUMMARY = "enhance_summary.json"
@@ -324,8 +324,8 @@ def collect_series(input_path, out_dir=None, series_filter="", include_kinds=(),
     input_path = Path(input_path)
     include_kinds = check_include_kinds(include_kinds)
     if input_path.is_file():
-        skips = index.Skips()
-        record = index.scan_file(input_path, include_kinds)
+        skips = scan.Skips()
+        record = scan.scan_file(input_path, include_kinds)
         if isinstance(record, str):
             skips.add_file(record, str(input_path))
             return [], skips, 1, []

@@ -112,7 +112,7 @@ import time
 
 import numpy as np
 
-from breastmri.simulate.noise import chi_mean
+from breastmri.simulate.air import chi_mean
 
 METHODS = ("nlm", "tv", "wavelet", "bm3d")
 MULTIFRAME = ("bm4d", "mppca", "tpca", "nordic")
@@ -132,7 +132,7 @@ WAVELET = "db1"
 
 def rician_mean(amplitude, sigma):
     """E[M] of a Rician magnitude M = |A + sigma*(n1 + i n2)|, elementwise; same units as amplitude: the
-    one-channel case of the noise law noise.chi_mean."""
+    one-channel case of the noise law air.chi_mean."""
     return chi_mean(amplitude, sigma, 1)
 
 

@@ -39,9 +39,9 @@ import math
 import numpy as np
 
 from breastmri.config import ConfigError
+from breastmri.simulate.air import chi_mean
 from breastmri.simulate.noise import (
     WHITE,
-    chi_mean,
     difference_images,
     measure_noise,
     neighbour_correlation,
@@ -237,7 +237,7 @@ def expected_target(truth, sigma_source, channels, zero=0.0):
     """The expected 3T magnitude of the noise-free image (train.target expected): float32, same shape as truth.
 
     A magnitude image never shows the amplitude A where the signal is low: its mean there is raised by the noise
-    floor, E[M] = noise.chi_mean(A, sigma, N) for N receive channels combined by sum of squares. A network trained
+    floor, E[M] = air.chi_mean(A, sigma, N) for N receive channels combined by sum of squares. A network trained
     towards the truth learns to take away the floor of the data it was trained on, N channels at the phantom's
     sigma, and takes the same amount away from a real scan whose floor is another (adaptive combination: about one
     channel): on the ProstateX dynamic that darkened the muscle by 1.1 input sigmas. The 3T image's expected value

@@ -160,7 +160,7 @@ def lesion_curve(signal, mask, n_pre):
 def write_truth(series_dir, signal, sop_instance_uids, lesion=None):
     """Write the noise-free truth of a series next to its files: TRUTH_FILE, float32 (n, H, W) in modality units,
     and TRUTH_INDEX, JSON with the SOPInstanceUID of each of the n images (same order). Both names start with a
-    dot, so tools that walk a DICOM tree and skip hidden files (preprocessing.list_files) never mistake them for
+    dot, so tools that walk a DICOM tree and skip hidden files (scan.list_files, which counts them as hidden) never mistake them for
     images, and real data, which has no truth, simply lacks them. Returns the bytes written.
 
     lesion: None, or {"mask": bool (n, H, W) in the same order as the images (the voxels of every lesion: fraction
