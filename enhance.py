@@ -34,7 +34,7 @@ What happens to each series, and why:
    output to float32 rounding (predict_tiled).
 3. The output is mapped back to the stored values (breastmri/dicom/writer.py): undo the normalization, undo the rescale of each frame,
    round, clip to the range BitsStored allows (signed or unsigned per PixelRepresentation), same integer type;
-   the values clipped are counted (clipped_pixels) and named in the series' notes (pipeline.CLIPPED_NOTE).
+   the values clipped at the top are counted (clipped_pixels) and named in the series' notes (CLIPPED_NOTE).
 4. Each output file (writer.write_series) is the input file's header with: new SeriesInstanceUID and SOPInstanceUIDs, SeriesNumber
    + 1000 (moved up past any number already used in the study: output_series_numbers), SeriesDescription
    + " enhanced", ContentDate/Time and InstanceCreationDate/Time of the enhancement, a ContributingEquipmentSequence

@@ -154,6 +154,22 @@ def test_a_trigger_time_of_0_on_every_image_orders_nothing(tmp_path):
     assert np.allclose(means, [1000, 1100, 1200]), means
 
 
+def test_a_trigger_time_per_slice_orders_nothing(tmp_path):
+    """A TriggerTime that differs from slice to slice but not between the repeats of a slice (a delay per slice)
+    tells no time point apart: the frames are ordered by InstanceNumber, not skipped as repeated positions."""
+    series_uid = uid("trigger per slice")
+    for t in range(3):
+        for z in range(2):
+            ds = image_dataset(np.full((8, 8), 1000 + 100 * t, np.uint16), patient_id="P0", series_uid=series_uid,
+                               instance=1 + 2 * t + z, position=3.0 * z)
+            ds.TriggerTime = 40 * z
+            ds.save_as(tmp_path / f"IM{9 - 2 * t - z}.dcm", enforce_file_format=True)
+    (series,), skips, _ = index(tmp_path)
+    frames = read_series(series)
+    means = [frames[[i for i, (t, _) in enumerate(series.layout) if t == time]].mean() for time in range(3)]
+    assert np.allclose(means, [1000, 1100, 1200]), means
+
+
 def _trigger_dce(folder, acquisition_time):
     """A GE-style DCE in one series: 3 phases x 2 slices, no TemporalPositionIdentifier, the phase's delay in
     TriggerTime, one AcquisitionTime for all (or none), no InstanceNumber, files named against the time order.
@@ -239,38 +255,47 @@ def test_duke_phases_named_pre_and_nth_pass_are_one_dynamic(tmp_path):
     assert np.allclose(means, [1000, 1100, 1200, 1300]), means
 
 
-def _single_phase_series(root, name, t, protocol="BREAST BILAT MRI", options="FAST_GEMS\\FS"):
-    """One time point of 2 slice positions as its own series, GE-style: ProtocolName names the exam."""
+def _single_phase_series(root, name, t, protocol="BREAST BILAT MRI", options="FAST_GEMS\\FS", description=None):
+    """One time point of 2 slice positions as its own series (folder `name`), GE-style: ProtocolName names the
+    exam."""
     for z in range(2):
         ds = image_dataset(np.full((8, 8), 1000 + 100 * t, np.uint16), patient_id="PG", series_uid=uid("ge", name),
-                           instance=z + 1, position=3.0 * z, description=name, acquisition_time=f"10{t:02d}00")
+                           instance=z + 1, position=3.0 * z, description=description or name,
+                           acquisition_time=f"10{t:02d}00")
         ds.ProtocolName, ds.ScanOptions = protocol, options
         (root / name).mkdir(parents=True, exist_ok=True)
         ds.save_as(root / name / f"IM{z}.dcm", enforce_file_format=True)
 
 
-@pytest.mark.parametrize("case", ["fat-sat and not", "Dixon images", "pre and post n"])
+# (names, ScanOptions of each, one dynamic?)
+EXAM_SERIES = {
+    "fat-sat and not, by name": (["Ax VIBRANT pre nonFS", "Ax VIBRANT pre"], ["FAST_GEMS", "FAST_GEMS\\FS"], False),
+    "fat-sat and not, by ScanOptions": (["Ax VIBRANT pre"] * 2, ["FAST_GEMS", "FAST_GEMS\\FS"], False),
+    "Dixon images": ([f"Ax VIBRANT-Flex {n}" for n in ("WATER", "FAT", "IN PHASE", "OUT PHASE")], None, False),
+    "pre and post n": (["Ax VIBRANT pre", "Ax VIBRANT post 1", "Ax VIBRANT post_2"], None, True),
+    "numbered phases": (["Ax_DISCO_Ph1", "Ax_DISCO_Ph2", "Ax_DISCO_Ph3"], None, True),
+    "minutes": (["Ax VIBRANT 1 min", "Ax VIBRANT 2 min", "Ax VIBRANT 3 min"], None, True),
+    "a multiphase option on the later phases": (["ax dyn pre", "ax dyn 1st pass"],
+                                                ["FAST_GEMS\\FS", "FAST_GEMS\\MP_GEMS\\FS"], True),
+}
+
+
+@pytest.mark.parametrize("case", list(EXAM_SERIES))
 def test_series_of_one_exam_are_one_dynamic_only_when_acquired_alike(tmp_path, case):
     """GE's ProtocolName names the whole exam, so it told nothing apart: a fat-suppressed pre-contrast series and
-    one without (ScanOptions, the description), or the water, fat, in- and opposed-phase series of one Dixon
+    one without (the description, or ScanOptions' FS), or the water, fat, in- and opposed-phase series of one Dixon
     acquisition, were assembled into a "dynamic" and each enhanced in the other's time context. Phases named pre,
-    post 1, post 2 are one dynamic."""
-    if case == "fat-sat and not":
-        _single_phase_series(tmp_path, "Ax VIBRANT pre nonFS", 0, options="FAST_GEMS")
-        _single_phase_series(tmp_path, "Ax VIBRANT pre", 1)
-        _single_phase_series(tmp_path, "Ax VIBRANT fs off", 2, options="FAST_GEMS")
-    elif case == "Dixon images":
-        for t, name in enumerate(["WATER", "FAT", "IN PHASE", "OUT PHASE"]):
-            _single_phase_series(tmp_path, f"Ax VIBRANT-Flex {name}", t)
-    else:
-        for t, name in enumerate(["Ax VIBRANT pre", "Ax VIBRANT post 1", "Ax VIBRANT post_2"]):
-            _single_phase_series(tmp_path, name, t)
+    post 1, post_2, Ph1, 1 min are one dynamic, and so are phases whose other options differ."""
+    names, options, one = EXAM_SERIES[case]
+    for t, name in enumerate(names):
+        _single_phase_series(tmp_path, f"{t}", t, description=name,
+                             **({"options": options[t]} if options else {}))
     series, _, _ = index(tmp_path)
     assembled = assemble_dynamics(series)
-    if case == "pre and post n":
-        assert [s.dynamic["time_points"] for s in assembled] == [3]
+    if one:
+        assert [s.dynamic["time_points"] for s in assembled] == [len(names)]
     else:
-        assert all(s.dynamic is None for s in assembled) and len(assembled) == len(series)
+        assert all(s.dynamic is None for s in assembled) and len(assembled) == len(names)
 
 
 def test_enhanced_objects_of_two_echo_times_are_not_one_dynamic(tmp_path):
@@ -292,6 +317,20 @@ def test_enhanced_objects_of_two_echo_times_are_not_one_dynamic(tmp_path):
         series, _, _ = index(root)
         assembled = assemble_dynamics(series)
         assert len(assembled) == (2 if te_in == 2.46 else 1), [s.series_description for s in assembled]
+
+
+@pytest.mark.parametrize("times", [[150.0], [150.0, 300.0]], ids=["one inversion time", "two"])
+def test_an_enhanced_inversion_recovery_object_is_read(tmp_path, times):
+    """An enhanced STIR keeps its inversion time in the MR Modifier functional group; one value reads back as a
+    plain number, which the acquisition's reading took for a list and the file was skipped as "unreadable"."""
+    ds = enhanced_mr_dataset(np.full((2, 8, 8), 900), [0.0, 3.0], [1, 1], [1.0] * 2, [0.0] * 2)
+    modifier = pydicom.Dataset()
+    modifier.InversionTimes = times
+    ds.SharedFunctionalGroupsSequence[0].MRModifierSequence = pydicom.Sequence([modifier])
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "stir.dcm", enforce_file_format=True)
+    (series,), skips, _ = index(tmp_path / "in")
+    assert series.acquisition["ti_ms"] == 150.0 and not skips.files
 
 
 def test_a_backslash_in_a_description_is_read_as_written(tmp_path):
@@ -507,7 +546,7 @@ def test_a_compressed_file_cut_short_is_skipped_as_truncated(tmp_path):
     paths = sorted((tmp_path / "in").glob("*.dcm"))
     for path in paths:
         ds = pydicom.dcmread(path)
-        ds.compress(RLELossless)
+        ds.compress(RLELossless, generate_instance_uid=False)
         ds.save_as(path, enforce_file_format=True)
     data = paths[0].read_bytes()
     paths[0].write_bytes(data[: len(data) - 600])  # the last fragment's end is missing
@@ -518,8 +557,8 @@ def test_a_compressed_file_cut_short_is_skipped_as_truncated(tmp_path):
 
 def test_values_past_the_stored_range_are_counted_and_named(identity_run, tmp_path, monkeypatch):
     """A network that brightens tissue past what the source's 12 bits hold is clipped there (the output keeps the
-    source's pixel format); the count and a series note say so instead of hiding it. The identity model clips
-    nothing."""
+    source's pixel format); the count and a series note say so instead of hiding it. Values below 0 of the unsigned
+    source (the noise floor's) are clipped without a count. The identity model clips nothing."""
     _, stack = write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=16, cols=16)
     assert 512 < stack.max() < 4096
     for path in (tmp_path / "in").glob("*.dcm"):
@@ -531,23 +570,29 @@ def test_values_past_the_stored_range_are_counted_and_named(identity_run, tmp_pa
     assert plain["clipped_pixels"] == 0 and pipeline.CLIPPED_NOTE not in plain["notes"]
 
     predict = pipeline.predict_stack
-    monkeypatch.setattr(pipeline, "predict_stack",
-                        lambda *args, **kwargs: (lambda pred, info: (pred * 8.0, info))(*predict(*args, **kwargs)))
-    bright = pipeline.run(enhancer, tmp_path / "in", tmp_path / "bright", progress=False)["series"][0]
-    assert bright["status"] == "done" and bright["clipped_pixels"] > 0
-    assert pipeline.CLIPPED_NOTE in bright["notes"]
-    top = max(int(pydicom.dcmread(p).pixel_array.max()) for p in (tmp_path / "bright").rglob("*.dcm"))
-    assert top == 4095
+    for name, change in (("bright", lambda pred: pred * 8.0), ("dark", lambda pred: pred - 0.5)):
+        monkeypatch.setattr(pipeline, "predict_stack", lambda *args, change=change, **kwargs: (
+            lambda pred, info: (change(pred), info))(*predict(*args, **kwargs)))
+        result = pipeline.run(enhancer, tmp_path / "in", tmp_path / name, progress=False)["series"][0]
+        values = [pydicom.dcmread(p).pixel_array for p in (tmp_path / name).rglob("*.dcm")]
+        if name == "bright":  # clipped at 4095, counted and named
+            assert result["clipped_pixels"] > 0 and pipeline.CLIPPED_NOTE in result["notes"]
+            assert max(int(v.max()) for v in values) == 4095
+        else:  # below 0, where a denoiser's noise floor goes: clipped, not counted
+            assert min(int(v.min()) for v in values) == 0
+            assert result["clipped_pixels"] == 0 and pipeline.CLIPPED_NOTE not in result["notes"]
 
 
 def test_a_masked_background_stays_0_in_the_enhanced_series(identity_run, tmp_path, monkeypatch):
     """Air the scanner set to 0 (here 60% of the image) was written back as whatever the network made of it (5-17
-    on a 16-channel breast series): it stays 0, as padding stays padding; the tissue is the network's."""
+    on a 16-channel breast series): it stays 0, as padding stays padding; the tissue is the network's, and so are
+    scattered zeros (noise rounded to 0, as in ProstateX's VIBE series), which are no mask."""
     _, stack = write_mr_series(tmp_path / "in", "P1", n_slices=2, rows=16, cols=16)
     for path in (tmp_path / "in").glob("*.dcm"):
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array.copy()
         pixels[:, :10] = 0
+        pixels[5, 12] = pixels[9, 14] = 0  # scattered zeros (noise rounded to 0) are no mask
         ds.PixelData = pixels.astype("<u2").tobytes()
         ds.save_as(path, enforce_file_format=True)
     predict = pipeline.predict_stack
@@ -606,22 +651,27 @@ def test_enhance_accounts_for_every_file_it_saw(identity_run, tmp_path):
     assert summary["files_skipped"]["exists"] == 3
 
 
-@pytest.mark.parametrize("copy", ["identical", "other pixels"])
+@pytest.mark.parametrize("copy", ["identical", "compressed", "other pixels"])
 def test_a_second_file_of_one_sop_instance(tmp_path, copy):
-    """An identical copy of an image (exported twice) is counted as a duplicate and the series is used. A copy
-    with other pixels (sent again after an edit, or damaged) replaced the original when its path sorted first,
-    without a word: which one is the image cannot be told, so the series is skipped, every file counted."""
+    """An identical copy of an image (exported twice, or once compressed) is counted as a duplicate and the series
+    is used. A copy with other pixels (sent again after an edit, or damaged) replaced the original when its path
+    sorted first, without a word: which one is the image cannot be told, so the series is skipped, every file
+    counted."""
+    from pydicom.uid import RLELossless
+
     from breastmri.dicom.index import CONFLICTING_DUPLICATE_REASON
 
     write_mr_series(tmp_path / "b", "P1", n_slices=3, rows=8, cols=8)
     ds = pydicom.dcmread(sorted((tmp_path / "b").glob("*.dcm"))[0])
     if copy == "other pixels":
         ds.PixelData = (ds.pixel_array + 300).astype("<u2").tobytes()
+    elif copy == "compressed":
+        ds.compress(RLELossless, generate_instance_uid=False)
     (tmp_path / "a").mkdir()
     ds.save_as(tmp_path / "a" / "IM.dcm", enforce_file_format=True)  # sorts first
     series, skips, files_seen = index(tmp_path)
     assert files_seen == 4
-    if copy == "identical":
+    if copy != "other pixels":
         assert len(series) == 1 and skips.files == {"duplicate SOP instance": 1}
     else:
         assert not series and skips.files == {CONFLICTING_DUPLICATE_REASON: 4}

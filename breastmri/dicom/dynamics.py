@@ -6,8 +6,9 @@ Siemens (TWIST and VIBE dynamics), GE (DISCO) and many archives store a DCE acqu
 Duke-Breast-Cancer-MRI stores its pre- and post-contrast phases as separate series. Read one by one, each is a
 one-frame series and no temporal context can run on it. Series of one study are one dynamic when they share
 everything that makes their images comparable frame by frame (acquisition_key): frame of reference, orientation,
-the set of slice positions, matrix and pixel spacing, the sequence (ScanningSequence, SequenceName, SequenceVariant,
-ScanOptions, the protocol name and the series description without their time tokens), TR, TE, flip angle and
+the set of slice positions, matrix and pixel spacing, the sequence (ScanningSequence, SequenceName, fat
+suppression in ScanOptions, the protocol name without its time token and the series description without it and
+without numbers), TR, TE, flip angle and
 inversion time (of an enhanced object, from its functional groups), the image type and the b-value. A
 variable-flip-angle T1 set (`fl3d_vibe_pre_flip_2deg`, `_5deg`, ...) differs in flip angle and is never merged, nor
 are echoes, diffusion series of other b-values or series of another contrast; nor a fat-suppressed series and one
@@ -65,9 +66,24 @@ def acquisition_key(series):
     orientation = tuple(round(v, 2) for v in a["orientation"]) if a.get("orientation") else None
     return (series.patient_id, series.study_uid, a.get("frame_of_reference_uid"), orientation, a["positions"],
             a.get("rows"), a.get("cols"), a.get("pixel_spacing"), a.get("scanning_sequence"), a.get("sequence_name"),
-            protocol_name(series), _timeless(series.series_description), a.get("tr_ms"), a.get("te_ms"),
-            a.get("flip_deg"), a.get("ti_ms"), a.get("image_type"), a.get("scan_options"), a.get("sequence_variant"),
-            a.get("b_value"), a.get("asl"))
+            protocol_name(series), description_name(series), a.get("tr_ms"), a.get("te_ms"), a.get("flip_deg"),
+            a.get("ti_ms"), a.get("image_type"), fat_suppressed(a.get("scan_options")), a.get("b_value"), a.get("asl"))
+
+
+def description_name(series):
+    """The description without its time token and without numbers ('Ax_DISCO_Ph2', 'Ax VIBRANT 1 min', 'DCE 3'
+    -> one name): GE's ProtocolName names the exam, so the description is what keeps a series without fat
+    suppression, or a Dixon acquisition's water and fat images, apart from the dynamic. Numbers that do tell
+    acquisitions apart (flip angle, echo time, b-value) are compared as such."""
+    return " ".join(re.sub(r"\d+", " ", _timeless(series.series_description)).split())
+
+
+def fat_suppressed(scan_options):
+    """Whether ScanOptions asks for fat suppression (Siemens and Philips FS, SFS; GE's FS... options): the one
+    option that makes a pre-contrast series another contrast. Others may differ between the series of one dynamic
+    (GE marks its multiphase acquisitions MP_GEMS, a single-phase pre-contrast series not)."""
+    options = [o.strip().upper() for o in (scan_options or "").split("\\")]
+    return any(o == "SFS" or o.startswith("FS") for o in options)
 
 
 def order_members(members):

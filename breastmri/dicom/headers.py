@@ -198,36 +198,41 @@ def _rounded(values, digits=3):
 
 
 # Where an enhanced (multi-frame) MR object keeps what a classic image has at its top level: the functional groups
-# (PS3.3 C.8.13.5) of the first frame, else of the shared item. (acquisition key, sequence, keyword, multi-valued)
+# (PS3.3 C.8.13.5) of the first frame, else of the shared item. (acquisition key, sequence, keyword)
 _ENHANCED_ACQUISITION = (
-    ("tr_ms", "MRTimingAndRelatedParametersSequence", "RepetitionTime", False),
-    ("flip_deg", "MRTimingAndRelatedParametersSequence", "FlipAngle", False),
-    ("te_ms", "MREchoSequence", "EffectiveEchoTime", False),
-    ("ti_ms", "MRModifierSequence", "InversionTimes", True),
-    ("pixel_spacing", "PixelMeasuresSequence", "PixelSpacing", True),
-    ("image_type", "MRImageFrameTypeSequence", "FrameType", True))
+    ("tr_ms", "MRTimingAndRelatedParametersSequence", "RepetitionTime"),
+    ("flip_deg", "MRTimingAndRelatedParametersSequence", "FlipAngle"),
+    ("te_ms", "MREchoSequence", "EffectiveEchoTime"),
+    ("ti_ms", "MRModifierSequence", "InversionTimes"),
+    ("pixel_spacing", "PixelMeasuresSequence", "PixelSpacing"),
+    ("image_type", "MRImageFrameTypeSequence", "FrameType"))
+
+
+def _group_value(own, shared, sequence, keyword):
+    """A functional group value of an enhanced object's frame: its own group's, else the shared group's, or None."""
+    value = _first(own, sequence, keyword)
+    return value if value is not None else _first(shared, sequence, keyword)
 
 
 def _enhanced_acquisition(ds, acquisition):
     """Fill `acquisition` (headers' record) from an enhanced object's functional groups where its top level has
     nothing: two series whose echo times live there would otherwise both read None and compare equal
     (dynamics.acquisition_key), e.g. the opposed- and in-phase series of one Dixon acquisition."""
-    groups = [g for key in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence")
-              for g in list(ds.get(key) or [])[:1]]
-    if not groups:
+    if "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds:
         return
-    for key, sequence, keyword, multi in _ENHANCED_ACQUISITION:
-        if acquisition.get(key) not in (None, "", ()):
-            continue
-        value = next((v for v in (_first(g, sequence, keyword) for g in groups) if v not in (None, "")), None)
-        if value is None:
+    own = (ds.get("PerFrameFunctionalGroupsSequence") or [None])[0]
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+    for key, sequence, keyword in _ENHANCED_ACQUISITION:
+        value = _group_value(own, shared, sequence, keyword)
+        if acquisition.get(key) not in (None, "", ()) or value in (None, ""):
             continue
         if key == "pixel_spacing":
             acquisition[key] = _rounded(value)
         elif key == "image_type":
             acquisition[key] = text_value(value)
-        else:
-            acquisition[key] = _number(value[0] if multi and not isinstance(value, str) else value)
+        else:  # InversionTimes holds several values, or one (which pydicom reads back as a plain number)
+            several = isinstance(value, (list, tuple, pydicom.multival.MultiValue))
+            acquisition[key] = _number(value[0] if several and len(value) else None if several else value)
     if not acquisition.get("sequence_name"):
         acquisition["sequence_name"] = text_value(ds.get("PulseSequenceName"))
     if not acquisition.get("scanning_sequence"):
@@ -258,7 +263,6 @@ def _header_record(path, ds):
             "tr_ms": _number(ds.get("RepetitionTime")), "te_ms": _number(ds.get("EchoTime")),
             "flip_deg": _number(ds.get("FlipAngle")), "ti_ms": _number(ds.get("InversionTime")),
             "image_type": text_value(ds.get("ImageType")), "scan_options": text("ScanOptions"),
-            "sequence_variant": text("SequenceVariant"),
         },
         "times": {"trigger_ms": _number(ds.get("TriggerTime")), "acquisition": acquired,
                   "content": _moment(ds, "Content"), "acquisition_number": _number(ds.get("AcquisitionNumber"))},
@@ -278,8 +282,7 @@ def _header_record(path, ds):
             own = per_frame[i] if i < len(per_frame) else None
 
             def lookup(sequence, keyword, own=own):
-                value = _first(own, sequence, keyword)
-                return value if value is not None else _first(shared, sequence, keyword)
+                return _group_value(own, shared, sequence, keyword)
 
             slope = _number(lookup("PixelValueTransformationSequence", "RescaleSlope"), slope0)
             intercept = _number(lookup("PixelValueTransformationSequence", "RescaleIntercept"), intercept0)

@@ -13,9 +13,10 @@ projections, Siemens mosaics) unless include_kinds names its kind, and every obj
 Slice order within a series (slice_index, the first array axis) is by
 (temporal position, position along the slice normal, InstanceNumber, file, frame): the temporal position is
 TemporalPositionIdentifier (classic MR) or TemporalPositionIndex (enhanced MR); when it is missing and several
-images share a slice position (a DCE series without the tag), the images at each position are ranked by
-AcquisitionTime (then AcquisitionNumber, InstanceNumber). So a DCE series is stored time point by time point,
-each time point as a spatially ordered stack.
+images share a slice position (a DCE series without the tag), they are ranked by AcquisitionTime (then
+TriggerTime where it varies at a position, AcquisitionNumber, InstanceNumber): among the series' phases when every
+phase's time is shared by all positions (a 3-D acquisition; a missing image then leaves a hole, noted), else at
+each position. So a DCE series is stored time point by time point, each time point as a spatially ordered stack.
 
 A series that holds several kinds of image at each slice position is split into one Series per kind (`volume`), as
 a scanner that stores each kind apart gives them, so that no temporal model reads one kind as the next time point of
@@ -61,7 +62,8 @@ ASL_OBJECT_REASON = "ASL label and control images in one multi-frame object"
 # is the image cannot be told, so the series is skipped. Identical copies are counted as "duplicate SOP instance".
 CONFLICTING_DUPLICATE_REASON = "one SOP instance UID for different pixel data"
 # A time series some of whose (time point, slice position) images are missing (unreadable, not exported): the others
-# keep their places, and a context there is made of the time points the position has.
+# keep their places, and a context there takes the target frame in the missing time point's place
+# (context.position_frames).
 MISSING_IMAGES_NOTE = "images missing at some time points of some slice positions"
 VOLUME_SEPARATOR = "#"  # the Series.id of one volume of a split series: "<SeriesInstanceUID>#<volume>"
 ORIENTATION_TOLERANCE = 0.01  # largest difference of direction cosines within one plane (~0.6 degrees)
@@ -170,7 +172,7 @@ def group_series(records, root, skips, include_kinds=()):
         first = files[0]
         frames, seen, duplicates = [], {}, []
         for record in files:
-            keys = [(record["sop_uid"], f["frame"]) for f in record["frames"]]
+            keys = [(record["sop_uid"], f["frame"] or 0) for f in record["frames"]]  # NumberOfFrames 1 or none
             kept = next((seen[k] for k in keys if k in seen), None)
             if kept is not None:
                 duplicates.append((record["path"], _same_pixels(kept, record["path"])))
@@ -283,9 +285,15 @@ _ASL_ORDER = ("control", "label", "m_zero_scan")
 
 
 def _same_pixels(first, second):
-    """Whether two files of one SOPInstanceUID hold the same pixel data (as stored; read only for duplicates)."""
+    """Whether two files of one SOPInstanceUID hold the same image (read only for duplicates): the same pixel data
+    as stored, or, in two transfer syntaxes (one copy compressed), the same decoded values."""
     try:
-        return open_dataset(first).get("PixelData") == open_dataset(second).get("PixelData")
+        a, b = open_dataset(first), open_dataset(second)
+        if a.get("PixelData") == b.get("PixelData"):
+            return True
+        if a.file_meta.TransferSyntaxUID == b.file_meta.TransferSyntaxUID:
+            return False
+        return bool(np.array_equal(a.pixel_array, b.pixel_array))
     except Exception:  # noqa: BLE001 - a copy that cannot be read is not known to be the same
         return False
 
@@ -342,8 +350,9 @@ def _assign_temporal(frames):
     at_position = defaultdict(list)
     for f in frames:
         at_position[_position_key(f["position"])].append(f)
-    # TriggerTime only where it varies: a series that writes 0 on every image is ordered as without it
-    varies = len({f["trigger"] for f in frames}) > 1
+    # TriggerTime only where it varies between the images of a position: a series that writes 0 on every image, or
+    # one delay per slice, is ordered as without it
+    varies = any(len({f["trigger"] for f in group}) > 1 for group in at_position.values())
 
     def when(f):
         return (f["time"] if f["time"] is not None else math.inf,
@@ -357,10 +366,10 @@ def _assign_temporal(frames):
     # A phase's time shared by every slice position (a 3-D acquisition, or GE's TriggerTime per phase): the rank
     # among the series' phases, so a position that misses an image keeps its later phases in their place; times of
     # each slice its own (a 2-D acquisition): the rank at its position
-    phases = sorted({when(f) for f in frames})
+    phases = {phase: rank for rank, phase in enumerate(sorted({when(f) for f in frames}))}
     if len(phases) == max(len(group) for group in at_position.values()):
         for f in frames:
-            f["t"] = phases.index(when(f))
+            f["t"] = phases[when(f)]
     else:
         for group in at_position.values():
             for rank, f in enumerate(group):

@@ -49,13 +49,17 @@ _TYPE_VALUE_KINDS = {
 # Series names of kinds whose ImageType often says nothing: scouts (Siemens "localizer", "t2localizer",
 # "AAHead_Scout", Philips "SURVEY" / "FAST LOCALIZER", GE "3-Plane Loc", "3pl loc"; scout and survey as words,
 # "Scouting" is not), subtractions and projections a scanner or workstation made of a DCE ("ax_vibe_dyn_SUB_2",
-# "MIP SUB 2", "MIP_TRA": written DERIVED\PRIMARY\M or DERIVED\SECONDARY\OTHER, which keep magnitude anatomy).
-# Words are bounded by anything but a letter ("subject" is not a subtraction).
+# "MIP SUB 2", "MIP_TRA": written DERIVED\PRIMARY\M or DERIVED\SECONDARY\OTHER, which keep magnitude anatomy; so
+# the names of these two count only on a DERIVED image: an ORIGINAL "Sub Ax T1" or "NO SUB" is anatomy).
+# Words are bounded by anything but a letter ("subject" is not a subtraction), and "no", "non", "w/o" before one
+# deny it.
+_NOT = r"(?<![a-z])(?<!no )(?<!non )(?<!non-)(?<!w/o )"
 _NAME_KINDS = {
     "localizer": re.compile(r"locali[sz]er|(?<![a-z])(scout|survey)(?![a-z])|(?<![a-z0-9])3[ -]?pl(ane)?[ _-]?loc",
                             re.IGNORECASE),
-    "subtraction": re.compile(r"(?<![a-z])(sub|subs|subtract(ed|ion)?)(?![a-z])", re.IGNORECASE),
-    "projection": re.compile(r"(?<![a-z])(mip|minip|mnip|maxip)(?![a-z])", re.IGNORECASE)}
+    "subtraction": re.compile(_NOT + r"(sub|subs|subtract(ed|ion)?)(?![a-z])", re.IGNORECASE),
+    "projection": re.compile(_NOT + r"(mip|minip|mnip|maxip)(?![a-z])", re.IGNORECASE)}
+_DERIVED_NAME_KINDS = ("subtraction", "projection")
 _PROJECTION_PREFIXES = ("MIP", "MINIP", "MNIP")  # Siemens MIP_SAG, MIP_COR, MIP_TRA, MNIP_...
 # ComplexImageComponent (0008,9208), PS3.3 C.8.13.3.1.1 (top level of enhanced objects or per frame in the MR Image
 # Frame Type functional group). MAGNITUDE is kept; MIXED sends the check to the frames.
@@ -169,13 +173,17 @@ def image_kinds(ds):
 
     Looks at ImageType values 3+, ComplexImageComponent and VolumeBasedCalculationTechnique (top level and, for
     enhanced and legacy converted MR, in the MR Image Frame Type functional group of the shared item and of every
-    frame), the GE and Philips private image type codes, and a series named as a scout, subtraction or MIP
-    (_NAME_KINDS; the SeriesDescription, not ProtocolName: GE's names the exam). A
+    frame), the GE and Philips private image type codes, and a series named as a scout, or a DERIVED one named as
+    a subtraction or MIP (_NAME_KINDS; the SeriesDescription, not ProtocolName: GE's names the exam). A
     multi-frame object with any frame of a kind counts as that kind (its frames are written back as one object by
     enhance.py, so it is used or skipped as a whole)."""
     kinds = _type_value_kinds(ds.get("ImageType")) | _description_kinds(ds)
     name = str(ds.get("SeriesDescription", "") or "")
-    kinds |= {kind for kind, pattern in _NAME_KINDS.items() if pattern.search(name)}
+    image_type = ds.get("ImageType")
+    derived = bool(image_type) and str(image_type if isinstance(image_type, str) else image_type[0]).strip().upper() \
+        == "DERIVED"
+    kinds |= {kind for kind, pattern in _NAME_KINDS.items()
+              if pattern.search(name) and (derived or kind not in _DERIVED_NAME_KINDS)}
     for vendor_kind in (_ge_kind(ds), _philips_kind(ds)):
         if vendor_kind is not None:
             kinds.add(vendor_kind)

@@ -96,8 +96,9 @@ def stored_range(bits_stored, signed):
 
 def to_stored(modality, slopes, intercepts, bits_stored, bits_allocated, signed):
     """Modality values (n, H, W) -> (stored integers, clipped): (value - intercept) / slope per frame, rounded to
-    the nearest integer, clipped to the BitsStored range, in the pixel cell dtype; clipped counts the values that
-    fell outside that range (brighter than the source's format can hold, or below its lowest value)."""
+    the nearest integer, clipped to the BitsStored range, in the pixel cell dtype; clipped counts the values above
+    that range, brighter than the source's format can hold (below its lowest value, an unsigned 0, is where a
+    denoiser's output of the noise floor goes and says nothing)."""
     slopes = np.asarray(slopes, dtype=np.float64)[:, None, None]
     intercepts = np.asarray(intercepts, dtype=np.float64)[:, None, None]
     if np.any(slopes == 0) or not np.all(np.isfinite(slopes)):
@@ -105,7 +106,7 @@ def to_stored(modality, slopes, intercepts, bits_stored, bits_allocated, signed)
     values = np.rint((np.asarray(modality, dtype=np.float64) - intercepts) / slopes)
     low, high = stored_range(bits_stored, signed)
     values = np.nan_to_num(values, nan=0.0)
-    clipped = int(np.count_nonzero((values < low) | (values > high)))
+    clipped = int(np.count_nonzero(values > high))
     return np.clip(values, low, high).astype(stored_dtype(bits_allocated, signed)), clipped
 
 

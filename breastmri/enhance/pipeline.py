@@ -40,14 +40,14 @@ from breastmri.files import (
     write_text_atomic,
 )
 from breastmri.restore.predict import MAX_PIXELS, EnhanceError, check_tile, default_tile
-from breastmri.simulate.air import masked_background
+from breastmri.simulate.air import masked_region
 
 MARKER = "enhance.json"
 SUMMARY = "enhance_summary.json"
 TMP_PREFIX = ".tmp-enhance-"
 SWAPPED = "-old-"  # an --overwrite's old series, moved aside beside its folder until the new one is in place
-# A series whose enhanced values ran past what its source's BitsStored holds: its count is "clipped_pixels".
-CLIPPED_NOTE = "values clipped to the source's stored range (BitsStored)"
+# A series whose enhanced values ran above what its source's BitsStored holds: its count is "clipped_pixels".
+CLIPPED_NOTE = "values clipped at the top of the source's stored range (BitsStored)"
 
 
 # One series cannot be enhanced: the same exception preprocessing skips a series with; its `reason` is the short
@@ -133,7 +133,7 @@ def enhance_series(series, enhancer, out_dir, batch_size=8, tile=None, force_til
             png = final.parent / f"{final.name}.png"
             os.replace(staged, png)
             result["preview"] = os.path.relpath(png, out_dir)
-        if clipped:  # brighter than the source's BitsStored can hold (or below its lowest value): said, not hidden
+        if clipped:  # brighter than the source's BitsStored can hold: said, not hidden
             result["notes"] = sorted(set(result["notes"]) | {CLIPPED_NOTE})
         results.append(dict(result, status="done", files=n_files, clipped_pixels=clipped, norm_lo=lo, norm_hi=hi,
                             size=info, seconds=round(seconds, 3), inference_seconds=round(inference, 3)))
@@ -188,8 +188,9 @@ def _enhanced(series, enhancer, batch_size, tile, force_tiling, max_pixels):
         measured = normalized if padding is None else np.where(padding, np.float32(zero), normalized)
         pred = correct_rician_mean(pred, series_sigma(measured, zero, series.layout)[0], zero)
     enhanced = pred.astype(np.float64) * float(scale) + lo
-    if masked_background(raw):  # the air the scanner set to 0 stays 0, as PixelPaddingValue's pixels stay padding
-        enhanced[raw == 0] = 0.0
+    masked = masked_region(raw)
+    if masked is not None:  # the air the scanner set to 0 stays 0, as PixelPaddingValue's pixels stay padding
+        enhanced[masked] = 0.0
     return raw, enhanced, padding, lo, hi, info
 
 

@@ -48,10 +48,10 @@ def wavelet_sigma(stack):
 
 def frame_difference_sigma(magnitude, layout, differences=None):
     """Noise sigma from two time points of a series (difference_images: two before contrast that share no noise,
-    or the last two when the first two hold contrast arriving): 1.4826 x the median absolute deviation of their
-    registered, scaled difference over the body (difference_images), at every slice position that has both, or
-    nan (fewer than two time points, or too few body pixels). differences: difference_images' result, when the
-    caller has it already."""
+    or two such from the last frame back when the first two hold contrast arriving): 1.4826 x the median absolute
+    deviation of their registered, scaled difference over the body (difference_images), at every slice position
+    that has both, or nan (fewer than two time points, or too few body pixels). differences: difference_images'
+    result, when the caller has it already."""
     found = difference_images(magnitude, layout) if differences is None else differences
     if found is None or int(found[1].sum()) < MIN_BACKGROUND_PIXELS:
         return float("nan")
@@ -180,8 +180,8 @@ def difference_images(magnitude, layout, body_fraction=0.1):
     """(noise images (m, H, W), body masks (m, H, W)) from two time points at each slice position that has both,
     or None (fewer than two time points, or no body): the closest pair of frames before contrast whose noise is
     independent (_noise_pair: the first two, unless the dynamic shares noise between neighbouring frames), else
-    the last two (a breast DCE of one pre-contrast frame: the first pair holds contrast arriving, which would read
-    as noise, and strongly correlated noise).
+    the same from the last frame back (a breast DCE of one pre-contrast frame: the first pair holds contrast
+    arriving, which would read as noise, and strongly correlated noise).
 
     magnitude: (n, H, W) with zero signal at 0; layout: (time_index, position_index) per slice. Each pair is
     _pair_difference's."""
