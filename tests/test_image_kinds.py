@@ -288,11 +288,12 @@ def test_a_localizer_named_so_is_skipped_whatever_its_image_type(tmp_path, name)
 @pytest.mark.parametrize("name, derived, reason", [
     ("ax_vibe_dyn_SUB_2", True, SUBTRACTION), ("MIP SUB 2", True, None), ("Sub-1 t1_fl3d", True, SUBTRACTION),
     ("MIP_TRA", True, PROJECTION), ("t1 subject positioning", True, "kept"), ("NO SUB", True, "kept"),
-    ("w/o sub t1 fs", True, "kept"), ("Sub Ax T1 FS", False, "kept")])
-def test_a_subtraction_or_mip_named_so_is_skipped_whatever_its_image_type(tmp_path, name, derived, reason):
-    """A scanner's or workstation's subtractions and MIPs of a DCE are often written DERIVED\\PRIMARY\\M or
-    DERIVED\\SECONDARY\\OTHER: only the name tells them, and they were trained on and enhanced as anatomy ("MIP SUB
-    2" is both: either reason). A word that merely begins so ("subject"), one denied ("NO SUB", "w/o sub") and an
+    ("w/o sub t1 fs", True, "kept"), ("Sub Ax T1 FS", False, "kept"), ("Sag early-pre subtr.", True, SUBTRACTION),
+    ("PE2(SER)", True, MAP), ("Analysis Mask", True, MAP), ("Ktrans map", True, MAP), ("T2 segmented", True, "kept")])
+def test_a_subtraction_mip_or_map_named_so_is_skipped_whatever_its_image_type(tmp_path, name, derived, reason):
+    """A scanner's or workstation's subtractions, MIPs and kinetic maps of a DCE (I-SPY's PE2(SER), its analysis
+    mask) are often written DERIVED\\PRIMARY\\M or DERIVED\\SECONDARY\\OTHER: only the name tells them, and they were
+    trained on and enhanced as anatomy ("MIP SUB 2" is both: either reason). A word that merely begins so ("subject"), one denied ("NO SUB", "w/o sub") and an
     ORIGINAL image so named are kept."""
     write_mr_series(tmp_path / "derived", "P1", n_slices=1, rows=16, cols=16, description=name)
     for path in (tmp_path / "derived").glob("*.dcm"):

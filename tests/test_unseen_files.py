@@ -691,3 +691,21 @@ def test_a_file_cut_short_in_its_header_is_counted_as_truncated(tmp_path):
         (tmp_path / "cut.dcm").write_bytes(data[:cut])
         reasons.setdefault(scan_file(str(tmp_path / "cut.dcm")), cut)
     assert set(reasons) <= {"truncated", "no pixel data", "unreadable"}, reasons
+
+
+def test_a_mask_is_skipped_whatever_its_header_says(identity_run, tmp_path):
+    """A workstation's mask written as an MR image (0 and 1000) was degraded with no noise to read, trained on as
+    its own target and "enhanced" into values that are no mask; preprocessing and enhance.py skip it with one
+    counted reason, the other series go on."""
+    from breastmri.data.preprocess import LABEL_MAP_REASON
+
+    write_mr_series(tmp_path / "in" / "dce", "P1", n_slices=2, rows=16, cols=16)
+    _, stack = write_mr_series(tmp_path / "in" / "mask", "P2", n_slices=2, rows=16, cols=16, description="A")
+    for path in (tmp_path / "in" / "mask").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.PixelData = np.where(ds.pixel_array > 300, 1000, 0).astype("<u2").tobytes()
+        ds.save_as(path, enforce_file_format=True)
+    summary = pipeline.run(load_enhancer(identity_run), tmp_path / "in", tmp_path / "out", progress=False)
+    assert summary["series_done"] == 1 and summary["series_skipped"] == {LABEL_MAP_REASON: 1}
+    pre = preprocess.run(tmp_path / "in", tmp_path / "pairs", load_config(None), progress=False)
+    assert pre["series_skipped"].get(LABEL_MAP_REASON) == 1

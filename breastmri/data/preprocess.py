@@ -90,14 +90,24 @@ def robust_range(stack, percentiles):
     return float(np.float32(lo)), float(np.float32(hi))
 
 
+# A series whose pixels take a handful of values is a mask or a label map a workstation wrote (I-SPY's "Analysis
+# Mask": 0 and 1000), whatever its header says: no noise to read, nothing to restore. An MR image has thousands.
+MAX_LABEL_VALUES = 8
+LABEL_MAP_REASON = "mask or label map (few distinct values)"
+
+
 def image_range(stack, padding, percentiles, what=""):
     """robust_range of the pixels that are image: padded pixels (padding: writer.padding_mask's boolean
     mask of PixelPaddingValue pixels, or None) take no part, here and in enhance.py, which then give them the
-    normalized value 0. Raises SeriesReadError("constant image") when no pixel is left or all are one value;
-    `what` ends its detail."""
+    normalized value 0. Raises SeriesReadError("constant image") when no pixel is left or all are one value, and
+    LABEL_MAP_REASON when they take at most MAX_LABEL_VALUES values (in a sample of a million); `what` ends its
+    detail."""
     image = stack if padding is None else stack[~padding]
     if image.size == 0:
         raise SeriesReadError("constant image", f"every pixel is padding (PixelPaddingValue){what}")
+    values = np.unique(image.ravel()[:: max(1, image.size // 1_000_000)])
+    if 1 < values.size <= MAX_LABEL_VALUES:
+        raise SeriesReadError(LABEL_MAP_REASON, f"{values.size} distinct values{what}")
     lo, hi = robust_range(image, percentiles)
     if not hi > lo:
         raise SeriesReadError("constant image", f"lo = hi = {lo}{what}")
