@@ -29,7 +29,8 @@ from breastmri.simulate.air import MIN_BACKGROUND_PIXELS, estimate_background_si
 
 # The version of the rules above and below that decide a series' noise: preprocessing's arrays_hash holds it, so
 # arrays degraded under earlier rules are made again rather than reused (2: view-sharing pairs, KS_TOLERANCE; 3:
-# view-sharing pairs from the last frame back when fewer than two frames come before contrast, AIR_FIT_EXCESS 1.5).
+# view-sharing pairs from the last frame back when fewer than two frames come before contrast, AIR_FIT_EXCESS 1.5,
+# the smooth change taken off pairs not known to come before contrast).
 NOISE_RULES = 3
 
 def wavelet_sigma(stack):
@@ -191,14 +192,14 @@ def difference_images(magnitude, layout, body_fraction=0.1):
     times = sorted({t for t, _ in layout})
     if len(times) < 2:
         return None
-    t0, t1 = _noise_pair(magnitude, index, times)
-    found = [_pair_difference(magnitude, index[(t0, k)], index[(t1, k)], body_fraction)
+    t0, t1, still = _noise_pair(magnitude, index, times)
+    found = [_pair_difference(magnitude, index[(t0, k)], index[(t1, k)], body_fraction, detrend=not still)
              for t, k in layout if t == t0 and (t1, k) in index]
     found = [pair for pair in found if pair is not None]
     return (np.stack([d for d, _ in found]), np.stack([m for _, m in found])) if found else None
 
 
-def _pair_difference(magnitude, a, b, body_fraction=0.1):
+def _pair_difference(magnitude, a, b, body_fraction=0.1, detrend=False):
     """(noise image (H, W), body mask (H, W)) of slices a and b of `magnitude` (one position, two time points), or
     None (too little body). The second frame is first moved onto the first (registration.register_shifts and
     shift_frames: phase correlation to 1/20 px, then a Fourier shift, which is all-pass and keeps white noise white
@@ -208,7 +209,10 @@ def _pair_difference(magnitude, a, b, body_fraction=0.1):
     body_fraction of its 99th percentile and neither frame is masked to 0: there the magnitude is close to
     Gaussian. Blocks that change more than the typical block (a breathing chest, a beating heart and its ghosts:
     _quiet_blocks) and pixels more than 3.5 robust sigmas off (contrast arriving between the frames, motion left
-    at an edge after the rigid shift) are left out of the mask."""
+    at an edge after the rigid shift) are left out of the mask. detrend: for frames not known to come before
+    contrast (_noise_pair), the difference's smooth part (a Gaussian of DETREND_PX within the body) is taken off
+    first: contrast arriving or washing out changes tissue smoothly, and read as noise it made white noise look
+    correlated (0.22-0.27 between neighbours where the noise had 0.01); the noise loses 2-3% of its power there."""
     pair = np.asarray(magnitude[[a, b]], np.float32)
     first = pair[0].astype(np.float64)
     second = shift_frames(pair[1:], register_shifts(pair)[1:])[0].astype(np.float64)
@@ -218,8 +222,16 @@ def _pair_difference(magnitude, a, b, body_fraction=0.1):
         return None
     scale = float(np.median(second[body]) / np.median(first[body]))
     diff = (second - scale * first) / math.sqrt(1 + scale * scale)
+    if detrend:
+        from scipy import ndimage
+
+        weight = ndimage.gaussian_filter(body.astype(np.float64), DETREND_PX)
+        diff = diff - ndimage.gaussian_filter(np.where(body, diff, 0.0), DETREND_PX) / np.maximum(weight, 1e-6)
     body = _noise_only(diff, body)
     return np.where(body, diff, 0.0), body
+
+
+DETREND_PX = 4.0  # _pair_difference's detrend: the width of the smooth change taken off an unverified pair
 
 
 def _noise_only(diff, body):
@@ -249,24 +261,23 @@ def _noise_pair(magnitude, index, times, positions=3):
     and the closest one whose noise is independent of it (the first gap g whose frames 0, g, 2g all come before
     contrast and differ as independent noise does: SHARED_NOISE; the next frame when none does, or when too few
     frames come before contrast to tell). With fewer than two frames before contrast the same from the last frame
-    back over the dynamic's later half (frames -1, -1 - g, -1 - 2g), where the signal changes least."""
+    back over the dynamic's later half (frames -1, -1 - g, -1 - 2g), where the signal changes least. Returns
+    (t0, t1, still): still when both frames are known to come before contrast (or the dynamic has none); a dynamic
+    of fewer than 4 frames cannot tell, and its first two are taken, not still."""
     if len(times) < 4:  # too few frames for frames_before_contrast to choose its pixels from a later half
-        return times[0], times[1]
+        return times[0], times[1], False
     complete = sorted({k for _, k in index if all((t, k) in index for t in times)})
     if not complete:
-        return times[0], times[1]
+        return times[0], times[1], False
     middle = complete[len(complete) // 2 - positions // 2:][:positions]
     stack = np.stack([magnitude[[index[(t, k)] for k in middle]] for t in times])  # (T, P, H, W)
     before = frames_before_contrast(stack)
-    if before >= 2:
-        first, usable = times, before
-    else:
-        first, usable = times[::-1], len(times) // 2
-    for gap in range(1, (usable - 1) // 2 + 1):
-        if _difference_correlation(magnitude, index, [first[0], first[gap], first[2 * gap]], middle) \
-                <= SHARED_NOISE:
-            return tuple(sorted((first[0], first[gap]), key=times.index))
-    return tuple(sorted((first[0], first[1]), key=times.index))
+    still = before >= 2
+    first, usable = (times, before) if still else (times[::-1], len(times) // 2)
+    gap = next((g for g in range(1, (usable - 1) // 2 + 1)
+                if _difference_correlation(magnitude, index, [first[0], first[g], first[2 * g]], middle)
+                <= SHARED_NOISE), 1)
+    return (*sorted((first[0], first[gap]), key=times.index), still)
 
 
 def _difference_correlation(magnitude, index, frames, positions):
