@@ -616,3 +616,23 @@ def test_real_part_scores_what_a_user_tree_allows_and_says_what_it_cannot(smoke_
     write_mr_series(tmp_path / "short" / "s", "PS", n_slices=2, rows=24, cols=24, time_points=5)
     short = real_part(tmp_path / "short", read_run(smoke_run), ["noisy"], positions=1, log=lambda m: None)
     assert not short["dynamics"] and "No dynamic of at least 8 time points" in markdown(short)
+
+
+def test_the_real_part_names_patients_the_run_trained_on_and_a_missing_held_back_table(identity_run, tmp_path):
+    """Scoring a run on real frames of a patient in its own training or validation split is no test: the report
+    says so (the run's split.json). A dynamic with too few frames before contrast for the held-back table says why
+    it has none, where the table was silently missing."""
+    from dicom_fixtures import write_mr_series
+
+    from breastmri.evaluate.benchmark_real import markdown, real_part
+    from breastmri.evaluate.benchmark_runs import read_run
+
+    run = tmp_path / "run"
+    shutil.copytree(identity_run, run)
+    (run / "split.json").write_text(json.dumps({"patients": {"train": ["P1"], "val": [], "test": ["P9"]}}))
+    write_mr_series(tmp_path / "real", "P1", n_slices=3, rows=32, cols=32, time_points=8)
+    messages = []
+    real = real_part(tmp_path / "real", read_run(run), ["noisy"], positions=1, log=messages.append)
+    assert real["seen_in_training"] == ["P1"] and any("no independent test" in m for m in messages)
+    text = markdown(real)
+    assert "took part in this run's training" in text and "No table against held-back frames" in text

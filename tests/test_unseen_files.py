@@ -709,3 +709,22 @@ def test_a_mask_is_skipped_whatever_its_header_says(identity_run, tmp_path):
     assert summary["series_done"] == 1 and summary["series_skipped"] == {LABEL_MAP_REASON: 1}
     pre = preprocess.run(tmp_path / "in", tmp_path / "pairs", load_config(None), progress=False)
     assert pre["series_skipped"].get(LABEL_MAP_REASON) == 1
+
+
+@pytest.mark.parametrize("stated", [1.5, 15000], ids=["tesla", "gauss"])
+def test_a_series_acquired_at_another_field_is_left_out_of_the_pairs(tmp_path, stated):
+    """A 1.5T series in a 3T tree was degraded as if it were 3T (to about 0.75 T) and then served as a 3T target,
+    with one line of warning. Preprocessing leaves it out with a counted reason (older exports state the field in
+    gauss: 15000 is 1.5 T); enhance.py, made for such scans, takes it."""
+    from breastmri.data.preprocess import OTHER_FIELD_REASON
+
+    write_mr_series(tmp_path / "tree" / "3t", "P1", n_slices=2, rows=16, cols=16)
+    write_mr_series(tmp_path / "tree" / "15t", "P2", n_slices=2, rows=16, cols=16, seed=1)
+    for path in (tmp_path / "tree" / "15t").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.MagneticFieldStrength = stated
+        ds.save_as(path, enforce_file_format=True)
+    summary = preprocess.run(tmp_path / "tree", tmp_path / "pairs", load_config(None), progress=False)
+    assert summary["series_processed"] == 1 and summary["series_skipped"] == {OTHER_FIELD_REASON: 1}
+    (series_15t,) = [s for s in index(tmp_path / "tree")[0] if s.patient_id == "P2"]
+    assert series_15t.field_strength_t == 1.5

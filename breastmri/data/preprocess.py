@@ -341,6 +341,7 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
         series_found = len(series_list) + sum(skips.series.values())  # before any pixel was read
         # a DCE stored one series per time point becomes one time series (its members keep their own uids)
         series_list = assemble_dynamics(series_list, cfg["preprocess"]["assemble_dynamics"])
+        series_list = [s for s in series_list if not _other_field(s, cfg, skips)]
         patients = {s.patient_id for s in series_list}
         series_list = [s for s in series_list if in_share(s.patient_id, shard)]
         if shard is not None and patients and not series_list:
@@ -468,13 +469,29 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
     if sigma_methods.get("none"):
         log.warning("%d series had no measurable noise: the field model added none to them (use "
                     "degrade.model=gaussian for noise-free data)", sigma_methods["none"])
-    if cfg["degrade"]["model"] == "field":
-        off = sorted({s.field_strength_t for s in used if s.field_strength_t
-                      and abs(s.field_strength_t - float(cfg["degrade"]["source_field_t"])) > 0.25})
-        if off:
-            log.warning("some series were acquired at %s T, not degrade.source_field_t = %s T", off,
-                        cfg["degrade"]["source_field_t"])
+    if skips.series.get(OTHER_FIELD_REASON):
+        log.warning("%d series were acquired at another field strength than degrade.source_field_t = %s T and were "
+                    "left out: simulated from there they would be no %s T pair (set degrade.source_field_t to use "
+                    "them)", skips.series[OTHER_FIELD_REASON], cfg["degrade"]["source_field_t"],
+                    cfg["degrade"]["target_field_t"])
     return summary
+
+
+# The field model scales the noise from degrade.source_field_t to target_field_t: a series acquired at another field
+# (a 1.5T scan in a 3T cohort) would be degraded to about 0.75 T and then serve as a 3T target.
+OTHER_FIELD_REASON = "acquired at another field strength than degrade.source_field_t"
+FIELD_TOLERANCE_T = 0.25
+
+
+def _other_field(series, cfg, skips):
+    """Whether the field model must leave `series` out (OTHER_FIELD_REASON, counted in skips): its
+    MagneticFieldStrength is stated and more than FIELD_TOLERANCE_T from degrade.source_field_t."""
+    field_t = series.field_strength_t
+    if cfg["degrade"]["model"] != "field" or not field_t \
+            or abs(field_t - float(cfg["degrade"]["source_field_t"])) <= FIELD_TOLERANCE_T:
+        return False
+    skips.add_series(OTHER_FIELD_REASON, series.n_files, f"{series.series_description}: {field_t} T")
+    return True
 
 
 def _format_counts(counter):

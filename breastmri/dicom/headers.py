@@ -189,6 +189,11 @@ def text_value(value):
     return str(value).strip()
 
 
+def _tesla(value):
+    """MagneticFieldStrength in tesla: older exports wrote it in gauss (15000 for 1.5 T); no scanner has 100 T."""
+    return value / 10000.0 if value is not None and value > 100 else value
+
+
 def _rounded(values, digits=3):
     """PixelSpacing and the like as a tuple of rounded floats (exported decimals differ in their last digits)."""
     try:
@@ -252,7 +257,7 @@ def _header_record(path, ds):
         "series_description": text("SeriesDescription"), "series_number": int(_number(ds.get("SeriesNumber"), 0)),
         "sop_uid": text("SOPInstanceUID") or str(getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", "")),
         "rows": int(ds.Rows), "cols": int(ds.Columns),
-        "field_strength_t": _number(ds.get("MagneticFieldStrength")),
+        "field_strength_t": _tesla(_number(ds.get("MagneticFieldStrength"))),
         "padded": "PixelPaddingValue" in ds,
         "frames": [],
         # what dynamics.assemble_dynamics compares across series (a DCE stored one series per time point)

@@ -31,6 +31,7 @@ that run on one core are run side by side, one per core (runtime.parallel_map); 
 frame above 10% of its 99th percentile) with data_range the 99.5th percentile of the 3T frames there.
 """
 
+import json
 import logging
 import math
 import tempfile
@@ -97,11 +98,25 @@ def real_part(real_root, run, methods, positions=3, series_filter="", log=print,
                 log(f"real data: skipped, {scored['skipped']}")
             dynamics.append(scored)
         if not dynamics:
+            skipped = ", ".join(f"{reason}: {n}" for reason, n in summary["series_skipped"].items()) or "none"
             log(f"real data: no dynamic of at least {MIN_TIME_POINTS} time points among the "
-                f"{summary['series_used']} series used under {real_root}")
+                f"{summary['series_used']} series used under {real_root} (series skipped: {skipped})")
+        seen = seen_in_training(run["dir"], {row["patient_id"] for row in rows})
+        if seen:
+            log(f"real data: warning: {', '.join(seen)} took part in this run's training or checkpoint selection "
+                f"({run['dir']}/split.json): no independent test")
     return {"source": str(real_root), "methods": chosen, "positions_per_dynamic": positions, "chunk": chunk,
-            "series_found": summary["series_found"], "dynamics": dynamics,
+            "series_found": summary["series_found"], "dynamics": dynamics, "seen_in_training": seen,
             "degradation": {k: cfg["degrade"][k] for k in ("model", "snr_ratio", "field_exponent", "noise_spectrum")}}
+
+
+def seen_in_training(run_dir, patients):
+    """The `patients` a run trained or selected its checkpoint on (its split.json's train and val), sorted."""
+    path = Path(run_dir) / "split.json"
+    if not path.is_file():
+        return []
+    split = json.loads(path.read_text()).get("patients", {})
+    return sorted(set(patients) & (set(split.get("train", [])) | set(split.get("val", []))))
 
 
 def chunks_of(frames, chunk):
@@ -121,7 +136,8 @@ def _score_dynamic(data_dir, rows, methods, enhancer, n_positions, chunk=0):
     n_times, total_positions = row0["n_times"], row0["n_positions"]
     described = (row0["series_description"], volume_of(row0["series_uid"]))  # and which volume of a split series
     info = series_info(data_dir, row0)
-    result = {"patient_id": row0["patient_id"], "series_description": " ".join(filter(None, described)),
+    result = {"patient_id": row0["patient_id"], "study_uid": row0.get("study_uid", ""),
+              "series_description": " ".join(filter(None, described)),
               "dynamic_id": row0.get("dynamic_id") or row0["series_uid"], "time_points": n_times,
               "noise": {key: info.get(key) for key in ("sigma_method", "sigma_estimates", "noise_correlation_source")}}
     # the longest run of neighbouring slice positions with every time point (a file missing from one frame drops
@@ -319,8 +335,15 @@ def markdown(real):
     if not real["dynamics"]:
         lines += ["", f"No dynamic of at least {MIN_TIME_POINTS} time points among the {real['series_found']} series "
                       "found."]
+    if real.get("seen_in_training"):
+        lines += ["", f"**{', '.join(real['seen_in_training'])} took part in this run's training or checkpoint "
+                      "selection (its split.json): no independent test.**"]
+    studies = defaultdict(set)
     for d in real["dynamics"]:
-        heading = f"### {d.get('patient_id', '')} {d['series_description']}: {d['time_points']} time points"
+        studies[d.get("patient_id", "")].add(d.get("study_uid", ""))
+    for d in real["dynamics"]:
+        study = f" (study ...{d['study_uid'][-8:]})" if len(studies[d.get("patient_id", "")]) > 1 else ""
+        heading = f"### {d.get('patient_id', '')}{study} {d['series_description']}: {d['time_points']} time points"
         if "skipped" in d:
             lines += ["", heading, "", f"Not scored: {d['skipped']}."]
             continue
@@ -350,6 +373,10 @@ def markdown(real):
                 kept = " | ".join(f"{k:.2f}" for k in v["detail_kept"])
                 lines.append(f"| {m} | {v['common_error']:.3f} | {kept} |")
             lines.append("")
+        if "against_held_back" not in d:
+            lines += [f"No table against held-back frames: it needs {HELD_BACK + 1} pre-contrast frames clear of "
+                      f"contrast ({HELD_BACK} held back, one scored; the {PRE_CONTRAST_MARGIN} before its arrival "
+                      f"are not clear), this dynamic has {d['pre_contrast_frames_used']}.", ""]
         for key, title in (("against_3t", "against the real 3T frames"),
                            ("against_held_back", "against held-back pre-contrast frames (noise no method saw)")):
             if key not in d:
