@@ -379,6 +379,10 @@ def test_small_cohorts_are_told_what_is_possible():
     thesis = split_patients([f"P{i}" for i in range(10)], [0.7, 0.3, 0.0], seed=0)
     assert "test" not in thesis.values()
     assert not any("test" in n for n in split_warnings(thesis, [0.7, 0.3, 0.0]))  # no test asked, none missing
+    # two patients that the hash puts in train and test: no val patient, so main.py cannot train; not "can validate"
+    notes = split_warnings({"a": "train", "b": "test"}, [0.6, 0.2, 0.2])
+    assert not any("can train and validate" in n for n in notes) and any("cannot train" in n for n in notes)
+    assert any("can train and validate" in n for n in split_warnings({"a": "train", "b": "val"}, [0.6, 0.2, 0.2]))
 
 
 def test_check_patient_split_refuses_overlap():

@@ -58,9 +58,10 @@ def split_warnings(split, fractions):
     counts = {name: sum(v == name for v in split.values()) for name in SPLITS}
     notes = []
     if len(split) < 3:
+        can_train = counts["train"] and counts["val"]
         notes.append(f"only {len(split)} patient(s): a train/val/test split needs at least 3; "
-                     + ("main.py can train and validate but cannot report held-out test numbers" if len(split) == 2
-                        else "main.py cannot train on one (it needs a train and a val patient); use the tree for "
+                     + ("main.py can train and validate but cannot report held-out test numbers" if can_train
+                        else "main.py cannot train on these (it needs a train and a val patient); use the tree for "
                         "enhance.py or benchmark.py --parts real, or add patients"))
     for name, fraction in zip(SPLITS, check_split_fractions(fractions)):
         if fraction > 0 and counts[name] == 0:

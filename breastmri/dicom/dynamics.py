@@ -53,6 +53,12 @@ def protocol_name(series):
     return _timeless(series.acquisition.get("protocol") or series.series_description)
 
 
+def _member_name(series):
+    """What an assembled dynamic is called: its first member's description without the time token (GE's
+    ProtocolName names the exam), else its protocol name so."""
+    return _timeless(series.series_description) or protocol_name(series)
+
+
 def _timeless(text):
     return " ".join(re.split(r"[\s_=\-]+", TIME_TOKEN.sub(" ", text or "").lower())).strip()
 
@@ -118,7 +124,7 @@ def merge(members, ordered_by):
     uid = dynamic_id(members)
     truth_dir = first.truth_dir if all(m.truth_dir for m in members) else None
     return replace(
-        first, series_uid=uid, series_description=" ".join(filter(None, (protocol_name(first), first.acquisition.get(
+        first, series_uid=uid, series_description=" ".join(filter(None, (_member_name(first), first.acquisition.get(
             "asl")))) + f" (dynamic of {len(members)} series)",
         frames=frames, sop_instance_uids=sops, slopes=slopes, intercepts=intercepts, times=times,
         temporal_index=[t for t, _ in layout], layout=layout, n_files=sum(m.n_files for m in members),

@@ -20,6 +20,7 @@ than AIR_FIT_EXCESS (dark tissue taken for air, or noise that varies over the im
 """
 
 import math
+import warnings
 
 import numpy as np
 import scipy.fft
@@ -33,6 +34,7 @@ from breastmri.simulate.air import MIN_BACKGROUND_PIXELS, estimate_background_si
 # the smooth change taken off pairs not known to come before contrast).
 NOISE_RULES = 3
 
+
 def wavelet_sigma(stack):
     """Fallback noise sigma when there is no air: median absolute deviation of the finest wavelet detail
     coefficients (Donoho & Johnstone 1994, via skimage.restoration.estimate_sigma), averaged over slices.
@@ -44,7 +46,9 @@ def wavelet_sigma(stack):
     stack = np.asarray(stack, dtype=np.float64)
     if stack.ndim == 2:
         stack = stack[None]
-    return float(np.mean([estimate_sigma(s) for s in stack]))
+    with warnings.catch_warnings():  # a near-constant map (a mask, a parametric map) has no detail: nan, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.mean([estimate_sigma(s) for s in stack]))
 
 
 def frame_difference_sigma(magnitude, layout, differences=None):
