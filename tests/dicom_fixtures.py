@@ -47,6 +47,12 @@ def set_uint16_pixels(ds, pixels):
     ds.PixelData = pixels.astype("<u2").tobytes()
     return ds
 
+def textured(value, shape=(16, 16)):
+    """A uint16 image of `value` plus a fixed pattern of 0-16 (17 values): an image of a handful of values is read as
+    a mask or label map (preprocess.MAX_LABEL_VALUES) and skipped."""
+    return (value + np.arange(shape[0] * shape[1]).reshape(shape) % 17).astype(np.uint16)
+
+
 def bundled(name):
     """Path of a test file shipped inside pydicom (never downloads)."""
     path = get_testdata_file(name, download=False)

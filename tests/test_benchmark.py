@@ -622,6 +622,7 @@ def test_the_real_part_names_patients_the_run_trained_on_and_a_missing_held_back
     """Scoring a run on real frames of a patient in its own training or validation split is no test: the report
     says so (the run's split.json). A dynamic with too few frames before contrast for the held-back table says why
     it has none, where the table was silently missing."""
+    import pydicom
     from dicom_fixtures import write_mr_series
 
     from breastmri.evaluate.benchmark_real import markdown, real_part
@@ -636,3 +637,21 @@ def test_the_real_part_names_patients_the_run_trained_on_and_a_missing_held_back
     assert real["seen_in_training"] == ["P1"] and any("no independent test" in m for m in messages)
     text = markdown(real)
     assert "took part in this run's training" in text and "No table against held-back frames" in text
+    # a fine-tune of that run (train.init_from) on other patients learned from P1 too
+    tuned = tmp_path / "tuned"
+    shutil.copytree(run, tuned)
+    cfg = load_config(tuned / "config.yaml")
+    cfg["train"]["init_from"] = str(run)
+    save_config(cfg, tuned / "config.yaml")
+    (tuned / "split.json").write_text(json.dumps({"patients": {"train": ["P7"], "val": ["P8"], "test": ["P9"]}}))
+    assert real_part(tmp_path / "real", read_run(tuned), ["noisy"], positions=1,
+                     log=messages.append)["seen_in_training"] == ["P1"]
+    # a tree of 1.5T scans only: nothing a 3T pair can be made of, said in the report, not a traceback
+    write_mr_series(tmp_path / "real15", "P2", n_slices=3, rows=32, cols=32, time_points=8)
+    for path in (tmp_path / "real15").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.MagneticFieldStrength = 1.5
+        ds.save_as(path, enforce_file_format=True)
+    real = real_part(tmp_path / "real15", read_run(run), ["noisy"], positions=1, log=messages.append)
+    assert not real["dynamics"] and "degrade.source_field_t" in real["error"]
+    assert "Nothing to score" in markdown(real)

@@ -4,10 +4,9 @@ killed, repeated and containerized runs found each case below."""
 import os
 import pathlib
 
-import numpy as np
 import pydicom
 import pytest
-from dicom_fixtures import image_dataset, uid, write_mr_series
+from dicom_fixtures import image_dataset, textured, uid, write_mr_series
 from test_enhance import run
 
 from breastmri import files
@@ -109,7 +108,7 @@ def test_series_numbers_stay_unique_across_runs_into_one_folder(identity, tmp_pa
         folder = tmp_path / "in" / f"s{number}"
         folder.mkdir(parents=True)
         for z in range(2):
-            ds = image_dataset(np.full((16, 16), 500 + 10 * z, np.uint16), patient_id="P1", study_uid=study,
+            ds = image_dataset(textured(500 + 10 * z), patient_id="P1", study_uid=study,
                                series_uid=uid("series", number), instance=z + 1, position=3.0 * z)
             ds.SeriesNumber = 1
             ds.save_as(folder / f"IM{z}.dcm", enforce_file_format=True)
@@ -132,7 +131,7 @@ def test_a_time_point_enhanced_alone_is_not_the_one_enhanced_within_its_dynamic(
         folder = tmp_path / "in" / f"t{t}"
         folder.mkdir(parents=True)
         for z in range(2):
-            ds = image_dataset(np.full((16, 16), 500 + 50 * t, np.uint16), patient_id="P1",
+            ds = image_dataset(textured(500 + 50 * t), patient_id="P1",
                                series_uid=uid("dyn", t), instance=z + 1, position=3.0 * z,
                                description="ax dyn", acquisition_time=f"1000{t}0")
             ds.SeriesNumber = 10 + t

@@ -289,7 +289,9 @@ def test_a_localizer_named_so_is_skipped_whatever_its_image_type(tmp_path, name)
     ("ax_vibe_dyn_SUB_2", True, SUBTRACTION), ("MIP SUB 2", True, None), ("Sub-1 t1_fl3d", True, SUBTRACTION),
     ("MIP_TRA", True, PROJECTION), ("t1 subject positioning", True, "kept"), ("NO SUB", True, "kept"),
     ("w/o sub t1 fs", True, "kept"), ("Sub Ax T1 FS", False, "kept"), ("Sag early-pre subtr.", True, SUBTRACTION),
-    ("PE2(SER)", True, MAP), ("Analysis Mask", True, MAP), ("Ktrans map", True, MAP), ("T2 segmented", True, "kept")])
+    ("PE2(SER)", True, MAP), ("Analysis Mask", True, MAP), ("Ktrans map", True, MAP), ("T2 segmented", True, "kept"),
+    ("Ax T1 no_sub", True, "kept"), ("NO-SUB", True, "kept"), ("Ax T2 PE-RL", True, "kept"), ("T2 TSE Seg", True, "kept"),
+    ("DynaCAD Ax", True, MAP)])
 def test_a_subtraction_mip_or_map_named_so_is_skipped_whatever_its_image_type(tmp_path, name, derived, reason):
     """A scanner's or workstation's subtractions, MIPs and kinetic maps of a DCE (I-SPY's PE2(SER), its analysis
     mask) are often written DERIVED\\PRIMARY\\M or DERIVED\\SECONDARY\\OTHER: only the name tells them, and they were

@@ -19,6 +19,7 @@ from dicom_fixtures import (
     image_dataset,
     padded_mr_file,
     phantom,
+    textured,
     uid,
     write_mixed_tree,
     write_mr_series,
@@ -179,7 +180,7 @@ def test_layouts_that_cannot_be_told_apart_are_skipped_not_fatal(tmp_path):
     for name, images in kinds.items():
         (root / name).mkdir(parents=True)
         for n, (t, z, time, number, kind) in enumerate(images):
-            ds = image_dataset(np.full((16, 16), 400 if kind == "W" else 40, np.uint16) + n, patient_id="L1",
+            ds = image_dataset(textured((400 if kind == "W" else 40) + n), patient_id="L1",
                                series_uid=uid(name), instance=n + 1, position=z, temporal=t or None,
                                acquisition_time=time, slope=float("nan") if name == "nan" and n == 0 else 1.0)
             ds.AcquisitionNumber = number

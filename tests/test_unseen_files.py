@@ -277,6 +277,7 @@ EXAM_SERIES = {
     "minutes": (["Ax VIBRANT 1 min", "Ax VIBRANT 2 min", "Ax VIBRANT 3 min"], None, True),
     "a multiphase option on the later phases": (["ax dyn pre", "ax dyn 1st pass"],
                                                 ["FAST_GEMS\\FS", "FAST_GEMS\\MP_GEMS\\FS"], True),
+    "a direction option, not fat saturation": (["Ax VIBRANT pre"] * 2, ["FAST_GEMS\\FSA_GEMS", "FAST_GEMS\\FS"], False),
 }
 
 

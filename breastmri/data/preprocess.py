@@ -105,7 +105,9 @@ def image_range(stack, padding, percentiles, what=""):
     image = stack if padding is None else stack[~padding]
     if image.size == 0:
         raise SeriesReadError("constant image", f"every pixel is padding (PixelPaddingValue){what}")
-    values = np.unique(image.ravel()[:: max(1, image.size // 1_000_000)])
+    step = max(1, image.size // 1_000_000)
+    step += step > 1 and step % stack.shape[-1] == 0  # a multiple of the row length would sample one column
+    values = np.unique(image.ravel()[::step])
     if 1 < values.size <= MAX_LABEL_VALUES:
         raise SeriesReadError(LABEL_MAP_REASON, f"{values.size} distinct values{what}")
     lo, hi = robust_range(image, percentiles)
@@ -349,8 +351,11 @@ def run(dicom_root, out_dir, cfg, workers=1, progress=True, shard=None):
                                   f"{root}; use fewer shares")
         indexed = time.perf_counter()
         if not series_list:
+            other = (f"; {skips.series[OTHER_FIELD_REASON]} series at another field (e.g. "
+                     f"{skips.examples[OTHER_FIELD_REASON]}): set degrade.source_field_t to their field to use them"
+                     if skips.series.get(OTHER_FIELD_REASON) else "")
             raise PreprocessError(f"no usable MR image under {root} ({files_seen} files seen; skipped: "
-                                  f"{_format_counts(skips.files) or 'none'})")
+                                  f"{_format_counts(skips.files) or 'none'}{other})")
         n_slices = sum(len(s.frames) for s in series_list)
         log.info("indexed %d files in %.1f s: %d MR series, %d slices, %d patients", files_seen,
                  indexed - started, len(series_list), n_slices, len({s.patient_id for s in series_list}))

@@ -102,6 +102,26 @@ def split_record(data_dir):
     return {"patients": patients, "manifest_sha256": digest}
 
 
+def patients_seen(run_dir, splits=("train", "val")):
+    """The patients a run's weights learned from (its split.json's `splits`) and, through train.init_from (a run dir
+    or its model.keras, as main.py reads it), those of every run it started from; None when a run of that chain
+    has no split.json, so nothing can be said."""
+    from breastmri.config import load_run_config
+
+    seen, run = set(), Path(run_dir)
+    for _ in range(16):  # a chain of fine-tunes; a loop of init_from would be a broken tree
+        if not (run / "split.json").is_file():
+            return None
+        recorded = json.loads((run / "split.json").read_text())["patients"]
+        seen |= {patient for name in splits for patient in recorded.get(name, [])}
+        source = load_run_config(run / "config.yaml")["train"].get("init_from") \
+            if (run / "config.yaml").is_file() else None
+        if not source:
+            break
+        run = Path(source) if Path(source).is_dir() else Path(source).parent
+    return seen
+
+
 def check_split_record(run_dir, data_dir):
     """Raise SplitMismatch when the run recorded another patient split than the data has now. A run without a
     record (older than split.json) is evaluated with a printed warning; another manifest hash with the same

@@ -84,12 +84,17 @@ def description_name(series):
     return " ".join(re.sub(r"\d+", " ", _timeless(series.series_description)).split())
 
 
+# ScanOptions values of fat suppression (PS3.3 C.8.3.1.1.4: FS; SFS, FAT_SAT as written by some exports). GE's
+# FSA_GEMS, FSP_GEMS ... name a direction, not fat saturation.
+FAT_SUPPRESSION_OPTIONS = {"FS", "SFS", "FAT_SAT", "FATSAT"}
+
+
 def fat_suppressed(scan_options):
-    """Whether ScanOptions asks for fat suppression (Siemens and Philips FS, SFS; GE's FS... options): the one
+    """Whether ScanOptions asks for fat suppression (FAT_SUPPRESSION_OPTIONS): the one
     option that makes a pre-contrast series another contrast. Others may differ between the series of one dynamic
     (GE marks its multiphase acquisitions MP_GEMS, a single-phase pre-contrast series not)."""
     options = [o.strip().upper() for o in (scan_options or "").split("\\")]
-    return any(o == "SFS" or o.startswith("FS") for o in options)
+    return any(o in FAT_SUPPRESSION_OPTIONS for o in options)
 
 
 def order_members(members):

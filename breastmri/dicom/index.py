@@ -286,7 +286,8 @@ _ASL_ORDER = ("control", "label", "m_zero_scan")
 
 def _same_pixels(first, second):
     """Whether two files of one SOPInstanceUID hold the same image (read only for duplicates): the same pixel data
-    as stored, or, in two transfer syntaxes (one copy compressed), the same decoded values."""
+    as stored, or, in two transfer syntaxes (one copy compressed), the same decoded values; True when they cannot
+    be read or decoded to tell (no decoder), so the first is kept and the other counted as before."""
     try:
         a, b = open_dataset(first), open_dataset(second)
         if a.get("PixelData") == b.get("PixelData"):
@@ -294,8 +295,8 @@ def _same_pixels(first, second):
         if a.file_meta.TransferSyntaxUID == b.file_meta.TransferSyntaxUID:
             return False
         return bool(np.array_equal(a.pixel_array, b.pixel_array))
-    except Exception:  # noqa: BLE001 - a copy that cannot be read is not known to be the same
-        return False
+    except Exception:  # noqa: BLE001 - a copy that cannot be decoded here: counted as a duplicate, as before
+        return True
 
 
 def _missing_images(layout):

@@ -50,18 +50,19 @@ _TYPE_VALUE_KINDS = {
 # "AAHead_Scout", Philips "SURVEY" / "FAST LOCALIZER", GE "3-Plane Loc", "3pl loc"; scout and survey as words,
 # "Scouting" is not), and what a scanner or workstation computed from a DCE: subtractions ("ax_vibe_dyn_SUB_2",
 # "Sag early-pre subtr."), projections ("MIP SUB 2", "MIP_TRA") and kinetic maps and masks (I-SPY's "PE2(SER)",
-# "SER", "Analysis Mask"; Ktrans, wash-in, AUC, TTP maps, CAD output). These are written DERIVED\PRIMARY\M or
+# "SER", "Analysis Mask"; Ktrans, wash-in, AUC, TTP maps, CAD and DynaCAD output; "PE" alone is a phase-encoding
+# direction, "seg" segmented k-space). These are written DERIVED\PRIMARY\M or
 # DERIVED\SECONDARY\OTHER, which keep magnitude anatomy, so their names count only on a DERIVED image: an ORIGINAL
 # "Sub Ax T1" or "NO SUB" is anatomy. Words are bounded by anything but a letter ("subject" is not a subtraction,
 # "segmented" no segmentation), and "no", "non", "w/o" before one deny it.
-_NOT = r"(?<![a-z])(?<!no )(?<!non )(?<!non-)(?<!w/o )"
+_NOT = r"(?<![a-z])(?<!no[ _-])(?<!non[ _-])(?<!w/o[ _-])"
 _NAME_KINDS = {
     "localizer": re.compile(r"locali[sz]er|(?<![a-z])(scout|survey)(?![a-z])|(?<![a-z0-9])3[ -]?pl(ane)?[ _-]?loc",
                             re.IGNORECASE),
     "subtraction": re.compile(_NOT + r"(sub|subs|subtr[a-z]*|minus)(?![a-z])", re.IGNORECASE),
     "projection": re.compile(_NOT + r"(mip|minip|mnip|maxip)(?![a-z])", re.IGNORECASE),
-    "parametric_map": re.compile(_NOT + r"(ser|pe\d*|ktrans|kep|i?auc|wash[ _-]?(in|out)|ttp|mtt|maps?|masks?|seg"
-                                 r"|segmentation|cad|thresh[a-z]*)(?![a-z])", re.IGNORECASE)}
+    "parametric_map": re.compile(_NOT + r"(ser|pe\d+|ktrans|kep|i?auc|wash[ _-]?(in|out)|ttp|mtt|maps?|masks?"
+                                 r"|segmentation|(dyna)?cad|thresh[a-z]*)(?![a-z])", re.IGNORECASE)}
 _DERIVED_NAME_KINDS = ("subtraction", "projection", "parametric_map")
 _PROJECTION_PREFIXES = ("MIP", "MINIP", "MNIP")  # Siemens MIP_SAG, MIP_COR, MIP_TRA, MNIP_...
 # ComplexImageComponent (0008,9208), PS3.3 C.8.13.3.1.1 (top level of enhanced objects or per frame in the MR Image
@@ -177,7 +178,7 @@ def image_kinds(ds):
     Looks at ImageType values 3+, ComplexImageComponent and VolumeBasedCalculationTechnique (top level and, for
     enhanced and legacy converted MR, in the MR Image Frame Type functional group of the shared item and of every
     frame), the GE and Philips private image type codes, and a series named as a scout, or a DERIVED one named as
-    a subtraction or MIP (_NAME_KINDS; the SeriesDescription, not ProtocolName: GE's names the exam). A
+    a subtraction, MIP or kinetic map (_NAME_KINDS; the SeriesDescription, not ProtocolName: GE's names the exam). A
     multi-frame object with any frame of a kind counts as that kind (its frames are written back as one object by
     enhance.py, so it is used or skipped as a whole)."""
     kinds = _type_value_kinds(ds.get("ImageType")) | _description_kinds(ds)

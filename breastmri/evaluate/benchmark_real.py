@@ -31,7 +31,6 @@ that run on one core are run side by side, one per core (runtime.parallel_map); 
 frame above 10% of its 99th percentile) with data_range the 99.5th percentile of the 3T frames there.
 """
 
-import json
 import logging
 import math
 import tempfile
@@ -42,6 +41,7 @@ import numpy as np
 
 from breastmri.data import preprocess
 from breastmri.data.manifest import _zero, noise_spectrum_of, read_manifest, series_info
+from breastmri.data.splits import patients_seen
 from breastmri.dicom.index import volume_of
 from breastmri.evaluate.benchmark_quality import timed_call, workers_for
 from breastmri.restore.denoisers import MULTIFRAME, correct_rician_mean, denoise, denoise_frames
@@ -70,6 +70,8 @@ def real_part(real_root, run, methods, positions=3, series_filter="", log=print,
     cfg = dict(run["cfg"], preprocess=dict(run["cfg"]["preprocess"], series_filter=series_filter))
     if cfg["degrade"]["model"] == "none":  # a self-supervised run on 1.5T scans: the benchmark needs the 3T pair
         cfg["degrade"] = dict(cfg["degrade"], model="field")
+    record = {"source": str(real_root), "methods": chosen, "positions_per_dynamic": positions, "chunk": chunk,
+              "degradation": {k: cfg["degrade"][k] for k in ("model", "snr_ratio", "field_exponent", "noise_spectrum")}}
     enhancer = None
     if "unet" in chosen:
         from breastmri.enhance.enhancer import load_enhancer
@@ -81,6 +83,9 @@ def real_part(real_root, run, methods, positions=3, series_filter="", log=print,
         quiet.setLevel(logging.ERROR)  # a folder of one patient: the split warnings say nothing here
         try:
             summary = preprocess.run(real_root, tmp, cfg, progress=False)
+        except preprocess.PreprocessError as error:  # nothing usable (another field, no MR): the other parts stand
+            log(f"real data: {error}")
+            return dict(record, series_found=0, dynamics=[], seen_in_training=[], error=str(error))
         finally:
             quiet.setLevel(level)
         rows = read_manifest(tmp)
@@ -101,22 +106,15 @@ def real_part(real_root, run, methods, positions=3, series_filter="", log=print,
             skipped = ", ".join(f"{reason}: {n}" for reason, n in summary["series_skipped"].items()) or "none"
             log(f"real data: no dynamic of at least {MIN_TIME_POINTS} time points among the "
                 f"{summary['series_used']} series used under {real_root} (series skipped: {skipped})")
-        seen = seen_in_training(run["dir"], {row["patient_id"] for row in rows})
+        known = patients_seen(run["dir"])  # its own split and, through train.init_from, its start's
+        seen = None if known is None else sorted(known & {row["patient_id"] for row in rows})
         if seen:
             log(f"real data: warning: {', '.join(seen)} took part in this run's training or checkpoint selection "
-                f"({run['dir']}/split.json): no independent test")
-    return {"source": str(real_root), "methods": chosen, "positions_per_dynamic": positions, "chunk": chunk,
-            "series_found": summary["series_found"], "dynamics": dynamics, "seen_in_training": seen,
-            "degradation": {k: cfg["degrade"][k] for k in ("model", "snr_ratio", "field_exponent", "noise_spectrum")}}
-
-
-def seen_in_training(run_dir, patients):
-    """The `patients` a run trained or selected its checkpoint on (its split.json's train and val), sorted."""
-    path = Path(run_dir) / "split.json"
-    if not path.is_file():
-        return []
-    split = json.loads(path.read_text()).get("patients", {})
-    return sorted(set(patients) & (set(split.get("train", [])) | set(split.get("val", []))))
+                f"(its split.json, or that of the run it started from): no independent test")
+        elif seen is None:
+            log(f"real data: {run['dir']} has no split.json (or the run it started from has none): cannot tell "
+                "whether these patients took part in its training")
+    return dict(record, series_found=summary["series_found"], dynamics=dynamics, seen_in_training=seen)
 
 
 def chunks_of(frames, chunk):
@@ -332,12 +330,17 @@ def markdown(real):
              "over the positions."
              + (f" Each method saw runs of at least {real['chunk']} consecutive frames, one at a time "
                 "(--real-chunk), not the whole dynamic." if real.get("chunk") else "")]
-    if not real["dynamics"]:
+    if real.get("error"):
+        lines += ["", f"Nothing to score: {real['error']}."]
+    elif not real["dynamics"]:
         lines += ["", f"No dynamic of at least {MIN_TIME_POINTS} time points among the {real['series_found']} series "
                       "found."]
     if real.get("seen_in_training"):
         lines += ["", f"**{', '.join(real['seen_in_training'])} took part in this run's training or checkpoint "
-                      "selection (its split.json): no independent test.**"]
+                      "selection (its split.json, or that of the run it started from): no independent test.**"]
+    elif real.get("seen_in_training", []) is None:
+        lines += ["", "The run has no split.json (or the run it started from has none): whether these patients took "
+                      "part in its training cannot be told."]
     studies = defaultdict(set)
     for d in real["dynamics"]:
         studies[d.get("patient_id", "")].add(d.get("study_uid", ""))

@@ -285,7 +285,7 @@ def start_from(model, cfg, source, data_dir):
     when it was trained on a patient that `data_dir` holds out (validation or test): a fine-tuned model must not
     have seen the patients it is selected or scored on."""
     from breastmri.config import load_run_config
-    from breastmri.data.splits import split_record
+    from breastmri.data.splits import patients_seen, split_record
     from breastmri.restore.losses import load_model
     from breastmri.restore.shipped import resolve_model
 
@@ -295,7 +295,10 @@ def start_from(model, cfg, source, data_dir):
         differ = sorted(k for k in cfg["model"] if source_cfg["model"].get(k) != cfg["model"][k])
         raise ConfigError(f"train.init_from {source}: its model differs in {', '.join(differ)}; fine-tuning needs "
                           "the same network and inputs (copy its model section)")
-    trained_on = set(json.loads((model_path.parent / "split.json").read_text())["patients"]["train"])
+    trained_on = patients_seen(model_path.parent, ("train",))
+    if trained_on is None:
+        raise ConfigError(f"train.init_from {source}: no split.json beside it (or beside a run it started from), so "
+                          "which patients it was trained on cannot be checked")
     held_out = {p for name in ("val", "test") for p in split_record(data_dir)["patients"][name]}
     if trained_on & held_out:
         raise ConfigError(f"train.init_from {source} was trained on {len(trained_on & held_out)} patients that "

@@ -156,8 +156,9 @@ def _chi_fit(x, cumulative, channels, sigma, step):
 
 def masked_background(magnitude):
     """True when more than 2% of a series' pixels are exactly 0: an air the scanner or an archive set to 0, or noise
-    of a few integer counts rounded to 0 (ProstateX's VIBE series: 2.3-2.6%, scattered); either way the zeros are no
-    chi-law sample."""
+    of a few integer counts rounded to 0 (ProstateX's VIBE series: 2.3-2.6%, scattered). The air's fit then leaves
+    the zeros out (a spike no chi law of that sigma holds); enhance.py keeps 0 only where they form regions
+    (masked_region)."""
     magnitude = np.asarray(magnitude)
     return bool(np.count_nonzero(magnitude == 0) > 0.02 * magnitude.size)
 

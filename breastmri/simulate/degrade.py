@@ -180,7 +180,7 @@ def _source_shape(magnitude, layout, differences, mode, noise):
     its anatomy), and that of the added noise."""
     if mode not in SPECTRA:
         raise ConfigError(f"degrade.noise_spectrum must be one of {', '.join(SPECTRA)}, not {mode!r}")
-    source = neighbour_correlation(*differences) if differences is not None else None
+    source = neighbour_correlation(*differences[:2]) if differences is not None else None
     estimates = noise["estimates"]
     excess = estimates.get("frame_difference", 0) / estimates["background"] if not noise["masked_background"] \
         and estimates.get("background") else 1.0

@@ -30,9 +30,9 @@ from breastmri.simulate.air import MIN_BACKGROUND_PIXELS, estimate_background_si
 
 # The version of the rules above and below that decide a series' noise: preprocessing's arrays_hash holds it, so
 # arrays degraded under earlier rules are made again rather than reused (2: view-sharing pairs, KS_TOLERANCE; 3:
-# view-sharing pairs from the last frame back when fewer than two frames come before contrast, AIR_FIT_EXCESS 1.5,
-# the smooth change taken off pairs not known to come before contrast).
-NOISE_RULES = 3
+# view-sharing pairs from the last frame back when fewer than two frames come before contrast, AIR_FIT_EXCESS 1.5;
+# 4: the smooth change taken off pairs not known to come before contrast, masks and label maps skipped).
+NOISE_RULES = 4
 
 
 def wavelet_sigma(stack):
@@ -60,7 +60,7 @@ def frame_difference_sigma(magnitude, layout, differences=None):
     found = difference_images(magnitude, layout) if differences is None else differences
     if found is None or int(found[1].sum()) < MIN_BACKGROUND_PIXELS:
         return float("nan")
-    diff = found[0][found[1]]
+    diff = (found[0] + found[2])[found[1]]  # the level with the trend a pair across contrast had taken off
     return float(1.4826 * np.median(np.abs(diff - np.median(diff))))
 
 
@@ -200,12 +200,12 @@ def difference_images(magnitude, layout, body_fraction=0.1):
     found = [_pair_difference(magnitude, index[(t0, k)], index[(t1, k)], body_fraction, detrend=not still)
              for t, k in layout if t == t0 and (t1, k) in index]
     found = [pair for pair in found if pair is not None]
-    return (np.stack([d for d, _ in found]), np.stack([m for _, m in found])) if found else None
+    return tuple(np.stack(part) for part in zip(*found)) if found else None
 
 
 def _pair_difference(magnitude, a, b, body_fraction=0.1, detrend=False):
-    """(noise image (H, W), body mask (H, W)) of slices a and b of `magnitude` (one position, two time points), or
-    None (too little body). The second frame is first moved onto the first (registration.register_shifts and
+    """(noise image (H, W), body mask (H, W), trend (H, W)) of slices a and b of `magnitude` (one position, two time
+    points), or None (too little body). The second frame is first moved onto the first (registration.register_shifts and
     shift_frames: phase correlation to 1/20 px, then a Fourier shift, which is all-pass and keeps white noise white
     at the same level) and scaled to it (the median ratio in the body: a b-value or a T1 saturation changes the
     level of all tissue alike); the difference of two frames with independent noise of level sigma,
@@ -214,9 +214,11 @@ def _pair_difference(magnitude, a, b, body_fraction=0.1, detrend=False):
     Gaussian. Blocks that change more than the typical block (a breathing chest, a beating heart and its ghosts:
     _quiet_blocks) and pixels more than 3.5 robust sigmas off (contrast arriving between the frames, motion left
     at an edge after the rigid shift) are left out of the mask. detrend: for frames not known to come before
-    contrast (_noise_pair), the difference's smooth part (a Gaussian of DETREND_PX within the body) is taken off
-    first: contrast arriving or washing out changes tissue smoothly, and read as noise it made white noise look
-    correlated (0.22-0.27 between neighbours where the noise had 0.01); the noise loses 2-3% of its power there."""
+    contrast (_noise_pair), the difference's smooth part (`trend`, a Gaussian of DETREND_PX within the body; 0
+    otherwise) is taken off the noise image: contrast arriving or washing out changes tissue smoothly, and read as
+    noise it made white noise look correlated (0.22-0.27 between neighbours where the noise had 0.01). Its spectrum
+    is read without the trend; its level with it (frame_difference_sigma), since strongly correlated noise keeps
+    much of its power in the smooth part (a neighbour correlation of 0.8 would read 9% low without it)."""
     pair = np.asarray(magnitude[[a, b]], np.float32)
     first = pair[0].astype(np.float64)
     second = shift_frames(pair[1:], register_shifts(pair)[1:])[0].astype(np.float64)
@@ -226,13 +228,14 @@ def _pair_difference(magnitude, a, b, body_fraction=0.1, detrend=False):
         return None
     scale = float(np.median(second[body]) / np.median(first[body]))
     diff = (second - scale * first) / math.sqrt(1 + scale * scale)
+    trend = np.zeros_like(diff)
     if detrend:
         from scipy import ndimage
 
         weight = ndimage.gaussian_filter(body.astype(np.float64), DETREND_PX)
-        diff = diff - ndimage.gaussian_filter(np.where(body, diff, 0.0), DETREND_PX) / np.maximum(weight, 1e-6)
-    body = _noise_only(diff, body)
-    return np.where(body, diff, 0.0), body
+        trend = ndimage.gaussian_filter(np.where(body, diff, 0.0), DETREND_PX) / np.maximum(weight, 1e-6)
+    body = _noise_only(diff - trend, body)
+    return np.where(body, diff - trend, 0.0), body, np.where(body, trend, 0.0)
 
 
 DETREND_PX = 4.0  # _pair_difference's detrend: the width of the smooth change taken off an unverified pair
@@ -352,7 +355,7 @@ def noise_spectrum(differences, max_lag=16):
     image's frequencies (negative values from the finite lags clipped), with mean 1."""
     if differences is None:
         return WHITE
-    images, masks = differences
+    images, masks = differences[:2]
     spectrum = {}
     for name, axis in (("rows", 1), ("cols", 2)):
         n = images.shape[axis]
