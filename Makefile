@@ -57,7 +57,7 @@ selfsup-n2v-demo: venv
 
 # Baselines (NLM, TV, wavelet, BM3D, and the multi-frame BM4D and MP-PCA) and the U-Net on the same test slices,
 # against the truth and the 3T image, lesion kinetics, speed and scaling. 16 slices, 8 positions x 2 time points:
-# BM4D costs ~15-25 s per (x, y, t) stack, and each serves 2 scored slices (10-21 min on 2 cores, by machine).
+# BM4D costs ~15-25 s per (x, y, t) stack, and each serves 2 scored slices (16-19 min on 2 cores here, 10-21 by machine).
 # The self-supervised runs of `make selfsup-demo` and `make selfsup-n2v-demo` join the table when they exist.
 SELFSUP = $(patsubst %/model.keras,%,$(wildcard runs/selfsup_demo/model.keras runs/selfsup_n2v/model.keras))
 # The real-data part (breastmri/evaluate/benchmark_real.py): the ProstateX TWIST dynamic of ../shared/realdata, frame

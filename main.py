@@ -37,6 +37,20 @@ from breastmri.restore.multiworker import is_chief, tf_config
 from breastmri.restore.networks import keeps_common
 from breastmri.restore.training import train
 
+DEFAULT_DATA = "data/processed"
+
+
+def recorded_data(run_dir, args):
+    """The data an existing run was evaluated on (its metrics.json's data_dir), for --eval-only and --resume
+    without --data; None otherwise."""
+    metrics = Path(run_dir) / "metrics.json"
+    if not (args.eval_only or args.resume) or not metrics.is_file():
+        return None
+    recorded = json.loads(metrics.read_text()).get("data_dir")
+    if recorded:
+        print(f"data: {recorded} (the run's metrics.json; --data to choose another)")
+    return recorded
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -44,7 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set model.name=thesis_autoencoder (repeatable)")
     p.add_argument("--epochs", type=int, help="overrides train.epochs")
-    p.add_argument("--data", default="data/processed", help="output dir of preprocessing.py")
+    p.add_argument("--data", help="output dir of preprocessing.py (default data/processed; for --eval-only and "
+                                   "--resume the data the run was evaluated on, metrics.json's data_dir)")
     p.add_argument("--run-dir", help="where the run is written (default runs/<model name>)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the run's model.keras, no training")
     p.add_argument("--resume", action="store_true", help="continue from the run's last saved epoch")
@@ -98,15 +113,18 @@ def main(argv=None):
         cfg = resolve_config(args)
         keeps_common(cfg)  # model.common_anatomy checked before training, not after it
     except (ConfigError, ValueError) as e:
-        sys.exit(f"config error: {e}")
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
     run_dir = Path(args.run_dir or f"runs/{cfg['model']['name']}")
-    data_dir = Path(args.data)
+    data_dir = Path(args.data or recorded_data(run_dir, args) or DEFAULT_DATA)
     if args.eval_only and not (run_dir / "model.keras").is_file():
         print(f"error: {run_dir}/model.keras not found: --eval-only evaluates a trained run (give its --run-dir)",
               file=sys.stderr)
         sys.exit(2)
     if not (data_dir / "manifest.csv").is_file():
-        sys.exit(f"error: {data_dir}/manifest.csv not found; run `python preprocessing.py --out {data_dir}` first")
+        print(f"error: {data_dir}/manifest.csv not found; give --data the output dir of preprocessing.py, or run "
+              f"`python preprocessing.py --out {data_dir}` first", file=sys.stderr)
+        sys.exit(2)
 
     extra = None
     try:

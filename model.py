@@ -7,6 +7,7 @@ The networks themselves: breastmri/restore/networks.py.
 """
 
 import argparse
+import sys
 
 from breastmri.runtime import add_verbose_flag, quiet_start
 
@@ -18,7 +19,7 @@ def main(argv=None):
                         help="override a config value, e.g. --set model.name=thesis_autoencoder (repeatable)")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    from breastmri.config import load_config
+    from breastmri.config import ConfigError, load_config
     from breastmri.restore.networks import (
         check_input_size,
         count_flops,
@@ -26,8 +27,12 @@ def main(argv=None):
         size_multiple,
     )
 
-    config = load_config(args.config, args.set)
-    net = get_model(config)
+    try:
+        config = load_config(args.config, args.set)
+        net = get_model(config)
+    except (ConfigError, ValueError) as error:  # as main.py says it: one line, exit status 2
+        print(f"config error: {error}", file=sys.stderr)
+        sys.exit(2)
     net.summary()
     side = config["preprocess"]["image_size"] or 512  # null: arrays keep the scanner's matrix; quote a 512^2 slice
     check_input_size(config, side, side)

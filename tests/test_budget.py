@@ -58,6 +58,7 @@ def test_fine_tuning_starts_from_the_run_and_keeps_it_unless_beaten(smoke_run, s
     start = result["selection"]["start"]
     assert start["val_body_psnr"] > 0 and result["selection"]["init_from"] == str(smoke_run)
     assert "val_truth_psnr" in start  # the phantom's truth: the learning curve's measure
+    assert result["selection"]["best_epoch"] == 0  # the start kept: named so, not as the epoch that did not beat it
     tuned = losses.load_model(tmp_path / "tuned" / "model.keras").get_weights()
     for a, b in zip(tuned, losses.load_model(smoke_run / "model.keras").get_weights()):
         np.testing.assert_array_equal(a, b)

@@ -397,9 +397,8 @@ def test_own_output_is_recognized_and_never_enhanced_again(identity, tmp_path):
         delattr(stripped, keyword)
         assert kinds.written_by_enhance(stripped), keyword
 
-    again = run(identity, tmp_path / "out", tmp_path / "out2")
-    assert again["series_done"] == 0 and again["series"] == []
-    assert again["files_skipped"][kinds.ENHANCE_OUTPUT_REASON] == 2
+    with pytest.raises(predict.EnhanceError, match=f"no MR series.*{kinds.ENHANCE_OUTPUT_REASON}: 2"):  # nothing else there
+        run(identity, tmp_path / "out", tmp_path / "out2")
     series, skipped, _ = index.index_tree(tmp_path / "out")  # preprocessing skips them the same way
     assert series == [] and skipped[kinds.ENHANCE_OUTPUT_REASON] == 2
 

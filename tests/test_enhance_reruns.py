@@ -3,6 +3,7 @@ killed, repeated and containerized runs found each case below."""
 
 import os
 import pathlib
+import shutil
 
 import pydicom
 import pytest
@@ -175,3 +176,14 @@ def test_ctrl_c_ends_enhance_in_one_line_that_says_how_to_go_on(identity_run, tm
                       "--output", str(tmp_path / "out")])
     assert exit_.value.code == 130 and "run the same command again" in capsys.readouterr().err
     assert not list((tmp_path / "out").rglob("*.dcm"))
+
+
+def test_an_input_without_mr_series_is_an_error(identity, tmp_path):
+    """A wrong --input (a folder of CT, or of nothing DICOM) ended with "enhanced 0 series" and exit status 0,
+    where preprocessing.py stops with the reason: enhance.py does too."""
+    from dicom_fixtures import bundled
+
+    (tmp_path / "ct").mkdir()
+    shutil.copy(bundled("CT_small.dcm"), tmp_path / "ct" / "ct.dcm")
+    with pytest.raises(EnhanceError, match="no MR series.*modality CT: 1"):
+        run(identity, tmp_path / "ct", tmp_path / "out")

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -82,13 +83,19 @@ def test_eval_only_refuses_data_with_another_split(smoke_run, smoke_data, tmp_pa
     assert "splits its patients differently" in result.stderr and "test" in result.stderr
 
 
-def test_unknown_config_key_is_named(tmp_path):
+def test_unknown_config_key_is_named(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epoch: 3\n")
     with pytest.raises(ConfigError, match="train.epoch"):
         load_config(bad)
-    with pytest.raises(SystemExit, match="train.epoch"):
+    with pytest.raises(SystemExit) as end:  # a usage error, as preprocessing.py and model.py end one: status 2
         main.main(["--config", str(bad)])
+    assert end.value.code == 2 and "train.epoch" in capsys.readouterr().err
+    import model
+
+    with pytest.raises(SystemExit) as end:
+        model.main(["--config", str(bad)])
+    assert end.value.code == 2 and "train.epoch" in capsys.readouterr().err
 
 
 def test_epochs_flag_overrides_config():
@@ -117,7 +124,20 @@ def test_resume_continues_from_saved_epoch(smoke_run, smoke_data, tmp_path):
     assert json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"] == 2
 
 
-def test_a_resume_records_the_kept_epoch_of_the_whole_run_and_keeps_its_settings(smoke_run, smoke_data, tmp_path):
+def test_eval_only_without_data_evaluates_on_the_data_the_run_recorded(smoke_run, smoke_data, tmp_path, capsys):
+    """`main.py --run-dir RUN --eval-only` looked for data/processed and told the user to make it; a run knows its
+    data (metrics.json's data_dir), and takes it when --data is not given."""
+    run_dir = tmp_path / "again"
+    shutil.copytree(smoke_run, run_dir)
+    before = json.loads((run_dir / "metrics.json").read_text())
+    main.main(["--run-dir", str(run_dir), "--eval-only"])
+    after = json.loads((run_dir / "metrics.json").read_text())
+    assert "the run's metrics.json" in capsys.readouterr().out
+    assert Path(after["data_dir"]).resolve() == Path(smoke_data).resolve() and after["model"] == before["model"]
+
+
+def test_a_resume_records_the_kept_epoch_of_the_whole_run_and_keeps_its_settings(smoke_run, smoke_data, tmp_path,
+                                                                                  capsys):
     """best_epoch names the epoch model.keras holds among every epoch of the run (history.csv), also after a resume
     that ran none; a resume or an evaluation that would change what the model is refuses before writing."""
     run_dir = tmp_path / "resumed"
@@ -134,8 +154,9 @@ def test_a_resume_records_the_kept_epoch_of_the_whole_run_and_keeps_its_settings
     assert first == 1
     config = (run_dir / "config.yaml").read_text()
     for flag in ("--resume", "--eval-only"):
-        with pytest.raises(SystemExit, match="model.filters|model differs"):
+        with pytest.raises(SystemExit) as end:
             main.main(["--run-dir", str(run_dir), "--data", str(smoke_data), flag, "--set", "model.filters=16"])
+        assert end.value.code == 2 and re.search("model.filters|model differs", capsys.readouterr().err)
     assert (run_dir / "config.yaml").read_text() == config
 
 

@@ -388,6 +388,9 @@ def run(model, input_path, out_dir, batch_size=8, preview=False, overwrite=False
                                                                  pre["include_kinds"], pre["assemble_dynamics"])
     except ConfigError as error:
         raise EnhanceError(f"{enhancer.model_path.parent / 'config.yaml'}: {error}") from None
+    if not series_list and not results:  # a wrong --input, as preprocessing.py says it for its --dicom-root
+        skipped = ", ".join(f"{reason}: {n}" for reason, n in sorted(skips.files.items())) or "none"
+        raise EnhanceError(f"no MR series to enhance under {input_path} ({files_seen} files seen; skipped: {skipped})")
     n_slices = sum(len(s.frames) for s in series_list)
     print(f"enhance: {len(series_list)} MR series ({n_slices} slices) in {files_seen} files under {input_path}; "
           f"model {enhancer.name} ({enhancer.model_path}, config {enhancer.config_hash})")

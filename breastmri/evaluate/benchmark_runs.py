@@ -16,7 +16,8 @@ from breastmri.restore import losses
 # runs and models
 
 def read_run(run_dir):
-    """A main.py run dir as {"dir", "cfg", "metrics", "method"} (metrics: {} when there is no metrics.json)."""
+    """A main.py run dir as {"dir", "cfg", "metrics", "method"} (metrics: {} when there is no metrics.json; the
+    shipped model's training.json gives its "train" block)."""
     run_dir = Path(run_dir)
     cfg_path, model_path = run_dir / "config.yaml", run_dir / "model.keras"
     for path in (cfg_path, model_path):
@@ -28,6 +29,8 @@ def read_run(run_dir):
         raise BenchmarkError(f"{cfg_path}: {e}") from e
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    if not metrics and (run_dir / "training.json").is_file():  # the shipped model: its training record instead
+        metrics = {"train": json.loads((run_dir / "training.json").read_text()).get("train", {})}
     mode = cfg["train"]["mode"]
     method = "thesis" if cfg["model"]["name"] == "thesis_autoencoder" else "unet" if mode == "supervised" else mode
     return {"dir": run_dir, "cfg": cfg, "metrics": metrics, "method": method}

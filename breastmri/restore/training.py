@@ -418,7 +418,11 @@ def train(cfg, data_dir, run_dir, resume=False):
     if history_csv.is_file():
         with open(history_csv) as f:
             monitored = [(int(r["epoch"]) + 1, float(r[monitor])) for r in csv.DictReader(f) if r.get(monitor)]
-    best = (max if direction == "max" else min)(monitored, key=lambda pair: pair[1], default=None)
+    # a fine-tune's start is the candidate before epoch 1 (best_epoch 0): kept unless an epoch beats it
+    candidates = ([(0, initial[monitor])] if initial is not None else []) + monitored
+    best = (max if direction == "max" else min)(candidates, key=lambda pair: pair[1], default=None)
+    if best is not None and best[0] == 0:
+        print(f"kept: the start ({t['init_from']}); no epoch beat its {monitor} {best[1]:.4f}")
     # wall time of fit(), per-epoch validation included; benchmark.py measures training steps alone
     return {"seconds": round(seconds, 1), "epochs_run": len(losses),
             "distribute": {"strategy": STRATEGY_NAME if distributed else "mirrored" if isinstance(
