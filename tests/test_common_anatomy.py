@@ -72,13 +72,14 @@ def test_config_default_old_runs_and_bad_values(tmp_path):
     assert keeps_common(load_run_config(tmp_path / "config.yaml")) is None
 
 
-def test_a_bad_value_is_refused_before_training_and_before_enhancing(tmp_path):
+def test_a_bad_value_is_refused_before_training_and_before_enhancing(tmp_path, capsys):
     import main
     from breastmri.enhance.enhancer import load_enhancer
     from breastmri.restore.predict import EnhanceError
 
-    with pytest.raises(SystemExit, match="common_anatomy"):
+    with pytest.raises(SystemExit) as end:
         main.main(["--set", "model.common_anatomy=mean", "--data", str(tmp_path), "--run-dir", str(tmp_path)])
+    assert end.value.code == 2 and "common_anatomy" in capsys.readouterr().err
     save_config(load_config(overrides=["model.common_anatomy=mean"]), tmp_path / "config.yaml")
     (tmp_path / "model.keras").write_bytes(b"")
     with pytest.raises(EnhanceError, match="common_anatomy"):
