@@ -147,3 +147,11 @@ def test_enhance_uses_the_shipped_model_without_model(smoke_dicom, tmp_path):
     patient = sorted((smoke_dicom / "QIN-BREAST").iterdir())[0]
     summary = enhance.main(["--input", str(patient), "--output", str(tmp_path / "out")])
     assert summary["series_done"] >= 2 and summary["model"] == str((DEFAULT_MODEL / "model.keras").resolve())
+
+
+def test_a_thesis_model_on_data_of_another_size_is_refused_before_training(smoke_data, tmp_path):
+    """The thesis autoencoder takes exactly S x S slices: trained on data preprocessed at another size it failed
+    inside Keras ("expected shape=(None, 512, 512, 1)"); it is refused first, with what to set."""
+    cfg = load_config(SMOKE, ["model.name=thesis_autoencoder", "model.pools=2", "preprocess.image_size=512"])
+    with pytest.raises(ConfigError, match="preprocess.image_size"):
+        training.train(cfg, smoke_data, tmp_path / "thesis")

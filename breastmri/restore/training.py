@@ -135,7 +135,7 @@ def load_splits(cfg, data_dir, shard=None):
     from breastmri.data.manifest import read_manifest
     from breastmri.data.paired import PairedSlices
     from breastmri.data.paired_checks import TARGETS
-    from breastmri.restore.networks import context_offsets
+    from breastmri.restore.networks import check_input_size, context_offsets
 
     t = cfg["train"]
     if t["target"] not in TARGETS:
@@ -185,6 +185,11 @@ def load_splits(cfg, data_dir, shard=None):
             raise
         train = PairedSlices(data_dir, "train", fresh_noise=False, **train_args)
     val = PairedSlices(data_dir, "val", max_slices=t["max_val_slices"], **common)
+    if cfg["model"]["name"] == "thesis_autoencoder":  # a fixed S x S input: the data's slices must be S x S
+        try:
+            check_input_size(cfg, *train.image_shape)
+        except ValueError as error:
+            raise ConfigError(f"{error}: give main.py the preprocess.image_size {data_dir} was made with") from None
     targets = {"supervised": "fresh noise every sample" if train.fresh_noise else "stored noisy images",
                "noise2noise": f"noise2noise: noisy frame pairs among the first {t['noise2noise_frames']} time points"
                               + (", targets registered to their inputs" if t["noise2noise_register"] else ""),
