@@ -142,9 +142,9 @@ def main(argv=None):
     if args.eval_only:  # one process evaluates, whatever the run was trained with
         distribute = cfg["train"]["distribute"]
         setup_devices({**cfg["train"], "distribute": "none" if distribute == "multi_worker" else distribute})
-        previous = run_dir / "metrics.json"
-        if previous.is_file() and "train" in json.loads(previous.read_text()):
-            extra = {"train": json.loads(previous.read_text())["train"]}  # keep the training figures
+        previous = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+        if "train" in previous:
+            extra = {"train": previous["train"]}  # keep the training figures
     try:
         return evaluate_run(cfg, data_dir, run_dir, extra)
     except NoHeldOutPatients as e:

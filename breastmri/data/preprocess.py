@@ -96,20 +96,27 @@ MAX_LABEL_VALUES = 8
 LABEL_MAP_REASON = "mask or label map (few distinct values)"
 
 
-def image_range(stack, padding, percentiles, what=""):
-    """robust_range of the pixels that are image: padded pixels (padding: writer.padding_mask's boolean
-    mask of PixelPaddingValue pixels, or None) take no part, here and in enhance.py, which then give them the
-    normalized value 0. Raises SeriesReadError("constant image") when no pixel is left or all are one value, and
-    LABEL_MAP_REASON when they take at most MAX_LABEL_VALUES values (in a sample of a million); `what` ends its
-    detail."""
+def source_range(stack, padding, percentiles):
+    """image_range of a series as read (preprocessing and enhance.py alike), refused as LABEL_MAP_REASON when its
+    pixels take at most MAX_LABEL_VALUES values (in a sample of a million): checked once, on the source, not on
+    the degraded series that image_range also normalizes."""
     image = stack if padding is None else stack[~padding]
-    if image.size == 0:
-        raise SeriesReadError("constant image", f"every pixel is padding (PixelPaddingValue){what}")
     step = max(1, image.size // 1_000_000)
     step += step > 1 and step % stack.shape[-1] == 0  # a multiple of the row length would sample one column
     values = np.unique(image.ravel()[::step])
     if 1 < values.size <= MAX_LABEL_VALUES:
-        raise SeriesReadError(LABEL_MAP_REASON, f"{values.size} distinct values{what}")
+        raise SeriesReadError(LABEL_MAP_REASON, f"{values.size} distinct values")
+    return image_range(stack, padding, percentiles)
+
+
+def image_range(stack, padding, percentiles, what=""):
+    """robust_range of the pixels that are image: padded pixels (padding: writer.padding_mask's boolean
+    mask of PixelPaddingValue pixels, or None) take no part, here and in enhance.py, which then give them the
+    normalized value 0. Raises SeriesReadError("constant image") when no pixel is left or all are one value;
+    `what` ends its detail."""
+    image = stack if padding is None else stack[~padding]
+    if image.size == 0:
+        raise SeriesReadError("constant image", f"every pixel is padding (PixelPaddingValue){what}")
     lo, hi = robust_range(image, percentiles)
     if not hi > lo:
         raise SeriesReadError("constant image", f"lo = hi = {lo}{what}")
@@ -168,7 +175,7 @@ def process_series(series, out_dir, cfg, chash):
     try:
         raw = read_series(series)
         padding = padding_mask(series, raw)
-        lo, hi = image_range(raw, padding, pre["norm_percentiles"])
+        lo, hi = source_range(raw, padding, pre["norm_percentiles"])
     except SeriesReadError as error:
         return {"key": key, "status": "skipped", "reason": error.reason, "detail": str(error)}
     except Exception as error:  # noqa: BLE001 - a decoder failure skips this series only

@@ -161,7 +161,7 @@ def _enhanced(series, enhancer, batch_size, tile, force_tiling, max_pixels):
     # sees them as the darkest tissue value (lo) instead of an artificial edge, as in training
     # (preprocess.image_range), and write_series restores them.
     padding = padding_mask(series, raw)
-    lo, hi = preprocess.image_range(raw, padding, enhancer.cfg["preprocess"]["norm_percentiles"])
+    lo, hi = preprocess.source_range(raw, padding, enhancer.cfg["preprocess"]["norm_percentiles"])
     scale = np.float32(hi) - np.float32(lo)
     normalized = (raw - np.float32(lo)) / scale
     if padding is not None:
